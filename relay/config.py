@@ -1,0 +1,187 @@
+"""The relay's settings: one dataclass, validated once at start.
+
+``cli.py`` maps flags and ``ZT_RELAY_*`` variables onto it. Defaults are safe for a relay
+on the open internet; each field says why it has its default.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from dataclasses import dataclass
+
+from relay import filters, protocol
+
+
+class ConfigError(ValueError):
+    """A setting is invalid; ``setting`` names the field (the CLI maps it to its flag)."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        super().__init__(message)
+        self.setting = setting
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    listen: tuple[Endpoint, ...] = (Endpoint("0.0.0.0", 443),)
+    """TCP addresses to accept tunnels on. 443 because restrictive networks let it through."""
+
+    health_listen: Endpoint | None = Endpoint("0.0.0.0", 9090)
+    """Where ``/healthz``, ``/readyz`` and ``/metrics`` are served; None turns it off."""
+
+    allow_destination: tuple[str, ...] = ()
+    """CIDR ranges added to the global unicast default (private planets, tests)."""
+
+    deny_destination: tuple[str, ...] = ()
+    """CIDR ranges refused even if allowed; deny always wins."""
+
+    min_destination_port: int = filters.DEFAULT_MIN_PORT
+    """Lowest UDP port a tunnel may send to. 1025 as ZeroTier's own proxy: ZeroTier never
+    needs a privileged port, amplification attacks usually do."""
+
+    max_record_size: int = protocol.DEFAULT_MAX_RECORD_PAYLOAD
+    """Largest record payload in bytes, address prefix included; a larger one closes the
+    tunnel. Bounds the per-tunnel reassembly buffer."""
+
+    min_packet_size: int = 16
+    """Smallest ZeroTier packet in bytes (ZeroTier's minimum fragment); smaller is dropped."""
+
+    handshake_timeout: float = 10.0
+    """Seconds a new connection has to complete its first record, so half-open
+    connections can't pin file descriptors."""
+
+    idle_timeout: float = 300.0
+    """Seconds without traffic either way before a tunnel is closed (ZeroTier's proxy: 300)."""
+
+    reply_window: float = 120.0
+    """Seconds a destination stays allowed to send replies after the tunnel last sent to
+    it (a stateful-firewall rule: unsolicited datagrams are dropped). Enforced with two
+    generations, so an entry lives between one and two windows."""
+
+    max_connections: int = 20000
+    """Concurrent TCP connections per process; more are refused at accept."""
+
+    max_connections_per_ip: int = 64
+    """Concurrent connections from one client address; one NAT rarely hides more nodes."""
+
+    tunnel_rate_pps: float = 0.0
+    """Packets per second one tunnel may send to UDP (token bucket, burst one second);
+    0 means unlimited."""
+
+    tunnel_rate_bps: float = 0.0
+    """Bytes per second one tunnel may send to UDP; 0 means unlimited."""
+
+    global_rate_pps: float = 0.0
+    """Packets per second all tunnels of the process may send to UDP; 0 means unlimited."""
+
+    global_rate_bps: float = 0.0
+    """Bytes per second all tunnels of the process may send to UDP; 0 means unlimited."""
+
+    write_buffer_limit: int = 256 * 1024
+    """Bytes queued toward one slow client before further UDP replies are dropped, so a
+    client that doesn't read can't grow the relay's memory."""
+
+    proxy_protocol: bool = False
+    """Expect a PROXY protocol v1 or v2 header on every connection (behind a load
+    balancer that doesn't preserve client addresses). Connections without one are closed."""
+
+    legacy_target: Endpoint | None = None
+    """Where packets of pre-1.2 clients (no hello, no addresses) go; None closes them."""
+
+    drain_timeout: float = 30.0
+    """Seconds live tunnels keep relaying after SIGTERM before the process exits."""
+
+    workers: int = 1
+    """Processes sharing the listen ports with SO_REUSEPORT, one per core to use."""
+
+    log_format: str = "text"
+    """``text`` for people, ``json`` for log pipelines."""
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def destination_filter(self) -> filters.DestinationFilter:
+        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port)
+
+    def replace(self, **changes: object) -> RelayConfig:
+        return dataclasses.replace(self, **changes)
+
+
+def parse_endpoint(text: str, setting: str) -> Endpoint:
+    """Parses ``HOST:PORT`` or ``[IPV6]:PORT`` into an Endpoint."""
+    text = text.strip()
+    host, sep, port_text = text.rpartition(":")
+    if not sep or not host:
+        raise ConfigError(setting, f"{text!r} is not HOST:PORT")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise ConfigError(setting, f"{text!r}: put IPv6 addresses in brackets, e.g. [::]:443")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ConfigError(setting, f"{text!r}: port {port_text!r} is not a number") from None
+    if not 0 <= port <= 65535:
+        raise ConfigError(setting, f"{text!r}: port must be 0..65535")
+    return Endpoint(host, port)
+
+
+def _validate(c: RelayConfig) -> None:
+    if not c.listen:
+        raise ConfigError("listen", "at least one listen address is required")
+    for ep in c.listen:
+        _check_ip(ep.host, "listen")
+        if c.workers > 1 and ep.port == 0:
+            raise ConfigError("workers", f"several workers need fixed listen ports, {ep} has port 0")
+    if c.health_listen is not None:
+        _check_ip(c.health_listen.host, "health_listen")
+    for name in ("allow_destination", "deny_destination"):
+        for cidr in getattr(c, name):
+            try:
+                filters.parse_cidr(cidr)
+            except ValueError as exc:
+                raise ConfigError(name, str(exc)) from None
+    if not 1 <= c.min_destination_port <= 65535:
+        raise ConfigError("min_destination_port", "must be 1..65535")
+    if not 16 + 19 <= c.max_record_size <= protocol.MAX_RECORD_PAYLOAD:
+        raise ConfigError("max_record_size", f"must be 35..{protocol.MAX_RECORD_PAYLOAD} bytes")
+    if not 1 <= c.min_packet_size <= c.max_record_size - 19:
+        raise ConfigError("min_packet_size", "must be at least 1 and leave room in max_record_size")
+    for name in ("handshake_timeout", "idle_timeout", "reply_window"):
+        if not getattr(c, name) > 0:
+            raise ConfigError(name, "must be a positive number of seconds")
+    if c.drain_timeout < 0:
+        raise ConfigError("drain_timeout", "must be 0 or more seconds")
+    for name in ("max_connections", "max_connections_per_ip", "workers", "write_buffer_limit"):
+        if getattr(c, name) < 1:
+            raise ConfigError(name, "must be at least 1")
+    for name in ("tunnel_rate_pps", "tunnel_rate_bps", "global_rate_pps", "global_rate_bps"):
+        if getattr(c, name) < 0:
+            raise ConfigError(name, "must be 0 (unlimited) or more")
+    if c.legacy_target is not None:
+        _check_ip(c.legacy_target.host, "legacy_target")
+        if c.legacy_target.port == 0:
+            raise ConfigError("legacy_target", "port must not be 0")
+    if c.log_format not in ("text", "json"):
+        raise ConfigError("log_format", f"must be text or json, got {c.log_format!r}")
+    if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ConfigError("log_level", f"unknown level {c.log_level!r}")
+
+
+def _check_ip(host: str, setting: str) -> None:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        raise ConfigError(setting, f"{host!r} is not an IP address") from None
+

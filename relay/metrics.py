@@ -1,0 +1,44 @@
+"""Prometheus text exposition of a stats snapshot (pure)."""
+
+from __future__ import annotations
+
+#: (snapshot key or prefix, metric name, type, help, label name or None)
+_SERIES = (
+    ("tunnels_active", "zt_relay_tunnels_active", "gauge", "Tunnels currently open.", None),
+    ("tunnels_opened", "zt_relay_tunnels_opened_total", "counter", "Tunnels accepted.", None),
+    ("closed", "zt_relay_tunnels_closed_total", "counter", "Tunnels closed, by reason.", "reason"),
+    ("frames", "zt_relay_frames_total", "counter", "ZeroTier packets relayed, by direction.", "direction"),
+    ("bytes", "zt_relay_bytes_total", "counter", "ZeroTier packet bytes relayed (without framing), by direction.", "direction"),
+    ("dropped", "zt_relay_dropped_total", "counter", "Packets dropped, by reason.", "reason"),
+    ("refused", "zt_relay_connections_refused_total", "counter", "Connections refused at accept, by reason.", "reason"),
+    ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),
+)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def render(snapshot: dict[str, int], extra_gauges: dict[str, tuple[str, float]] | None = None) -> str:
+    """Renders a ``stats.snapshot`` (``name`` and ``name:label`` keys) as exposition text.
+
+    ``frames_to_udp``-style keys become ``direction="to_udp"`` samples. ``extra_gauges``
+    maps metric names to ``(help, value)``.
+    """
+    lines: list[str] = []
+    for key, name, kind, help_text, label in _SERIES:
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} {kind}")
+        if label is None:
+            lines.append(f"{name} {snapshot.get(key, 0)}")
+        elif label == "direction":
+            for direction in ("to_udp", "to_tcp"):
+                lines.append(f'{name}{{direction="{direction}"}} {snapshot.get(f"{key}_{direction}", 0)}')
+        else:
+            prefix = key + ":"
+            for k in sorted(snapshot):
+                if k.startswith(prefix):
+                    lines.append(f'{name}{{{label}="{k[len(prefix):]}"}} {snapshot[k]}')
+    for name, (help_text, value) in (extra_gauges or {}).items():
+        lines.append(f"# HELP {name} {help_text}")
+        lines.append(f"# TYPE {name} gauge")
+        lines.append(f"{name} {value}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,104 @@
+"""PROXY protocol v1 and v2 headers (HAProxy's spec), without I/O.
+
+Behind a load balancer that terminates TCP, the relay would otherwise see the balancer's
+address: per-IP limits and logs need the client's. With ``--proxy-protocol`` every
+connection must start with a header; one without is refused rather than trusted.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+
+from relay.protocol import ProtocolError
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+V1_PREFIX = b"PROXY "
+V1_MAX = 107  # the spec's bound on a v1 line, CRLF included
+_V2_FIXED = 16
+_V2_ADDRESS_SIZES = {0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36}  # TCP/UDP over IPv4/IPv6
+REASON = "proxy_protocol_error"
+
+Address = tuple[str, int]
+
+
+def parse(buf: bytes) -> tuple[Address | None, int] | None:
+    """Parses a header at the start of ``buf``.
+
+    Returns None if more bytes are needed, else ``(client address, header length)``; the
+    address is None for v1 ``UNKNOWN`` and v2 ``LOCAL`` (health checks of the balancer
+    itself), meaning "use the socket's peer". Raises ``ProtocolError`` on anything else.
+    """
+    if buf[:1] == b"\r":
+        return _parse_v2(buf)
+    if buf[:1] == b"P":
+        return _parse_v1(buf)
+    if buf:
+        raise ProtocolError(REASON, "connection did not start with a PROXY protocol header")
+    return None
+
+
+def _parse_v1(buf: bytes) -> tuple[Address | None, int] | None:
+    if not V1_PREFIX.startswith(buf[:len(V1_PREFIX)]):
+        raise ProtocolError(REASON, "bad PROXY v1 signature")
+    end = buf.find(b"\r\n", 0, V1_MAX)
+    if end < 0:
+        if len(buf) >= V1_MAX:
+            raise ProtocolError(REASON, "PROXY v1 line longer than 107 bytes")
+        return None
+    parts = buf[:end].decode("ascii", "replace").split(" ")
+    if len(parts) >= 2 and parts[1] == "UNKNOWN":
+        return None, end + 2
+    if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
+        raise ProtocolError(REASON, f"malformed PROXY v1 line {buf[:end]!r}")
+    try:
+        ip = ipaddress.ip_address(parts[2])
+        port = int(parts[4])
+    except ValueError:
+        raise ProtocolError(REASON, f"bad address in PROXY v1 line {buf[:end]!r}") from None
+    if (ip.version == 4) != (parts[1] == "TCP4") or not 0 <= port <= 65535:
+        raise ProtocolError(REASON, f"bad address in PROXY v1 line {buf[:end]!r}")
+    return (str(ip), port), end + 2
+
+
+def _parse_v2(buf: bytes) -> tuple[Address | None, int] | None:
+    if not V2_SIGNATURE.startswith(buf[:len(V2_SIGNATURE)]):
+        raise ProtocolError(REASON, "bad PROXY v2 signature")
+    if len(buf) < _V2_FIXED:
+        return None
+    ver_cmd, family = buf[12], buf[13]
+    length = (buf[14] << 8) | buf[15]
+    if ver_cmd >> 4 != 2:
+        raise ProtocolError(REASON, f"PROXY v2 header with version {ver_cmd >> 4}")
+    total = _V2_FIXED + length
+    if len(buf) < total:
+        return None
+    command = ver_cmd & 0x0F
+    if command == 0:  # LOCAL
+        return None, total
+    if command != 1:
+        raise ProtocolError(REASON, f"PROXY v2 unknown command {command}")
+    size = _V2_ADDRESS_SIZES.get(family)
+    if size is None:
+        return None, total  # AF_UNSPEC or unix sockets: no usable client address
+    if length < size:
+        raise ProtocolError(REASON, "PROXY v2 address block too short")
+    body = buf[_V2_FIXED:_V2_FIXED + size]
+    if size == 12:
+        ip, port = ipaddress.IPv4Address(body[0:4]), (body[8] << 8) | body[9]
+    else:
+        ip, port = ipaddress.IPv6Address(body[0:16]), (body[32] << 8) | body[33]
+    return (str(ip), port), total
+
+
+def encode_v1(src: Address, dst: Address) -> bytes:
+    """A v1 header (for tests and clients)."""
+    proto = "TCP6" if ":" in src[0] else "TCP4"
+    return f"PROXY {proto} {src[0]} {dst[0]} {src[1]} {dst[1]}\r\n".encode()
+
+
+def encode_v2(src: Address, dst: Address) -> bytes:
+    """A v2 PROXY command header over TCP (for tests and clients)."""
+    s, d = ipaddress.ip_address(src[0]), ipaddress.ip_address(dst[0])
+    family = 0x11 if s.version == 4 else 0x21
+    body = s.packed + d.packed + src[1].to_bytes(2, "big") + dst[1].to_bytes(2, "big")
+    return V2_SIGNATURE + bytes((0x21, family)) + len(body).to_bytes(2, "big") + body

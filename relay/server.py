@@ -1,0 +1,275 @@
+"""The relay process: listeners, admission, housekeeping and draining.
+
+``Relay`` owns what tunnels share: the destination verdict cache, the reply-prefix cache,
+the stats, the connection limiter, the global rate limit and the reply-window generation.
+Per-packet work happens in ``tunnel.Tunnel``; everything here runs per connection or per
+housekeeping tick (at most once a second), never per packet.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import socket
+import struct
+
+from relay import metrics, stats
+from relay.config import Endpoint, RelayConfig
+from relay.limits import ConnectionLimiter, RateLimit
+from relay.tunnel import Tunnel, _fmt
+
+log = logging.getLogger("zt_relay")
+
+#: Cache bounds: a client spraying addresses can make the relay compute verdicts, never
+#: grow these without limit (they are cleared when full; refilling is cheap).
+MAX_CACHED_VERDICTS = 65536
+MAX_CACHED_PREFIXES = 65536
+#: How often refusals of the same reason are logged (they are all counted).
+REFUSAL_LOG_INTERVAL = 10.0
+#: A tick that ran this long ago means the loop is stuck: /healthz fails.
+LIVENESS_STALL = 10.0
+
+_PORT = struct.Struct(">H")
+
+
+class Relay:
+    def __init__(self, config: RelayConfig, telemetry=None) -> None:
+        self.config = config
+        self.telemetry = telemetry
+        self.loop = asyncio.get_running_loop()
+        self.filter = config.destination_filter()
+        #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
+        self.verdicts: dict[bytes, tuple | str] = {}
+        #: sender address -> the 7 or 19 address bytes of a reply record
+        self.v4_prefixes: dict[tuple, bytes] = {}
+        self.v6_prefixes: dict[tuple, bytes] = {}
+        self.stats = stats.Stats()
+        self.limiter = ConnectionLimiter(config.max_connections, config.max_connections_per_ip)
+        self.global_rate = None if not (config.global_rate_pps or config.global_rate_bps) else RateLimit(config.global_rate_pps, config.global_rate_bps, self.loop.time())
+        self.min_packet = config.min_packet_size
+        self.max_reply = config.max_record_size
+        self.legacy_target = None if config.legacy_target is None else (config.legacy_target.host, config.legacy_target.port)
+        #: reply-window generation; a destination may reply while its entry is this or one less
+        self.generation = 0
+        #: every open connection, admitted or still waiting for its PROXY header
+        self.tunnels: set[Tunnel] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.addresses: list[tuple] = []
+        self.draining = False
+        self.last_tick = self.loop.time()
+        self._generation_stamp = self.last_tick
+        self._tick_handle: asyncio.TimerHandle | None = None
+        self._refusal_logged: dict[str, float] = {}
+        self._emptied: asyncio.Event | None = None
+
+    # -- start and stop ------------------------------------------------------------------------
+
+    async def start(self, reuse_port: bool = False) -> None:
+        """Binds every listen address (fails fast if one can't be bound) and starts serving."""
+        socks = [listen_socket(ep, reuse_port) for ep in self.config.listen]
+        for sock in socks:
+            server = await self.loop.create_server(lambda: Tunnel(self), sock=sock, backlog=4096)
+            self.servers.append(server)
+            self.addresses.append(sock.getsockname())
+        self._schedule_tick()
+        log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self.servers) and not self.draining
+
+    @property
+    def live(self) -> bool:
+        return self.loop.time() - self.last_tick < LIVENESS_STALL
+
+    def snapshot(self) -> dict[str, int]:
+        return self.stats.snapshot(t for t in self.tunnels if t.admitted)
+
+    def metrics_text(self) -> str:
+        return metrics.render(self.snapshot())
+
+    async def drain(self, timeout: float | None = None) -> None:
+        """Stops accepting, lets live tunnels run until they close or ``timeout``, closes the rest."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        log.info("draining: %d tunnels, up to %.0f s", len(self.tunnels), timeout)
+        if self.tunnels:
+            self._emptied = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._emptied.wait(), timeout)
+            except asyncio.TimeoutError:
+                pass
+        await self.close(stats.DRAIN_TIMEOUT)
+
+    async def close(self, reason: str = stats.DRAIN_TIMEOUT) -> None:
+        """Closes every tunnel and listener now."""
+        self.draining = True
+        for server in self.servers:
+            server.close()
+        for tunnel in list(self.tunnels):
+            tunnel.close(reason)
+        for server in self.servers:
+            await server.wait_closed()
+        # connection_lost runs on the next loop iterations.
+        for _ in range(100):
+            if not self.tunnels:
+                break
+            await asyncio.sleep(0.01)
+        if self._tick_handle is not None:
+            self._tick_handle.cancel()
+        log.info("relay stopped")
+
+    # -- per connection ------------------------------------------------------------------------
+
+    def connection_made(self, tunnel: Tunnel) -> None:
+        self.tunnels.add(tunnel)
+        sock = tunnel.transport.get_extra_info("socket")
+        if sock is not None:
+            configure_stream(sock)
+        tunnel.transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
+
+    def admit(self, tunnel: Tunnel) -> bool:
+        """Counts the connection against the limits and opens its UDP socket, or refuses it."""
+        reason = stats.DRAINING if self.draining else self.limiter.acquire(tunnel.client[0])
+        if reason is None:
+            try:
+                tunnel.open_udp()
+            except OSError as exc:
+                self.limiter.release(tunnel.client[0])
+                reason = stats.UDP_SOCKET_ERROR
+                log.error("cannot open a UDP socket for %s: %s", _fmt(tunnel.client), exc)
+        if reason is not None:
+            self.stats.refused[reason] += 1
+            self._log_refusal(reason, tunnel)
+            tunnel.reason = reason
+            tunnel.transport.abort()
+            return False
+        tunnel.admitted = True
+        config = self.config
+        if config.tunnel_rate_pps or config.tunnel_rate_bps:
+            tunnel.rate = RateLimit(config.tunnel_rate_pps, config.tunnel_rate_bps, self.loop.time())
+        self.stats.opened += 1
+        if self.telemetry is not None:
+            self.telemetry.opened(tunnel)
+        log.debug("tunnel from %s opened", _fmt(tunnel.client))
+        return True
+
+    def hello(self, tunnel: Tunnel) -> None:
+        log.info("tunnel from %s: client version %s", _fmt(tunnel.client), tunnel.version)
+
+    def tunnel_lost(self, tunnel: Tunnel) -> None:
+        self.tunnels.discard(tunnel)
+        if tunnel.admitted:
+            tunnel.admitted = False
+            self.limiter.release(tunnel.client[0])
+            self.stats.tunnel_closed(tunnel, tunnel.reason)
+            if self.telemetry is not None:
+                self.telemetry.closed(tunnel)
+            log.info(
+                "tunnel from %s closed: %s (version %s, %d/%d packets to UDP/TCP)",
+                _fmt(tunnel.client), tunnel.reason, tunnel.version,
+                tunnel.frames_to_udp, tunnel.frames_to_tcp,
+            )
+        if self._emptied is not None and not self.tunnels:
+            self._emptied.set()
+
+    def _log_refusal(self, reason: str, tunnel: Tunnel) -> None:
+        now = self.loop.time()
+        if now - self._refusal_logged.get(reason, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
+            self._refusal_logged[reason] = now
+            log.warning("refusing connection from %s: %s (logged at most every %.0f s)", _fmt(tunnel.client), reason, REFUSAL_LOG_INTERVAL)
+
+    # -- caches (slow path of the per-packet lookups) ------------------------------------------
+
+    def resolve(self, key: bytes) -> tuple | str:
+        """The verdict for a raw address prefix: a ``sendto`` address or a drop reason."""
+        if len(key) == 7:
+            ip = ipaddress.IPv4Address(key[1:5])
+            port = _PORT.unpack_from(key, 5)[0]
+            dest: tuple = (str(ip), port)
+        else:
+            ip = ipaddress.IPv6Address(key[1:17])
+            port = _PORT.unpack_from(key, 17)[0]
+            dest = (str(ip), port, 0, 0)  # the form recvfrom reports, so replies match
+        verdict = self.filter.verdict(ip, port)
+        if len(self.verdicts) >= MAX_CACHED_VERDICTS:
+            self.verdicts.clear()
+        result = dest if verdict is None else verdict
+        self.verdicts[key] = result
+        return result
+
+    def reply_prefix(self, addr: tuple) -> bytes:
+        ip = ipaddress.ip_address(addr[0])
+        prefix = bytes((4 if ip.version == 4 else 6,)) + ip.packed + _PORT.pack(addr[1])
+        cache = self.v4_prefixes if ip.version == 4 else self.v6_prefixes
+        if len(cache) >= MAX_CACHED_PREFIXES:
+            cache.clear()
+        cache[addr] = prefix
+        return prefix
+
+    # -- housekeeping --------------------------------------------------------------------------
+
+    def _schedule_tick(self) -> None:
+        c = self.config
+        interval = min(1.0, c.handshake_timeout / 4, c.idle_timeout / 4, c.reply_window / 4)
+        self._tick_handle = self.loop.call_later(interval, self._tick, interval)
+
+    def _tick(self, interval: float) -> None:
+        now = self.loop.time()
+        elapsed = now - self.last_tick
+        self.last_tick = now
+        config = self.config
+        if now - self._generation_stamp >= config.reply_window:
+            self._generation_stamp = now
+            self.generation += 1
+            self._forget_old_peers()
+        for tunnel in list(self.tunnels):
+            if tunnel.active:
+                tunnel.active = False
+                tunnel.idle = 0.0
+            else:
+                tunnel.idle += elapsed
+            if tunnel.version is None and now - tunnel.born >= config.handshake_timeout:
+                tunnel.close(stats.HANDSHAKE_TIMEOUT, f"no complete first record within {config.handshake_timeout:g} s")
+            elif tunnel.idle >= config.idle_timeout:
+                tunnel.close(stats.IDLE_TIMEOUT, f"no traffic for {config.idle_timeout:g} s")
+        self._tick_handle = self.loop.call_later(interval, self._tick, interval)
+
+    def _forget_old_peers(self) -> None:
+        oldest = self.generation - 1
+        for tunnel in self.tunnels:
+            peers = tunnel.peers
+            if peers and any(g < oldest for g in peers.values()):
+                tunnel.peers = {a: g for a, g in peers.items() if g >= oldest}
+
+
+def listen_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking TCP listening socket; IPv6 sockets are IPv6-only so that
+    ``0.0.0.0:443`` and ``[::]:443`` can both be given."""
+    family = socket.AF_INET6 if ":" in endpoint.host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((endpoint.host, endpoint.port))
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise OSError(exc.errno, f"cannot listen on {endpoint}: {exc.strerror}") from None
+    return sock
+
+
+def configure_stream(sock) -> None:
+    """TCP_NODELAY (each record is a packet: don't batch behind Nagle) and keepalive
+    (notice dead clients behind NATs without waiting for the idle timeout)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)

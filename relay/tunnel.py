@@ -1,0 +1,360 @@
+"""One tunnel: a client's TCP connection and the UDP socket it owns. This is the hot path.
+
+Per packet, in both directions, the work is kept to a few dict lookups and integer
+operations (see the README's benchmark section for what was measured):
+
+- TCP to UDP: ``RecordReader`` calls ``_on_packet`` per record with a view of the read
+  buffer; the raw address bytes key a process-wide verdict cache (the destination filter
+  runs once per address, not per packet); the packet goes out as a view slice, uncopied.
+- UDP to TCP: one plain non-blocking socket per tunnel, watched with ``loop.add_reader``
+  and drained in batches; each reply's header comes from one struct pack with a cached
+  address prefix; the batch goes to the transport in one ``writelines``.
+- Counting is plain integer attributes; idle tracking is a flag the housekeeping tick reads.
+
+Everything that is not per packet (admission, timeouts, telemetry, closing) lives in
+``Relay`` (server.py) or below the hot methods here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import struct
+from typing import TYPE_CHECKING
+
+from relay import protocol, proxy_protocol, stats
+from relay.limits import RateLimit
+
+if TYPE_CHECKING:
+    from relay.server import Relay
+
+log = logging.getLogger("zt_relay.tunnel")
+
+#: Datagrams read per wakeup: enough to batch replies, small enough to stay fair.
+UDP_BATCH = 32
+#: Largest datagram read; larger ones are truncated by the kernel and then dropped as too
+#: large (any record bound is below this).
+UDP_READ_SIZE = 65536
+#: Destinations one tunnel may have in its reply window; a ZeroTier node talks to roots and
+#: a handful of peers, a scanner to thousands.
+MAX_PEERS = 1024
+TOO_MANY_DESTINATIONS = "too_many_destinations"
+
+_V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
+_V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
+_LEGACY_HEADER = struct.Struct(">3sH").pack
+
+
+class Tunnel(asyncio.Protocol):
+    __slots__ = (
+        "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
+        "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
+        "active", "idle", "born", "paused", "reason", "rate", "span", "warned", "admitted",
+        "_proxy_buf",
+    )
+
+    def __init__(self, relay: Relay) -> None:
+        self.relay = relay
+        self.transport: asyncio.Transport | None = None
+        self.reader = protocol.RecordReader(self._on_first_record, relay.config.max_record_size)
+        self.client: tuple[str, int] = ("?", 0)
+        self.version: str | None = None  # client version from the hello; "legacy" without one
+        self.udp4: socket.socket | None = None
+        self.udp6: socket.socket | None = None
+        #: destination -> reply-window generation of the last packet sent to it
+        self.peers: dict[tuple, int] = {}
+        self.frames_to_udp = self.bytes_to_udp = self.frames_to_tcp = self.bytes_to_tcp = 0
+        self.active = True
+        self.idle = 0.0
+        self.born = relay.loop.time()
+        self.paused = False
+        self.reason: str | None = None
+        self.rate: RateLimit | None = None
+        self.span = None
+        self.warned: set[str] | None = None
+        self.admitted = False
+        self._proxy_buf: bytes | None = None
+
+    # -- hot path: TCP to UDP ---------------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self.active = True
+        if self._proxy_buf is not None:
+            self._feed_proxy_header(data)
+            return
+        relay = self.relay
+        if self.rate is not None:
+            self.rate.refill(relay.loop.time())
+        if relay.global_rate is not None:
+            relay.global_rate.refill(relay.loop.time())
+        try:
+            self.reader.feed(data)
+        except protocol.ProtocolError as exc:
+            self.close(exc.reason, exc.detail)
+
+    def _on_packet(self, view: memoryview, start: int, end: int) -> None:
+        kind = view[start]
+        if kind == 4:
+            prefix = 7
+            sock = self.udp4
+        elif kind == 6:
+            prefix = 19
+            sock = self.udp6 or self._open_udp6()
+        else:
+            raise protocol.ProtocolError("bad_address_type", f"unknown address type {kind}")
+        relay = self.relay
+        key = view[start:start + prefix].tobytes()
+        dest = relay.verdicts.get(key)
+        if dest is None:
+            dest = relay.resolve(key)
+        if dest.__class__ is str:
+            self.drop(dest)
+            return
+        size = end - start - prefix
+        if size < relay.min_packet:
+            self.drop(stats.PACKET_TOO_SMALL)
+            return
+        if self.rate is not None and not self.rate.allow(size):
+            self.drop(stats.TUNNEL_RATE)
+            return
+        if relay.global_rate is not None and not relay.global_rate.allow(size):
+            self.drop(stats.GLOBAL_RATE)
+            return
+        peers = self.peers
+        generation = relay.generation
+        seen = peers.get(dest)
+        if seen != generation:
+            if seen is None and len(peers) >= MAX_PEERS:
+                self.drop(TOO_MANY_DESTINATIONS)
+                return
+            peers[dest] = generation
+        try:
+            sock.sendto(view[start + prefix:end], dest)
+        except BlockingIOError:
+            self.drop(stats.UDP_BUFFER_FULL)
+            return
+        except OSError as exc:
+            relay.stats.udp_send_errors += 1
+            self.warn_once("udp_send_error", "UDP send to %s failed: %s", dest, exc)
+            return
+        self.frames_to_udp += 1
+        self.bytes_to_udp += size
+
+    # -- hot path: UDP to TCP ---------------------------------------------------------------
+
+    def _on_udp4_readable(self) -> None:
+        self._relay_replies(self.udp4, _V4_HEADER, 7, self.relay.v4_prefixes)
+
+    def _on_udp6_readable(self) -> None:
+        self._relay_replies(self.udp6, _V6_HEADER, 19, self.relay.v6_prefixes)
+
+    def _relay_replies(self, sock: socket.socket, header, prefix_size: int, prefixes: dict) -> None:
+        relay = self.relay
+        peers = self.peers
+        generation = relay.generation
+        max_size = relay.max_reply
+        min_size = relay.min_packet
+        out = []
+        frames = size_total = 0
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = sock.recvfrom(UDP_READ_SIZE)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:  # e.g. a queued ICMP error; the socket stays usable
+                self.warn_once("udp_recv_error", "UDP receive failed: %s", exc)
+                break
+            seen = peers.get(addr)
+            if seen is None or generation - seen > 1:
+                self.drop(stats.REPLY_NOT_ALLOWED)
+                continue
+            size = len(data)
+            if size > max_size - prefix_size:
+                self.drop(stats.REPLY_TOO_LARGE)
+                continue
+            if size < min_size:
+                self.drop(stats.PACKET_TOO_SMALL)
+                continue
+            if self.paused:
+                self.drop(stats.WRITE_BUFFER_FULL)
+                continue
+            address = prefixes.get(addr)
+            if address is None:
+                address = relay.reply_prefix(addr)
+            out.append(header(protocol.RECORD_TYPE, size + prefix_size, address))
+            out.append(data)
+            frames += 1
+            size_total += size
+        if out:
+            self.active = True
+            self.frames_to_tcp += frames
+            self.bytes_to_tcp += size_total
+            self.transport.writelines(out)
+
+    # -- flow control -------------------------------------------------------------------------
+
+    def pause_writing(self) -> None:
+        # The client reads slower than its peers send: drop replies instead of buffering.
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+
+    # -- lifecycle (not per packet) -----------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = (peer[0], peer[1]) if peer else ("?", 0)
+        self.relay.connection_made(self)
+        if self.relay.config.proxy_protocol:
+            # Admission waits for the header: limits must count the real client.
+            self._proxy_buf = b""
+            return
+        self.relay.admit(self)
+
+    def _feed_proxy_header(self, data: bytes) -> None:
+        buf = self._proxy_buf + data
+        try:
+            parsed = proxy_protocol.parse(buf)
+        except protocol.ProtocolError as exc:
+            self.close(exc.reason, exc.detail)
+            return
+        if parsed is None:
+            if len(buf) > 536:  # the v2 bound with TLVs we don't use; never buffer more
+                self.close(proxy_protocol.REASON, "PROXY header too long")
+            else:
+                self._proxy_buf = buf
+            return
+        address, consumed = parsed
+        self._proxy_buf = None
+        if address is not None:
+            self.client = address
+        if self.relay.admit(self) and len(buf) > consumed:
+            self.data_received(buf[consumed:])
+
+    def open_udp(self) -> None:
+        """Creates the tunnel's IPv4 UDP socket; called at admission, before any record."""
+        self.udp4 = self._udp_socket(socket.AF_INET, "0.0.0.0", self._on_udp4_readable)
+
+    def _open_udp6(self) -> socket.socket:
+        # Created on the first IPv6 record (synchronously, so that record is not lost):
+        # most clients never send one, and IPv6 may be absent in the pod.
+        try:
+            self.udp6 = self._udp_socket(socket.AF_INET6, "::", self._on_udp6_readable)
+        except OSError as exc:
+            raise protocol.ProtocolError(stats.UDP_SOCKET_ERROR, f"cannot open an IPv6 UDP socket: {exc}") from None
+        return self.udp6
+
+    def _udp_socket(self, family: int, host: str, callback) -> socket.socket:
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        try:
+            sock.setblocking(False)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind((host, 0))
+            self.relay.loop.add_reader(sock.fileno(), callback)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _on_first_record(self, view: memoryview, start: int, end: int) -> None:
+        if end - start == protocol.HELLO_SIZE:
+            self.version = protocol.decode_hello(view[start:end].tobytes())
+            self.reader.on_record = self._on_packet
+            self.relay.hello(self)
+            return
+        target = self.relay.legacy_target
+        if target is None:
+            raise protocol.ProtocolError(stats.NO_HELLO, "first record is not a hello (a pre-1.2 client?) and no --legacy-target is set")
+        self.version = "legacy"
+        self.reader.on_record = self._on_legacy_packet
+        loop = self.relay.loop
+        loop.remove_reader(self.udp4.fileno())
+        loop.add_reader(self.udp4.fileno(), self._on_legacy_readable)
+        self.relay.hello(self)
+        self._on_legacy_packet(view, start, end)
+
+    def _on_legacy_packet(self, view: memoryview, start: int, end: int) -> None:
+        # Pre-1.2 clients send bare packets, all for one target, and get bare replies.
+        size = end - start
+        if size < self.relay.min_packet:
+            self.drop(stats.PACKET_TOO_SMALL)
+            return
+        try:
+            self.udp4.sendto(view[start:end], self.relay.legacy_target)
+        except OSError as exc:
+            self.relay.stats.udp_send_errors += 1
+            self.warn_once("udp_send_error", "UDP send to legacy target failed: %s", exc)
+            return
+        self.frames_to_udp += 1
+        self.bytes_to_udp += size
+
+    def _on_legacy_readable(self) -> None:
+        out = []
+        target = self.relay.legacy_target
+        for _ in range(UDP_BATCH):
+            try:
+                data, addr = self.udp4.recvfrom(UDP_READ_SIZE)
+            except OSError:
+                break
+            if addr != target:
+                self.drop(stats.REPLY_NOT_ALLOWED)
+                continue
+            if self.paused or len(data) > self.relay.config.max_record_size:
+                self.drop(stats.WRITE_BUFFER_FULL if self.paused else stats.REPLY_TOO_LARGE)
+                continue
+            out.append(_LEGACY_HEADER(protocol.RECORD_TYPE, len(data)))
+            out.append(data)
+            self.frames_to_tcp += 1
+            self.bytes_to_tcp += len(data)
+        if out:
+            self.active = True
+            self.transport.writelines(out)
+
+    def eof_received(self) -> bool:
+        return False  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.reason is None:
+            self.reason = stats.CONNECTION_ERROR if exc is not None else stats.CLIENT_CLOSED
+        for sock in (self.udp4, self.udp6):
+            if sock is not None:
+                self.relay.loop.remove_reader(sock.fileno())
+                sock.close()
+        self.udp4 = self.udp6 = None
+        self.reader.on_record = _closed
+        self.relay.tunnel_lost(self)
+
+    def close(self, reason: str, detail: str | None = None) -> None:
+        """Closes the tunnel once; the first reason given is the one recorded."""
+        if self.reason is not None:
+            return
+        self.reason = reason
+        if detail:
+            log.warning("closing tunnel from %s: %s (%s)", _fmt(self.client), reason, detail)
+        self.transport.close()
+
+    # -- drops ----------------------------------------------------------------------------------
+
+    def drop(self, reason: str) -> None:
+        self.relay.stats.dropped[reason] += 1
+        self.warn_once(reason, "dropping packets of tunnel from %s: %s", _fmt(self.client), reason)
+
+    def warn_once(self, key: str, message: str, *args) -> None:
+        """Logs a per-packet problem once per tunnel; the metric counts every occurrence."""
+        if self.warned is None:
+            self.warned = set()
+        if key not in self.warned:
+            self.warned.add(key)
+            log.warning(message, *args)
+
+
+def _closed(view: memoryview, start: int, end: int) -> None:
+    """Records after close are ignored."""
+
+
+def _fmt(addr: tuple) -> str:
+    return f"[{addr[0]}]:{addr[1]}" if ":" in str(addr[0]) else f"{addr[0]}:{addr[1]}"
