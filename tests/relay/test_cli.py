@@ -1,0 +1,74 @@
+"""Flags and ZT_RELAY_* variables map onto RelayConfig; errors name the setting."""
+
+import subprocess
+import sys
+
+import pytest
+
+from relay.cli import UsageError, parse_config
+from relay.config import Endpoint
+
+
+def test_positional_addresses_listen_on_ipv4_and_ipv6():
+    config = parse_config(["0.0.0.0:443", "[::]:443"], {})
+    assert config.listen == (Endpoint("0.0.0.0", 443), Endpoint("::", 443))
+
+
+def test_defaults_are_safe_for_the_open_internet():
+    config = parse_config([], {})
+    assert config.listen == (Endpoint("0.0.0.0", 443),)
+    assert config.min_destination_port == 1025
+    assert config.allow_destination == ()
+    assert config.handshake_timeout == 10 and config.idle_timeout == 300 and config.drain_timeout == 30
+    assert config.health_listen == Endpoint("0.0.0.0", 9090)
+
+
+def test_every_setting_reads_its_environment_variable():
+    env = {
+        "ZT_RELAY_LISTEN": "127.0.0.1:8443, [::1]:8443",
+        "ZT_RELAY_ALLOW_DESTINATION": "10.0.0.0/8,192.168.0.0/16",
+        "ZT_RELAY_IDLE_TIMEOUT": "60",
+        "ZT_RELAY_PROXY_PROTOCOL": "true",
+        "ZT_RELAY_HEALTH_LISTEN": "off",
+        "ZT_RELAY_LEGACY_TARGET": "127.0.0.1:9993",
+        "ZT_RELAY_WORKERS": "2",
+    }
+    config = parse_config([], env)
+    assert config.listen == (Endpoint("127.0.0.1", 8443), Endpoint("::1", 8443))
+    assert config.allow_destination == ("10.0.0.0/8", "192.168.0.0/16")
+    assert config.idle_timeout == 60.0
+    assert config.proxy_protocol is True
+    assert config.health_listen is None
+    assert config.legacy_target == Endpoint("127.0.0.1", 9993)
+    assert config.workers == 2
+
+
+def test_a_flag_wins_over_its_variable():
+    config = parse_config(["--idle-timeout", "5", "--allow-destination", "10.0.0.0/8"], {"ZT_RELAY_IDLE_TIMEOUT": "60", "ZT_RELAY_ALLOW_DESTINATION": "1.0.0.0/8"})
+    assert config.idle_timeout == 5.0
+    assert config.allow_destination == ("10.0.0.0/8",)
+
+
+@pytest.mark.parametrize("argv, env, named", [
+    (["--idle-timeout", "soon"], {}, "--idle-timeout (ZT_RELAY_IDLE_TIMEOUT)"),
+    (["--idle-timeout", "0"], {}, "--idle-timeout (ZT_RELAY_IDLE_TIMEOUT)"),
+    ([], {"ZT_RELAY_ALLOW_DESTINATION": "10.0.0.1/8"}, "--allow-destination (ZT_RELAY_ALLOW_DESTINATION)"),
+    (["localhost:443"], {}, "LISTEN (ZT_RELAY_LISTEN)"),
+    (["::443"], {}, "LISTEN (ZT_RELAY_LISTEN)"),
+    (["0.0.0.0:99999"], {}, "LISTEN (ZT_RELAY_LISTEN)"),
+    (["--max-record-size", "10"], {}, "--max-record-size"),
+    (["--log-format", "xml"], {}, "--log-format"),
+    (["--workers", "2", "127.0.0.1:0"], {}, "--workers"),
+    ([], {"ZT_RELAY_PROXY_PROTOCOL": "maybe"}, "--proxy-protocol (ZT_RELAY_PROXY_PROTOCOL)"),
+    (["--min-destination-port", "0"], {}, "--min-destination-port"),
+])
+def test_invalid_settings_fail_with_a_message_naming_the_flag_and_variable(argv, env, named):
+    with pytest.raises(UsageError) as err:
+        parse_config(argv, env)
+    assert str(err.value).startswith(named)
+
+
+def test_the_console_script_exits_2_with_the_message_before_starting():
+    proc = subprocess.run([sys.executable, "-m", "relay", "--handshake-timeout", "-1"], capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 2
+    assert "zt-relay: error: --handshake-timeout (ZT_RELAY_HANDSHAKE_TIMEOUT): must be a positive number of seconds" in proc.stderr

@@ -1,0 +1,49 @@
+"""Token buckets and the connection limiter, with time passed in."""
+
+from relay import stats
+from relay.limits import ConnectionLimiter, RateLimit, TokenBucket
+
+
+def test_a_bucket_starts_full_and_refills_at_its_rate():
+    bucket = TokenBucket(10, now=0.0)
+    assert sum(bucket.take(1) for _ in range(15)) == 10
+    bucket.refill(0.5)
+    assert sum(bucket.take(1) for _ in range(15)) == 5
+
+
+def test_a_bucket_never_holds_more_than_one_second():
+    bucket = TokenBucket(10, now=0.0)
+    bucket.refill(100.0)
+    assert bucket.tokens == 10
+
+
+def test_rate_limit_checks_packets_and_bytes_together():
+    limit = RateLimit(pps=100, bps=1000, now=0.0)
+    assert limit.allow(600)
+    assert not limit.allow(600)  # bytes exhausted, packets left
+    assert limit.packets.tokens == 99  # a refused packet takes no packet token
+    assert limit.allow(400)
+
+
+def test_a_zero_rate_is_unlimited():
+    limit = RateLimit(0, 0, now=0.0)
+    assert limit.unlimited
+    assert all(limit.allow(10**6) for _ in range(1000))
+
+
+def test_the_limiter_caps_connections_per_address_and_in_total():
+    limiter = ConnectionLimiter(max_total=3, max_per_ip=2)
+    assert limiter.acquire("a") is None
+    assert limiter.acquire("a") is None
+    assert limiter.acquire("a") == stats.MAX_CONNECTIONS_PER_IP
+    assert limiter.acquire("b") is None
+    assert limiter.acquire("c") == stats.MAX_CONNECTIONS
+    limiter.release("a")
+    assert limiter.acquire("c") is None
+
+
+def test_released_addresses_leave_no_entry_behind():
+    limiter = ConnectionLimiter(10, 10)
+    limiter.acquire("a")
+    limiter.release("a")
+    assert limiter.per_ip == {} and limiter.total == 0

@@ -1,0 +1,50 @@
+"""PROXY protocol v1/v2 parsing."""
+
+import pytest
+
+from relay import proxy_protocol
+from relay.protocol import ProtocolError
+
+SRC, DST = ("198.51.100.7", 40000), ("10.0.0.1", 443)
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+def test_a_header_yields_the_client_address_and_its_length(encode):
+    header = encode(SRC, DST)
+    assert proxy_protocol.parse(header + b"rest") == (SRC, len(header))
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+def test_ipv6_clients_are_parsed(encode):
+    src = ("2001:db8::7", 1234)
+    assert proxy_protocol.parse(encode(src, ("2001:db8::1", 443)))[0] == src
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+def test_a_partial_header_asks_for_more(encode):
+    header = encode(SRC, DST)
+    for cut in range(len(header)):
+        assert proxy_protocol.parse(header[:cut]) is None
+
+
+def test_v1_unknown_and_v2_local_mean_use_the_socket_address():
+    assert proxy_protocol.parse(b"PROXY UNKNOWN\r\n") == (None, 15)
+    local = proxy_protocol.V2_SIGNATURE + bytes((0x20, 0x00, 0, 0))
+    assert proxy_protocol.parse(local) == (None, 16)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x17\x03\x03\x00\x04abcd",
+    b"GET / HTTP/1.1\r\n",
+    b"PROXY TCP4 1.2.3.4\r\n",
+    b"PROXY TCP4 banana 1.2.3.4 1 2\r\n",
+    b"PROXY TCP6 1.2.3.4 1.2.3.4 1 2\r\n",
+    b"PROXY TCP4 1.2.3.4 5.6.7.8 99999 2\r\n",
+    b"PROXY " + b"x" * 120,
+    proxy_protocol.V2_SIGNATURE + bytes((0x31, 0x11, 0, 12)) + bytes(12),
+    b"\r\n\r\nnope",
+], ids=["tls-record", "http", "v1-short", "v1-bad-ip", "v1-family-mismatch", "v1-bad-port", "v1-too-long", "v2-version-3", "v2-bad-signature"])
+def test_anything_else_is_a_protocol_error(data):
+    with pytest.raises(ProtocolError) as err:
+        proxy_protocol.parse(data)
+    assert err.value.reason == "proxy_protocol_error"
