@@ -1,0 +1,160 @@
+"""Build the project's container image without any registry.
+
+Nothing can be pulled here, and downloads inside ``docker build`` fail certificate
+verification (the build sandbox does not trust this machine's egress CA). So:
+
+1. the base image is a Debian ``debootstrap --variant=minbase`` root filesystem turned into
+   an image with ``docker import``; its tag carries a digest of the recipe, so an existing
+   tag is reused and a changed recipe builds a new one;
+2. the project and all its dependencies are built as wheels on the host (``pip wheel``)
+   into ``build/wheels`` (the only part of the repo the ``.dockerignore`` lets through);
+3. ``docker build`` installs those wheels with ``--no-index``: nothing is downloaded.
+
+Usage: ``python -m e2e.images build`` (prints the image tag on stdout), ``base`` (prints
+the base tag), ``tag`` (prints the tag without building).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+IMAGE = "zt-relay:0.1.0-dev"
+"""The tag the pipeline builds and loads into clusters; never ``latest``, because
+kubelet would then try to pull it (``imagePullPolicy: Always``) and nothing can be pulled."""
+
+BASE_REPOSITORY = "zt-relay-base"
+BASE_SUITE = "bookworm"
+BASE_MIRROR = "http://deb.debian.org/debian"
+# python3-venv brings ensurepip, which the builder stage uses to make the venv.
+BASE_PACKAGES = ("python3", "python3-venv", "ca-certificates")
+
+WHEEL_DIR = REPO / "build" / "wheels"
+CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zt-relay" / "images"
+
+# Debian's docker.io has no buildx; the legacy builder is what works everywhere here.
+DOCKER_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
+
+
+def base_tag(suite: str = BASE_SUITE, packages: tuple[str, ...] = BASE_PACKAGES) -> str:
+    """The base image tag: the suite plus a digest of the recipe, so recipes never collide."""
+    recipe = "\n".join([suite, BASE_MIRROR, "minbase", *sorted(packages)])
+    return f"{BASE_REPOSITORY}:{suite}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+
+
+def _log(message: str) -> None:
+    # stdout carries only the resulting tag, so scripts can capture it.
+    print(f"[images] {message}", file=sys.stderr, flush=True)
+
+
+def _run(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+    _log("$ " + " ".join(cmd))
+    return subprocess.run(cmd, check=True, **kwargs)
+
+
+def image_exists(tag: str) -> bool:
+    result = subprocess.run(
+        ["docker", "image", "inspect", tag], capture_output=True, env=DOCKER_ENV
+    )
+    return result.returncode == 0
+
+
+def _ensure_debootstrap() -> None:
+    if shutil.which("debootstrap"):
+        return
+    _run(["apt-get", "update", "-qq"])
+    _run(
+        ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "debootstrap"],
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
+
+
+def build_base() -> str:
+    """Make the base image unless its tag already exists; return the tag."""
+    tag = base_tag()
+    if image_exists(tag):
+        _log(f"base image {tag} exists, reusing it")
+        return tag
+    _ensure_debootstrap()
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    log = CACHE_DIR / "debootstrap.log"
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR, prefix="rootfs-") as rootfs, log.open("w") as out:
+        _log(f"debootstrap into {rootfs} (about a minute), log in {log}")
+        _run(
+            [
+                "debootstrap",
+                "--variant=minbase",
+                "--include=" + ",".join(BASE_PACKAGES),
+                BASE_SUITE,
+                rootfs,
+                BASE_MIRROR,
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+        # apt lists and caches are dead weight in an image that never runs apt.
+        for pattern in ("var/cache/apt/archives/*.deb", "var/lib/apt/lists/*_*"):
+            for path in Path(rootfs).glob(pattern):
+                path.unlink()
+        _log(f"importing {rootfs} as {tag}")
+        tar = subprocess.Popen(["tar", "-C", rootfs, "-c", "."], stdout=subprocess.PIPE)
+        imported = subprocess.run(
+            ["docker", "import", "-", tag], stdin=tar.stdout, stdout=sys.stderr, env=DOCKER_ENV
+        )
+        tar.stdout.close()
+        if tar.wait() != 0 or imported.returncode != 0:
+            raise SystemExit(f"importing the base image {tag} failed")
+    return tag
+
+
+def build_wheels(wheel_dir: Path = WHEEL_DIR) -> Path:
+    """Build the project (with the operator extra) and every dependency as wheels."""
+    if wheel_dir.exists():
+        # A stale zt_relay wheel of the same version would shadow the fresh one.
+        shutil.rmtree(wheel_dir)
+    wheel_dir.mkdir(parents=True)
+    _run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheel_dir),
+         f"{REPO}[operator]"],
+        stdout=sys.stderr,
+        cwd=REPO,
+    )
+    return wheel_dir
+
+
+def build_image(tag: str = IMAGE) -> str:
+    """Build base (cached), wheels and the image; return the image tag."""
+    base = build_base()
+    build_wheels()
+    _run(
+        ["docker", "build", "--build-arg", f"BASE_IMAGE={base}", "--tag", tag, str(REPO)],
+        stdout=sys.stderr,
+        env=DOCKER_ENV,
+    )
+    return tag
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m e2e.images", description=__doc__.split("\n")[0])
+    parser.add_argument("command", choices=["build", "base", "tag"])
+    parser.add_argument("--tag", default=IMAGE, help=f"image tag to build (default {IMAGE})")
+    args = parser.parse_args(argv)
+    if args.command == "tag":
+        print(args.tag)
+    elif args.command == "base":
+        print(build_base())
+    else:
+        print(build_image(args.tag))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
