@@ -514,11 +514,24 @@ static int run_idle(void) {
 /* ---- udp mode: M sockets, K datagrams in flight each, against an external echo ---- */
 
 static int run_udp(void) {
-    int m = O.tunnels;
+    int m = O.tunnels, k = O.inflight;
     int *fds = calloc(m, sizeof(int)), *inflight = calloc(m, sizeof(int));
     uint64_t *last_rx = calloc(m, sizeof(uint64_t));
     uint64_t lost = 0, sent = 0;
-    uint8_t *pkt = calloc(1, O.size), *rbuf = malloc(65536);
+    /* One batch of k datagrams per socket each way: recvmmsg/sendmmsg, one syscall each. */
+    uint8_t *rbufs = malloc((size_t)k * 65536), *sbufs = calloc(k, O.size);
+    struct mmsghdr *rmsg = calloc(k, sizeof(*rmsg)), *smsg = calloc(k, sizeof(*smsg));
+    struct iovec *riov = calloc(k, sizeof(*riov)), *siov = calloc(k, sizeof(*siov));
+    for (int j = 0; j < k; j++) {
+        riov[j].iov_base = rbufs + (size_t)j * 65536;
+        riov[j].iov_len = 65536;
+        rmsg[j].msg_hdr.msg_iov = &riov[j];
+        rmsg[j].msg_hdr.msg_iovlen = 1;
+        siov[j].iov_base = sbufs + (size_t)j * O.size;
+        siov[j].iov_len = O.size;
+        smsg[j].msg_hdr.msg_iov = &siov[j];
+        smsg[j].msg_hdr.msg_iovlen = 1;
+    }
     for (int i = 0; i < m; i++) {
         fds[i] = socket(AF_INET, SOCK_DGRAM | SOCK_NONBLOCK, 0);
         if (fds[i] < 0) die("udp socket");
@@ -526,11 +539,14 @@ static int run_udp(void) {
         struct epoll_event ev = {.events = EPOLLIN, .data.u32 = (uint32_t)i};
         if (epoll_ctl(ep, EPOLL_CTL_ADD, fds[i], &ev) != 0) die("epoll_ctl");
     }
-#define UDP_SEND(i) do { uint64_t ts_ = now_ns(); uint32_t id_ = (uint32_t)(i); \
-        memcpy(pkt, &id_, 4); memcpy(pkt + 8, &ts_, 8); \
-        if (send(fds[i], pkt, O.size, 0) == O.size) { inflight[i]++; sent++; } } while (0)
+    /* Sends n stamped datagrams on socket i (n <= k). */
+#define UDP_SEND(i, n) do { uint64_t ts_ = now_ns(); uint32_t id_ = (uint32_t)(i); \
+        for (int j_ = 0; j_ < (n); j_++) { memcpy(sbufs + (size_t)j_ * O.size, &id_, 4); \
+                                            memcpy(sbufs + (size_t)j_ * O.size + 8, &ts_, 8); } \
+        int s_ = sendmmsg(fds[i], smsg, (n), 0); \
+        if (s_ > 0) { inflight[i] += s_; sent += s_; } } while (0)
     uint64_t t0 = now_ns();
-    for (int i = 0; i < m; i++) { last_rx[i] = t0; for (int k = 0; k < O.inflight; k++) UDP_SEND(i); }
+    for (int i = 0; i < m; i++) { last_rx[i] = t0; UDP_SEND(i, k); }
     uint64_t t_measure = t0 + (uint64_t)(O.warmup * 1e9), t_end = t_measure + (uint64_t)(O.duration * 1e9);
     double cpu0 = 0, cpu1 = 0;
     struct epoll_event evs[MAX_EVENTS];
@@ -540,24 +556,25 @@ static int run_udp(void) {
         uint64_t now = now_ns();
         for (int e = 0; e < n; e++) {
             int i = evs[e].data.u32;
-            for (;;) {
-                ssize_t r = recv(fds[i], rbuf, 65536, 0);
-                if (r < 0) {
-                    if (errno == EAGAIN) break;
-                    if (errno == ECONNREFUSED) fail("udp echo target refused (not listening)");
-                    die("udp recv");
-                }
+            for (int j = 0; j < k; j++) rmsg[j].msg_len = 0;
+            int r = recvmmsg(fds[i], rmsg, k, MSG_DONTWAIT, NULL);
+            if (r < 0) {
+                if (errno == EAGAIN) continue;
+                if (errno == ECONNREFUSED) fail("udp echo target refused (not listening)");
+                die("udp recvmmsg");
+            }
+            for (int j = 0; j < r; j++) {
+                uint8_t *d = rbufs + (size_t)j * 65536;
                 uint32_t id;
                 uint64_t ts;
-                if (r != O.size) fail("udp echo returned a datagram of another size");
-                memcpy(&id, rbuf, 4);
-                memcpy(&ts, rbuf + 8, 8);
+                if (rmsg[j].msg_len != (unsigned)O.size) fail("udp echo returned a datagram of another size");
+                memcpy(&id, d, 4);
+                memcpy(&ts, d + 8, 8);
                 if (id != (uint32_t)i) fail("udp echo returned another socket's datagram");
                 if (measuring) { hist_add(now - ts); rx_window++; }
                 if (inflight[i] > 0) inflight[i]--;
-                last_rx[i] = now;
-                UDP_SEND(i);
             }
+            if (r > 0) { last_rx[i] = now; UDP_SEND(i, r); }
         }
         /* UDP may drop under overload: refill a window that has been silent for 200 ms. */
         for (int i = 0; i < m; i++)
@@ -565,7 +582,7 @@ static int run_udp(void) {
                 lost += inflight[i];
                 inflight[i] = 0;
                 last_rx[i] = now;
-                for (int k = 0; k < O.inflight; k++) UDP_SEND(i);
+                UDP_SEND(i, k);
             }
         if (!measuring && now >= t_measure && now < t_end) { measuring = 1; t_measure = now; cpu0 = cpu_seconds(); }
         if (measuring && now >= t_end) {
@@ -574,7 +591,7 @@ static int run_udp(void) {
             printf("{\"mode\":\"udp\",\"sockets\":%d,\"size\":%d,\"inflight\":%d,\"seconds\":%.3f,"
                    "\"datagrams\":%llu,\"datagrams_per_s\":%.0f,\"p50_us\":%.0f,\"p99_us\":%.0f,"
                    "\"lost\":%llu,\"sent\":%llu,\"loadgen_cpu_pct\":%.1f}\n",
-                   m, O.size, O.inflight, secs, (unsigned long long)rx_window, rx_window / secs,
+                   m, O.size, k, secs, (unsigned long long)rx_window, rx_window / secs,
                    hist_pct(0.5), hist_pct(0.99), (unsigned long long)lost, (unsigned long long)sent,
                    100.0 * (cpu1 - cpu0) / secs);
             fflush(stdout);
