@@ -41,7 +41,11 @@ class RelayProcess:
             stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
         )
         self = cls(proc)
-        await asyncio.wait_for(self._wait_started(health), START_TIMEOUT)
+        try:
+            await asyncio.wait_for(self._wait_started(health), START_TIMEOUT)
+        except BaseException:
+            await self.stop()
+            raise
         self._reader = asyncio.ensure_future(self._read_log())
         return self
 
