@@ -1,0 +1,208 @@
+"""Build the pinned binaries from the Go module proxy into `paths.bin_dir()`.
+
+Each tool gets a throwaway wrapper module under the cache (`<cache>/k8s/<ver>/src/<tool>`):
+a go.mod requiring the pinned version, a `tools.go` blank-importing its commands, `go mod
+tidy`, `go build`. Kubernetes needs the wrapper because its go.mod points the staging modules
+(k8s.io/api, client-go, ...) at local folders, so `go install k8s.io/kubernetes/...@v` fails:
+the wrapper replaces each of them with its released v0.x module instead.
+
+A binary already present is not rebuilt (delete it, or the bin dir, to force a rebuild).
+Cold on 2 cores this takes about 8 minutes for Kubernetes and a few more for the rest.
+"""
+
+import datetime
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from e2e.cluster import paths, versions
+
+KUBE_COMMANDS = (
+    "kube-apiserver",
+    "kube-controller-manager",
+    "kube-scheduler",
+    "kubelet",
+    "kube-proxy",
+    "kubectl",
+    "kubeadm",
+)
+
+# Both packages carry a copy of the version variables; kubectl refuses to parse the default
+# "v0.0.0-master+$Format:%H$", so set them for real.
+VERSION_PACKAGES = ("k8s.io/component-base/version", "k8s.io/client-go/pkg/version")
+
+_REPLACE_LINE = re.compile(r"^\s*(k8s\.io/[\w.-]+)\s+=>\s+\./staging/", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class GoTool:
+    """One wrapper module and the binaries it produces."""
+
+    name: str
+    """Folder name of the wrapper module and label in progress output."""
+    requires: dict[str, str]
+    """Module path -> version required by the wrapper."""
+    commands: dict[str, str]
+    """Binary name -> Go package of its main."""
+    replaces: dict[str, str] = field(default_factory=dict)
+    """Module path -> version, written as `replace M => M V`."""
+    ldflags: str = ""
+
+
+def staging_modules(kubernetes_go_mod: str) -> list[str]:
+    """The modules that k8s.io/kubernetes's go.mod replaces with folders under ./staging."""
+    return sorted(set(_REPLACE_LINE.findall(kubernetes_go_mod)))
+
+
+def version_ldflags(version: str, build_date: str) -> str:
+    """-ldflags setting the Kubernetes version variables (version like "v1.37.2")."""
+    major, minor = version.removeprefix("v").split(".")[:2]
+    values = {
+        "gitVersion": version,
+        "gitMajor": major,
+        "gitMinor": minor,
+        "gitTreeState": "clean",
+        "buildDate": build_date,
+    }
+    flags = [f"-X {pkg}.{key}={value}" for pkg in VERSION_PACKAGES for key, value in values.items()]
+    return " ".join(["-s", "-w", *flags])
+
+
+def render_go_mod(tool: GoTool, go_version: str = "1.26") -> str:
+    lines = [f"module zt-relay.local/build/{tool.name}", "", f"go {go_version}", ""]
+    lines += ["require ("] + [f"\t{m} {v}" for m, v in sorted(tool.requires.items())] + [")", ""]
+    if tool.replaces:
+        lines += ["replace ("] + [f"\t{m} => {m} {v}" for m, v in sorted(tool.replaces.items())] + [")", ""]
+    return "\n".join(lines)
+
+
+def render_tools_go(tool: GoTool) -> str:
+    imports = "".join(f'\t_ "{pkg}"\n' for pkg in sorted(set(tool.commands.values())))
+    return f"//go:build tools\n\npackage tools\n\nimport (\n{imports})\n"
+
+
+def _go_env() -> dict[str, str]:
+    env = dict(os.environ)
+    # Use the installed Go; never download a toolchain a dependency's go.mod suggests.
+    env["GOTOOLCHAIN"] = "local"
+    env.setdefault("GOFLAGS", "-buildvcs=false")
+    env["CGO_ENABLED"] = "0"
+    return env
+
+
+def _run(cmd: list[str], cwd: Path) -> str:
+    print(f"+ {' '.join(cmd)}  (in {cwd})", flush=True)
+    return subprocess.run(cmd, cwd=cwd, env=_go_env(), check=True, text=True, stdout=subprocess.PIPE).stdout
+
+
+def kubernetes_tool() -> GoTool:
+    """Download k8s.io/kubernetes's go.mod (through the proxy) and derive its wrapper."""
+    out = subprocess.run(
+        ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{versions.KUBERNETES}"],
+        env=_go_env(), check=True, text=True, stdout=subprocess.PIPE, cwd=paths.cache_root(),
+    ).stdout
+    go_mod = Path(json.loads(out)["GoMod"]).read_text()
+    staged = staging_modules(go_mod)
+    if not staged:
+        raise RuntimeError(f"no staging replaces found in k8s.io/kubernetes@{versions.KUBERNETES} go.mod")
+    build_date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return GoTool(
+        name="kubernetes",
+        requires={"k8s.io/kubernetes": versions.KUBERNETES},
+        commands={cmd: f"k8s.io/kubernetes/cmd/{cmd}" for cmd in KUBE_COMMANDS},
+        replaces={m: versions.STAGING for m in staged},
+        ldflags=version_ldflags(versions.KUBERNETES, build_date),
+    )
+
+
+def other_tools() -> list[GoTool]:
+    helm_pkg = "helm.sh/helm/v3/internal/version"
+    return [
+        GoTool("etcd", {"go.etcd.io/etcd/server/v3": versions.ETCD}, {"etcd": "go.etcd.io/etcd/server/v3"}),
+        GoTool(
+            "metrics-server",
+            {"sigs.k8s.io/metrics-server": versions.METRICS_SERVER},
+            {"metrics-server": "sigs.k8s.io/metrics-server/cmd/metrics-server"},
+        ),
+        GoTool(
+            "helm",
+            {"helm.sh/helm/v3": versions.HELM},
+            {"helm": "helm.sh/helm/v3/cmd/helm"},
+            ldflags=f"-s -w -X {helm_pkg}.version={versions.HELM} -X {helm_pkg}.gitTreeState=clean",
+        ),
+        GoTool(
+            "kubeconform",
+            {"github.com/yannh/kubeconform": versions.KUBECONFORM},
+            {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
+        ),
+        GoTool(
+            "helm-unittest",
+            {"github.com/helm-unittest/helm-unittest": versions.HELM_UNITTEST},
+            {"untt": "github.com/helm-unittest/helm-unittest/cmd/helm-unittest"},
+        ),
+    ]
+
+
+def build_tool(tool: GoTool, bin_dir: Path) -> None:
+    missing = [name for name in tool.commands if not (bin_dir / name).exists()]
+    if not missing:
+        print(f"{tool.name}: present, skipping", flush=True)
+        return
+    src = paths.k8s_root() / "src" / tool.name
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text(render_go_mod(tool))
+    (src / "tools.go").write_text(render_tools_go(tool))
+    _run(["go", "mod", "tidy"], src)
+    tmp = bin_dir / ".partial"
+    tmp.mkdir(parents=True, exist_ok=True)
+    # One `go build` per tool so shared packages compile once; -p 2 matches the CI machine.
+    for name in missing:
+        _run(["go", "build", "-p", "2", "-trimpath", "-ldflags", tool.ldflags, "-o", str(tmp / name), tool.commands[name]], src)
+        # Rename last so an interrupted build never leaves a half-written binary that counts as present.
+        os.replace(tmp / name, bin_dir / name)
+
+
+HELM_UNITTEST_PLUGIN = """\
+name: "unittest"
+version: "{version}"
+usage: "unittest for helm charts"
+description: "helm-unittest built from source by e2e.cluster.build"
+ignoreFlags: false
+command: "$HELM_PLUGIN_DIR/untt"
+"""
+
+
+def install_helm_unittest_plugin(bin_dir: Path) -> None:
+    """Lay the built helm-unittest out as a plugin dir, so `helm unittest` works with HELM_PLUGINS."""
+    plugin = paths.helm_plugins_dir() / "helm-unittest"
+    plugin.mkdir(parents=True, exist_ok=True)
+    (plugin / "plugin.yaml").write_text(HELM_UNITTEST_PLUGIN.format(version=versions.HELM_UNITTEST.removeprefix("v")))
+    target = plugin / "untt"
+    if target.exists() or target.is_symlink():
+        target.unlink()
+    target.symlink_to(bin_dir / "untt")
+
+
+def build_all() -> Path:
+    if shutil.which("go") is None:
+        raise SystemExit("build: `go` is not on PATH (Go 1.26 is needed to build the pinned binaries)")
+    bin_dir = paths.bin_dir()
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    tools = [*other_tools()]
+    if any(not (bin_dir / c).exists() for c in KUBE_COMMANDS):
+        tools.insert(0, kubernetes_tool())
+    for tool in tools:
+        build_tool(tool, bin_dir)
+    install_helm_unittest_plugin(bin_dir)
+    shutil.rmtree(bin_dir / ".partial", ignore_errors=True)
+    print(f"binaries in {bin_dir}", flush=True)
+    return bin_dir
+
+
+if __name__ == "__main__":
+    sys.exit(build_all() and 0)

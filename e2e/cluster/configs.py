@@ -1,0 +1,364 @@
+"""Config files and command lines of the cluster's processes, as pure functions.
+
+Everything here is derived from a `Layout` and the state directory, so it is tested without
+starting anything. JSON is written where YAML is expected (JSON is YAML) to need no library.
+The comments name the trap each non-default setting avoids (see the shared k8s notes).
+"""
+
+import json
+from pathlib import Path
+
+from e2e.cluster import versions
+from e2e.cluster.layout import Layout
+
+CNI_PLUGIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
+CNI_NETWORK = "ztr-e2e"
+
+
+class StatePaths:
+    """Named paths under one state directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.pki = root / "pki"
+        self.kubeconfigs = root / "kubeconfigs"
+        self.logs = root / "logs"
+        self.run = root / "run"
+        self.etcd_data = root / "etcd"
+        self.containerd = root / "containerd"
+        self.containerd_socket = root / "containerd" / "containerd.sock"
+        self.cni_conf = root / "cni" / "net.d"
+        self.cni_ipam = root / "cni" / "ipam"
+        self.kubelet_root = root / "kubelet"
+        self.pod_logs = root / "pod-logs"
+        self.configs = root / "configs"
+        self.metrics_server = root / "metrics-server"
+
+    def kubeconfig(self, name: str) -> Path:
+        return self.kubeconfigs / f"{name}.conf"
+
+
+def kubeadm_config(layout: Layout, state: StatePaths) -> str:
+    """kubeadm is used for PKI and kubeconfigs only (`init phase certs|kubeconfig`)."""
+    init = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "InitConfiguration",
+        "localAPIEndpoint": {"advertiseAddress": layout.node_ip, "bindPort": layout.apiserver_port},
+        "nodeRegistration": {"name": layout.node_name},
+    }
+    cluster = {
+        "apiVersion": "kubeadm.k8s.io/v1beta4",
+        "kind": "ClusterConfiguration",
+        "kubernetesVersion": versions.KUBERNETES,
+        "clusterName": "zt-relay-e2e",
+        "certificatesDir": str(state.pki),
+        "networking": {
+            "serviceSubnet": layout.service_cidr,
+            "podSubnet": layout.cluster_cidr,
+            "dnsDomain": "cluster.local",
+        },
+        "apiServer": {"certSANs": [layout.node_ip, "127.0.0.1", "localhost", layout.kubernetes_service_ip]},
+    }
+    return "---\n".join(json.dumps(doc, indent=2) + "\n" for doc in (init, cluster))
+
+
+def etcd_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    # Plain HTTP on loopback only: the apiserver is its only client, and nothing else listens.
+    client = f"http://127.0.0.1:{layout.etcd_client_port}"
+    peer = f"http://127.0.0.1:{layout.etcd_peer_port}"
+    return [
+        str(bin_dir / "etcd"),
+        "--name=ztr-e2e",
+        f"--data-dir={state.etcd_data}",
+        f"--listen-client-urls={client}",
+        f"--advertise-client-urls={client}",
+        f"--listen-peer-urls={peer}",
+        f"--initial-advertise-peer-urls={peer}",
+        f"--initial-cluster=ztr-e2e={peer}",
+        "--listen-metrics-urls=",
+        "--log-level=warn",
+        # Small and fast: a test cluster never needs compaction history or big snapshots.
+        "--quota-backend-bytes=1073741824",
+        "--unsafe-no-fsync",
+    ]
+
+
+def apiserver_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    pki = state.pki
+    return [
+        str(bin_dir / "kube-apiserver"),
+        # The node IP, not 0.0.0.0: pods reach it through the `kubernetes` Service, tests
+        # through the kubeconfig, and nothing listens on other interfaces.
+        f"--advertise-address={layout.node_ip}",
+        f"--bind-address={layout.node_ip}",
+        f"--secure-port={layout.apiserver_port}",
+        f"--etcd-servers=http://127.0.0.1:{layout.etcd_client_port}",
+        f"--service-cluster-ip-range={layout.service_cidr}",
+        "--service-node-port-range=30000-32767",
+        # As in a real cluster, so a chart's RBAC mistake fails here too.
+        "--authorization-mode=Node,RBAC",
+        "--enable-admission-plugins=NodeRestriction",
+        "--allow-privileged=true",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--tls-cert-file={pki / 'apiserver.crt'}",
+        f"--tls-private-key-file={pki / 'apiserver.key'}",
+        f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+        f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+        # The node name does not resolve here; logs/exec/metrics would fail with a DNS error.
+        "--kubelet-preferred-address-types=InternalIP",
+        "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        f"--service-account-key-file={pki / 'sa.pub'}",
+        f"--service-account-signing-key-file={pki / 'sa.key'}",
+        f"--proxy-client-cert-file={pki / 'front-proxy-client.crt'}",
+        f"--proxy-client-key-file={pki / 'front-proxy-client.key'}",
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-username-headers=X-Remote-User",
+        # metrics-server runs as a host process: reach it at its endpoint, not the ClusterIP.
+        "--enable-aggregator-routing=true",
+        "--profiling=false",
+        "--v=1",
+    ]
+
+
+def controller_manager_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    kubeconfig = state.kubeconfig("controller-manager")
+    pki = state.pki
+    return [
+        str(bin_dir / "kube-controller-manager"),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        f"--client-ca-file={pki / 'ca.crt'}",
+        f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
+        f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+        f"--cluster-signing-key-file={pki / 'ca.key'}",
+        f"--root-ca-file={pki / 'ca.crt'}",
+        f"--service-account-private-key-file={pki / 'sa.key'}",
+        # Each controller gets its own ServiceAccount, so RBAC is exercised as in production.
+        "--use-service-account-credentials=true",
+        "--allocate-node-cidrs=true",
+        f"--cluster-cidr={layout.cluster_cidr}",
+        "--node-cidr-mask-size=24",
+        f"--service-cluster-ip-range={layout.service_cidr}",
+        "--leader-elect=false",
+        "--v=1",
+    ]
+
+
+def scheduler_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    kubeconfig = state.kubeconfig("scheduler")
+    return [
+        str(bin_dir / "kube-scheduler"),
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        "--bind-address=127.0.0.1",
+        "--leader-elect=false",
+        "--v=1",
+    ]
+
+
+def containerd_config(layout: Layout, state: StatePaths) -> str:
+    """A containerd of our own: own root, state and socket, so Docker's is never touched."""
+    c = state.containerd
+    return f"""\
+version = 2
+root = "{c / 'root'}"
+state = "{c / 'state'}"
+
+[grpc]
+  address = "{state.containerd_socket}"
+
+[ttrpc]
+  address = "{c / 'containerd.sock.ttrpc'}"
+
+[debug]
+  address = "{c / 'debug.sock'}"
+
+[metrics]
+  address = ""
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "{c / 'opt'}"
+
+[plugins."io.containerd.grpc.v1.cri"]
+  # No registry here: the sandbox image is built locally and imported (see pause.py).
+  sandbox_image = "{layout.pause_image}"
+  # This sandbox lacks CAP_SYS_RESOURCE; without this every pod sandbox fails in runc.
+  restrict_oom_score_adj = true
+  enable_selinux = false
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = "{CNI_PLUGIN_DIR}"
+    conf_dir = "{state.cni_conf}"
+"""
+
+
+def cni_conflist(layout: Layout, state: StatePaths) -> str:
+    config = {
+        "cniVersion": "1.0.0",
+        "name": CNI_NETWORK,
+        "plugins": [
+            {
+                "type": "bridge",
+                "bridge": layout.cni_bridge,
+                "isGateway": True,
+                # No masquerade: test hosts see real pod addresses, and nothing may leave anyway.
+                "ipMasq": False,
+                # A pod reaching itself through its own Service needs hairpin.
+                "hairpinMode": True,
+                "ipam": {
+                    "type": "host-local",
+                    "ranges": [[{"subnet": layout.pod_subnet}]],
+                    "routes": [{"dst": "0.0.0.0/0"}],
+                    # IPAM leases under the state dir, so `down` removes them with it.
+                    "dataDir": str(state.cni_ipam),
+                },
+            },
+            {"type": "portmap", "capabilities": {"portMappings": True}},
+        ],
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def kubelet_config(layout: Layout, state: StatePaths) -> str:
+    config = {
+        "apiVersion": "kubelet.config.k8s.io/v1beta1",
+        "kind": "KubeletConfiguration",
+        # The apiserver and metrics-server reach the kubelet at the node's InternalIP.
+        "address": layout.node_ip,
+        "port": 10250,
+        "readOnlyPort": 0,
+        "healthzBindAddress": "127.0.0.1",
+        "healthzPort": 10248,
+        "authentication": {
+            "anonymous": {"enabled": False},
+            "webhook": {"enabled": True},
+            "x509": {"clientCAFile": str(state.pki / "ca.crt")},
+        },
+        "authorization": {"mode": "Webhook"},
+        # This machine has cgroup v1, which kubelet >= 1.35 refuses unless told otherwise.
+        "failCgroupV1": False,
+        "cgroupDriver": "cgroupfs",
+        "containerRuntimeEndpoint": f"unix://{state.containerd_socket}",
+        "clusterDomain": "cluster.local",
+        "podLogsDir": str(state.pod_logs),
+        "resolvConf": "/etc/resolv.conf",
+        # Imported images cannot be pulled back: never garbage-collect them, never evict.
+        "imageGCHighThresholdPercent": 100,
+        "imageGCLowThresholdPercent": 99,
+        "evictionHard": {"memory.available": "1Mi", "nodefs.available": "1%", "imagefs.available": "1%"},
+        "localStorageCapacityIsolation": False,
+        "protectKernelDefaults": False,
+        "serializeImagePulls": False,
+        "maxPods": 110,
+        "rotateCertificates": False,
+        "registerNode": True,
+        # Faster status for tests (defaults are 10 s / 5 min).
+        "nodeStatusUpdateFrequency": "4s",
+        "syncFrequency": "10s",
+        "fileCheckFrequency": "10s",
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def kubelet_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return [
+        str(bin_dir / "kubelet"),
+        f"--config={state.configs / 'kubelet.json'}",
+        f"--kubeconfig={state.kubeconfig('kubelet')}",
+        f"--root-dir={state.kubelet_root}",
+        f"--cert-dir={state.kubelet_root / 'pki'}",
+        f"--node-ip={layout.node_ip}",
+        f"--hostname-override={layout.node_name}",
+        "--v=1",
+    ]
+
+
+def kube_proxy_config(layout: Layout, state: StatePaths) -> str:
+    config = {
+        "apiVersion": "kubeproxy.config.k8s.io/v1alpha1",
+        "kind": "KubeProxyConfiguration",
+        "clientConnection": {"kubeconfig": str(state.kubeconfig("kube-proxy"))},
+        "mode": "iptables",
+        "hostnameOverride": layout.node_name,
+        "clusterCIDR": layout.cluster_cidr,
+        "healthzBindAddress": "127.0.0.1:10256",
+        "metricsBindAddress": "127.0.0.1:10249",
+        # NodePorts on the node IP only: no route_localnet sysctl, no ports on docker0.
+        "nodePortAddresses": ["primary"],
+        "iptables": {"localhostNodePorts": False, "syncPeriod": "30s", "minSyncPeriod": "0s"},
+        # Leave the machine's conntrack sysctls alone (they are not ours to change).
+        "conntrack": {"maxPerCore": 0, "min": 0},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def kube_proxy_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return [str(bin_dir / "kube-proxy"), f"--config={state.configs / 'kube-proxy.json'}", "--v=1"]
+
+
+def metrics_server_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    kubeconfig = state.kubeconfig("admin")
+    return [
+        str(bin_dir / "metrics-server"),
+        f"--secure-port={layout.metrics_server_port}",
+        f"--bind-address={layout.node_ip}",
+        f"--cert-dir={state.metrics_server}",
+        f"--kubeconfig={kubeconfig}",
+        f"--authentication-kubeconfig={kubeconfig}",
+        f"--authorization-kubeconfig={kubeconfig}",
+        f"--requestheader-client-ca-file={state.pki / 'front-proxy-ca.crt'}",
+        "--kubelet-preferred-address-types=InternalIP",
+        # The kubelet's serving cert is self-signed (no serving-cert bootstrap here).
+        "--kubelet-insecure-tls",
+        "--metric-resolution=15s",
+    ]
+
+
+def metrics_server_objects(layout: Layout) -> list[dict]:
+    """A selector-less Service, its EndpointSlice to the host process, and the APIService."""
+    name = "metrics-server"
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "kube-system"},
+            "spec": {"ports": [{"name": "https", "port": 443, "targetPort": layout.metrics_server_port}]},
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-host",
+                "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [layout.node_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": "https", "port": layout.metrics_server_port, "protocol": "TCP"}],
+        },
+        {
+            "apiVersion": "apiregistration.k8s.io/v1",
+            "kind": "APIService",
+            "metadata": {"name": "v1beta1.metrics.k8s.io"},
+            "spec": {
+                "service": {"name": name, "namespace": "kube-system", "port": 443},
+                "group": "metrics.k8s.io",
+                "version": "v1beta1",
+                "insecureSkipTLSVerify": True,
+                "groupPriorityMinimum": 100,
+                "versionPriority": 100,
+            },
+        },
+    ]

@@ -1,0 +1,72 @@
+"""A small kubectl wrapper and deadline polling, shared by the harness and the fixtures."""
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+class Kubectl:
+    """Run kubectl against one kubeconfig, always with a timeout.
+
+    `kubectl("get", "pods")` returns the CompletedProcess (text, captured, check=True);
+    `kubectl.json("get", "pods")` adds `-o json` and returns the parsed object.
+    """
+
+    def __init__(self, kubeconfig: Path | str, binary: str = "kubectl", timeout: float = 30) -> None:
+        self.kubeconfig = str(kubeconfig)
+        self.binary = binary
+        self.timeout = timeout
+
+    def argv(self, *args: str) -> list[str]:
+        return [self.binary, f"--kubeconfig={self.kubeconfig}", *args]
+
+    def __call__(
+        self, *args: str, input: str | None = None, check: bool = True, timeout: float | None = None
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            self.argv(*args), input=input, text=True, capture_output=True, timeout=timeout or self.timeout
+        )
+        if check and proc.returncode != 0:
+            raise KubectlError(args, proc)
+        return proc
+
+    def json(self, *args: str, timeout: float | None = None) -> dict:
+        return json.loads(self(*args, "-o", "json", timeout=timeout).stdout)
+
+    def apply(self, *objects: dict, namespace: str | None = None) -> subprocess.CompletedProcess:
+        """`kubectl apply -f -` with the objects as one List."""
+        args = ["apply", "-f", "-"] + ([f"--namespace={namespace}"] if namespace else [])
+        doc = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
+        return self(*args, input=json.dumps(doc))
+
+
+class KubectlError(RuntimeError):
+    def __init__(self, args: tuple[str, ...], proc: subprocess.CompletedProcess) -> None:
+        super().__init__(f"kubectl {' '.join(args)} failed ({proc.returncode}): {proc.stderr.strip()}")
+        self.proc = proc
+
+
+def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
+    """Call `probe` until it returns something truthy (returned) or `timeout` seconds pass.
+
+    Exceptions from the probe count as "not yet"; the last one is named in the TimeoutError,
+    so a failed wait says what it waited for and what it last saw.
+    """
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while True:
+        try:
+            result = probe()
+            if result:
+                return result
+            last = result
+        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+            last = exc
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+        time.sleep(interval)

@@ -1,0 +1,87 @@
+"""The cluster's fixed address plan and names: one frozen dataclass, no I/O.
+
+Every range avoids the machine's own networks (eth0 192.0.2.0/24, docker0 172.17.0.0/16).
+Pods, Services and the load-balancer pool are routed to a sink namespace (see `network`), so
+an address in them that no Kubernetes rule claims never follows the default route out.
+"""
+
+import ipaddress
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Addresses, names and ports of the local cluster."""
+
+    node_ip: str
+    """The node's InternalIP: the machine's primary IPv4 (detected; kubeadm refuses loopback)."""
+    primary_interface: str
+    """The interface of the default route; forwarded cluster traffic towards it is dropped."""
+    node_name: str = "ztr-e2e-node"
+    cluster_cidr: str = "10.244.0.0/16"
+    """All pod addresses; the node's own pod subnet is `pod_subnet`."""
+    pod_subnet: str = "10.244.0.0/24"
+    service_cidr: str = "10.96.0.0/16"
+    lb_pool: str = "10.250.0.0/24"
+    """Addresses the LoadBalancer stand-in hands out (.0 and the broadcast are skipped)."""
+    test_host_cidr: str = "10.251.0.0/24"
+    """Test-host namespaces ("a client on the internet", "a ZeroTier root"); .1 is the host."""
+    cni_bridge: str = "ztr-cni0"
+    hosts_bridge: str = "ztr-hosts0"
+    sink_netns: str = "ztr-sink"
+    sink_host_veth: str = "ztr-sink0"
+    sink_link_cidr: str = "169.254.123.0/30"
+    """The /30 between the host and the sink namespace; the sink is the routes' next hop."""
+    test_host_netns_prefix: str = "ztr-h-"
+    iptables_chain: str = "ZTR-E2E-FORWARD"
+    apiserver_port: int = 6443
+    etcd_client_port: int = 23790
+    etcd_peer_port: int = 23800
+    metrics_server_port: int = 4443
+    pause_image: str = "zt-relay-e2e/pause:1"
+
+    @property
+    def apiserver_url(self) -> str:
+        return f"https://{self.node_ip}:{self.apiserver_port}"
+
+    @property
+    def kubernetes_service_ip(self) -> str:
+        """The first address of the service range: the `kubernetes` Service's ClusterIP."""
+        return str(ipaddress.ip_network(self.service_cidr)[1])
+
+    @property
+    def sink_routes(self) -> tuple[str, ...]:
+        """Ranges whose unclaimed addresses must end in the sink instead of the default route."""
+        return (self.cluster_cidr, self.service_cidr, self.lb_pool)
+
+    @property
+    def sink_host_address(self) -> str:
+        return str(ipaddress.ip_network(self.sink_link_cidr)[1])
+
+    @property
+    def sink_address(self) -> str:
+        return str(ipaddress.ip_network(self.sink_link_cidr)[2])
+
+    @property
+    def hosts_gateway(self) -> str:
+        return str(ipaddress.ip_network(self.test_host_cidr)[1])
+
+    def lb_addresses(self) -> list[str]:
+        return [str(ip) for ip in ipaddress.ip_network(self.lb_pool).hosts()]
+
+
+def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
+    """Raise ValueError if any cluster range overlaps a network the machine already has."""
+    ours = {
+        "cluster_cidr": layout.cluster_cidr,
+        "service_cidr": layout.service_cidr,
+        "lb_pool": layout.lb_pool,
+        "test_host_cidr": layout.test_host_cidr,
+        "sink_link_cidr": layout.sink_link_cidr,
+    }
+    for field_name, cidr in ours.items():
+        for other in machine_networks:
+            if ipaddress.ip_network(cidr).overlaps(ipaddress.ip_network(other, strict=False)):
+                raise ValueError(f"layout.{field_name} {cidr} overlaps the machine's network {other}")
+    if not ipaddress.ip_network(layout.pod_subnet).subnet_of(ipaddress.ip_network(layout.cluster_cidr)):
+        raise ValueError(f"layout.pod_subnet {layout.pod_subnet} is not inside cluster_cidr {layout.cluster_cidr}")

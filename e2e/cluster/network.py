@@ -1,0 +1,255 @@
+"""Host networking of the local cluster: the sink, forward rules, test-host namespaces.
+
+Safety first: before any cluster process starts, the pod, service and LB ranges are routed
+to a "sink" namespace that drops everything (and counts it), and forwarded cluster traffic
+towards the primary interface is dropped. More specific routes (the CNI bridge's /24) and
+kube-proxy's DNAT still win, so real Services keep working; an address nobody claims ends
+in the sink instead of following the default route off the machine.
+
+Everything here is named with a `ztr` prefix and removed by `teardown`.
+"""
+
+import ipaddress
+import json
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.cluster.layout import Layout
+
+NETNS_DIR = Path("/var/run/netns")
+
+
+def sh(*cmd: str, check: bool = True, netns: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
+    argv = ["ip", "netns", "exec", netns, *cmd] if netns else list(cmd)
+    return subprocess.run(argv, check=check, text=True, capture_output=True, timeout=timeout)
+
+
+def default_route() -> tuple[str, str]:
+    """(interface, its primary IPv4) of the default route; the node IP and the 'outside'."""
+    routes = json.loads(sh("ip", "-j", "-4", "route", "show", "default").stdout)
+    if not routes:
+        raise RuntimeError("no IPv4 default route: cannot pick the node IP (the primary IPv4)")
+    dev = routes[0]["dev"]
+    addrs = json.loads(sh("ip", "-j", "-4", "addr", "show", "dev", dev).stdout)
+    for info in addrs[0].get("addr_info", []):
+        if info.get("family") == "inet":
+            return dev, info["local"]
+    raise RuntimeError(f"default-route interface {dev} has no IPv4 address")
+
+
+def machine_networks() -> list[str]:
+    """IPv4 networks on the machine's interfaces, excluding the ones this harness creates."""
+    nets = []
+    for link in json.loads(sh("ip", "-j", "-4", "addr").stdout):
+        if link["ifname"].startswith("ztr") or link["ifname"] == "lo":
+            continue
+        for info in link.get("addr_info", []):
+            nets.append(str(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network))
+    return nets
+
+
+def forward_rules(layout: Layout) -> list[list[str]]:
+    """Rules of the harness's FORWARD chain, in order (first match wins).
+
+    Drops come first: nothing from pods or test hosts is forwarded out of the primary
+    interface. Then explicit ACCEPTs between pods and test hosts, because dockerd sets the
+    FORWARD policy to DROP and kube-proxy only accepts packets it marked itself (with
+    `externalTrafficPolicy: Local`, and for pod -> test-host UDP, nothing is marked).
+    """
+    pods, hosts = layout.cluster_cidr, layout.test_host_cidr
+    return [
+        ["-s", pods, "-o", layout.primary_interface, "-j", "DROP"],
+        ["-s", hosts, "-o", layout.primary_interface, "-j", "DROP"],
+        ["-s", pods, "-d", pods, "-j", "ACCEPT"],
+        ["-s", pods, "-d", hosts, "-j", "ACCEPT"],
+        ["-s", hosts, "-d", pods, "-j", "ACCEPT"],
+        ["-s", hosts, "-d", hosts, "-j", "ACCEPT"],
+        # Stray packets must reach the sink to be counted there.
+        ["-o", layout.sink_host_veth, "-j", "ACCEPT"],
+    ]
+
+
+def _netns_exists(name: str) -> bool:
+    return (NETNS_DIR / name).exists()
+
+
+def _link_exists(name: str, netns: str | None = None) -> bool:
+    cmd = ["ip", "-n", netns, "link", "show", name] if netns else ["ip", "link", "show", name]
+    return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+def setup_safety(layout: Layout) -> None:
+    """Sink namespace, sink routes, forward rules. Idempotent."""
+    sysctl("net.ipv4.ip_forward", "1")
+    if not _netns_exists(layout.sink_netns):
+        sh("ip", "netns", "add", layout.sink_netns)
+    if not _link_exists(layout.sink_host_veth):
+        sh("ip", "link", "add", layout.sink_host_veth, "type", "veth", "peer", "name", "sink", "netns", layout.sink_netns)
+    prefix = ipaddress.ip_network(layout.sink_link_cidr).prefixlen
+    sh("ip", "addr", "replace", f"{layout.sink_host_address}/{prefix}", "dev", layout.sink_host_veth)
+    sh("ip", "link", "set", layout.sink_host_veth, "up")
+    sh("ip", "-n", layout.sink_netns, "addr", "replace", f"{layout.sink_address}/{prefix}", "dev", "sink")
+    sh("ip", "-n", layout.sink_netns, "link", "set", "sink", "up")
+    sh("ip", "-n", layout.sink_netns, "link", "set", "lo", "up")
+    # The sink swallows everything silently: no RST, no ICMP unreachable, and it counts.
+    # raw PREROUTING sees every arriving packet, whatever its destination address.
+    sh("iptables", "-t", "raw", "-F", "PREROUTING", netns=layout.sink_netns)
+    sh("iptables", "-t", "raw", "-A", "PREROUTING", "-j", "DROP", netns=layout.sink_netns)
+    for cidr in layout.sink_routes:
+        sh("ip", "route", "replace", cidr, "via", layout.sink_address, "dev", layout.sink_host_veth)
+    install_forward_chain(layout)
+
+
+def install_forward_chain(layout: Layout) -> None:
+    chain = layout.iptables_chain
+    if sh("iptables", "-N", chain, check=False).returncode != 0:
+        sh("iptables", "-F", chain)
+    for rule in forward_rules(layout):
+        sh("iptables", "-A", chain, *rule)
+    while sh("iptables", "-D", "FORWARD", "-j", chain, check=False).returncode == 0:
+        pass
+    sh("iptables", "-I", "FORWARD", "1", "-j", chain)
+
+
+def ensure_forward_chain_first(layout: Layout) -> None:
+    """dockerd or kube-proxy may insert their jumps above ours later; move ours back to the top."""
+    rules = sh("iptables", "-S", "FORWARD").stdout.splitlines()
+    if len(rules) < 2 or rules[1] != f"-A FORWARD -j {layout.iptables_chain}":
+        install_forward_chain(layout)
+
+
+def sink_dropped_packets(layout: Layout) -> int:
+    """Packets the sink has swallowed since `up` (its INPUT DROP counter)."""
+    out = sh("iptables", "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n", netns=layout.sink_netns).stdout
+    for line in out.splitlines():
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "DROP":
+            return int(fields[0])
+    raise RuntimeError(f"no DROP rule in the sink namespace {layout.sink_netns}")
+
+
+def sysctl(key: str, value: str) -> None:
+    Path("/proc/sys", *key.split(".")).write_text(value)
+
+
+# --- test hosts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TestHost:
+    """A network namespace standing for a machine outside the cluster, routed through the node."""
+
+    __test__ = False  # not a pytest test class despite the name
+
+    name: str
+    netns: str
+    address: str
+    gateway: str
+
+    def argv(self, *cmd: str) -> list[str]:
+        return ["ip", "netns", "exec", self.netns, *cmd]
+
+    def run(self, *cmd: str, timeout: float = 30, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+        """Run a command inside the namespace and wait for it."""
+        return subprocess.run(self.argv(*cmd), check=check, text=True, capture_output=True, timeout=timeout, input=input)
+
+    def popen(self, *cmd: str, **kwargs) -> subprocess.Popen:
+        """Start a long-running command inside the namespace (caller stops it)."""
+        return subprocess.Popen(self.argv(*cmd), **kwargs)
+
+
+def host_veth_name(address: str) -> str:
+    return "ztrh" + address.split(".")[-1]
+
+
+def _setup_hosts_bridge(layout: Layout) -> None:
+    bridge = layout.hosts_bridge
+    if not _link_exists(bridge):
+        sh("ip", "link", "add", bridge, "type", "bridge")
+    prefix = ipaddress.ip_network(layout.test_host_cidr).prefixlen
+    sh("ip", "addr", "replace", f"{layout.hosts_gateway}/{prefix}", "dev", bridge)
+    sh("ip", "link", "set", bridge, "up")
+
+
+def _used_host_addresses(layout: Layout) -> set[str]:
+    used = {layout.hosts_gateway}
+    for ns in list_netns(layout.test_host_netns_prefix):
+        out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr"], capture_output=True, text=True).stdout
+        for link in json.loads(out or "[]"):
+            used.update(info["local"] for info in link.get("addr_info", []))
+    return used
+
+
+def create_test_host(layout: Layout, name: str) -> TestHost:
+    """Create namespace `<prefix><name>` with its own address in `layout.test_host_cidr`."""
+    if not name.replace("-", "").isalnum() or len(name) > 40:
+        raise ValueError(f"test host name {name!r}: use letters, digits and '-' (max 40)")
+    netns = layout.test_host_netns_prefix + name
+    if _netns_exists(netns):
+        raise ValueError(f"test host {name!r} already exists (netns {netns})")
+    _setup_hosts_bridge(layout)
+    used = _used_host_addresses(layout)
+    net = ipaddress.ip_network(layout.test_host_cidr)
+    address = next((str(ip) for ip in net.hosts() if str(ip) not in used), None)
+    if address is None:
+        raise RuntimeError(f"test host range {layout.test_host_cidr} is full")
+    veth = host_veth_name(address)
+    sh("ip", "netns", "add", netns)
+    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+    sh("ip", "link", "set", veth, "master", layout.hosts_bridge, "up")
+    sh("ip", "-n", netns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0")
+    sh("ip", "-n", netns, "link", "set", "eth0", "up")
+    sh("ip", "-n", netns, "link", "set", "lo", "up")
+    sh("ip", "-n", netns, "route", "add", "default", "via", layout.hosts_gateway)
+    return TestHost(name=name, netns=netns, address=address, gateway=layout.hosts_gateway)
+
+
+def delete_netns(name: str) -> None:
+    """Kill what runs inside, then delete the namespace (its veths go with it)."""
+    if not _netns_exists(name):
+        return
+    pids = subprocess.run(["ip", "netns", "pids", name], capture_output=True, text=True).stdout.split()
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for _ in range(50):
+        if subprocess.run(["ip", "netns", "del", name], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"could not delete network namespace {name}")
+
+
+def delete_test_host(host: TestHost) -> None:
+    delete_netns(host.netns)
+
+
+def list_netns(prefix: str) -> list[str]:
+    if not NETNS_DIR.exists():
+        return []
+    return sorted(p.name for p in NETNS_DIR.iterdir() if p.name.startswith(prefix))
+
+
+# --- teardown -------------------------------------------------------------------------------
+
+
+def teardown(layout: Layout) -> None:
+    """Remove everything `setup_safety` and `create_test_host` made, and the CNI bridge."""
+    for ns in list_netns(layout.test_host_netns_prefix):
+        delete_netns(ns)
+    for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth):
+        if _link_exists(link):
+            sh("ip", "link", "del", link, check=False)
+    for cidr in layout.sink_routes:
+        sh("ip", "route", "del", cidr, check=False)
+    delete_netns(layout.sink_netns)
+    chain = layout.iptables_chain
+    while sh("iptables", "-D", "FORWARD", "-j", chain, check=False).returncode == 0:
+        pass
+    sh("iptables", "-F", chain, check=False)
+    sh("iptables", "-X", chain, check=False)

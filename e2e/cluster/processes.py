@@ -1,0 +1,98 @@
+"""Start and stop the cluster's host processes, each with a pid file and a log file.
+
+A pid is only signalled if its /proc cmdline still starts with the binary we started, so a
+stale pid file can never hit an unrelated process that reused the number.
+"""
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+
+def start(name: str, argv: list[str], run_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> int:
+    """Start `argv` detached (own session), logging to `<log_dir>/<name>.log`; returns the pid."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{name}.log", "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+        )
+    (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
+    return proc.pid
+
+
+def _cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+    except (FileNotFoundError, ProcessLookupError):
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except (FileNotFoundError, IndexError):
+        return True
+
+
+def running_pid(name: str, run_dir: Path) -> int | None:
+    """The pid of process `name` if it is alive and still the program we started."""
+    pidfile = run_dir / f"{name}.pid"
+    try:
+        pid_text, program = pidfile.read_text().splitlines()[:2]
+    except (FileNotFoundError, ValueError):
+        return None
+    pid = int(pid_text)
+    cmd = _cmdline(pid)
+    if not cmd or cmd[0] != program or _is_zombie(pid):
+        return None
+    return pid
+
+
+def stop(name: str, run_dir: Path, timeout: float = 15) -> None:
+    """SIGTERM, wait up to `timeout` seconds, then SIGKILL. Removes the pid file."""
+    pid = running_pid(name, run_dir)
+    if pid is not None:
+        kill_and_wait(pid, timeout)
+    (run_dir / f"{name}.pid").unlink(missing_ok=True)
+
+
+def kill_and_wait(pid: int, timeout: float) -> None:
+    try:
+        os.kill(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not _cmdline(pid) or _is_zombie(pid):
+            _reap(pid)
+            return
+        time.sleep(0.1)
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return
+    for _ in range(50):
+        if not _cmdline(pid) or _is_zombie(pid):
+            break
+        time.sleep(0.1)
+    _reap(pid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def pids_mentioning(text: str) -> list[int]:
+    """Processes whose command line contains `text` (used with the state dir's unique path)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and int(entry.name) != os.getpid():
+            if any(text in arg for arg in _cmdline(int(entry.name))):
+                found.append(int(entry.name))
+    return found
