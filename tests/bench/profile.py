@@ -68,11 +68,14 @@ def py_spy() -> str:
 
 
 def start_recording(pid: int, seconds: float, output: Path, native: bool = False) -> subprocess.Popen:
-    """Starts py-spy sampling ``pid`` at 200 Hz for ``seconds``, without pausing it per sample."""
+    """Starts py-spy sampling ``pid`` at 200 Hz for ``seconds``.
+
+    Python-only sampling doesn't pause the relay (``--nonblocking``); native stacks need
+    py-spy to stop the process per sample, which slows it, so those runs' rate is lower.
+    """
     command = [py_spy(), "record", "--pid", str(pid), "--duration", str(int(seconds)), "--rate", "200",
-               "--format", "raw", "--output", str(output), "--nonblocking"]
-    if native:
-        command.append("--native")
+               "--format", "raw", "--output", str(output)]
+    command.append("--native" if native else "--nonblocking")
     return subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 

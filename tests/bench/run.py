@@ -82,11 +82,13 @@ def run_frames(loadgen: Path, relay: relays.RunningRelay, tunnels: int, size: in
     result = None
     for line in process.stdout:
         if line.startswith("# measure start"):
-            cpu0, (busy0, all0) = procfs.tree_cpu_seconds(relay.pid), procfs.machine_busy_seconds()
+            cpu0, (busy0, all0, soft0) = procfs.tree_cpu_seconds(relay.pid), procfs.machine_busy_seconds()
+            sys0 = procfs.tree_system_seconds(relay.pid)
             if on_start is not None:
                 on_start()
         elif line.startswith("# measure end"):
-            cpu1, (busy1, all1) = procfs.tree_cpu_seconds(relay.pid), procfs.machine_busy_seconds()
+            cpu1, (busy1, all1, soft1) = procfs.tree_cpu_seconds(relay.pid), procfs.machine_busy_seconds()
+            sys1 = procfs.tree_system_seconds(relay.pid)
         elif line.startswith("{"):
             result = json.loads(line)
     stderr = process.stderr.read()
@@ -96,7 +98,10 @@ def run_frames(loadgen: Path, relay: relays.RunningRelay, tunnels: int, size: in
     cores = os.cpu_count() or 1
     result["relay_cpu_pct"] = round(100 * (cpu1 - cpu0) / seconds, 1)
     machine_pct = 100 * cores * (busy1 - busy0) / (all1 - all0)
-    result["other_cpu_pct"] = round(max(0.0, machine_pct - result["relay_cpu_pct"] - result["loadgen_cpu_pct"]), 1)
+    result["softirq_cpu_pct"] = round(100 * cores * (soft1 - soft0) / (all1 - all0), 1)
+    result["other_cpu_pct"] = round(max(0.0, machine_pct - result["relay_cpu_pct"] - result["loadgen_cpu_pct"] - result["softirq_cpu_pct"]), 1)
+    # Kernel time is the floor no Python change removes: recv/send syscalls and loopback.
+    result["relay_kernel_share_pct"] = round(100 * (sys1 - sys0) / (cpu1 - cpu0), 1) if cpu1 > cpu0 else None
     result["frames_per_cpu_s"] = round(result["frames"] / (cpu1 - cpu0)) if cpu1 > cpu0 else None
     if relay.process.poll() is not None:
         raise SystemExit(f"{relay.name} died during the run")
@@ -173,7 +178,9 @@ def table(results: dict, args: argparse.Namespace) -> str:
         rows.append(("  min..max over runs", [spread(results[n].get("throughput") or [], "frames_per_s") for n in names], ""))
         add("  relay CPU %", "relay_cpu_pct", "throughput")
         add("  frames per relay CPU-second", "frames_per_cpu_s", "throughput")
+        add("  relay CPU in the kernel, %", "relay_kernel_share_pct", "throughput")
         add("  loadgen CPU %", "loadgen_cpu_pct", "throughput", compare=False)
+        add("  softirq (loopback delivery) CPU %", "softirq_cpu_pct", "throughput", compare=False)
         add("  other load on the machine, CPU %", "other_cpu_pct", "throughput", compare=False)
         add("  latency p50 us", "p50_us", "throughput", lower_is_better=True)
         add("  latency p99 us", "p99_us", "throughput", lower_is_better=True)
@@ -186,7 +193,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         add("  RSS before, KiB", "rss_before_kib", "idle", compare=False)
         add("  RSS after, KiB", "rss_after_kib", "idle", compare=False)
     header = ("", names, "ours/C++" if len(names) > 1 else "")
-    widths = [max(len(r[0]) for r in [header, *rows])] + [max(len(header[1][i]), *(len(r[1][i]) for r in rows)) for i in range(len(names))]
+    widths = [max(len(r[0]) for r in [header, *rows])] + [max([len(header[1][i])] + [len(r[1][i]) for r in rows]) for i in range(len(names))]
     lines = []
     for label, values, ratio in [header, *rows]:
         cells = [label.ljust(widths[0])] + [v.rjust(widths[i + 1]) for i, v in enumerate(values)]
@@ -213,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
             return relays.start_zt_relay(workdir, args.relay_arg)
         return relays.start_cpp_proxy(args.cpp_binary, workdir)
 
-    if not {"throughput", "pingpong"} <= args.skip:
+    if args.profile or not {"throughput", "pingpong"} <= args.skip:
         running = {name: start(name) for name in names}
         try:
             if "throughput" not in args.skip:
@@ -222,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
                         r = run_frames(loadgen, running[name], args.tunnels, args.size, args.inflight, args.duration, args.warmup)
                         results[name].setdefault("throughput", []).append(r)
                         say(f"throughput run {i + 1}/{args.runs} {name}: {r['frames_per_s']:,.0f} frames/s, relay CPU {r['relay_cpu_pct']}%, "
-                            f"loadgen {r['loadgen_cpu_pct']}%, other {r['other_cpu_pct']}%, p50 {r['p50_us']:.0f} us, lost {r['lost']}")
+                            f"loadgen {r['loadgen_cpu_pct']}%, softirq {r['softirq_cpu_pct']}%, other {r['other_cpu_pct']}%, p50 {r['p50_us']:.0f} us, lost {r['lost']}")
             if "pingpong" not in args.skip:
                 for i in range(args.runs):
                     for name in names:
