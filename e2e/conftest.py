@@ -1,0 +1,260 @@
+"""pytest options and fixtures for end-to-end tests against a real Kubernetes.
+
+Options (e2e is opt-in, as in kopf's own suite):
+  --with-e2e          also run the tests under e2e/ (CI passes this)
+  --only-e2e          run only the tests under e2e/
+  --cluster=BACKEND   local (default): the single-node cluster of `e2e.cluster`, brought up
+                      idempotently (needs root and `python -m e2e.cluster build`);
+                      kind: a kind cluster through pytest-kind (Docker and internet needed);
+                      existing: the cluster of $KUBECONFIG, used as it is.
+
+Every item under e2e/ is marked `e2e` and skipped, saying how to enable it, unless one of the
+flags is given. A test module may set `NEEDS_CLUSTER = False` (pure helper tests): its items
+are not marked and always run.
+
+Fixtures for test authors:
+  cluster          (session) the `Cluster` in use: .backend, .kubeconfig, .kubectl_binary,
+                   .layout (local only, else None)
+  kubeconfig       (session) path of a cluster-admin kubeconfig; brings the local cluster up
+  kubectl          (session) `Kubectl`: `kubectl("get", "pods", "-n", ns)` -> CompletedProcess
+                   (check=True, 30 s timeout); `kubectl.json(...)` -> parsed `-o json`;
+                   `kubectl.apply(obj, ..., namespace=ns)`
+  namespace        (function) a fresh namespace name, deleted after the test
+  load_image       (session) `load_image("zt-relay:0.1.0-dev")`: a Docker image built here,
+                   into the cluster's runtime (pods use imagePullPolicy IfNotPresent)
+  busybox_image    (session) tag of a small busybox image (sh, httpd, nc, wget) in the cluster
+  test_hosts       (function) `test_hosts("client")` -> `TestHost` (a network namespace with its
+                   own address, routed through the node: .address, .run(*cmd), .popen(*cmd));
+                   removed after the test. Local backend only, skipped elsewhere.
+  wait_for         `wait_for("what", probe, timeout)` polls until probe() is truthy
+  wait_for_pods_ready  `wait_for_pods_ready(namespace, selector, count, timeout=120)` -> pods
+
+The LoadBalancer stand-in (`e2e.cluster.lb`) runs for the whole session: on the local
+backend `up` starts it as a host process; on kind and existing clusters the `cluster`
+fixture runs it in a thread (existing: only if --cluster-lb-standin is given).
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import paths
+from e2e.cluster.kubectl import Kubectl, wait_for as _wait_for
+from e2e.cluster.layout import Layout
+
+E2E_DIR = Path(__file__).parent
+BACKENDS = ("local", "kind", "existing")
+KIND_CLUSTER_NAME = "zt-relay-e2e"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("e2e", "end-to-end tests on a real Kubernetes")
+    group.addoption("--with-e2e", action="store_true", help="also run the e2e tests (needs a cluster)")
+    group.addoption("--only-e2e", action="store_true", help="run only the e2e tests")
+    group.addoption(
+        "--cluster", choices=BACKENDS, default="local",
+        help="cluster backend for e2e tests: local (built here), kind, existing ($KUBECONFIG)",
+    )
+    group.addoption(
+        "--cluster-lb-standin", action="store_true",
+        help="with --cluster=existing, run the LoadBalancer stand-in against it too",
+    )
+
+
+def _is_e2e(item: pytest.Item) -> bool:
+    path = Path(str(item.fspath))
+    if E2E_DIR not in path.parents:
+        return False
+    return getattr(item.module, "NEEDS_CLUSTER", True) if hasattr(item, "module") else True
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    with_e2e = config.getoption("--with-e2e") or config.getoption("--only-e2e")
+    only_e2e = config.getoption("--only-e2e")
+    skip_e2e = pytest.mark.skip(reason="e2e test: needs a real cluster; enable with --with-e2e (or --only-e2e)")
+    skip_unit = pytest.mark.skip(reason="not an e2e test, and --only-e2e was given")
+    for item in items:
+        if _is_e2e(item):
+            item.add_marker(pytest.mark.e2e)
+            if not with_e2e:
+                item.add_marker(skip_e2e)
+        elif only_e2e:
+            item.add_marker(skip_unit)
+    # Tests that restart the cluster go last, so nothing else sees the restart.
+    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "restarts_cluster: runs `down` and `up`; ordered last in the session")
+
+
+@dataclass
+class Cluster:
+    backend: str
+    kubeconfig: Path
+    kubectl_binary: str
+    layout: Layout | None = None
+    """The address plan (local backend only)."""
+    kind: object | None = None
+    """The pytest_kind.KindCluster (kind backend only)."""
+
+
+def _kubectl_binary() -> str:
+    built = paths.bin_dir() / "kubectl"
+    if built.exists():
+        return str(built)
+    found = shutil.which("kubectl")
+    if found is None:
+        pytest.fail("no kubectl: run `python -m e2e.cluster build`, or put kubectl on PATH")
+    return found
+
+
+@pytest.fixture(scope="session")
+def cluster(request: pytest.FixtureRequest):
+    backend = request.config.getoption("--cluster")
+    stop = threading.Event()
+    lb_thread = None
+    if backend == "local":
+        from e2e.cluster import node
+
+        if os.geteuid() != 0:
+            pytest.skip("--cluster=local needs root (network namespaces, iptables, containerd)")
+        node.up()
+        result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), layout=node.current_layout())
+    elif backend == "kind":
+        from pytest_kind import KindCluster
+
+        kind = KindCluster(KIND_CLUSTER_NAME)
+        kind.create()
+        result = Cluster("kind", Path(kind.kubeconfig_path), str(kind.kubectl_path), kind=kind)
+    else:
+        env = os.environ.get("KUBECONFIG")
+        if not env:
+            pytest.fail("--cluster=existing needs $KUBECONFIG pointing at the cluster to use")
+        result = Cluster("existing", Path(env.split(os.pathsep)[0]), _kubectl_binary())
+    if backend == "kind" or (backend == "existing" and request.config.getoption("--cluster-lb-standin")):
+        from e2e.cluster import lb
+
+        lb_thread = threading.Thread(
+            target=lb.run, args=(str(result.kubeconfig), Layout.lb_pool, stop), name="lb-standin", daemon=True
+        )
+        lb_thread.start()
+    yield result
+    stop.set()
+    if lb_thread is not None:
+        lb_thread.join(timeout=15)
+    if result.kind is not None:
+        result.kind.delete()
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(cluster: Cluster) -> Path:
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="session")
+def kubectl(cluster: Cluster) -> Kubectl:
+    return Kubectl(cluster.kubeconfig, binary=cluster.kubectl_binary)
+
+
+def _namespace_name(test_name: str) -> str:
+    """A DNS-1123 label from the test's name plus a random suffix (max 63 characters)."""
+    stem = re.sub(r"[^a-z0-9-]+", "-", test_name.lower()).strip("-")[:40].strip("-")
+    return f"e2e-{stem}-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture
+def namespace(request: pytest.FixtureRequest, kubectl: Kubectl):
+    name = _namespace_name(request.node.name)
+    kubectl("create", "namespace", name)
+    _wait_for(
+        f"ServiceAccount default in {name}",
+        lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
+        30,
+    )
+    yield name
+    # Don't wait for pods to terminate: the next test needn't, and `down` sweeps the rest.
+    kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture
+def test_hosts(cluster: Cluster):
+    if cluster.backend != "local":
+        pytest.skip(f"test hosts (network namespaces routed through the node) need --cluster=local, not {cluster.backend}")
+    from e2e.cluster import network
+
+    created = []
+
+    def make(name: str):
+        host = network.create_test_host(cluster.layout, name)
+        created.append(host)
+        return host
+
+    yield make
+    for host in created:
+        network.delete_test_host(host)
+
+
+@pytest.fixture(scope="session")
+def load_image(cluster: Cluster):
+    def load(tag: str) -> str:
+        if cluster.backend == "local":
+            from e2e.cluster import image_import
+
+            # Checked on every call: a `down`/`up` in the session empties containerd.
+            if not image_import.has_image(tag):
+                image_import.import_docker_image(tag)
+        elif cluster.backend == "kind":
+            cluster.kind.load_docker_image(tag)
+        else:
+            pytest.skip(f"--cluster=existing: cannot load {tag}; push it where the cluster can pull it")
+        return tag
+
+    return load
+
+
+@pytest.fixture(scope="session")
+def busybox_image(cluster: Cluster) -> str:
+    from e2e.cluster import testimages
+
+    archive = testimages.busybox_archive()
+    if cluster.backend == "local":
+        from e2e.cluster import image_import
+
+        if not image_import.has_image(testimages.BUSYBOX_TAG):
+            image_import.import_archive(archive)
+    elif cluster.backend == "kind":
+        subprocess.run(["docker", "load"], input=archive, check=True, capture_output=True, timeout=120)
+        cluster.kind.load_docker_image(testimages.BUSYBOX_TAG)
+    else:
+        pytest.skip("--cluster=existing: the busybox test image cannot be loaded into it")
+    return testimages.BUSYBOX_TAG
+
+
+@pytest.fixture(scope="session")
+def wait_for():
+    return _wait_for
+
+
+@pytest.fixture
+def wait_for_pods_ready(kubectl: Kubectl):
+    def wait(namespace: str, selector: str, count: int = 1, timeout: float = 120) -> list[dict]:
+        def ready_pods():
+            pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            ready = [
+                p for p in pods
+                if p["status"].get("phase") == "Running"
+                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+            ]
+            return ready if len(ready) >= count else None
+
+        return _wait_for(f"{count} ready pod(s) {selector} in {namespace}", ready_pods, timeout)
+
+    return wait
