@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=1400, help="datagram bytes (default 1400)")
     parser.add_argument("--idle-endpoints", type=int, default=4000, help="endpoints for the memory measurement (default 4000)")
     parser.add_argument("--loop", choices=[*LOOPS, "both"], default="both")
+    parser.add_argument("--nice", type=int, default=0, help="run servers and loadgen at this nice value (negative needs root)")
     parser.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     parser.add_argument("--idle", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -196,6 +197,8 @@ def main(argv: list[str] | None = None) -> int:
         serve_main(args.serve, args.loop, args.idle)
         return 0
     loadgen = build.loadgen_binary()
+    if args.nice:
+        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by the servers and the loadgen
     loops = LOOPS if args.loop == "both" else (args.loop,)
     rows = []
     for loop_name in loops:
