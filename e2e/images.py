@@ -17,6 +17,7 @@ the base tag), ``tag`` (prints the tag without building).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import os
 import shutil
@@ -130,8 +131,17 @@ def build_wheels(wheel_dir: Path = WHEEL_DIR) -> Path:
     return wheel_dir
 
 
+def ensure_docker() -> None:
+    """Start Debian's dockerd if it is installed but not running (a fresh CI machine)."""
+    from e2e.cluster import docker
+
+    with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the tag
+        docker.up()
+
+
 def build_image(tag: str = IMAGE) -> str:
     """Build base (cached), wheels and the image; return the image tag."""
+    ensure_docker()
     base = build_base()
     build_wheels()
     _run(
@@ -150,6 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "tag":
         print(args.tag)
     elif args.command == "base":
+        ensure_docker()
         print(build_base())
     else:
         print(build_image(args.tag))

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -39,14 +40,17 @@ def docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.C
 
 @pytest.fixture(scope="session")
 def image() -> str:
-    """The project image's tag, built if absent."""
-    try:
-        docker("info", timeout=20)
-    except (OSError, subprocess.SubprocessError) as exc:
-        reason = f"no Docker daemon ({exc}); start one with `python -m e2e.cluster docker-up`"
-        if os.environ.get("CI"):
-            pytest.fail(reason)
-        pytest.skip(reason)
+    """The project image's tag, built if absent; starts dockerd if it is installed but down."""
+    from e2e.cluster import docker as dockerd
+
+    if not dockerd.running():
+        if shutil.which("dockerd") and os.geteuid() == 0:
+            dockerd.up()
+        else:
+            reason = "no Docker daemon: install docker.io (`python -m e2e.cluster deps`) and run as root"
+            if os.environ.get("CI"):
+                pytest.fail(reason)
+            pytest.skip(reason)
     if not images.image_exists(images.IMAGE):
         images.build_image()
     return images.IMAGE
