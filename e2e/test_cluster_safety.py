@@ -1,0 +1,106 @@
+"""Nothing leaves the machine: stray packets to unclaimed pod, Service or LB addresses end in
+the sink namespace, and nothing answers them. Local backend only (it owns the host's routes)."""
+
+import json
+import socket
+import sys
+
+import pytest
+
+from e2e import workloads
+from e2e.cluster import network
+
+# Unclaimed addresses in each routed range (checked against the cluster before use). The pod
+# one lies outside the node's /24, where only the sink route matches.
+STRAY = {"pod": "10.244.200.77", "service": "10.96.200.77", "load balancer": "10.250.0.250"}
+
+
+@pytest.fixture
+def layout(cluster):
+    if cluster.backend != "local":
+        pytest.skip(f"the safety net belongs to the local cluster's host, not to --cluster={cluster.backend}")
+    return cluster.layout
+
+
+@pytest.fixture
+def stray_addresses(kubectl):
+    claimed = set()
+    for svc in kubectl.json("get", "services", "--all-namespaces")["items"]:
+        claimed.update(svc["spec"].get("clusterIPs") or [])
+        claimed.update(i.get("ip") for i in (svc["status"].get("loadBalancer", {}).get("ingress") or []))
+    for pod in kubectl.json("get", "pods", "--all-namespaces")["items"]:
+        claimed.add(pod["status"].get("podIP"))
+    assert not claimed & set(STRAY.values()), "a stray test address is in use; pick another"
+    return STRAY
+
+
+def _probe_from_host(address: str) -> str:
+    """Send one UDP datagram and try one TCP connect; say what (if anything) answered."""
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.settimeout(1)
+    udp.sendto(b"stray", (address, 9))
+    try:
+        udp.recvfrom(100)
+        return "udp answer"
+    except TimeoutError:
+        pass
+    except ConnectionRefusedError:
+        return "icmp unreachable"
+    finally:
+        udp.close()
+    with socket.socket() as tcp:
+        tcp.settimeout(1)
+        try:
+            tcp.connect((address, 80))
+            return "tcp connected"
+        except TimeoutError:
+            return "silence"
+        except ConnectionRefusedError:
+            return "tcp refused"
+        except OSError as exc:
+            return f"error {exc.errno}"
+
+
+def test_routes_send_cluster_ranges_to_the_sink(layout, stray_addresses):
+    for kind, address in stray_addresses.items():
+        route = json.loads(network.sh("ip", "-j", "route", "get", address).stdout)[0]
+        assert route["dev"] == layout.sink_host_veth, f"{kind} address {address} routes via {route['dev']}"
+
+
+def test_forwarded_cluster_traffic_towards_the_primary_interface_is_dropped_first(layout):
+    forward = network.sh("iptables", "-S", "FORWARD").stdout.splitlines()
+    assert forward[1] == f"-A FORWARD -j {layout.iptables_chain}"
+    for source in (layout.cluster_cidr, layout.test_host_cidr):
+        rule = ["-s", source, "-o", layout.primary_interface, "-j", "DROP"]
+        assert network.sh("iptables", "-C", layout.iptables_chain, *rule, check=False).returncode == 0
+
+
+def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):
+    before = network.sink_dropped_packets(layout)
+    answers = {kind: _probe_from_host(address) for kind, address in stray_addresses.items()}
+    assert answers == {kind: "silence" for kind in stray_addresses}
+    # Per address: one datagram and at least one SYN.
+    assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
+
+
+def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, stray_addresses, kubectl, namespace, busybox_image, wait_for_pods_ready):
+    kubectl.apply(workloads.sleeper_pod("stray", busybox_image), namespace=namespace)
+    wait_for_pods_ready(namespace, "app=stray")
+    before = network.sink_dropped_packets(layout)
+    for kind, address in stray_addresses.items():
+        udp = kubectl("exec", "-n", namespace, "stray", "--", "sh", "-c", f"echo stray | nc -u -w 1 {address} 9; echo done")
+        assert udp.stdout.strip().endswith("done")
+        tcp = kubectl("exec", "-n", namespace, "stray", "--", "nc", "-w", "2", address, "80", check=False, timeout=20)
+        assert tcp.returncode != 0, f"TCP to the stray {kind} address {address} connected"
+        assert "refused" not in tcp.stderr.lower(), f"something refused TCP to {address}: {tcp.stderr}"
+    assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
+
+
+def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses, test_hosts):
+    client = test_hosts("client")
+    before = network.sink_dropped_packets(layout)
+    address = stray_addresses["load balancer"]
+    probe = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', (%r, 9))" % address
+    for _ in range(3):
+        client.run(sys.executable, "-c", probe)
+    assert network.sink_dropped_packets(layout) - before >= 3

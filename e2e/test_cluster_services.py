@@ -1,0 +1,95 @@
+"""ClusterIP, NodePort and LoadBalancer Services carry traffic from a host outside the cluster,
+and pods reach such hosts with their own addresses (what a relay needs towards a ZeroTier root)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from e2e import workloads
+
+FETCH = """
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=3).read().decode().strip())
+"""
+
+
+def _fetch_from(host, url: str) -> str | None:
+    proc = host.run(sys.executable, "-c", FETCH, url, check=False, timeout=15)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+@pytest.fixture
+def web(kubectl, namespace, busybox_image, wait_for_pods_ready):
+    kubectl.apply(workloads.web_deployment("web", busybox_image, replicas=2), namespace=namespace)
+    pods = wait_for_pods_ready(namespace, "app=web", count=2)
+    return {p["metadata"]["name"] for p in pods}
+
+
+def test_a_cluster_ip_reaches_the_pods_from_a_test_host(kubectl, namespace, web, test_hosts, wait_for):
+    kubectl.apply(workloads.service("web"), namespace=namespace)
+    ip = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["clusterIP"]
+    client = test_hosts("client")
+    served = wait_for(f"http://{ip}/ from the test host", lambda: _fetch_from(client, f"http://{ip}/"), 30)
+    assert served in web
+
+
+def test_a_node_port_reaches_the_pods_from_a_test_host(kubectl, namespace, web, cluster, test_hosts, wait_for):
+    kubectl.apply(workloads.service("web", "NodePort"), namespace=namespace)
+    port = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["ports"][0]["nodePort"]
+    url = f"http://{cluster.layout.node_ip}:{port}/"
+    client = test_hosts("client")
+    assert wait_for(f"{url} from the test host", lambda: _fetch_from(client, url), 30) in web
+
+
+@pytest.mark.parametrize("policy", ["Cluster", "Local"], ids=["policy-cluster", "policy-local"])
+def test_a_load_balancer_address_is_assigned_and_reaches_the_pods(kubectl, namespace, web, test_hosts, wait_for, policy):
+    kubectl.apply(workloads.service("web", "LoadBalancer", external_traffic_policy=policy), namespace=namespace)
+
+    def ingress_ip():
+        svc = kubectl.json("get", "service", "web", "-n", namespace)
+        return (svc["status"].get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip")
+
+    ip = wait_for("the LB stand-in to assign an address", ingress_ip, 30)
+    client = test_hosts("client")
+    assert wait_for(f"http://{ip}/ from the test host", lambda: _fetch_from(client, f"http://{ip}/"), 30) in web
+
+
+def test_deleting_a_load_balancer_service_releases_its_address(kubectl, namespace, cluster, wait_for):
+    kubectl.apply(workloads.service("first", "LoadBalancer"), namespace=namespace)
+
+    def ip_of(name):
+        svc = kubectl.json("get", "service", name, "-n", namespace)
+        return (svc["status"].get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip")
+
+    first = wait_for("an address for the first Service", lambda: ip_of("first"), 30)
+    kubectl("delete", "service", "first", "-n", namespace)
+    kubectl.apply(workloads.service("second", "LoadBalancer"), namespace=namespace)
+    # The pool hands out the lowest free address, so the released one comes back.
+    assert wait_for("an address for the second Service", lambda: ip_of("second"), 30) == first
+
+
+UDP_LISTEN = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9993))
+s.settimeout(float(sys.argv[1]))
+data, (ip, port) = s.recvfrom(2048)
+print(ip, data.decode())
+"""
+
+
+def test_a_pod_reaches_a_test_host_by_udp_with_its_own_address(kubectl, namespace, busybox_image, test_hosts, wait_for_pods_ready):
+    root = test_hosts("root")
+    kubectl.apply(workloads.sleeper_pod("sender", busybox_image), namespace=namespace)
+    (pod,) = wait_for_pods_ready(namespace, "app=sender")
+    listener = root.popen(sys.executable, "-c", UDP_LISTEN, "20", stdout=subprocess.PIPE, text=True)
+    try:
+        for _ in range(10):
+            kubectl("exec", "-n", namespace, "sender", "--", "sh", "-c", f"echo hello | nc -u -w 1 {root.address} 9993")
+            if listener.poll() is not None:
+                break
+        out, _ = listener.communicate(timeout=25)
+    finally:
+        listener.kill()
+    assert out.split() == [pod["status"]["podIP"], "hello"]
