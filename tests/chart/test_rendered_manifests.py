@@ -13,10 +13,11 @@ import yaml
 
 from e2e.cluster import versions
 from tests.chart import kubeschemas
-from tests.chart.conftest import ALL_TOGGLES, CRD_FILE, require_operator_file
+from tests.chart.conftest import ALL_TOGGLES, CHART, CRD_FILE, require_operator_file
 
 PROMETHEUS_OPERATOR = ("github.com/prometheus-operator/prometheus-operator", "v0.85.0")
 MONITORING_CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
+EXAMPLE_FILE = CHART / "examples" / "zerotierrelay.yaml"
 
 
 @pytest.fixture(scope="session")
@@ -73,3 +74,10 @@ def test_the_default_relay_is_checked_against_the_crd_schema(schema_dir):
     crd = yaml.safe_load(require_operator_file(CRD_FILE).read_text())
     names = [name for name, _ in kubeschemas.crd_schemas(crd)]
     assert names and all((schema_dir / name).exists() for name in names)
+
+
+def test_the_readme_example_relay_passes_the_crd_schema(kubeconform, schema_dir):
+    require_operator_file(CRD_FILE)
+    result = _kubeconform(kubeconform, schema_dir, EXAMPLE_FILE.read_text())
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "Valid: 1, Invalid: 0, Errors: 0" in result.stdout

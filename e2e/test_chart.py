@@ -1,0 +1,312 @@
+"""The chart on a real cluster, step by step as the README tells users.
+
+`helm install` of charts/zt-relay (plus the locally built image's reference), the README's
+example ZeroTierRelay, a framed client in a test-host namespace round-tripping through the
+relay's load-balancer address to a UDP "root" in another namespace, `helm test`, `helm
+upgrade` (the operator rolls, the relay fleet and a live tunnel survive), `helm uninstall`
+(the chart's objects go; the CRD and the user's relays stay, as the README says), and no
+RBAC denial in the operator's log throughout.
+
+The tests share one release and run in file order; each step needs the previous ones.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+
+from e2e import images
+from e2e.cluster import paths
+
+REPO = Path(__file__).resolve().parent.parent
+CHART = REPO / "charts" / "zt-relay"
+EXAMPLE = CHART / "examples" / "zerotierrelay.yaml"
+RELEASE = "zt-relay"
+OPERATOR_SELECTOR = "app.kubernetes.io/instance=zt-relay,app.kubernetes.io/component=operator"
+ROOT_PORT = 9993  # the UDP "ZeroTier root" in a test host
+HELM_TIMEOUT = "180s"
+CRD_NAME = "zerotierrelays.zerotier.example.com"
+
+# The framed client, run inside the client test host. It opens one tunnel, sends the hello,
+# then for every line on stdin sends that packet to the root and prints the framed reply,
+# so a tunnel can be held open across steps (the upgrade keeps it alive).
+CLIENT = r"""
+import socket, struct, sys
+relay, port, root, root_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+sock = socket.create_connection((relay, port), timeout=20)
+def record(payload):
+    return b"\x17\x03\x03" + struct.pack(">H", len(payload)) + payload
+def exactly(n):
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            raise SystemExit("relay closed the tunnel")
+        data += chunk
+    return data
+sock.sendall(record(b"\x01\x0c\x00\x05"))
+print("connected", flush=True)
+for line in sys.stdin:
+    packet = line.strip().encode()
+    sock.sendall(record(b"\x04" + socket.inet_aton(root) + struct.pack(">H", root_port) + packet))
+    header = exactly(5)
+    payload = exactly(struct.unpack(">H", header[3:])[0])
+    print(socket.inet_ntoa(payload[1:5]), struct.unpack(">H", payload[5:7])[0], payload[7:].decode(), flush=True)
+"""
+
+ECHO = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], int(sys.argv[2])))
+print("listening", flush=True)
+while True:
+    data, peer = sock.recvfrom(65535)
+    sock.sendto(b"echo:" + data, peer)
+"""
+
+
+def helm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        [paths.binary("helm"), *args], capture_output=True, text=True, timeout=timeout,
+        env=paths.helm_env(), cwd=REPO,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+    return result
+
+
+class Tunnel:
+    """The long-lived framed client process in a test host."""
+
+    def __init__(self, host, relay_address: str, root_address: str) -> None:
+        self.proc = host.popen(
+            sys.executable, "-c", CLIENT, relay_address, "443", root_address, str(ROOT_PORT),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self._line() == "connected"
+
+    def round_trip(self, text: str) -> str:
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self._line()
+
+    def _line(self) -> str:
+        line = self.proc.stdout.readline().strip()
+        if not line:
+            self.proc.kill()
+            raise AssertionError(f"client ended: {self.proc.stderr.read()}")
+        return line
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def image(load_image) -> str:
+    """The project image, built here if missing and loaded into the cluster."""
+    if not images.image_exists(images.IMAGE):
+        images.build_image()
+    return load_image(images.IMAGE)
+
+
+def _has_crd(kubectl) -> bool:
+    return kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+
+
+@pytest.fixture(scope="module")
+def release_namespace(kubectl):
+    name = f"e2e-chart-{uuid.uuid4().hex[:6]}"
+    yield name
+    # Without the operator nobody removes the relays' finalizers, and the namespace would
+    # hang in Terminating: drop them (the README tells users to delete relays first).
+    for relay in kubectl.json("get", "zerotierrelays", "-n", name)["items"] if _has_crd(kubectl) else []:
+        kubectl("patch", "zerotierrelay", relay["metadata"]["name"], "-n", name, "--type=merge",
+                "-p", '{"metadata":{"finalizers":null}}', check=False)
+    subprocess.run(
+        [paths.binary("helm"), "uninstall", RELEASE, "--namespace", name, "--wait", "--timeout", HELM_TIMEOUT],
+        capture_output=True, env=paths.helm_env(), timeout=300,
+    )
+    kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def installed(image, release_namespace, kubectl):
+    """`helm install` exactly as the README says, plus the local image's tag."""
+    repository, _, tag = image.rpartition(":")
+    helm(
+        "install", RELEASE, "charts/zt-relay", "--namespace", release_namespace, "--create-namespace",
+        "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+        "--wait", "--timeout", HELM_TIMEOUT,
+    )
+    return release_namespace
+
+
+@pytest.fixture(scope="module")
+def operator_logs(kubectl, installed):
+    """Collected operator logs (every operator pod seen); checked for RBAC denials at the end."""
+    collected: dict[str, str] = {}
+
+    def collect() -> dict[str, str]:
+        for pod in kubectl.json("get", "pods", "-n", installed, "-l", OPERATOR_SELECTOR)["items"]:
+            name = pod["metadata"]["name"]
+            result = kubectl("logs", "-n", installed, name, check=False)
+            if result.returncode == 0:
+                collected[name] = result.stdout
+        return collected
+
+    return collect
+
+
+@pytest.fixture(scope="module")
+def hosts(cluster):
+    """Two test hosts for the module: a client "on the internet" and a UDP root."""
+    if cluster.backend != "local":
+        pytest.skip("test hosts need --cluster=local")
+    from e2e.cluster import network
+
+    made = [network.create_test_host(cluster.layout, f"chart-{role}-{uuid.uuid4().hex[:4]}") for role in ("client", "root")]
+    yield made
+    for host in made:
+        network.delete_test_host(host)
+
+
+@pytest.fixture(scope="module")
+def root(hosts):
+    """The UDP echo "root" in its test host: (address, port)."""
+    host = hosts[1]
+    proc = host.popen(sys.executable, "-c", ECHO, host.address, str(ROOT_PORT), stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "listening"
+    yield host.address
+    proc.kill()
+    proc.wait(timeout=10)
+
+
+def example_relay(cluster_layout) -> dict:
+    """The README's example ZeroTierRelay; the test adds the test-host range to its allow list
+    (the relay refuses private destinations by default, and test hosts have private addresses)."""
+    relay = yaml.safe_load(EXAMPLE.read_text())
+    relay["spec"].setdefault("allowDestinations", []).append(cluster_layout.test_host_cidr)
+    return relay
+
+
+@pytest.fixture(scope="module")
+def relay(installed, kubectl, cluster, wait_for):
+    """The README's example relay, applied; returns (name, load-balancer address)."""
+    obj = example_relay(cluster.layout)
+    name = obj["metadata"]["name"]
+    kubectl("apply", "-n", installed, "-f", "-", input=json.dumps(obj))
+
+    def address():
+        svc = kubectl.json("get", "service", name, "-n", installed)
+        ingress = (svc.get("status", {}).get("loadBalancer") or {}).get("ingress") or []
+        return ingress[0].get("ip") if ingress else None
+
+    return name, wait_for(f"load-balancer address of Service {name}", address, 180)
+
+
+def relay_pods(kubectl, namespace: str, name: str) -> dict[str, str]:
+    """Running relay pods of the named relay: pod name -> uid."""
+    deployment = kubectl.json("get", "deployment", name, "-n", namespace)
+    selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
+    pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+    return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods if p["status"].get("phase") == "Running"}
+
+
+@pytest.fixture(scope="module")
+def tunnel(relay, hosts, root):
+    client = Tunnel(hosts[0], relay[1], root)
+    yield client
+    client.close()
+
+
+def test_the_operator_pod_runs_from_the_project_image(installed, kubectl, image, wait_for_pods_ready):
+    (pod,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
+    (container,) = pod["spec"]["containers"]
+    assert container["image"] == image
+    assert container["command"] == ["zt-relay-operator"]
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+
+def test_the_readme_example_relay_becomes_running_pods_behind_a_load_balancer(installed, relay, kubectl, wait_for):
+    name, address = relay
+    pods = wait_for(f"running pods of relay {name}", lambda: relay_pods(kubectl, installed, name), 180)
+    assert pods
+    assert address
+
+
+def test_a_framed_client_round_trips_through_the_relay_to_a_udp_root(tunnel, root):
+    assert tunnel.round_trip("hello-through-the-chart") == f"{root} {ROOT_PORT} echo:hello-through-the-chart"
+
+
+def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl):
+    result = helm("test", RELEASE, "--namespace", installed, "--logs", "--timeout", HELM_TIMEOUT)
+    assert "Phase:          Succeeded" in result.stdout
+    assert "ok: operator healthy" in result.stdout
+    assert f"ok: relay {relay[0]}.{installed}.svc:443" in result.stdout
+    pod = kubectl.json("get", "pod", f"{RELEASE}-test", "-n", installed)
+    assert pod["status"]["phase"] == "Succeeded"
+
+
+def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
+    installed, relay, tunnel, root, kubectl, operator_logs, wait_for_pods_ready, wait_for
+):
+    name = relay[0]
+    pods_before = relay_pods(kubectl, installed, name)
+    (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
+    operator_logs()
+
+    helm(
+        "upgrade", RELEASE, "charts/zt-relay", "--namespace", installed, "--reuse-values",
+        "--set", f"operator.podAnnotations.e2e/rolled={uuid.uuid4().hex[:8]}",
+        "--wait", "--timeout", HELM_TIMEOUT,
+    )
+
+    def new_operator():
+        pods = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
+        fresh = [p for p in pods if p["metadata"]["uid"] != operator_before["metadata"]["uid"]]
+        return fresh or None
+
+    wait_for("a new operator pod", new_operator, 180)
+    # Give the new operator time to resume the relay before judging that it left it alone.
+    time.sleep(10)
+    assert relay_pods(kubectl, installed, name) == pods_before
+    assert tunnel.round_trip("after-upgrade") == f"{root} {ROOT_PORT} echo:after-upgrade"
+    operator_logs()
+
+
+def test_the_operator_log_shows_no_rbac_denial(operator_logs):
+    logs = operator_logs()
+    assert logs
+    for pod, text in logs.items():
+        denied = [line for line in text.splitlines() if "forbidden" in line.lower()]
+        assert denied == [], f"RBAC denial in {pod}: {denied[:3]}"
+
+
+def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(installed, relay, kubectl, wait_for):
+    name = relay[0]
+    helm("uninstall", RELEASE, "--namespace", installed, "--wait", "--timeout", HELM_TIMEOUT)
+
+    def gone(*args: str) -> bool:
+        result = kubectl("get", *args, "--ignore-not-found", "-o", "name", check=False)
+        return result.returncode == 0 and result.stdout.strip() == ""
+
+    for kind_name in (
+        ("deployment", f"{RELEASE}-operator", "-n", installed),
+        ("serviceaccount", f"{RELEASE}-operator", "-n", installed),
+        ("service", f"{RELEASE}-operator", "-n", installed),
+        ("clusterrole", f"{RELEASE}-operator"),
+        ("clusterrolebinding", f"{RELEASE}-operator"),
+    ):
+        wait_for(f"{kind_name[0]} {kind_name[1]} deleted", lambda: gone(*kind_name), 120)
+    assert _has_crd(kubectl)
+    assert kubectl("get", "zerotierrelay", name, "-n", installed, check=False).returncode == 0
+    assert relay_pods(kubectl, installed, name), "the relay's pods should outlive the chart"
