@@ -198,7 +198,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     loadgen = build.loadgen_binary()
     if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by the servers and the loadgen
+        from tests.bench.run import claim_cpu
+
+        claim_cpu(args.nice)
     loops = LOOPS if args.loop == "both" else (args.loop,)
     rows = []
     for loop_name in loops:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -49,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG", help="extra argument for zt-relay (repeatable), e.g. --relay-arg=--workers=2")
     parser.add_argument("--profile", action="store_true", help="one more zt-relay throughput run under py-spy; print the hottest functions")
     parser.add_argument("--profile-native", action="store_true", help="with --profile: include native frames (uvloop, CPython)")
-    parser.add_argument("--nice", type=int, default=0, help="run relays and loadgen at this nice value; on a shared machine -10 gives them most of the CPU (negative needs root)")
+    parser.add_argument("--nice", type=int, default=0, help="run relays and loadgen at this nice value, also for the autogroup; on a shared machine -10 gives them most of the CPU (negative needs root)")
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     parser.add_argument("--no-netns", action="store_true", help="stay in this network namespace (only zt-relay then; it listens on 127.0.0.1)")
     args = parser.parse_args(argv)
@@ -205,13 +206,28 @@ def table(results: dict, args: argparse.Namespace) -> str:
 # -- main -------------------------------------------------------------------------------------
 
 
+def _exit_on_sigterm(signum, frame) -> None:
+    raise SystemExit(f"stopped by signal {signum}")  # runs the finally blocks that stop the relays
+
+
+def claim_cpu(nice: int) -> None:
+    """Lowers this process's nice value (inherited by children) and, with autogroup
+    scheduling, its session group's: otherwise nice only ranks our own processes."""
+    os.setpriority(os.PRIO_PROCESS, 0, nice)
+    try:
+        Path("/proc/self/autogroup").write_text(str(nice))
+    except OSError:
+        pass  # no autogroup (or not root): the process nice value is all there is
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     args = parse_args(argv)
     loadgen = build.loadgen_binary()
     if not args.no_netns:
         netns.enter_private_netns()
     if args.nice:
-        os.setpriority(os.PRIO_PROCESS, 0, args.nice)  # inherited by every child started below
+        claim_cpu(args.nice)
     names = {"zt-relay": [OURS], "cpp": [CPP], "all": [OURS, CPP]}[args.relay]
     workdir = Path(tempfile.mkdtemp(prefix="zt-relay-bench-"))
     results: dict[str, dict] = {name: {} for name in names}
