@@ -9,6 +9,8 @@
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
 FROM ${BASE_IMAGE} AS builder
+# Lets the build script prune this stage's leftover image (the legacy builder keeps it).
+LABEL org.zt-relay.stage=builder
 COPY build/wheels /wheels
 # --no-index: only the wheels from the build context, never a package index.
 # Afterwards pip and setuptools leave the venv: the runtime stage installs nothing.
@@ -19,6 +21,9 @@ RUN python3 -m venv /opt/zt-relay \
     && /opt/zt-relay/bin/python -m compileall -q /opt/zt-relay
 
 FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="zt-relay" \
+      org.opencontainers.image.description="TCP fallback relay for ZeroTier, and its Kubernetes operator" \
+      org.opencontainers.image.licenses="Apache-2.0"
 COPY --from=builder /opt/zt-relay /opt/zt-relay
 # Bytecode was compiled at build time; the root filesystem is read-only at run time.
 ENV PATH=/opt/zt-relay/bin:$PATH \

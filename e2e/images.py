@@ -149,6 +149,14 @@ def build_image(tag: str = IMAGE) -> str:
         stdout=sys.stderr,
         env=DOCKER_ENV,
     )
+    # Each build leaves the untagged builder stage and the previous, now untagged, image
+    # behind (hundreds of MB each): prune those two kinds of ours, nothing else.
+    for label in ("org.zt-relay.stage=builder", "org.opencontainers.image.title=zt-relay"):
+        _run(
+            ["docker", "image", "prune", "--force", "--filter", f"label={label}"],
+            stdout=subprocess.DEVNULL,
+            env=DOCKER_ENV,
+        )
     return tag
 
 
