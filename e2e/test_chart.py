@@ -32,7 +32,7 @@ RELEASE = "zt-relay"
 OPERATOR_SELECTOR = "app.kubernetes.io/instance=zt-relay,app.kubernetes.io/component=operator"
 ROOT_PORT = 9993  # the UDP "ZeroTier root" in a test host
 HELM_TIMEOUT = "180s"
-CRD_NAME = "zerotierrelays.zerotier.example.com"
+CRD_NAME = "zerotierrelays.relay.zt-relay.dev"
 
 # The framed client, run inside the client test host. It opens one tunnel, sends the hello,
 # then for every line on stdin sends that packet to the root and prints the framed reply,
@@ -206,11 +206,10 @@ def relay(installed, kubectl, cluster, wait_for):
     kubectl("apply", "-n", installed, "-f", "-", input=json.dumps(obj))
 
     def address():
-        svc = kubectl.json("get", "service", name, "-n", installed)
-        ingress = (svc.get("status", {}).get("loadBalancer") or {}).get("ingress") or []
-        return ingress[0].get("ip") if ingress else None
+        # What the README tells users to read: the relay's status.address.
+        return kubectl.json("get", "ztr", name, "-n", installed).get("status", {}).get("address")
 
-    return name, wait_for(f"load-balancer address of Service {name}", address, 180)
+    return name, wait_for(f"status.address of ZeroTierRelay {name}", address, 180)
 
 
 def relay_pods(kubectl, namespace: str, name: str) -> dict[str, str]:
@@ -240,7 +239,9 @@ def test_the_readme_example_relay_becomes_running_pods_behind_a_load_balancer(in
     name, address = relay
     pods = wait_for(f"running pods of relay {name}", lambda: relay_pods(kubectl, installed, name), 180)
     assert pods
-    assert address
+    status = kubectl.json("get", "ztr", name, "-n", installed)["status"]
+    assert f'"tcpFallbackRelay": "{address}/443"' in json.dumps(json.loads(status["clientConfig"])) or \
+        f"{address}/443" in json.dumps(status["clientConfig"])
 
 
 def test_a_framed_client_round_trips_through_the_relay_to_a_udp_root(tunnel, root):

@@ -48,12 +48,12 @@ def test_builtin_schemas_cover_each_group_version_kind_with_shared_definitions()
 
 
 def test_crd_schemas_skip_unserved_versions_and_add_the_standard_fields():
-    crd = {"spec": {"group": "zerotier.example.com", "names": {"kind": "ZeroTierRelay"}, "versions": [
+    crd = {"spec": {"group": "relay.zt-relay.dev", "names": {"kind": "ZeroTierRelay"}, "versions": [
         {"name": "v1alpha1", "served": True, "schema": {"openAPIV3Schema": {
             "type": "object", "properties": {"spec": {"type": "object", "properties": {"replicas": {"type": "integer"}}}}}}},
         {"name": "v0", "served": False, "schema": {"openAPIV3Schema": {"type": "object"}}},
     ]}}
     (name, schema), = kubeschemas.crd_schemas(crd)
-    assert name == "zerotierrelay-zerotier-v1alpha1.json"
+    assert name == "zerotierrelay-relay-v1alpha1.json"
     assert set(schema["properties"]) == {"apiVersion", "kind", "metadata", "spec"}
     assert schema["properties"]["spec"]["additionalProperties"] is False

@@ -27,7 +27,7 @@ import urllib.request
 SA_DIR = "/var/run/secrets/kubernetes.io/serviceaccount"
 HELLO = b"\x01\x0c\x00\x05"  # client version 1.12.5
 BAD_RECORD = b"\x16\x03\x01\x00\x01\x00"  # a TLS handshake record: never valid here
-API_GROUP_VERSION = os.environ.get("RELAY_API", "zerotier.example.com/v1alpha1")
+API_GROUP_VERSION = os.environ.get("RELAY_API", "relay.zt-relay.dev/v1alpha1")
 
 
 def record(payload: bytes) -> bytes:

@@ -97,7 +97,7 @@ capabilities:
 
 {{/* The ZeroTierRelay API (must match crds/zerotierrelays.yaml). */}}
 {{- define "zt-relay.relayApiVersion" -}}
-zerotier.example.com/v1alpha1
+relay.zt-relay.dev/v1alpha1
 {{- end }}
 
 {{/* Relay pods, as the operator labels them (see values: relayPodSelector). */}}
