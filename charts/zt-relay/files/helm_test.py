@@ -65,7 +65,8 @@ def list_relays(namespace: str) -> list[dict]:
         return json.load(response)["items"]
 
 
-def check_relay(host: str, port: int, deadline: float) -> None:
+def check_relay(host: str, port: int, deadline: float, answer_timeout: float = 10.0) -> None:
+    """Passes (prints "ok") or exits with FAIL; retries until ``deadline`` (monotonic)."""
     last = ""
     while time.monotonic() < deadline:
         try:
@@ -77,7 +78,7 @@ def check_relay(host: str, port: int, deadline: float) -> None:
                         raise ConnectionError("closed the tunnel after a valid hello")
                 except TimeoutError:
                     pass  # still open: the hello was accepted
-                sock.settimeout(10.0)
+                sock.settimeout(answer_timeout)
                 sock.sendall(BAD_RECORD)
                 if sock.recv(1) != b"":
                     raise ConnectionError("answered a bad record instead of closing")

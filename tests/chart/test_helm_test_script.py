@@ -1,0 +1,101 @@
+"""files/helm_test.py (the `helm test` pod's check) against a real relay and a fake one."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.chart.conftest import CHART
+
+SCRIPT = CHART / "files" / "helm_test.py"
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("helm_test", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+helm_test = _load()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def relay_port():
+    """A real zt-relay process on loopback (health server off)."""
+    port = _free_port()
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).parent / "zt-relay"), f"127.0.0.1:{port}", "--health-listen", "off"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "ZT_RELAY_LOG_LEVEL": "WARNING"},
+    )
+    deadline = time.monotonic() + 15
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, proc.stderr.read()
+            assert time.monotonic() < deadline, "relay did not listen"
+            time.sleep(0.1)
+    yield port
+    proc.terminate()
+    proc.wait(timeout=10)
+    proc.stderr.close()
+
+
+@pytest.fixture
+def silent_listener_port():
+    """A TCP server that accepts and never answers nor closes: not a relay."""
+    server = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.1)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except TimeoutError:
+                pass
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def test_a_real_relay_passes_the_check(relay_port, capsys):
+    helm_test.check_relay("127.0.0.1", relay_port, time.monotonic() + 20)
+    assert "accepts a hello and rejects a bad record" in capsys.readouterr().out
+
+
+def test_a_listener_that_ignores_bad_records_fails_the_check(silent_listener_port):
+    with pytest.raises(SystemExit, match="FAIL: relay 127.0.0.1"):
+        helm_test.check_relay("127.0.0.1", silent_listener_port, time.monotonic() + 2, answer_timeout=1)
+
+
+def test_the_relay_service_is_the_reported_one_or_the_relays_name():
+    assert helm_test.relay_service({"metadata": {"name": "edge"}}) == "edge"
+    assert helm_test.relay_service({"metadata": {"name": "edge"}, "status": {"service": "edge-lb"}}) == "edge-lb"
+
+
+def test_records_are_tls_application_data_with_a_length():
+    assert helm_test.record(b"abc") == b"\x17\x03\x03\x00\x03abc"
