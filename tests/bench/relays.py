@@ -91,11 +91,11 @@ def zt_relay_command() -> list[str]:
     return [found] if found else [sys.executable, "-m", "relay"]
 
 
-def start_zt_relay(workdir: Path, extra_args: list[str]) -> RunningRelay:
+def start_zt_relay(workdir: Path, extra_args: list[str], command_prefix: list[str] | None = None) -> RunningRelay:
     port = netns.free_port()
     health = netns.free_port()
     command = [
-        *zt_relay_command(),
+        *(command_prefix or zt_relay_command()),
         f"127.0.0.1:{port}",
         "--health-listen", f"127.0.0.1:{health}",
         # The echo peer is on loopback, which the default filter (global unicast) refuses.

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import signal
 import statistics
 import subprocess
@@ -47,6 +48,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--pingpong-duration", type=float, default=5.0, help="seconds per ping-pong run (default 5)")
     parser.add_argument("--idle-tunnels", type=int, default=8000, help="tunnels held open for the memory run (default 8000)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,pingpong,idle")
+    parser.add_argument("--zt-relay-command", metavar="CMD", help="how to start zt-relay instead of the installed script, e.g. to A/B a patched copy: 'python /tmp/variant.py' (split like a shell)")
     parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG", help="extra argument for zt-relay (repeatable), e.g. --relay-arg=--workers=2")
     parser.add_argument("--profile", action="store_true", help="one more zt-relay throughput run under py-spy; print the hottest functions")
     parser.add_argument("--profile-native", action="store_true", help="with --profile: include native frames (uvloop, CPython)")
@@ -236,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def start(name: str) -> relays.RunningRelay:
         if name == OURS:
-            return relays.start_zt_relay(workdir, args.relay_arg)
+            prefix = shlex.split(args.zt_relay_command) if args.zt_relay_command else None
+            return relays.start_zt_relay(workdir, args.relay_arg, prefix)
         return relays.start_cpp_proxy(args.cpp_binary, workdir)
 
     if args.profile or not {"throughput", "pingpong"} <= args.skip:
