@@ -125,6 +125,11 @@ def _has_crd(kubectl) -> bool:
 @pytest.fixture(scope="module")
 def release_namespace(kubectl):
     name = f"e2e-chart-{uuid.uuid4().hex[:6]}"
+    # Pod Security "restricted" enforced: the operator, relay and test pods must all pass it.
+    kubectl.apply({
+        "apiVersion": "v1", "kind": "Namespace",
+        "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
+    })
     yield name
     # Without the operator nobody removes the relays' finalizers, and the namespace would
     # hang in Terminating: drop them (the README tells users to delete relays first).
