@@ -49,7 +49,7 @@ def require_operator_file(path: Path) -> Path:
     return path
 
 
-def _tool(name: str) -> str:
+def tool(name: str) -> str:
     path = Path(paths.binary(name))
     if not path.exists():
         skip_unless_ci(f"{path} is missing: build it with `python -m e2e.cluster build`")
@@ -59,7 +59,7 @@ def _tool(name: str) -> str:
 @pytest.fixture(scope="session")
 def helm() -> Callable[..., subprocess.CompletedProcess]:
     """Runs helm (with the unittest plugin available); returns the finished process."""
-    binary = _tool("helm")
+    binary = tool("helm")
     env = paths.helm_env()
 
     def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -73,7 +73,7 @@ def helm() -> Callable[..., subprocess.CompletedProcess]:
 
 @pytest.fixture(scope="session")
 def kubeconform() -> str:
-    return _tool("kubeconform")
+    return tool("kubeconform")
 
 
 def set_args(values: tuple[str, ...]) -> list[str]:

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from tests.chart.conftest import ALL_TOGGLES, CHART, set_args
+from tests.chart.conftest import ALL_TOGGLES, CHART, set_args, tool
 
 
 @pytest.mark.parametrize("values", [(), ALL_TOGGLES], ids=["defaults", "all-toggles"])
@@ -17,6 +17,8 @@ def test_helm_lint_strict_passes(helm, values):
 
 
 def test_helm_unittest_suites_pass(helm):
+    # The plugin's binary, laid out as a helm plugin by `python -m e2e.cluster build`.
+    tool("untt")
     result = helm("unittest", "--strict", str(CHART), check=False)
     assert result.returncode == 0, result.stdout + result.stderr
     summary = re.search(r"Tests:\s+(\d+) passed, (\d+) total", result.stdout)
