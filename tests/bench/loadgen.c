@@ -65,6 +65,7 @@ struct opts {
     struct sockaddr_in target;   /* relay (frames, idle) or echo server (udp) */
     int tunnels, size, inflight, connect_batch;
     double duration, warmup, ready_timeout;
+    int busy_poll;   /* frames: echo in the client thread, epoll never sleeps */
 };
 
 static void parse_addr(const char *s, struct sockaddr_in *out) {
@@ -82,7 +83,9 @@ static void parse_addr(const char *s, struct sockaddr_in *out) {
 static void usage(void) {
     fprintf(stderr,
             "usage: loadgen frames|idle|udp --target IPV4:PORT [--tunnels N] [--size BYTES]\n"
-            "       [--inflight K] [--duration S] [--warmup S] [--connect-batch N] [--ready-timeout S]\n");
+            "       [--inflight K] [--duration S] [--warmup S] [--connect-batch N] [--ready-timeout S]\n"
+            "       [--busy-poll 0|1]  (frames: one spinning thread runs client and echo, so the\n"
+            "                           loadgen adds no wakeup latency; uses a whole core)\n");
     exit(1);
 }
 
@@ -105,6 +108,7 @@ static struct opts parse_opts(int argc, char **argv) {
         else if (!strcmp(k, "--warmup")) o.warmup = atof(v);
         else if (!strcmp(k, "--connect-batch")) o.connect_batch = atoi(v);
         else if (!strcmp(k, "--ready-timeout")) o.ready_timeout = atof(v);
+        else if (!strcmp(k, "--busy-poll")) o.busy_poll = atoi(v);
         else usage();
     }
     if (!have_target) usage();
@@ -152,44 +156,50 @@ static double hist_pct(double p) {
 static atomic_int echo_stop;
 static atomic_ullong echo_datagrams;
 
-struct echo { int fd; int bufsize; };
-
-static void *echo_main(void *arg) {
-    struct echo *e = arg;
+struct echo {
+    int fd, bufsize;
+    char *bufs;
     struct mmsghdr msgs[ECHO_BATCH];
     struct iovec iov[ECHO_BATCH];
     struct sockaddr_in from[ECHO_BATCH];
-    char *bufs = malloc((size_t)ECHO_BATCH * e->bufsize);
-    if (!bufs) die("malloc");
-    while (!atomic_load(&echo_stop)) {
-        for (int i = 0; i < ECHO_BATCH; i++) {
-            iov[i].iov_base = bufs + (size_t)i * e->bufsize;
-            iov[i].iov_len = e->bufsize;
-            memset(&msgs[i].msg_hdr, 0, sizeof(msgs[i].msg_hdr));
-            msgs[i].msg_hdr.msg_name = &from[i];
-            msgs[i].msg_hdr.msg_namelen = sizeof(from[i]);
-            msgs[i].msg_hdr.msg_iov = &iov[i];
-            msgs[i].msg_hdr.msg_iovlen = 1;
-        }
-        /* Blocks (up to SO_RCVTIMEO, so echo_stop is seen) for one, then takes what's queued. */
-        int n = recvmmsg(e->fd, msgs, ECHO_BATCH, MSG_WAITFORONE, NULL);
-        if (n < 0) {
-            if (errno == EAGAIN || errno == EINTR) continue;
-            die("echo recvmmsg");
-        }
-        for (int i = 0; i < n; i++) iov[i].iov_len = msgs[i].msg_len;
-        for (int done = 0; done < n;) {
-            int s = sendmmsg(e->fd, msgs + done, n - done, 0);
-            if (s < 0) { if (errno == EINTR) continue; die("echo sendmmsg"); }
-            done += s;
-        }
-        atomic_fetch_add(&echo_datagrams, n);
+};
+static struct echo echo;
+
+/* Receives what is queued (blocking per SO_RCVTIMEO for the first unless MSG_DONTWAIT)
+ * and sends every datagram back to its sender. Returns datagrams echoed (0 if none). */
+static int echo_batch(struct echo *e, int flags) {
+    for (int i = 0; i < ECHO_BATCH; i++) {
+        e->iov[i].iov_base = e->bufs + (size_t)i * e->bufsize;
+        e->iov[i].iov_len = e->bufsize;
+        memset(&e->msgs[i].msg_hdr, 0, sizeof(e->msgs[i].msg_hdr));
+        e->msgs[i].msg_hdr.msg_name = &e->from[i];
+        e->msgs[i].msg_hdr.msg_namelen = sizeof(e->from[i]);
+        e->msgs[i].msg_hdr.msg_iov = &e->iov[i];
+        e->msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    free(bufs);
+    int n = recvmmsg(e->fd, e->msgs, ECHO_BATCH, flags, NULL);
+    if (n < 0) {
+        if (errno == EAGAIN || errno == EINTR) return 0;
+        die("echo recvmmsg");
+    }
+    for (int i = 0; i < n; i++) e->iov[i].iov_len = e->msgs[i].msg_len;
+    for (int done = 0; done < n;) {
+        int s = sendmmsg(e->fd, e->msgs + done, n - done, 0);
+        if (s < 0) { if (errno == EINTR) continue; die("echo sendmmsg"); }
+        done += s;
+    }
+    atomic_fetch_add(&echo_datagrams, n);
+    return n;
+}
+
+static void *echo_main(void *arg) {
+    struct echo *e = arg;
+    /* Blocks (up to SO_RCVTIMEO, so echo_stop is seen) for one, then takes what's queued. */
+    while (!atomic_load(&echo_stop)) echo_batch(e, MSG_WAITFORONE);
     return NULL;
 }
 
-static int start_echo(struct sockaddr_in *bound, int bufsize, pthread_t *thr) {
+static void start_echo(struct sockaddr_in *bound, int bufsize) {
     int fd = socket(AF_INET, SOCK_DGRAM, 0);
     if (fd < 0) die("echo socket");
     /* All tunnels' in-flight datagrams can queue here at once: default rmem would drop. */
@@ -206,11 +216,10 @@ static int start_echo(struct sockaddr_in *bound, int bufsize, pthread_t *thr) {
     if (bind(fd, (struct sockaddr *)&a, sizeof(a)) != 0) die("echo bind");
     socklen_t len = sizeof(*bound);
     getsockname(fd, (struct sockaddr *)bound, &len);
-    static struct echo e;
-    e.fd = fd;
-    e.bufsize = bufsize;
-    if (pthread_create(thr, NULL, echo_main, &e) != 0) die("pthread_create");
-    return fd;
+    echo.fd = fd;
+    echo.bufsize = bufsize;
+    echo.bufs = malloc((size_t)ECHO_BATCH * bufsize);
+    if (!echo.bufs) die("malloc");
 }
 
 /* ---- tunnels (frames and idle modes) ---------------------------------------------- */
@@ -395,10 +404,15 @@ static int run_frames(void) {
     struct epoll_event evs[MAX_EVENTS];
     uint64_t t_start = 0, t_measure = 0, t_end = 0, t_stop = 0, t_drain_end = 0;
     double cpu0 = 0, cpu1 = 0;
+    if (O.busy_poll) {
+        struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &echo};
+        if (epoll_ctl(ep, EPOLL_CTL_ADD, echo.fd, &ev) != 0) die("epoll_ctl echo");
+    }
     for (;;) {
-        int n = epoll_wait(ep, evs, MAX_EVENTS, 10);
+        int n = epoll_wait(ep, evs, MAX_EVENTS, O.busy_poll ? 0 : 10);
         if (n < 0 && errno != EINTR) die("epoll_wait");
         for (int i = 0; i < n; i++) {
+            if (evs[i].data.ptr == &echo) { echo_batch(&echo, MSG_DONTWAIT); continue; }
             struct tunnel *t = evs[i].data.ptr;
             if (t->state == T_CONNECTING) {
                 if (evs[i].events & (EPOLLOUT | EPOLLERR | EPOLLHUP)) { on_connected(t, O.inflight); open++; }
@@ -610,10 +624,12 @@ int main(int argc, char **argv) {
     if (strcmp(O.mode, "frames") && strcmp(O.mode, "idle")) usage();
     raise_nofile(O.tunnels + 64);
     pthread_t echo_thr;
-    start_echo(&echo_addr, O.size + 64, &echo_thr);
+    int echo_thread = !(O.busy_poll && !strcmp(O.mode, "frames"));
+    start_echo(&echo_addr, O.size + 64);
+    if (echo_thread && pthread_create(&echo_thr, NULL, echo_main, &echo) != 0) die("pthread_create");
     build_template();
     int rc = !strcmp(O.mode, "frames") ? run_frames() : run_idle();
     atomic_store(&echo_stop, 1);
-    pthread_join(echo_thr, NULL);
+    if (echo_thread) pthread_join(echo_thr, NULL);
     return rc;
 }

@@ -31,13 +31,19 @@ CPP_PROXY_PORT = 443  # ZT_TCP_PROXY_TCP_PORT in tcp-proxy.cpp
 READY_TIMEOUT = 15.0
 
 
-def _raise_nofile() -> None:
+#: CPUs the relays are pinned to (None: wherever the scheduler puts them); see run.py --pin.
+RELAY_CPUS: set[int] | None = None
+
+
+def _prepare_child() -> None:
     # Runs in the child between fork and exec; root may raise the hard limit.
     try:
         resource.setrlimit(resource.RLIMIT_NOFILE, (RELAY_NOFILE, RELAY_NOFILE))
     except (ValueError, OSError):
         soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    if RELAY_CPUS is not None:
+        os.sched_setaffinity(0, RELAY_CPUS)
 
 
 @dataclass
@@ -108,7 +114,7 @@ def start_zt_relay(workdir: Path, extra_args: list[str], command_prefix: list[st
     ]
     log_path = workdir / "zt-relay.log"
     with log_path.open("wb") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_raise_nofile)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, preexec_fn=_prepare_child)
     relay = RunningRelay("zt-relay", process, port, log_path, {"health": health, "command": command})
     _wait_listening(relay)
     return relay
@@ -126,7 +132,7 @@ def cpp_proxy_binary(option: str | None) -> Path | None:
 
 
 def start_cpp_proxy(binary: Path, workdir: Path) -> RunningRelay:
-    process = subprocess.Popen([str(binary)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=workdir, preexec_fn=_raise_nofile)
+    process = subprocess.Popen([str(binary)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL, cwd=workdir, preexec_fn=_prepare_child)
     relay = RunningRelay("tcp-proxy", process, CPP_PROXY_PORT)
     _wait_listening(relay)
     return relay

@@ -8,6 +8,7 @@ see netns.py), starts the relays and measures, for each:
   and the rest of the machine's load during each run (the machine is shared: a relay
   that got less than a full core was starved, not slow);
 - ping-pong: one tunnel, one frame in flight: p50/p99 round-trip latency;
+- both with the loadgen sleeping (like real peers) and busy-polling (see LOADGEN_MODES);
 - idle memory: RSS growth per tunnel with N tunnels (default 8,000) open, each having sent
   the hello and one frame, measured on a freshly started relay.
 
@@ -33,6 +34,11 @@ from tests.bench import build, netns, procfs, profile, relays
 
 CPP = "tcp-proxy"
 OURS = "zt-relay"
+#: How the loadgen waits. "sleep": a client thread and an echo thread that block, like real
+#: peers; on loopback the relay then pays (in its send syscalls) for waking them. "busy":
+#: one thread spins over client and echo, so nobody sleeps: the relay's cost without the
+#: wakeups, and latency without the loadgen's own wakeup time. It needs a whole core.
+LOADGEN_MODES = ("sleep", "busy")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -47,11 +53,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=8, help="frames in flight per tunnel (default 8)")
     parser.add_argument("--pingpong-duration", type=float, default=5.0, help="seconds per ping-pong run (default 5)")
     parser.add_argument("--idle-tunnels", type=int, default=8000, help="tunnels held open for the memory run (default 8000)")
+    parser.add_argument("--loadgen-modes", default="sleep,busy", help="comma-separated: sleep (client and echo threads block in epoll/recvmmsg), busy (one thread spins over client and echo: no wakeups to pay, see loadgen.c) (default both)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,pingpong,idle")
     parser.add_argument("--zt-relay-command", metavar="CMD", help="how to start zt-relay instead of the installed script, e.g. to A/B a patched copy: 'python /tmp/variant.py' (split like a shell)")
     parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG", help="extra argument for zt-relay (repeatable), e.g. --relay-arg=--workers=2")
     parser.add_argument("--profile", action="store_true", help="one more zt-relay throughput run under py-spy; print the hottest functions")
     parser.add_argument("--profile-native", action="store_true", help="with --profile: include native frames (uvloop, CPython)")
+    parser.add_argument("--pin", metavar="RELAY:LOADGEN", help="pin relays and loadgen to CPU lists, e.g. 0:1 (cross-CPU wakeups) or 0:0; latency depends mostly on this placement")
     parser.add_argument("--nice", type=int, default=0, help="run relays and loadgen at this nice value, also for the autogroup; on a shared machine -10 gives them most of the CPU (negative needs root)")
     parser.add_argument("--json", metavar="PATH", help="also write all results as JSON here")
     parser.add_argument("--no-netns", action="store_true", help="stay in this network namespace (only zt-relay then; it listens on 127.0.0.1)")
@@ -63,6 +71,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--relay cpp/all needs --cpp-proxy PATH or ZT_BENCH_CPP_PROXY (a tcp-proxy binary built from ZeroTierOne's tcp-proxy/)")
     if args.relay in ("cpp", "all") and args.no_netns:
         parser.error("--no-netns: the C++ proxy binds 0.0.0.0:443 and is only run inside a private network namespace")
+    args.loadgen_modes = [m.strip() for m in args.loadgen_modes.split(",") if m.strip()]
+    if not args.loadgen_modes or set(args.loadgen_modes) - set(LOADGEN_MODES):
+        parser.error(f"--loadgen-modes: use one or more of {', '.join(LOADGEN_MODES)}, got {','.join(args.loadgen_modes) or 'nothing'}")
+    args.relay_cpus = args.loadgen_cpus = None
+    if args.pin:
+        try:
+            relay_part, loadgen_part = args.pin.split(":")
+            args.relay_cpus = {int(c) for c in relay_part.split(",")}
+            args.loadgen_cpus = {int(c) for c in loadgen_part.split(",")}
+        except ValueError:
+            parser.error(f"--pin: expected RELAY_CPUS:LOADGEN_CPUS such as 0:1 or 0:0,1, got {args.pin!r}")
+        available = os.sched_getaffinity(0)
+        if not (args.relay_cpus | args.loadgen_cpus) <= available:
+            parser.error(f"--pin: CPUs {sorted((args.relay_cpus | args.loadgen_cpus) - available)} are not available (have {sorted(available)})")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
     unknown = args.skip - {"throughput", "pingpong", "idle"}
     if unknown:
@@ -78,11 +100,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 # -- load runs --------------------------------------------------------------------------------
 
 
-def run_frames(loadgen: Path, relay: relays.RunningRelay, tunnels: int, size: int, inflight: int, duration: float, warmup: float, on_start=None) -> dict:
+#: CPUs the loadgen is pinned to (None: unpinned); set from --pin.
+LOADGEN_CPUS: set[int] | None = None
+
+
+def _pin_loadgen() -> None:
+    if LOADGEN_CPUS is not None:
+        os.sched_setaffinity(0, LOADGEN_CPUS)
+
+
+def run_frames(loadgen: Path, relay: relays.RunningRelay, tunnels: int, size: int, inflight: int, duration: float, warmup: float,
+               mode: str = "sleep", on_start=None) -> dict:
     """One loadgen ``frames`` run; adds the relay's CPU and the machine's other load in the window."""
     command = [str(loadgen), "frames", "--target", relay.target, "--tunnels", str(tunnels), "--size", str(size),
-               "--inflight", str(inflight), "--duration", str(duration), "--warmup", str(warmup)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+               "--inflight", str(inflight), "--duration", str(duration), "--warmup", str(warmup),
+               "--busy-poll", "1" if mode == "busy" else "0"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pin_loadgen)
     result = None
     for line in process.stdout:
         if line.startswith("# measure start"):
@@ -117,7 +150,7 @@ def run_idle(loadgen: Path, relay: relays.RunningRelay, tunnels: int) -> dict:
     time.sleep(1.0)  # let start-up allocations settle
     before = procfs.tree_rss_kib(relay.pid)
     command = [str(loadgen), "idle", "--target", relay.target, "--tunnels", str(tunnels)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pin_loadgen)
     opened = json.loads(process.stdout.readline() or "null")
     if not opened:
         raise SystemExit(f"loadgen idle against {relay.name} failed: {process.stderr.read().strip()}")
@@ -177,21 +210,27 @@ def table(results: dict, args: argparse.Namespace) -> str:
         rows.append((label, [_fmt(v, digits) for v in values], ratio))
 
     load = f"{args.tunnels}x{args.inflight}, {args.size} B"
-    if "throughput" not in args.skip:
-        add(f"frames/s ({load})", "frames_per_s", "throughput")
-        rows.append(("  min..max over runs", [spread(results[n].get("throughput") or [], "frames_per_s") for n in names], ""))
-        add("  relay CPU %", "relay_cpu_pct", "throughput")
-        add("  frames per relay CPU-second", "frames_per_cpu_s", "throughput")
-        add("  relay CPU in the kernel, %", "relay_kernel_share_pct", "throughput")
-        add("  loadgen CPU %", "loadgen_cpu_pct", "throughput", compare=False)
-        add("  softirq (loopback delivery) CPU %", "softirq_cpu_pct", "throughput", compare=False)
-        add("  other load on the machine, CPU %", "other_cpu_pct", "throughput", compare=False)
-        add("  latency p50 us", "p50_us", "throughput", lower_is_better=True)
-        add("  latency p99 us", "p99_us", "throughput", lower_is_better=True)
-    if "pingpong" not in args.skip:
-        add("ping-pong p50 us (1x1)", "p50_us", "pingpong", lower_is_better=True)
-        add("ping-pong p99 us (1x1)", "p99_us", "pingpong", lower_is_better=True)
-        add("ping-pong round trips/s", "frames_per_s", "pingpong")
+    for mode in args.loadgen_modes:
+        part = f"throughput/{mode}"
+        if "throughput" in args.skip:
+            break
+        add(f"frames/s ({load}, {mode} loadgen)", "frames_per_s", part)
+        rows.append(("  min..max over runs", [spread(results[n].get(part) or [], "frames_per_s") for n in names], ""))
+        add("  relay CPU %", "relay_cpu_pct", part)
+        add("  frames per relay CPU-second", "frames_per_cpu_s", part)
+        add("  relay CPU in the kernel, %", "relay_kernel_share_pct", part)
+        add("  loadgen CPU %", "loadgen_cpu_pct", part, compare=False)
+        add("  softirq (loopback delivery) CPU %", "softirq_cpu_pct", part, compare=False)
+        add("  other load on the machine, CPU %", "other_cpu_pct", part, compare=False)
+        add("  latency p50 us", "p50_us", part, lower_is_better=True)
+        add("  latency p99 us", "p99_us", part, lower_is_better=True)
+    for mode in args.loadgen_modes:
+        part = f"pingpong/{mode}"
+        if "pingpong" in args.skip:
+            break
+        add(f"ping-pong p50 us (1x1, {mode} loadgen)", "p50_us", part, lower_is_better=True)
+        add("  p99 us", "p99_us", part, lower_is_better=True)
+        add("  round trips/s", "frames_per_s", part)
     if "idle" not in args.skip:
         add(f"RSS KiB per idle tunnel ({args.idle_tunnels})", "kib_per_tunnel", "idle", digits=2, lower_is_better=True)
         add("  RSS before, KiB", "rss_before_kib", "idle", compare=False)
@@ -230,11 +269,14 @@ def main(argv: list[str] | None = None) -> int:
         netns.enter_private_netns()
     if args.nice:
         claim_cpu(args.nice)
+    global LOADGEN_CPUS
+    LOADGEN_CPUS, relays.RELAY_CPUS = args.loadgen_cpus, args.relay_cpus
     names = {"zt-relay": [OURS], "cpp": [CPP], "all": [OURS, CPP]}[args.relay]
     workdir = Path(tempfile.mkdtemp(prefix="zt-relay-bench-"))
     results: dict[str, dict] = {name: {} for name in names}
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731  progress, not results
-    say(f"loadgen: {loadgen}; work dir: {workdir}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}")
+    say(f"loadgen: {loadgen}; work dir: {workdir}; {os.cpu_count()} cores; load average {os.getloadavg()[0]:.2f}; "
+        f"pinning: {args.pin or 'none'}; nice: {args.nice}")
 
     def start(name: str) -> relays.RunningRelay:
         if name == OURS:
@@ -246,23 +288,26 @@ def main(argv: list[str] | None = None) -> int:
         running = {name: start(name) for name in names}
         try:
             if "throughput" not in args.skip:
-                for i in range(args.runs):
-                    for name in names:
-                        r = run_frames(loadgen, running[name], args.tunnels, args.size, args.inflight, args.duration, args.warmup)
-                        results[name].setdefault("throughput", []).append(r)
-                        say(f"throughput run {i + 1}/{args.runs} {name}: {r['frames_per_s']:,.0f} frames/s, relay CPU {r['relay_cpu_pct']}%, "
-                            f"loadgen {r['loadgen_cpu_pct']}%, softirq {r['softirq_cpu_pct']}%, other {r['other_cpu_pct']}%, p50 {r['p50_us']:.0f} us, lost {r['lost']}")
+                for mode in args.loadgen_modes:
+                    for i in range(args.runs):
+                        for name in names:
+                            r = run_frames(loadgen, running[name], args.tunnels, args.size, args.inflight, args.duration, args.warmup, mode)
+                            results[name].setdefault(f"throughput/{mode}", []).append(r)
+                            say(f"throughput ({mode} loadgen) run {i + 1}/{args.runs} {name}: {r['frames_per_s']:,.0f} frames/s, relay CPU {r['relay_cpu_pct']}%, "
+                                f"loadgen {r['loadgen_cpu_pct']}%, softirq {r['softirq_cpu_pct']}%, other {r['other_cpu_pct']}%, p50 {r['p50_us']:.0f} us, lost {r['lost']}")
             if "pingpong" not in args.skip:
-                for i in range(args.runs):
-                    for name in names:
-                        r = run_frames(loadgen, running[name], 1, args.size, 1, args.pingpong_duration, 1.0)
-                        results[name].setdefault("pingpong", []).append(r)
-                        say(f"ping-pong run {i + 1}/{args.runs} {name}: p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us")
+                for mode in args.loadgen_modes:
+                    for i in range(args.runs):
+                        for name in names:
+                            r = run_frames(loadgen, running[name], 1, args.size, 1, args.pingpong_duration, 1.0, mode)
+                            results[name].setdefault(f"pingpong/{mode}", []).append(r)
+                            say(f"ping-pong ({mode} loadgen) run {i + 1}/{args.runs} {name}: p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us")
             if args.profile and OURS in running:
                 output = workdir / "py-spy.txt"
                 recorder: list = []
                 start_profile = lambda: recorder.append(profile.start_recording(running[OURS].pid, args.duration, output, args.profile_native))  # noqa: E731
-                r = run_frames(loadgen, running[OURS], args.tunnels, args.size, args.inflight, args.duration, args.warmup, on_start=start_profile)
+                r = run_frames(loadgen, running[OURS], args.tunnels, args.size, args.inflight, args.duration, args.warmup,
+                               args.loadgen_modes[0], on_start=start_profile)
                 recorder[0].wait(timeout=60)
                 if not output.exists():
                     say(f"py-spy wrote nothing: {recorder[0].stderr.read().decode(errors='replace').strip()}")
@@ -288,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(table(results, args))
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "cpp_binary" and not isinstance(v, set)}, "results": results}, indent=2, default=str))
+        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "cpp_binary"}, "results": results}, indent=2, default=sorted))
     return 0
 
 
