@@ -6,6 +6,7 @@ Marked `restarts_cluster`, so it runs after every other test of the session.
 import json
 import os
 import subprocess
+import uuid
 from pathlib import Path
 
 import pytest
@@ -62,10 +63,11 @@ def leftovers(layout) -> dict[str, list[str]]:
 def test_down_leaves_nothing_behind_and_up_works_again(cluster, kubectl, busybox_image, wait_for):
     if cluster.backend != "local":
         pytest.skip(f"down/up is the local cluster's lifecycle, not --cluster={cluster.backend}'s")
+    ns = f"e2e-lifecycle-{uuid.uuid4().hex[:6]}"
     # Something running with a network namespace, IPAM lease, mounts and logs.
-    kubectl("create", "namespace", "e2e-lifecycle")
-    kubectl("run", "sleeper", "-n", "e2e-lifecycle", f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
-    kubectl("wait", "pod/sleeper", "-n", "e2e-lifecycle", "--for=condition=Ready", "--timeout=90s", timeout=100)
+    kubectl("create", "namespace", ns)
+    kubectl("run", "sleeper", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
+    kubectl("wait", "pod/sleeper", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
 
     node.down()
     assert leftovers(cluster.layout) == {}
@@ -74,7 +76,7 @@ def test_down_leaves_nothing_behind_and_up_works_again(cluster, kubectl, busybox
     assert node.node_ready(kubectl, cluster.layout.node_name)
     # The images went with the state; put busybox back for anything that runs after.
     image_import.import_archive(testimages.busybox_archive())
-    kubectl("create", "namespace", "e2e-lifecycle")
-    kubectl("run", "again", "-n", "e2e-lifecycle", f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
-    kubectl("wait", "pod/again", "-n", "e2e-lifecycle", "--for=condition=Ready", "--timeout=90s", timeout=100)
-    kubectl("delete", "namespace", "e2e-lifecycle", "--wait=false")
+    kubectl("create", "namespace", ns)
+    kubectl("run", "again", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
+    kubectl("wait", "pod/again", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
+    kubectl("delete", "namespace", ns, "--wait=false")

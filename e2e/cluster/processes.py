@@ -6,21 +6,34 @@ stale pid file can never hit an unrelated process that reused the number.
 
 import os
 import signal
-import subprocess
 import time
 from pathlib import Path
 
 
 def start(name: str, argv: list[str], run_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> int:
-    """Start `argv` detached (own session), logging to `<log_dir>/<name>.log`; returns the pid."""
+    """Start `argv` detached (own session), logging to `<log_dir>/<name>.log`; returns the pid.
+
+    posix_spawn rather than Popen: the processes outlive this call (and the Python process
+    that may call `up` from a pytest fixture), so there is no Popen object to wait on.
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{name}.log", "ab") as log:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
+    log = os.open(log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    try:
+        pid = os.posix_spawnp(
+            argv[0],
+            argv,
+            dict(os.environ if env is None else env),
+            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)],
+            setsid=True,
         )
-    (run_dir / f"{name}.pid").write_text(f"{proc.pid}\n{argv[0]}\n")
-    return proc.pid
+    finally:
+        os.close(log)
+        os.close(devnull)
+    # argv[0] as given is what /proc/PID/cmdline shows once the program has exec'd.
+    (run_dir / f"{name}.pid").write_text(f"{pid}\n{argv[0]}\n")
+    return pid
 
 
 def _cmdline(pid: int) -> list[str]:
