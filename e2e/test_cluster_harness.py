@@ -45,6 +45,11 @@ def test_wrapper_go_mod_replaces_each_staging_module_with_its_release():
     assert "\tk8s.io/api => k8s.io/api v0.37.2\n" in go_mod
 
 
+def test_wrapper_go_mod_can_replace_a_module_with_a_fork():
+    tool = build.GoTool("x", {"example.com/x": "v1.0.0"}, {}, replaces={"example.com/dep": "example.com/fork v0.4.0"})
+    assert "\texample.com/dep => example.com/fork v0.4.0\n" in build.render_go_mod(tool)
+
+
 def test_version_ldflags_set_both_copies_of_the_version_variables():
     flags = build.version_ldflags("v1.37.2", "2026-01-01T00:00:00Z")
     for pkg in build.VERSION_PACKAGES:

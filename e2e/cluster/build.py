@@ -50,7 +50,9 @@ class GoTool:
     commands: dict[str, str]
     """Binary name -> Go package of its main."""
     replaces: dict[str, str] = field(default_factory=dict)
-    """Module path -> version, written as `replace M => M V`."""
+    """Module path -> version (`replace M => M V`) or "OTHER V" (`replace M => OTHER V`).
+
+    Needed where the tool's own go.mod has replaces: Go ignores them in a dependency."""
     ldflags: str = ""
 
 
@@ -77,7 +79,8 @@ def render_go_mod(tool: GoTool, go_version: str = "1.26") -> str:
     lines = [f"module zt-relay.local/build/{tool.name}", "", f"go {go_version}", ""]
     lines += ["require ("] + [f"\t{m} {v}" for m, v in sorted(tool.requires.items())] + [")", ""]
     if tool.replaces:
-        lines += ["replace ("] + [f"\t{m} => {m} {v}" for m, v in sorted(tool.replaces.items())] + [")", ""]
+        targets = [(m, v if " " in v else f"{m} {v}") for m, v in sorted(tool.replaces.items())]
+        lines += ["replace ("] + [f"\t{m} => {target}" for m, target in targets] + [")", ""]
     return "\n".join(lines)
 
 
@@ -139,11 +142,14 @@ def other_tools() -> list[GoTool]:
             "kubeconform",
             {"github.com/yannh/kubeconform": versions.KUBECONFORM},
             {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
+            ldflags=f"-s -w -X main.version={versions.KUBECONFORM}",
         ),
         GoTool(
             "helm-unittest",
             {"github.com/helm-unittest/helm-unittest": versions.HELM_UNITTEST},
             {"untt": "github.com/helm-unittest/helm-unittest/cmd/helm-unittest"},
+            # Copied from helm-unittest's go.mod (it builds against its fork of yaml-jsonpath).
+            replaces={"github.com/vmware-labs/yaml-jsonpath": "github.com/helm-unittest/yaml-jsonpath v0.4.0"},
         ),
     ]
 
