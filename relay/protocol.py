@@ -53,27 +53,32 @@ class ProtocolError(Exception):
         self.detail = detail
 
 
-#: Called once per complete record with a view of the stream and the payload's bounds.
-#: The view is only valid during the call: copy what you keep.
-RecordCallback = Callable[[memoryview, int, int], None]
+#: Called once per complete record with the buffer holding it and the payload's bounds:
+#: ``data[start:end]`` is the payload.
+RecordCallback = Callable[[bytes, int, int], None]
 
 
 class RecordReader:
     """Reassembles records from a byte stream and hands each payload to ``on_record``.
 
-    Several records per ``feed`` and records split across feeds are both normal. The reader
-    owns its memory bound: a length field above ``max_payload`` raises before any of that
-    payload is buffered, so a client can make it hold at most one header plus
-    ``max_payload`` bytes. ``on_record`` may be replaced between records (the tunnel swaps
-    its hello handler for the packet handler).
+    Several records per ``feed`` and records split across feeds are both normal. The
+    callback always gets an immutable ``bytes`` buffer, so it can slice hashable keys and
+    packets straight out of it. A partial record accumulates in a bytearray and is turned
+    into bytes once, when it completes: every byte is copied at most twice, so a client
+    trickling a record byte by byte costs linear time, not quadratic.
+
+    The reader owns its memory bound: a length field above ``max_payload`` raises before
+    any of that payload is buffered. ``on_record`` may be replaced between records (the
+    tunnel swaps its hello handler for the packet handler).
     """
 
-    __slots__ = ("_pending", "max_payload", "on_record")
+    __slots__ = ("_pending", "_needed", "max_payload", "on_record")
 
     def __init__(self, on_record: RecordCallback, max_payload: int = DEFAULT_MAX_RECORD_PAYLOAD) -> None:
         if not 0 < max_payload <= MAX_RECORD_PAYLOAD:
             raise ValueError(f"max_payload must be 1..{MAX_RECORD_PAYLOAD}, got {max_payload}")
         self._pending: bytearray | None = None
+        self._needed = 0  # bytes _pending must reach before a record can complete
         self.max_payload = max_payload
         self.on_record = on_record
 
@@ -91,34 +96,29 @@ class RecordReader:
         pending = self._pending
         if pending is not None:
             pending += data
-            buf = pending
-        else:
-            buf = data
-        size = len(buf)
-        pos = 0
-        view = memoryview(buf)
-        try:
-            # Parse every complete record over one buffer; trim once at the end (linear).
-            while size - pos >= HEADER_SIZE:
-                if buf[pos] != 0x17 or buf[pos + 1] != 0x03 or buf[pos + 2] != 0x03:
-                    raise ProtocolError("bad_record_header", f"expected 17 03 03, got {bytes(buf[pos:pos + 3]).hex(' ')}")
-                length = (buf[pos + 3] << 8) | buf[pos + 4]
-                if length > self.max_payload:
-                    raise ProtocolError("record_too_large", f"record of {length} bytes exceeds {self.max_payload}")
-                end = pos + HEADER_SIZE + length
-                if end > size:
-                    break
-                self.on_record(view, pos + HEADER_SIZE, end)
-                pos = end
-        finally:
-            # The view must be gone before the bytearray can be resized.
-            view.release()
-        if pos == size:
+            if len(pending) < self._needed:
+                return
+            data = bytes(pending)
             self._pending = None
-        elif pending is not None:
-            del pending[:pos]
-        else:
-            self._pending = bytearray(buf[pos:])
+        size = len(data)
+        pos = 0
+        needed = HEADER_SIZE
+        # Every complete record in this buffer, then keep the tail once.
+        while size - pos >= HEADER_SIZE:
+            if data[pos] != 0x17 or data[pos + 1] != 0x03 or data[pos + 2] != 0x03:
+                raise ProtocolError("bad_record_header", f"expected 17 03 03, got {data[pos:pos + 3].hex(' ')}")
+            length = (data[pos + 3] << 8) | data[pos + 4]
+            if length > self.max_payload:
+                raise ProtocolError("record_too_large", f"record of {length} bytes exceeds {self.max_payload}")
+            end = pos + HEADER_SIZE + length
+            if end > size:
+                needed = HEADER_SIZE + length
+                break
+            self.on_record(data, pos + HEADER_SIZE, end)
+            pos = end
+        if pos < size:
+            self._pending = bytearray(memoryview(data)[pos:])
+            self._needed = needed
 
 
 def encode_record(payload: bytes) -> bytes:

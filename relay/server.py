@@ -151,6 +151,7 @@ class Relay:
         config = self.config
         if config.tunnel_rate_pps or config.tunnel_rate_bps:
             tunnel.rate = RateLimit(config.tunnel_rate_pps, config.tunnel_rate_bps, self.loop.time())
+            tunnel.limited = True
         self.stats.opened += 1
         if self.telemetry is not None:
             self.telemetry.opened(tunnel)

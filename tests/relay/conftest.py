@@ -114,7 +114,7 @@ class Client:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.reader, self.writer = reader, writer
         self.records: asyncio.Queue[bytes] = asyncio.Queue()
-        self._decoder = protocol.RecordReader(lambda v, s, e: self.records.put_nowait(v[s:e].tobytes()))
+        self._decoder = protocol.RecordReader(lambda v, s, e: self.records.put_nowait(v[s:e]))
         self._pump = asyncio.ensure_future(self._read())
 
     @classmethod

@@ -10,7 +10,7 @@ from relay.protocol import ProtocolError, RecordReader
 
 def collect(max_payload: int = protocol.DEFAULT_MAX_RECORD_PAYLOAD):
     records: list[bytes] = []
-    reader = RecordReader(lambda view, start, end: records.append(view[start:end].tobytes()), max_payload)
+    reader = RecordReader(lambda view, start, end: records.append(view[start:end]), max_payload)
     return reader, records
 
 
@@ -142,3 +142,22 @@ def test_arbitrary_bytes_never_crash_the_reader(chunks):
     # whatever was delivered was whole records within the bound
     assert all(len(r) <= 1000 for r in records)
     assert reader.buffered < protocol.HEADER_SIZE + 1000
+
+
+def test_the_callback_gets_immutable_bytes_even_for_split_records():
+    kinds = []
+    reader = RecordReader(lambda data, s, e: kinds.append(type(data)))
+    reader.feed(PACKET[:10])
+    reader.feed(PACKET[10:] + PACKET)
+    assert kinds == [bytes, bytes]
+
+
+def test_a_partial_record_is_not_parsed_again_until_it_can_complete():
+    reader, records = collect()
+    reader.feed(PACKET[:6])
+    assert reader._needed == len(PACKET)  # header seen: waits for the whole record
+    for i in range(6, len(PACKET) - 1):
+        reader.feed(PACKET[i:i + 1])
+    assert records == [] and reader.buffered == len(PACKET) - 1
+    reader.feed(PACKET[-1:])
+    assert records == [PACKET[5:]] and reader.buffered == 0
