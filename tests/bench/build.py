@@ -12,7 +12,8 @@ import subprocess
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("loadgen.c")
-CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror"]
+#: No -Werror: a newer compiler's new warning must not stop a benchmark run.
+CFLAGS = ["-O2", "-Wall", "-Wextra"]
 
 
 def cache_dir() -> Path:

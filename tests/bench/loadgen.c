@@ -403,6 +403,7 @@ static int run_frames(void) {
     for (int i = 0; i < O.tunnels; i++) start_connect(&ts[i]);
     struct epoll_event evs[MAX_EVENTS];
     uint64_t t_start = 0, t_measure = 0, t_end = 0, t_stop = 0, t_drain_end = 0;
+    uint64_t connect_deadline = now_ns() + (uint64_t)(O.ready_timeout * 1e9);
     double cpu0 = 0, cpu1 = 0;
     if (O.busy_poll) {
         struct epoll_event ev = {.events = EPOLLIN, .data.ptr = &echo};
@@ -435,7 +436,13 @@ static int run_frames(void) {
             printf("# connected %d tunnels\n", open);
             fflush(stdout);
         }
-        if (!t_start) continue;
+        if (!t_start) {
+            if (now >= connect_deadline) {
+                fprintf(stderr, "loadgen: only %d of %d tunnels connected within %.0f s\n", open, O.tunnels, O.ready_timeout);
+                exit(3);
+            }
+            continue;
+        }
         if (!measuring && !t_stop && now >= t_measure) {
             measuring = 1;
             t_measure = now;
