@@ -204,17 +204,26 @@ def test_hosts(cluster: Cluster):
 
 @pytest.fixture(scope="session")
 def load_image(cluster: Cluster):
+    imported: dict[str, str] = {}  # tag -> Docker image id imported in this session
+
     def load(tag: str) -> str:
+        if cluster.backend == "existing":
+            pytest.skip(f"--cluster=existing: cannot load {tag}; push it where the cluster can pull it")
+        image_id = subprocess.run(
+            ["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, timeout=30
+        )
+        if image_id.returncode != 0:
+            pytest.fail(f"load_image: Docker has no image {tag!r}: {image_id.stderr.strip()}")
         if cluster.backend == "local":
             from e2e.cluster import image_import
 
-            # Checked on every call: a `down`/`up` in the session empties containerd.
-            if not image_import.has_image(tag):
+            # A rebuilt image under the same tag is imported again; so is one a `down`/`up`
+            # in this session removed.
+            if imported.get(tag) != image_id.stdout.strip() or not image_import.has_image(tag):
                 image_import.import_docker_image(tag)
-        elif cluster.backend == "kind":
-            cluster.kind.load_docker_image(tag)
         else:
-            pytest.skip(f"--cluster=existing: cannot load {tag}; push it where the cluster can pull it")
+            cluster.kind.load_docker_image(tag)
+        imported[tag] = image_id.stdout.strip()
         return tag
 
     return load

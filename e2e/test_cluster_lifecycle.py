@@ -45,7 +45,7 @@ def leftovers(layout) -> dict[str, list[str]]:
     routes = network.sh("ip", "-4", "route").stdout.splitlines()
     found["routes"] = [r for r in routes if any(r.startswith(c) for c in (*layout.sink_routes, layout.test_host_cidr))]
     found["iptables"] = []
-    for binary in ("iptables", "ip6tables"):
+    for binary in ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy"):
         for table in ("filter", "nat", "mangle"):
             rules = subprocess.run([binary, "-t", table, "-S"], capture_output=True, text=True).stdout
             found["iptables"] += [f"{binary} {table}: {r}" for r in rules.splitlines() if "KUBE-" in r or "ZTR-" in r]

@@ -28,13 +28,11 @@ def import_docker_image(tag: str, timeout: float = 600) -> None:
     name, _, version = tag.rpartition(":")
     if not name or "/" in version or version in ("", "latest"):
         raise ValueError(f"image {tag!r}: give an explicit, non-latest tag (pods cannot pull it back)")
-    save = subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
+    # The context manager closes both pipes and waits for `docker save`.
+    with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as save:
         imp = subprocess.run(_ctr("images", "import", "-"), stdin=save.stdout, capture_output=True, timeout=timeout)
-    finally:
         save.stdout.close()
         save_err = save.stderr.read().decode(errors="replace")
-        save.wait(timeout=60)
     if save.returncode != 0:
         raise RuntimeError(f"docker save {tag} failed: {save_err.strip()}")
     if imp.returncode != 0:

@@ -146,7 +146,8 @@ def up() -> int:
     _start(state, "kube-proxy", configs.kube_proxy_command(layout, state, bin_dir))
     kubectl = _admin()
     wait_for(f"node {layout.node_name} Ready", lambda: node_ready(kubectl, layout.node_name), 90, 0.5)
-    # kube-proxy and dockerd insert FORWARD rules of their own; ours must stay first.
+    # kube-proxy inserts its FORWARD jumps on its first sync; ours must stay first after that.
+    wait_for("kube-proxy's first sync", lambda: _http_ok("http://127.0.0.1:10256/healthz") and _kube_proxy_forward_rules(), 60, 0.3)
     network.ensure_forward_chain_first(layout)
 
     _start(state, "metrics-server", configs.metrics_server_command(layout, state, bin_dir))
@@ -196,6 +197,10 @@ def _start(state: StatePaths, name: str, argv: list[str], env: dict[str, str] | 
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as resp:
         return resp.status == 200
+
+
+def _kube_proxy_forward_rules() -> bool:
+    return "KUBE-FORWARD" in network.sh("iptables", "-S", "FORWARD").stdout
 
 
 def _ctr_ok() -> bool:
