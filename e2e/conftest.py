@@ -22,7 +22,7 @@ Fixtures for test authors:
   namespace        (function) a fresh namespace name, deleted after the test
   load_image       (session) `load_image("zt-relay:0.1.0-dev")`: a Docker image built here,
                    into the cluster's runtime (pods use imagePullPolicy IfNotPresent)
-  busybox_image    (session) tag of a small busybox image (sh, httpd, nc, wget) in the cluster
+  busybox_image    (session) tag of a small busybox image (sh, httpd, nc, nslookup, tftp) in the cluster
   test_hosts       (function) `test_hosts("client")` -> `TestHost` (a network namespace with its
                    own address, routed through the node: .address, .run(*cmd), .popen(*cmd));
                    removed after the test. Local backend only, skipped elsewhere.

@@ -199,3 +199,11 @@ def test_cni_keeps_ipam_leases_under_the_state_dir():
     bridge = conf["plugins"][0]
     assert bridge["ipam"]["dataDir"].startswith(str(STATE.root))
     assert bridge["ipam"]["ranges"] == [[{"subnet": "10.244.0.0/24"}]]
+
+
+def test_coredns_serves_cluster_names_and_forwards_nothing():
+    corefile = configs.corefile(LAYOUT, STATE)
+    assert "kubernetes cluster.local" in corefile
+    assert "forward" not in corefile
+    assert f"bind {LAYOUT.node_ip}" in corefile
+    assert json.loads(configs.kubelet_config(LAYOUT, STATE))["clusterDNS"] == ["10.96.0.10"]

@@ -98,3 +98,23 @@ def test_a_pod_reaches_a_test_host_by_udp_with_its_own_address(kubectl, namespac
     source, payload = out.split(maxsplit=1)
     assert source == pod["status"]["podIP"]  # no masquerade: the root sees the pod itself
     assert "hello" in payload
+
+
+def test_pods_resolve_service_names_and_nothing_else(kubectl, namespace, web, busybox_image, wait_for_pods_ready, wait_for):
+    kubectl.apply(workloads.service("web"), workloads.sleeper_pod("client", busybox_image), namespace=namespace)
+    wait_for_pods_ready(namespace, "app=client")
+    ip = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["clusterIP"]
+    fqdn = f"web.{namespace}.svc.cluster.local"
+
+    # nslookup has busybox's own resolver; static glibc can't load NSS, so wget can't resolve.
+    def resolve():
+        proc = kubectl("exec", "-n", namespace, "client", "--", "nslookup", fqdn, check=False)
+        return proc.stdout if proc.returncode == 0 else None
+
+    assert f"Address: {ip}" in wait_for(f"{fqdn} to resolve in a pod", resolve, 30)
+    request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80"
+    served = kubectl("exec", "-n", namespace, "client", "--", "sh", "-c", request)
+    assert served.stdout.strip().splitlines()[-1] in web
+    # CoreDNS here has no upstream: outside names are refused, never forwarded off the machine.
+    outside = kubectl("exec", "-n", namespace, "client", "--", "nslookup", "example.com", check=False)
+    assert outside.returncode != 0 and "REFUSED" in outside.stdout

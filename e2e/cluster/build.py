@@ -127,6 +127,7 @@ def other_tools() -> list[GoTool]:
     helm_pkg = "helm.sh/helm/v3/internal/version"
     return [
         GoTool("etcd", {"go.etcd.io/etcd/server/v3": versions.ETCD}, {"etcd": "go.etcd.io/etcd/server/v3"}),
+        GoTool("coredns", {"github.com/coredns/coredns": versions.COREDNS}, {"coredns": "github.com/coredns/coredns"}),
         GoTool(
             "metrics-server",
             {"sigs.k8s.io/metrics-server": versions.METRICS_SERVER},

@@ -252,6 +252,7 @@ def kubelet_config(layout: Layout, state: StatePaths) -> str:
         "cgroupDriver": "cgroupfs",
         "containerRuntimeEndpoint": f"unix://{state.containerd_socket}",
         "clusterDomain": "cluster.local",
+        "clusterDNS": [layout.dns_service_ip],
         "podLogsDir": str(state.pod_logs),
         "resolvConf": "/etc/resolv.conf",
         # Imported images cannot be pulled back: never garbage-collect them, never evict.
@@ -360,5 +361,56 @@ def metrics_server_objects(layout: Layout) -> list[dict]:
                 "groupPriorityMinimum": 100,
                 "versionPriority": 100,
             },
+        },
+    ]
+
+
+def corefile(layout: Layout, state: StatePaths) -> str:
+    """Cluster names only. There is deliberately no `forward` (and no `.` zone): a query for
+    any other name is refused instead of being sent to an upstream resolver off the machine."""
+    return f"""\
+cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {layout.node_ip}
+    errors
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {state.kubeconfig("admin")}
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+}}
+"""
+
+
+def coredns_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return [str(bin_dir / "coredns"), "-conf", str(state.configs / "Corefile")]
+
+
+def dns_objects(layout: Layout) -> list[dict]:
+    """`kube-dns` at the conventional ClusterIP, pointing at CoreDNS on the node (a host process)."""
+    name = "kube-dns"
+    ports = [("dns", "UDP"), ("dns-tcp", "TCP")]
+    return [
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": name, "namespace": "kube-system", "labels": {"k8s-app": name}},
+            "spec": {
+                "clusterIP": layout.dns_service_ip,
+                "ports": [{"name": n, "port": 53, "protocol": p, "targetPort": 53} for n, p in ports],
+            },
+        },
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": f"{name}-host",
+                "namespace": "kube-system",
+                "labels": {"kubernetes.io/service-name": name},
+            },
+            "addressType": "IPv4",
+            "endpoints": [{"addresses": [layout.node_ip], "conditions": {"ready": True}}],
+            "ports": [{"name": n, "port": 53, "protocol": p} for n, p in ports],
         },
     ]

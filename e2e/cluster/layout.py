@@ -50,6 +50,11 @@ class Layout:
         return str(ipaddress.ip_network(self.service_cidr)[1])
 
     @property
+    def dns_service_ip(self) -> str:
+        """The `kube-dns` Service's ClusterIP (the conventional tenth address)."""
+        return str(ipaddress.ip_network(self.service_cidr)[10])
+
+    @property
     def sink_routes(self) -> tuple[str, ...]:
         """Ranges whose unclaimed addresses must end in the sink instead of the default route."""
         return (self.cluster_cidr, self.service_cidr, self.lb_pool)

@@ -3,10 +3,12 @@
 Order of `up` (each step waits for the previous one to be healthy):
   safety network (sink + forward rules) -> PKI and kubeconfigs (kubeadm phases) -> etcd ->
   kube-apiserver -> controller-manager, scheduler -> containerd (+ pause image) -> kubelet,
-  kube-proxy -> node Ready -> metrics-server -> LoadBalancer stand-in.
+  kube-proxy -> node Ready -> CoreDNS, metrics-server (host processes) -> LoadBalancer stand-in.
 `down` runs in reverse and then sweeps whatever a crashed run may have left (see `down`).
 """
 
+import contextlib
+import fcntl
 import json
 import os
 import shlex
@@ -31,6 +33,7 @@ PROCESSES = (
     "containerd",
     "kubelet",
     "kube-proxy",
+    "coredns",
     "metrics-server",
     "lb-controller",
 )
@@ -43,6 +46,7 @@ REQUIRED_BINARIES = (
     "kube-proxy",
     "kubectl",
     "kubeadm",
+    "coredns",
     "metrics-server",
 )
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
@@ -102,7 +106,34 @@ def status() -> int:
 # --- up -------------------------------------------------------------------------------------
 
 
+LOCK_FILE = Path("/run/zt-relay-e2e.lock")
+
+
+@contextlib.contextmanager
+def _exclusive():
+    """One `up`/`down` at a time on this machine (several pytest sessions may call `up`)."""
+    with open(LOCK_FILE, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def up() -> int:
+    with _exclusive():
+        return _up()
+
+
+def down() -> int:
+    """Stop everything and remove every trace; safe to run when nothing is up."""
+    if os.geteuid() != 0:
+        raise SystemExit("e2e.cluster: must run as root")
+    with _exclusive():
+        return _down()
+
+
+def _up() -> int:
     started = time.monotonic()
     _require_root_and_binaries()
     state = StatePaths(paths.state_dir())
@@ -114,7 +145,7 @@ def up() -> int:
         return 0
     if state.root.exists() or network.list_netns(layout.sink_netns):
         _log("stale state found: tearing it down first")
-        down()
+        _down()
     layout_mod.check_disjoint(layout, network.machine_networks())
 
     _log("safety: sink namespace, sink routes, forward rules")
@@ -150,8 +181,9 @@ def up() -> int:
     wait_for("kube-proxy's first sync", lambda: _http_ok("http://127.0.0.1:10256/healthz") and _kube_proxy_forward_rules(), 60, 0.3)
     network.ensure_forward_chain_first(layout)
 
+    _start(state, "coredns", configs.coredns_command(layout, state, bin_dir))
     _start(state, "metrics-server", configs.metrics_server_command(layout, state, bin_dir))
-    kubectl.apply(*configs.metrics_server_objects(layout))
+    kubectl.apply(*configs.dns_objects(layout), *configs.metrics_server_objects(layout))
     _start(state, "lb-controller", [sys.executable, "-m", "e2e.cluster.lb", "--kubeconfig", str(paths.kubeconfig_path())], env=_python_env())
     wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
     _log(f"cluster up in {time.monotonic() - started:.1f} s")
@@ -226,15 +258,13 @@ def _write_configs(layout: Layout, state: StatePaths) -> None:
     (state.cni_conf / "10-ztr-e2e.conflist").write_text(configs.cni_conflist(layout, state))
     (state.configs / "kubelet.json").write_text(configs.kubelet_config(layout, state))
     (state.configs / "kube-proxy.json").write_text(configs.kube_proxy_config(layout, state))
+    (state.configs / "Corefile").write_text(configs.corefile(layout, state))
 
 
 # --- down -----------------------------------------------------------------------------------
 
 
-def down() -> int:
-    """Stop everything and remove every trace; safe to run when nothing is up."""
-    if os.geteuid() != 0:
-        raise SystemExit("e2e.cluster: must run as root")
+def _down() -> int:
     state = StatePaths(paths.state_dir())
     layout = current_layout()
     states = process_states(state)

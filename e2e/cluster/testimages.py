@@ -1,6 +1,7 @@
 """A busybox image for the harness's own tests, from Debian's busybox-static, without Docker.
 
-Gives pods a shell, `httpd`, `nc` and `wget` so workload, Service and safety tests need no
+Gives pods a shell, `httpd`, `nc` and `nslookup` (not `wget`: static glibc cannot load NSS
+modules, so it crashes resolving anything) so workload, Service and safety tests need no
 registry and no project image.
 """
 
@@ -10,7 +11,7 @@ from pathlib import Path
 from e2e.cluster import archives
 
 BUSYBOX_TAG = "zt-relay-e2e/busybox:1"
-APPLETS = ("sh", "ls", "cat", "echo", "sleep", "httpd", "nc", "wget", "hostname", "env", "mkdir", "id", "ip", "ps", "true")
+APPLETS = ("sh", "nslookup", "ls", "cat", "echo", "sleep", "httpd", "nc", "hostname", "env", "mkdir", "id", "ip", "ps", "true", "tftp", "timeout", "printf")
 
 
 def busybox_spec(binary: bytes, tag: str = BUSYBOX_TAG) -> archives.ImageSpec:

@@ -9,6 +9,7 @@ KUBERNETES = "v1.37.2"
 STAGING = "v0." + KUBERNETES.removeprefix("v1.")
 ETCD = "v3.7.3"
 METRICS_SERVER = "v0.8.0"
+COREDNS = "v1.15.0"
 HELM = "v3.22.0"
 KUBECONFORM = "v0.8.0"
 HELM_UNITTEST = "v1.1.2"
