@@ -199,7 +199,7 @@ def example_relay(cluster_layout) -> dict:
     """The README's example ZeroTierRelay; the test adds the test-host range to its allow list
     (the relay refuses private destinations by default, and test hosts have private addresses)."""
     relay = yaml.safe_load(EXAMPLE.read_text())
-    relay["spec"].setdefault("allowDestinations", []).append(cluster_layout.test_host_cidr)
+    relay["spec"].setdefault("relay", {}).setdefault("allowDestinations", []).append(cluster_layout.test_host_cidr)
     return relay
 
 

@@ -96,8 +96,12 @@ capabilities:
 {{- end }}
 
 {{/* The ZeroTierRelay API (must match crds/zerotierrelays.yaml). */}}
+{{- define "zt-relay.relayGroup" -}}
+relay.zt-relay.dev
+{{- end }}
+
 {{- define "zt-relay.relayApiVersion" -}}
-relay.zt-relay.dev/v1alpha1
+{{ include "zt-relay.relayGroup" . }}/v1alpha1
 {{- end }}
 
 {{/* Relay pods, as the operator labels them (see values: relayPodSelector). */}}
