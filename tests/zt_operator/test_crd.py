@@ -1,0 +1,67 @@
+"""The CRD file agrees with the operator: defaults, relay fields, scale and printer columns."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from relay import cli
+from zt_operator import GROUP, KIND, PLURAL, VERSION, builders
+
+CRD_FILE = Path(__file__).resolve().parents[2] / "charts" / "zt-relay" / "crds" / "zerotierrelays.yaml"
+CRD = yaml.safe_load(CRD_FILE.read_text())
+(VERSION_ENTRY,) = CRD["spec"]["versions"]
+SPEC_SCHEMA = VERSION_ENTRY["schema"]["openAPIV3Schema"]["properties"]["spec"]
+
+
+def schema_defaults(schema: dict) -> object:
+    """What structural defaulting yields for an empty object of ``schema``."""
+    if "default" in schema and schema.get("type") != "object":
+        return schema["default"]
+    if schema.get("type") == "object" and "properties" in schema:
+        out = {}
+        for key, sub in schema["properties"].items():
+            if "default" in sub:
+                value = sub["default"]
+                out[key] = {**schema_defaults(sub), **value} if isinstance(value, dict) and "properties" in sub else value
+        return out
+    return schema.get("default")
+
+
+def test_the_crd_names_match_the_operator():
+    assert CRD["metadata"]["name"] == f"{PLURAL}.{GROUP}"
+    assert CRD["spec"]["group"] == GROUP
+    assert CRD["spec"]["names"]["kind"] == KIND
+    assert CRD["spec"]["names"]["shortNames"] == ["ztr"]
+    assert CRD["spec"]["scope"] == "Namespaced"
+    assert VERSION_ENTRY["name"] == VERSION
+
+
+def test_the_schema_defaults_equal_the_operators_defaults():
+    assert schema_defaults(SPEC_SCHEMA) == builders.DEFAULTS
+
+
+def test_every_relay_field_in_the_schema_is_mapped_and_the_relay_knows_each_variable():
+    schema_fields = set(SPEC_SCHEMA["properties"]["relay"]["properties"])
+    assert schema_fields == set(builders.RELAY_ENV)
+    relay_variables = {option.env for option in cli.OPTIONS}
+    assert {variable for variable, _ in builders.RELAY_ENV.values()} <= relay_variables
+
+
+def test_the_scale_subresource_reads_spec_and_status_replicas_and_the_selector():
+    assert VERSION_ENTRY["subresources"] == {
+        "status": {},
+        "scale": {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
+                  "labelSelectorPath": ".status.selector"},
+    }
+
+
+def test_kubectl_get_shows_ready_replicas_address_and_age():
+    columns = [c["name"] for c in VERSION_ENTRY["additionalPrinterColumns"] if not c.get("priority")]
+    assert columns == ["Ready", "Replicas", "Address", "Age"]
+
+
+def test_the_schema_bounds_autoscaling_with_a_cel_rule():
+    rules = SPEC_SCHEMA["properties"]["autoscaling"]["x-kubernetes-validations"]
+    assert {"rule": "self.minReplicas <= self.maxReplicas", "message": "minReplicas must not exceed maxReplicas"} in rules
