@@ -74,6 +74,18 @@ def apply(manifest: dict[str, Any]) -> dict[str, Any]:
     return _decode(response)
 
 
+def replace_service_ports(namespace: str, name: str, ports: list[dict[str, Any]]) -> None:
+    """Replace a Service's whole port list (a JSON patch; apply can only merge it)."""
+    try:
+        client.CoreV1Api().patch_namespaced_service(
+            name, namespace, [{"op": "replace", "path": "/spec/ports", "value": ports}],
+            field_manager=FIELD_MANAGER, _content_type="application/json-patch+json",
+            _preload_content=False, _request_timeout=TIMEOUT,
+        )
+    except ApiException as exc:
+        raise KubeError(f"repairing the ports of Service {name}: {_reason(exc)}") from None
+
+
 def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The live object, or None if it does not exist."""
     try:

@@ -44,29 +44,59 @@ def _apply_or_remove(manifest: dict[str, Any] | None, kind: str, body: Mapping[s
         kube.delete(kind, meta["namespace"], meta["name"])
 
 
+def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
+    return sorted((p.get("name"), p.get("port"), str(p.get("targetPort")), p.get("protocol", "TCP"))
+                  for p in (service or {}).get("spec", {}).get("ports") or [])
+
+
+def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
+    """Apply the Service, first putting back its port list if someone changed it.
+
+    Service ports are a list keyed by port number: apply would add our 443 next to an
+    edited 444 (and fail on the duplicate name) instead of replacing it. The Service is
+    never deleted to repair it, because a new Service may get a new load-balancer address
+    and every client is configured with the old one.
+    """
+    meta = manifest["metadata"]
+    live = kube.get("Service", meta["namespace"], meta["name"])
+    if live is not None and _tunnel_ports(live) != _tunnel_ports(manifest):
+        kube.replace_service_ports(meta["namespace"], meta["name"], manifest["spec"]["ports"])
+    return kube.apply(manifest)
+
+
 def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str]) -> Outcome:
     """Reconcile the relay ``body`` (a plain dict of the live object) once."""
     body = copy.deepcopy(dict(body))
     meta = body["metadata"]
     invalid = validation.validate(body.get("spec"))
-    apply_error = None
-    deployment = service = None
-    try:
-        if invalid:
-            deployment = kube.get("Deployment", meta["namespace"], meta["name"])
-            service = kube.get("Service", meta["namespace"], meta["name"])
-        else:
-            service = kube.apply(builders.service(body))
-            deployment = kube.apply(builders.deployment(
-                body, default_image=settings.relay_image, default_pull_policy=settings.relay_image_pull_policy))
-            kube.apply(builders.pod_disruption_budget(body))
-            _apply_or_remove(builders.horizontal_pod_autoscaler(body), "HorizontalPodAutoscaler", body)
-            _apply_or_remove(builders.network_policy(body), "NetworkPolicy", body)
-    except kube.KubeError as exc:
-        apply_error = str(exc)
+    errors: list[str] = []
+    live: dict[str, dict[str, Any] | None] = {"Deployment": None, "Service": None}
+
+    def attempt(kind: str, action: Callable[[], Any]) -> None:
+        # Each child on its own: one failing must not keep the others from being repaired.
+        try:
+            result = action()
+        except kube.KubeError as exc:
+            errors.append(str(exc))
+            return
+        if kind in live:
+            live[kind] = result
+
+    if not invalid:
+        attempt("Service", lambda: _apply_service(builders.service(body)))
+        attempt("Deployment", lambda: kube.apply(builders.deployment(
+            body, default_image=settings.relay_image, default_pull_policy=settings.relay_image_pull_policy)))
+        attempt("PodDisruptionBudget", lambda: kube.apply(builders.pod_disruption_budget(body)))
+        attempt("HorizontalPodAutoscaler", lambda: _apply_or_remove(
+            builders.horizontal_pod_autoscaler(body), "HorizontalPodAutoscaler", body))
+        attempt("NetworkPolicy", lambda: _apply_or_remove(builders.network_policy(body), "NetworkPolicy", body))
+    for kind in live:
+        if live[kind] is None:  # not applied (invalid spec or failure): show it as it is
+            attempt(kind, lambda kind=kind: kube.get(kind, meta["namespace"], meta["name"]))
 
     current = body.get("status") or {}
-    wanted = status.observe(body, deployment, service, invalid=invalid, apply_error=apply_error)
+    apply_error = "; ".join(errors) or None
+    wanted = status.observe(body, live["Deployment"], live["Service"], invalid=invalid, apply_error=apply_error)
     wanted["conditions"] = status.merge_conditions(current.get("conditions"), wanted["conditions"], now())
     result = "invalid" if invalid else "error" if apply_error else "ok"
     return Outcome(status.changes(current, wanted), status.events(current, wanted), result)

@@ -150,7 +150,9 @@ def events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[
     before, after = _by_type(old), _by_type(new)
     ready_old, ready_new = before.get("Ready"), after.get("Ready")
     if ready_new and (not ready_old or (ready_old.get("status"), ready_old.get("reason")) != (ready_new["status"], ready_new["reason"])):
-        kind = "Normal" if ready_new["status"] == "True" or ready_new["reason"] in ("Creating", "AwaitingAddress", "ScaledToZero") else "Warning"
+        # Losing readiness is a warning; not being ready yet (a new relay) is not.
+        was_ready = bool(ready_old) and ready_old.get("status") == "True"
+        kind = "Warning" if was_ready and ready_new["status"] != "True" or ready_new["reason"] == "InvalidSpec" else "Normal"
         found.append((kind, ready_new["reason"], ready_new["message"]))
     degraded_old, degraded_new = before.get("Degraded"), after.get("Degraded")
     if (degraded_new and degraded_new["status"] == "True" and degraded_new["reason"] != (ready_new or {}).get("reason")
