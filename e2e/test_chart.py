@@ -72,14 +72,19 @@ while True:
 """
 
 
-def helm(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [paths.binary("helm"), *args], capture_output=True, text=True, timeout=timeout,
-        env=paths.helm_env(), cwd=REPO,
-    )
-    if result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
+@pytest.fixture(scope="module")
+def helm(kubeconfig):
+    """Runs helm against the test cluster; fails the test with helm's output on error."""
+    env = {**paths.helm_env(), "KUBECONFIG": str(kubeconfig)}
+
+    def run(*args: str, check: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        result = subprocess.run([paths.binary("helm"), *args], capture_output=True, text=True,
+                                timeout=timeout, env=env, cwd=REPO)
+        if check and result.returncode != 0:
+            raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    return run
 
 
 class Tunnel:
@@ -123,7 +128,7 @@ def _has_crd(kubectl) -> bool:
 
 
 @pytest.fixture(scope="module")
-def release_namespace(kubectl):
+def release_namespace(kubectl, helm):
     name = f"e2e-chart-{uuid.uuid4().hex[:6]}"
     # Pod Security "restricted" enforced: the operator, relay and test pods must all pass it.
     kubectl.apply({
@@ -136,15 +141,12 @@ def release_namespace(kubectl):
     for relay in kubectl.json("get", "zerotierrelays", "-n", name)["items"] if _has_crd(kubectl) else []:
         kubectl("patch", "zerotierrelay", relay["metadata"]["name"], "-n", name, "--type=merge",
                 "-p", '{"metadata":{"finalizers":null}}', check=False)
-    subprocess.run(
-        [paths.binary("helm"), "uninstall", RELEASE, "--namespace", name, "--wait", "--timeout", HELM_TIMEOUT],
-        capture_output=True, env=paths.helm_env(), timeout=300,
-    )
+    helm("uninstall", RELEASE, "--namespace", name, "--wait", "--timeout", HELM_TIMEOUT, check=False)
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
 
 @pytest.fixture(scope="module")
-def installed(image, release_namespace, kubectl):
+def installed(image, release_namespace, helm):
     """`helm install` exactly as the README says, plus the local image's tag."""
     repository, _, tag = image.rpartition(":")
     helm(
@@ -253,7 +255,7 @@ def test_a_framed_client_round_trips_through_the_relay_to_a_udp_root(tunnel, roo
     assert tunnel.round_trip("hello-through-the-chart") == f"{root} {ROOT_PORT} echo:hello-through-the-chart"
 
 
-def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl):
+def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl, helm):
     result = helm("test", RELEASE, "--namespace", installed, "--logs", "--timeout", HELM_TIMEOUT)
     assert "Phase:          Succeeded" in result.stdout
     assert "ok: operator healthy" in result.stdout
@@ -263,7 +265,7 @@ def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl):
 
 
 def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
-    installed, relay, tunnel, root, kubectl, operator_logs, wait_for_pods_ready, wait_for
+    installed, relay, tunnel, root, kubectl, helm, operator_logs, wait_for_pods_ready, wait_for
 ):
     name = relay[0]
     pods_before = relay_pods(kubectl, installed, name)
@@ -297,7 +299,7 @@ def test_the_operator_log_shows_no_rbac_denial(operator_logs):
         assert denied == [], f"RBAC denial in {pod}: {denied[:3]}"
 
 
-def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(installed, relay, kubectl, wait_for):
+def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(installed, relay, kubectl, helm, wait_for):
     name = relay[0]
     helm("uninstall", RELEASE, "--namespace", installed, "--wait", "--timeout", HELM_TIMEOUT)
 
