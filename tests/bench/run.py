@@ -53,7 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--inflight", type=int, default=8, help="frames in flight per tunnel (default 8)")
     parser.add_argument("--pingpong-duration", type=float, default=5.0, help="seconds per ping-pong run (default 5)")
     parser.add_argument("--idle-tunnels", type=int, default=8000, help="tunnels held open for the memory run (default 8000)")
-    parser.add_argument("--loadgen-modes", default="sleep,busy", help="comma-separated: sleep (client and echo threads block in epoll/recvmmsg), busy (one thread spins over client and echo: no wakeups to pay, see loadgen.c) (default both)")
+    parser.add_argument("--throughput-modes", default="sleep", help="loadgen modes for the throughput runs, comma-separated: sleep (client and echo threads block), busy (one thread spins over client and echo: no wakeups to pay, but it takes a core the relay then lacks) (default sleep)")
+    parser.add_argument("--pingpong-modes", default="sleep,busy", help="loadgen modes for the ping-pong runs (default sleep,busy)")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,pingpong,idle")
     parser.add_argument("--zt-relay-command", metavar="CMD", help="how to start zt-relay instead of the installed script, e.g. to A/B a patched copy: 'python /tmp/variant.py' (split like a shell)")
     parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG", help="extra argument for zt-relay (repeatable), e.g. --relay-arg=--workers=2")
@@ -71,9 +72,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         parser.error("--relay cpp/all needs --cpp-proxy PATH or ZT_BENCH_CPP_PROXY (a tcp-proxy binary built from ZeroTierOne's tcp-proxy/)")
     if args.relay in ("cpp", "all") and args.no_netns:
         parser.error("--no-netns: the C++ proxy binds 0.0.0.0:443 and is only run inside a private network namespace")
-    args.loadgen_modes = [m.strip() for m in args.loadgen_modes.split(",") if m.strip()]
-    if not args.loadgen_modes or set(args.loadgen_modes) - set(LOADGEN_MODES):
-        parser.error(f"--loadgen-modes: use one or more of {', '.join(LOADGEN_MODES)}, got {','.join(args.loadgen_modes) or 'nothing'}")
+    for option in ("throughput_modes", "pingpong_modes"):
+        modes = [m.strip() for m in getattr(args, option).split(",") if m.strip()]
+        if not modes or set(modes) - set(LOADGEN_MODES):
+            parser.error(f"--{option.replace('_', '-')}: use one or more of {', '.join(LOADGEN_MODES)}, got {','.join(modes) or 'nothing'}")
+        setattr(args, option, modes)
     args.relay_cpus = args.loadgen_cpus = None
     if args.pin:
         try:
@@ -210,7 +213,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         rows.append((label, [_fmt(v, digits) for v in values], ratio))
 
     load = f"{args.tunnels}x{args.inflight}, {args.size} B"
-    for mode in args.loadgen_modes:
+    for mode in args.throughput_modes:
         part = f"throughput/{mode}"
         if "throughput" in args.skip:
             break
@@ -224,7 +227,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         add("  other load on the machine, CPU %", "other_cpu_pct", part, compare=False)
         add("  latency p50 us", "p50_us", part, lower_is_better=True)
         add("  latency p99 us", "p99_us", part, lower_is_better=True)
-    for mode in args.loadgen_modes:
+    for mode in args.pingpong_modes:
         part = f"pingpong/{mode}"
         if "pingpong" in args.skip:
             break
@@ -288,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
         running = {name: start(name) for name in names}
         try:
             if "throughput" not in args.skip:
-                for mode in args.loadgen_modes:
+                for mode in args.throughput_modes:
                     for i in range(args.runs):
                         for name in names:
                             r = run_frames(loadgen, running[name], args.tunnels, args.size, args.inflight, args.duration, args.warmup, mode)
@@ -296,7 +299,7 @@ def main(argv: list[str] | None = None) -> int:
                             say(f"throughput ({mode} loadgen) run {i + 1}/{args.runs} {name}: {r['frames_per_s']:,.0f} frames/s, relay CPU {r['relay_cpu_pct']}%, "
                                 f"loadgen {r['loadgen_cpu_pct']}%, softirq {r['softirq_cpu_pct']}%, other {r['other_cpu_pct']}%, p50 {r['p50_us']:.0f} us, lost {r['lost']}")
             if "pingpong" not in args.skip:
-                for mode in args.loadgen_modes:
+                for mode in args.pingpong_modes:
                     for i in range(args.runs):
                         for name in names:
                             r = run_frames(loadgen, running[name], 1, args.size, 1, args.pingpong_duration, 1.0, mode)
@@ -307,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 recorder: list = []
                 start_profile = lambda: recorder.append(profile.start_recording(running[OURS].pid, args.duration, output, args.profile_native))  # noqa: E731
                 r = run_frames(loadgen, running[OURS], args.tunnels, args.size, args.inflight, args.duration, args.warmup,
-                               args.loadgen_modes[0], on_start=start_profile)
+                               args.throughput_modes[0], on_start=start_profile)
                 recorder[0].wait(timeout=60)
                 if not output.exists():
                     say(f"py-spy wrote nothing: {recorder[0].stderr.read().decode(errors='replace').strip()}")
