@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import signal
 import statistics
 import subprocess
@@ -335,6 +336,8 @@ def main(argv: list[str] | None = None) -> int:
             say(f"idle {name}: {r['ready']}/{r['tunnels']} tunnels open in {r['setup_s']} s, {r['kib_per_tunnel']} KiB each, closed by relay {r['closed_by_relay']}")
 
     print(table(results, args))
+    if not args.profile:
+        shutil.rmtree(workdir, ignore_errors=True)  # kept on failure (relay log) and with --profile (raw stacks)
     if args.json:
         Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "cpp_binary"}, "results": results}, indent=2, default=sorted))
     return 0
