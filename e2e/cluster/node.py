@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from e2e.cluster import configs, image_import, layout as layout_mod, network, paths, pause, processes
+from e2e.cluster import configs, image_import, inventory, layout as layout_mod, network, paths, pause, processes
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.kubectl import Kubectl, wait_for
 from e2e.cluster.layout import Layout
@@ -145,7 +145,8 @@ def _up() -> int:
         return 0
     if state.root.exists() or network.list_netns(layout.sink_netns):
         _log("stale state found: tearing it down first")
-        _down()
+        if _down() != 0:
+            raise SystemExit("e2e.cluster up: could not clear the stale state (see above)")
     layout_mod.check_disjoint(layout, network.machine_networks())
 
     _log("safety: sink namespace, sink routes, forward rules")
@@ -290,8 +291,10 @@ def _down() -> int:
         subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
         subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
     shutil.rmtree(state.root, ignore_errors=True)
-    if state.root.exists():
-        raise RuntimeError(f"could not remove {state.root}; see `findmnt -R {state.root}`")
+    left = inventory.leftovers(layout)
+    if left:
+        _log(f"down: left behind: {json.dumps(left, indent=2)}")
+        return 1
     _log("down: nothing left")
     return 0
 
