@@ -6,6 +6,7 @@
   up         start the cluster (idempotent; clears stale state first); prints KUBECONFIG
   down       stop it and remove every trace (processes, mounts, netns, routes, rules, state)
   status     show processes and node readiness (exit 1 if not Ready)
+  logs       print the last lines of every cluster process's log (for CI failures)
 """
 
 import argparse
@@ -16,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status"])
+    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status", "logs"])
+    parser.add_argument("--lines", type=int, default=40, help="with `logs`: lines per log (default %(default)s)")
     args = parser.parse_args(argv)
     if args.command == "deps":
         from e2e.cluster import deps
@@ -33,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
         return docker.up()
     from e2e.cluster import node
 
+    if args.command == "logs":
+        return node.print_logs(args.lines)
     return {"up": node.up, "down": node.down, "status": node.status}[args.command]()
 
 

@@ -103,6 +103,18 @@ def status() -> int:
     return 0 if ok else 1
 
 
+def print_logs(lines: int) -> int:
+    logs = StatePaths(paths.state_dir()).logs
+    if not logs.exists():
+        print(f"no logs: {logs} does not exist (the cluster is down)")
+        return 0
+    for log in sorted(logs.glob("*.log")):
+        tail = log.read_text(errors="replace").splitlines()[-lines:]
+        print(f"===== {log} (last {len(tail)} lines)")
+        print("\n".join(tail))
+    return 0
+
+
 # --- up -------------------------------------------------------------------------------------
 
 
