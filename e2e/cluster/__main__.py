@@ -1,7 +1,7 @@
 """`python -m e2e.cluster COMMAND` - the local single-node Kubernetes for the e2e tests.
 
   deps       install the Debian packages (containerd, runc, CNI plugins, iptables, ...)
-  build      build the pinned binaries into the cache (about 8 min cold, instant when cached)
+  build      build the pinned binaries into the cache (15-25 min cold on 2 cores, 1 s when cached)
   docker-up  start dockerd if it is not running
   up         start the cluster (idempotent; clears stale state first); prints KUBECONFIG
   down       stop it and remove every trace (processes, mounts, netns, routes, rules, state)
