@@ -26,6 +26,7 @@ Fixtures for test authors:
   test_hosts       (function) `test_hosts("client")` -> `TestHost` (a network namespace with its
                    own address, routed through the node: .address, .run(*cmd), .popen(*cmd));
                    removed after the test. Local backend only, skipped elsewhere.
+  cluster_cli      (session) `cluster_cli("status")` runs `python -m e2e.cluster CMD`, returns stdout
   wait_for         `wait_for("what", probe, timeout)` polls until probe() is truthy
   wait_for_pods_ready  `wait_for_pods_ready(namespace, selector, count, timeout=120)` -> pods
 
@@ -38,6 +39,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import uuid
 from dataclasses import dataclass
@@ -116,6 +118,21 @@ def _kubectl_binary() -> str:
     return found
 
 
+def cluster_cli(command: str, timeout: float = 300) -> str:
+    """Run `python -m e2e.cluster COMMAND` in a child process and return its output.
+
+    Not in-process: the cluster's processes must not be children of pytest, or they linger
+    as zombies here when another session's `down` stops them.
+    """
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2e.cluster", command], capture_output=True, text=True, timeout=timeout,
+        cwd=E2E_DIR.parent,
+    )
+    if proc.returncode != 0:
+        pytest.fail(f"python -m e2e.cluster {command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
+
+
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest):
     backend = request.config.getoption("--cluster")
@@ -126,7 +143,7 @@ def cluster(request: pytest.FixtureRequest):
 
         if os.geteuid() != 0:
             pytest.skip("--cluster=local needs root (network namespaces, iptables, containerd)")
-        node.up()
+        cluster_cli("up")
         result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), layout=node.current_layout())
     elif backend == "kind":
         from pytest_kind import KindCluster
@@ -152,6 +169,12 @@ def cluster(request: pytest.FixtureRequest):
         lb_thread.join(timeout=15)
     if result.kind is not None:
         result.kind.delete()
+
+
+@pytest.fixture(name="cluster_cli", scope="session")
+def cluster_cli_fixture():
+    """`cluster_cli("down")`: run the cluster CLI in a child process (local backend)."""
+    return cluster_cli
 
 
 @pytest.fixture(scope="session")
