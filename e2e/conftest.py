@@ -4,7 +4,9 @@ Options (e2e is opt-in, as in kopf's own suite):
   --with-e2e          also run the tests under e2e/ (CI passes this)
   --only-e2e          run only the tests under e2e/
   --cluster=BACKEND   local (default): the single-node cluster of `e2e.cluster`, brought up
-                      idempotently (needs root and `python -m e2e.cluster build`);
+                      idempotently by `python -m e2e.cluster up` in a child process and
+                      left running after the session (CI runs `down` at the end; needs
+                      root and `python -m e2e.cluster build`);
                       kind: a kind cluster through pytest-kind (Docker and internet needed);
                       existing: the cluster of $KUBECONFIG, used as it is.
 
