@@ -3,12 +3,14 @@
 import hashlib
 import io
 import json
+import os
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from e2e.cluster import archives, build, configs, lb, network, node
+from e2e.cluster import archives, build, configs, lb, network, node, processes
+from e2e.cluster.kubectl import wait_for
 from e2e.cluster.layout import Layout, check_disjoint
 
 NEEDS_CLUSTER = False
@@ -207,3 +209,26 @@ def test_coredns_serves_cluster_names_and_forwards_nothing():
     assert "forward" not in corefile
     assert f"bind {LAYOUT.node_ip}" in corefile
     assert json.loads(configs.kubelet_config(LAYOUT, STATE))["clusterDNS"] == ["10.96.0.10"]
+
+
+def test_a_started_process_is_tracked_by_its_pid_file_and_stopped(tmp_path):
+    pid = processes.start("sleeper", ["sleep", "30"], tmp_path / "run", tmp_path / "logs")
+    assert processes.running_pid("sleeper", tmp_path / "run") == pid
+    processes.stop("sleeper", tmp_path / "run", timeout=5)
+    assert processes.running_pid("sleeper", tmp_path / "run") is None
+    assert not (tmp_path / "run" / "sleeper.pid").exists()
+
+
+def test_a_stale_pid_file_never_points_at_an_unrelated_process(tmp_path):
+    (tmp_path / "other.pid").write_text(f"{os.getpid()}\n/nonexistent/etcd\n")
+    assert processes.running_pid("other", tmp_path) is None
+    processes.stop("other", tmp_path)  # reaching the next line proves this process wasn't killed
+    assert not (tmp_path / "other.pid").exists()
+
+
+def test_wait_for_names_what_it_waited_for_and_what_it_last_saw():
+    def probe():
+        raise RuntimeError("still starting")
+
+    with pytest.raises(TimeoutError, match=r"waiting for the widget; last: RuntimeError\('still starting'\)"):
+        wait_for("the widget", probe, timeout=0.2, interval=0.05)
