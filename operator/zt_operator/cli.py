@@ -8,6 +8,7 @@ Adds ``--standalone`` (one replica with the Recreate strategy, no peering object
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 
@@ -30,5 +31,9 @@ def kopf_arguments(argv: Sequence[str]) -> list[str]:
 
 def main(argv: Sequence[str] | None = None) -> None:
     from kopf import cli  # imported late: `--help` of a broken install still explains itself
+
+    # Kopf names itself after the user (getpass.getuser()), which fails for the image's
+    # numeric UID without a passwd entry; getuser() reads $USER first.
+    os.environ.setdefault("USER", "zt-relay-operator")
 
     cli.main(args=kopf_arguments(sys.argv[1:] if argv is None else argv), prog_name="zt-relay-operator")
