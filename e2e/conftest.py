@@ -3,6 +3,8 @@
 Options (e2e is opt-in, as in kopf's own suite):
   --with-e2e          also run the tests under e2e/ (CI passes this)
   --only-e2e          run only the tests under e2e/
+  --with-restart      also run the down/up test (it restarts the cluster other sessions
+                      may be using; CI=true turns it on)
   --cluster=BACKEND   local (default): the single-node cluster of `e2e.cluster`, brought up
                       idempotently by `python -m e2e.cluster up` in a child process and
                       left running after the session (CI runs `down` at the end; needs
@@ -65,6 +67,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--cluster", choices=BACKENDS, default="local",
         help="cluster backend for e2e tests: local (built here), kind, existing ($KUBECONFIG)",
+    )
+    group.addoption(
+        "--with-restart", action="store_true",
+        help="also run tests that stop and restart the shared local cluster (on by default when CI is set)",
     )
     group.addoption(
         "--cluster-lb-standin", action="store_true",

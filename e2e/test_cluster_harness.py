@@ -15,7 +15,7 @@ from e2e.cluster.layout import Layout, check_disjoint
 
 NEEDS_CLUSTER = False
 
-LAYOUT = Layout(node_ip="192.0.2.2", primary_interface="eth0")
+LAYOUT = Layout(primary_interface="eth0")
 STATE = configs.StatePaths(Path("/var/lib/zt-relay-e2e"))
 
 KUBERNETES_GO_MOD = """\
@@ -61,9 +61,15 @@ def test_version_ldflags_set_both_copies_of_the_version_variables():
 
 
 def test_layout_rejects_a_range_overlapping_docker0_and_names_the_field():
-    clashing = Layout(node_ip="192.0.2.2", primary_interface="eth0", lb_pool="172.17.5.0/24")
+    clashing = Layout(primary_interface="eth0", lb_pool="172.17.5.0/24")
     with pytest.raises(ValueError, match=r"layout\.lb_pool 172\.17\.5\.0/24 overlaps .*172\.17\.0\.0/16"):
         check_disjoint(clashing, ["192.0.2.0/24", "172.17.0.0/16"])
+
+
+def test_the_node_ip_is_not_on_the_machines_own_networks():
+    assert Layout(primary_interface="eth0").node_ip == "10.252.0.1"
+    with pytest.raises(ValueError, match=r"layout\.node_ip 10\.0\.0\.1/32 overlaps"):
+        check_disjoint(Layout(primary_interface="eth0", node_ip="10.0.0.1"), ["10.0.0.0/8"])
 
 
 def test_default_layout_is_disjoint_from_eth0_and_docker0():
@@ -177,7 +183,7 @@ def test_image_archive_is_reproducible():
 def test_kubelet_config_survives_this_machines_traps():
     config = json.loads(configs.kubelet_config(LAYOUT, STATE))
     assert config["failCgroupV1"] is False  # cgroup v1 here
-    assert config["address"] == "192.0.2.2"  # reached at the node IP, not loopback
+    assert config["address"] == LAYOUT.node_ip  # reached at the node IP, not loopback
     assert config["imageGCHighThresholdPercent"] == 100  # imported images can't be pulled back
     assert config["authorization"]["mode"] == "Webhook"
 
@@ -192,7 +198,7 @@ def test_containerd_restricts_oom_score_adj_and_uses_the_local_pause_image():
 def test_apiserver_runs_node_and_rbac_authorization_on_the_node_ip():
     argv = configs.apiserver_command(LAYOUT, STATE, Path("/bin"))
     assert "--authorization-mode=Node,RBAC" in argv
-    assert "--bind-address=192.0.2.2" in argv
+    assert f"--bind-address={LAYOUT.node_ip}" in argv
     assert "--kubelet-preferred-address-types=InternalIP" in argv
 
 

@@ -1,8 +1,11 @@
 """`down` leaves nothing behind and `up` works again afterwards (local backend only).
 
-Marked `restarts_cluster`, so it runs after every other test of the session.
+Marked `restarts_cluster`, so it runs after every other test of the session. It stops the
+cluster other pytest sessions on the machine may be using, so outside CI it runs only with
+--with-restart (CI sets CI=true and runs it).
 """
 
+import os
 import uuid
 
 import pytest
@@ -13,9 +16,11 @@ from e2e.cluster.inventory import leftovers
 pytestmark = pytest.mark.restarts_cluster
 
 
-def test_down_leaves_nothing_behind_and_up_works_again(cluster, cluster_cli, kubectl, busybox_image):
+def test_down_leaves_nothing_behind_and_up_works_again(request, cluster, cluster_cli, kubectl, busybox_image):
     if cluster.backend != "local":
         pytest.skip(f"down/up is the local cluster's lifecycle, not --cluster={cluster.backend}'s")
+    if not (os.environ.get("CI") or request.config.getoption("--with-restart")):
+        pytest.skip("restarts the shared local cluster under any other session; enable with --with-restart (CI runs it)")
     ns = f"e2e-lifecycle-{uuid.uuid4().hex[:6]}"
     # Something running with a network namespace, IPAM lease, mounts and logs.
     kubectl("create", "namespace", ns)
@@ -23,7 +28,7 @@ def test_down_leaves_nothing_behind_and_up_works_again(cluster, cluster_cli, kub
     kubectl("wait", "pod/sleeper", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
 
     assert "down: nothing left" in cluster_cli("down")
-    assert leftovers(cluster.layout) == {}
+    assert leftovers(cluster.layout) == {}, "left behind (or another session ran `up` meanwhile)"
 
     cluster_cli("up")
     assert node.node_ready(kubectl, cluster.layout.node_name)

@@ -13,10 +13,13 @@ from dataclasses import dataclass
 class Layout:
     """Addresses, names and ports of the local cluster."""
 
-    node_ip: str
-    """The node's InternalIP: the machine's primary IPv4 (detected; kubeadm refuses loopback)."""
     primary_interface: str
     """The interface of the default route; forwarded cluster traffic towards it is dropped."""
+    node_ip: str = "10.252.0.1"
+    """The node's InternalIP, on a port-less bridge of its own (`node_interface`): nothing of
+    the cluster listens on the machine's real interfaces, the address is the same on every
+    machine, and kubeadm (which refuses loopback addresses) accepts it."""
+    node_interface: str = "ztr-node0"
     node_name: str = "ztr-e2e-node"
     cluster_cidr: str = "10.244.0.0/16"
     """All pod addresses; the node's own pod subnet is `pod_subnet`."""
@@ -78,6 +81,7 @@ class Layout:
 def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
     """Raise ValueError if any cluster range overlaps a network the machine already has."""
     ours = {
+        "node_ip": f"{layout.node_ip}/32",
         "cluster_cidr": layout.cluster_cidr,
         "service_cidr": layout.service_cidr,
         "lb_pool": layout.lb_pool,

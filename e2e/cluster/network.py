@@ -82,6 +82,14 @@ def _link_exists(name: str, netns: str | None = None) -> bool:
     return subprocess.run(cmd, capture_output=True).returncode == 0
 
 
+def setup_node_address(layout: Layout) -> None:
+    """The node IP on a bridge without ports (this kernel has no dummy links). Idempotent."""
+    if not _link_exists(layout.node_interface):
+        sh("ip", "link", "add", layout.node_interface, "type", "bridge")
+    sh("ip", "addr", "replace", f"{layout.node_ip}/32", "dev", layout.node_interface)
+    sh("ip", "link", "set", layout.node_interface, "up")
+
+
 def setup_safety(layout: Layout) -> None:
     """Sink namespace, sink routes, forward rules. Idempotent."""
     sysctl("net.ipv4.ip_forward", "1")
@@ -242,7 +250,7 @@ def teardown(layout: Layout) -> None:
     """Remove everything `setup_safety` and `create_test_host` made, and the CNI bridge."""
     for ns in list_netns(layout.test_host_netns_prefix):
         delete_netns(ns)
-    for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth):
+    for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth, layout.node_interface):
         if _link_exists(link):
             sh("ip", "link", "del", link, check=False)
     for cidr in layout.sink_routes:

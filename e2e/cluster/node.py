@@ -53,8 +53,8 @@ KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 
 
 def current_layout() -> Layout:
-    dev, ip = network.default_route()
-    return Layout(node_ip=ip, primary_interface=dev)
+    dev, _ip = network.default_route()
+    return Layout(primary_interface=dev)
 
 
 def _log(msg: str) -> None:
@@ -76,8 +76,13 @@ def process_states(state: StatePaths) -> dict[str, int | None]:
     return {name: processes.running_pid(name, state.run) for name in PROCESSES}
 
 
-def node_ready(kubectl: Kubectl, node_name: str) -> bool:
+def node_ready(kubectl: Kubectl, node_name: str, node_ip: str | None = None) -> bool:
+    """The node is Ready (and, if given, has `node_ip` as its InternalIP)."""
     node = kubectl.json("get", "node", node_name, timeout=10)
+    if node_ip is not None:
+        addresses = {a["address"] for a in node["status"].get("addresses", []) if a["type"] == "InternalIP"}
+        if node_ip not in addresses:
+            return False
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
 
@@ -85,7 +90,8 @@ def healthy(layout: Layout, state: StatePaths) -> bool:
     if not all(process_states(state).values()) or not paths.kubeconfig_path().exists():
         return False
     try:
-        return node_ready(_admin(), layout.node_name)
+        # A cluster started with another address plan is not the one wanted: restart it.
+        return node_ready(_admin(), layout.node_name, layout.node_ip)
     except Exception:  # noqa: BLE001 - anything wrong means "not healthy"
         return False
 
@@ -163,6 +169,7 @@ def _up() -> int:
 
     _log("safety: sink namespace, sink routes, forward rules")
     network.setup_safety(layout)
+    network.setup_node_address(layout)
     for d in (state.pki, state.kubeconfigs, state.logs, state.run, state.configs, state.cni_conf, state.pod_logs):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(state.root, 0o700)
