@@ -105,3 +105,15 @@ def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses
     for _ in range(3):
         client.run(sys.executable, "-c", probe)
     assert network.sink_dropped_packets(layout) - before >= 3
+
+
+CLUSTER_PROGRAMS = ("etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server", "containerd")
+
+
+def test_no_cluster_component_listens_on_the_machines_own_interfaces(layout):
+    sockets = network.sh("ss", "-Hltunp").stdout.splitlines()
+    ours = [line for line in sockets if any(f'(("{prog}"' in line for prog in CLUSTER_PROGRAMS)]
+    assert ours, "no cluster sockets found at all"
+    for line in ours:
+        local = line.split()[4].rsplit(":", 1)[0]
+        assert local in ("127.0.0.1", layout.node_ip), f"listens beyond loopback and the node IP: {line}"
