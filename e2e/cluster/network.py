@@ -112,6 +112,16 @@ def setup_safety(layout: Layout) -> None:
     install_forward_chain(layout)
 
 
+def safety_in_place(layout: Layout) -> bool:
+    """Sink namespace, its routes and the forward chain's jump are all present."""
+    if not _netns_exists(layout.sink_netns) or not _link_exists(layout.sink_host_veth):
+        return False
+    for cidr in layout.sink_routes:
+        if layout.sink_host_veth not in sh("ip", "route", "show", "exact", cidr).stdout:
+            return False
+    return sh("iptables", "-C", "FORWARD", "-j", layout.iptables_chain, check=False).returncode == 0
+
+
 def install_forward_chain(layout: Layout) -> None:
     chain = layout.iptables_chain
     if sh("iptables", "-N", chain, check=False).returncode != 0:

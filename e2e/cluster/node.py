@@ -157,6 +157,9 @@ def _up() -> int:
     state = StatePaths(paths.state_dir())
     layout = current_layout()
     if healthy(layout, state):
+        if not network.safety_in_place(layout):
+            _log("safety net incomplete (sink, routes or forward chain missing): restoring it")
+            network.setup_safety(layout)
         network.ensure_forward_chain_first(layout)
         _log("cluster already up")
         _print_access(state)
