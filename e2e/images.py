@@ -139,8 +139,18 @@ def ensure_docker() -> None:
         docker.up()
 
 
+_built: set[str] = set()
+
+
 def build_image(tag: str = IMAGE) -> str:
-    """Build base (cached), wheels and the image; return the image tag."""
+    """Build base (cached), wheels and the image; return the image tag.
+
+    Builds at most once per tag and process: a test session's tests and fixtures all call
+    this, so every session tests the current source (never an image left from an older
+    run) and pays for one build only.
+    """
+    if tag in _built:
+        return tag
     ensure_docker()
     base = build_base()
     build_wheels()
@@ -157,6 +167,7 @@ def build_image(tag: str = IMAGE) -> str:
             stdout=subprocess.DEVNULL,
             env=DOCKER_ENV,
         )
+    _built.add(tag)
     return tag
 
 

@@ -122,10 +122,8 @@ class Tunnel:
 
 @pytest.fixture(scope="module")
 def image(load_image) -> str:
-    """The project image, built here if missing and loaded into the cluster."""
-    if not images.image_exists(images.IMAGE):
-        images.build_image()
-    return load_image(images.IMAGE)
+    """The project image from the current source (built once per session), in the cluster."""
+    return load_image(images.build_image())
 
 
 def _has_crd(kubectl) -> bool:

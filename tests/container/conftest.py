@@ -1,7 +1,7 @@
 """Fixtures for tests that run the project image under a real Docker daemon.
 
-The image is built by ``python -m e2e.images build`` (CI does that first); if its tag is
-missing here, the fixture builds it. Without a Docker daemon the tests skip locally but
+The fixture builds the image once per session (``e2e.images.build_image``), so the tests
+never run an image left over from older source. Without a Docker daemon the tests skip locally but
 fail under CI=true: CI must never pass by skipping the image.
 """
 
@@ -51,9 +51,8 @@ def image() -> str:
             if os.environ.get("CI"):
                 pytest.fail(reason)
             pytest.skip(reason)
-    if not images.image_exists(images.IMAGE):
-        images.build_image()
-    return images.IMAGE
+    # Always (once per session): an image left from an older run would test old code.
+    return images.build_image()
 
 
 @pytest.fixture(scope="session")
