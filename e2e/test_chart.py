@@ -96,7 +96,11 @@ class Tunnel:
             sys.executable, "-c", CLIENT, relay_address, "443", root_address, str(ROOT_PORT),
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
-        assert self._line() == "connected"
+        try:
+            assert self._line() == "connected"
+        except BaseException:
+            self.close()
+            raise
 
     def round_trip(self, text: str) -> str:
         # The relay drops packets shorter than ZeroTier's minimum (16 bytes) by default.
@@ -109,6 +113,7 @@ class Tunnel:
         line = self.proc.stdout.readline().strip()
         if not line:
             self.proc.kill()
+            self.proc.wait(timeout=10)
             raise AssertionError(f"client ended: {self.proc.stderr.read()}")
         return line
 
@@ -117,7 +122,8 @@ class Tunnel:
             self.proc.kill()
         self.proc.wait(timeout=10)
         for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            stream.close()
+            if not stream.closed:
+                stream.close()
 
 
 @pytest.fixture(scope="module")
@@ -194,11 +200,13 @@ def root(hosts):
     """The UDP echo "root" in its test host: (address, port)."""
     host = hosts[1]
     proc = host.popen(sys.executable, "-c", ECHO, host.address, str(ROOT_PORT), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "listening"
-    yield host.address
-    proc.kill()
-    proc.wait(timeout=10)
-    proc.stdout.close()
+    try:
+        assert proc.stdout.readline().strip() == "listening"
+        yield host.address
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+        proc.stdout.close()
 
 
 def example_relay(cluster_layout) -> dict:
