@@ -292,7 +292,7 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
 
     helm(
         "upgrade", RELEASE, "charts/zt-relay", "--namespace", installed, "--reuse-values",
-        "--set", f"operator.podAnnotations.e2e/rolled={uuid.uuid4().hex[:8]}",
+        "--set-string", f"operator.podAnnotations.e2e/rolled={uuid.uuid4().hex[:8]}",
         "--wait", "--timeout", HELM_TIMEOUT,
     )
 
