@@ -24,6 +24,14 @@ METRICS = metrics.Metrics()
 _tasks: list[asyncio.Task] = []
 
 
+class _QuietResync(logging.Filter):
+    """Drops Kopf's "Timer 'resync' succeeded." line: it would repeat for every relay at
+    every resync. Failures and everything else still get through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and "Timer 'resync' succeeded" in record.getMessage())
+
+
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -31,6 +39,7 @@ def _now() -> str:
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     logging.getLogger().setLevel(SETTINGS.log_level)
+    logging.getLogger("kopf.objects").addFilter(_QuietResync())
     # Kopf's bookkeeping goes to annotations under our own group, not into status (the
     # schema would prune it) nor under kopf.zalando.org.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)

@@ -45,3 +45,18 @@ def test_given_liveness_and_namespaces_replace_the_defaults():
     assert args == ["run", "-m", "zt_operator.handlers", "--standalone",
                     "--liveness=http://0.0.0.0:9000/healthz", "--namespace=relays", "--verbose"]
     assert "--all-namespaces" not in cli.kopf_arguments(["-n", "relays"])
+
+
+def test_the_periodic_resync_success_line_is_dropped_but_other_lines_kept():
+    import logging
+
+    from zt_operator import handlers
+
+    def record(level: int, message: str) -> logging.LogRecord:
+        return logging.LogRecord("kopf.objects", level, __file__, 1, message, None, None)
+
+    quiet = handlers._QuietResync()
+    assert not quiet.filter(record(logging.INFO, "Timer 'resync' succeeded."))
+    assert not quiet.filter(record(logging.INFO, "[ns/edge] Timer 'resync' succeeded."))
+    assert quiet.filter(record(logging.ERROR, "Timer 'resync' failed with an exception. Will retry."))
+    assert quiet.filter(record(logging.INFO, "Handler 'reconcile_on_change' succeeded."))
