@@ -67,9 +67,13 @@ def test_routes_send_cluster_ranges_to_the_sink(layout, stray_addresses):
         assert route["dev"] == layout.sink_host_veth, f"{kind} address {address} routes via {route['dev']}"
 
 
-def test_forwarded_cluster_traffic_towards_the_primary_interface_is_dropped_first(layout):
+def test_forwarded_cluster_traffic_towards_the_primary_interface_is_dropped_before_kube_proxy_accepts_it(layout):
     forward = network.sh("iptables", "-S", "FORWARD").stdout.splitlines()
-    assert forward[1] == f"-A FORWARD -j {layout.iptables_chain}"
+    ours = forward.index(f"-A FORWARD -j {layout.iptables_chain}")
+    # kube-proxy's chains ACCEPT marked traffic; ours must come first. (dockerd, restarted,
+    # puts its jumps on top: they accept docker0 traffic only, so that order is harmless.)
+    kube = [i for i, rule in enumerate(forward) if "-j KUBE-" in rule]
+    assert kube and ours < min(kube)
     for source in (layout.cluster_cidr, layout.test_host_cidr):
         rule = ["-s", source, "-o", layout.primary_interface, "-j", "DROP"]
         assert network.sh("iptables", "-C", layout.iptables_chain, *rule, check=False).returncode == 0

@@ -113,8 +113,12 @@ def test_pods_resolve_service_names_and_nothing_else(kubectl, namespace, web, bu
 
     assert f"Address: {ip}" in wait_for(f"{fqdn} to resolve in a pod", resolve, 30)
     request = f"printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {ip} 80"
-    served = kubectl("exec", "-n", namespace, "client", "--", "sh", "-c", request)
-    assert served.stdout.strip().splitlines()[-1] in web
+
+    def fetch():  # kube-proxy may not have programmed the new Service yet
+        proc = kubectl("exec", "-n", namespace, "client", "--", "sh", "-c", request, check=False)
+        return proc.stdout.strip().splitlines()[-1] if proc.returncode == 0 and proc.stdout.strip() else None
+
+    assert wait_for(f"http://{ip}/ from the pod", fetch, 30) in web
     # CoreDNS here has no upstream: outside names are refused, never forwarded off the machine.
     outside = kubectl("exec", "-n", namespace, "client", "--", "nslookup", "example.com", check=False)
     assert outside.returncode != 0 and "REFUSED" in outside.stdout
