@@ -448,6 +448,29 @@ def test_kubectl_scale_sets_the_relays_replicas_when_autoscaling_is_off(relay, k
     assert "app.kubernetes.io/instance=edge" in scale["status"]["selector"]
 
 
+def test_an_hpa_can_target_the_relay_itself_through_its_scale_subresource(relay, kubectl, wait_for):
+    kubectl("scale", "ztr", RELAY, "-n", relay, "--replicas=1")
+    kubectl.apply({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": "users-own", "namespace": relay},
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay", "name": RELAY},
+            "minReplicas": 2, "maxReplicas": 2,
+            "metrics": [{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}],
+        },
+    })
+    try:
+        # The HPA writes spec.replicas through /scale; the operator carries it to the pods.
+        wait_for("the HPA to scale the relay to 2", lambda: get_relay(kubectl, relay)["spec"]["replicas"] == 2, 90, interval=2)
+        wait_for("2 relay pods", lambda: rollout_done(kubectl, relay)
+                 and kubectl.json("get", "deployment", RELAY, "-n", relay)["spec"]["replicas"] == 2, 120, interval=2)
+        hpa = kubectl.json("get", "hpa", "users-own", "-n", relay)
+        able = next(c for c in hpa["status"]["conditions"] if c["type"] == "AbleToScale")
+        assert able["status"] == "True", able
+    finally:
+        kubectl("delete", "hpa", "users-own", "-n", relay, "--ignore-not-found")
+
+
 def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_drain_time(
     relay, hosts, root, kubectl, wait_for
 ):
