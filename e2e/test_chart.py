@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -25,52 +24,16 @@ import yaml
 
 from e2e import images
 from e2e.cluster import paths
+from e2e.peers import ROOT_PORT, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "zt-relay"
 EXAMPLE = CHART / "examples" / "zerotierrelay.yaml"
 RELEASE = "zt-relay"
 OPERATOR_SELECTOR = "app.kubernetes.io/instance=zt-relay,app.kubernetes.io/component=operator"
-ROOT_PORT = 9993  # the UDP "ZeroTier root" in a test host
+HOST_PREFIX = "chart"  # test-host names of this module (e2e.peers.relay_hosts)
 HELM_TIMEOUT = "180s"
 CRD_NAME = "zerotierrelays.relay.zt-relay.dev"
-
-# The framed client, run inside the client test host. It opens one tunnel, sends the hello,
-# then for every line on stdin sends that packet to the root and prints the framed reply,
-# so a tunnel can be held open across steps (the upgrade keeps it alive).
-CLIENT = r"""
-import socket, struct, sys
-relay, port, root, root_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-sock = socket.create_connection((relay, port), timeout=20)
-def record(payload):
-    return b"\x17\x03\x03" + struct.pack(">H", len(payload)) + payload
-def exactly(n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise SystemExit("relay closed the tunnel")
-        data += chunk
-    return data
-sock.sendall(record(b"\x01\x0c\x00\x05"))
-print("connected", flush=True)
-for line in sys.stdin:
-    packet = line.strip().encode()
-    sock.sendall(record(b"\x04" + socket.inet_aton(root) + struct.pack(">H", root_port) + packet))
-    header = exactly(5)
-    payload = exactly(struct.unpack(">H", header[3:])[0])
-    print(socket.inet_ntoa(payload[1:5]), struct.unpack(">H", payload[5:7])[0], payload[7:].decode(), flush=True)
-"""
-
-ECHO = r"""
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((sys.argv[1], int(sys.argv[2])))
-print("listening", flush=True)
-while True:
-    data, peer = sock.recvfrom(65535)
-    sock.sendto(b"echo:" + data, peer)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -86,44 +49,6 @@ def helm(kubeconfig):
         return result
 
     return run
-
-
-class Tunnel:
-    """The long-lived framed client process in a test host."""
-
-    def __init__(self, host, relay_address: str, root_address: str) -> None:
-        self.proc = host.popen(
-            sys.executable, "-c", CLIENT, relay_address, "443", root_address, str(ROOT_PORT),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-        )
-        try:
-            assert self._line() == "connected"
-        except BaseException:
-            self.close()
-            raise
-
-    def round_trip(self, text: str) -> str:
-        # The relay drops packets shorter than ZeroTier's minimum (16 bytes) by default.
-        assert len(text) >= 16, f"{text!r} is shorter than a ZeroTier packet"
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self._line()
-
-    def _line(self) -> str:
-        line = self.proc.stdout.readline().strip()
-        if not line:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
-            raise AssertionError(f"client ended: {self.proc.stderr.read()}")
-        return line
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(timeout=10)
-        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
-            if not stream.closed:
-                stream.close()
 
 
 @pytest.fixture(scope="module")
@@ -182,33 +107,6 @@ def operator_logs(kubectl, installed):
     return collect
 
 
-@pytest.fixture(scope="module")
-def hosts(cluster):
-    """Two test hosts for the module: a client "on the internet" and a UDP root."""
-    if cluster.backend != "local":
-        pytest.skip("test hosts need --cluster=local")
-    from e2e.cluster import network
-
-    made = [network.create_test_host(cluster.layout, f"chart-{role}-{uuid.uuid4().hex[:4]}") for role in ("client", "root")]
-    yield made
-    for host in made:
-        network.delete_test_host(host)
-
-
-@pytest.fixture(scope="module")
-def root(hosts):
-    """The UDP echo "root" in its test host: (address, port)."""
-    host = hosts[1]
-    proc = host.popen(sys.executable, "-c", ECHO, host.address, str(ROOT_PORT), stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout.readline().strip() == "listening"
-        yield host.address
-    finally:
-        proc.kill()
-        proc.wait(timeout=10)
-        proc.stdout.close()
-
-
 def example_relay(cluster_layout) -> dict:
     """The README's example ZeroTierRelay; the test adds the test-host range to its allow list
     (the relay refuses private destinations by default, and test hosts have private addresses)."""
@@ -245,8 +143,8 @@ def relay_logs(kubectl, namespace: str, name: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def tunnel(relay, hosts, root):
-    client = Tunnel(hosts[0], relay[1], root)
+def tunnel(relay, relay_hosts, udp_root):
+    client = Tunnel(relay_hosts[0], relay[1], udp_root)
     yield client
     client.close()
 
@@ -268,8 +166,8 @@ def test_the_readme_example_relay_becomes_running_pods_behind_a_load_balancer(in
     assert f"{address}/443" in json.dumps(status["clientConfig"])
 
 
-def test_a_framed_client_round_trips_through_the_relay_to_a_udp_root(tunnel, root):
-    assert tunnel.round_trip("hello-through-the-chart") == f"{root} {ROOT_PORT} echo:hello-through-the-chart"
+def test_a_framed_client_round_trips_through_the_relay_to_a_udp_root(tunnel, udp_root):
+    assert tunnel.round_trip("hello-through-the-chart") == f"{udp_root} {ROOT_PORT} echo:hello-through-the-chart"
 
 
 def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl, helm):
@@ -282,13 +180,13 @@ def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl, helm):
 
 
 def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
-    installed, relay, tunnel, root, kubectl, helm, operator_logs, wait_for_pods_ready, wait_for
+    installed, relay, tunnel, udp_root, kubectl, helm, operator_logs, wait_for_pods_ready, wait_for
 ):
     name = relay[0]
     pods_before = relay_pods(kubectl, installed, name)
     (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
     operator_logs()
-    assert tunnel.round_trip("before-the-helm-upgrade") == f"{root} {ROOT_PORT} echo:before-the-helm-upgrade"
+    assert tunnel.round_trip("before-the-helm-upgrade") == f"{udp_root} {ROOT_PORT} echo:before-the-helm-upgrade"
 
     helm(
         "upgrade", RELEASE, "charts/zt-relay", "--namespace", installed, "--reuse-values",
@@ -309,7 +207,7 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
         reply = tunnel.round_trip("after-the-helm-upgrade")
     except AssertionError as exc:
         raise AssertionError(f"{exc}\nrelay logs:\n{relay_logs(kubectl, installed, name)}") from None
-    assert reply == f"{root} {ROOT_PORT} echo:after-the-helm-upgrade"
+    assert reply == f"{udp_root} {ROOT_PORT} echo:after-the-helm-upgrade"
     operator_logs()
 
 

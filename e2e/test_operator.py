@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,115 +21,19 @@ import pytest
 import yaml
 
 from e2e import images
+from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "charts" / "zt-relay" / "crds" / "zerotierrelays.yaml"
 RBAC_FILE = REPO / "operator" / "rbac.yaml"
 RELAY = "edge"
-ROOT_PORT = 9993
+HOST_PREFIX = "op"  # test-host names of this module (e2e.peers.relay_hosts)
 DRAIN_SECONDS = 20
 OPERATOR_LABELS = {"app.kubernetes.io/name": "zt-relay", "app.kubernetes.io/component": "operator"}
 RELAY_SELECTOR = f"app.kubernetes.io/instance={RELAY},app.kubernetes.io/component=relay"
 CHILDREN = (("deployment", "Deployment"), ("service", "Service"),
             ("horizontalpodautoscaler", "HorizontalPodAutoscaler"), ("poddisruptionbudget", "PodDisruptionBudget"))
 
-# Framed client, run in the client test host: one tunnel; for each stdin line, one packet
-# to the root and the framed reply printed ("closed" once the relay ends the tunnel).
-TUNNEL = r"""
-import socket, struct, sys
-relay, port, root, root_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-sock = socket.create_connection((relay, port), timeout=10)
-def record(payload):
-    return b"\x17\x03\x03" + struct.pack(">H", len(payload)) + payload
-def exactly(n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            raise EOFError
-        data += chunk
-    return data
-sock.sendall(record(b"\x01\x0c\x00\x05"))
-print("connected", flush=True)
-for line in sys.stdin:
-    try:
-        # Padded: the relay drops packets shorter than a ZeroTier header (16 bytes).
-        packet = (line.strip() + "|" + "." * 16).encode()
-        sock.sendall(record(b"\x04" + socket.inet_aton(root) + struct.pack(">H", root_port) + packet))
-        header = exactly(5)
-        payload = exactly(struct.unpack(">H", header[3:])[0])
-        print(payload[7:].decode().split("|")[0], flush=True)
-    except (OSError, EOFError):
-        print("closed", flush=True)
-        break
-"""
-
-# Fresh connections in a loop, one round trip each, until stdin closes; prints a JSON
-# summary. Used across a rollout: every new client must get through.
-PROBE = r"""
-import json, socket, struct, sys, threading, time
-relay, port, root, root_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-def record(payload):
-    return b"\x17\x03\x03" + struct.pack(">H", len(payload)) + payload
-ok, failed, n = 0, [], 0
-while not stop.is_set():
-    n += 1
-    try:
-        with socket.create_connection((relay, port), timeout=5) as sock:
-            sock.sendall(record(b"\x01\x0c\x00\x05"))
-            text = f"probe-{n:012d}".encode()  # at least 16 bytes, like a ZeroTier packet
-            sock.sendall(record(b"\x04" + socket.inet_aton(root) + struct.pack(">H", root_port) + text))
-            data = b""
-            while len(data) < 5 + 7 + 5 + len(text):
-                chunk = sock.recv(4096)
-                if not chunk:
-                    raise EOFError("closed")
-                data += chunk
-            if not data.endswith(b"echo:" + text):
-                raise ValueError(repr(data))
-            ok += 1
-    except Exception as exc:
-        failed.append(f"{n}: {exc!r}")
-    time.sleep(0.2)
-print(json.dumps({"ok": ok, "failed": failed}), flush=True)
-"""
-
-# Sustained load through one tunnel: a window of packets in flight until stdin closes.
-LOAD = r"""
-import socket, struct, sys, threading
-relay, port, root, root_port = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-stop = threading.Event()
-threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-sock = socket.create_connection((relay, port), timeout=10)
-def record(payload):
-    return b"\x17\x03\x03" + struct.pack(">H", len(payload)) + payload
-sock.sendall(record(b"\x01\x0c\x00\x05"))
-packet = record(b"\x04" + socket.inet_aton(root) + struct.pack(">H", root_port) + b"x" * 200)
-count, buffered, expected = 0, 0, len(packet) + 5
-while not stop.is_set():
-    sock.sendall(packet * 16)
-    want = 16 * expected
-    while buffered < want:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise SystemExit("closed")
-        buffered += len(chunk)
-    buffered -= want
-    count += 16
-print(count, flush=True)
-"""
-
-ECHO = r"""
-import socket, sys
-sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-sock.bind((sys.argv[1], int(sys.argv[2])))
-print("listening", flush=True)
-while True:
-    data, peer = sock.recvfrom(65535)
-    sock.sendto(b"echo:" + data, peer)
-"""
 
 
 @pytest.fixture(scope="module")
@@ -194,29 +96,6 @@ def operator_namespace(kubectl, image):
 
 
 @pytest.fixture(scope="module")
-def hosts(cluster):
-    """A client "on the internet" and a UDP "root", each a test host namespace."""
-    if cluster.backend != "local":
-        pytest.skip("test hosts need --cluster=local")
-    from e2e.cluster import network
-
-    made = [network.create_test_host(cluster.layout, f"op-{role}-{uuid.uuid4().hex[:4]}") for role in ("client", "root")]
-    yield made
-    for host in made:
-        network.delete_test_host(host)
-
-
-@pytest.fixture(scope="module")
-def root(hosts):
-    host = hosts[1]
-    proc = host.popen(sys.executable, "-c", ECHO, host.address, str(ROOT_PORT), stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "listening"
-    yield host.address
-    proc.kill()
-    proc.communicate(timeout=10)
-
-
-@pytest.fixture(scope="module")
 def relay(operator_namespace, kubectl, cluster):
     """The ZeroTierRelay under test: autoscaled 1..2 on a small CPU request, so modest load
     scales it; the test-host range allowed (the relay refuses private destinations)."""
@@ -263,38 +142,6 @@ def rollout_done(kubectl, namespace) -> bool:
     return (status.get("observedGeneration") == deployment["metadata"]["generation"]
             and status.get("updatedReplicas") == want == status.get("readyReplicas")
             and status.get("replicas") == want and len(running_pods(kubectl, namespace)) == want)
-
-
-class Tunnel:
-    def __init__(self, host, address: str, root: str) -> None:
-        self.proc = host.popen(sys.executable, "-c", TUNNEL, address, "443", root, str(ROOT_PORT),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout.readline().strip() == "connected", self.proc.stderr.read()
-
-    def round_trip(self, text: str) -> str:
-        if self.proc.poll() is not None:
-            return "closed"
-        self.proc.stdin.write(text + "\n")
-        self.proc.stdin.flush()
-        return self.proc.stdout.readline().strip() or "closed"
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.communicate(timeout=10)  # also closes the pipes
-
-
-class Background:
-    """A client script that runs until its stdin closes, then prints its result."""
-
-    def __init__(self, host, script: str, address: str, root: str) -> None:
-        self.proc = host.popen(sys.executable, "-c", script, address, "443", root, str(ROOT_PORT),
-                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-
-    def finish(self) -> str:
-        out, err = self.proc.communicate(input="", timeout=30)
-        assert self.proc.returncode == 0, err
-        return out.strip()
 
 
 def operator_logs(kubectl, namespace: str) -> str:
@@ -361,26 +208,26 @@ def test_relay_pods_go_ready_and_the_address_shows_in_status_and_kubectl_get(rel
     assert {"Available", "AddressAssigned"} <= {e["reason"] for e in events}
 
 
-def test_a_framed_client_round_trips_through_the_load_balancer_to_a_udp_root(relay, hosts, root, kubectl):
+def test_a_framed_client_round_trips_through_the_load_balancer_to_a_udp_root(relay, relay_hosts, udp_root, kubectl):
     address = get_relay(kubectl, relay)["status"]["address"]
     answers = []
     # A fresh path (new test hosts, just-programmed load-balancer rules) may lose the very
     # first datagram, as real networks do and ZeroTier tolerates; a second tunnel must work.
     for attempt in range(3):
-        tunnel = Tunnel(hosts[0], address, root)
+        tunnel = Tunnel(relay_hosts[0], address, udp_root)
         try:
             answers.append(tunnel.round_trip(f"hello-through-the-operator-{attempt}"))
         finally:
             tunnel.close()
-        if answers[-1] == f"echo:hello-through-the-operator-{attempt}":
+        if answers[-1] == f"{udp_root} {ROOT_PORT} echo:hello-through-the-operator-{attempt}":
             break
     logs = kubectl("logs", "-n", relay, "-l", RELAY_SELECTOR, "--tail=20", check=False).stdout
-    assert answers[-1].startswith("echo:hello-through-the-operator"), f"answers {answers}; relay logs:\n{logs}"
+    assert answers[-1].startswith(f"{udp_root} {ROOT_PORT} echo:hello-through-the-operator"), f"answers {answers}; relay logs:\n{logs}"
 
 
-def test_sustained_load_makes_the_autoscaler_add_a_pod(relay, hosts, root, kubectl, wait_for):
+def test_sustained_load_makes_the_autoscaler_add_a_pod(relay, relay_hosts, udp_root, kubectl, wait_for):
     address = get_relay(kubectl, relay)["status"]["address"]
-    load = Background(hosts[0], LOAD, address, root)
+    load = Background(relay_hosts[0], "load", address, udp_root)
     try:
         def scaled_up():
             hpa = kubectl.json("get", "hpa", RELAY, "-n", relay)
@@ -395,10 +242,10 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(relay, hosts, root, kubec
     wait_for("2 ready relays in status", lambda: get_relay(kubectl, relay)["status"].get("readyReplicas") == 2, 120)
 
 
-def test_a_spec_update_rolls_out_with_no_failed_round_trip(relay, hosts, root, kubectl, wait_for):
+def test_a_spec_update_rolls_out_with_no_failed_round_trip(relay, relay_hosts, udp_root, kubectl, wait_for):
     address = get_relay(kubectl, relay)["status"]["address"]
     before = {p["metadata"]["name"] for p in running_pods(kubectl, relay)}
-    probe = Background(hosts[0], PROBE, address, root)
+    probe = Background(relay_hosts[0], "probe", address, udp_root)
     try:
         time.sleep(2)
         merge_spec(kubectl, relay, {"relay": {"drainSeconds": DRAIN_SECONDS}})
@@ -472,15 +319,23 @@ def test_an_hpa_can_target_the_relay_itself_through_its_scale_subresource(relay,
 
 
 def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_drain_time(
-    relay, hosts, root, kubectl, wait_for
+    relay, relay_hosts, udp_root, kubectl, wait_for
 ):
     address = get_relay(kubectl, relay)["status"]["address"]
-    pods = [p["metadata"]["name"] for p in running_pods(kubectl, relay)]
-    assert len(pods) == 2
-    tunnels = [Tunnel(hosts[0], address, root) for _ in range(8)]
+
+    def settled():
+        # Exactly two pods, both running and none on its way out (earlier tests scale and
+        # roll out): the pod the scale-down removes must be one that holds tunnels.
+        pods = kubectl.json("get", "pods", "-n", relay, "-l", RELAY_SELECTOR)["items"]
+        ok = len(pods) == 2 and all(
+            p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in pods)
+        return [p["metadata"]["name"] for p in pods] if ok else None
+
+    pods = wait_for("two settled relay pods", settled, 180)
+    tunnels = [Tunnel(relay_hosts[0], address, udp_root) for _ in range(8)]
     try:
         for i, tunnel in enumerate(tunnels):
-            assert tunnel.round_trip(f"warm-{i}") == f"echo:warm-{i}"
+            assert tunnel.round_trip(f"warm-{i}") == f"{udp_root} {ROOT_PORT} echo:warm-{i}"
         per_pod = {pod: pod_metric(kubectl, relay, pod, "zt_relay_tunnels_active") for pod in pods}
         assert sum(v or 0 for v in per_pod.values()) >= 8, per_pod
         kubectl("scale", "ztr", RELAY, "-n", relay, "--replicas=1")
@@ -499,7 +354,7 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
         rounds = 0
         while time.monotonic() - started < DRAIN_SECONDS - 4:
             for i, tunnel in enumerate(tunnels):
-                assert tunnel.round_trip(f"drain-{rounds}-{i}") == f"echo:drain-{rounds}-{i}", (
+                assert tunnel.round_trip(f"drain-{rounds}-{i}") == f"{udp_root} {ROOT_PORT} echo:drain-{rounds}-{i}", (
                     f"tunnel {i} failed {time.monotonic() - started:.1f} s into a {DRAIN_SECONDS} s drain")
             rounds += 1
             time.sleep(1)

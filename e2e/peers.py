@@ -1,0 +1,199 @@
+"""Traffic peers for relay e2e tests: a UDP "root" and framed tunnel clients.
+
+They run inside test-host namespaces as ``python -m e2e.peers MODE ...``, framing with
+``relay.protocol`` (whose bytes the unit tests pin down) rather than a copy of it::
+
+  echo HOST PORT                     UDP echo "root": answers b"echo:" + data; prints "listening"
+  tunnel RELAY PORT ROOT ROOT_PORT   one tunnel; per stdin line, that text as one packet, and
+                                     prints "HOST PORT REPLY" (or "closed" once the relay ended it)
+  probe RELAY PORT ROOT ROOT_PORT    a fresh tunnel per round trip until stdin closes; prints
+                                     JSON {"ok": N, "failed": [...]} (every new client must pass)
+  load RELAY PORT ROOT ROOT_PORT     16 packets in flight on one tunnel until stdin closes;
+                                     prints how many round-tripped
+
+``udp_root`` and ``relay_hosts`` are module-scoped fixtures for test modules that import them.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from relay import protocol
+
+ROOT_PORT = 9993
+REPO = Path(__file__).resolve().parent.parent
+#: ZeroTier packets are at least 16 bytes; the relay drops shorter ones, so pad.
+PAD = "|" + "." * 16
+
+
+def _stdin_closed() -> threading.Event:
+    closed = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.read(), closed.set()), daemon=True).start()
+    return closed
+
+
+def _connect(relay: str, port: int, timeout: float) -> tuple[socket.socket, protocol.RecordReader, list[bytes]]:
+    sock = socket.create_connection((relay, port), timeout=timeout)
+    records: list[bytes] = []
+    reader = protocol.RecordReader(lambda data, start, end: records.append(data[start:end]))
+    sock.sendall(protocol.encode_hello(1, 14, 1))
+    return sock, reader, records
+
+
+def _receive(sock: socket.socket, reader: protocol.RecordReader, records: list[bytes], count: int) -> None:
+    while len(records) < count:
+        data = sock.recv(65536)
+        if not data:
+            raise EOFError("relay closed the tunnel")
+        reader.feed(data)
+
+
+def echo(host: str, port: str) -> None:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind((host, int(port)))
+    print("listening", flush=True)
+    while True:
+        data, peer = sock.recvfrom(65535)
+        sock.sendto(b"echo:" + data, peer)
+
+
+def tunnel(relay: str, port: str, root: str, root_port: str) -> None:
+    sock, reader, records = _connect(relay, int(port), 10)
+    print("connected", flush=True)
+    for line in sys.stdin:
+        try:
+            sock.sendall(protocol.encode_packet(root, int(root_port), (line.strip() + PAD).encode()))
+            _receive(sock, reader, records, 1)
+        except (OSError, EOFError):
+            print("closed", flush=True)
+            return
+        payload = records.pop(0)
+        host, source_port, offset = protocol.decode_address(payload)
+        print(host, source_port, _text(payload, offset), flush=True)
+
+
+def _text(payload: bytes, offset: int) -> str:
+    return payload[offset:].decode().split("|")[0]
+
+
+def probe(relay: str, port: str, root: str, root_port: str) -> None:
+    stop = _stdin_closed()
+    ok, failed, n = 0, [], 0
+    while not stop.is_set():
+        n += 1
+        text = f"probe-{n:06d}"
+        try:
+            sock, reader, records = _connect(relay, int(port), 5)
+            with sock:
+                sock.sendall(protocol.encode_packet(root, int(root_port), (text + PAD).encode()))
+                _receive(sock, reader, records, 1)
+            reply = _text(records[0], protocol.decode_address(records[0])[2])
+            if reply != "echo:" + text:
+                raise ValueError(repr(reply))
+            ok += 1
+        except Exception as exc:
+            failed.append(f"{n}: {exc!r}")
+        time.sleep(0.2)
+    print(json.dumps({"ok": ok, "failed": failed}), flush=True)
+
+
+def load(relay: str, port: str, root: str, root_port: str) -> None:
+    stop = _stdin_closed()
+    sock, reader, records = _connect(relay, int(port), 10)
+    burst = protocol.encode_packet(root, int(root_port), b"x" * 200) * 16
+    count = 0
+    while not stop.is_set():
+        sock.sendall(burst)
+        _receive(sock, reader, records, 16)
+        records.clear()
+        count += 16
+    print(count, flush=True)
+
+
+MODES = {"echo": echo, "tunnel": tunnel, "probe": probe, "load": load}
+
+
+# -- the test side ---------------------------------------------------------------------------
+
+
+def spawn(host, mode: str, *args: str, **popen) -> subprocess.Popen:
+    """Starts a peer in a test host, from the repository (so ``e2e.peers`` imports)."""
+    return host.popen(sys.executable, "-m", "e2e.peers", mode, *args, cwd=REPO, text=True,
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **popen)
+
+
+class Tunnel:
+    """A long-lived framed client in a test host; ``round_trip`` returns "HOST PORT REPLY"."""
+
+    def __init__(self, host, relay_address: str, root_address: str, port: int = 443) -> None:
+        self.proc = spawn(host, "tunnel", relay_address, str(port), root_address, str(ROOT_PORT))
+        line = self.proc.stdout.readline().strip()
+        if line != "connected":
+            self.close()
+            raise AssertionError(f"tunnel client did not connect: {line!r} {self.stderr}")
+
+    @property
+    def stderr(self) -> str:
+        return self.proc.stderr.read() if self.proc.poll() is not None else ""
+
+    def round_trip(self, text: str) -> str:
+        if self.proc.poll() is not None:
+            return "closed"
+        self.proc.stdin.write(text + "\n")
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip() or "closed"
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.communicate(timeout=10)  # also closes the pipes
+
+
+class Background:
+    """A ``probe`` or ``load`` peer that runs until ``finish`` closes its stdin."""
+
+    def __init__(self, host, mode: str, relay_address: str, root_address: str, port: int = 443) -> None:
+        self.proc = spawn(host, mode, relay_address, str(port), root_address, str(ROOT_PORT))
+
+    def finish(self) -> str:
+        out, err = self.proc.communicate(input="", timeout=30)
+        assert self.proc.returncode == 0, err
+        return out.strip()
+
+
+@pytest.fixture(scope="module")
+def relay_hosts(request, cluster):
+    """Two test hosts: a client "on the internet" and a UDP "root" (local backend only)."""
+    if cluster.backend != "local":
+        pytest.skip("test hosts need --cluster=local")
+    from e2e.cluster import network
+
+    prefix = getattr(request.module, "HOST_PREFIX", "e2e")
+    made = [network.create_test_host(cluster.layout, f"{prefix}-{role}-{uuid.uuid4().hex[:4]}") for role in ("client", "root")]
+    yield made
+    for host in made:
+        network.delete_test_host(host)
+
+
+@pytest.fixture(scope="module")
+def udp_root(relay_hosts) -> str:
+    """The UDP echo root running in the second test host; its address."""
+    host = relay_hosts[1]
+    proc = spawn(host, "echo", host.address, str(ROOT_PORT))
+    assert proc.stdout.readline().strip() == "listening", proc.stderr.read()
+    yield host.address
+    proc.kill()
+    proc.communicate(timeout=10)
+
+
+if __name__ == "__main__":
+    MODES[sys.argv[1]](*sys.argv[2:])
