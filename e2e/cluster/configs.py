@@ -327,6 +327,22 @@ def metrics_server_command(layout: Layout, state: StatePaths, bin_dir: Path) -> 
     ]
 
 
+def host_endpoint_slice(layout: Layout, service: str, ports: list[dict]) -> dict:
+    """An EndpointSlice sending a selector-less kube-system Service to a process on the node."""
+    return {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{service}-host",
+            "namespace": "kube-system",
+            "labels": {"kubernetes.io/service-name": service},
+        },
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [layout.node_ip], "conditions": {"ready": True}}],
+        "ports": ports,
+    }
+
+
 def metrics_server_objects(layout: Layout) -> list[dict]:
     """A selector-less Service, its EndpointSlice to the host process, and the APIService."""
     name = "metrics-server"
@@ -337,18 +353,7 @@ def metrics_server_objects(layout: Layout) -> list[dict]:
             "metadata": {"name": name, "namespace": "kube-system"},
             "spec": {"ports": [{"name": "https", "port": 443, "targetPort": layout.metrics_server_port}]},
         },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-host",
-                "namespace": "kube-system",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [layout.node_ip], "conditions": {"ready": True}}],
-            "ports": [{"name": "https", "port": layout.metrics_server_port, "protocol": "TCP"}],
-        },
+        host_endpoint_slice(layout, name, [{"name": "https", "port": layout.metrics_server_port, "protocol": "TCP"}]),
         {
             "apiVersion": "apiregistration.k8s.io/v1",
             "kind": "APIService",
@@ -401,16 +406,5 @@ def dns_objects(layout: Layout) -> list[dict]:
                 "ports": [{"name": n, "port": 53, "protocol": p, "targetPort": 53} for n, p in ports],
             },
         },
-        {
-            "apiVersion": "discovery.k8s.io/v1",
-            "kind": "EndpointSlice",
-            "metadata": {
-                "name": f"{name}-host",
-                "namespace": "kube-system",
-                "labels": {"kubernetes.io/service-name": name},
-            },
-            "addressType": "IPv4",
-            "endpoints": [{"addresses": [layout.node_ip], "conditions": {"ready": True}}],
-            "ports": [{"name": n, "port": 53, "protocol": p} for n, p in ports],
-        },
+        host_endpoint_slice(layout, name, [{"name": n, "port": 53, "protocol": p} for n, p in ports]),
     ]

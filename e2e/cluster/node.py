@@ -19,7 +19,7 @@ import time
 import urllib.request
 from pathlib import Path
 
-from e2e.cluster import configs, image_import, inventory, layout as layout_mod, network, paths, pause, processes
+from e2e.cluster import build, configs, image_import, inventory, layout as layout_mod, network, paths, pause, processes
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.kubectl import Kubectl, wait_for
 from e2e.cluster.layout import Layout
@@ -37,18 +37,7 @@ PROCESSES = (
     "metrics-server",
     "lb-controller",
 )
-REQUIRED_BINARIES = (
-    "etcd",
-    "kube-apiserver",
-    "kube-controller-manager",
-    "kube-scheduler",
-    "kubelet",
-    "kube-proxy",
-    "kubectl",
-    "kubeadm",
-    "coredns",
-    "metrics-server",
-)
+REQUIRED_BINARIES = ("etcd", *build.KUBE_COMMANDS, "coredns", "metrics-server")
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
 
 
