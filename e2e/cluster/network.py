@@ -244,6 +244,12 @@ def delete_netns(name: str) -> None:
 
 
 def delete_test_host(host: TestHost) -> None:
+    # Deleting our end removes the pair now; the end inside a deleted namespace only goes
+    # when the kernel finishes tearing the namespace down, later (a `down` right after a
+    # test host's removal was seen to find its veth still there).
+    veth = host_veth_name(host.address)
+    if _link_exists(veth):
+        sh("ip", "link", "del", veth, check=False)
     delete_netns(host.netns)
 
 
@@ -260,6 +266,10 @@ def teardown(layout: Layout) -> None:
     """Remove everything `setup_safety` and `create_test_host` made, and the CNI bridge."""
     for ns in list_netns(layout.test_host_netns_prefix):
         delete_netns(ns)
+    # Test-host veths whose namespace is already gone, or still being torn down.
+    for link in json.loads(sh("ip", "-j", "link").stdout):
+        if link["ifname"].startswith(host_veth_name("")):
+            sh("ip", "link", "del", link["ifname"], check=False)
     for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth, layout.node_interface):
         if _link_exists(link):
             sh("ip", "link", "del", link, check=False)
