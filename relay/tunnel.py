@@ -111,16 +111,16 @@ class Tunnel(asyncio.Protocol):
         else:
             raise protocol.ProtocolError("bad_address_type", f"unknown address type {kind}")
         relay = self.relay
+        size = end - start - prefix
+        if size < relay.min_packet:  # also keeps the address slice inside this record
+            self.drop(stats.PACKET_TOO_SMALL)
+            return
         key = data[start:start + prefix]
         dest = relay.verdicts.get(key)
         if dest is None:
             dest = relay.resolve(key)
         if dest.__class__ is str:
             self.drop(dest)
-            return
-        size = end - start - prefix
-        if size < relay.min_packet:
-            self.drop(stats.PACKET_TOO_SMALL)
             return
         if self.limited:
             if self.rate is not None and not self.rate.allow(size):

@@ -105,6 +105,18 @@ async def test_packets_below_the_minimum_size_are_dropped(start_relay, echo, con
     assert (await relay.metrics())['zt_relay_dropped_total{reason="packet_too_small"}'] == 1
 
 
+@pytest.mark.parametrize("payload", [b"\x04", b"\x04\x7f\x00", b"\x06" + bytes(10)], ids=["type-only", "v4-cut", "v6-cut"])
+async def test_a_record_shorter_than_its_address_is_dropped_wherever_it_falls(start_relay, echo, connect, payload):
+    relay = await start_relay(*LOOPBACK)
+    client = await connect(relay.port)
+    client.send_raw(protocol.encode_record(payload))  # last in its read: nothing follows it
+    await client.writer.drain()
+    await asyncio.sleep(0.1)
+    client.send_raw(protocol.encode_record(payload) + protocol.encode_packet(echo.host, echo.port, b"next" * 8))
+    assert (await client.recv())[2] == b"next" * 8
+    assert (await relay.metrics())['zt_relay_dropped_total{reason="packet_too_small"}'] == 2
+
+
 async def test_a_connection_that_never_completes_a_record_is_closed_after_the_handshake_timeout(start_relay, echo, connect):
     relay = await start_relay(*LOOPBACK, "--handshake-timeout", "0.5")
     healthy = await connect(relay.port)
