@@ -219,7 +219,10 @@ def test_coredns_serves_cluster_names_and_forwards_nothing():
 
 def test_a_started_process_is_tracked_by_its_pid_file_and_stopped(tmp_path):
     pid = processes.start("sleeper", ["sleep", "30"], tmp_path / "run", tmp_path / "logs")
-    assert processes.running_pid("sleeper", tmp_path / "run") == pid
+    # posix_spawn returns while exec may still be setting up the new image: until then
+    # /proc/PID/cmdline is empty, so give it a moment (seen failing under load).
+    wait_for("the pid file to name the started process",
+             lambda: processes.running_pid("sleeper", tmp_path / "run") == pid, timeout=5, interval=0.05)
     processes.stop("sleeper", tmp_path / "run", timeout=5)
     assert processes.running_pid("sleeper", tmp_path / "run") is None
     assert not (tmp_path / "run" / "sleeper.pid").exists()
