@@ -39,9 +39,9 @@ def wanted(env: Mapping[str, str], signal: str) -> str | None:
     if env.get("OTEL_SDK_DISABLED", "").lower() == "true":
         return None
     exporter = env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
-    if exporter in ("none", ""):
-        if exporter == "none":
-            return None
+    if exporter == "none":
+        return None
+    if not exporter:
         endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
         return "otlp" if endpoint else None
     if exporter not in ("otlp", "console"):
