@@ -97,6 +97,25 @@ class RelayConfig:
     legacy_target: Endpoint | None = None
     """Where packets of pre-1.2 clients (no hello, no addresses) go; None closes them."""
 
+    fallback: Endpoint | None = None
+    """Where connections that aren't ZeroTier go, byte for byte (a website or ingress on
+    the same port); None closes them as before. The host may be a DNS name, resolved per
+    connection. See ``fallback.py``."""
+
+    fallback_proxy_protocol: str = "off"
+    """``v1`` or ``v2``: start each backend connection with a PROXY header carrying the
+    real client address (the one from ``proxy_protocol`` when that is on); ``off``."""
+
+    sniff_timeout: float = 3.0
+    """With ``fallback``: seconds a new connection may stay silent before it is handed to
+    the backend, so protocols where the server speaks first see its greeting."""
+
+    fallback_max_connections: int = 10000
+    """Concurrent connections to the backend per process, apart from the tunnels' cap."""
+
+    fallback_idle_timeout: float = 300.0
+    """Seconds without bytes either way before a connection to the backend is closed."""
+
     drain_timeout: float = 30.0
     """Seconds live tunnels keep relaying after SIGTERM before the process exits."""
 
@@ -173,6 +192,15 @@ def _validate(c: RelayConfig) -> None:
         _check_ip(c.legacy_target.host, "legacy_target")
         if c.legacy_target.port == 0:
             raise ConfigError("legacy_target", "port must not be 0")
+    if c.fallback is not None and c.fallback.port == 0:
+        raise ConfigError("fallback", "port must not be 0")
+    if c.fallback_proxy_protocol not in ("off", "v1", "v2"):
+        raise ConfigError("fallback_proxy_protocol", f"must be v1, v2 or off, got {c.fallback_proxy_protocol!r}")
+    for name in ("sniff_timeout", "fallback_idle_timeout"):
+        if not getattr(c, name) > 0:
+            raise ConfigError(name, "must be a positive number of seconds")
+    if c.fallback_max_connections < 1:
+        raise ConfigError("fallback_max_connections", "must be at least 1")
     if c.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"must be text or json, got {c.log_format!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

@@ -12,7 +12,13 @@ _SERIES = (
     ("dropped", "zt_relay_dropped_total", "counter", "Packets dropped, by reason.", "reason"),
     ("refused", "zt_relay_connections_refused_total", "counter", "Connections refused at accept, by reason.", "reason"),
     ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),
+    ("fallback_active", "zt_relay_fallback_connections_active", "gauge", "Connections spliced to the --fallback backend now.", None),
+    ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),
+    ("fallback_closed", "zt_relay_fallback_closed_total", "counter", "Fallback connections closed, by reason.", "reason"),
+    ("fallback_bytes", "zt_relay_fallback_bytes_total", "counter", "Bytes spliced to and from the --fallback backend, by direction.", "direction"),
 )
+#: Directions of each direction-labelled series (snapshot keys ``<key>_<direction>``).
+_DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -30,7 +36,7 @@ def render(snapshot: dict[str, int], extra_gauges: dict[str, tuple[str, float]] 
         if label is None:
             lines.append(f"{name} {snapshot.get(key, 0)}")
         elif label == "direction":
-            for direction in ("to_udp", "to_tcp"):
+            for direction in _DIRECTIONS.get(key, ("to_udp", "to_tcp")):
                 lines.append(f'{name}{{direction="{direction}"}} {snapshot.get(f"{key}_{direction}", 0)}')
         else:
             prefix = key + ":"

@@ -16,6 +16,7 @@ import struct
 
 from relay import metrics, stats
 from relay.config import Endpoint, RelayConfig
+from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit
 from relay.tunnel import Tunnel, _fmt
 
@@ -62,14 +63,20 @@ class Relay:
         self._tick_handle: asyncio.TimerHandle | None = None
         self._refusal_logged: dict[str, float] = {}
         self._emptied: asyncio.Event | None = None
+        #: with --fallback, classifies each connection first (fallback.py); tunnels never wait on it
+        self.fallback: FallbackRouter | None = None
 
     # -- start and stop ------------------------------------------------------------------------
 
     async def start(self, reuse_port: bool = False) -> None:
         """Binds every listen address (fails fast if one can't be bound) and starts serving."""
         socks = [listen_socket(ep, reuse_port) for ep in self.config.listen]
+        factory = lambda: Tunnel(self)  # noqa: E731
+        if self.config.fallback is not None:
+            self.fallback = FallbackRouter(self)
+            factory = self.fallback.protocol
         for sock in socks:
-            server = await self.loop.create_server(lambda: Tunnel(self), sock=sock, backlog=4096)
+            server = await self.loop.create_server(factory, sock=sock, backlog=4096)
             self.servers.append(server)
             self.addresses.append(sock.getsockname())
         self._schedule_tick()
@@ -84,7 +91,10 @@ class Relay:
         return self.loop.time() - self.last_tick < LIVENESS_STALL
 
     def snapshot(self) -> dict[str, int]:
-        return self.stats.snapshot(t for t in self.tunnels if t.admitted)
+        snap = self.stats.snapshot(t for t in self.tunnels if t.admitted)
+        if self.fallback is not None:
+            snap.update(self.fallback.snapshot())
+        return snap
 
     def metrics_text(self) -> str:
         return metrics.render(self.snapshot())
@@ -111,6 +121,8 @@ class Relay:
             server.close()
         for tunnel in list(self.tunnels):
             tunnel.close(reason)
+        if self.fallback is not None:
+            self.fallback.close()
         for server in self.servers:
             await server.wait_closed()
         # connection_lost runs on the next loop iterations.

@@ -1,0 +1,308 @@
+"""``--fallback``: one port for ZeroTier and a website.
+
+With a fallback backend, each accepted connection starts as a ``Sniffer``. It reads the
+optional PROXY header and then at most the first 5 bytes (``sniff.classify``), once, and
+hands the connection on:
+
+- **ZeroTier** (or a legacy client with ``--legacy-target``): the transport gets a fresh
+  ``Tunnel`` as its protocol, which then sees the connection exactly as if it had been the
+  listener's protocol from the start: ``connection_made`` and every byte read so far, PROXY
+  header included. The tunnel's hot path is the one without fallback.
+- **Anything else**, or silence for ``--sniff-timeout``: a connection is opened to the
+  backend and the two are spliced (``splice.py``), starting with a PROXY header if asked
+  and the bytes already read.
+
+Limits before the decision: a connection being sniffed counts against ``--max-connections``
+and ``--max-connections-per-ip`` like any connection before its hello (counted once its
+PROXY header, if required, has given the real address), so sniffing is no way around them;
+it lasts at most ``--sniff-timeout``. Once it goes to the backend it leaves those caps for
+``--fallback-max-connections`` and ``--fallback-idle-timeout``: site traffic never counts as
+tunnels and can't take their slots. A tunnel's ``--handshake-timeout`` runs from the
+handoff.
+
+Metrics: ``zt_relay_fallback_connections_total{result}`` (once per connection sent to the
+backend: ``connected``, or why not), ``zt_relay_fallback_closed_total{reason}``,
+``zt_relay_fallback_connections_active`` and ``zt_relay_fallback_bytes_total{direction}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from relay import protocol, proxy_protocol, sniff, splice as splice_mod, stats
+from relay.tunnel import Tunnel, _fmt
+
+if TYPE_CHECKING:
+    from relay.server import Relay
+
+log = logging.getLogger("zt_relay.fallback")
+
+#: Seconds to open the backend connection before the client is closed.
+CONNECT_TIMEOUT = 10.0
+#: Largest PROXY header accepted while sniffing (the v2 bound with TLVs we don't use).
+MAX_PROXY_HEADER = 536
+#: How often one failure reason is logged (all are counted).
+LOG_INTERVAL = 10.0
+
+# Results (label values of zt_relay_fallback_connections_total).
+CONNECTED = "connected"
+BACKEND_REFUSED = "backend_refused"
+BACKEND_TIMEOUT = "backend_timeout"
+BACKEND_ERROR = "backend_error"
+MAX_CONNECTIONS = "max_connections"
+CLIENT_GONE = "client_gone"
+
+
+class FallbackRouter:
+    """Per-process state of the fallback: its cap, its connections, counters, idle tick."""
+
+    def __init__(self, relay: Relay) -> None:
+        config = relay.config
+        self.relay = relay
+        self.loop = relay.loop
+        self.backend = (config.fallback.host, config.fallback.port)
+        self.proxy_version = config.fallback_proxy_protocol
+        self.max_connections = config.fallback_max_connections
+        self.idle_timeout = config.fallback_idle_timeout
+        self.sniffers: set[Sniffer] = set()
+        self.splices: set[splice_mod.Splice] = set()
+        self.results: Counter[str] = Counter()
+        self.closed: Counter[str] = Counter()
+        self.bytes_done = {"to_backend": 0, "to_client": 0}
+        self._logged: dict[str, float] = {}
+        self._interval = min(1.0, self.idle_timeout / 4)
+        self._last_tick = self.loop.time()
+        self._tick_handle = self.loop.call_later(self._interval, self._tick)
+
+    def protocol(self) -> Sniffer:
+        """The listener's protocol factory."""
+        return Sniffer(self)
+
+    def snapshot(self) -> dict[str, int]:
+        snap = {
+            "fallback_active": len(self.splices),
+            "fallback_bytes_to_backend": self.bytes_done["to_backend"],
+            "fallback_bytes_to_client": self.bytes_done["to_client"],
+        }
+        for s in self.splices:
+            snap["fallback_bytes_to_backend"] += s.to_backend
+            snap["fallback_bytes_to_client"] += s.to_client
+        for label, value in self.results.items():
+            snap[f"fallback:{label}"] = value
+        for label, value in self.closed.items():
+            snap[f"fallback_closed:{label}"] = value
+        return snap
+
+    def close(self) -> None:
+        """Closes every connection being sniffed or spliced (the relay is stopping)."""
+        self._tick_handle.cancel()
+        for sniffer in list(self.sniffers):
+            sniffer.transport.abort()
+        for s in list(self.splices):
+            s.close(splice_mod.SHUTDOWN)
+
+    # -- to the backend ------------------------------------------------------------------------
+
+    def splice(self, transport: asyncio.Transport, client: tuple, head: bytes, eof: bool) -> None:
+        """Takes a classified client connection to the backend (``head``: bytes read so far)."""
+        if len(self.splices) >= self.max_connections:
+            self._fail(MAX_CONNECTIONS, client, f"{self.max_connections} fallback connections open")
+            transport.close()
+            return
+        s = splice_mod.Splice(self._done)
+        self.splices.add(s)
+        transport.pause_reading()  # until the backend can take the bytes
+        transport.set_protocol(s.client)
+        s.client.connection_made(transport)
+        s.client.eof = eof
+        s.client.received = len(head)
+        header = b""
+        if self.proxy_version != "off":
+            header = proxy_header(self.proxy_version, client, transport.get_extra_info("sockname"))
+        self.loop.create_task(self._connect(s, client, header + head))
+
+    async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
+        try:
+            backend, _ = await asyncio.wait_for(
+                self.loop.create_connection(lambda: s.backend, *self.backend), CONNECT_TIMEOUT)
+        except ConnectionRefusedError as exc:
+            self._fail(BACKEND_REFUSED, client, str(exc))
+            s.backend_failed()
+            return
+        except asyncio.TimeoutError:
+            self._fail(BACKEND_TIMEOUT, client, f"no connection within {CONNECT_TIMEOUT:g} s")
+            s.backend_failed()
+            return
+        except OSError as exc:  # unreachable, DNS, no descriptors
+            self._fail(BACKEND_ERROR, client, str(exc))
+            s.backend_failed()
+            return
+        if s.client.lost:
+            self.results[CLIENT_GONE] += 1
+            backend.close()
+            s.backend_connected()
+            return
+        self.results[CONNECTED] += 1
+        sock = backend.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if first:
+            backend.write(first)
+        if s.client.eof:
+            backend.write_eof()
+        else:
+            s.client.transport.resume_reading()
+        s.backend_connected()
+
+    def _fail(self, result: str, client: tuple, detail: str) -> None:
+        self.results[result] += 1
+        now = self.loop.time()
+        if now - self._logged.get(result, -LOG_INTERVAL) >= LOG_INTERVAL:
+            self._logged[result] = now
+            log.warning("fallback for %s to %s:%d failed: %s (%s; logged at most every %.0f s)",
+                        _fmt(client), *self.backend, result, detail, LOG_INTERVAL)
+
+    def _done(self, s: splice_mod.Splice) -> None:
+        self.splices.discard(s)
+        self.closed[s.reason or splice_mod.CLOSED] += 1
+        self.bytes_done["to_backend"] += s.to_backend
+        self.bytes_done["to_client"] += s.to_client
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        elapsed = now - self._last_tick
+        self._last_tick = now
+        for s in list(self.splices):
+            if s.active:
+                s.active = False
+                s.idle = 0.0
+            else:
+                s.idle += elapsed
+                if s.idle >= self.idle_timeout:
+                    s.close(splice_mod.IDLE_TIMEOUT)
+        self._tick_handle = self.loop.call_later(self._interval, self._tick)
+
+
+class Sniffer(asyncio.Protocol):
+    """A connection until its first bytes say what it is (see the module docstring)."""
+
+    __slots__ = ("router", "transport", "client", "buf", "start", "counted", "timer")
+
+    def __init__(self, router: FallbackRouter) -> None:
+        self.router = router
+        self.transport: asyncio.Transport | None = None
+        self.client: tuple = ("?", 0)
+        self.buf = b""  # everything read, PROXY header included
+        self.start: int | None = None  # where the client's own bytes begin; None: header pending
+        self.counted = False  # holds a slot of the relay's connection limiter
+        self.timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.client = (peer[0], peer[1]) if peer else ("?", 0)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        router = self.router
+        router.sniffers.add(self)
+        self.timer = router.loop.call_later(router.relay.config.sniff_timeout, self._timed_out)
+        if not router.relay.config.proxy_protocol:
+            self._header_done(0)
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data  # bounded: a decision or a refusal comes within a few bytes
+        if self.start is None:
+            try:
+                parsed = proxy_protocol.parse(self.buf)
+            except protocol.ProtocolError as exc:
+                self._refuse(exc.reason, exc.detail)
+                return
+            if parsed is None:
+                if len(self.buf) > MAX_PROXY_HEADER:
+                    self._refuse(proxy_protocol.REASON, "PROXY header too long")
+                return
+            address, consumed = parsed
+            if address is not None:
+                self.client = address
+            if not self._header_done(consumed):
+                return
+        self._decide()
+
+    def eof_received(self) -> bool:
+        if self.start is None:
+            self._refuse(proxy_protocol.REASON, "EOF before the PROXY header ended")
+        else:
+            self._decide(final=True, eof=True)
+        return True  # the backend's answer may still go back
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.start is None:
+            self._refuse(proxy_protocol.REASON, "no PROXY header within the sniff timeout")
+        else:
+            self._decide(final=True)  # silence: the backend may speak first
+
+    def _header_done(self, consumed: int) -> bool:
+        """Counts the connection against the relay's caps, now that its address is known."""
+        self.start = consumed
+        relay = self.router.relay
+        reason = stats.DRAINING if relay.draining else relay.limiter.acquire(self.client[0])
+        if reason is not None:
+            relay.stats.refused[reason] += 1
+            log.debug("refusing connection from %s: %s", _fmt(self.client), reason)
+            self._forget()
+            self.transport.abort()
+            return False
+        self.counted = True
+        return True
+
+    def _decide(self, final: bool = False, eof: bool = False) -> None:
+        """``final``: no more bytes will come in time to decide; ``eof``: the client's EOF."""
+        head = self.buf[self.start:]
+        verdict = sniff.classify(head, self.router.relay.legacy_target is not None, final)
+        if verdict == sniff.NEED_DATA:
+            return
+        self._forget()
+        transport = self.transport
+        if verdict == sniff.FALLBACK:
+            self.router.splice(transport, self.client, head, eof)
+            return
+        # A tunnel: replay the connection to it as the listener would have.
+        tunnel = Tunnel(self.router.relay)
+        transport.set_protocol(tunnel)
+        tunnel.connection_made(transport)
+        if not transport.is_closing():  # refused at admission
+            tunnel.data_received(self.buf)
+
+    def _refuse(self, reason: str, detail: str) -> None:
+        log.debug("closing connection from %s: %s (%s)", _fmt(self.client), reason, detail)
+        self.router.relay.stats.refused[reason] += 1
+        self._forget()
+        self.transport.abort()
+
+    def _forget(self) -> None:
+        """Leaves the sniffing state: timer, the relay's limiter slot, the router's set."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.counted:
+            self.counted = False
+            self.router.relay.limiter.release(self.client[0])
+        self.router.sniffers.discard(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._forget()
+
+
+def proxy_header(version: str, client: tuple, local: tuple | None) -> bytes:
+    """A PROXY header from ``client`` to the address it reached (same family as the client's)."""
+    v6 = ":" in client[0]
+    if local is None or (":" in local[0]) != v6:
+        local = ("::" if v6 else "0.0.0.0", local[1] if local else 0)
+    src, dst = (client[0], client[1]), (local[0], local[1])
+    return proxy_protocol.encode_v1(src, dst) if version == "v1" else proxy_protocol.encode_v2(src, dst)

@@ -1,0 +1,148 @@
+"""Two TCP connections joined byte for byte: a site visitor and the fallback backend.
+
+Built on ``asyncio.Protocol`` callbacks, not streams: each read is written straight to the
+other transport (uvloop sends at once while nothing is queued), with no task or queue per
+connection.
+
+- **Backpressure, both ways.** Each transport's write buffer has a high-water mark of
+  ``BUFFER_LIMIT``; when it is reached the transport calls ``pause_writing`` and we stop
+  reading the *other* side until it drains. So the relay holds at most ``BUFFER_LIMIT``
+  plus one read per direction, whatever either peer does; TCP flow control stops the
+  sender.
+- **Half-close, both ways.** An EOF from one side becomes ``write_eof`` on the other (after
+  what is queued), and the connection stays open the other way: a client may send its
+  request, shut down writing and still read the answer, and a server may close first while
+  the client keeps sending. Both EOFs, or a reset on either side, close both.
+- Counting is a plain integer per direction and an activity flag that the router's idle
+  tick reads (``fallback.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+
+#: High-water mark of each direction's write buffer (bytes). Big enough that a fast
+#: download never waits on it, small enough that 10,000 stalled connections stay bounded.
+BUFFER_LIMIT = 512 * 1024
+
+#: Close reasons (label values of zt_relay_fallback_closed_total).
+CLOSED = "closed"
+IDLE_TIMEOUT = "idle_timeout"
+SHUTDOWN = "shutdown"
+CLIENT_RESET = "client_reset"
+BACKEND_RESET = "backend_reset"
+
+
+class Side(asyncio.Protocol):
+    """One end of a splice: what it reads is written to ``other``'s transport."""
+
+    __slots__ = ("splice", "name", "transport", "other", "received", "eof", "lost")
+
+    def __init__(self, splice: Splice, name: str) -> None:
+        self.splice = splice
+        self.name = name
+        self.transport: asyncio.Transport | None = None
+        self.other: Side | None = None
+        self.received = 0  # bytes read from this side (= written to the other)
+        self.eof = False
+        self.lost = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(high=BUFFER_LIMIT)
+
+    def data_received(self, data: bytes) -> None:
+        self.splice.active = True
+        self.received += len(data)
+        self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        other = self.other
+        if other.eof:
+            self.splice.close(CLOSED)
+        elif other.transport is not None and not other.transport.is_closing():
+            other.transport.write_eof()  # sent once what is queued has been
+        return True  # keep our writing half open for the other side's answer
+
+    # Our write buffer is over the mark: stop reading the side that fills it.
+    def pause_writing(self) -> None:
+        other = self.other.transport
+        if other is not None and not self.other.eof:
+            other.pause_reading()
+
+    def resume_writing(self) -> None:
+        other = self.other.transport
+        if other is not None and not self.other.eof and not other.is_closing():
+            other.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.splice.side_lost(self, exc)
+
+
+class Splice:
+    """A client connection and its backend connection; ``on_done`` runs once both are gone."""
+
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done")
+
+    def __init__(self, on_done: Callable[[Splice], None]) -> None:
+        self.client = Side(self, "client")
+        self.backend = Side(self, "backend")
+        self.client.other = self.backend
+        self.backend.other = self.client
+        self.active = True
+        self.idle = 0.0
+        self.reason: str | None = None
+        self.connecting = True  # the backend connection is being opened
+        self.on_done = on_done
+
+    @property
+    def to_backend(self) -> int:
+        return self.client.received
+
+    @property
+    def to_client(self) -> int:
+        return self.backend.received
+
+    def close(self, reason: str) -> None:
+        """Closes both sides once (queued bytes are still sent); the first reason sticks."""
+        if self.reason is None:
+            self.reason = reason
+        for side in (self.client, self.backend):
+            if side.transport is not None and not side.lost:
+                side.transport.close()
+
+    def abort(self, reason: str) -> None:
+        if self.reason is None:
+            self.reason = reason
+        for side in (self.client, self.backend):
+            if side.transport is not None and not side.lost:
+                side.transport.abort()
+
+    def side_lost(self, side: Side, exc: Exception | None) -> None:
+        if exc is not None:
+            self.abort(CLIENT_RESET if side is self.client else BACKEND_RESET)
+        else:
+            self.close(CLOSED)
+        self._maybe_done()
+
+    def backend_failed(self) -> None:
+        """The backend connection could not be opened: the client just sees a close."""
+        self.connecting = False
+        self.close(CLOSED)
+        self._maybe_done()
+
+    def backend_connected(self) -> None:
+        self.connecting = False
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.connecting or not self.client.lost:
+            return
+        if self.backend.transport is not None and not self.backend.lost:
+            return
+        on_done, self.on_done = self.on_done, None
+        if on_done is not None:
+            on_done(self)
