@@ -17,6 +17,7 @@ APT_PACKAGES = (
     "busybox-static",  # the harness's own test image (shell, httpd, nc)
     "gcc",  # the static pause binary
     "libc6-dev",
+    "nginx-light",  # the real website behind --fallback in tests/relay/test_fallback_probes.py
 )
 
 
