@@ -127,8 +127,8 @@ class FallbackRouter:
 
     async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
         try:
-            backend, _ = await asyncio.wait_for(
-                self.loop.create_connection(lambda: s.backend, *self.backend), CONNECT_TIMEOUT)
+            async with asyncio.timeout(CONNECT_TIMEOUT):  # no extra task, unlike wait_for
+                backend, _ = await self.loop.create_connection(lambda: s.backend, *self.backend)
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc))
             s.backend_failed()
