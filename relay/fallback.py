@@ -28,6 +28,7 @@ backend: ``connected``, or why not), ``zt_relay_fallback_closed_total{reason}``,
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from collections import Counter
@@ -47,6 +48,9 @@ CONNECT_TIMEOUT = 10.0
 MAX_PROXY_HEADER = 536
 #: How often one failure reason is logged (all are counted).
 LOG_INTERVAL = 10.0
+#: Seconds a backend name's address is reused (a Kubernetes Service name would otherwise
+#: cost several DNS queries per connection, through the search path).
+DNS_CACHE_SECONDS = 10.0
 
 # Results (label values of zt_relay_fallback_connections_total).
 CONNECTED = "connected"
@@ -74,6 +78,12 @@ class FallbackRouter:
         self.closed: Counter[str] = Counter()
         self.bytes_done = {"to_backend": 0, "to_client": 0}
         self._logged: dict[str, float] = {}
+        self._resolved: tuple[float, tuple] | None = None  # (expiry, sockaddr) of a backend name
+        try:
+            ipaddress.ip_address(self.backend[0])
+            self._needs_dns = False
+        except ValueError:
+            self._needs_dns = True
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -128,7 +138,8 @@ class FallbackRouter:
     async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):  # no extra task, unlike wait_for
-                backend, _ = await self.loop.create_connection(lambda: s.backend, *self.backend)
+                address = await self._address() if self._needs_dns else self.backend
+                backend, _ = await self.loop.create_connection(lambda: s.backend, *address[:2])
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc))
             s.backend_failed()
@@ -157,6 +168,13 @@ class FallbackRouter:
         else:
             s.client.transport.resume_reading()
         s.backend_connected()
+
+    async def _address(self) -> tuple:
+        now = self.loop.time()
+        if self._resolved is None or self._resolved[0] < now:
+            infos = await self.loop.getaddrinfo(*self.backend, type=socket.SOCK_STREAM)
+            self._resolved = (now + DNS_CACHE_SECONDS, infos[0][4])
+        return self._resolved[1]
 
     def _fail(self, result: str, client: tuple, detail: str) -> None:
         self.results[result] += 1

@@ -107,6 +107,19 @@ async def test_a_non_zerotier_connection_reaches_the_backend_byte_for_byte_both_
     writer.close()
 
 
+async def test_the_backend_may_be_a_dns_name(start_relay, backend):
+    site = await backend("echo")
+    if socket.getaddrinfo("localhost", site.port, type=socket.SOCK_STREAM)[0][4][0] != "127.0.0.1":
+        pytest.skip("localhost does not resolve to 127.0.0.1 first here")
+    relay = await start_relay("--fallback", f"localhost:{site.port}")
+    for i in range(3):  # resolved for the first, reused for the others
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"GET %d" % i)
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"GET %d" % i
+        writer.close()
+    assert site.connections == 3
+
+
 @pytest.mark.parametrize("first", [b"\x16", b"\x17\x03\x01", b"\x17\x03\x03\x00\x05"], ids=["tls", "other_version", "other_length"])
 async def test_the_bytes_read_to_decide_are_passed_on_even_when_they_arrive_one_by_one(start_relay, backend, first):
     site = await backend("reply_at_eof")
