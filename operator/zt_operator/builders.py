@@ -287,7 +287,9 @@ def service(body: Mapping[str, Any]) -> dict[str, Any]:
         # sends traffic only to nodes with a ready relay pod.
         service_spec["externalTrafficPolicy"] = svc["externalTrafficPolicy"]
     if svc["type"] == "LoadBalancer":
-        for key in ("loadBalancerSourceRanges", "loadBalancerClass"):
+        # loadBalancerIP: a requested static address (deprecated upstream, still honoured by
+        # most implementations); cloud-specific ones go in annotations.
+        for key in ("loadBalancerSourceRanges", "loadBalancerClass", "loadBalancerIP"):
             if svc.get(key):
                 service_spec[key] = copy.deepcopy(svc[key])
     return {

@@ -1,14 +1,26 @@
-"""Kopf handlers: thin wrappers around ``reconcile.run``.
+"""Kopf wiring: watches in, reconcile requests out.
 
 Run with ``kopf run -m zt_operator.handlers`` (or the ``zt-relay-operator`` script, which
-adds the liveness endpoint and standalone mode). Create, update, resume and a periodic
-timer all run the same level-based pass; the timer is what repairs drift (a child edited
-or deleted) and follows status (pods turning ready, the load balancer's address).
+adds the liveness endpoint and standalone mode).
+
+Only ``@kopf.on.event`` handlers: they need no finalizer and write nothing to the relay.
+Relays need no finalizer because their children carry ownerReferences (garbage collection
+deletes them); a finalizer would leave a relay Terminating forever once the operator is
+gone (``helm uninstall`` deletes the operator before the relay). The finalizer that older
+versions added is removed wherever it is seen.
+
+- a relay's event stores its latest body and requests a reconcile;
+- a child's event (Deployment, Service, PDB, HPA, NetworkPolicy labelled as ours) updates
+  the child cache and requests a reconcile of its owner: repairs and status follow at once;
+- a slow periodic resync (``ZT_OPERATOR_RESYNC_SECONDS``, 300) catches anything missed.
+
+``runner.Runner`` serialises the reconciles of each relay and retries failures with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import datetime
 import logging
 import os
@@ -17,43 +29,114 @@ from typing import Any
 
 import kopf
 
-from zt_operator import GROUP, PLURAL, VERSION, kube, metrics, reconcile, settings
+from zt_operator import GROUP, KIND, PLURAL, VERSION, builders, children, kube, metrics, plan, reconcile, runner, settings
 
 SETTINGS = settings.from_environment(os.environ)
 METRICS = metrics.Metrics()
+OLD_FINALIZER = f"{GROUP}/finalizer"
+"""Added by operator versions before 0.2; removed when seen."""
+CHILD_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
+
+CACHE = children.ChildCache()
+ACCESS = children.Access(CACHE)
+_relays: dict[str, dict[str, Any]] = {}
+_applied_generation: dict[str, tuple[str, int]] = {}
+"""relay key -> (uid, highest generation applied without error)"""
 _tasks: list[asyncio.Task] = []
-
-
-class _QuietResync(logging.Filter):
-    """Drops Kopf's "Timer 'resync' succeeded." line: it would repeat for every relay at
-    every resync. Failures and everything else still get through."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.levelno == logging.INFO and "Timer 'resync' succeeded" in record.getMessage())
+_runner: runner.Runner | None = None
+log = logging.getLogger("zt_operator")
 
 
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+def _key(namespace: str, name: str) -> str:
+    return f"{namespace}/{name}"
+
+
+def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+    """One pass of ``body`` in a worker thread: children, status, events. Returns whether
+    no call failed, and the status patch written."""
+    started = time.monotonic()
+    meta = body["metadata"]
+    uid, applied = _applied_generation.get(key, (None, None))
+    if uid == meta.get("uid") and plan.is_stale(body, applied):
+        return True, {}  # a newer generation was applied already; its watch event follows
+    outcome = reconcile.run(body, SETTINGS, _now, ACCESS)
+    errors = list(outcome.errors)
+    written: dict[str, Any] = {}
+    if outcome.status_patch:
+        try:
+            kube.patch_relay_status(meta["namespace"], meta["name"], outcome.status_patch)
+            written = outcome.status_patch
+        except kube.KubeError as exc:
+            errors.append(exc)
+    for kind, reason, message in outcome.events:
+        (log.info if kind == "Normal" else log.warning)("%s %s: %s", key, reason, message)
+        try:
+            kube.post_event(body, kind, reason, message, _now())
+        except kube.KubeError as exc:
+            errors.append(exc)
+    for exc in errors:
+        METRICS.api_error(exc.reason)
+        log.warning("%s: %s (%s); retrying with backoff", key, exc, exc.reason)
+    if not outcome.errors and meta.get("generation") is not None:
+        _applied_generation[key] = (meta["uid"], max(meta["generation"], applied if uid == meta["uid"] and applied else 0))
+    METRICS.record(key, "error" if errors and outcome.result == "ok" else outcome.result,
+                   time.monotonic() - started, outcome.ready)
+    return not errors, written
+
+
+async def _work(key: str) -> bool:
+    body = _relays.get(key)
+    if body is None:
+        return True
+    ok, written = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
+    stored = _relays.get(key)
+    if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):
+        # The status this pass wrote is the relay's status now (its watch event follows):
+        # the next pass compares with it and does not write it again.
+        status = dict(stored.get("status") or {})
+        for field, value in written.items():
+            if value is None:
+                status.pop(field, None)
+            else:
+                status[field] = value
+        stored["status"] = status
+    return ok
+
+
+async def _resync(interval: float) -> None:
+    """Request every known relay once per ``interval``, spread over it (no bursts)."""
+    while True:
+        keys = list(_relays) or [None]
+        for key in keys:
+            await asyncio.sleep(interval / len(keys))
+            if key is not None and key in _relays and _runner is not None:
+                _runner.request(key)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
+    global _runner
     logging.getLogger().setLevel(SETTINGS.log_level)
-    logging.getLogger("kopf.objects").addFilter(_QuietResync())
-    # Kopf's bookkeeping goes to annotations under our own group, not into status (the
-    # schema would prune it) nor under kopf.zalando.org.
+    # Kopf's bookkeeping would go under our own group; with event handlers only it writes none.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=GROUP, key="last-handled-configuration")
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
     # Watches end server-side every few minutes and reconnect; a client timeout above
-    # that catches connections that die silently (Kopf >= 1.44 also detects stalls).
+    # that catches connections that die silently.
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 270
     settings.watching.connect_timeout = 30
-    # Only warnings become Kubernetes Events; the operator posts its own transitions.
+    # Kopf's own errors become warnings in the log, not Events: the operator posts its own.
     settings.posting.level = logging.WARNING
+    # While the API server is down, Kopf's watches retry; back off gently, not at once.
+    settings.networking.error_backoffs = [1, 2, 4, 8, 10]
     await asyncio.to_thread(kube.login)
+    _runner = runner.Runner(_work)
+    _tasks.append(asyncio.create_task(_resync(SETTINGS.resync_seconds)))
     if SETTINGS.metrics_listen.lower() != "off":
         host, _, port = SETTINGS.metrics_listen.rpartition(":")
         _tasks.append(asyncio.create_task(metrics.serve(METRICS, host.strip("[]"), int(port))))
@@ -65,33 +148,56 @@ async def stop(**_: Any) -> None:
     for task in _tasks:
         task.cancel()
     await asyncio.gather(*_tasks, return_exceptions=True)
+    if _runner is not None:
+        await _runner.close()
 
 
-def _reconcile(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger) -> None:
-    started = time.monotonic()
-    outcome = reconcile.run(body, SETTINGS, _now)
-    for key, value in outcome.status_patch.items():
-        patch.status[key] = value
-    for kind, reason, message in outcome.events:
-        kopf.event(body, type=kind, reason=reason, message=message)
-        (logger.info if kind == "Normal" else logger.warning)("%s: %s", reason, message)
-    ready = next((c["status"] == "True" for c in outcome.status_patch.get("conditions") or [] if c["type"] == "Ready"), None)
-    METRICS.record(f"{body.meta.namespace}/{body.meta.name}", outcome.result, time.monotonic() - started, ready)
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def relay_event(type: str | None, body: kopf.Body, logger: logging.Logger, **_: Any) -> None:
+    meta = body.get("metadata", {})
+    key = _key(meta["namespace"], meta["name"])
+    finalizers = list(meta.get("finalizers") or [])
+    if OLD_FINALIZER in finalizers:
+        try:
+            await asyncio.to_thread(kube.remove_finalizer, meta["namespace"], meta["name"], finalizers, OLD_FINALIZER)
+            logger.info("removed the finalizer %s (ownerReferences delete the children)", OLD_FINALIZER)
+        except kube.KubeError as exc:
+            METRICS.api_error(exc.reason)
+            logger.warning("could not remove the finalizer %s: %s", OLD_FINALIZER, exc)
+    if type == "DELETED" or meta.get("deletionTimestamp"):
+        _relays.pop(key, None)
+        _applied_generation.pop(key, None)
+        METRICS.forget(key)
+        if _runner is not None:
+            _runner.forget(key)
+        return
+    _relays[key] = copy.deepcopy(dict(body))
+    if _runner is not None:
+        _runner.request(key)
 
 
-@kopf.on.resume(GROUP, VERSION, PLURAL)
-@kopf.on.create(GROUP, VERSION, PLURAL)
-@kopf.on.update(GROUP, VERSION, PLURAL)
-def reconcile_on_change(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    _reconcile(body, patch, logger)
+def _child_event(kind: str):
+    async def handler(type: str | None, body: kopf.Body, **_: Any) -> None:
+        obj = copy.deepcopy(dict(body))
+        meta = obj.get("metadata", {})
+        if type == "DELETED":
+            CACHE.drop(kind, meta["namespace"], meta["name"])
+        else:
+            CACHE.put(kind, obj)
+        for ref in meta.get("ownerReferences") or []:
+            if ref.get("kind") == KIND and ref.get("controller"):
+                key = _key(meta["namespace"], ref["name"])
+                if key in _relays and _runner is not None:
+                    _runner.request(key)
+    handler.__name__ = f"{kind.lower()}_event"
+    return handler
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=SETTINGS.resync_seconds, initial_delay=SETTINGS.resync_seconds)
-def resync(body: kopf.Body, patch: kopf.Patch, logger: logging.Logger, **_: Any) -> None:
-    _reconcile(body, patch, logger)
-
-
-@kopf.on.delete(GROUP, VERSION, PLURAL, optional=True)
-def forget(body: kopf.Body, **_: Any) -> None:
-    # Children go with the relay through their owner references; nothing to delete here.
-    METRICS.forget(f"{body.meta.namespace}/{body.meta.name}")
+for _group, _version, _plural, _kind in (
+    ("apps", "v1", "deployments", "Deployment"),
+    ("", "v1", "services", "Service"),
+    ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
+    ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
+    ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
+):
+    kopf.on.event(_group, _version, _plural, labels=CHILD_LABELS, id=f"{_kind.lower()}-event")(_child_event(_kind))

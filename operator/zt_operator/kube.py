@@ -1,20 +1,30 @@
-"""The operator's calls to the API server for a relay's children (synchronous; Kopf
-runs synchronous handlers in its thread pool).
+"""The operator's calls to the API server (synchronous; reconciles run in worker threads).
 
-Children are written with server-side apply under one field manager, forced: the
-operator owns exactly the fields it builds, repairs them when someone edits them, and
-leaves fields it never sets (for example ``replicas`` under an autoscaler) to others.
+One ``ApiClient`` for the whole process (``login``): its connection pool keeps TLS
+connections open, so a call does not pay a new handshake. The typed clients are used, not
+the dynamic client: the dynamic client runs API discovery first, and the five child kinds
+are fixed.
+
+Every failure of a call (an ``ApiException`` of any status, a refused or reset connection,
+a timeout) becomes ``KubeError`` with a short ``reason`` for conditions and metrics; nothing
+else escapes a reconcile.
+
+Children are written with server-side apply under one field manager, forced: the operator
+owns exactly the fields it builds, repairs them when someone edits them, and leaves fields
+it never sets (for example ``replicas`` under an autoscaler) to others.
 """
 
 from __future__ import annotations
 
 import json
+import socket
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from zt_operator import FIELD_MANAGER
+from zt_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
 # kind -> (API class, method suffix of its typed client)
 _KINDS: dict[str, tuple[type, str]] = {
@@ -25,25 +35,51 @@ _KINDS: dict[str, tuple[type, str]] = {
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
 }
 APPLY = "application/apply-patch+yaml"
-TIMEOUT = 20
-"""Seconds for one API request; a hung request must not stall a reconciliation forever."""
+TIMEOUT = (5, 20)
+"""Seconds to connect, and to wait for an answer: a hung request must not stall a
+reconciliation forever, and a down API server is noticed quickly."""
+
+_api: client.ApiClient | None = None
 
 
 class KubeError(Exception):
     """An API call failed; the message says which call and why (for status conditions)."""
 
+    def __init__(self, message: str, reason: str = "APIError", status: int | None = None) -> None:
+        super().__init__(message)
+        self.reason = reason
+        """Short CamelCase cause: Timeout, Unreachable, TooManyRequests, APIServerError,
+        Forbidden, Invalid, Conflict, NotFound or APIError."""
+        self.status = status
+
 
 def login() -> None:
-    """Use the pod's ServiceAccount in a cluster, else the local kubeconfig."""
+    """Use the pod's ServiceAccount in a cluster, else the local kubeconfig; one shared client."""
+    global _api
     try:
         config.load_incluster_config()
     except config.ConfigException:
         config.load_kube_config()
+    configuration = client.Configuration.get_default_copy()
+    # No urllib3 retries: a failed call is reported and the reconcile retried with backoff.
+    configuration.retries = False
+    _api = client.ApiClient(configuration)
+    _api.user_agent = "zt-relay-operator"
+
+
+def api_client() -> client.ApiClient:
+    if _api is None:
+        raise KubeError("not logged in to the API server", "APIError")
+    return _api
+
+
+def _typed(api_class: type) -> Any:
+    return api_class(api_client())
 
 
 def _method(kind: str, verb: str):
     api_class, suffix = _KINDS[kind]
-    return getattr(api_class(), f"{verb}_namespaced_{suffix}")
+    return getattr(_typed(api_class), f"{verb}_namespaced_{suffix}")
 
 
 def _decode(response: Any) -> dict[str, Any]:
@@ -53,56 +89,140 @@ def _decode(response: Any) -> dict[str, Any]:
     return json.loads(data)
 
 
-def _reason(exc: ApiException) -> str:
+_STATUS_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+                   422: "Invalid", 429: "TooManyRequests"}
+
+
+def classify(exc: BaseException) -> tuple[str, str, int | None]:
+    """(reason, message, HTTP status or None) of a failed call's exception."""
+    if isinstance(exc, ApiException):
+        status = exc.status or None
+        try:
+            message = json.loads(exc.body).get("message") or exc.reason
+        except (TypeError, ValueError, AttributeError):
+            message = f"{exc.status} {exc.reason}"
+        if status is None or status == 0:
+            return "Unreachable", str(exc.reason or exc), None
+        reason = _STATUS_REASONS.get(status) or ("APIServerError" if status >= 500 else "APIError")
+        return reason, f"{status} {message}", status
+    if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
+        exc = exc.reason
+    # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: refused, not slow.
+    if isinstance(exc, urllib3.exceptions.NewConnectionError):
+        return "Unreachable", f"API server unreachable: {exc}", None
+    if isinstance(exc, (urllib3.exceptions.TimeoutError, socket.timeout, TimeoutError)):
+        return "Timeout", f"timed out: {exc}", None
+    if isinstance(exc, (urllib3.exceptions.HTTPError, OSError)):
+        return "Unreachable", f"API server unreachable: {exc}", None
+    return "APIError", f"{type(exc).__name__}: {exc}", None
+
+
+def call(what: str, fn, *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``; any failure becomes ``KubeError`` naming ``what``."""
     try:
-        return json.loads(exc.body).get("message") or exc.reason
-    except (TypeError, ValueError):
-        return f"{exc.status} {exc.reason}"
+        return fn(*args, **kwargs)
+    except KubeError:
+        raise
+    except Exception as exc:  # every failure of a call is reported, never raised past reconcile
+        reason, message, status = classify(exc)
+        raise KubeError(f"{what}: {message}", reason, status) from None
 
 
-def apply(manifest: dict[str, Any]) -> dict[str, Any]:
+def apply(manifest: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
     """Server-side apply ``manifest`` (creates it if missing); returns the live object."""
     meta = manifest["metadata"]
-    try:
-        response = _method(manifest["kind"], "patch")(
-            meta["name"], meta["namespace"], manifest,
-            field_manager=FIELD_MANAGER, force=True,
-            _content_type=APPLY, _preload_content=False, _request_timeout=TIMEOUT,
-        )
-    except ApiException as exc:
-        raise KubeError(f"applying {manifest['kind']} {meta['name']}: {_reason(exc)}") from None
-    return _decode(response)
+    return _decode(call(
+        f"applying {manifest['kind']} {meta['name']}", _method(manifest["kind"], "patch"),
+        meta["name"], meta["namespace"], manifest,
+        field_manager=manager, force=True,
+        _content_type=APPLY, _preload_content=False, _request_timeout=TIMEOUT,
+    ))
 
 
 def replace_service_ports(namespace: str, name: str, ports: list[dict[str, Any]]) -> None:
     """Replace a Service's whole port list (a JSON patch; apply can only merge it)."""
-    try:
-        client.CoreV1Api().patch_namespaced_service(
-            name, namespace, [{"op": "replace", "path": "/spec/ports", "value": ports}],
-            field_manager=FIELD_MANAGER, _content_type="application/json-patch+json",
-            _preload_content=False, _request_timeout=TIMEOUT,
-        )
-    except ApiException as exc:
-        raise KubeError(f"repairing the ports of Service {name}: {_reason(exc)}") from None
+    call(f"repairing the ports of Service {name}", _typed(client.CoreV1Api).patch_namespaced_service,
+         name, namespace, [{"op": "replace", "path": "/spec/ports", "value": ports}],
+         field_manager=FIELD_MANAGER, _content_type="application/json-patch+json",
+         _preload_content=False, _request_timeout=TIMEOUT)
 
 
 def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The live object, or None if it does not exist."""
     try:
-        response = _method(kind, "read")(name, namespace, _preload_content=False, _request_timeout=TIMEOUT)
-    except ApiException as exc:
+        return _decode(call(f"reading {kind} {name}", _method(kind, "read"), name, namespace,
+                            _preload_content=False, _request_timeout=TIMEOUT))
+    except KubeError as exc:
         if exc.status == 404:
             return None
-        raise KubeError(f"reading {kind} {name}: {_reason(exc)}") from None
-    return _decode(response)
+        raise
 
 
 def delete(kind: str, namespace: str, name: str) -> bool:
     """Delete the object if it exists; returns whether there was one to delete."""
     try:
-        _method(kind, "delete")(name, namespace, _preload_content=False, _request_timeout=TIMEOUT)
-    except ApiException as exc:
+        call(f"deleting {kind} {name}", _method(kind, "delete"), name, namespace,
+             _preload_content=False, _request_timeout=TIMEOUT)
+    except KubeError as exc:
         if exc.status == 404:
             return False
-        raise KubeError(f"deleting {kind} {name}: {_reason(exc)}") from None
+        raise
     return True
+
+
+def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The pods matching ``selector`` (only read when a relay is short of ready pods)."""
+    response = call("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
+                    label_selector=selector, _preload_content=False, _request_timeout=TIMEOUT)
+    return _decode(response).get("items") or []
+
+
+def scale_relay(namespace: str, name: str, replicas: int) -> None:
+    """Set the relay's ``spec.replicas`` through its scale subresource."""
+    call(f"scaling ZeroTierRelay {name}", _typed(client.CustomObjectsApi).patch_namespaced_custom_object_scale,
+         GROUP, VERSION, namespace, PLURAL, {"spec": {"replicas": replicas}},
+         field_manager=FIELD_MANAGER, _request_timeout=TIMEOUT)
+
+
+def patch_relay_status(namespace: str, name: str, status: dict[str, Any]) -> None:
+    """Merge-patch the relay's status (``None`` values remove fields)."""
+    call(f"writing the status of ZeroTierRelay {name}",
+         _typed(client.CustomObjectsApi).patch_namespaced_custom_object_status,
+         GROUP, VERSION, namespace, PLURAL, name, {"status": status},
+         field_manager=FIELD_MANAGER, _request_timeout=TIMEOUT)
+
+
+def remove_finalizer(namespace: str, name: str, finalizers: list[str], finalizer: str) -> None:
+    """Remove ``finalizer`` from the relay; the JSON patch's test fails safely if the list moved."""
+    index = finalizers.index(finalizer)
+    call(f"removing finalizer {finalizer} of ZeroTierRelay {name}",
+         _typed(client.CustomObjectsApi).patch_namespaced_custom_object,
+         GROUP, VERSION, namespace, PLURAL, name,
+         [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
+          {"op": "remove", "path": f"/metadata/finalizers/{index}"}],
+         _request_timeout=TIMEOUT)
+
+
+def post_event(relay: dict[str, Any], kind: str, reason: str, message: str, now: str) -> None:
+    """A Kubernetes Event on the relay (``kubectl describe ztr``)."""
+    meta = relay["metadata"]
+    event = {
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {"apiVersion": relay.get("apiVersion"), "kind": relay.get("kind"), "name": meta["name"],
+                           "namespace": meta["namespace"], "uid": meta.get("uid")},
+        "type": kind, "reason": reason, "message": message[:1024],
+        "source": {"component": FIELD_MANAGER}, "reportingComponent": FIELD_MANAGER,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    }
+    call(f"posting event {reason}", _typed(client.CoreV1Api).create_namespaced_event, meta["namespace"], event,
+         _request_timeout=TIMEOUT)
+
+
+def resolve(hostname: str) -> list[str]:
+    """The IP addresses of a load balancer's hostname (empty when it does not resolve)."""
+    try:
+        infos = socket.getaddrinfo(hostname, None, proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        return []
+    return list(dict.fromkeys(info[4][0] for info in infos))

@@ -12,7 +12,7 @@ from collections import Counter
 
 from aiohttp import web
 
-RESULTS = ("ok", "invalid", "error")
+RESULTS = ("ok", "invalid", "conflict", "error")
 
 
 class Metrics:
@@ -23,6 +23,7 @@ class Metrics:
         self._results: Counter[str] = Counter({result: 0 for result in RESULTS})
         self._seconds = 0.0
         self._ready: dict[str, bool] = {}
+        self._api_errors: Counter[str] = Counter()
 
     def record(self, relay: str, result: str, seconds: float, ready: bool | None) -> None:
         """Count one reconciliation of ``relay`` (namespace/name) taking ``seconds``."""
@@ -31,6 +32,11 @@ class Metrics:
             self._seconds += seconds
             if ready is not None:
                 self._ready[relay] = ready
+
+    def api_error(self, reason: str) -> None:
+        """Count one failed API call by ``reason`` (Timeout, Unreachable, TooManyRequests, ...)."""
+        with self._lock:
+            self._api_errors[reason] += 1
 
     def forget(self, relay: str) -> None:
         with self._lock:
@@ -52,6 +58,9 @@ class Metrics:
                 "# TYPE zt_operator_relays gauge",
                 f'zt_operator_relays{{ready="true"}} {sum(self._ready.values())}',
                 f'zt_operator_relays{{ready="false"}} {len(self._ready) - sum(self._ready.values())}',
+                "# HELP zt_operator_api_errors_total Failed calls to the API server, by reason.",
+                "# TYPE zt_operator_api_errors_total counter",
+                *(f'zt_operator_api_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self._api_errors.items())),
             ]
         return "\n".join(lines) + "\n"
 

@@ -1,9 +1,11 @@
 """One reconciliation pass of one relay: validate, apply children, read back, status.
 
-Level-based: the same pass runs on create, update, resume and every resync, and always
-drives the children toward what the spec says now, whatever happened before (an edit, a
-deletion, a missed event). It never raises for a bad spec or a failed API call: those
-become conditions, and the next resync tries again.
+Level-based: the same pass runs for every event of the relay or a child and every resync,
+and always drives the children toward what the spec says now. It never raises for a bad
+spec or a failed API call: those become conditions (and ``Outcome.errors``, which the
+runner retries with backoff). Each child is handled on its own, so one failing call never
+keeps the others from being repaired. An object of a child's name that this relay does not
+own is never written (``Conflict``). A child already as built costs no request.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import dataclasses
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from zt_operator import builders, kube, status, validation
+from zt_operator import builders, kube, plan, status, validation
 from zt_operator.settings import OperatorSettings
+
+CHILD_KINDS = ("Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,24 +28,11 @@ class Outcome:
     events: list[tuple[str, str, str]]
     """(type, reason, message) of notable transitions."""
     result: str
-    """"ok", "invalid" (spec rejected) or "error" (an API call failed)."""
-
-
-def _owned_by(obj: Mapping[str, Any] | None, uid: str) -> bool:
-    refs = (obj or {}).get("metadata", {}).get("ownerReferences") or []
-    return any(ref.get("uid") == uid and ref.get("controller") for ref in refs)
-
-
-def _apply_or_remove(manifest: dict[str, Any] | None, kind: str, body: Mapping[str, Any]) -> None:
-    """Apply ``manifest``; when it is None (feature off), delete our child of that kind.
-    Only our own: a user's object of the same name (say their own HPA) is left alone."""
-    if manifest is not None:
-        kube.apply(manifest)
-        return
-    meta = body["metadata"]
-    existing = kube.get(kind, meta["namespace"], meta["name"])
-    if existing is not None and _owned_by(existing, meta["uid"]):
-        kube.delete(kind, meta["namespace"], meta["name"])
+    """"ok", "invalid" (spec rejected), "conflict" (a name in use) or "error" (an API call failed)."""
+    ready: bool
+    """Whether the relay is Ready now (whether or not that changed)."""
+    errors: list[kube.KubeError] = dataclasses.field(default_factory=list)
+    """Failed API calls (counted by reason; the pass is retried with backoff)."""
 
 
 def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
@@ -49,54 +40,91 @@ def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
                   for p in (service or {}).get("spec", {}).get("ports") or [])
 
 
-def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
-    """Apply the Service, first putting back its port list if someone changed it.
-
-    Service ports are a list keyed by port number: apply would add our 443 next to an
-    edited 444 (and fail on the duplicate name) instead of replacing it. The Service is
-    never deleted to repair it, because a new Service may get a new load-balancer address
-    and every client is configured with the old one.
-    """
-    meta = manifest["metadata"]
-    live = kube.get("Service", meta["namespace"], meta["name"])
-    if live is not None and _tunnel_ports(live) != _tunnel_ports(manifest):
-        kube.replace_service_ports(meta["namespace"], meta["name"], manifest["spec"]["ports"])
-    return kube.apply(manifest)
+def _manifests(body: dict[str, Any], settings: OperatorSettings) -> dict[str, dict[str, Any] | None]:
+    return {
+        "Service": builders.service(body),
+        "Deployment": builders.deployment(body, default_image=settings.relay_image,
+                                          default_pull_policy=settings.relay_image_pull_policy),
+        "PodDisruptionBudget": builders.pod_disruption_budget(body),
+        "HorizontalPodAutoscaler": builders.horizontal_pod_autoscaler(body),
+        "NetworkPolicy": builders.network_policy(body),
+    }
 
 
-def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str]) -> Outcome:
-    """Reconcile the relay ``body`` (a plain dict of the live object) once."""
+def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str], access: Any) -> Outcome:
+    """Reconcile the relay ``body`` (a plain dict of the live object) once, through
+    ``access`` (``children.Access`` or a test's fake)."""
     body = copy.deepcopy(dict(body))
     meta = body["metadata"]
+    namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
     invalid = validation.validate(body.get("spec"))
-    errors: list[str] = []
-    live: dict[str, dict[str, Any] | None] = {"Deployment": None, "Service": None}
+    errors: list[kube.KubeError] = []
+    conflicts: list[str] = []
+    live: dict[str, dict[str, Any] | None] = {}
 
-    def attempt(kind: str, action: Callable[[], Any]) -> None:
-        # Each child on its own: one failing must not keep the others from being repaired.
+    def attempt(action: Callable[[], Any]) -> tuple[bool, Any]:
         try:
-            result = action()
+            return True, action()
         except kube.KubeError as exc:
-            errors.append(str(exc))
-            return
-        if kind in live:
-            live[kind] = result
+            errors.append(exc)
+            return False, None
 
+    manifests = _manifests(body, settings) if not invalid else {}
+    for kind in CHILD_KINDS:
+        ok, current = attempt(lambda kind=kind: access.live(kind, namespace, name))
+        if not ok:
+            live[kind] = None
+            continue
+        state = plan.child_state(current, uid)
+        if state == "foreign":
+            if kind in manifests and manifests[kind] is not None:
+                conflicts.append(f"{kind} {name} already exists and is not owned by this relay; it is left untouched")
+            live[kind] = None
+            continue
+        live[kind] = current
+        if invalid:
+            continue
+        manifest = manifests[kind]
+        if manifest is None:
+            if state == "ours":  # the feature was switched off
+                if attempt(lambda kind=kind: access.delete(kind, namespace, name))[0]:
+                    live[kind] = None
+            continue
+        if plan.up_to_date(manifest, current):
+            continue
+        if kind == "Deployment":
+            handover = plan.replicas_handover(body, current)
+            if handover is not None and not attempt(lambda: access.apply(handover, plan.HANDOVER_MANAGER))[0]:
+                continue  # applying without replicas now would reset them to 1
+        if kind == "Service" and current is not None and _tunnel_ports(current) != _tunnel_ports(manifest):
+            # Service ports are a list keyed by port number: apply would add our 443 next to
+            # an edited 444 instead of replacing it. Never delete the Service to repair it:
+            # a new one may get a new load-balancer address.
+            if not attempt(lambda: access.replace_service_ports(namespace, name, manifest["spec"]["ports"]))[0]:
+                continue
+        ok, applied = attempt(lambda manifest=manifest: access.apply(manifest))
+        if ok:
+            live[kind] = applied
+
+    deployment = live.get("Deployment")
     if not invalid:
-        attempt("Service", lambda: _apply_service(builders.service(body)))
-        attempt("Deployment", lambda: kube.apply(builders.deployment(
-            body, default_image=settings.relay_image, default_pull_policy=settings.relay_image_pull_policy)))
-        attempt("PodDisruptionBudget", lambda: kube.apply(builders.pod_disruption_budget(body)))
-        attempt("HorizontalPodAutoscaler", lambda: _apply_or_remove(
-            builders.horizontal_pod_autoscaler(body), "HorizontalPodAutoscaler", body))
-        attempt("NetworkPolicy", lambda: _apply_or_remove(builders.network_policy(body), "NetworkPolicy", body))
-    for kind in live:
-        if live[kind] is None:  # not applied (invalid spec or failure): show it as it is
-            attempt(kind, lambda kind=kind: kube.get(kind, meta["namespace"], meta["name"]))
+        mirrored = plan.mirrored_replicas(body, deployment)
+        if mirrored is not None:
+            attempt(lambda: access.scale_relay(namespace, name, mirrored))
 
-    current = body.get("status") or {}
-    apply_error = "; ".join(errors) or None
-    wanted = status.observe(body, live["Deployment"], live["Service"], invalid=invalid, apply_error=apply_error)
-    wanted["conditions"] = status.merge_conditions(current.get("conditions"), wanted["conditions"], now())
-    result = "invalid" if invalid else "error" if apply_error else "ok"
-    return Outcome(status.changes(current, wanted), status.events(current, wanted), result)
+    pods: list[dict[str, Any]] = []
+    dep_status = (deployment or {}).get("status") or {}
+    if deployment is not None and (dep_status.get("readyReplicas") or 0) < ((deployment.get("spec") or {}).get("replicas") or 0):
+        # Only a relay short of ready pods costs a pod listing (why they are not ready).
+        pods = attempt(lambda: access.list_pods(namespace, builders.selector_string(name)))[1] or []
+    resolved = {h: access.resolve(h) for h in status.load_balancer_hostnames(live.get("Service"))}
+
+    current_status = body.get("status") or {}
+    apply_error = "; ".join(str(e) for e in errors) or None
+    wanted = status.observe(body, deployment, live.get("Service"), invalid=invalid, apply_error=apply_error,
+                            error_reason=errors[0].reason if errors else "ApplyFailed", conflicts=conflicts,
+                            pods=pods, resolved=resolved, previous=current_status)
+    wanted["conditions"] = status.merge_conditions(current_status.get("conditions"), wanted["conditions"], now())
+    result = "invalid" if invalid else "error" if errors else "conflict" if conflicts else "ok"
+    ready = any(c["type"] == "Ready" and c["status"] == "True" for c in wanted["conditions"])
+    return Outcome(status.changes(current_status, wanted), status.events(current_status, wanted), result, ready, errors)

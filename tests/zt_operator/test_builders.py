@@ -282,3 +282,10 @@ def test_with_defaults_fills_missing_keys_and_keeps_given_ones():
 def test_the_client_config_is_the_local_conf_snippet_for_the_address():
     assert json.loads(builders.client_config("198.51.100.7", 443)) == {"settings": {"tcpFallbackRelay": "198.51.100.7/443"}}
     assert builders.client_config(None, 443) is None
+
+
+def test_a_requested_static_load_balancer_address_is_passed_through():
+    service = builders.service(relay_body({"service": {"loadBalancerIP": "198.51.100.20",
+                                                       "annotations": {"metallb.universe.tf/loadBalancerIPs": "198.51.100.20"}}}))
+    assert service["spec"]["loadBalancerIP"] == "198.51.100.20"
+    assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "198.51.100.20"}

@@ -66,3 +66,19 @@ def test_the_schema_bounds_autoscaling_with_a_cel_rule():
     rules = SPEC_SCHEMA["properties"]["autoscaling"]["x-kubernetes-validations"]
     assert [r["message"] for r in rules] == ["minReplicas must not exceed maxReplicas"]
     assert "self.minReplicas <= self.maxReplicas" in rules[0]["rule"]
+
+
+def test_every_status_field_the_operator_writes_is_in_the_schema():
+    # A field missing here is pruned silently by the API server.
+    from tests.zt_operator.conftest import relay_body
+    from zt_operator import status as relay_status
+
+    written = relay_status.observe(relay_body(), None, None)
+    schema = VERSION_ENTRY["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
+    assert set(written) - {"conditions"} <= set(schema)
+    assert set(schema["conditions"]["items"]["properties"]) >= set(written["conditions"][0]) | {"lastTransitionTime"}
+
+
+def test_the_service_schema_has_every_field_the_builder_reads():
+    service = SPEC_SCHEMA["properties"]["service"]["properties"]
+    assert {"loadBalancerIP", "annotations", "loadBalancerSourceRanges", "loadBalancerClass"} <= set(service)

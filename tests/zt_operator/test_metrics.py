@@ -45,3 +45,20 @@ async def test_metrics_are_served_over_http():
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+def test_the_readiness_gauge_counts_a_relay_seen_ready_without_a_status_change():
+    # After an operator restart the status does not change, but the relay is ready.
+    counted = metrics.Metrics()
+    counted.record("a/x", "ok", 0.1, True)
+    assert 'zt_operator_relays{ready="true"} 1' in counted.render()
+
+
+def test_api_errors_are_counted_by_reason():
+    counted = metrics.Metrics()
+    counted.api_error("Timeout")
+    counted.api_error("Timeout")
+    counted.api_error("TooManyRequests")
+    text = counted.render()
+    assert 'zt_operator_api_errors_total{reason="Timeout"} 2' in text
+    assert 'zt_operator_api_errors_total{reason="TooManyRequests"} 1' in text

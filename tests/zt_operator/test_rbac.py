@@ -37,3 +37,14 @@ def test_only_optional_children_can_be_deleted():
 def test_no_wildcards_and_no_secrets():
     assert not [t for t in GRANTED if "*" in t]
     assert not [t for t in GRANTED if t[1] in ("secrets", "pods/exec")]
+
+
+def test_every_child_kind_can_be_watched():
+    for child in children():
+        group = child["apiVersion"].rpartition("/")[0]
+        for verb in ("list", "watch"):
+            assert (group, PLURALS[child["kind"]], verb) in GRANTED, (child["kind"], verb)
+
+
+def test_owner_references_with_block_owner_deletion_are_allowed_under_permission_enforcement():
+    assert ("relay.zt-relay.dev", "zerotierrelays/finalizers", "update") in GRANTED

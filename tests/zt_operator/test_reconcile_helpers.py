@@ -1,20 +1,9 @@
-"""The pure decisions inside a reconciliation pass: which objects are ours, when ports need repair."""
+"""The pure decisions inside a reconciliation pass: when ports need repair."""
 
 from __future__ import annotations
 
-from tests.zt_operator.conftest import RELAY_UID, relay_body
+from tests.zt_operator.conftest import relay_body
 from zt_operator import builders, reconcile
-
-
-def test_only_a_child_controlled_by_this_relay_counts_as_ours():
-    ours = {"metadata": {"ownerReferences": [builders.owner_reference(relay_body())]}}
-    foreign = {"metadata": {"ownerReferences": [{**builders.owner_reference(relay_body()), "uid": "someone-else"}]}}
-    not_controller = {"metadata": {"ownerReferences": [{**builders.owner_reference(relay_body()), "controller": False}]}}
-    assert reconcile._owned_by(ours, RELAY_UID)
-    assert not reconcile._owned_by(foreign, RELAY_UID)
-    assert not reconcile._owned_by(not_controller, RELAY_UID)
-    assert not reconcile._owned_by({"metadata": {}}, RELAY_UID)
-    assert not reconcile._owned_by(None, RELAY_UID)
 
 
 def test_service_ports_compare_equal_despite_allocated_node_ports():
