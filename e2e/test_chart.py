@@ -70,11 +70,7 @@ def release_namespace(kubectl, helm):
         "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}},
     })
     yield name
-    # Without the operator nobody removes the relays' finalizers, and the namespace would
-    # hang in Terminating: drop them (the README tells users to delete relays first).
-    for relay in kubectl.json("get", "zerotierrelays", "-n", name)["items"] if _has_crd(kubectl) else []:
-        kubectl("patch", "zerotierrelay", relay["metadata"]["name"], "-n", name, "--type=merge",
-                "-p", '{"metadata":{"finalizers":null}}', check=False)
+    # Relays carry no finalizer: the namespace deletes with them, operator or not.
     helm("uninstall", RELEASE, "--namespace", name, "--wait", "--timeout", HELM_TIMEOUT, check=False)
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)
 
@@ -253,3 +249,31 @@ def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(
     assert _has_crd(kubectl)
     assert kubectl("get", "zerotierrelay", name, "-n", installed, check=False).returncode == 0
     assert relay_pods(kubectl, installed, name), "the relay's pods should outlive the chart"
+
+
+def test_helm_uninstall_of_a_release_with_its_default_relay_completes(image, kubectl, helm, wait_for):
+    """Helm deletes the operator before the relay; the relay must not hang in Terminating."""
+    namespace = f"e2e-chart-del-{uuid.uuid4().hex[:6]}"
+    release = "zt-relay-del"
+    repository, _, tag = image.rpartition(":")
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    try:
+        common = ("--namespace", namespace, "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+                  "--wait", "--timeout", HELM_TIMEOUT)
+        helm("install", release, "charts/zt-relay", *common)
+        helm("upgrade", release, "charts/zt-relay", *common, "--set", "defaultRelay.enabled=true",
+             "--set", "defaultRelay.spec.replicas=0", "--set", "defaultRelay.spec.service.type=ClusterIP")
+        relay = "zt-relay"
+        wait_for("the default relay's Deployment", lambda: kubectl(
+            "get", "deployment", relay, "-n", namespace, check=False).returncode == 0, 90)
+        started = time.monotonic()
+        helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", "60s")
+        wait_for("the default relay deleted", lambda: kubectl(
+            "get", "ztr", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == "", 60)
+        wait_for("its Deployment garbage-collected", lambda: kubectl(
+            "get", "deployment", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == "", 60)
+        assert time.monotonic() - started < 120
+    finally:
+        helm("uninstall", release, "--namespace", namespace, check=False)
+        kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)

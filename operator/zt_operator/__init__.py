@@ -14,3 +14,7 @@ API_VERSION = f"{GROUP}/{VERSION}"
 
 FIELD_MANAGER = "zt-relay-operator"
 """Server-side apply field manager: the operator owns exactly the fields it sends."""
+
+OLD_FINALIZER = f"{GROUP}/finalizer"
+"""The finalizer operator versions before 0.2 added; removed wherever it is seen (relays
+need none: their children's ownerReferences give garbage collection)."""

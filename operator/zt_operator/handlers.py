@@ -29,12 +29,10 @@ from typing import Any
 
 import kopf
 
-from zt_operator import GROUP, KIND, PLURAL, VERSION, builders, children, kube, metrics, plan, reconcile, runner, settings
+from zt_operator import GROUP, KIND, OLD_FINALIZER, PLURAL, VERSION, builders, children, kube, metrics, plan, reconcile, runner, settings
 
 SETTINGS = settings.from_environment(os.environ)
 METRICS = metrics.Metrics()
-OLD_FINALIZER = f"{GROUP}/finalizer"
-"""Added by operator versions before 0.2; removed when seen."""
 CHILD_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 
 CACHE = children.ChildCache()
