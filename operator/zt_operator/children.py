@@ -71,9 +71,11 @@ class Access:
         self.cache = cache
         self.resolve = resolver
 
-    def live(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def live(self, kind: str, namespace: str, name: str, cached_only: bool = False) -> dict[str, Any] | None:
+        """The child from the cache; on a miss from the API server, unless ``cached_only``
+        (enough when only our own, labelled, object matters)."""
         found = self.cache.get(kind, namespace, name)
-        if found is not None:
+        if found is not None or cached_only:
             return found
         return kube.get(kind, namespace, name)
 

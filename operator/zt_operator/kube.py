@@ -35,6 +35,7 @@ _KINDS: dict[str, tuple[type, str]] = {
     "NetworkPolicy": (client.NetworkingV1Api, "network_policy"),
 }
 APPLY = "application/apply-patch+yaml"
+MERGE = "application/merge-patch+json"
 TIMEOUT = (5, 20)
 """Seconds to connect, and to wait for an answer: a hung request must not stall a
 reconciliation forever, and a down API server is noticed quickly."""
@@ -180,8 +181,8 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
 def scale_relay(namespace: str, name: str, replicas: int) -> None:
     """Set the relay's ``spec.replicas`` through its scale subresource."""
     call(f"scaling ZeroTierRelay {name}", _typed(client.CustomObjectsApi).patch_namespaced_custom_object_scale,
-         GROUP, VERSION, namespace, PLURAL, {"spec": {"replicas": replicas}},
-         field_manager=FIELD_MANAGER, _request_timeout=TIMEOUT)
+         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}},
+         field_manager=FIELD_MANAGER, _content_type=MERGE, _request_timeout=TIMEOUT)
 
 
 def patch_relay_status(namespace: str, name: str, status: dict[str, Any]) -> None:
@@ -189,7 +190,7 @@ def patch_relay_status(namespace: str, name: str, status: dict[str, Any]) -> Non
     call(f"writing the status of ZeroTierRelay {name}",
          _typed(client.CustomObjectsApi).patch_namespaced_custom_object_status,
          GROUP, VERSION, namespace, PLURAL, name, {"status": status},
-         field_manager=FIELD_MANAGER, _request_timeout=TIMEOUT)
+         field_manager=FIELD_MANAGER, _content_type=MERGE, _request_timeout=TIMEOUT)
 
 
 def remove_finalizer(namespace: str, name: str, finalizers: list[str], finalizer: str) -> None:
@@ -200,7 +201,7 @@ def remove_finalizer(namespace: str, name: str, finalizers: list[str], finalizer
          GROUP, VERSION, namespace, PLURAL, name,
          [{"op": "test", "path": f"/metadata/finalizers/{index}", "value": finalizer},
           {"op": "remove", "path": f"/metadata/finalizers/{index}"}],
-         _request_timeout=TIMEOUT)
+         _content_type="application/json-patch+json", _request_timeout=TIMEOUT)
 
 
 def post_event(relay: dict[str, Any], kind: str, reason: str, message: str, now: str) -> None:

@@ -71,7 +71,10 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
 
     manifests = _manifests(body, settings) if not invalid else {}
     for kind in CHILD_KINDS:
-        ok, current = attempt(lambda kind=kind: access.live(kind, namespace, name))
+        # A child that is not to be written needs no read from the API server: only our own
+        # (labelled, so watched and cached) object matters then.
+        cached_only = manifests.get(kind) is None
+        ok, current = attempt(lambda kind=kind: access.live(kind, namespace, name, cached_only=cached_only))
         if not ok:
             live[kind] = None
             continue

@@ -28,7 +28,8 @@ class FakeAccess:
         if error is not None:
             raise error
 
-    def live(self, kind, namespace, name):
+    def live(self, kind, namespace, name, cached_only=False):
+        self.calls.append(("get", kind, cached_only))
         self._maybe_fail("get", kind)
         return copy.deepcopy(self.objects.get(kind))
 
@@ -161,3 +162,11 @@ def test_the_outcome_says_whether_the_relay_is_ready_even_when_the_status_is_unc
     body = relay_body(**first.status_patch)
     second = run(body, access)
     assert second.status_patch == {} and second.ready
+
+
+def test_children_that_are_switched_off_are_looked_up_in_the_cache_only():
+    access = FakeAccess()
+    run(relay_body(), access)
+    reads = {c[1]: c[2] for c in access.calls if c[0] == "get"}
+    assert reads == {"Service": False, "Deployment": False, "PodDisruptionBudget": False,
+                     "HorizontalPodAutoscaler": True, "NetworkPolicy": True}
