@@ -451,8 +451,9 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
             rounds += 1
             time.sleep(1)
         assert rounds >= 5
-        # After the pre-stop sleep and the drain, the stopping pod's tunnels are closed.
-        time.sleep(max(0, builders.PRESTOP_SLEEP_SECONDS + DRAIN_SECONDS + 8 - (time.monotonic() - started)))
+        # After the pre-stop sleep, the shutdown delay and the drain, the stopping pod's tunnels are closed.
+        time.sleep(max(0, builders.PRESTOP_SLEEP_SECONDS + builders.SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 3
+                       - (time.monotonic() - started)))
         closed = sum(tunnel.round_trip("after") == "closed" for tunnel in tunnels)
         assert closed == on_stopping
     finally:

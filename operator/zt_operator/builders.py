@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from zt_operator import API_VERSION, KIND
@@ -24,8 +24,11 @@ HEALTH_PORT = 9090
 PRESTOP_SLEEP_SECONDS = 5
 """Seconds a stopping pod keeps accepting before SIGTERM: load balancers and kube-proxy
 need a moment to stop sending new connections to it."""
+SHUTDOWN_DELAY_SECONDS = 5
+"""The relay's ``--shutdown-delay``: after SIGTERM its readiness fails at once while its
+listeners keep accepting this long (endpoints and load balancers converge), then it drains."""
 GRACE_MARGIN_SECONDS = 10
-"""Extra seconds of termination grace beyond the pre-stop sleep plus the drain time, so
+"""Extra seconds of termination grace beyond pre-stop sleep + shutdown delay + drain, so
 the kubelet's SIGKILL never lands while tunnels are still draining."""
 COMPONENT = "relay"
 MANAGED_BY = "zt-relay-operator"
@@ -158,13 +161,22 @@ def _env_value(value: Any, kind: str) -> str:
     return str(value)
 
 
-def relay_env(body: Mapping[str, Any]) -> list[dict[str, Any]]:
+def relay_env(body: Mapping[str, Any], own_addresses: Sequence[str] = ()) -> list[dict[str, Any]]:
     """The relay container's environment: listen addresses, ``spec.relay`` fields as
-    ``ZT_RELAY_*`` (absent fields keep the relay's own defaults) and OpenTelemetry."""
+    ``ZT_RELAY_*`` (absent fields keep the relay's own defaults) and OpenTelemetry.
+
+    ``ZT_RELAY_OWN_ADDRESS``: addresses the relay refuses as UDP destinations, so a client
+    cannot make it send to its own node or its own load balancer: the node's IPs (downward
+    API) and ``own_addresses`` (the Service's load-balancer IPs, once known).
+    """
     spec = with_defaults(body.get("spec"))
     env: list[dict[str, Any]] = [
         {"name": "ZT_RELAY_LISTEN", "value": f"0.0.0.0:{TUNNEL_PORT}"},
         {"name": "ZT_RELAY_HEALTH_LISTEN", "value": f"0.0.0.0:{HEALTH_PORT}"},
+        {"name": "ZT_RELAY_SHUTDOWN_DELAY", "value": str(SHUTDOWN_DELAY_SECONDS)},
+        # Downward API first: $(ZT_HOST_IPS) below expands only earlier variables.
+        {"name": "ZT_HOST_IPS", "valueFrom": {"fieldRef": {"fieldPath": "status.hostIPs"}}},
+        {"name": "ZT_RELAY_OWN_ADDRESS", "value": ",".join(["$(ZT_HOST_IPS)", *own_addresses])},
     ]
     relay = spec["relay"]
     for field, (variable, kind) in RELAY_ENV.items():
@@ -194,12 +206,13 @@ def relay_env(body: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def termination_grace_seconds(spec: Mapping[str, Any]) -> int:
-    """Pre-stop sleep plus drain time plus a margin: SIGKILL only after draining ends."""
+    """Pre-stop sleep + shutdown delay + drain time + a margin: SIGKILL only after draining ends."""
     drain = with_defaults(spec)["relay"]["drainSeconds"]
-    return PRESTOP_SLEEP_SECONDS + int(-(-drain // 1)) + GRACE_MARGIN_SECONDS
+    return PRESTOP_SLEEP_SECONDS + SHUTDOWN_DELAY_SECONDS + int(-(-drain // 1)) + GRACE_MARGIN_SECONDS
 
 
-def deployment(body: Mapping[str, Any], *, default_image: str, default_pull_policy: str) -> dict[str, Any]:
+def deployment(body: Mapping[str, Any], *, default_image: str, default_pull_policy: str,
+               own_addresses: Sequence[str] = ()) -> dict[str, Any]:
     """The relay Deployment. Without autoscaling it sets ``replicas`` from the spec; with
     autoscaling it leaves ``replicas`` out entirely, so server-side apply never takes the
     field back from the HorizontalPodAutoscaler."""
@@ -216,7 +229,7 @@ def deployment(body: Mapping[str, Any], *, default_image: str, default_pull_poli
         "name": "relay",
         "image": spec.get("image") or default_image,
         "imagePullPolicy": spec.get("imagePullPolicy") or default_pull_policy,
-        "env": relay_env(body),
+        "env": relay_env(body, own_addresses),
         "ports": [
             {"name": "tunnel", "containerPort": TUNNEL_PORT, "protocol": "TCP"},
             {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},

@@ -40,15 +40,26 @@ def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
                   for p in (service or {}).get("spec", {}).get("ports") or [])
 
 
-def _manifests(body: dict[str, Any], settings: OperatorSettings) -> dict[str, dict[str, Any] | None]:
+def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: list[str]) -> dict[str, dict[str, Any] | None]:
     return {
         "Service": builders.service(body),
         "Deployment": builders.deployment(body, default_image=settings.relay_image,
-                                          default_pull_policy=settings.relay_image_pull_policy),
+                                          default_pull_policy=settings.relay_image_pull_policy,
+                                          own_addresses=own_addresses),
         "PodDisruptionBudget": builders.pod_disruption_budget(body),
         "HorizontalPodAutoscaler": builders.horizontal_pod_autoscaler(body),
         "NetworkPolicy": builders.network_policy(body),
     }
+
+
+def _load_balancer_ips(access: Any, namespace: str, name: str) -> list[str]:
+    """The relay's own load-balancer IPs as last seen (the relay refuses them as destinations)."""
+    try:
+        service = access.live("Service", namespace, name, cached_only=True)
+    except kube.KubeError:
+        return []
+    ingress = ((service or {}).get("status") or {}).get("loadBalancer", {}).get("ingress") or []
+    return sorted(i["ip"] for i in ingress if i.get("ip"))
 
 
 def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str], access: Any) -> Outcome:
@@ -69,7 +80,7 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
             errors.append(exc)
             return False, None
 
-    manifests = _manifests(body, settings) if not invalid else {}
+    manifests = _manifests(body, settings, _load_balancer_ips(access, namespace, name)) if not invalid else {}
     for kind in CHILD_KINDS:
         # A child that is not to be written needs no read from the API server: only our own
         # (labelled, so watched and cached) object matters then.

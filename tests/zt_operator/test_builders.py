@@ -10,6 +10,14 @@ from tests.zt_operator.conftest import IMAGE, RELAY_UID, relay_body
 from zt_operator import builders
 
 
+ALWAYS = {
+    "ZT_RELAY_SHUTDOWN_DELAY": str(builders.SHUTDOWN_DELAY_SECONDS),
+    "ZT_HOST_IPS": {"fieldRef": {"fieldPath": "status.hostIPs"}},
+    "ZT_RELAY_OWN_ADDRESS": "$(ZT_HOST_IPS)",
+}
+"""Variables every relay pod gets, whatever the spec."""
+
+
 def build_deployment(spec=None, **kwargs):
     return builders.deployment(relay_body(spec, **kwargs), default_image=IMAGE, default_pull_policy="IfNotPresent")
 
@@ -60,6 +68,7 @@ def test_the_deployment_runs_the_relay_on_8443_with_health_on_9090_by_default():
     assert env(deployment) == {
         "ZT_RELAY_LISTEN": "0.0.0.0:8443",
         "ZT_RELAY_HEALTH_LISTEN": "0.0.0.0:9090",
+        **ALWAYS,
         "ZT_RELAY_DRAIN_TIMEOUT": "30",
         "ZT_RELAY_LOG_FORMAT": "json",
     }
@@ -88,13 +97,29 @@ def test_rollouts_never_take_a_serving_pod_away_before_its_replacement_is_ready(
     assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
-@pytest.mark.parametrize("drain, grace", [(30, 45), (0, 15), (600, 615)], ids=["default", "no-drain", "long"])
-def test_termination_grace_outlasts_the_pre_stop_sleep_and_the_drain(drain, grace):
+@pytest.mark.parametrize("drain, grace", [(30, 50), (0, 20), (600, 620)], ids=["default", "no-drain", "long"])
+def test_termination_grace_is_the_pre_stop_sleep_plus_the_shutdown_delay_plus_the_drain_plus_a_margin(drain, grace):
     deployment = build_deployment({"relay": {"drainSeconds": drain}})
     pod = deployment["spec"]["template"]["spec"]
-    assert pod["terminationGracePeriodSeconds"] == grace
-    assert container(deployment)["lifecycle"]["preStop"] == {"sleep": {"seconds": 5}}
+    assert pod["terminationGracePeriodSeconds"] == grace == (
+        builders.PRESTOP_SLEEP_SECONDS + builders.SHUTDOWN_DELAY_SECONDS + drain + builders.GRACE_MARGIN_SECONDS)
+    assert container(deployment)["lifecycle"]["preStop"] == {"sleep": {"seconds": builders.PRESTOP_SLEEP_SECONDS}}
     assert env(deployment)["ZT_RELAY_DRAIN_TIMEOUT"] == str(drain)
+    assert env(deployment)["ZT_RELAY_SHUTDOWN_DELAY"] == str(builders.SHUTDOWN_DELAY_SECONDS)
+
+
+def test_the_relay_refuses_its_own_node_and_load_balancer_addresses_as_destinations():
+    deployment = builders.deployment(relay_body(), default_image=IMAGE, default_pull_policy="IfNotPresent",
+                                     own_addresses=["198.51.100.7", "2001:db8::7"])
+    variables = container(deployment)["env"]
+    names = [v["name"] for v in variables]
+    # The downward API variable comes first: $(ZT_HOST_IPS) expands only earlier variables.
+    assert names.index("ZT_HOST_IPS") < names.index("ZT_RELAY_OWN_ADDRESS")
+    host_ips = next(v for v in variables if v["name"] == "ZT_HOST_IPS")
+    assert host_ips["valueFrom"] == {"fieldRef": {"fieldPath": "status.hostIPs"}}
+    assert env(deployment)["ZT_RELAY_OWN_ADDRESS"] == "$(ZT_HOST_IPS),198.51.100.7,2001:db8::7"
+    without = builders.deployment(relay_body(), default_image=IMAGE, default_pull_policy="IfNotPresent")
+    assert env(without)["ZT_RELAY_OWN_ADDRESS"] == "$(ZT_HOST_IPS)"
 
 
 def test_every_relay_field_becomes_its_zt_relay_variable():
@@ -109,7 +134,7 @@ def test_every_relay_field_becomes_its_zt_relay_variable():
     assert set(relay) == set(builders.RELAY_ENV), "the test must cover every mapped field"
     variables = env(build_deployment({"relay": relay}))
     assert variables == {
-        "ZT_RELAY_LISTEN": "0.0.0.0:8443", "ZT_RELAY_HEALTH_LISTEN": "0.0.0.0:9090",
+        "ZT_RELAY_LISTEN": "0.0.0.0:8443", "ZT_RELAY_HEALTH_LISTEN": "0.0.0.0:9090", **ALWAYS,
         "ZT_RELAY_ALLOW_DESTINATION": "10.1.0.0/16,fd00::/8", "ZT_RELAY_DENY_DESTINATION": "10.1.2.0/24",
         "ZT_RELAY_MIN_DESTINATION_PORT": "9993", "ZT_RELAY_MAX_RECORD_SIZE": "4096", "ZT_RELAY_MIN_PACKET_SIZE": "20",
         "ZT_RELAY_HANDSHAKE_TIMEOUT": "2.5", "ZT_RELAY_IDLE_TIMEOUT": "60", "ZT_RELAY_REPLY_WINDOW": "30",
