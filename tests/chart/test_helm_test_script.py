@@ -99,3 +99,23 @@ def test_the_relay_service_is_the_reported_one_or_the_relays_name():
 
 def test_records_are_tls_application_data_with_a_length():
     assert helm_test.record(b"abc") == b"\x17\x03\x03\x00\x03abc"
+
+
+def test_each_relay_is_checked_on_its_own_service_port():
+    assert helm_test.relay_port({"metadata": {"name": "edge"}, "spec": {"service": {"port": 8443}}}) == 8443
+    assert helm_test.relay_port({"metadata": {"name": "edge"}, "spec": {}}) == 443
+
+
+def ready(generation=2, observed=2, degraded=("False", "AsExpected")):
+    return {"metadata": {"name": "edge", "generation": generation},
+            "status": {"observedGeneration": observed, "conditions": [
+                {"type": "Degraded", "status": degraded[0], "reason": degraded[1], "message": "m"}]}}
+
+
+def test_a_relay_the_operator_has_not_reconciled_fails_the_check():
+    assert helm_test.reconcile_problem(ready()) is None
+    assert "no status" in helm_test.reconcile_problem({"metadata": {"name": "edge", "generation": 1}})
+    assert "generation 3" in helm_test.reconcile_problem(ready(generation=3, observed=2))
+    assert "Forbidden" in helm_test.reconcile_problem(ready(degraded=("True", "Forbidden")))
+    # A relay whose pods are still coming is reconciled; only operator failures count.
+    assert helm_test.reconcile_problem(ready(degraded=("True", "ReplicasUnavailable"))) is None

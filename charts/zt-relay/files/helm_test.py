@@ -5,8 +5,11 @@ environment (set by templates/tests/test-relays.yaml):
 
 - ``OPERATOR_HEALTH_URL``: the operator's /healthz behind its Service;
 - ``NAMESPACE``: where to look for ZeroTierRelays (the release namespace);
-- ``RELAY_PORT``: the relay Services' tunnel port (443);
-- ``TIMEOUT``: seconds to wait for the operator and for relays to appear.
+- ``TIMEOUT``: seconds to wait for the operator and for relays to be reconciled.
+
+Each relay is checked on its own Service port (``spec.service.port``), and fails the test
+if the operator has not reconciled it (no status, an old ``observedGeneration``, or
+``Degraded`` for a reason the operator causes: an API failure, RBAC, a name conflict).
 
 A relay passes if it keeps a tunnel open after a valid hello and closes it on a record
 that is not TLS-like application data: a plain TCP listener would do neither.
@@ -37,6 +40,31 @@ def record(payload: bytes) -> bytes:
 def relay_service(relay: dict) -> str:
     """The Service fronting a relay: status.service if the operator reports it, else its name."""
     return (relay.get("status") or {}).get("service") or relay["metadata"]["name"]
+
+
+OPERATOR_FAILURES = ("Forbidden", "Unauthorized", "Unreachable", "Timeout", "TooManyRequests",
+                     "APIServerError", "APIError", "ApplyFailed", "Conflict", "InvalidSpec", "Invalid")
+"""Degraded reasons that mean the operator could not do its job (not pods still starting)."""
+
+
+def relay_port(relay: dict) -> int:
+    """The relay Service's tunnel port: ``spec.service.port`` (the CRD's default 443)."""
+    return int(((relay.get("spec") or {}).get("service") or {}).get("port") or 443)
+
+
+def reconcile_problem(relay: dict) -> str | None:
+    """Why the operator has not reconciled ``relay``, or None when it has."""
+    name = relay["metadata"]["name"]
+    status = relay.get("status")
+    if not status:
+        return f"relay {name}: no status (is the operator running and allowed to write it?)"
+    generation = relay["metadata"].get("generation")
+    if status.get("observedGeneration") != generation:
+        return f"relay {name}: generation {generation} not reconciled (status shows {status.get('observedGeneration')})"
+    for condition in status.get("conditions") or []:
+        if condition.get("type") == "Degraded" and condition.get("status") == "True" and condition.get("reason") in OPERATOR_FAILURES:
+            return f"relay {name}: Degraded {condition['reason']}: {condition.get('message')}"
+    return None
 
 
 def wait_for_operator(url: str, deadline: float) -> None:
@@ -93,13 +121,21 @@ def check_relay(host: str, port: int, deadline: float, answer_timeout: float = 1
 def main() -> None:
     deadline = time.monotonic() + float(os.environ.get("TIMEOUT", "120"))
     namespace = os.environ["NAMESPACE"]
-    port = int(os.environ.get("RELAY_PORT", "443"))
     wait_for_operator(os.environ["OPERATOR_HEALTH_URL"], deadline)
     relays = list_relays(namespace)
     if not relays:
         print(f"note: no ZeroTierRelay in namespace {namespace}; only the operator was checked")
+    while True:
+        problems = [p for p in map(reconcile_problem, relays) if p]
+        if not problems:
+            break
+        if time.monotonic() >= deadline:
+            raise SystemExit("FAIL: " + "; ".join(problems))
+        time.sleep(2)
+        relays = list_relays(namespace)
     for relay in relays:
-        check_relay(f"{relay_service(relay)}.{namespace}.svc", port, deadline)
+        print(f"ok: relay {relay['metadata']['name']} reconciled (generation {relay['metadata'].get('generation')})")
+        check_relay(f"{relay_service(relay)}.{namespace}.svc", relay_port(relay), deadline)
     print("all checks passed")
 
 
