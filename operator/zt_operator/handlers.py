@@ -29,7 +29,7 @@ from typing import Any
 
 import kopf
 
-from zt_operator import GROUP, KIND, OLD_FINALIZER, PLURAL, VERSION, builders, children, kube, metrics, plan, reconcile, runner, settings
+from zt_operator import GROUP, KIND, OLD_FINALIZER, PLURAL, VERSION, builders, children, crd, kube, metrics, plan, reconcile, runner, settings
 
 SETTINGS = settings.from_environment(os.environ)
 METRICS = metrics.Metrics()
@@ -133,6 +133,11 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     # While the API server is down, Kopf's watches retry; back off gently, not at once.
     settings.networking.error_backoffs = [1, 2, 4, 8, 10]
     await asyncio.to_thread(kube.login)
+    try:
+        logger.info("%s", await asyncio.to_thread(crd.ensure, kube.get_crd, kube.apply_crd))
+    except kube.KubeError as exc:  # the relays still get reconciled with the schema there is
+        METRICS.api_error(exc.reason)
+        logger.warning("could not bring the ZeroTierRelay CRD up to date: %s", exc)
     _runner = runner.Runner(_work)
     _tasks.append(asyncio.create_task(_resync(SETTINGS.resync_seconds)))
     if SETTINGS.metrics_listen.lower() != "off":

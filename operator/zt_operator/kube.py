@@ -227,3 +227,25 @@ def resolve(hostname: str) -> list[str]:
     except (OSError, UnicodeError):
         return []
     return list(dict.fromkeys(info[4][0] for info in infos))
+
+
+CRD_NAME = f"{PLURAL}.{GROUP}"
+
+
+def get_crd() -> dict[str, Any] | None:
+    """The ZeroTierRelay CRD as installed, or None."""
+    try:
+        return _decode(call("reading the ZeroTierRelay CRD",
+                            _typed(client.ApiextensionsV1Api).read_custom_resource_definition, CRD_NAME,
+                            _preload_content=False, _request_timeout=TIMEOUT))
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def apply_crd(manifest: dict[str, Any]) -> None:
+    """Server-side apply the CRD (taking over the fields Helm created)."""
+    call("applying the ZeroTierRelay CRD", _typed(client.ApiextensionsV1Api).patch_custom_resource_definition,
+         manifest["metadata"]["name"], manifest, field_manager=FIELD_MANAGER, force=True,
+         _content_type=APPLY, _preload_content=False, _request_timeout=TIMEOUT)

@@ -1,0 +1,55 @@
+"""The operator brings the ZeroTierRelay CRD up to date at start.
+
+Helm installs ``crds/`` once and never updates it, so after ``helm upgrade`` the cluster
+would keep an old schema, and the API server would silently prune new fields from every
+relay. The operator ships the same CRD file (``crd.yaml``, a link to the chart's) and
+applies it at start when the cluster's ``schema-version`` annotation is older. It never
+downgrades: an older operator started against a newer CRD leaves it alone (pruning fields
+a newer spec uses would lose data).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from importlib import resources
+from typing import Any
+
+import yaml
+
+from zt_operator import GROUP
+
+VERSION_ANNOTATION = f"{GROUP}/schema-version"
+log = logging.getLogger(__name__)
+
+
+def packaged() -> dict[str, Any]:
+    """The CRD this operator was built with."""
+    return yaml.safe_load(resources.files("zt_operator").joinpath("crd.yaml").read_text())
+
+
+def schema_version(crd: Mapping[str, Any] | None) -> int:
+    """The CRD's schema version (0 when unknown: a CRD from before the annotation)."""
+    raw = (((crd or {}).get("metadata") or {}).get("annotations") or {}).get(VERSION_ANNOTATION, "0")
+    try:
+        return int(raw)
+    except ValueError:
+        return 0
+
+
+def needs_upgrade(live: Mapping[str, Any] | None, ours: Mapping[str, Any]) -> bool:
+    """Whether to apply ``ours``: the live CRD exists and is older (install is Helm's job)."""
+    return live is not None and schema_version(live) < schema_version(ours)
+
+
+def ensure(get, apply) -> str:
+    """Apply the packaged CRD through ``apply(manifest)`` if ``get()`` shows an older one;
+    returns what happened (for the log)."""
+    ours = packaged()
+    live = get()
+    if live is None:
+        return "the ZeroTierRelay CRD is not installed (helm install creates it)"
+    if not needs_upgrade(live, ours):
+        return f"the ZeroTierRelay CRD is at schema version {schema_version(live)}"
+    apply(ours)
+    return f"upgraded the ZeroTierRelay CRD from schema version {schema_version(live)} to {schema_version(ours)}"
