@@ -130,8 +130,10 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     settings.watching.connect_timeout = 30
     # Kopf's own errors become warnings in the log, not Events: the operator posts its own.
     settings.posting.level = logging.WARNING
-    # While the API server is down, Kopf's watches retry; back off gently, not at once.
-    settings.networking.error_backoffs = [1, 2, 4, 8, 10]
+    # While the API server is down, Kopf's requests retry with these delays and only then
+    # fail (which would end the operator): cover a 5-minute outage, and retry often enough
+    # to be back within seconds of the API's return.
+    settings.networking.error_backoffs = (1, 2, 4, 8, 15) + (10,) * 27
     await asyncio.to_thread(kube.login)
     try:
         logger.info("%s", await asyncio.to_thread(crd.ensure, kube.get_crd, kube.apply_crd))
