@@ -128,6 +128,11 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     settings.watching.server_timeout = 240
     settings.watching.client_timeout = 270
     settings.watching.connect_timeout = 30
+    # Children are selected by label on the server: the operator never lists or holds
+    # anybody else's Deployments and Services.
+    selector = ",".join(f"{k}={v}" for k, v in CHILD_LABELS.items())
+    for group, version, plural, _kind in CHILD_RESOURCES:
+        settings.watching.label_selectors[group, version, plural] = selector
     # Kopf's own errors become warnings in the log, not Events: the operator posts its own.
     settings.posting.level = logging.WARNING
     # While the API server is down, Kopf's requests retry with these delays and only then
@@ -198,11 +203,12 @@ def _child_event(kind: str):
     return handler
 
 
-for _group, _version, _plural, _kind in (
+CHILD_RESOURCES = (
     ("apps", "v1", "deployments", "Deployment"),
     ("", "v1", "services", "Service"),
     ("policy", "v1", "poddisruptionbudgets", "PodDisruptionBudget"),
     ("autoscaling", "v2", "horizontalpodautoscalers", "HorizontalPodAutoscaler"),
     ("networking.k8s.io", "v1", "networkpolicies", "NetworkPolicy"),
-):
+)
+for _group, _version, _plural, _kind in CHILD_RESOURCES:
     kopf.on.event(_group, _version, _plural, labels=CHILD_LABELS, id=f"{_kind.lower()}-event")(_child_event(_kind))
