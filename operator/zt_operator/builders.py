@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from zt_operator import API_VERSION, KIND
+from zt_operator import API_VERSION, KIND, crd
 
 TUNNEL_PORT = 8443
 """The relay's TCP port in the container (non-root, so above 1024); the Service maps to it."""
@@ -33,29 +33,9 @@ the kubelet's SIGKILL never lands while tunnels are still draining."""
 COMPONENT = "relay"
 MANAGED_BY = "zt-relay-operator"
 
-DEFAULTS: dict[str, Any] = {
-    "replicas": 2,
-    "autoscaling": {
-        "enabled": False,
-        "minReplicas": 2,
-        "maxReplicas": 10,
-        "targetCPUUtilizationPercentage": 70,
-        "scaleDownStabilizationSeconds": 600,
-    },
-    "resources": {
-        "requests": {"cpu": "100m", "memory": "64Mi"},
-        "limits": {"memory": "256Mi"},
-    },
-    "service": {
-        "port": 443,
-        "type": "LoadBalancer",
-        "externalTrafficPolicy": "Local",
-    },
-    "relay": {"drainSeconds": 30, "logFormat": "json"},
-    "podDisruptionBudget": {"maxUnavailable": 1},
-    "networkPolicy": {"enabled": False},
-}
-"""Defaults, identical to the CRD schema's (a test compares them)."""
+DEFAULTS: dict[str, Any] = crd.spec_defaults(crd.packaged())
+"""The CRD's defaults for ``spec`` (the API server applies them; ``with_defaults`` applies
+them again for bodies without them: unit tests, objects from before a default existed)."""
 
 # spec.relay field -> (relay environment variable, kind). Kinds: "list" joins with commas,
 # "bool" writes true/false, anything else is written as the number or string it is.

@@ -28,6 +28,28 @@ def packaged() -> dict[str, Any]:
     return yaml.safe_load(resources.files("zt_operator").joinpath("crd.yaml").read_text())
 
 
+def _schema_defaults(schema: Mapping[str, Any]) -> Any:
+    """What structural defaulting yields for an empty object of ``schema``."""
+    if "default" in schema and schema.get("type") != "object":
+        return schema["default"]
+    if schema.get("type") == "object" and "properties" in schema:
+        out = {}
+        for key, sub in schema["properties"].items():
+            if "default" in sub:
+                value = sub["default"]
+                nested = _schema_defaults(sub)
+                out[key] = {**nested, **value} if isinstance(value, dict) and "properties" in sub else value
+        return out
+    return schema.get("default")
+
+
+def spec_defaults(crd: Mapping[str, Any]) -> dict[str, Any]:
+    """The defaults the API server gives an empty ``spec`` (read from the CRD, so the
+    operator never keeps a second copy)."""
+    (version,) = crd["spec"]["versions"]
+    return _schema_defaults(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
 def schema_version(crd: Mapping[str, Any] | None) -> int:
     """The CRD's schema version (0 when unknown: a CRD from before the annotation)."""
     raw = (((crd or {}).get("metadata") or {}).get("annotations") or {}).get(VERSION_ANNOTATION, "0")

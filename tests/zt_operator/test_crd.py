@@ -38,8 +38,10 @@ def test_the_crd_names_match_the_operator():
     assert VERSION_ENTRY["name"] == VERSION
 
 
-def test_the_schema_defaults_equal_the_operators_defaults():
+def test_the_operators_defaults_are_the_schemas():
     assert schema_defaults(SPEC_SCHEMA) == builders.DEFAULTS
+    assert builders.DEFAULTS["replicas"] == 2 and builders.DEFAULTS["service"]["port"] == 443
+    assert builders.DEFAULTS["relay"] == {"drainSeconds": 30, "logFormat": "json"}
 
 
 def test_every_relay_field_in_the_schema_is_mapped_and_the_relay_knows_each_variable():
