@@ -16,13 +16,18 @@
 
 from __future__ import annotations
 
+import copy
+import hashlib
+import json
 from collections.abc import Mapping
 from typing import Any
 
-from zt_operator import FIELD_MANAGER, builders
+from zt_operator import FIELD_MANAGER, GROUP, builders
 
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
 """Field manager that holds a Deployment's ``replicas`` while autoscaling takes over."""
+APPLIED_ANNOTATION = f"{GROUP}/applied"
+"""Annotation on each child: the hash of what the operator last applied (see ``stamp``)."""
 MAX_BACKOFF_SECONDS = 60
 """Longest wait between retries of a failed reconcile (the API server may be down)."""
 
@@ -98,6 +103,18 @@ def up_to_date(built: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool
     """Whether every field of ``built`` has the same value in ``live`` (server-added fields,
     defaults and status are ignored): then applying would change nothing."""
     return live is not None and _contains(built, live)
+
+
+def stamp(manifest: dict[str, Any]) -> dict[str, Any]:
+    """``manifest`` with an annotation holding the hash of its content (a new dict).
+
+    A field dropped from the spec (an annotation, a nodeSelector) is removed only by an
+    apply; comparing the stamp tells that apart from a child that merely has extra fields.
+    """
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()[:16]
+    stamped = copy.deepcopy(manifest)
+    stamped["metadata"].setdefault("annotations", {})[APPLIED_ANNOTATION] = digest
+    return stamped
 
 
 def backoff(attempt: int) -> float:

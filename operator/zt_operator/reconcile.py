@@ -41,7 +41,7 @@ def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
 
 
 def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: list[str]) -> dict[str, dict[str, Any] | None]:
-    return {
+    built = {
         "Service": builders.service(body),
         "Deployment": builders.deployment(body, default_image=settings.relay_image,
                                           default_pull_policy=settings.relay_image_pull_policy,
@@ -50,6 +50,7 @@ def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: 
         "HorizontalPodAutoscaler": builders.horizontal_pod_autoscaler(body),
         "NetworkPolicy": builders.network_policy(body),
     }
+    return {kind: plan.stamp(manifest) if manifest is not None else None for kind, manifest in built.items()}
 
 
 def _load_balancer_ips(access: Any, namespace: str, name: str) -> list[str]:

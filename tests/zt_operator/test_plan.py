@@ -88,3 +88,19 @@ def test_retries_back_off_exponentially_up_to_a_cap():
     assert delays[:4] == [1, 2, 4, 8]
     assert max(delays) == plan.MAX_BACKOFF_SECONDS
     assert delays == sorted(delays)
+
+
+def test_a_field_removed_from_the_spec_still_needs_an_apply():
+    # SSA removes a field the operator no longer sends only if it applies: "every built
+    # field is live" alone would miss a removed annotation, nodeSelector or pod label.
+    with_annotation = plan.stamp(builders.service(relay_body({"service": {"annotations": {"lb.example/x": "1"}}})))
+    without = plan.stamp(builders.service(relay_body()))
+    assert plan.up_to_date(with_annotation, with_annotation)
+    assert not plan.up_to_date(without, with_annotation)
+
+
+def test_the_stamp_is_stable_and_names_the_content():
+    first = plan.stamp(builders.pod_disruption_budget(relay_body()))
+    again = plan.stamp(builders.pod_disruption_budget(relay_body()))
+    assert first == again
+    assert first["metadata"]["annotations"][plan.APPLIED_ANNOTATION]
