@@ -179,6 +179,18 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
     installed, relay, tunnel, udp_root, kubectl, helm, operator_logs, wait_for_pods_ready, wait_for
 ):
     name = relay[0]
+
+    def settled():
+        # The relay's own rollouts done (the first address it gets is passed to its pods)
+        # and no pod on its way out: the pods compared below are the steady ones.
+        deployment = kubectl.json("get", "deployment", name, "-n", installed)
+        status, want = deployment["status"], deployment["spec"]["replicas"]
+        pods = kubectl.json("get", "pods", "-n", installed, "-l", f"app.kubernetes.io/instance={name}")["items"]
+        return (status.get("observedGeneration") == deployment["metadata"]["generation"]
+                and status.get("updatedReplicas") == want == status.get("readyReplicas") == len(pods)
+                and not any(p["metadata"].get("deletionTimestamp") for p in pods))
+
+    wait_for(f"relay {name} settled", settled, 180, interval=2)
     pods_before = relay_pods(kubectl, installed, name)
     (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
     operator_logs()
