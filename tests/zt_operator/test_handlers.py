@@ -1,0 +1,86 @@
+"""The Kopf wiring with a fake cluster: events in, reconciles, status and Events out."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from tests.zt_operator.conftest import relay_body
+from tests.zt_operator.test_reconcile import FakeAccess
+from zt_operator import OLD_FINALIZER, handlers, kube, runner
+
+LOG = logging.getLogger("test")
+
+
+@pytest.fixture
+def wired(monkeypatch):
+    access = FakeAccess()
+    written: list[tuple] = []
+    monkeypatch.setattr(handlers, "ACCESS", access)
+    monkeypatch.setattr(handlers, "_relays", {})
+    monkeypatch.setattr(handlers, "_applied_generation", {})
+    monkeypatch.setattr(kube, "patch_relay_status", lambda ns, name, status: written.append(("status", name, status)))
+    monkeypatch.setattr(kube, "post_event", lambda body, kind, reason, message, now: written.append(("event", reason)))
+    monkeypatch.setattr(kube, "remove_finalizer", lambda ns, name, finalizers, finalizer: written.append(("unfinalize", name, finalizer)))
+    work_runner = runner.Runner(handlers._work)
+    monkeypatch.setattr(handlers, "_runner", work_runner)
+    return access, written
+
+
+async def settle(condition, rounds=200):
+    for _ in range(rounds):
+        if condition():
+            return True
+        await asyncio.sleep(0.01)
+    return False
+
+
+async def test_a_relay_event_reconciles_it_and_writes_its_status(wired):
+    access, written = wired
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: any(w[0] == "status" for w in written))
+    assert {c[1] for c in access.calls if c[0] == "apply"} == {"Service", "Deployment", "PodDisruptionBudget"}
+    await handlers._runner.close()
+
+
+async def test_the_old_finalizer_is_removed_and_no_new_one_added(wired):
+    access, written = wired
+    body = relay_body()
+    body["metadata"]["finalizers"] = [OLD_FINALIZER]
+    await handlers.relay_event(type="MODIFIED", body=body, logger=LOG)
+    assert ("unfinalize", "edge", OLD_FINALIZER) in written
+    await handlers._runner.close()
+
+
+async def test_a_deleted_relay_is_forgotten(wired):
+    access, written = wired
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    await handlers.relay_event(type="DELETED", body=relay_body(), logger=LOG)
+    assert handlers._relays == {} and handlers._runner.keys() == []
+    await handlers._runner.close()
+
+
+async def test_a_child_event_reconciles_its_owner(wired):
+    access, written = wired
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: any(w[0] == "status" for w in written))
+    access.calls.clear()
+    deployment = dict(access.objects["Deployment"])
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "5"}
+    await handlers._child_event("Deployment")(type="MODIFIED", body=deployment)
+    assert await settle(lambda: any(c[0] == "get" for c in access.calls))
+    await handlers._runner.close()
+
+
+async def test_a_failed_call_is_counted_and_retried(wired, monkeypatch):
+    access, written = wired
+    access.fail[("apply", "Service")] = kube.KubeError("applying Service edge: refused", "Unreachable")
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: 'zt_operator_api_errors_total{reason="Unreachable"}' in handlers.METRICS.render())
+    del access.fail[("apply", "Service")]
+    access.calls.clear()
+    # Nothing else happens; the retry after the first backoff (1 s) applies the Service.
+    assert await settle(lambda: ("apply", "Service", "zt-relay-operator") in access.calls, rounds=300)
+    await handlers._runner.close()
