@@ -24,7 +24,7 @@ from zt_operator import builders
 
 CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Conflict", "AddressStable")
 
-STUCK_POD_REASONS = ("ImagePullBackOff", "ErrImagePull", "InvalidImageName", "CrashLoopBackOff",
+STUCK_POD_REASONS = ("ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CrashLoopBackOff",
                      "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 """Container waiting reasons that do not fix themselves: the relay is Degraded with the reason."""
 

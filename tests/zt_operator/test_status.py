@@ -140,7 +140,7 @@ def test_a_deployment_past_its_progress_deadline_is_degraded_not_rolling_out_for
     assert conditions(observed)["Progressing"] == ("False", "ProgressDeadlineExceeded")
 
 
-@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImagePull", "CrashLoopBackOff"])
+@pytest.mark.parametrize("reason", ["ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "CrashLoopBackOff"])
 def test_pods_that_cannot_start_make_the_relay_degraded_with_the_reason(reason):
     rolling = deployment(updated=1, replicas=3, ready=2)
     pods = [waiting_pod("edge-abc", reason, "Back-off pulling image \"typo\"")]
