@@ -53,14 +53,14 @@ def _key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any]]:
+def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any], float | None]:
     """One pass of ``body`` in a worker thread: children, status, events. Returns whether
-    no call failed, and the status patch written."""
+    no call failed, the status patch written, and when to look again (or None)."""
     started = time.monotonic()
     meta = body["metadata"]
     uid, applied = _applied_generation.get(key, (None, None))
     if uid == meta.get("uid") and plan.is_stale(body, applied):
-        return True, {}  # a newer generation was applied already; its watch event follows
+        return True, {}, None  # a newer generation was applied already; its watch event follows
     outcome = reconcile.run(body, SETTINGS, _now, ACCESS)
     errors = list(outcome.errors)
     written: dict[str, Any] = {}
@@ -83,14 +83,16 @@ def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str,
         _applied_generation[key] = (meta["uid"], max(meta["generation"], applied if uid == meta["uid"] and applied else 0))
     METRICS.record(key, "error" if errors and outcome.result == "ok" else outcome.result,
                    time.monotonic() - started, outcome.ready)
-    return not errors, written
+    return not errors, written, outcome.recheck_seconds
 
 
 async def _work(key: str) -> bool:
     body = _relays.get(key)
     if body is None:
         return True
-    ok, written = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
+    ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
+    if recheck is not None and _runner is not None:
+        asyncio.get_running_loop().call_later(recheck, _request_if_known, key)
     stored = _relays.get(key)
     if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):
         # The status this pass wrote is the relay's status now (its watch event follows):
@@ -103,6 +105,11 @@ async def _work(key: str) -> bool:
                 status[field] = value
         stored["status"] = status
     return ok
+
+
+def _request_if_known(key: str) -> None:
+    if key in _relays and _runner is not None:
+        _runner.request(key)
 
 
 async def _resync(interval: float) -> None:

@@ -18,6 +18,8 @@ from typing import Any
 from zt_operator import builders, kube, plan, status, validation
 from zt_operator.settings import OperatorSettings
 
+RECHECK_SECONDS = 10.0
+"""How soon a relay short of ready pods is looked at again (why its pods are not ready)."""
 CHILD_KINDS = ("Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy")
 
 
@@ -33,6 +35,9 @@ class Outcome:
     """Whether the relay is Ready now (whether or not that changed)."""
     errors: list[kube.KubeError] = dataclasses.field(default_factory=list)
     """Failed API calls (counted by reason; the pass is retried with backoff)."""
+    recheck_seconds: float | None = None
+    """Look again after this long: pods are not all ready, and pod changes (an image pull
+    failing, a crash loop) come with no event of a watched child."""
 
 
 def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
@@ -129,7 +134,8 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
 
     pods: list[dict[str, Any]] = []
     dep_status = (deployment or {}).get("status") or {}
-    if deployment is not None and (dep_status.get("readyReplicas") or 0) < ((deployment.get("spec") or {}).get("replicas") or 0):
+    short = deployment is not None and (dep_status.get("readyReplicas") or 0) < ((deployment.get("spec") or {}).get("replicas") or 0)
+    if short:
         # Only a relay short of ready pods costs a pod listing (why they are not ready).
         pods = attempt(lambda: access.list_pods(namespace, builders.selector_string(name)))[1] or []
     resolved = {h: access.resolve(h) for h in status.load_balancer_hostnames(live.get("Service"))}
@@ -142,4 +148,5 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     wanted["conditions"] = status.merge_conditions(current_status.get("conditions"), wanted["conditions"], now())
     result = "invalid" if invalid else "error" if errors else "conflict" if conflicts else "ok"
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in wanted["conditions"])
-    return Outcome(status.changes(current_status, wanted), status.events(current_status, wanted), result, ready, errors)
+    return Outcome(status.changes(current_status, wanted), status.events(current_status, wanted), result, ready, errors,
+                   RECHECK_SECONDS if short else None)

@@ -170,3 +170,13 @@ def test_children_that_are_switched_off_are_looked_up_in_the_cache_only():
     reads = {c[1]: c[2] for c in access.calls if c[0] == "get"}
     assert reads == {"Service": False, "Deployment": False, "PodDisruptionBudget": False,
                      "HorizontalPodAutoscaler": True, "NetworkPolicy": True}
+
+
+def test_a_relay_short_of_ready_pods_is_looked_at_again_soon():
+    # Pods failing to pull or crash-looping change no watched child: poll while short.
+    access = FakeAccess()
+    run(relay_body(), access)
+    access.objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 1}
+    assert run(relay_body(), access).recheck_seconds == reconcile.RECHECK_SECONDS
+    access.objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    assert run(relay_body(), access).recheck_seconds is None
