@@ -357,7 +357,12 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
     assert metric["resource"]["current"]["averageUtilization"] > target
 
 
+def wait_ready(kubectl, namespace, name=RELAY) -> None:
+    kubectl("wait", "--for=condition=Ready", f"ztr/{name}", "-n", namespace, "--timeout=180s", timeout=200)
+
+
 def test_a_spec_update_rolls_out_with_no_failed_round_trip(relay, relay_hosts, udp_root, kubectl, wait_for):
+    wait_ready(kubectl, relay)
     wait_for("a settled rollout", lambda: rollout_done(kubectl, relay), 180, interval=2)
     address = get_relay(kubectl, relay)["status"]["address"]
     before = {p["metadata"]["name"] for p in running_pods(kubectl, relay)}
@@ -413,6 +418,7 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
     relay, relay_hosts, udp_root, kubectl, wait_for
 ):
     merge_spec(kubectl, relay, {"replicas": 2, "relay": {"drainSeconds": DRAIN_SECONDS}})
+    wait_ready(kubectl, relay)
     address = get_relay(kubectl, relay)["status"]["address"]
 
     def settled():
