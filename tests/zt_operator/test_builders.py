@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import json
 
 import pytest
@@ -147,12 +149,29 @@ def test_every_relay_field_becomes_its_zt_relay_variable():
     }
 
 
+DOWNWARD_API = {"status.hostIPs": "10.0.0.5,fd00::5", "metadata.name": "edge-6b7f9-x2k4p"}
+"""What the kubelet puts in the downward-API variables, for the test below."""
+
+
+def kubelet_expanded(variables: list[dict]) -> dict[str, str]:
+    """The environment as the kubelet gives it: downward-API values filled in, and
+    $(NAME) references to earlier variables expanded."""
+    out: dict[str, str] = {}
+    for variable in variables:
+        if "valueFrom" in variable:
+            value = DOWNWARD_API[variable["valueFrom"]["fieldRef"]["fieldPath"]]
+        else:
+            value = re.sub(r"\$\((\w+)\)", lambda m: out.get(m.group(1), m.group(0)), variable["value"])
+        out[variable["name"]] = value
+    return out
+
+
 def test_the_relay_parses_the_environment_the_operator_writes():
     from relay import cli
 
     relay = {"allowDestinations": ["10.1.0.0/16"], "handshakeTimeoutSeconds": 2.5, "proxyProtocol": False,
              "maxConnectionsPerIP": 8, "tunnelRateBPS": 1e6, "legacyTarget": "192.0.2.7:9993", "drainSeconds": 12}
-    variables = env(build_deployment({"relay": relay}))
+    variables = kubelet_expanded(container(build_deployment({"relay": relay}))["env"])
     config = cli.parse_config([], variables)
     assert config.allow_destination == ("10.1.0.0/16",)
     assert (config.handshake_timeout, config.proxy_protocol, config.max_connections_per_ip) == (2.5, False, 8)
