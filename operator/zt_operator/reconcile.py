@@ -64,6 +64,16 @@ def _apply_service(manifest: dict[str, Any]) -> dict[str, Any]:
     return kube.apply(manifest)
 
 
+def _fallback_service(body: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The ``spec.fallback`` Service, read so the egress policy can name its pods (only
+    when a NetworkPolicy is wanted; None when absent: egress to it stays closed until a
+    later pass finds it)."""
+    ref = builders.fallback_service_ref(body)
+    if ref is None or not builders.with_defaults(body.get("spec"))["networkPolicy"]["enabled"]:
+        return None
+    return kube.get("Service", *ref)
+
+
 def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str]) -> Outcome:
     """Reconcile the relay ``body`` (a plain dict of the live object) once."""
     body = copy.deepcopy(dict(body))
@@ -89,7 +99,8 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
         attempt("PodDisruptionBudget", lambda: kube.apply(builders.pod_disruption_budget(body)))
         attempt("HorizontalPodAutoscaler", lambda: _apply_or_remove(
             builders.horizontal_pod_autoscaler(body), "HorizontalPodAutoscaler", body))
-        attempt("NetworkPolicy", lambda: _apply_or_remove(builders.network_policy(body), "NetworkPolicy", body))
+        attempt("NetworkPolicy", lambda: _apply_or_remove(
+            builders.network_policy(body, _fallback_service(body)), "NetworkPolicy", body))
     for kind in live:
         if live[kind] is None:  # not applied (invalid spec or failure): show it as it is
             attempt(kind, lambda kind=kind: kube.get(kind, meta["namespace"], meta["name"]))
