@@ -18,7 +18,7 @@ _SERIES = (
     ("fallback_bytes", "zt_relay_fallback_bytes_total", "counter", "Bytes spliced to and from the --fallback backend, by direction.", "direction"),
 )
 #: Directions of each direction-labelled series (snapshot keys ``<key>_<direction>``).
-_DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}
+DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,7 +36,7 @@ def render(snapshot: dict[str, int], extra_gauges: dict[str, tuple[str, float]] 
         if label is None:
             lines.append(f"{name} {snapshot.get(key, 0)}")
         elif label == "direction":
-            for direction in _DIRECTIONS.get(key, ("to_udp", "to_tcp")):
+            for direction in DIRECTIONS.get(key, ("to_udp", "to_tcp")):
                 lines.append(f'{name}{{direction="{direction}"}} {snapshot.get(f"{key}_{direction}", 0)}')
         else:
             prefix = key + ":"
