@@ -157,10 +157,7 @@ class FallbackRouter:
             backend.close()
             s.backend_connected()
             return
-        self.results[CONNECTED] += 1
-        sock = backend.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.results[CONNECTED] += 1  # (uvloop sets TCP_NODELAY on its TCP transports)
         if first:
             backend.write(first)
         if s.client.eof:
@@ -223,9 +220,6 @@ class Sniffer(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if peer else ("?", 0)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         router = self.router
         router.sniffers.add(self)
         self.timer = router.loop.call_later(router.relay.config.sniff_timeout, self._timed_out)
