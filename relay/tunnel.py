@@ -92,6 +92,8 @@ class Tunnel(asyncio.Protocol):
             self.reader.feed(data)
         except protocol.ProtocolError as exc:
             self.close(exc.reason, exc.detail)
+        except Exception as exc:  # a bug, not the client's: close with a reason, no traceback
+            self.close(stats.INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}")
 
     def _refill(self) -> None:
         now = self.relay.loop.time()
@@ -101,6 +103,9 @@ class Tunnel(asyncio.Protocol):
             self.relay.global_rate.refill(now)
 
     def _on_packet(self, data: bytes, start: int, end: int) -> None:
+        if start == end:  # an empty record has no type byte: data[start] is the next record's
+            self.drop(stats.PACKET_TOO_SMALL)
+            return
         kind = data[start]
         if kind == 4:
             prefix = 7
