@@ -18,7 +18,7 @@ from relay import metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit
-from relay.tunnel import Tunnel, _fmt
+from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
@@ -30,6 +30,9 @@ MAX_CACHED_PREFIXES = 65536
 REFUSAL_LOG_INTERVAL = 10.0
 #: A tick that ran this long ago means the loop is stuck: /healthz fails.
 LIVENESS_STALL = 10.0
+#: The kernel gives up on a connection whose sent data stays unacknowledged this long
+#: (milliseconds; also bounds zero-window probing of a client that stopped reading).
+TCP_USER_TIMEOUT_MS = 30_000
 
 _PORT = struct.Struct(">H")
 
@@ -94,6 +97,11 @@ class Relay:
         snap = self.stats.snapshot(t for t in self.tunnels if t.admitted)
         if self.fallback is not None:
             snap.update(self.fallback.snapshot())
+        # Gauges of what open connections hold (per scrape, not per packet): a closed
+        # tunnel must leave none of it behind.
+        snap["connections_open"] = len(self.tunnels)
+        snap["client_addresses"] = len(self.limiter.per_ip)
+        snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
         return snap
 
     def metrics_text(self) -> str:
@@ -125,11 +133,14 @@ class Relay:
             self.fallback.close()
         for server in self.servers:
             await server.wait_closed()
-        # connection_lost runs on the next loop iterations.
-        for _ in range(100):
-            if not self.tunnels:
-                break
-            await asyncio.sleep(0.01)
+        # connection_lost runs on the next loop iterations, or after the close grace for a
+        # client that doesn't read.
+        if self.tunnels:
+            self._emptied = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._emptied.wait(), CLOSE_GRACE + 1)
+            except asyncio.TimeoutError:
+                pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         log.info("relay stopped")
@@ -279,10 +290,12 @@ def listen_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket
 
 
 def configure_stream(sock) -> None:
-    """TCP_NODELAY (each record is a packet: don't batch behind Nagle) and keepalive
-    (notice dead clients behind NATs without waiting for the idle timeout)."""
+    """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
+    dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
+    (the kernel gives up on a client that acknowledges nothing, zero window included)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)

@@ -19,9 +19,11 @@ Everything that is not per packet (admission, timeouts, telemetry, closing) live
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING
 
 from relay import protocol, proxy_protocol, stats
@@ -41,10 +43,14 @@ UDP_READ_SIZE = 65536
 #: a handful of peers, a scanner to thousands.
 MAX_PEERS = 1024
 TOO_MANY_DESTINATIONS = "too_many_destinations"
+#: Seconds a closing tunnel may take to flush what is queued toward its client before the
+#: connection is aborted (a client that stopped reading would otherwise hold it forever).
+CLOSE_GRACE = 2.0
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
 _LEGACY_HEADER = struct.Struct(">3sH").pack
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class Tunnel(asyncio.Protocol):
@@ -52,7 +58,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf",
+        "_proxy_buf", "closer",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -78,6 +84,7 @@ class Tunnel(asyncio.Protocol):
         self.warned: set[str] | None = None
         self.admitted = False
         self._proxy_buf: bytes | None = None
+        self.closer: asyncio.TimerHandle | None = None  # aborts a close that doesn't flush
 
     # -- hot path: TCP to UDP ---------------------------------------------------------------
 
@@ -343,22 +350,69 @@ class Tunnel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reason is None:
             self.reason = stats.CONNECTION_ERROR if exc is not None else stats.CLIENT_CLOSED
-        for sock in (self.udp4, self.udp6):
-            if sock is not None:
-                self.relay.loop.remove_reader(sock.fileno())
-                sock.close()
-        self.udp4 = self.udp6 = None
+        if self.closer is not None:
+            self.closer.cancel()
+            self.closer = None
+        self._close_udp()
         self.reader.on_record = _closed
         self.relay.tunnel_lost(self)
 
     def close(self, reason: str, detail: str | None = None) -> None:
-        """Closes the tunnel once; the first reason given is the one recorded."""
+        """Closes the tunnel once; the first reason given is the one recorded.
+
+        The UDP socket goes at once (no more replies for a closing tunnel). What is already
+        queued toward the client gets ``CLOSE_GRACE`` seconds to reach it; a client that
+        isn't reading by then gets a reset, so neither the relay's buffer nor the kernel's
+        send queue outlives the grace.
+        """
         if self.reason is not None:
             return
         self.reason = reason
         if detail:
             log.warning("closing tunnel from %s: %s (%s)", _fmt(self.client), reason, detail)
-        self.transport.close()
+        self._close_udp()
+        self.reader.on_record = _closed
+        transport = self.transport
+        if not self._queued():
+            transport.close()
+            return
+        transport.pause_reading()
+        self.closer = self.relay.loop.call_later(CLOSE_GRACE, self._close_or_abort)
+
+    def _queued(self) -> int:
+        """Bytes not yet acknowledged by the client: the transport's buffer and the kernel's."""
+        transport = self.transport
+        queued = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass  # already closed under us: nothing left to wait for
+        return queued
+
+    def _close_or_abort(self) -> None:
+        self.closer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not self._queued():
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A zero linger makes close() send a reset and drop the kernel's queue, instead
+            # of leaving an orphan probing a zero window.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
+
+    def _close_udp(self) -> None:
+        loop = self.relay.loop
+        for sock in (self.udp4, self.udp6):
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        self.udp4 = self.udp6 = None
 
     # -- drops ----------------------------------------------------------------------------------
 
