@@ -17,7 +17,7 @@ import struct
 from relay import metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
-from relay.limits import ConnectionLimiter, RateLimit
+from relay.limits import ConnectionLimiter, RateLimit, client_key
 from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
@@ -154,21 +154,34 @@ class Relay:
             configure_stream(sock)
         tunnel.transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
 
+    def hold(self, tunnel: Tunnel) -> bool:
+        """A connection that must send a PROXY header first: refused unless its peer is a
+        trusted balancer, and counted against the limits by that peer until the header
+        names the client (silent connections can't pile up past the caps)."""
+        peer = tunnel.client[0]
+        if not self.config.proxy_trusted(peer):
+            self.refuse(tunnel, stats.PROXY_UNTRUSTED)
+            return False
+        reason = stats.DRAINING if self.draining else self._acquire(tunnel, peer)
+        if reason is not None:
+            self.refuse(tunnel, reason)
+            return False
+        return True
+
     def admit(self, tunnel: Tunnel) -> bool:
         """Counts the connection against the limits and opens its UDP socket, or refuses it."""
-        reason = stats.DRAINING if self.draining else self.limiter.acquire(tunnel.client[0])
+        if tunnel.slot is not None:  # held by the balancer's address until now
+            self.limiter.release(tunnel.slot)
+            tunnel.slot = None
+        reason = stats.DRAINING if self.draining else self._acquire(tunnel, tunnel.client[0])
         if reason is None:
             try:
                 tunnel.open_udp()
             except OSError as exc:
-                self.limiter.release(tunnel.client[0])
                 reason = stats.UDP_SOCKET_ERROR
                 log.error("cannot open a UDP socket for %s: %s", _fmt(tunnel.client), exc)
         if reason is not None:
-            self.stats.refused[reason] += 1
-            self._log_refusal(reason, tunnel)
-            tunnel.reason = reason
-            tunnel.transport.abort()
+            self.refuse(tunnel, reason)
             return False
         tunnel.admitted = True
         config = self.config
@@ -181,14 +194,30 @@ class Relay:
         log.debug("tunnel from %s opened", _fmt(tunnel.client))
         return True
 
+    def _acquire(self, tunnel: Tunnel, host: str) -> str | None:
+        key = client_key(host, self.config.ipv6_per_ip_prefix)
+        reason = self.limiter.acquire(key)
+        if reason is None:
+            tunnel.slot = key
+        return reason
+
+    def refuse(self, tunnel: Tunnel, reason: str) -> None:
+        """Counts and (rate-limited) logs a refused connection, and resets it."""
+        self.stats.refused[reason] += 1
+        self._log_refusal(reason, tunnel)
+        tunnel.reason = reason
+        tunnel.transport.abort()
+
     def hello(self, tunnel: Tunnel) -> None:
         log.info("tunnel from %s: client version %s", _fmt(tunnel.client), tunnel.version)
 
     def tunnel_lost(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
+        if tunnel.slot is not None:
+            self.limiter.release(tunnel.slot)
+            tunnel.slot = None
         if tunnel.admitted:
             tunnel.admitted = False
-            self.limiter.release(tunnel.client[0])
             self.stats.tunnel_closed(tunnel, tunnel.reason)
             if self.telemetry is not None:
                 self.telemetry.closed(tunnel)

@@ -39,6 +39,7 @@ UDP_BUFFER_FULL = "udp_send_buffer_full"
 MAX_CONNECTIONS = "max_connections"
 MAX_CONNECTIONS_PER_IP = "max_connections_per_ip"
 DRAINING = "draining"
+PROXY_UNTRUSTED = "proxy_source_not_trusted"
 
 
 class TunnelCounts(Protocol):

@@ -58,7 +58,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf", "closer",
+        "_proxy_buf", "closer", "slot",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -85,13 +85,17 @@ class Tunnel(asyncio.Protocol):
         self.admitted = False
         self._proxy_buf: bytes | None = None
         self.closer: asyncio.TimerHandle | None = None  # aborts a close that doesn't flush
+        self.slot: str | None = None  # the per-IP limiter key this connection holds
 
     # -- hot path: TCP to UDP ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         self.active = True
         if self._proxy_buf is not None:
-            self._feed_proxy_header(data)
+            try:
+                self._feed_proxy_header(data)
+            except Exception as exc:  # as below: a reason and one line, never a traceback
+                self.close(stats.INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}")
             return
         if self.limited:
             self._refill()
@@ -240,7 +244,8 @@ class Tunnel(asyncio.Protocol):
         self.relay.connection_made(self)
         if self.relay.config.proxy_protocol:
             # Admission waits for the header: limits must count the real client.
-            self._proxy_buf = b""
+            if self.relay.hold(self):
+                self._proxy_buf = b""
             return
         self.relay.admit(self)
 
@@ -310,11 +315,19 @@ class Tunnel(asyncio.Protocol):
     def _on_legacy_packet(self, data: bytes, start: int, end: int) -> None:
         # Pre-1.2 clients send bare packets, all for one target, and get bare replies.
         size = end - start
-        if size < self.relay.min_packet:
+        relay = self.relay
+        if size < relay.min_packet:
             self.drop(stats.PACKET_TOO_SMALL)
             return
+        if self.limited:
+            if self.rate is not None and not self.rate.allow(size):
+                self.drop(stats.TUNNEL_RATE)
+                return
+            if relay.global_rate is not None and not relay.global_rate.allow(size):
+                self.drop(stats.GLOBAL_RATE)
+                return
         try:
-            self.udp4.sendto(data[start:end], self.relay.legacy_target)
+            self.udp4.sendto(data[start:end], relay.legacy_target)
         except OSError as exc:
             self.relay.stats.udp_send_errors += 1
             self.warn_once("udp_send_error", "UDP send to legacy target failed: %s", exc)

@@ -48,3 +48,28 @@ def test_anything_else_is_a_protocol_error(data):
     with pytest.raises(ProtocolError) as err:
         proxy_protocol.parse(data)
     assert err.value.reason == "proxy_protocol_error"
+
+
+@pytest.mark.parametrize("line", [
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 +4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 0x50 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4_000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 +443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 70000\r\n",
+    "PROXY TCP4 198.51.100.7 10.0.0.1 ٤٠٠٠ 443\r\n".encode(),
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 04000 443\r\n",
+    b"PROXY TCP6 fe80::1%eth0 fe80::2 4000 443\r\n",
+    b"PROXY TCP6 2001:db8::1 fe80::2%1 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 banana 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7  10.0.0.1 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 443 \r\n",
+], ids=["plus", "hex", "underscore", "plus-dst", "dst-range", "arabic-digits", "leading-zero", "zone-src", "zone-dst", "bad-dst", "double-space", "trailing-space"])
+def test_v1_is_parsed_strictly(line):
+    with pytest.raises(ProtocolError) as err:
+        proxy_protocol.parse(line)
+    assert err.value.reason == "proxy_protocol_error"
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+def test_an_ipv4_mapped_source_is_reported_as_ipv4(encode):
+    assert proxy_protocol.parse(encode(("::ffff:198.51.100.7", 4000), ("::ffff:10.0.0.1", 443)))[0] == ("198.51.100.7", 4000)
