@@ -41,6 +41,8 @@ OPTIONS = (
     Option("health_listen", f"serve /healthz, /readyz, /metrics here ('off' disables; default {D.health_listen})", "endpoint", "HOST:PORT"),
     Option("allow_destination", "also allow UDP to this CIDR (repeatable; default: global unicast only)", "list", "CIDR"),
     Option("deny_destination", "never send UDP to this CIDR (repeatable; wins over --allow-destination)", "list", "CIDR"),
+    Option("own_address", "also refuse this address as a destination, like the relay's own interface addresses (repeatable; e.g. the node's and the load balancer's)", "list", "IP"),
+    Option("new_destination_rate", f"new destinations one tunnel may add per second, burst 8 s (0 = unlimited; default {D.new_destination_rate})", "int", "N"),
     Option("min_destination_port", f"lowest UDP destination port (default {D.min_destination_port})", "int", "PORT"),
     Option("max_record_size", f"largest record payload in bytes; larger closes the tunnel (default {D.max_record_size})", "int", "BYTES"),
     Option("min_packet_size", f"smallest ZeroTier packet in bytes; smaller is dropped (default {D.min_packet_size})", "int", "BYTES"),

@@ -49,6 +49,19 @@ class RelayConfig:
     deny_destination: tuple[str, ...] = ()
     """CIDR ranges refused even if allowed; deny always wins."""
 
+    own_address: tuple[str, ...] = ()
+    """Addresses refused as destinations besides the relay's own interface addresses
+    (found at start): the node's addresses and the load balancer's, which are not on the
+    pod's interfaces. Refused even inside an allowed range."""
+
+    new_destination_rate: int = 64
+    """New destinations (not sent to within the reply window) one tunnel may add per
+    second, with a burst of 8 seconds' worth; 0 means unlimited. A ZeroTier node's largest
+    burst is a multicast fan-out (32 recipients, ZeroTier's default multicast limit) to
+    peers advertising up to 8 paths each (ZT_PUSH_DIRECT_PATHS_MAX_PER_SCOPE_AND_FAMILY),
+    plus its roots: about 260; everything else re-uses destinations already in the
+    window. A scanner wants thousands."""
+
     min_destination_port: int = filters.DEFAULT_MIN_PORT
     """Lowest UDP port a tunnel may send to. 1025 as ZeroTier's own proxy: ZeroTier never
     needs a privileged port, amplification attacks usually do."""
@@ -155,8 +168,9 @@ class RelayConfig:
             ip = ip.ipv4_mapped
         return any(ip.version == n.version and ip in n for n in _networks(self.proxy_protocol_from or DEFAULT_PROXY_SOURCES))
 
-    def destination_filter(self) -> filters.DestinationFilter:
-        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port)
+    def destination_filter(self, own: tuple[str, ...] = ()) -> filters.DestinationFilter:
+        """The filter, refusing ``own_address`` and ``own`` (the interface addresses)."""
+        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port, (*self.own_address, *own))
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)
@@ -205,6 +219,10 @@ def _validate(c: RelayConfig) -> None:
                 filters.parse_cidr(cidr)
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
+    for host in c.own_address:
+        _check_ip(host, "own_address")
+    if c.new_destination_rate < 0:
+        raise ConfigError("new_destination_rate", "must be 0 (unlimited) or more")
     if not 1 <= c.min_destination_port <= 65535:
         raise ConfigError("min_destination_port", "must be 1..65535")
     if not 16 + 19 <= c.max_record_size <= protocol.MAX_RECORD_PAYLOAD:

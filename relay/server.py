@@ -14,7 +14,7 @@ import logging
 import socket
 import struct
 
-from relay import metrics, stats
+from relay import interfaces, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
@@ -42,7 +42,9 @@ class Relay:
         self.config = config
         self.telemetry = telemetry
         self.loop = asyncio.get_running_loop()
-        self.filter = config.destination_filter()
+        #: the relay's interface addresses, refused as destinations (with --own-address)
+        self.own_addresses = tuple(sorted(interfaces.local_addresses()))
+        self.filter = config.destination_filter(self.own_addresses)
         #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
         self.verdicts: dict[bytes, tuple | str] = {}
         #: sender address -> the 7 or 19 address bytes of a reply record
@@ -84,6 +86,8 @@ class Relay:
             self.addresses.append(sock.getsockname())
         self._schedule_tick()
         log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
+        own = (*self.own_addresses, *self.config.own_address)
+        log.info("refusing the relay's own addresses as destinations: %s", ", ".join(own) or "none found")
 
     @property
     def ready(self) -> bool:

@@ -27,7 +27,7 @@ import termios
 from typing import TYPE_CHECKING
 
 from relay import protocol, proxy_protocol, stats
-from relay.limits import RateLimit
+from relay.limits import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
     from relay.server import Relay
@@ -43,6 +43,10 @@ UDP_READ_SIZE = 65536
 #: a handful of peers, a scanner to thousands.
 MAX_PEERS = 1024
 TOO_MANY_DESTINATIONS = "too_many_destinations"
+NEW_DESTINATION_RATE = "new_destination_rate_limited"
+#: The burst of new destinations a tunnel may add at once, in seconds of its rate
+#: (``--new-destination-rate``; see config.py for why the default fits ZeroTier).
+NEW_DESTINATION_BURST_SECONDS = 8
 #: Seconds a closing tunnel may take to flush what is queued toward its client before the
 #: connection is aborted (a client that stopped reading would otherwise hold it forever).
 CLOSE_GRACE = 2.0
@@ -58,7 +62,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf", "closer", "slot",
+        "_proxy_buf", "closer", "slot", "new_destinations",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -86,6 +90,9 @@ class Tunnel(asyncio.Protocol):
         self._proxy_buf: bytes | None = None
         self.closer: asyncio.TimerHandle | None = None  # aborts a close that doesn't flush
         self.slot: str | None = None  # the per-IP limiter key this connection holds
+        rate = relay.config.new_destination_rate
+        #: budget of destinations this tunnel may add to its reply window (None: unlimited)
+        self.new_destinations = TokenBucket(rate, self.born, rate * NEW_DESTINATION_BURST_SECONDS) if rate else None
 
     # -- hot path: TCP to UDP ---------------------------------------------------------------
 
@@ -149,9 +156,16 @@ class Tunnel(asyncio.Protocol):
         generation = relay.generation
         seen = peers.get(dest)
         if seen != generation:
-            if seen is None and len(peers) >= MAX_PEERS:
-                self.drop(TOO_MANY_DESTINATIONS)
-                return
+            if seen is None:  # a new destination: not per packet, only per new address
+                if len(peers) >= MAX_PEERS:
+                    self.drop(TOO_MANY_DESTINATIONS)
+                    return
+                new = self.new_destinations
+                if new is not None:
+                    new.refill(relay.loop.time())
+                    if not new.take(1):
+                        self.drop(NEW_DESTINATION_RATE)
+                        return
             peers[dest] = generation
         try:
             sock.sendto(data[start + prefix:end], dest)

@@ -112,3 +112,18 @@ def test_without_proxy_sources_only_private_and_loopback_balancers_are_trusted()
     trusted = RelayConfig().proxy_trusted
     assert trusted("10.1.2.3") and trusted("127.0.0.1") and trusted("192.168.1.1") and trusted("fd00::1")
     assert not trusted("198.51.100.1") and not trusted("8.8.8.8") and not trusted("2001:4860::1")
+
+
+def test_own_addresses_come_from_the_flag_or_a_comma_separated_variable():
+    assert parse_config(["--own-address", "198.18.0.1", "--own-address", "2001:db8::1"], {}).own_address == ("198.18.0.1", "2001:db8::1")
+    assert parse_config([], {"ZT_RELAY_OWN_ADDRESS": "198.18.0.1,198.18.0.2"}).own_address == ("198.18.0.1", "198.18.0.2")
+    with pytest.raises(UsageError) as err:
+        parse_config(["--own-address", "198.18.0.0/15"], {})
+    assert str(err.value).startswith("--own-address (ZT_RELAY_OWN_ADDRESS)")
+
+
+def test_the_new_destination_rate_has_a_default_and_can_be_turned_off():
+    assert parse_config([], {}).new_destination_rate == 64
+    assert parse_config(["--new-destination-rate", "0"], {}).new_destination_rate == 0
+    with pytest.raises(UsageError):
+        parse_config(["--new-destination-rate", "-1"], {})
