@@ -11,7 +11,7 @@ _SERIES = (
     ("bytes", "zt_relay_bytes_total", "counter", "ZeroTier packet bytes relayed (without framing), by direction.", "direction"),
     ("dropped", "zt_relay_dropped_total", "counter", "Packets dropped, by reason.", "reason"),
     ("refused", "zt_relay_connections_refused_total", "counter", "Connections refused at accept, by reason.", "reason"),
-    ("connections_open", "zt_relay_connections_open", "gauge", "TCP connections open: tunnels, connections waiting for a PROXY header, tunnels closing.", None),
+    ("connections_open", "zt_relay_connections_open", "gauge", "TCP connections open: tunnels, connections waiting for a PROXY header or being sniffed, tunnels closing (not fallback splices).", None),
     ("client_addresses", "zt_relay_client_addresses", "gauge", "Client addresses (or IPv6 prefixes) holding a per-IP connection slot.", None),
     ("write_buffer_bytes", "zt_relay_write_buffer_bytes", "gauge", "Bytes queued toward clients in the relay's write buffers.", None),
     ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),

@@ -103,7 +103,7 @@ class Relay:
             snap.update(self.fallback.snapshot())
         # Gauges of what open connections hold (per scrape, not per packet): a closed
         # tunnel must leave none of it behind.
-        snap["connections_open"] = len(self.tunnels)
+        snap["connections_open"] = len(self.tunnels) + (len(self.fallback.sniffers) if self.fallback is not None else 0)
         snap["client_addresses"] = len(self.limiter.per_ip)
         snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
         return snap

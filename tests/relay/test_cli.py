@@ -78,7 +78,8 @@ NUMERIC_FLAGS = [
     "--min-destination-port", "--max-record-size", "--min-packet-size", "--handshake-timeout", "--idle-timeout",
     "--reply-window", "--max-connections", "--max-connections-per-ip", "--tunnel-rate-pps", "--tunnel-rate-bps",
     "--global-rate-pps", "--global-rate-bps", "--write-buffer-limit", "--drain-timeout", "--workers",
-    "--ipv6-per-ip-prefix",
+    "--ipv6-per-ip-prefix", "--new-destination-rate", "--sniff-timeout", "--fallback-max-connections",
+    "--fallback-idle-timeout",
 ]
 
 

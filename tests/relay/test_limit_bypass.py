@@ -16,6 +16,8 @@ from tests.relay.test_close_paths import until
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
 PACKET = b"z" * 64
 DST = ("127.0.0.1", 443)
+#: The PROXY checks hold with --fallback too, where a sniffer reads the header first.
+MODES = pytest.mark.parametrize("mode", [(), ("--fallback", "127.0.0.1:9")], ids=["tunnels", "with-fallback"])
 
 
 def silent_connections(port: int, count: int) -> list[socket.socket]:
@@ -33,8 +35,9 @@ def silent_connections(port: int, count: int) -> list[socket.socket]:
 
 # -- PROXY protocol ---------------------------------------------------------------------------
 
-async def test_connections_waiting_for_their_proxy_header_count_against_max_connections(start_relay):
-    relay = await start_relay(*LOOPBACK, "--proxy-protocol", "--max-connections", "20")
+@MODES
+async def test_connections_waiting_for_their_proxy_header_count_against_max_connections(start_relay, mode):
+    relay = await start_relay(*LOOPBACK, *mode, "--proxy-protocol", "--max-connections", "20")
     socks = silent_connections(relay.port, 200)
     try:
         name = 'zt_relay_connections_refused_total{reason="max_connections"}'
@@ -45,8 +48,9 @@ async def test_connections_waiting_for_their_proxy_header_count_against_max_conn
             sock.close()
 
 
-async def test_connections_waiting_for_their_proxy_header_count_per_immediate_peer(start_relay, echo, connect):
-    relay = await start_relay(*LOOPBACK, "--proxy-protocol", "--max-connections-per-ip", "5")
+@MODES
+async def test_connections_waiting_for_their_proxy_header_count_per_immediate_peer(start_relay, echo, connect, mode):
+    relay = await start_relay(*LOOPBACK, *mode, "--proxy-protocol", "--max-connections-per-ip", "5")
     socks = silent_connections(relay.port, 8)
     try:
         name = 'zt_relay_connections_refused_total{reason="max_connections_per_ip"}'
@@ -65,8 +69,9 @@ async def test_connections_waiting_for_their_proxy_header_count_per_immediate_pe
     assert samples["zt_relay_tunnels_active"] == 8 and samples["zt_relay_client_addresses"] == 8
 
 
-async def test_a_proxy_header_from_an_untrusted_source_is_refused_and_counted(start_relay, connect):
-    relay = await start_relay(*LOOPBACK, "--proxy-protocol", "--proxy-protocol-from", "10.0.0.0/8", "--proxy-protocol-from", "192.168.0.0/16")
+@MODES
+async def test_a_proxy_header_from_an_untrusted_source_is_refused_and_counted(start_relay, connect, mode):
+    relay = await start_relay(*LOOPBACK, *mode, "--proxy-protocol", "--proxy-protocol-from", "10.0.0.0/8", "--proxy-protocol-from", "192.168.0.0/16")
     client = await connect(relay.port, prefix=proxy_protocol.encode_v1(("198.51.100.1", 5000), DST))
     assert await client.closed()
     name = 'zt_relay_connections_refused_total{reason="proxy_source_not_trusted"}'
@@ -81,8 +86,9 @@ async def test_a_trusted_proxy_source_is_served(start_relay, echo, connect):
     assert (await client.recv())[2] == PACKET
 
 
-async def test_an_ipv4_mapped_proxy_source_shares_the_ipv4_clients_slot(start_relay, echo, connect):
-    relay = await start_relay(*LOOPBACK, "--proxy-protocol", "--max-connections-per-ip", "1")
+@MODES
+async def test_an_ipv4_mapped_proxy_source_shares_the_ipv4_clients_slot(start_relay, echo, connect, mode):
+    relay = await start_relay(*LOOPBACK, *mode, "--proxy-protocol", "--max-connections-per-ip", "1")
     first = await connect(relay.port, prefix=proxy_protocol.encode_v1(("198.51.100.1", 5000), DST))
     first.send(echo.host, echo.port, PACKET)
     await first.recv()
