@@ -241,3 +241,53 @@ def test_the_loopback_only_filter_refuses_everything_else():
     f = LoopbackOnly()
     assert f.verdict(ipaddress.ip_address("198.18.0.1"), 9993) == "destination_denied"
     assert f.verdict(ipaddress.ip_address("::1"), 9993) is None
+
+
+# -- mutated streams against the real process --------------------------------------------------
+
+def mutate(rng, records: list[bytes]) -> bytes:
+    """The same kinds of mutations as ``mutated_streams``, from a seeded generator: half of
+    them at a record boundary or the very end (where a record is the last of a read)."""
+    data = bytearray(b"".join(records))
+    boundaries = [sum(len(r) for r in records[:i]) for i in range(len(records) + 1)]
+    for _ in range(rng.randrange(1, 5)):
+        pos = rng.choice(boundaries) if rng.random() < 0.5 else rng.randrange(len(data) + 1)
+        pos = min(pos, len(data))
+        op = rng.choice(["set", "length", "cut", "insert", "empty"])
+        if op == "set" and pos < len(data):
+            data[pos] = rng.randrange(256)
+        elif op == "length" and len(data) >= 2:
+            data[pos:pos + 2] = rng.choice([0, 1, 4, 7, 19, 0xFFFF, rng.randrange(0x10000)]).to_bytes(2, "big")
+        elif op == "cut":
+            del data[pos:pos + rng.randrange(1, 9)]
+        elif op == "insert":
+            data[pos:pos] = rng.randbytes(rng.randrange(1, 9))
+        elif op == "empty":
+            data[pos:pos] = protocol.encode_record(b"")
+    return bytes(data)
+
+
+async def test_mutated_streams_through_the_real_process_never_reach_asyncios_handler(start_relay, echo, connect):
+    import random
+
+    rng = random.Random(15)
+    relay = await start_relay(*LOOPBACK, "--max-connections-per-ip", "1000")
+    healthy = await connect(relay.port)
+    clients = []
+    for i in range(150):
+        records = [HELLO] + [protocol.encode_packet(echo.host, echo.port, rng.randbytes(rng.randrange(0, 48))) for _ in range(rng.randrange(0, 6))]
+        stream = mutate(rng, records)
+        client = await connect(relay.port, hello=False)
+        client.send_raw(stream)  # one write: what ends the stream ends the relay's read
+        clients.append(client)
+    for client in clients:
+        await client.close()
+    await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == 1)
+    healthy.send(echo.host, echo.port, b"still here" * 4)
+    assert (await healthy.recv())[2] == b"still here" * 4
+    samples = await relay.metrics()
+    closed = {k.split('"')[1]: v for k, v in samples.items() if k.startswith("zt_relay_tunnels_closed_total")}
+    assert set(closed) <= MALFORMED_CLOSE_REASONS | {"client_closed"}, closed
+    assert sum(closed.values()) == 150
+    assert closed.get("client_closed", 0) < 150  # the mutations did reach the handlers
+    assert_no_traceback(relay.log)
