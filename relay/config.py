@@ -170,7 +170,7 @@ class RelayConfig:
 
     def destination_filter(self, own: tuple[str, ...] = ()) -> filters.DestinationFilter:
         """The filter, refusing ``own_address`` and ``own`` (the interface addresses)."""
-        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port, (*self.own_address, *own))
+        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port, tuple(_plain(a) for a in (*self.own_address, *own)))
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)
@@ -193,6 +193,12 @@ def parse_endpoint(text: str, setting: str) -> Endpoint:
     if not 0 <= port <= 65535:
         raise ConfigError(setting, f"{text!r}: port must be 0..65535")
     return Endpoint(host, port)
+
+
+def _plain(host: str) -> str:
+    """An address as a destination is compared: IPv4-mapped as IPv4, without a zone ID."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip)
 
 
 @functools.lru_cache(maxsize=8)

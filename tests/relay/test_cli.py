@@ -1,5 +1,6 @@
 """Flags and ZT_RELAY_* variables map onto RelayConfig; errors name the setting."""
 
+import ipaddress
 import subprocess
 import sys
 
@@ -118,6 +119,9 @@ def test_without_proxy_sources_only_private_and_loopback_balancers_are_trusted()
 def test_own_addresses_come_from_the_flag_or_a_comma_separated_variable():
     assert parse_config(["--own-address", "198.18.0.1", "--own-address", "2001:db8::1"], {}).own_address == ("198.18.0.1", "2001:db8::1")
     assert parse_config([], {"ZT_RELAY_OWN_ADDRESS": "198.18.0.1,198.18.0.2"}).own_address == ("198.18.0.1", "198.18.0.2")
+    refused = parse_config(["--own-address", "::ffff:198.18.0.3", "--own-address", "fe80::1%eth0"], {}).destination_filter()
+    assert refused.verdict(ipaddress.ip_address("198.18.0.3"), 9993) == "destination_own_address"
+    assert refused.verdict(ipaddress.ip_address("fe80::1"), 9993) == "destination_own_address"
     with pytest.raises(UsageError) as err:
         parse_config(["--own-address", "198.18.0.0/15"], {})
     assert str(err.value).startswith("--own-address (ZT_RELAY_OWN_ADDRESS)")
