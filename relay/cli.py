@@ -7,6 +7,7 @@ error names the flag and the variable, and exits with status 2 before anything s
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
@@ -40,6 +41,8 @@ OPTIONS = (
     Option("health_listen", f"serve /healthz, /readyz, /metrics here ('off' disables; default {D.health_listen})", "endpoint", "HOST:PORT"),
     Option("allow_destination", "also allow UDP to this CIDR (repeatable; default: global unicast only)", "list", "CIDR"),
     Option("deny_destination", "never send UDP to this CIDR (repeatable; wins over --allow-destination)", "list", "CIDR"),
+    Option("own_address", "also refuse this address as a destination, like the relay's own interface addresses (repeatable; e.g. the node's and the load balancer's)", "list", "IP"),
+    Option("new_destination_rate", f"new destinations one tunnel may add per second, burst 8 s (0 = unlimited; default {D.new_destination_rate})", "int", "N"),
     Option("min_destination_port", f"lowest UDP destination port (default {D.min_destination_port})", "int", "PORT"),
     Option("max_record_size", f"largest record payload in bytes; larger closes the tunnel (default {D.max_record_size})", "int", "BYTES"),
     Option("min_packet_size", f"smallest ZeroTier packet in bytes; smaller is dropped (default {D.min_packet_size})", "int", "BYTES"),
@@ -54,6 +57,8 @@ OPTIONS = (
     Option("global_rate_bps", "bytes/s all tunnels may send (0 = unlimited, the default)", "float", "BPS"),
     Option("write_buffer_limit", f"bytes queued to a slow client before replies are dropped (default {D.write_buffer_limit})", "int", "BYTES"),
     Option("proxy_protocol", "require a PROXY protocol v1/v2 header on every connection", "bool"),
+    Option("proxy_protocol_from", "trust PROXY headers only from this CIDR (repeatable; default: loopback and private ranges; others are refused)", "list", "CIDR"),
+    Option("ipv6_per_ip_prefix", f"IPv6 clients share --max-connections-per-ip by this prefix length (default {D.ipv6_per_ip_prefix})", "int", "BITS"),
     Option("legacy_target", "send packets of pre-1.2 clients (no hello) here (default: close them)", "endpoint", "HOST:PORT"),
     Option("fallback", "send connections that aren't ZeroTier to this backend, e.g. a web server (default: close them)", "endpoint", "HOST:PORT"),
     Option("fallback_proxy_protocol", "prepend a PROXY v1 or v2 header for the fallback backend (default off)", "str", "v1|v2|off"),
@@ -118,9 +123,12 @@ class UsageError(Exception):
 def _number(cast: Callable[[str], object]) -> Callable[[str, str], object]:
     def convert(raw: str, field: str) -> object:
         try:
-            return cast(raw)
+            value = cast(raw)
         except ValueError:
             raise ConfigError(field, f"{raw!r} is not a number") from None
+        if not math.isfinite(value):  # nan compares false with every bound; inf disables one
+            raise ConfigError(field, f"{raw!r} is not a finite number")
+        return value
     return convert
 
 

@@ -7,10 +7,15 @@ on the open internet; each field says why it has its default.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
+import math
 from dataclasses import dataclass
 
-from relay import filters, protocol
+from relay import filters, limits, protocol
+
+#: Where PROXY headers are trusted when ``--proxy-protocol-from`` is not given.
+DEFAULT_PROXY_SOURCES = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7")
 
 
 class ConfigError(ValueError):
@@ -43,6 +48,19 @@ class RelayConfig:
 
     deny_destination: tuple[str, ...] = ()
     """CIDR ranges refused even if allowed; deny always wins."""
+
+    own_address: tuple[str, ...] = ()
+    """Addresses refused as destinations besides the relay's own interface addresses
+    (found at start): the node's addresses and the load balancer's, which are not on the
+    pod's interfaces. Refused even inside an allowed range."""
+
+    new_destination_rate: int = 64
+    """New destinations (not sent to within the reply window) one tunnel may add per
+    second, with a burst of 8 seconds' worth; 0 means unlimited. A ZeroTier node's largest
+    burst is a multicast fan-out (32 recipients, ZeroTier's default multicast limit) to
+    peers advertising up to 8 paths each (ZT_PUSH_DIRECT_PATHS_MAX_PER_SCOPE_AND_FAMILY),
+    plus its roots: about 260; everything else re-uses destinations already in the
+    window. A scanner wants thousands."""
 
     min_destination_port: int = filters.DEFAULT_MIN_PORT
     """Lowest UDP port a tunnel may send to. 1025 as ZeroTier's own proxy: ZeroTier never
@@ -94,6 +112,16 @@ class RelayConfig:
     """Expect a PROXY protocol v1 or v2 header on every connection (behind a load
     balancer that doesn't preserve client addresses). Connections without one are closed."""
 
+    proxy_protocol_from: tuple[str, ...] = ()
+    """CIDR ranges whose PROXY headers are trusted (the load balancers). Empty means
+    ``DEFAULT_PROXY_SOURCES``: loopback and private ranges, where a balancer in front of a
+    pod connects from, never a client on the internet. A connection from anywhere else is
+    refused, so a client reaching the port directly can't claim an address."""
+
+    ipv6_per_ip_prefix: int = limits.DEFAULT_IPV6_PREFIX
+    """IPv6 clients count against ``max_connections_per_ip`` by this prefix length (a /64
+    is one subscriber's; any address in it is theirs to use)."""
+
     legacy_target: Endpoint | None = None
     """Where packets of pre-1.2 clients (no hello, no addresses) go; None closes them."""
 
@@ -130,8 +158,19 @@ class RelayConfig:
     def __post_init__(self) -> None:
         _validate(self)
 
-    def destination_filter(self) -> filters.DestinationFilter:
-        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port)
+    def proxy_trusted(self, host: str) -> bool:
+        """True if a PROXY header from ``host`` (the immediate peer) may be believed."""
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip.version == n.version and ip in n for n in _networks(self.proxy_protocol_from or DEFAULT_PROXY_SOURCES))
+
+    def destination_filter(self, own: tuple[str, ...] = ()) -> filters.DestinationFilter:
+        """The filter, refusing ``own_address`` and ``own`` (the interface addresses)."""
+        return filters.DestinationFilter.from_cidrs(self.allow_destination, self.deny_destination, self.min_destination_port, tuple(_plain(a) for a in (*self.own_address, *own)))
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)
@@ -156,7 +195,22 @@ def parse_endpoint(text: str, setting: str) -> Endpoint:
     return Endpoint(host, port)
 
 
+def _plain(host: str) -> str:
+    """An address as a destination is compared: IPv4-mapped as IPv4, without a zone ID."""
+    ip = ipaddress.ip_address(host.split("%", 1)[0])
+    return str(ip.ipv4_mapped if ip.version == 6 and ip.ipv4_mapped is not None else ip)
+
+
+@functools.lru_cache(maxsize=8)
+def _networks(cidrs: tuple[str, ...]) -> tuple[filters.IPNetwork, ...]:
+    return tuple(filters.parse_cidr(c) for c in cidrs)
+
+
 def _validate(c: RelayConfig) -> None:
+    for field in dataclasses.fields(c):
+        value = getattr(c, field.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(field.name, f"{value!r} is not a finite number")
     if not c.listen:
         raise ConfigError("listen", "at least one listen address is required")
     for ep in c.listen:
@@ -165,12 +219,16 @@ def _validate(c: RelayConfig) -> None:
             raise ConfigError("workers", f"several workers need fixed listen ports, {ep} has port 0")
     if c.health_listen is not None:
         _check_ip(c.health_listen.host, "health_listen")
-    for name in ("allow_destination", "deny_destination"):
+    for name in ("allow_destination", "deny_destination", "proxy_protocol_from"):
         for cidr in getattr(c, name):
             try:
                 filters.parse_cidr(cidr)
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
+    for host in c.own_address:
+        _check_ip(host, "own_address")
+    if c.new_destination_rate < 0:
+        raise ConfigError("new_destination_rate", "must be 0 (unlimited) or more")
     if not 1 <= c.min_destination_port <= 65535:
         raise ConfigError("min_destination_port", "must be 1..65535")
     if not 16 + 19 <= c.max_record_size <= protocol.MAX_RECORD_PAYLOAD:
@@ -192,6 +250,11 @@ def _validate(c: RelayConfig) -> None:
         _check_ip(c.legacy_target.host, "legacy_target")
         if c.legacy_target.port == 0:
             raise ConfigError("legacy_target", "port must not be 0")
+        if ":" in c.legacy_target.host:
+            # pre-1.2 clients only ever spoke IPv4; the tunnel's legacy socket is IPv4
+            raise ConfigError("legacy_target", "must be an IPv4 address (pre-1.2 clients are IPv4-only)")
+    if not 1 <= c.ipv6_per_ip_prefix <= 128:
+        raise ConfigError("ipv6_per_ip_prefix", "must be 1..128")
     if c.fallback is not None and c.fallback.port == 0:
         raise ConfigError("fallback", "port must not be 0")
     if c.fallback_proxy_protocol not in ("off", "v1", "v2"):

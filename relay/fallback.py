@@ -13,8 +13,9 @@ hands the connection on:
   and the bytes already read.
 
 Limits before the decision: a connection being sniffed counts against ``--max-connections``
-and ``--max-connections-per-ip`` like any connection before its hello (counted once its
-PROXY header, if required, has given the real address), so sniffing is no way around them;
+and ``--max-connections-per-ip`` like any connection before its hello (with
+``--proxy-protocol``: only from a ``--proxy-protocol-from`` source, and as that balancer's
+until its header names the client), so sniffing is no way around them;
 it lasts at most ``--sniff-timeout``. Once it goes to the backend it leaves those caps for
 ``--fallback-max-connections`` and ``--fallback-idle-timeout``: site traffic never counts as
 tunnels and can't take their slots. A tunnel's ``--handshake-timeout`` runs from the
@@ -35,6 +36,7 @@ from collections import Counter
 from typing import TYPE_CHECKING
 
 from relay import protocol, proxy_protocol, sniff, splice as splice_mod, stats
+from relay.limits import client_key
 from relay.tunnel import Tunnel, _fmt
 
 if TYPE_CHECKING:
@@ -157,10 +159,7 @@ class FallbackRouter:
             backend.close()
             s.backend_connected()
             return
-        self.results[CONNECTED] += 1
-        sock = backend.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.results[CONNECTED] += 1  # (uvloop sets TCP_NODELAY on its TCP transports)
         if first:
             backend.write(first)
         if s.client.eof:
@@ -208,7 +207,7 @@ class FallbackRouter:
 class Sniffer(asyncio.Protocol):
     """A connection until its first bytes say what it is (see the module docstring)."""
 
-    __slots__ = ("router", "transport", "client", "buf", "start", "counted", "timer")
+    __slots__ = ("router", "transport", "client", "buf", "start", "slot", "timer")
 
     def __init__(self, router: FallbackRouter) -> None:
         self.router = router
@@ -216,21 +215,25 @@ class Sniffer(asyncio.Protocol):
         self.client: tuple = ("?", 0)
         self.buf = b""  # everything read, PROXY header included
         self.start: int | None = None  # where the client's own bytes begin; None: header pending
-        self.counted = False  # holds a slot of the relay's connection limiter
+        self.slot: str | None = None  # the relay's connection-limiter key this connection holds
         self.timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if peer else ("?", 0)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         router = self.router
         router.sniffers.add(self)
         self.timer = router.loop.call_later(router.relay.config.sniff_timeout, self._timed_out)
-        if not router.relay.config.proxy_protocol:
+        config = router.relay.config
+        if not config.proxy_protocol:
             self._header_done(0)
+        elif not config.proxy_trusted(self.client[0]):
+            self._refuse(stats.PROXY_UNTRUSTED, "PROXY headers are not trusted from this source")
+        else:
+            # Until its header names the client, the connection counts against the caps
+            # as its balancer's (silent connections can't pile up past them).
+            self._acquire()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data  # bounded: a decision or a refusal comes within a few bytes
@@ -268,15 +271,22 @@ class Sniffer(asyncio.Protocol):
     def _header_done(self, consumed: int) -> bool:
         """Counts the connection against the relay's caps, now that its address is known."""
         self.start = consumed
+        return self._acquire()
+
+    def _acquire(self) -> bool:
         relay = self.router.relay
-        reason = stats.DRAINING if relay.draining else relay.limiter.acquire(self.client[0])
+        if self.slot is not None:  # the balancer's, until now
+            relay.limiter.release(self.slot)
+            self.slot = None
+        key = client_key(self.client[0], relay.config.ipv6_per_ip_prefix)
+        reason = stats.DRAINING if relay.draining else relay.limiter.acquire(key)
         if reason is not None:
             relay.stats.refused[reason] += 1
             log.debug("refusing connection from %s: %s", _fmt(self.client), reason)
             self._forget()
             self.transport.abort()
             return False
-        self.counted = True
+        self.slot = key
         return True
 
     def _decide(self, final: bool = False, eof: bool = False) -> None:
@@ -308,9 +318,9 @@ class Sniffer(asyncio.Protocol):
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        if self.counted:
-            self.counted = False
-            self.router.relay.limiter.release(self.client[0])
+        if self.slot is not None:
+            self.router.relay.limiter.release(self.slot)
+            self.slot = None
         self.router.sniffers.discard(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

@@ -6,6 +6,9 @@ amplify traffic at privileged services. The default is what a ZeroTier node legi
 needs: global unicast addresses on unprivileged ports (ZeroTier's own proxy also refuses
 ports up to 1024).
 
+The relay's own addresses (its interfaces, and ``--own-address``: the node's, the load
+balancer's) are refused before any other rule, so that no allowed range can open them.
+
 Precedence, documented in the README: ``--deny-destination`` always wins, then
 ``--allow-destination``, then the built-in list of non-global ranges below. The port rule
 applies to every address, allowed ranges included.
@@ -64,6 +67,7 @@ DEFAULT_MIN_PORT = 1025
 DENIED = "destination_denied"
 NOT_GLOBAL = "destination_not_global"
 LOW_PORT = "destination_port"
+OWN_ADDRESS = "destination_own_address"
 
 
 @dataclass(frozen=True)
@@ -73,16 +77,20 @@ class DestinationFilter:
     allow: tuple[IPNetwork, ...] = ()
     deny: tuple[IPNetwork, ...] = ()
     min_port: int = DEFAULT_MIN_PORT
+    #: the relay's own addresses (interfaces, node, load balancer): refused before anything
+    own: tuple[IPNetwork, ...] = ()
 
     @classmethod
-    def from_cidrs(cls, allow: Iterable[str] = (), deny: Iterable[str] = (), min_port: int = DEFAULT_MIN_PORT) -> DestinationFilter:
+    def from_cidrs(cls, allow: Iterable[str] = (), deny: Iterable[str] = (), min_port: int = DEFAULT_MIN_PORT, own: Iterable[str] = ()) -> DestinationFilter:
         """Builds a filter from CIDR strings; raises ``ValueError`` naming a bad one."""
-        return cls(tuple(parse_cidr(c) for c in allow), tuple(parse_cidr(c) for c in deny), min_port)
+        return cls(tuple(parse_cidr(c) for c in allow), tuple(parse_cidr(c) for c in deny), min_port, tuple(parse_cidr(c) for c in own))
 
     def verdict(self, ip: IPAddress, port: int) -> str | None:
         """``None`` if allowed, else the drop reason."""
         if port < self.min_port:
             return LOW_PORT
+        if _within(ip, self.own):
+            return OWN_ADDRESS
         if _within(ip, self.deny):
             return DENIED
         if _within(ip, self.allow):

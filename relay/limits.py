@@ -7,9 +7,33 @@ packets to UDP.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 
 from relay import stats
+
+#: Default length of the IPv6 prefix that counts as one client: a /64 is what one
+#: subscriber gets, and a host can pick any address in it.
+DEFAULT_IPV6_PREFIX = 64
+
+
+def client_key(host: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
+    """The per-IP limiter's key for a client address: IPv4 as it is (an IPv4-mapped IPv6
+    address becomes its IPv4 address), IPv6 as its ``/ipv6_prefix`` network, so that one
+    host can't take a fresh slot with each of its 2**64 addresses."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.version == 4:
+        return str(ip)
+    if ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    if ip.scope_id is not None:
+        ip = ipaddress.IPv6Address(ip.packed)
+    if ipv6_prefix >= 128:
+        return str(ip)
+    return str(ipaddress.IPv6Network((ip, ipv6_prefix), strict=False))
 
 
 class TokenBucket:
@@ -19,16 +43,19 @@ class TokenBucket:
     cost is a comparison and a subtraction.
     """
 
-    __slots__ = ("rate", "tokens", "stamp")
+    __slots__ = ("rate", "burst", "tokens", "stamp")
 
-    def __init__(self, rate: float, now: float) -> None:
+    def __init__(self, rate: float, now: float, burst: float | None = None) -> None:
         self.rate = rate
-        self.tokens = rate
+        #: what the bucket holds when full: one second of rate, or more when one second
+        #: is less than one unit a caller takes (else a small rate would let nothing through)
+        self.burst = rate if burst is None or burst < rate else burst
+        self.tokens = self.burst
         self.stamp = now
 
     def refill(self, now: float) -> None:
         tokens = self.tokens + (now - self.stamp) * self.rate
-        self.tokens = tokens if tokens < self.rate else self.rate
+        self.tokens = tokens if tokens < self.burst else self.burst
         self.stamp = now
 
     def take(self, amount: float) -> bool:
@@ -39,12 +66,18 @@ class TokenBucket:
 
 
 class RateLimit:
-    """Packets/s and bytes/s together; a zero rate is unlimited."""
+    """Packets/s and bytes/s together; a zero rate is unlimited.
+
+    A rate below one packet per second, or below one packet's bytes per second, still
+    lets a packet through now and then instead of none ever: the packet bucket holds at
+    least one packet, and a packet larger than the byte bucket passes when the bucket is
+    full and leaves it in debt, so the average stays at the rate.
+    """
 
     __slots__ = ("packets", "bytes")
 
     def __init__(self, pps: float, bps: float, now: float) -> None:
-        self.packets = TokenBucket(pps, now) if pps else None
+        self.packets = TokenBucket(pps, now, 1) if pps else None
         self.bytes = TokenBucket(bps, now) if bps else None
 
     @property
@@ -62,8 +95,10 @@ class RateLimit:
         packets, bytes_ = self.packets, self.bytes
         if packets is not None and packets.tokens < 1:
             return False
-        if bytes_ is not None and not bytes_.take(size):
-            return False
+        if bytes_ is not None:
+            if bytes_.tokens < (size if size < bytes_.burst else bytes_.burst):
+                return False
+            bytes_.tokens -= size
         if packets is not None:
             packets.tokens -= 1
         return True

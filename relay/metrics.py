@@ -11,6 +11,9 @@ _SERIES = (
     ("bytes", "zt_relay_bytes_total", "counter", "ZeroTier packet bytes relayed (without framing), by direction.", "direction"),
     ("dropped", "zt_relay_dropped_total", "counter", "Packets dropped, by reason.", "reason"),
     ("refused", "zt_relay_connections_refused_total", "counter", "Connections refused at accept, by reason.", "reason"),
+    ("connections_open", "zt_relay_connections_open", "gauge", "TCP connections open: tunnels, connections waiting for a PROXY header or being sniffed, tunnels closing (not fallback splices).", None),
+    ("client_addresses", "zt_relay_client_addresses", "gauge", "Client addresses (or IPv6 prefixes) holding a per-IP connection slot.", None),
+    ("write_buffer_bytes", "zt_relay_write_buffer_bytes", "gauge", "Bytes queued toward clients in the relay's write buffers.", None),
     ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),
     ("fallback_active", "zt_relay_fallback_connections_active", "gauge", "Connections spliced to the --fallback backend now.", None),
     ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),
@@ -18,7 +21,7 @@ _SERIES = (
     ("fallback_bytes", "zt_relay_fallback_bytes_total", "counter", "Bytes spliced to and from the --fallback backend, by direction.", "direction"),
 )
 #: Directions of each direction-labelled series (snapshot keys ``<key>_<direction>``).
-_DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}
+DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -36,7 +39,7 @@ def render(snapshot: dict[str, int], extra_gauges: dict[str, tuple[str, float]] 
         if label is None:
             lines.append(f"{name} {snapshot.get(key, 0)}")
         elif label == "direction":
-            for direction in _DIRECTIONS.get(key, ("to_udp", "to_tcp")):
+            for direction in DIRECTIONS.get(key, ("to_udp", "to_tcp")):
                 lines.append(f'{name}{{direction="{direction}"}} {snapshot.get(f"{key}_{direction}", 0)}')
         else:
             prefix = key + ":"

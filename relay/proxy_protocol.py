@@ -45,19 +45,39 @@ def _parse_v1(buf: bytes) -> tuple[Address | None, int] | None:
         if len(buf) >= V1_MAX:
             raise ProtocolError(REASON, "PROXY v1 line longer than 107 bytes")
         return None
-    parts = buf[:end].decode("ascii", "replace").split(" ")
+    line = buf[:end]
+    if not line.isascii():
+        raise ProtocolError(REASON, f"PROXY v1 line is not ASCII: {line!r}")
+    parts = line.decode("ascii").split(" ")
     if len(parts) >= 2 and parts[1] == "UNKNOWN":
         return None, end + 2
     if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
-        raise ProtocolError(REASON, f"malformed PROXY v1 line {buf[:end]!r}")
+        raise ProtocolError(REASON, f"malformed PROXY v1 line {line!r}")
+    version = 4 if parts[1] == "TCP4" else 6
+    src, _ = _v1_address(parts[2], parts[4], version, line), _v1_address(parts[3], parts[5], version, line)
+    return src, end + 2
+
+
+def _v1_address(host: str, port_text: str, version: int, line: bytes) -> Address:
+    """One address of a v1 line, strictly: an address of the line's family without a zone
+    ID, and a decimal port (digits only, no sign or leading zero, 0..65535)."""
+    if "%" in host or not port_text.isdigit() or len(port_text) > 5 or (port_text[0] == "0" and port_text != "0"):
+        raise ProtocolError(REASON, f"bad address in PROXY v1 line {line!r}")
     try:
-        ip = ipaddress.ip_address(parts[2])
-        port = int(parts[4])
+        ip = ipaddress.ip_address(host)
     except ValueError:
-        raise ProtocolError(REASON, f"bad address in PROXY v1 line {buf[:end]!r}") from None
-    if (ip.version == 4) != (parts[1] == "TCP4") or not 0 <= port <= 65535:
-        raise ProtocolError(REASON, f"bad address in PROXY v1 line {buf[:end]!r}")
-    return (str(ip), port), end + 2
+        raise ProtocolError(REASON, f"bad address in PROXY v1 line {line!r}") from None
+    port = int(port_text)
+    if ip.version != version or port > 65535:
+        raise ProtocolError(REASON, f"bad address in PROXY v1 line {line!r}")
+    return _normal(ip), port
+
+
+def _normal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    """The address as a limiter and a log should see it: IPv4-mapped IPv6 as IPv4."""
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return str(ip.ipv4_mapped)
+    return str(ip)
 
 
 def _parse_v2(buf: bytes) -> tuple[Address | None, int] | None:
@@ -87,7 +107,7 @@ def _parse_v2(buf: bytes) -> tuple[Address | None, int] | None:
         ip, port = ipaddress.IPv4Address(body[0:4]), (body[8] << 8) | body[9]
     else:
         ip, port = ipaddress.IPv6Address(body[0:16]), (body[32] << 8) | body[33]
-    return (str(ip), port), total
+    return (_normal(ip), port), total
 
 
 def encode_v1(src: Address, dst: Address) -> bytes:

@@ -14,11 +14,11 @@ import logging
 import socket
 import struct
 
-from relay import metrics, stats
+from relay import interfaces, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
-from relay.limits import ConnectionLimiter, RateLimit
-from relay.tunnel import Tunnel, _fmt
+from relay.limits import ConnectionLimiter, RateLimit, client_key
+from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
@@ -30,6 +30,9 @@ MAX_CACHED_PREFIXES = 65536
 REFUSAL_LOG_INTERVAL = 10.0
 #: A tick that ran this long ago means the loop is stuck: /healthz fails.
 LIVENESS_STALL = 10.0
+#: The kernel gives up on a connection whose sent data stays unacknowledged this long
+#: (milliseconds; also bounds zero-window probing of a client that stopped reading).
+TCP_USER_TIMEOUT_MS = 30_000
 
 _PORT = struct.Struct(">H")
 
@@ -39,7 +42,9 @@ class Relay:
         self.config = config
         self.telemetry = telemetry
         self.loop = asyncio.get_running_loop()
-        self.filter = config.destination_filter()
+        #: the relay's interface addresses, refused as destinations (with --own-address)
+        self.own_addresses = tuple(sorted(interfaces.local_addresses()))
+        self.filter = config.destination_filter(self.own_addresses)
         #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
         self.verdicts: dict[bytes, tuple | str] = {}
         #: sender address -> the 7 or 19 address bytes of a reply record
@@ -81,6 +86,8 @@ class Relay:
             self.addresses.append(sock.getsockname())
         self._schedule_tick()
         log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
+        own = (*self.own_addresses, *self.config.own_address)
+        log.info("refusing the relay's own addresses as destinations: %s", ", ".join(own) or "none found")
 
     @property
     def ready(self) -> bool:
@@ -94,6 +101,11 @@ class Relay:
         snap = self.stats.snapshot(t for t in self.tunnels if t.admitted)
         if self.fallback is not None:
             snap.update(self.fallback.snapshot())
+        # Gauges of what open connections hold (per scrape, not per packet): a closed
+        # tunnel must leave none of it behind.
+        snap["connections_open"] = len(self.tunnels) + (len(self.fallback.sniffers) if self.fallback is not None else 0)
+        snap["client_addresses"] = len(self.limiter.per_ip)
+        snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
         return snap
 
     def metrics_text(self) -> str:
@@ -125,11 +137,14 @@ class Relay:
             self.fallback.close()
         for server in self.servers:
             await server.wait_closed()
-        # connection_lost runs on the next loop iterations.
-        for _ in range(100):
-            if not self.tunnels:
-                break
-            await asyncio.sleep(0.01)
+        # connection_lost runs on the next loop iterations, or after the close grace for a
+        # client that doesn't read.
+        if self.tunnels:
+            self._emptied = asyncio.Event()
+            try:
+                await asyncio.wait_for(self._emptied.wait(), CLOSE_GRACE + 1)
+            except asyncio.TimeoutError:
+                pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
         log.info("relay stopped")
@@ -143,21 +158,34 @@ class Relay:
             configure_stream(sock)
         tunnel.transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
 
+    def hold(self, tunnel: Tunnel) -> bool:
+        """A connection that must send a PROXY header first: refused unless its peer is a
+        trusted balancer, and counted against the limits by that peer until the header
+        names the client (silent connections can't pile up past the caps)."""
+        peer = tunnel.client[0]
+        if not self.config.proxy_trusted(peer):
+            self.refuse(tunnel, stats.PROXY_UNTRUSTED)
+            return False
+        reason = stats.DRAINING if self.draining else self._acquire(tunnel, peer)
+        if reason is not None:
+            self.refuse(tunnel, reason)
+            return False
+        return True
+
     def admit(self, tunnel: Tunnel) -> bool:
         """Counts the connection against the limits and opens its UDP socket, or refuses it."""
-        reason = stats.DRAINING if self.draining else self.limiter.acquire(tunnel.client[0])
+        if tunnel.slot is not None:  # held by the balancer's address until now
+            self.limiter.release(tunnel.slot)
+            tunnel.slot = None
+        reason = stats.DRAINING if self.draining else self._acquire(tunnel, tunnel.client[0])
         if reason is None:
             try:
                 tunnel.open_udp()
             except OSError as exc:
-                self.limiter.release(tunnel.client[0])
                 reason = stats.UDP_SOCKET_ERROR
                 log.error("cannot open a UDP socket for %s: %s", _fmt(tunnel.client), exc)
         if reason is not None:
-            self.stats.refused[reason] += 1
-            self._log_refusal(reason, tunnel)
-            tunnel.reason = reason
-            tunnel.transport.abort()
+            self.refuse(tunnel, reason)
             return False
         tunnel.admitted = True
         config = self.config
@@ -170,14 +198,30 @@ class Relay:
         log.debug("tunnel from %s opened", _fmt(tunnel.client))
         return True
 
+    def _acquire(self, tunnel: Tunnel, host: str) -> str | None:
+        key = client_key(host, self.config.ipv6_per_ip_prefix)
+        reason = self.limiter.acquire(key)
+        if reason is None:
+            tunnel.slot = key
+        return reason
+
+    def refuse(self, tunnel: Tunnel, reason: str) -> None:
+        """Counts and (rate-limited) logs a refused connection, and resets it."""
+        self.stats.refused[reason] += 1
+        self._log_refusal(reason, tunnel)
+        tunnel.reason = reason
+        tunnel.transport.abort()
+
     def hello(self, tunnel: Tunnel) -> None:
         log.info("tunnel from %s: client version %s", _fmt(tunnel.client), tunnel.version)
 
     def tunnel_lost(self, tunnel: Tunnel) -> None:
         self.tunnels.discard(tunnel)
+        if tunnel.slot is not None:
+            self.limiter.release(tunnel.slot)
+            tunnel.slot = None
         if tunnel.admitted:
             tunnel.admitted = False
-            self.limiter.release(tunnel.client[0])
             self.stats.tunnel_closed(tunnel, tunnel.reason)
             if self.telemetry is not None:
                 self.telemetry.closed(tunnel)
@@ -279,10 +323,12 @@ def listen_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket
 
 
 def configure_stream(sock) -> None:
-    """TCP_NODELAY (each record is a packet: don't batch behind Nagle) and keepalive
-    (notice dead clients behind NATs without waiting for the idle timeout)."""
+    """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
+    dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
+    (the kernel gives up on a client that acknowledges nothing, zero window included)."""
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)

@@ -21,6 +21,8 @@ NO_HELLO = "no_hello"
 PROXY_HEADER = "proxy_protocol_error"
 DRAIN_TIMEOUT = "drain_timeout"
 UDP_SOCKET_ERROR = "udp_socket_error"
+#: An exception a handler did not expect: counted and logged in one line, never a traceback.
+INTERNAL_ERROR = "internal_error"
 # ProtocolError reasons (bad_record_header, record_too_large, bad_address_type, ...) are
 # used as close reasons as they are.
 
@@ -37,6 +39,7 @@ UDP_BUFFER_FULL = "udp_send_buffer_full"
 MAX_CONNECTIONS = "max_connections"
 MAX_CONNECTIONS_PER_IP = "max_connections_per_ip"
 DRAINING = "draining"
+PROXY_UNTRUSTED = "proxy_source_not_trusted"
 
 
 class TunnelCounts(Protocol):

@@ -25,7 +25,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, ConsoleSpanExporter
 
-from relay import __version__
+from relay import __version__, metrics as metrics_mod
 
 log = logging.getLogger("zt_relay.telemetry")
 
@@ -104,7 +104,8 @@ class Telemetry:
                 if label is None:
                     return [Observation(snap.get(key, 0))]
                 if label == "direction":
-                    return [Observation(snap.get(f"{key}_{d}", 0), {"direction": d}) for d in ("to_udp", "to_tcp")]
+                    directions = metrics_mod.DIRECTIONS.get(key, ("to_udp", "to_tcp"))
+                    return [Observation(snap.get(f"{key}_{d}", 0), {"direction": d}) for d in directions]
                 prefix = key + ":"
                 return [Observation(v, {label: k[len(prefix):]}) for k, v in snap.items() if k.startswith(prefix)]
             return callback
@@ -116,6 +117,11 @@ class Telemetry:
         meter.create_observable_counter("zt_relay.bytes", [series("bytes", "direction")], unit="By")
         meter.create_observable_counter("zt_relay.dropped", [series("dropped", "reason")])
         meter.create_observable_counter("zt_relay.udp.send_errors", [series("udp_send_errors")])
+        meter.create_observable_gauge("zt_relay.fallback.active", [series("fallback_active")],
+                                      description="Connections spliced to the --fallback backend now.")
+        meter.create_observable_counter("zt_relay.fallback.connections", [series("fallback", "result")])
+        meter.create_observable_counter("zt_relay.fallback.closed", [series("fallback_closed", "reason")])
+        meter.create_observable_counter("zt_relay.fallback.bytes", [series("fallback_bytes", "direction")], unit="By")
 
     def shutdown(self) -> None:
         """Flushes pending spans and metrics (called once at exit)."""

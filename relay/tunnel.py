@@ -19,13 +19,15 @@ Everything that is not per packet (admission, timeouts, telemetry, closing) live
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import socket
 import struct
+import termios
 from typing import TYPE_CHECKING
 
 from relay import protocol, proxy_protocol, stats
-from relay.limits import RateLimit
+from relay.limits import RateLimit, TokenBucket
 
 if TYPE_CHECKING:
     from relay.server import Relay
@@ -41,10 +43,18 @@ UDP_READ_SIZE = 65536
 #: a handful of peers, a scanner to thousands.
 MAX_PEERS = 1024
 TOO_MANY_DESTINATIONS = "too_many_destinations"
+NEW_DESTINATION_RATE = "new_destination_rate_limited"
+#: The burst of new destinations a tunnel may add at once, in seconds of its rate
+#: (``--new-destination-rate``; see config.py for why the default fits ZeroTier).
+NEW_DESTINATION_BURST_SECONDS = 8
+#: Seconds a closing tunnel may take to flush what is queued toward its client before the
+#: connection is aborted (a client that stopped reading would otherwise hold it forever).
+CLOSE_GRACE = 2.0
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
 _LEGACY_HEADER = struct.Struct(">3sH").pack
+_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class Tunnel(asyncio.Protocol):
@@ -52,7 +62,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf",
+        "_proxy_buf", "closer", "slot", "new_destinations",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -78,13 +88,21 @@ class Tunnel(asyncio.Protocol):
         self.warned: set[str] | None = None
         self.admitted = False
         self._proxy_buf: bytes | None = None
+        self.closer: asyncio.TimerHandle | None = None  # aborts a close that doesn't flush
+        self.slot: str | None = None  # the per-IP limiter key this connection holds
+        rate = relay.config.new_destination_rate
+        #: budget of destinations this tunnel may add to its reply window (None: unlimited)
+        self.new_destinations = TokenBucket(rate, self.born, rate * NEW_DESTINATION_BURST_SECONDS) if rate else None
 
     # -- hot path: TCP to UDP ---------------------------------------------------------------
 
     def data_received(self, data: bytes) -> None:
         self.active = True
         if self._proxy_buf is not None:
-            self._feed_proxy_header(data)
+            try:
+                self._feed_proxy_header(data)
+            except Exception as exc:  # as below: a reason and one line, never a traceback
+                self.close(stats.INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}")
             return
         if self.limited:
             self._refill()
@@ -92,6 +110,8 @@ class Tunnel(asyncio.Protocol):
             self.reader.feed(data)
         except protocol.ProtocolError as exc:
             self.close(exc.reason, exc.detail)
+        except Exception as exc:  # a bug, not the client's: close with a reason, no traceback
+            self.close(stats.INTERNAL_ERROR, f"{exc.__class__.__name__}: {exc}")
 
     def _refill(self) -> None:
         now = self.relay.loop.time()
@@ -101,6 +121,9 @@ class Tunnel(asyncio.Protocol):
             self.relay.global_rate.refill(now)
 
     def _on_packet(self, data: bytes, start: int, end: int) -> None:
+        if start == end:  # an empty record has no type byte: data[start] is the next record's
+            self.drop(stats.PACKET_TOO_SMALL)
+            return
         kind = data[start]
         if kind == 4:
             prefix = 7
@@ -133,9 +156,16 @@ class Tunnel(asyncio.Protocol):
         generation = relay.generation
         seen = peers.get(dest)
         if seen != generation:
-            if seen is None and len(peers) >= MAX_PEERS:
-                self.drop(TOO_MANY_DESTINATIONS)
-                return
+            if seen is None:  # a new destination: not per packet, only per new address
+                if len(peers) >= MAX_PEERS:
+                    self.drop(TOO_MANY_DESTINATIONS)
+                    return
+                new = self.new_destinations
+                if new is not None:
+                    new.refill(relay.loop.time())
+                    if not new.take(1):
+                        self.drop(NEW_DESTINATION_RATE)
+                        return
             peers[dest] = generation
         try:
             sock.sendto(data[start + prefix:end], dest)
@@ -228,7 +258,8 @@ class Tunnel(asyncio.Protocol):
         self.relay.connection_made(self)
         if self.relay.config.proxy_protocol:
             # Admission waits for the header: limits must count the real client.
-            self._proxy_buf = b""
+            if self.relay.hold(self):
+                self._proxy_buf = b""
             return
         self.relay.admit(self)
 
@@ -298,11 +329,19 @@ class Tunnel(asyncio.Protocol):
     def _on_legacy_packet(self, data: bytes, start: int, end: int) -> None:
         # Pre-1.2 clients send bare packets, all for one target, and get bare replies.
         size = end - start
-        if size < self.relay.min_packet:
+        relay = self.relay
+        if size < relay.min_packet:
             self.drop(stats.PACKET_TOO_SMALL)
             return
+        if self.limited:
+            if self.rate is not None and not self.rate.allow(size):
+                self.drop(stats.TUNNEL_RATE)
+                return
+            if relay.global_rate is not None and not relay.global_rate.allow(size):
+                self.drop(stats.GLOBAL_RATE)
+                return
         try:
-            self.udp4.sendto(data[start:end], self.relay.legacy_target)
+            self.udp4.sendto(data[start:end], relay.legacy_target)
         except OSError as exc:
             self.relay.stats.udp_send_errors += 1
             self.warn_once("udp_send_error", "UDP send to legacy target failed: %s", exc)
@@ -338,22 +377,69 @@ class Tunnel(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reason is None:
             self.reason = stats.CONNECTION_ERROR if exc is not None else stats.CLIENT_CLOSED
-        for sock in (self.udp4, self.udp6):
-            if sock is not None:
-                self.relay.loop.remove_reader(sock.fileno())
-                sock.close()
-        self.udp4 = self.udp6 = None
+        if self.closer is not None:
+            self.closer.cancel()
+            self.closer = None
+        self._close_udp()
         self.reader.on_record = _closed
         self.relay.tunnel_lost(self)
 
     def close(self, reason: str, detail: str | None = None) -> None:
-        """Closes the tunnel once; the first reason given is the one recorded."""
+        """Closes the tunnel once; the first reason given is the one recorded.
+
+        The UDP socket goes at once (no more replies for a closing tunnel). What is already
+        queued toward the client gets ``CLOSE_GRACE`` seconds to reach it; a client that
+        isn't reading by then gets a reset, so neither the relay's buffer nor the kernel's
+        send queue outlives the grace.
+        """
         if self.reason is not None:
             return
         self.reason = reason
         if detail:
             log.warning("closing tunnel from %s: %s (%s)", _fmt(self.client), reason, detail)
-        self.transport.close()
+        self._close_udp()
+        self.reader.on_record = _closed
+        transport = self.transport
+        if not self._queued():
+            transport.close()
+            return
+        transport.pause_reading()
+        self.closer = self.relay.loop.call_later(CLOSE_GRACE, self._close_or_abort)
+
+    def _queued(self) -> int:
+        """Bytes not yet acknowledged by the client: the transport's buffer and the kernel's."""
+        transport = self.transport
+        queued = transport.get_write_buffer_size()
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            try:
+                queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            except OSError:
+                pass  # already closed under us: nothing left to wait for
+        return queued
+
+    def _close_or_abort(self) -> None:
+        self.closer = None
+        transport = self.transport
+        if transport.is_closing():
+            return
+        if not self._queued():
+            transport.close()
+            return
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            # A zero linger makes close() send a reset and drop the kernel's queue, instead
+            # of leaving an orphan probing a zero window.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        transport.abort()
+
+    def _close_udp(self) -> None:
+        loop = self.relay.loop
+        for sock in (self.udp4, self.udp6):
+            if sock is not None:
+                loop.remove_reader(sock.fileno())
+                sock.close()
+        self.udp4 = self.udp6 = None
 
     # -- drops ----------------------------------------------------------------------------------
 

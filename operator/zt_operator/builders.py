@@ -11,9 +11,11 @@ object) still builds the same children.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import json
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import urlsplit
 
 from zt_operator import API_VERSION, KIND, crd
 
@@ -61,6 +63,14 @@ RELAY_ENV: dict[str, tuple[str, str]] = {
     "workers": ("ZT_RELAY_WORKERS", "value"),
     "logFormat": ("ZT_RELAY_LOG_FORMAT", "value"),
     "logLevel": ("ZT_RELAY_LOG_LEVEL", "value"),
+}
+
+# spec.fallback field -> relay environment variable (besides the backend address itself).
+FALLBACK_ENV: dict[str, str] = {
+    "proxyProtocol": "ZT_RELAY_FALLBACK_PROXY_PROTOCOL",
+    "sniffTimeoutSeconds": "ZT_RELAY_SNIFF_TIMEOUT",
+    "maxConnections": "ZT_RELAY_FALLBACK_MAX_CONNECTIONS",
+    "idleTimeoutSeconds": "ZT_RELAY_FALLBACK_IDLE_TIMEOUT",
 }
 
 
@@ -162,6 +172,12 @@ def relay_env(body: Mapping[str, Any], own_addresses: Sequence[str] = ()) -> lis
     for field, (variable, kind) in RELAY_ENV.items():
         if field in relay and relay[field] is not None:
             env.append({"name": variable, "value": _env_value(relay[field], kind)})
+    backend = fallback_address(body)
+    if backend is not None:
+        env.append({"name": "ZT_RELAY_FALLBACK", "value": backend})
+        for field, variable in FALLBACK_ENV.items():
+            if spec["fallback"].get(field) is not None:
+                env.append({"name": variable, "value": _env_value(spec["fallback"][field], "value")})
     telemetry = spec.get("telemetry") or {}
     if telemetry.get("otlpEndpoint"):
         meta = body["metadata"]
@@ -183,6 +199,28 @@ def relay_env(body: Mapping[str, Any], own_addresses: Sequence[str] = ()) -> lis
             env.append({"name": "OTEL_METRIC_EXPORT_INTERVAL",
                         "value": str(int(telemetry["metricExportIntervalSeconds"] * 1000))})
     return env
+
+
+def fallback_address(body: Mapping[str, Any]) -> str | None:
+    """``spec.fallback`` as the relay's ``--fallback`` value: ``address`` as it is, or the
+    Service's cluster DNS name (``NAME.NAMESPACE.svc:PORT``, the relay's namespace by
+    default); None without a fallback."""
+    fallback = (body.get("spec") or {}).get("fallback")
+    if not fallback:
+        return None
+    if fallback.get("address"):
+        return fallback["address"]
+    namespace = fallback.get("namespace") or body["metadata"]["namespace"]
+    return f"{fallback['service']}.{namespace}.svc:{fallback['port']}"
+
+
+def fallback_service_ref(body: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(namespace, name)`` of the fallback Service whose pods the egress policy must
+    reach, or None (no fallback, or an ``address``)."""
+    fallback = (body.get("spec") or {}).get("fallback")
+    if not fallback or not fallback.get("service"):
+        return None
+    return fallback.get("namespace") or body["metadata"]["namespace"], fallback["service"]
 
 
 def termination_grace_seconds(spec: Mapping[str, Any]) -> int:
@@ -346,10 +384,13 @@ def pod_disruption_budget(body: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def network_policy(body: Mapping[str, Any]) -> dict[str, Any] | None:
+def network_policy(body: Mapping[str, Any], backend_service: Mapping[str, Any] | None = None) -> dict[str, Any] | None:
     """Ingress to relay pods: tunnels from anywhere, health and metrics only from
     ``networkPolicy.metricsFrom`` peers (the kubelet's probes are not subject to it).
-    None when ``networkPolicy.enabled`` is false."""
+    None when ``networkPolicy.enabled`` is false.
+
+    With ``spec.fallback`` the policy also limits egress (``fallback_egress``);
+    ``backend_service`` is the fallback Service as read from the API (None: not found)."""
     spec = with_defaults(body.get("spec"))
     policy = spec["networkPolicy"]
     if not policy["enabled"]:
@@ -360,16 +401,69 @@ def network_policy(body: Mapping[str, Any]) -> dict[str, Any] | None:
             "from": copy.deepcopy(policy["metricsFrom"]),
             "ports": [{"port": HEALTH_PORT, "protocol": "TCP"}],
         })
+    policy_spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(body["metadata"]["name"])},
+        "policyTypes": ["Ingress"],
+        "ingress": ingress,
+    }
+    if spec.get("fallback"):
+        policy_spec["policyTypes"] = ["Ingress", "Egress"]
+        policy_spec["egress"] = fallback_egress(body, backend_service)
     return {
         "apiVersion": "networking.k8s.io/v1",
         "kind": "NetworkPolicy",
         "metadata": _metadata(body),
-        "spec": {
-            "podSelector": {"matchLabels": selector_labels(body["metadata"]["name"])},
-            "policyTypes": ["Ingress"],
-            "ingress": ingress,
-        },
+        "spec": policy_spec,
     }
+
+
+def fallback_egress(body: Mapping[str, Any], backend_service: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Egress of a relay with a fallback: what the relay needs, and TCP only to the backend.
+
+    - UDP anywhere: tunnels (the relay's own destination filter decides), DNS included;
+    - TCP 53 (DNS over TCP) and the OTLP endpoint's port, if telemetry is on;
+    - the backend: a Service's pods (its namespace, its selector, the target port of the
+      port named in ``spec.fallback.port``), or an ``address``'s IP and port. A Service
+      not found (yet), or one without a selector, opens nothing: the site is unreachable
+      from the relay until it exists, and the operator rebuilds this on its next pass.
+    """
+    spec = with_defaults(body.get("spec"))
+    egress: list[dict[str, Any]] = [
+        {"ports": [{"protocol": "UDP"}]},
+        {"ports": [{"protocol": "TCP", "port": 53}]},
+    ]
+    endpoint = (spec.get("telemetry") or {}).get("otlpEndpoint")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        egress.append({"ports": [{"protocol": "TCP", "port": parts.port or (443 if parts.scheme == "https" else 80)}]})
+    fallback = spec["fallback"]
+    if fallback.get("address"):
+        host, _, port = fallback["address"].rpartition(":")
+        host = host.strip("[]")
+        rule: dict[str, Any] = {"ports": [{"protocol": "TCP", "port": int(port)}]}
+        try:
+            ip = ipaddress.ip_address(host)
+            rule["to"] = [{"ipBlock": {"cidr": f"{ip}/{ip.max_prefixlen}"}}]
+        except ValueError:
+            pass  # a DNS name can't be put in a NetworkPolicy: that port is open to all
+        egress.append(rule)
+        return egress
+    selector = ((backend_service or {}).get("spec") or {}).get("selector")
+    if not selector:
+        return egress
+    target: Any = fallback["port"]
+    for port in backend_service["spec"].get("ports") or []:
+        if port.get("port") == fallback["port"] and port.get("protocol", "TCP") == "TCP":
+            target = port.get("targetPort", port["port"])
+    namespace = backend_service["metadata"]["namespace"]
+    egress.append({
+        "to": [{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}},
+            "podSelector": {"matchLabels": dict(selector)},
+        }],
+        "ports": [{"protocol": "TCP", "port": target}],
+    })
+    return egress
 
 
 def client_config(address: str | None, port: int) -> str | None:

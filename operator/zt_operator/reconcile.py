@@ -45,7 +45,18 @@ def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
                   for p in (service or {}).get("spec", {}).get("ports") or [])
 
 
-def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: list[str]) -> dict[str, dict[str, Any] | None]:
+def _fallback_service(body: Mapping[str, Any], access: Any) -> dict[str, Any] | None:
+    """The ``spec.fallback`` Service, read so the egress policy can name its pods (only
+    when a NetworkPolicy is wanted; None when absent: egress to it stays closed until a
+    later pass finds it). Raises ``KubeError``."""
+    ref = builders.fallback_service_ref(body)
+    if ref is None or not builders.with_defaults(body.get("spec"))["networkPolicy"]["enabled"]:
+        return None
+    return access.live("Service", *ref)
+
+
+def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: list[str],
+               fallback_service: dict[str, Any] | None) -> dict[str, dict[str, Any] | None]:
     built = {
         "Service": builders.service(body),
         "Deployment": builders.deployment(body, default_image=settings.relay_image,
@@ -53,7 +64,7 @@ def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: 
                                           own_addresses=own_addresses),
         "PodDisruptionBudget": builders.pod_disruption_budget(body),
         "HorizontalPodAutoscaler": builders.horizontal_pod_autoscaler(body),
-        "NetworkPolicy": builders.network_policy(body),
+        "NetworkPolicy": builders.network_policy(body, fallback_service),
     }
     return {kind: plan.stamp(manifest) if manifest is not None else None for kind, manifest in built.items()}
 
@@ -86,7 +97,12 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
             errors.append(exc)
             return False, None
 
-    manifests = _manifests(body, settings, _load_balancer_ips(access, namespace, name)) if not invalid else {}
+    manifests: dict[str, dict[str, Any] | None] = {}
+    if not invalid:
+        ok, fallback_service = attempt(lambda: _fallback_service(body, access))
+        manifests = _manifests(body, settings, _load_balancer_ips(access, namespace, name), fallback_service)
+        if not ok:  # keep the NetworkPolicy as it is rather than close the backend off
+            manifests.pop("NetworkPolicy")
     for kind in CHILD_KINDS:
         # A child that is not to be written needs no read from the API server: only our own
         # (labelled, so watched and cached) object matters then.
@@ -104,6 +120,8 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
         live[kind] = current
         if invalid:
             continue
+        if kind not in manifests:
+            continue  # not built this pass (invalid spec, or see above): left as it is
         manifest = manifests[kind]
         if manifest is None:
             if state == "ours":  # the feature was switched off

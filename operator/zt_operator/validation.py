@@ -45,6 +45,16 @@ def validate(spec: Mapping[str, Any] | None) -> list[str]:
         error = _endpoint_error("relay.legacyTarget", relay["legacyTarget"])
         if error:
             errors.append(error)
+    fallback = spec.get("fallback")
+    if fallback:
+        if bool(fallback.get("service")) == bool(fallback.get("address")):
+            errors.append("spec.fallback: set either service (with port) or address")
+        elif fallback.get("address"):
+            error = _endpoint_error("fallback.address", fallback["address"])
+            if error:
+                errors.append(error)
+        elif not fallback.get("port"):
+            errors.append("spec.fallback.port: required with spec.fallback.service (the Service's port)")
     auto = spec["autoscaling"]
     if auto["enabled"]:
         if auto["minReplicas"] > auto["maxReplicas"]:

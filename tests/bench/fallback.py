@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import os
 import re
+import resource
 import socket
 import ssl
 import statistics
@@ -72,6 +73,47 @@ def _listening_port(pid: int) -> int:
     return 0
 
 
+#: A bare splice(2) forwarder (threads, blocking sockets, one pipe per direction): the
+#: zero-copy reference the relay's Protocol splice is compared with (--splice-reference).
+SPLICE_FORWARDER = r"""
+import os, socket, sys, threading
+backend = ("127.0.0.1", int(sys.argv[1]))
+listener = socket.create_server(("127.0.0.1", 0))
+print(listener.getsockname()[1], flush=True)
+FLAGS = os.SPLICE_F_MOVE  # not SPLICE_F_MORE: it corks small TLS flights for 200 ms
+def pump(src, dst):
+    r, w = os.pipe()
+    try:
+        while True:
+            n = os.splice(src.fileno(), w, 1 << 20, flags=FLAGS)
+            if n == 0:
+                dst.shutdown(socket.SHUT_WR)
+                return
+            while n:
+                n -= os.splice(r, dst.fileno(), n, flags=FLAGS)
+    except OSError:
+        pass
+    finally:
+        os.close(r); os.close(w)
+def serve(client):
+    with client, socket.create_connection(backend) as server:
+        for s in (client, server):
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        t = threading.Thread(target=pump, args=(server, client), daemon=True)
+        t.start()
+        pump(client, server)
+        t.join()
+while True:
+    threading.Thread(target=serve, args=(listener.accept()[0],), daemon=True).start()
+"""
+
+
+def start_splice_forwarder(backend_port: int) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([sys.executable, "-c", SPLICE_FORWARDER, str(backend_port)],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
 def handshake_ms(port: int, context: ssl.SSLContext) -> float:
     start = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as raw:
@@ -92,6 +134,11 @@ def download_mbps(port: int, ca: Path, size: int) -> float:
     return float(out[1]) / 1e6
 
 
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # waited-for children: the curls
+    return usage.ru_utime + usage.ru_stime
+
+
 def pct(values: list[float], q: float) -> float:
     values = sorted(values)
     return values[min(len(values) - 1, int(q * len(values)))]
@@ -103,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--downloads", type=int, default=5, help="downloads per target (default 5)")
     parser.add_argument("--size-mb", type=int, default=100, help="download size in MB (default 100)")
     parser.add_argument("--nice", type=int, default=0, help="niceness for this run, nginx and the relay (root: e.g. -10)")
+    parser.add_argument("--splice-reference", action="store_true", help="also measure a bare splice(2) forwarder")
     parser.add_argument("--relay-args", default="", help="extra relay flags, space-separated")
     args = parser.parse_args(argv)
     size = args.size_mb * 1_000_000
@@ -111,10 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zt-fallback-bench-") as tmp:
         site = Nginx(Path(tmp), big_size=size).start()
         relay, relay_port = start_relay(site.port, args.relay_args.split())
+        forwarder = None
         try:
             context = ssl.create_default_context(cafile=str(site.ca))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             targets = {"direct": site.port, "relay": relay_port}
+            if args.splice_reference:
+                forwarder, targets["splice"] = start_splice_forwarder(site.port)
             for port in targets.values():  # warm up: page cache, nginx worker, relay code paths
                 handshake_ms(port, context)
                 download_mbps(port, site.ca, size)
@@ -123,14 +174,20 @@ def main(argv: list[str] | None = None) -> int:
                 for name, port in targets.items():
                     times[name].append(handshake_ms(port, context))
             speeds: dict[str, list[float]] = {name: [] for name in targets}
-            relay_cpu: list[float] = []
+            cpu: dict[str, list[float]] = {"relay": [], "nginx": [], "curl": []}
             for _ in range(args.downloads):
                 for name, port in targets.items():
-                    cpu = procfs.tree_cpu_seconds(relay.pid)
+                    before = (procfs.tree_cpu_seconds(relay.pid), procfs.tree_cpu_seconds(site.proc.pid), _children_cpu())
                     speeds[name].append(download_mbps(port, site.ca, size))
                     if name == "relay":
-                        relay_cpu.append(procfs.tree_cpu_seconds(relay.pid) - cpu)
+                        cpu["relay"].append(procfs.tree_cpu_seconds(relay.pid) - before[0])
+                    if name == "direct":
+                        cpu["nginx"].append(procfs.tree_cpu_seconds(site.proc.pid) - before[1])
+                        cpu["curl"].append(_children_cpu() - before[2])
         finally:
+            if forwarder is not None:
+                forwarder.kill()
+                forwarder.wait()
             relay.terminate()
             relay.wait(10)
             site.stop()
@@ -139,12 +196,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time to first TLS 1.3 handshake, {args.handshakes} each (ms):")
     print(f"  direct  p50 {d50:.3f}  p90 {pct(times['direct'], 0.9):.3f}")
     print(f"  relay   p50 {r50:.3f}  p90 {pct(times['relay'], 0.9):.3f}")
+    if "splice" in times:
+        print(f"  splice  p50 {pct(times['splice'], 0.5):.3f}  p90 {pct(times['splice'], 0.9):.3f}  (bare splice(2) forwarder, threads)")
     print(f"  relay - direct p50: {r50 - d50:+.3f} ms (target <= +0.300)  {'MET' if r50 - d50 <= 0.3 else 'NOT MET'}")
     print(f"HTTPS download of {args.size_mb} MB, median of {args.downloads} (MB/s):")
     print(f"  direct  {dmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['direct'])})")
     print(f"  relay   {rmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['relay'])})")
     print(f"  relay / direct: {rmb / dmb:.2f} (target >= 0.80)  {'MET' if rmb / dmb >= 0.8 else 'NOT MET'}")
-    print(f"  relay CPU per download: {statistics.median(relay_cpu):.2f} s")
+    if "splice" in speeds:
+        smb = statistics.median(speeds["splice"])
+        print(f"  splice  {smb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['splice'])})  splice / direct: {smb / dmb:.2f}")
+    med = {k: statistics.median(v) for k, v in cpu.items()}
+    print(f"  CPU seconds per download: nginx {med['nginx']:.2f}, curl {med['curl']:.2f}, relay {med['relay']:.2f}"
+          f" (the relay adds {med['relay'] / (med['nginx'] + med['curl']):.0%} to the CPU a download takes)")
     print(f"machine load average: {os.getloadavg()[0]:.1f}")
     return 0
 

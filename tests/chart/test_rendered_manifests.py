@@ -76,8 +76,9 @@ def test_the_default_relay_is_checked_against_the_crd_schema(schema_dir):
     assert names and all((schema_dir / name).exists() for name in names)
 
 
-def test_the_readme_example_relay_passes_the_crd_schema(kubeconform, schema_dir):
+@pytest.mark.parametrize("example", sorted(EXAMPLE_FILE.parent.glob("*.yaml")), ids=lambda p: p.stem)
+def test_the_readme_example_relays_pass_the_crd_schema(kubeconform, schema_dir, example):
     require_operator_file(CRD_FILE)
-    result = _kubeconform(kubeconform, schema_dir, EXAMPLE_FILE.read_text())
+    result = _kubeconform(kubeconform, schema_dir, example.read_text())
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Valid: 1, Invalid: 0, Errors: 0" in result.stdout

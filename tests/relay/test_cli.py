@@ -1,5 +1,6 @@
 """Flags and ZT_RELAY_* variables map onto RelayConfig; errors name the setting."""
 
+import ipaddress
 import subprocess
 import sys
 
@@ -72,3 +73,62 @@ def test_the_console_script_exits_2_with_the_message_before_starting():
     proc = subprocess.run([sys.executable, "-m", "relay", "--handshake-timeout", "-1"], capture_output=True, text=True, timeout=30)
     assert proc.returncode == 2
     assert "zt-relay: error: --handshake-timeout (ZT_RELAY_HANDSHAKE_TIMEOUT): must be a positive number of seconds" in proc.stderr
+
+
+NUMERIC_FLAGS = [
+    "--min-destination-port", "--max-record-size", "--min-packet-size", "--handshake-timeout", "--idle-timeout",
+    "--reply-window", "--max-connections", "--max-connections-per-ip", "--tunnel-rate-pps", "--tunnel-rate-bps",
+    "--global-rate-pps", "--global-rate-bps", "--write-buffer-limit", "--drain-timeout", "--workers",
+    "--ipv6-per-ip-prefix", "--new-destination-rate", "--sniff-timeout", "--fallback-max-connections",
+    "--fallback-idle-timeout",
+]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "Infinity", "NaN"])
+@pytest.mark.parametrize("flag", NUMERIC_FLAGS)
+def test_nan_and_infinity_are_refused_for_every_numeric_flag(flag, value):
+    env_name = "ZT_RELAY_" + flag[2:].replace("-", "_").upper()
+    for argv, env in (([f"{flag}={value}"], {}), ([], {env_name: value})):
+        with pytest.raises(UsageError) as err:
+            parse_config(argv, env)
+        assert str(err.value).startswith(f"{flag} ({env_name})")
+
+
+def test_an_ipv6_legacy_target_is_refused_at_start():
+    with pytest.raises(UsageError) as err:
+        parse_config(["--legacy-target", "[2001:db8::1]:9993"], {})
+    assert str(err.value).startswith("--legacy-target (ZT_RELAY_LEGACY_TARGET)")
+
+
+def test_proxy_sources_are_cidrs_and_repeatable():
+    config = parse_config(["--proxy-protocol-from", "10.0.0.0/8", "--proxy-protocol-from", "fd00::/8"], {})
+    assert config.proxy_protocol_from == ("10.0.0.0/8", "fd00::/8")
+    assert parse_config([], {"ZT_RELAY_PROXY_PROTOCOL_FROM": "10.0.0.0/8,192.168.0.0/16"}).proxy_protocol_from == ("10.0.0.0/8", "192.168.0.0/16")
+    with pytest.raises(UsageError) as err:
+        parse_config(["--proxy-protocol-from", "10.0.0.1/8"], {})
+    assert str(err.value).startswith("--proxy-protocol-from (ZT_RELAY_PROXY_PROTOCOL_FROM)")
+
+
+def test_without_proxy_sources_only_private_and_loopback_balancers_are_trusted():
+    from relay.config import RelayConfig
+    trusted = RelayConfig().proxy_trusted
+    assert trusted("10.1.2.3") and trusted("127.0.0.1") and trusted("192.168.1.1") and trusted("fd00::1")
+    assert not trusted("198.51.100.1") and not trusted("8.8.8.8") and not trusted("2001:4860::1")
+
+
+def test_own_addresses_come_from_the_flag_or_a_comma_separated_variable():
+    assert parse_config(["--own-address", "198.18.0.1", "--own-address", "2001:db8::1"], {}).own_address == ("198.18.0.1", "2001:db8::1")
+    assert parse_config([], {"ZT_RELAY_OWN_ADDRESS": "198.18.0.1,198.18.0.2"}).own_address == ("198.18.0.1", "198.18.0.2")
+    refused = parse_config(["--own-address", "::ffff:198.18.0.3", "--own-address", "fe80::1%eth0"], {}).destination_filter()
+    assert refused.verdict(ipaddress.ip_address("198.18.0.3"), 9993) == "destination_own_address"
+    assert refused.verdict(ipaddress.ip_address("fe80::1"), 9993) == "destination_own_address"
+    with pytest.raises(UsageError) as err:
+        parse_config(["--own-address", "198.18.0.0/15"], {})
+    assert str(err.value).startswith("--own-address (ZT_RELAY_OWN_ADDRESS)")
+
+
+def test_the_new_destination_rate_has_a_default_and_can_be_turned_off():
+    assert parse_config([], {}).new_destination_rate == 64
+    assert parse_config(["--new-destination-rate", "0"], {}).new_destination_rate == 0
+    with pytest.raises(UsageError):
+        parse_config(["--new-destination-rate", "-1"], {})

@@ -375,3 +375,54 @@ async def test_without_fallback_a_non_zerotier_connection_is_still_closed(start_
     client.send_raw(b"GET / HTTP/1.1\r\n\r\n")
     assert await client.closed()
     assert (await relay.metrics())['zt_relay_tunnels_closed_total{reason="bad_record_header"}'] == 1
+
+
+async def test_fallback_counters_are_exported_over_otlp_too(start_relay, backend):
+    from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
+
+    from tests.relay.test_operations import Collector
+
+    latest: dict[tuple, float] = {}
+
+    class MetricsCollector(Collector):
+        async def handle(self, reader, writer):
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(int(line.split(b": ")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length"))
+            body = await reader.readexactly(length)
+            if b"content-encoding: gzip" in head.lower():
+                import gzip
+                body = gzip.decompress(body)
+            if head.split(b" ")[1] == b"/v1/metrics":
+                request = ExportMetricsServiceRequest()
+                request.ParseFromString(body)
+                for rm in request.resource_metrics:
+                    for sm in rm.scope_metrics:
+                        for metric in sm.metrics:
+                            points = metric.sum.data_points or metric.gauge.data_points
+                            for p in points:
+                                labels = tuple(sorted((a.key, a.value.string_value) for a in p.attributes))
+                                latest[(metric.name, labels)] = p.as_int or p.as_double
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
+            await writer.drain()
+            writer.close()
+
+    server = await asyncio.start_server(MetricsCollector().handle, "127.0.0.1", 0)
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}",
+           "OTEL_METRIC_EXPORT_INTERVAL": "200", "OTEL_TRACES_EXPORTER": "none"}
+    try:
+        site = await backend("reply_at_eof")
+        relay = await start_relay("--fallback", site.address, env=env)
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"x" * 1000)
+        writer.write_eof()
+        await read_all(reader)
+        writer.close()
+        key = ("zt_relay.fallback.bytes", (("direction", "to_backend"),))
+        for _ in range(100):
+            if latest.get(key) == 1000:
+                break
+            await asyncio.sleep(0.05)
+        assert latest.get(key) == 1000, sorted(latest)
+        assert latest[("zt_relay.fallback.connections", (("result", "connected"),))] == 1
+    finally:
+        server.close()

@@ -47,3 +47,33 @@ def test_released_addresses_leave_no_entry_behind():
     limiter.acquire("a")
     limiter.release("a")
     assert limiter.per_ip == {} and limiter.total == 0
+
+
+def test_a_packet_rate_below_one_still_allows_one_packet_then_refills():
+    limit = RateLimit(pps=0.5, bps=0, now=0.0)
+    assert limit.allow(100)
+    assert not limit.allow(100)
+    limit.refill(1.0)
+    assert not limit.allow(100)
+    limit.refill(2.0)
+    assert limit.allow(100)
+
+
+def test_a_byte_rate_below_one_packet_lets_a_packet_through_when_full_and_keeps_the_average():
+    limit = RateLimit(pps=0, bps=100, now=0.0)
+    assert limit.allow(1400)
+    assert not limit.allow(1)
+    limit.refill(10.0)
+    assert not limit.allow(1400)  # in debt by 1,300 bytes, 1,000 refilled
+    limit.refill(14.0)
+    assert limit.allow(1400)
+
+
+def test_limiter_keys_normalise_mapped_addresses_and_group_ipv6_by_prefix():
+    from relay.limits import client_key
+    assert client_key("198.51.100.7", 64) == "198.51.100.7"
+    assert client_key("::ffff:198.51.100.7", 64) == "198.51.100.7"
+    assert client_key("2001:db8::1", 64) == client_key("2001:db8::ffff:1", 64) == "2001:db8::/64"
+    assert client_key("2001:db8:0:1::1", 64) == "2001:db8:0:1::/64"
+    assert client_key("2001:db8::1", 128) == "2001:db8::1"
+    assert client_key("fe80::1%eth0", 64) == "fe80::/64"

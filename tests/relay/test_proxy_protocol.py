@@ -1,6 +1,8 @@
 """PROXY protocol v1/v2 parsing."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from relay import proxy_protocol
 from relay.protocol import ProtocolError
@@ -48,3 +50,65 @@ def test_anything_else_is_a_protocol_error(data):
     with pytest.raises(ProtocolError) as err:
         proxy_protocol.parse(data)
     assert err.value.reason == "proxy_protocol_error"
+
+
+@pytest.mark.parametrize("line", [
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 +4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 0x50 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4_000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 +443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 70000\r\n",
+    "PROXY TCP4 198.51.100.7 10.0.0.1 ٤٠٠٠ 443\r\n".encode(),
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 04000 443\r\n",
+    b"PROXY TCP6 fe80::1%eth0 fe80::2 4000 443\r\n",
+    b"PROXY TCP6 2001:db8::1 fe80::2%1 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 banana 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7  10.0.0.1 4000 443\r\n",
+    b"PROXY TCP4 198.51.100.7 10.0.0.1 4000 443 \r\n",
+], ids=["plus", "hex", "underscore", "plus-dst", "dst-range", "arabic-digits", "leading-zero", "zone-src", "zone-dst", "bad-dst", "double-space", "trailing-space"])
+def test_v1_is_parsed_strictly(line):
+    with pytest.raises(ProtocolError) as err:
+        proxy_protocol.parse(line)
+    assert err.value.reason == "proxy_protocol_error"
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+def test_an_ipv4_mapped_source_is_reported_as_ipv4(encode):
+    assert proxy_protocol.parse(encode(("::ffff:198.51.100.7", 4000), ("::ffff:10.0.0.1", 443)))[0] == ("198.51.100.7", 4000)
+
+
+addresses = st.sampled_from([("198.51.100.7", 4000), ("::ffff:198.51.100.7", 0), ("2001:db8::7", 65535), ("10.0.0.1", 443)])
+headers = st.builds(
+    lambda encode, src, dst: encode(src, dst if (":" in dst[0]) == (":" in src[0]) else src),
+    st.sampled_from([proxy_protocol.encode_v1, proxy_protocol.encode_v2]), addresses, addresses,
+)
+
+
+@st.composite
+def mutated_headers(draw):
+    """Valid v1/v2 headers with byte-level mutations (so they get past the signature)."""
+    data = bytearray(draw(headers))
+    for _ in range(draw(st.integers(0, 3))):
+        pos = draw(st.integers(0, len(data)))
+        op = draw(st.sampled_from(["set", "cut", "insert"]))
+        if op == "set" and pos < len(data):
+            data[pos] = draw(st.integers(0, 255))
+        elif op == "cut":
+            del data[pos:pos + draw(st.integers(1, 4))]
+        elif op == "insert":
+            data[pos:pos] = draw(st.binary(min_size=1, max_size=4) | st.sampled_from([b"%eth0", b"+", b"0", b" ", b"\xff"]))
+    return bytes(data) + draw(st.binary(max_size=8))
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=mutated_headers())
+def test_mutated_headers_parse_or_fail_with_the_reason_never_otherwise(data):
+    try:
+        parsed = proxy_protocol.parse(data)
+    except ProtocolError as exc:
+        assert exc.reason == "proxy_protocol_error"
+        return
+    if parsed is not None and parsed[0] is not None:
+        (host, port), consumed = parsed
+        assert "%" not in host and not host.startswith("::ffff:") and 0 <= port <= 65535
+        assert 0 < consumed <= len(data)

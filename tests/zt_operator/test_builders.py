@@ -332,3 +332,64 @@ def test_a_requested_static_load_balancer_address_is_passed_through():
                                                        "annotations": {"metallb.universe.tf/loadBalancerIPs": "198.51.100.20"}}}))
     assert service["spec"]["loadBalancerIP"] == "198.51.100.20"
     assert service["metadata"]["annotations"] == {"metallb.universe.tf/loadBalancerIPs": "198.51.100.20"}
+
+
+SITE_SERVICE = {
+    "metadata": {"name": "ingress-nginx-controller", "namespace": "ingress-nginx"},
+    "spec": {
+        "selector": {"app.kubernetes.io/name": "ingress-nginx", "app.kubernetes.io/component": "controller"},
+        "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"},
+                  {"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}],
+    },
+}
+FALLBACK_SERVICE = {"service": "ingress-nginx-controller", "namespace": "ingress-nginx", "port": 443, "proxyProtocol": "v2"}
+
+
+def test_a_fallback_service_becomes_the_relays_fallback_address_and_its_settings():
+    variables = env(build_deployment({"fallback": {**FALLBACK_SERVICE, "maxConnections": 5000, "idleTimeoutSeconds": 60.0}}))
+    assert variables["ZT_RELAY_FALLBACK"] == "ingress-nginx-controller.ingress-nginx.svc:443"
+    assert variables["ZT_RELAY_FALLBACK_PROXY_PROTOCOL"] == "v2"
+    assert variables["ZT_RELAY_FALLBACK_MAX_CONNECTIONS"] == "5000"
+    assert variables["ZT_RELAY_FALLBACK_IDLE_TIMEOUT"] == "60"
+    # the relay's own namespace by default; an address is passed as it is
+    assert env(build_deployment({"fallback": {"service": "site", "port": 8443}}))["ZT_RELAY_FALLBACK"] == "site.relays.svc:8443"
+    assert env(build_deployment({"fallback": {"address": "10.0.0.5:443"}}))["ZT_RELAY_FALLBACK"] == "10.0.0.5:443"
+    assert "ZT_RELAY_FALLBACK" not in env(build_deployment())
+
+
+def test_every_fallback_setting_is_a_relay_variable():
+    from relay import cli
+
+    assert set(builders.FALLBACK_ENV.values()) | {"ZT_RELAY_FALLBACK"} <= {o.env for o in cli.OPTIONS}
+
+
+def test_with_a_fallback_service_egress_opens_tcp_only_to_its_pods_on_the_target_port():
+    body = relay_body({"networkPolicy": {"enabled": True}, "fallback": FALLBACK_SERVICE})
+    assert builders.fallback_service_ref(body) == ("ingress-nginx", "ingress-nginx-controller")
+    policy = builders.network_policy(body, SITE_SERVICE)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert policy["spec"]["egress"] == [
+        {"ports": [{"protocol": "UDP"}]},
+        {"ports": [{"protocol": "TCP", "port": 53}]},
+        {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}},
+                 "podSelector": {"matchLabels": SITE_SERVICE["spec"]["selector"]}}],
+         "ports": [{"protocol": "TCP", "port": "https"}]},
+    ]
+    # not found (yet): nothing is opened to TCP beyond DNS
+    assert builders.network_policy(body, None)["spec"]["egress"] == policy["spec"]["egress"][:2]
+
+
+def test_with_a_fallback_address_egress_opens_exactly_that_ip_and_port_and_the_otlp_port():
+    body = relay_body({"networkPolicy": {"enabled": True}, "fallback": {"address": "[2001:db8::5]:8443"},
+                       "telemetry": {"otlpEndpoint": "http://collector.monitoring:4318"}})
+    assert builders.fallback_service_ref(body) is None
+    egress = builders.network_policy(body)["spec"]["egress"]
+    assert egress[2:] == [
+        {"ports": [{"protocol": "TCP", "port": 4318}]},
+        {"to": [{"ipBlock": {"cidr": "2001:db8::5/128"}}], "ports": [{"protocol": "TCP", "port": 8443}]},
+    ]
+
+
+def test_without_a_fallback_the_policy_leaves_egress_alone():
+    policy = builders.network_policy(relay_body({"networkPolicy": {"enabled": True}}))
+    assert policy["spec"]["policyTypes"] == ["Ingress"] and "egress" not in policy["spec"]

@@ -50,3 +50,20 @@ def test_valid_values_pass():
 
 def test_min_over_max_is_fine_while_autoscaling_is_off():
     assert validation.validate({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}) == []
+
+
+@pytest.mark.parametrize("fallback, message", [
+    ({"service": "site", "address": "10.0.0.5:443", "port": 443}, "spec.fallback: set either service"),
+    ({}, None),
+    ({"proxyProtocol": "v1"}, "spec.fallback: set either service"),
+    ({"address": "10.0.0.5"}, "spec.fallback.address: '10.0.0.5' is not HOST:PORT"),
+    ({"service": "site"}, "spec.fallback.port: required"),
+    ({"service": "site", "port": 443}, None),
+    ({"address": "site.example:443"}, None),
+])
+def test_a_fallback_names_one_backend(fallback, message):
+    errors = validation.validate({"fallback": fallback})
+    if message is None:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and errors[0].startswith(message)
