@@ -176,6 +176,8 @@ def test_the_relay_parses_the_environment_the_operator_writes():
     assert (config.handshake_timeout, config.proxy_protocol, config.max_connections_per_ip) == (2.5, False, 8)
     assert (config.tunnel_rate_bps, config.drain_timeout) == (1e6, 12)
     assert config.listen[0].port == 8443 and config.health_listen.port == 9090
+    # The node's IPs (downward API) are refused as destinations.
+    assert config.own_address == ("10.0.0.5", "fd00::5")
 
 
 def test_telemetry_sets_the_opentelemetry_variables_with_pod_identity():
