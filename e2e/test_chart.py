@@ -262,3 +262,33 @@ def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(
     assert kubectl("get", "zerotierrelay", name, "-n", installed, check=False).returncode == 0
     assert relay_pods(kubectl, installed, name), "the relay's pods should outlive the chart"
 
+
+
+def test_helm_uninstall_of_a_release_with_its_default_relay_completes(image, kubectl, helm, wait_for):
+    """Helm deletes the operator before the relay; the relay must not hang in Terminating."""
+    namespace = f"e2e-chart-del-{uuid.uuid4().hex[:6]}"
+    release = "zt-relay-del"
+    repository, _, tag = image.rpartition(":")
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    try:
+        common = ("--namespace", namespace, "--set", f"image.repository={repository}", "--set", f"image.tag={tag}",
+                  "--wait", "--timeout", HELM_TIMEOUT)
+        helm("install", release, "charts/zt-relay", *common)
+        helm("upgrade", release, "charts/zt-relay", *common, "--set", "defaultRelay.enabled=true",
+             "--set", "defaultRelay.spec.replicas=0", "--set", "defaultRelay.spec.service.type=ClusterIP")
+        relay = "zt-relay"
+        wait_for("the default relay's Deployment", lambda: kubectl(
+            "get", "deployment", relay, "-n", namespace, check=False).returncode == 0, 90)
+        started = time.monotonic()
+        uninstall = helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", HELM_TIMEOUT, check=False)
+        left = kubectl("get", "ztr,deployment,pods", "-n", namespace, "-o", "wide", check=False).stdout
+        assert uninstall.returncode == 0, f"{uninstall.stderr}\nleft after {time.monotonic() - started:.0f} s:\n{left}"
+        # The relay was deleted with the release (no finalizer held it), and its children went with it.
+        assert kubectl("get", "ztr", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == ""
+        wait_for("its Deployment garbage-collected", lambda: kubectl(
+            "get", "deployment", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == "", 60)
+        print(f"helm uninstall with the default relay took {time.monotonic() - started:.0f} s")
+    finally:
+        helm("uninstall", release, "--namespace", namespace, check=False)
+        kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
