@@ -39,6 +39,8 @@ def run(config: RelayConfig) -> int:
 
 async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     """One relay process. ``publisher`` (workers only) receives periodic snapshots."""
+    # Handlers first: a SIGTERM that arrives while starting must drain, not kill.
+    signals = stop_signals()
     relay = Relay(config, telemetry)
     try:
         await relay.start(reuse_port=config.workers > 1)
@@ -57,11 +59,10 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
             await relay.close()
             return 1
     publishing = asyncio.ensure_future(publisher(relay)) if publisher is not None else None
-    signals = stop_signals()
     try:
         await signals.get()
-        log.info("stop signal: draining (a second signal stops at once)")
-        drain = asyncio.ensure_future(relay.drain())
+        log.info("stop signal: not ready, then draining (a second signal stops at once)")
+        drain = asyncio.ensure_future(relay.shutdown())
         force = asyncio.ensure_future(signals.get())
         await asyncio.wait((drain, force), return_when=asyncio.FIRST_COMPLETED)
         force.cancel()

@@ -144,8 +144,13 @@ class RelayConfig:
     fallback_idle_timeout: float = 300.0
     """Seconds without bytes either way before a connection to the backend is closed."""
 
+    shutdown_delay: float = 5.0
+    """Seconds the listeners keep accepting after SIGTERM while /readyz already fails, so
+    load balancers and kube-proxy stop sending before the port closes (closing earlier
+    refuses or resets connections still routed here). The drain starts after it."""
+
     drain_timeout: float = 30.0
-    """Seconds live tunnels keep relaying after SIGTERM before the process exits."""
+    """Seconds live tunnels keep relaying after the shutdown delay before the process exits."""
 
     workers: int = 1
     """Processes sharing the listen ports with SO_REUSEPORT, one per core to use."""
@@ -238,8 +243,9 @@ def _validate(c: RelayConfig) -> None:
     for name in ("handshake_timeout", "idle_timeout", "reply_window"):
         if not getattr(c, name) > 0:
             raise ConfigError(name, "must be a positive number of seconds")
-    if c.drain_timeout < 0:
-        raise ConfigError("drain_timeout", "must be 0 or more seconds")
+    for name in ("drain_timeout", "shutdown_delay"):
+        if not getattr(c, name) >= 0:
+            raise ConfigError(name, "must be 0 or more seconds")
     for name in ("max_connections", "max_connections_per_ip", "workers", "write_buffer_limit"):
         if getattr(c, name) < 1:
             raise ConfigError(name, "must be at least 1")

@@ -62,7 +62,14 @@ class Relay:
         self.tunnels: set[Tunnel] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple] = []
+        #: the listening sockets, to take over what the kernel queued before they close
+        self.listen_socks: list[socket.socket] = []
+        self.listening = False
+        #: not ready (SIGTERM arrived); tunnels are still served
         self.draining = False
+        #: closed: connections that still arrive are refused
+        self.closing = False
+        self._handover: set[asyncio.Future] = set()
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -82,8 +89,11 @@ class Relay:
             factory = self.fallback.protocol
         for sock in socks:
             server = await self.loop.create_server(factory, sock=sock, backlog=4096)
+            self._factory = factory
             self.servers.append(server)
+            self.listen_socks.append(sock)
             self.addresses.append(sock.getsockname())
+        self.listening = True
         self._schedule_tick()
         log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
         own = (*self.own_addresses, *self.config.own_address)
@@ -91,7 +101,7 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return bool(self.servers) and not self.draining
+        return self.listening and not self.draining
 
     @property
     def live(self) -> bool:
@@ -111,12 +121,56 @@ class Relay:
     def metrics_text(self) -> str:
         return metrics.render(self.snapshot())
 
+    async def shutdown(self, delay: float | None = None, timeout: float | None = None) -> None:
+        """The SIGTERM sequence: not ready at once, keep accepting for ``delay`` seconds (load
+        balancers notice the failing readiness and stop sending), close the listeners without
+        resetting what the kernel queued, then drain."""
+        delay = self.config.shutdown_delay if delay is None else delay
+        self.draining = True
+        if self.listening and delay > 0:
+            log.info("not ready; accepting for %g s more, then draining", delay)
+            await asyncio.sleep(delay)
+        await self.drain(timeout)
+
+    def stop_listening(self) -> None:
+        """Closes the listeners. Closing a listening socket resets every connection in its
+        accept queue (with SO_REUSEPORT the kernel does not move them to another worker), so
+        those are accepted here first and served like any other."""
+        if not self.listening:
+            return
+        self.listening = False
+        handed = 0
+        for sock in self.listen_socks:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. EMFILE: what is left is reset by the close
+                    log.warning("accepting queued connections at shutdown: %s", exc)
+                    break
+                conn.setblocking(False)
+                handed += 1
+                future = asyncio.ensure_future(self.loop.connect_accepted_socket(self._factory, conn))
+                self._handover.add(future)
+                future.add_done_callback(self._handed_over)
+        # No await since the accepts above: the kernel has had no chance to queue more.
+        for server in self.servers:
+            server.close()
+        log.info("listeners closed (%d queued connections taken over)", handed)
+
+    def _handed_over(self, future: asyncio.Future) -> None:
+        self._handover.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("a connection queued at shutdown could not be served: %s", future.exception())
+
     async def drain(self, timeout: float | None = None) -> None:
         """Stops accepting, lets live tunnels run until they close or ``timeout``, closes the rest."""
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
-        for server in self.servers:
-            server.close()
+        self.stop_listening()
+        if self._handover:
+            await asyncio.wait(set(self._handover))
         log.info("draining: %d tunnels, up to %.0f s", len(self.tunnels), timeout)
         if self.tunnels:
             self._emptied = asyncio.Event()
@@ -128,7 +182,8 @@ class Relay:
 
     async def close(self, reason: str = stats.DRAIN_TIMEOUT) -> None:
         """Closes every tunnel and listener now."""
-        self.draining = True
+        self.draining = self.closing = True
+        self.listening = False
         for server in self.servers:
             server.close()
         for tunnel in list(self.tunnels):
@@ -166,7 +221,7 @@ class Relay:
         if not self.config.proxy_trusted(peer):
             self.refuse(tunnel, stats.PROXY_UNTRUSTED)
             return False
-        reason = stats.DRAINING if self.draining else self._acquire(tunnel, peer)
+        reason = stats.DRAINING if self.closing else self._acquire(tunnel, peer)
         if reason is not None:
             self.refuse(tunnel, reason)
             return False
@@ -177,7 +232,7 @@ class Relay:
         if tunnel.slot is not None:  # held by the balancer's address until now
             self.limiter.release(tunnel.slot)
             tunnel.slot = None
-        reason = stats.DRAINING if self.draining else self._acquire(tunnel, tunnel.client[0])
+        reason = stats.DRAINING if self.closing else self._acquire(tunnel, tunnel.client[0])
         if reason is None:
             try:
                 tunnel.open_udp()

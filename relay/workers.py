@@ -132,11 +132,11 @@ async def _supervise(supervisor: Supervisor, telemetry) -> int:
     from relay.app import stop_signals
 
     config = supervisor.config
+    signals = stop_signals()
     health = None
     if config.health_listen is not None:
         health = HealthServer(supervisor)
         await health.start(config.health_listen.host, config.health_listen.port)
-    signals = stop_signals()
     stopping = asyncio.ensure_future(signals.get())
     status = 0
     while supervisor.pids:
