@@ -22,9 +22,9 @@ from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
-#: Cache bounds: a client spraying addresses can make the relay compute verdicts, never
-#: grow these without limit (they are cleared when full; refilling is cheap).
-MAX_CACHED_VERDICTS = 65536
+#: Cache bound of the reply prefixes: a sender spraying source ports can make the relay
+#: compute them, never grow this without limit (cleared when full; refilling is cheap).
+#: Destination verdicts are cached per tunnel (tunnel.MAX_CACHED_VERDICTS).
 MAX_CACHED_PREFIXES = 65536
 #: How often refusals of the same reason are logged (they are all counted).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -44,9 +44,7 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         #: the relay's interface addresses, refused as destinations (with --own-address)
         self.own_addresses = tuple(sorted(interfaces.local_addresses()))
-        self.filter = config.destination_filter(self.own_addresses)
-        #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
-        self.verdicts: dict[bytes, tuple | str] = {}
+        self.filter = config.destination_filter(self.own_addresses).compile()
         #: sender address -> the 7 or 19 address bytes of a reply record
         self.v4_prefixes: dict[tuple, bytes] = {}
         self.v6_prefixes: dict[tuple, bytes] = {}
@@ -297,21 +295,16 @@ class Relay:
     # -- caches (slow path of the per-packet lookups) ------------------------------------------
 
     def resolve(self, key: bytes) -> tuple | str:
-        """The verdict for a raw address prefix: a ``sendto`` address or a drop reason."""
+        """The verdict for a raw address prefix (04 ip port / 06 ip port): a ``sendto``
+        address or a drop reason. One compiled-filter lookup: this runs for every address
+        a tunnel has not cached, a spraying client's every packet included."""
+        verdict = self.filter.verdict_for_prefix(key)
+        if verdict is not None:
+            return verdict
         if len(key) == 7:
-            ip = ipaddress.IPv4Address(key[1:5])
-            port = _PORT.unpack_from(key, 5)[0]
-            dest: tuple = (str(ip), port)
-        else:
-            ip = ipaddress.IPv6Address(key[1:17])
-            port = _PORT.unpack_from(key, 17)[0]
-            dest = (str(ip), port, 0, 0)  # the form recvfrom reports, so replies match
-        verdict = self.filter.verdict(ip, port)
-        if len(self.verdicts) >= MAX_CACHED_VERDICTS:
-            self.verdicts.clear()
-        result = dest if verdict is None else verdict
-        self.verdicts[key] = result
-        return result
+            return (socket.inet_ntop(socket.AF_INET, key[1:5]), key[5] << 8 | key[6])
+        # The form recvfrom reports (inet_ntop as well), so replies match.
+        return (socket.inet_ntop(socket.AF_INET6, key[1:17]), key[17] << 8 | key[18], 0, 0)
 
     def reply_prefix(self, addr: tuple) -> bytes:
         ip = ipaddress.ip_address(addr[0])
