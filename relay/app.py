@@ -7,9 +7,9 @@ real process through the console script, so this module stays thin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
-import signal
 
 import uvloop
 
@@ -17,6 +17,7 @@ from relay import logs, telemetry as telemetry_mod
 from relay.config import RelayConfig
 from relay.health import HealthServer
 from relay.server import Relay
+from relay.signals import stop_signals
 
 log = logging.getLogger("zt_relay")
 
@@ -26,14 +27,17 @@ def run(config: RelayConfig) -> int:
     logs.configure(config.log_format, config.log_level)
     raise_file_limit()
     try:
-        telemetry = telemetry_mod.from_environment()
+        if config.workers > 1:
+            telemetry_mod.check_environment()  # each worker sets up its own
+        else:
+            telemetry = telemetry_mod.from_environment()
     except telemetry_mod.TelemetryConfigError as exc:
         log.error("telemetry configuration: %s", exc)
         return 2
     if config.workers > 1:
         from relay import workers
 
-        return workers.supervise(config, telemetry)
+        return workers.supervise(config)
     return uvloop.run(serve(config, telemetry))
 
 
@@ -72,20 +76,13 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     finally:
         if publishing is not None:
             publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing  # its last report
         if health is not None:
             await health.close()
         if telemetry is not None:
             telemetry.shutdown()
     return 0
-
-
-def stop_signals() -> asyncio.Queue:
-    """A queue that receives SIGTERM and SIGINT for the rest of the process's life."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, queue.put_nowait, sig)
-    return queue
 
 
 def raise_file_limit() -> None:

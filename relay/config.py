@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import json
 import math
 from dataclasses import dataclass
 
@@ -179,6 +180,21 @@ class RelayConfig:
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The settings as JSON, for a worker process to rebuild with ``from_json``."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RelayConfig:
+        """Rebuilds what ``to_json`` wrote: lists become tuples, objects Endpoints."""
+        def value(v: object) -> object:
+            if isinstance(v, list):
+                return tuple(value(x) for x in v)
+            if isinstance(v, dict):
+                return Endpoint(**v)
+            return v
+        return cls(**{k: value(v) for k, v in json.loads(text).items()})
 
 
 def parse_endpoint(text: str, setting: str) -> Endpoint:

@@ -93,6 +93,15 @@ class Stats:
         return snap
 
 
+#: Snapshot keys that are levels, not totals: a worker that has exited contributes none.
+GAUGES = frozenset({"tunnels_active", "udp_sockets_open"})
+
+
+def counters(snapshot: dict[str, int]) -> dict[str, int]:
+    """The totals of a snapshot (what an exited worker leaves behind)."""
+    return {k: v for k, v in snapshot.items() if k not in GAUGES}
+
+
 def merge(snapshots: Iterable[dict[str, int]]) -> dict[str, int]:
     """Sums snapshots of several worker processes."""
     total: Counter[str] = Counter()

@@ -97,7 +97,9 @@ class RelayProcess:
     async def wait(self, timeout: float = 10.0) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
         if self._reader is not None:
-            await self._reader
+            # The log ends when every process holding stderr has gone: a worker left behind
+            # by its supervisor fails here instead of hanging the test.
+            await asyncio.wait_for(self._reader, timeout)
         return code
 
     async def stop(self) -> None:
