@@ -52,8 +52,9 @@ NEW_DESTINATION_BURST_SECONDS = 8
 CLOSE_GRACE = 2.0
 #: Destination verdicts one tunnel caches (cleared when full). Per tunnel, so that a tunnel
 #: spraying addresses only ever evicts its own verdicts; a miss costs one compiled-filter
-#: lookup (about a microsecond), so the bound is about memory, not speed.
-MAX_CACHED_VERDICTS = 256
+#: lookup (about a microsecond); as many as the destinations it may have (MAX_PEERS), so
+#: a node talking to many peers does not re-spend its new-destination budget on them.
+MAX_CACHED_VERDICTS = MAX_PEERS
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
