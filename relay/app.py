@@ -13,7 +13,7 @@ import resource
 
 import uvloop
 
-from relay import logs, telemetry as telemetry_mod
+from relay import limits, logs, telemetry as telemetry_mod
 from relay.config import RelayConfig
 from relay.health import HealthServer
 from relay.server import Relay
@@ -26,6 +26,7 @@ def run(config: RelayConfig) -> int:
     """Runs until SIGTERM/SIGINT and a drain; returns the exit status."""
     logs.configure(config.log_format, config.log_level)
     raise_file_limit()
+    warn_about_ceilings(config)
     try:
         if config.workers > 1:
             telemetry_mod.check_environment()  # each worker sets up its own
@@ -83,6 +84,18 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
         if telemetry is not None:
             telemetry.shutdown()
     return 0
+
+
+def warn_about_ceilings(config: RelayConfig) -> None:
+    """Logs where --max-connections exceeds what descriptors and ports allow."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    for warning in limits.ceiling_warnings(config.max_connections, config.workers, nofile, (low, high)):
+        log.warning("%s", warning)
 
 
 def raise_file_limit() -> None:

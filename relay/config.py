@@ -145,6 +145,11 @@ class RelayConfig:
     fallback_idle_timeout: float = 300.0
     """Seconds without bytes either way before a connection to the backend is closed."""
 
+    max_memory: int | None = None
+    """Bytes of memory the pod may use before new tunnels are refused (``memory_pressure``,
+    from 90 % of it on), so that the kernel never OOM-kills it with every tunnel. None:
+    the cgroup's memory limit when there is one; 0: no budget. See ``memory.py``."""
+
     shutdown_delay: float = 5.0
     """Seconds the listeners keep accepting after SIGTERM while /readyz already fails, so
     load balancers and kube-proxy stop sending before the port closes (closing earlier
@@ -227,6 +232,19 @@ def _networks(cidrs: tuple[str, ...]) -> tuple[filters.IPNetwork, ...]:
     return tuple(filters.parse_cidr(c) for c in cidrs)
 
 
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def parse_bytes(text: str, setting: str) -> int:
+    """``268435456``, ``256Mi`` or ``1G`` (Kubernetes quantities) as bytes."""
+    raw = text.strip()
+    digits = raw.rstrip("kKmMgGiI")
+    unit = raw[len(digits):].lower()
+    if unit not in _UNITS or not digits.isdigit():
+        raise ConfigError(setting, f"{text!r} is not a number of bytes (e.g. 268435456, 256Mi, 1G)")
+    return int(digits) * _UNITS[unit]
+
+
 def _validate(c: RelayConfig) -> None:
     for field in dataclasses.fields(c):
         value = getattr(c, field.name)
@@ -259,6 +277,8 @@ def _validate(c: RelayConfig) -> None:
     for name in ("handshake_timeout", "idle_timeout", "reply_window"):
         if not getattr(c, name) > 0:
             raise ConfigError(name, "must be a positive number of seconds")
+    if c.max_memory is not None and c.max_memory < 0:
+        raise ConfigError("max_memory", "must be 0 (no budget) or more bytes")
     for name in ("drain_timeout", "shutdown_delay"):
         if not getattr(c, name) >= 0:
             raise ConfigError(name, "must be 0 or more seconds")

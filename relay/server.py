@@ -9,12 +9,13 @@ housekeeping tick (at most once a second), never per packet.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
 import struct
 
-from relay import interfaces, metrics, stats
+from relay import interfaces, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
@@ -35,6 +36,12 @@ LIVENESS_STALL = 10.0
 TCP_USER_TIMEOUT_MS = 30_000
 
 _PORT = struct.Struct(">H")
+#: Why a tunnel's UDP socket could not be had, by errno: refusal reasons an operator acts on.
+_UDP_REFUSALS = {
+    errno.EADDRINUSE: stats.EPHEMERAL_PORTS,  # bind to port 0 with every ephemeral port taken
+    errno.EMFILE: stats.FILE_DESCRIPTORS,
+    errno.ENFILE: stats.FILE_DESCRIPTORS,
+}
 
 
 class Relay:
@@ -68,6 +75,9 @@ class Relay:
         #: closed: connections that still arrive are refused
         self.closing = False
         self._handover: set[asyncio.Future] = set()
+        #: --max-memory (default: the cgroup's limit); sampled by the housekeeping tick
+        self.memory = memory.budget(config.max_memory)
+        self.memory_pressure = False
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -92,6 +102,9 @@ class Relay:
             self.listen_socks.append(sock)
             self.addresses.append(sock.getsockname())
         self.listening = True
+        if self.memory is not None:
+            log.info("memory budget: %s", self.memory.describe())
+            self._sample_memory()
         self._schedule_tick()
         log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
         own = (*self.own_addresses, *self.config.own_address)
@@ -113,6 +126,9 @@ class Relay:
         # tunnel must leave none of it behind.
         snap["connections_open"] = len(self.tunnels) + (len(self.fallback.sniffers) if self.fallback is not None else 0)
         snap["client_addresses"] = len(self.limiter.per_ip)
+        snap["udp_sockets_open"] = sum((t.udp4 is not None) + (t.udp6 is not None) for t in self.tunnels)
+        if self.memory is not None:
+            snap["memory_bytes"] = self.memory.used
         snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
         return snap
 
@@ -230,15 +246,16 @@ class Relay:
         if tunnel.slot is not None:  # held by the balancer's address until now
             self.limiter.release(tunnel.slot)
             tunnel.slot = None
-        reason = stats.DRAINING if self.closing else self._acquire(tunnel, tunnel.client[0])
+        reason = stats.DRAINING if self.closing else stats.MEMORY_PRESSURE if self.memory_pressure else self._acquire(tunnel, tunnel.client[0])
+        detail = None
         if reason is None:
             try:
                 tunnel.open_udp()
             except OSError as exc:
-                reason = stats.UDP_SOCKET_ERROR
-                log.error("cannot open a UDP socket for %s: %s", _fmt(tunnel.client), exc)
+                reason = _UDP_REFUSALS.get(exc.errno, stats.UDP_SOCKET_ERROR)
+                detail = str(exc)
         if reason is not None:
-            self.refuse(tunnel, reason)
+            self.refuse(tunnel, reason, detail)
             return False
         tunnel.admitted = True
         config = self.config
@@ -258,10 +275,10 @@ class Relay:
             tunnel.slot = key
         return reason
 
-    def refuse(self, tunnel: Tunnel, reason: str) -> None:
+    def refuse(self, tunnel: Tunnel, reason: str, detail: str | None = None) -> None:
         """Counts and (rate-limited) logs a refused connection, and resets it."""
         self.stats.refused[reason] += 1
-        self._log_refusal(reason, tunnel)
+        self._log_refusal(reason, tunnel, detail)
         tunnel.reason = reason
         tunnel.transport.abort()
 
@@ -286,11 +303,12 @@ class Relay:
         if self._emptied is not None and not self.tunnels:
             self._emptied.set()
 
-    def _log_refusal(self, reason: str, tunnel: Tunnel) -> None:
+    def _log_refusal(self, reason: str, tunnel: Tunnel, detail: str | None = None) -> None:
         now = self.loop.time()
         if now - self._refusal_logged.get(reason, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged[reason] = now
-            log.warning("refusing connection from %s: %s (logged at most every %.0f s)", _fmt(tunnel.client), reason, REFUSAL_LOG_INTERVAL)
+            log.warning("refusing connection from %s: %s%s (logged at most every %.0f s)", _fmt(tunnel.client), reason,
+                        f" ({detail})" if detail else "", REFUSAL_LOG_INTERVAL)
 
     # -- caches (slow path of the per-packet lookups) ------------------------------------------
 
@@ -322,8 +340,19 @@ class Relay:
         interval = min(1.0, c.handshake_timeout / 4, c.idle_timeout / 4, c.reply_window / 4)
         self._tick_handle = self.loop.call_later(interval, self._tick, interval)
 
+    def _sample_memory(self) -> None:
+        pressure = self.memory.sample()
+        if pressure != self.memory_pressure:
+            self.memory_pressure = pressure
+            if pressure:
+                log.warning("memory pressure: %d of %d bytes used; refusing new tunnels (%s)", self.memory.used, self.memory.limit, stats.MEMORY_PRESSURE)
+            else:
+                log.info("memory pressure over: %d of %d bytes used; accepting new tunnels", self.memory.used, self.memory.limit)
+
     def _tick(self, interval: float) -> None:
         now = self.loop.time()
+        if self.memory is not None:
+            self._sample_memory()
         elapsed = now - self.last_tick
         self.last_tick = now
         config = self.config

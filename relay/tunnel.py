@@ -67,7 +67,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers", "verdicts",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf", "closer", "slot", "new_destinations",
+        "_proxy_buf", "closer", "slot", "new_destinations", "udp6_retry",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -82,6 +82,7 @@ class Tunnel(asyncio.Protocol):
         self.peers: dict[tuple, int] = {}
         #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
         self.verdicts: dict[bytes, tuple | str] = {}
+        self.udp6_retry = 0.0  # loop time before which opening the IPv6 socket is not retried
         self.frames_to_udp = self.bytes_to_udp = self.frames_to_tcp = self.bytes_to_tcp = 0
         self.active = True
         self.idle = 0.0
@@ -138,6 +139,8 @@ class Tunnel(asyncio.Protocol):
         elif kind == 6:
             prefix = 19
             sock = self.udp6 or self._open_udp6()
+            if sock is None:
+                return  # dropped and counted: the tunnel goes on with IPv4
         else:
             raise protocol.ProtocolError("bad_address_type", f"unknown address type {kind}")
         relay = self.relay
@@ -304,13 +307,22 @@ class Tunnel(asyncio.Protocol):
         """Creates the tunnel's IPv4 UDP socket; called at admission, before any record."""
         self.udp4 = self._udp_socket(socket.AF_INET, "0.0.0.0", self._on_udp4_readable)
 
-    def _open_udp6(self) -> socket.socket:
+    def _open_udp6(self) -> socket.socket | None:
         # Created on the first IPv6 record (synchronously, so that record is not lost):
-        # most clients never send one, and IPv6 may be absent in the pod.
+        # most clients never send one, and IPv6 may be absent in the pod or out of ports.
+        # Then the packet is dropped and counted and the tunnel goes on; the next try is
+        # a second later, not one failing syscall per packet.
+        now = self.relay.loop.time()
+        if now < self.udp6_retry:
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+            return None
         try:
             self.udp6 = self._udp_socket(socket.AF_INET6, "::", self._on_udp6_readable)
         except OSError as exc:
-            raise protocol.ProtocolError(stats.UDP_SOCKET_ERROR, f"cannot open an IPv6 UDP socket: {exc}") from None
+            self.udp6_retry = now + 1.0
+            self.warn_once("udp6_open", "cannot open an IPv6 UDP socket for the tunnel from %s: %s", _fmt(self.client), exc)
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+            return None
         return self.udp6
 
     def _udp_socket(self, family: int, host: str, callback) -> socket.socket:

@@ -43,6 +43,12 @@ class FakeTransport:
     def writelines(self, data):
         self.written.extend(data)
 
+    def get_write_buffer_size(self):
+        return 0
+
+    def is_closing(self):
+        return self.closed
+
     def close(self):
         self.closed = True
 
