@@ -1,4 +1,5 @@
-"""One worker process of ``--workers`` (see workers.py): ``python -m relay.worker INDEX FD``.
+"""One worker process of ``--workers`` (see workers.py):
+``python -m relay.worker INDEX FD SUPERVISOR_PID``.
 
 Reads its settings as JSON on stdin, serves like a single relay without a health server,
 and reports its stats snapshot on pipe FD (length-prefixed JSON) twice a second and once
@@ -28,23 +29,23 @@ _PR_SET_PDEATHSIG = 1
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    index, fd = int(argv[0]), int(argv[1])
+    index, fd, supervisor = int(argv[0]), int(argv[1]), int(argv[2])
+    _die_with_parent(supervisor)
     config = RelayConfig.from_json(sys.stdin.read())
     logs.configure(config.log_format, config.log_level)
-    _die_with_parent()
     raise_file_limit()
     telemetry = telemetry_mod.from_environment(worker=index)
     return uvloop.run(_worker(config, index, fd, telemetry))
 
 
-def _die_with_parent() -> None:
+def _die_with_parent(supervisor: int) -> None:
     # A supervisor killed outright (SIGKILL, OOM) must not leave workers holding the port.
-    parent = os.getppid()
+    # SIGTERM: the worker drains (it is delivered once its handlers are installed).
     try:
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     except (OSError, AttributeError):
         return
-    if os.getppid() != parent:  # it died before the prctl
+    if os.getppid() != supervisor:  # it died before the prctl
         os.kill(os.getpid(), signal.SIGTERM)
 
 

@@ -143,7 +143,7 @@ class Supervisor:
         old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "relay.worker", str(index), str(write_fd)],
+                [sys.executable, "-m", "relay.worker", str(index), str(write_fd), str(os.getpid())],
                 stdin=subprocess.PIPE, pass_fds=(write_fd,),
                 # Own process group: a terminal's Ctrl-C reaches the supervisor only, which
                 # then forwards one SIGTERM (a second signal would mean "stop at once").

@@ -243,6 +243,7 @@ async def test_refused_connections_are_counted_in_otel_too(start_relay):
                     if attrs.get("reason") == "max_connections"]
         await wait_for(lambda: refused() and max(refused()) == 1)
         await first.close()
+        await second.close()
     finally:
         server.close()
 
