@@ -188,6 +188,7 @@ class FallbackRouter:
         self.closed[s.reason or splice_mod.CLOSED] += 1
         self.bytes_done["to_backend"] += s.to_backend
         self.bytes_done["to_client"] += s.to_client
+        self.relay.connection_gone()
 
     def _tick(self) -> None:
         now = self.loop.time()

@@ -186,7 +186,7 @@ class Relay:
         if self._handover:
             await asyncio.wait(set(self._handover))
         log.info("draining: %d tunnels, up to %.0f s", len(self.tunnels), timeout)
-        if self.tunnels:
+        if not self.idle:
             self._emptied = asyncio.Event()
             try:
                 await asyncio.wait_for(self._emptied.wait(), timeout)
@@ -300,7 +300,16 @@ class Relay:
                 _fmt(tunnel.client), tunnel.reason, tunnel.version,
                 tunnel.frames_to_udp, tunnel.frames_to_tcp,
             )
-        if self._emptied is not None and not self.tunnels:
+        self.connection_gone()
+
+    @property
+    def idle(self) -> bool:
+        """No tunnel and no connection to the fallback backend is open (a drain may end)."""
+        return not self.tunnels and (self.fallback is None or not self.fallback.splices)
+
+    def connection_gone(self) -> None:
+        """Ends a drain once the last tunnel or fallback connection has closed."""
+        if self._emptied is not None and self.idle:
             self._emptied.set()
 
     def _log_refusal(self, reason: str, tunnel: Tunnel, detail: str | None = None) -> None:
