@@ -302,21 +302,24 @@ def load_image(request: pytest.FixtureRequest, cluster: Cluster):
             if not registry:
                 pytest.skip(f"--cluster=existing: cannot load {tag}; give --image-registry REGISTRY the cluster pulls from")
             return _push(tag, registry)
-        image_id = subprocess.run(
-            ["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, timeout=30
-        )
-        if image_id.returncode != 0:
-            pytest.fail(f"load_image: Docker has no image {tag!r}: {image_id.stderr.strip()}")
         if cluster.backend == "local":
             from e2e.cluster import image_import
 
-            # A rebuilt image under the same tag is imported again; so is one a `down`/`up`
-            # in this session removed.
-            if imported.get(tag) != image_id.stdout.strip() or not image_import.has_image(tag):
-                image_import.import_docker_image(tag)
+            # Imported only if containerd lacks this very Docker image (a rebuild under the
+            # same tag is imported again; an unchanged one, also from an earlier session, not).
+            try:
+                image_import.ensure_docker_image(tag)
+            except RuntimeError as exc:
+                pytest.fail(f"load_image: {exc}")
         else:
-            cluster.kind.load_docker_image(tag)
-        imported[tag] = image_id.stdout.strip()
+            from e2e.cluster import image_import
+
+            image_id = image_import.docker_image_id(tag)
+            if image_id is None:
+                pytest.fail(f"load_image: Docker has no image {tag!r}")
+            if imported.get(tag) != image_id:
+                cluster.kind.load_docker_image(tag)
+                imported[tag] = image_id
         return tag
 
     return load

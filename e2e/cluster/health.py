@@ -39,11 +39,23 @@ def node_ready(kubectl: Kubectl, node_name: str, node_ip: str | None = None) -> 
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
 
+HARNESS_GENERATION = "2"
+"""Written to `<state>/generation` by `up`. A cluster without it (or with another value) was
+brought up by an older harness (no cgroups, no firewall of this one): `up` replaces it."""
+
+
+def generation_file(state: StatePaths):
+    return state.root / "generation"
+
+
 def health(layout: Layout, state: StatePaths, timeout: float = 10) -> tuple[str, str]:
     """(state, reason): see the module docstring."""
     running = process_states(state)
     if not state.root.exists():
         return "absent", f"no state dir {state.root}"
+    generation = generation_file(state).read_text().strip() if generation_file(state).exists() else None
+    if generation != HARNESS_GENERATION:
+        return "broken", f"brought up by an older harness (generation {generation}, this one is {HARNESS_GENERATION})"
     stopped = [name for name, pid in running.items() if pid is None]
     if stopped:
         return "broken", f"not running: {', '.join(stopped)}"

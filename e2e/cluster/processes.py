@@ -118,3 +118,19 @@ def pids_mentioning(text: str) -> list[int]:
             if any(text in arg for arg in _cmdline(int(entry.name))):
                 found.append(int(entry.name))
     return found
+
+
+def pids_rooted_under(root: str) -> list[int]:
+    """Processes whose root filesystem lives under `root` (containers of a containerd whose
+    state is there: their "/" mount names a snapshot directory under it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            lines = (entry / "mountinfo").read_text().splitlines()
+        except OSError:
+            continue
+        if any(line.split()[4] == "/" and root in line for line in lines if len(line.split()) > 4):
+            found.append(int(entry.name))
+    return found

@@ -67,6 +67,7 @@ def _up() -> int:
     for d in (state.pki, state.kubeconfigs, state.logs, state.run, state.configs, state.cni_conf, state.pod_logs):
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(state.root, 0o700)
+    health.generation_file(state).write_text(health.HARNESS_GENERATION + "\n")
     sysctls.save(state.sysctl_record)
     log("safety: own cgroups, firewall (no egress, v4 and v6), sink namespace and routes")
     cgroups.prepare()

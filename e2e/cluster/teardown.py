@@ -132,9 +132,10 @@ def _remove_containers(state: StatePaths) -> None:
 
 
 def _kill_ours(state: StatePaths) -> None:
-    """Every process in our cgroups (host processes, shims, pods), and any process whose
-    command line names our state dir (a shim of an older run, before cgroups were ours)."""
-    victims = cgroups.pids() | set(processes.pids_mentioning(str(state.root)))
+    """Every process in our cgroups (host processes, shims, pods); and, for traces of an older
+    harness (before cgroups were ours), any process whose command line names our state dir
+    (a shim) or whose root filesystem is a snapshot under it (a container)."""
+    victims = cgroups.pids() | set(processes.pids_mentioning(str(state.root))) | set(processes.pids_rooted_under(str(state.root) + "/"))
     victims.discard(os.getpid())
     for pid in victims:
         processes.kill_and_wait(pid, timeout=5)
@@ -183,10 +184,9 @@ def legacy_pod_netns() -> list[str]:
 
 
 def _remove_kube_chains() -> None:
-    """Our kube-proxy's --cleanup removes its rules; the kubelet's exact chains by name."""
-    proxy = paths.bin_dir() / "kube-proxy"
-    if proxy.exists():
-        subprocess.run([str(proxy), "--cleanup", "--v=0"], capture_output=True, timeout=60)
+    """kube-proxy's and the kubelet's chains, by their exact names (and kube-proxy's generated
+    KUBE-SVC-... ones). Not `kube-proxy --cleanup`: it also flushes every IPVS service and
+    deletes the nftables `kube-proxy` tables of the machine, whoever made them."""
     firewall.remove(firewall.kube_chain)
 
 
