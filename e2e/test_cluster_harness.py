@@ -480,3 +480,23 @@ def test_the_bin_dir_links_each_command_to_its_tools_own_build(tmp_path, monkeyp
     build.link_bin_dir({"etcd": ("etcd",)}, paths.bin_dir())
     build.link_bin_dir({"etcd": ("etcd",)}, paths.bin_dir())  # idempotent
     assert (paths.bin_dir() / "etcd").resolve() == (paths.tool_dir("etcd") / "bin" / "etcd").resolve()
+
+
+def test_an_older_runs_pod_namespaces_are_found_through_our_cni_networks_cache_only(tmp_path, monkeypatch):
+    from e2e.cluster import network, teardown
+
+    monkeypatch.setattr(teardown, "CNI_CACHE", tmp_path / "cni")
+    monkeypatch.setattr(network, "NETNS_DIR", tmp_path / "netns")
+    (tmp_path / "netns").mkdir()
+    for ns in ("cni-ours", "cni-theirs", "cni-decoy"):
+        (tmp_path / "netns" / ns).write_text("")
+    results = tmp_path / "cni" / "results"
+    results.mkdir(parents=True)
+
+    def cached(network_name, container, netns):
+        result = {"interfaces": [{"name": "veth1"}, {"name": "eth0", "sandbox": f"/var/run/netns/{netns}"}]}
+        (results / f"{network_name}-{container}-eth0").write_text(json.dumps({"kind": "cniCacheV1", "result": result}))
+
+    cached(configs.CNI_NETWORK, "abc", "cni-ours")
+    cached("k3s-flannel", "def", "cni-theirs")
+    assert teardown.legacy_pod_netns() == ["cni-ours"]
