@@ -21,7 +21,7 @@ are not marked and always run.
 
 Fixtures for test authors:
   cluster          (session) the `Cluster` in use: .backend, .kubeconfig, .kubectl_binary,
-                   .layout (local only, else None)
+                   .layout (local only: elsewhere the test is skipped, with the reason)
   kubeconfig       (session) path of a cluster-admin kubeconfig; brings the local cluster up
   kubectl          (session) `Kubectl`: `kubectl("get", "pods", "-n", ns)` -> CompletedProcess
                    (check=True, 30 s timeout); `kubectl.json(...)` -> parsed `-o json`;
@@ -138,10 +138,19 @@ class Cluster:
     backend: str
     kubeconfig: Path
     kubectl_binary: str
-    layout: Layout | None = None
-    """The address plan (local backend only)."""
+    local_layout: Layout | None = None
+    """The address plan (local backend only); read it through `layout`."""
     kind: object | None = None
     """The pytest_kind.KindCluster (kind backend only)."""
+
+    @property
+    def layout(self) -> Layout:
+        """The local cluster's address plan. On another backend, the test asking for it needs
+        a local-only part (test hosts, the node IP, the sink): it is skipped with that reason,
+        never failed with an AttributeError on None."""
+        if self.local_layout is None:
+            pytest.skip(f"needs the local cluster's address plan (--cluster=local), not --cluster={self.backend}")
+        return self.local_layout
 
 
 def _kubectl_binary() -> str:
@@ -197,7 +206,7 @@ def cluster(request: pytest.FixtureRequest):
         _USERS_FD = locks.hold_shared()
         request.addfinalizer(lambda: os.close(_USERS_FD))
         cluster_cli("up")
-        result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), layout=node.current_layout())
+        result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), local_layout=node.current_layout())
     elif backend == "kind":
         from pytest_kind import KindCluster
 
