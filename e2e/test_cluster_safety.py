@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from e2e import workloads
-from e2e.cluster import network
+from e2e.cluster import components, network
 
 # Unclaimed addresses in each routed range (checked against the cluster before use). The pod
 # one lies outside the node's /24, where only the sink route matches.
@@ -111,7 +111,8 @@ def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses
     assert network.sink_dropped_packets(layout) - before >= 3
 
 
-CLUSTER_PROGRAMS = ("etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server", "containerd")
+# As `ss` shows them: the kernel's 15-character command names of every non-Python component.
+CLUSTER_PROGRAMS = tuple(c.name[:15] for c in components.COMPONENTS if not c.python)
 
 
 def test_no_cluster_component_listens_on_the_machines_own_interfaces(layout):
