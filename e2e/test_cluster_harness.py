@@ -500,3 +500,58 @@ def test_an_older_runs_pod_namespaces_are_found_through_our_cni_networks_cache_o
     cached(configs.CNI_NETWORK, "abc", "cni-ours")
     cached("k3s-flannel", "def", "cni-theirs")
     assert teardown.legacy_pod_netns() == ["cni-ours"]
+
+
+class _FakeKubectl:
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def json(self, *args, timeout=None):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.fixture
+def fake_cluster(tmp_path, monkeypatch):
+    """A state dir of the current generation with every process 'running'."""
+    from e2e.cluster import components, health, paths
+
+    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
+    state = configs.StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    health.generation_file(state).write_text(health.HARNESS_GENERATION)
+    paths.kubeconfig_path().write_text("")
+    monkeypatch.setattr(health, "process_states", lambda state: {n: 1 for n in components.NAMES})
+    return state
+
+
+NODE_READY = {"status": {"addresses": [{"type": "InternalIP", "address": LAYOUT.node_ip}],
+                         "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_health_tells_a_slow_api_from_a_broken_one(fake_cluster, monkeypatch):
+    import subprocess
+
+    from e2e.cluster import health
+    from e2e.cluster.kubectl import KubectlError
+
+    cases = {
+        "ok": NODE_READY,
+        "slow": subprocess.TimeoutExpired(["kubectl"], 10),
+        "broken": KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", "connection refused")),
+    }
+    for expected, outcome in cases.items():
+        monkeypatch.setattr(health, "admin", lambda outcome=outcome: _FakeKubectl(outcome))
+        assert health.health(LAYOUT, fake_cluster)[0] == expected
+
+
+def test_a_cluster_of_an_older_harness_or_with_a_dead_process_is_broken(fake_cluster, monkeypatch):
+    from e2e.cluster import components, health
+
+    monkeypatch.setattr(health, "admin", lambda: _FakeKubectl(NODE_READY))
+    monkeypatch.setattr(health, "process_states", lambda state: {n: (None if n == "kubelet" else 1) for n in components.NAMES})
+    assert health.health(LAYOUT, fake_cluster) == ("broken", "not running: kubelet")
+    health.generation_file(fake_cluster).unlink()
+    assert health.health(LAYOUT, fake_cluster)[0] == "broken"
+    assert "older harness" in health.health(LAYOUT, fake_cluster)[1]
