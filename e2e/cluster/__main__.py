@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command in ("stop", "start") and not args.component:
         parser.error(f"{args.command} needs a component name")
+    from e2e.cluster import locks
+
+    locks.adopt_inherited_fd()
     if args.command == "deps":
         from e2e.cluster import deps
 

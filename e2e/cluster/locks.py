@@ -67,6 +67,17 @@ def _describe(pids: list[int]) -> str:
     return ", ".join(out) or "unknown"
 
 
+def adopt_inherited_fd() -> None:
+    """Keep the parent run's descriptor (USERS_FD_ENV) to this process: the cluster processes
+    `up` starts must not inherit it, or they would hold the cluster "in use" forever."""
+    inherited = os.environ.get(USERS_FD_ENV)
+    if inherited:
+        try:
+            os.set_inheritable(int(inherited), False)
+        except (ValueError, OSError):
+            pass
+
+
 @contextlib.contextmanager
 def sole_user():
     """USERS exclusive for the duration, without waiting; raises InUse if another run holds it."""
