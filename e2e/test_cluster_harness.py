@@ -555,3 +555,14 @@ def test_a_cluster_of_an_older_harness_or_with_a_dead_process_is_broken(fake_clu
     health.generation_file(fake_cluster).unlink()
     assert health.health(LAYOUT, fake_cluster)[0] == "broken"
     assert "older harness" in health.health(LAYOUT, fake_cluster)[1]
+
+
+def test_a_test_runs_hold_passed_to_the_cli_is_not_inherited_by_the_processes_it_starts(tmp_path, monkeypatch):
+    fd = os.open(tmp_path / "users", os.O_RDWR | os.O_CREAT)
+    try:
+        os.set_inheritable(fd, True)  # as subprocess's pass_fds leaves it in the child
+        monkeypatch.setenv(locks.USERS_FD_ENV, str(fd))
+        locks.adopt_inherited_fd()
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)
