@@ -43,17 +43,19 @@ def hold_shared() -> int:
 
 
 def holders(path: Path = USERS) -> list[int]:
-    """Pids holding a flock on `path` (from /proc/locks), for messages."""
-    try:
-        ino = os.stat(path).st_ino
-    except FileNotFoundError:
-        return []
+    """Pids with the lock file open (scanning /proc/*/fd: /proc/locks names only the process
+    that took a lock, which may have exited while a child still holds it)."""
+    target = str(path)
     pids = []
-    for line in Path("/proc/locks").read_text().splitlines():
-        fields = line.split()
-        if len(fields) > 5 and fields[1] == "FLOCK" and fields[5].rsplit(":", 1)[-1] == str(ino):
-            pids.append(int(fields[4]))
-    return sorted(set(pids))
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if any(os.readlink(fd) == target for fd in (proc / "fd").iterdir()):
+                pids.append(int(proc.name))
+        except OSError:
+            continue
+    return sorted(pids)
 
 
 def _describe(pids: list[int]) -> str:
