@@ -92,8 +92,13 @@ def _up() -> int:
         start_component(layout, state, name)
     kubectl = health.admin()
     wait_for(f"node {layout.node_name} Ready", lambda: health.node_ready(kubectl, layout.node_name), 90, 0.5)
-    # kube-proxy inserts its FORWARD jumps on its first sync; ours must stay first after that.
+    # kube-proxy inserts its FORWARD jumps at the top on its first sync, IPv4 and (a little
+    # later) IPv6; ours must be first after that (KUBE-FORWARD accepts marked packets).
     wait_for("kube-proxy's first sync", _kube_proxy_synced, 60, 0.3)
+    try:
+        wait_for("kube-proxy's first IPv6 sync", lambda: _kube_forward_jump("ip6tables"), 30, 0.3)
+    except TimeoutError:
+        log("kube-proxy programmed no IPv6 rules (no IPv6 here?); our IPv6 jumps stay first")
     firewall.ensure_first(layout, cgroups.HOST)
 
     for name in ("coredns", "metrics-server"):
@@ -130,8 +135,12 @@ def _refuse_foreign_kubernetes() -> None:
         )
 
 
+def _kube_forward_jump(binary: str) -> bool:
+    return "-j KUBE-FORWARD" in network.sh(binary, "-w", "5", "-S", "FORWARD").stdout
+
+
 def _kube_proxy_synced() -> bool:
-    return components.BY_NAME["kube-proxy"].ready(None, None) and "KUBE-FORWARD" in network.sh("iptables", "-S", "FORWARD").stdout
+    return components.BY_NAME["kube-proxy"].ready(None, None) and _kube_forward_jump("iptables")
 
 
 def python_env() -> dict[str, str]:
