@@ -13,22 +13,27 @@ Options (e2e is opt-in, as in kopf's own suite):
                       existing: the cluster of $KUBECONFIG, used as it is.
 
 Every item under e2e/ is marked `e2e` and skipped, saying how to enable it, unless one of the
-flags is given. A test module may set `NEEDS_CLUSTER = False` (pure helper tests): its items
+flags is given. Under CI=true, an e2e test that skips anyway is reported as a failure.
+The local backend's session holds the cluster shared (`e2e.cluster.locks`) from `up` to the
+end: another run's `down`, or its `up` of a broken cluster, refuses instead of tearing it
+down underneath. A test module may set `NEEDS_CLUSTER = False` (pure helper tests): its items
 are not marked and always run.
 
 Fixtures for test authors:
   cluster          (session) the `Cluster` in use: .backend, .kubeconfig, .kubectl_binary,
-                   .layout (local only, else None)
+                   .layout (local only: elsewhere the test is skipped, with the reason)
   kubeconfig       (session) path of a cluster-admin kubeconfig; brings the local cluster up
   kubectl          (session) `Kubectl`: `kubectl("get", "pods", "-n", ns)` -> CompletedProcess
                    (check=True, 30 s timeout); `kubectl.json(...)` -> parsed `-o json`;
                    `kubectl.apply(obj, ..., namespace=ns)`
   namespace        (function) a fresh namespace name, deleted after the test
-  load_image       (session) `load_image("zt-relay:0.1.0-dev")`: a Docker image built here,
-                   into the cluster's runtime (pods use imagePullPolicy IfNotPresent)
+  load_image       (session) `load_image("zt-relay:0.1.0-dev")` -> the reference pods use: a
+                   Docker image built here, into the cluster's runtime (local, kind; pods use
+                   imagePullPolicy IfNotPresent), or pushed to --image-registry (existing)
   busybox_image    (session) tag of a small busybox image (sh, httpd, nc, nslookup, tftp) in the cluster
-  test_hosts       (function) `test_hosts("client")` -> `TestHost` (a network namespace with its
-                   own address, routed through the node: .address, .run(*cmd), .popen(*cmd));
+  test_hosts       (function) `test_hosts("client")` -> `TestHost` (a network namespace named
+                   with a unique suffix, with its own address, routed through the node:
+                   .address, .run(*cmd), .popen(*cmd));
                    removed after the test. Local backend only, skipped elsewhere.
   cluster_cli      (session) `cluster_cli("status")` runs `python -m e2e.cluster CMD`, returns stdout
   wait_for         `wait_for("what", probe, timeout)` polls until probe() is truthy
@@ -76,6 +81,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         "--cluster-lb-standin", action="store_true",
         help="with --cluster=existing, run the LoadBalancer stand-in against it too",
     )
+    group.addoption(
+        "--image-registry", metavar="REGISTRY",
+        help="with --cluster=existing: a registry the cluster pulls from (e.g. registry.example.com/me); "
+        "load_image pushes images there (docker tag + docker push; `docker login` first)",
+    )
 
 
 def _is_e2e(item: pytest.Item) -> bool:
@@ -101,6 +111,24 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
 
 
+def _ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call):
+    """Under CI=true with e2e enabled, a skipped e2e test fails: CI must never report green
+    for a test that did not run (non-root, a missing tool, a backend without a part)."""
+    outcome = yield
+    report = outcome.get_result()
+    config = item.config
+    enabled = config.getoption("--with-e2e") or config.getoption("--only-e2e")
+    if report.skipped and _ci() and enabled and item.get_closest_marker("e2e") is not None:
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"skipped under CI=true, which counts as a failure: {reason}"
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "restarts_cluster: runs `down` and `up`; ordered last in the session")
 
@@ -110,10 +138,19 @@ class Cluster:
     backend: str
     kubeconfig: Path
     kubectl_binary: str
-    layout: Layout | None = None
-    """The address plan (local backend only)."""
+    local_layout: Layout | None = None
+    """The address plan (local backend only); read it through `layout`."""
     kind: object | None = None
     """The pytest_kind.KindCluster (kind backend only)."""
+
+    @property
+    def layout(self) -> Layout:
+        """The local cluster's address plan. On another backend, the test asking for it needs
+        a local-only part (test hosts, the node IP, the sink): it is skipped with that reason,
+        never failed with an AttributeError on None."""
+        if self.local_layout is None:
+            pytest.skip(f"needs the local cluster's address plan (--cluster=local), not --cluster={self.backend}")
+        return self.local_layout
 
 
 def _kubectl_binary() -> str:
@@ -126,15 +163,27 @@ def _kubectl_binary() -> str:
     return found
 
 
+_USERS_FD: int | None = None
+"""This session's shared hold on the local cluster (see e2e.cluster.locks), once taken."""
+
+
 def cluster_cli(command: str, timeout: float = 300) -> str:
     """Run `python -m e2e.cluster COMMAND` in a child process and return its output.
 
     Not in-process: the cluster's processes must not be children of pytest, or they linger
-    as zombies here when another session's `down` stops them.
+    as zombies here when another session's `down` stops them. The child gets this session's
+    hold on the cluster, so its own `down`/`up` is not refused because of this session.
     """
+    from e2e.cluster import locks
+
+    env = dict(os.environ)
+    pass_fds: tuple[int, ...] = ()
+    if _USERS_FD is not None:
+        env[locks.USERS_FD_ENV] = str(_USERS_FD)
+        pass_fds = (_USERS_FD,)
     proc = subprocess.run(
-        [sys.executable, "-m", "e2e.cluster", command], capture_output=True, text=True, timeout=timeout,
-        cwd=E2E_DIR.parent,
+        [sys.executable, "-m", "e2e.cluster", *command.split()], capture_output=True, text=True, timeout=timeout,
+        cwd=E2E_DIR.parent, env=env, pass_fds=pass_fds,
     )
     if proc.returncode != 0:
         pytest.fail(f"python -m e2e.cluster {command} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
@@ -147,12 +196,17 @@ def cluster(request: pytest.FixtureRequest):
     stop = threading.Event()
     lb_thread = None
     if backend == "local":
-        from e2e.cluster import node
+        global _USERS_FD
+        from e2e.cluster import locks, node
 
         if os.geteuid() != 0:
             pytest.skip("--cluster=local needs root (network namespaces, iptables, containerd)")
+        # Held for the whole session: no other run's `up` or `down` tears the cluster down
+        # under this one (they refuse and name this process).
+        _USERS_FD = locks.hold_shared()
+        request.addfinalizer(lambda: os.close(_USERS_FD))
         cluster_cli("up")
-        result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), layout=node.current_layout())
+        result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), local_layout=node.current_layout())
     elif backend == "kind":
         from pytest_kind import KindCluster
 
@@ -167,8 +221,11 @@ def cluster(request: pytest.FixtureRequest):
     if backend == "kind" or (backend == "existing" and request.config.getoption("--cluster-lb-standin")):
         from e2e.cluster import lb
 
+        # On a user's cluster it serves only Services of its own class (a real controller may
+        # own the rest); kind has none, so there it serves class-less Services too.
         lb_thread = threading.Thread(
-            target=lb.run, args=(str(result.kubeconfig), Layout.lb_pool, stop), name="lb-standin", daemon=True
+            target=lb.run, args=(str(result.kubeconfig), Layout.lb_pool, stop),
+            kwargs={"claim_unclassed": backend == "kind"}, name="lb-standin", daemon=True,
         )
         lb_thread.start()
     yield result
@@ -224,7 +281,8 @@ def test_hosts(cluster: Cluster):
     created = []
 
     def make(name: str):
-        host = network.create_test_host(cluster.layout, name)
+        # Unique per call: a crashed run's leftover namespace never blocks the next run.
+        host = network.create_test_host(cluster.layout, f"{name}-{uuid.uuid4().hex[:6]}")
         created.append(host)
         return host
 
@@ -233,38 +291,60 @@ def test_hosts(cluster: Cluster):
         network.delete_test_host(host)
 
 
+def _push(tag: str, registry: str) -> str:
+    """`docker tag` + `docker push` to `registry`; returns the pushed reference."""
+    remote = f"{registry.rstrip('/')}/{tag}"
+    for argv in (["docker", "tag", tag, remote], ["docker", "push", remote]):
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
+    return remote
+
+
 @pytest.fixture(scope="session")
-def load_image(cluster: Cluster):
+def load_image(request: pytest.FixtureRequest, cluster: Cluster):
     imported: dict[str, str] = {}  # tag -> Docker image id imported in this session
+    registry = request.config.getoption("--image-registry")
 
     def load(tag: str) -> str:
         if cluster.backend == "existing":
-            pytest.skip(f"--cluster=existing: cannot load {tag}; push it where the cluster can pull it")
-        image_id = subprocess.run(
-            ["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, timeout=30
-        )
-        if image_id.returncode != 0:
-            pytest.fail(f"load_image: Docker has no image {tag!r}: {image_id.stderr.strip()}")
+            if not registry:
+                pytest.skip(f"--cluster=existing: cannot load {tag}; give --image-registry REGISTRY the cluster pulls from")
+            return _push(tag, registry)
         if cluster.backend == "local":
             from e2e.cluster import image_import
 
-            # A rebuilt image under the same tag is imported again; so is one a `down`/`up`
-            # in this session removed.
-            if imported.get(tag) != image_id.stdout.strip() or not image_import.has_image(tag):
-                image_import.import_docker_image(tag)
+            # Imported only if containerd lacks this very Docker image (a rebuild under the
+            # same tag is imported again; an unchanged one, also from an earlier session, not).
+            try:
+                image_import.ensure_docker_image(tag)
+            except RuntimeError as exc:
+                pytest.fail(f"load_image: {exc}")
         else:
-            cluster.kind.load_docker_image(tag)
-        imported[tag] = image_id.stdout.strip()
+            from e2e.cluster import image_import
+
+            image_id = image_import.docker_image_id(tag)
+            if image_id is None:
+                pytest.fail(f"load_image: Docker has no image {tag!r}")
+            if imported.get(tag) != image_id:
+                cluster.kind.load_docker_image(tag)
+                imported[tag] = image_id
         return tag
 
     return load
 
 
 @pytest.fixture(scope="session")
-def busybox_image(cluster: Cluster) -> str:
+def busybox_image(request: pytest.FixtureRequest, cluster: Cluster) -> str:
     from e2e.cluster import testimages
 
     archive = testimages.busybox_archive()
+    if cluster.backend == "existing":
+        registry = request.config.getoption("--image-registry")
+        if not registry:
+            pytest.skip("--cluster=existing: give --image-registry REGISTRY to push the busybox test image to")
+        subprocess.run(["docker", "load"], input=archive, check=True, capture_output=True, timeout=120)
+        return _push(testimages.BUSYBOX_TAG, registry)
     if cluster.backend == "local":
         from e2e.cluster import image_import
 
@@ -273,8 +353,6 @@ def busybox_image(cluster: Cluster) -> str:
     elif cluster.backend == "kind":
         subprocess.run(["docker", "load"], input=archive, check=True, capture_output=True, timeout=120)
         cluster.kind.load_docker_image(testimages.BUSYBOX_TAG)
-    else:
-        pytest.skip("--cluster=existing: the busybox test image cannot be loaded into it")
     return testimages.BUSYBOX_TAG
 
 

@@ -141,21 +141,65 @@ def ensure_docker() -> None:
 
 _built: set[str] = set()
 
+INPUTS_LABEL = "org.zt-relay.inputs"
+"""Image label holding `inputs_digest()`: an image whose label matches is not rebuilt."""
+INPUT_PATHS = ("relay", "operator", "pyproject.toml", "Dockerfile", ".dockerignore", ".ci/requirements.lock")
+
+
+def _input_files() -> list[str]:
+    """The files the image is made from (tracked or new, not ignored), repo-relative."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "--", *INPUT_PATHS],
+        cwd=REPO, capture_output=True, text=True,
+    )
+    if listed.returncode == 0:
+        return sorted(set(listed.stdout.split()))
+    # Not a git checkout: every file under the input paths.
+    found = []
+    for entry in INPUT_PATHS:
+        path = REPO / entry
+        found += [str(p.relative_to(REPO)) for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()]
+    return sorted(found)
+
+
+def inputs_digest(base: str) -> str:
+    """A digest of everything the image is built from: the base tag, the sources, the
+    dependency pins, the Dockerfile. Equal digest, equal image: no rebuild."""
+    digest = hashlib.sha256(base.encode())
+    for rel in _input_files():
+        path = REPO / rel
+        if path.is_file() and "__pycache__" not in rel:
+            digest.update(rel.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def image_label(tag: str, label: str) -> str | None:
+    proc = subprocess.run(
+        ["docker", "image", "inspect", "--format", f'{{{{index .Config.Labels "{label}"}}}}', tag],
+        capture_output=True, text=True, env=DOCKER_ENV,
+    )
+    return proc.stdout.strip() or None if proc.returncode == 0 else None
+
 
 def build_image(tag: str = IMAGE) -> str:
     """Build base (cached), wheels and the image; return the image tag.
 
-    Builds at most once per tag and process: a test session's tests and fixtures all call
-    this, so every session tests the current source (never an image left from an older
-    run) and pays for one build only.
+    Skipped when the image under `tag` was built from the same inputs (its INPUTS_LABEL
+    equals `inputs_digest`), so every session tests the current source and an unchanged
+    source costs no build; checked at most once per tag and process.
     """
     if tag in _built:
         return tag
     ensure_docker()
     base = build_base()
+    digest = inputs_digest(base)
+    if image_label(tag, INPUTS_LABEL) == digest:
+        _log(f"{tag} was built from these inputs ({digest}): reusing it")
+        _built.add(tag)
+        return tag
     build_wheels()
     _run(
-        ["docker", "build", "--build-arg", f"BASE_IMAGE={base}", "--tag", tag, str(REPO)],
+        ["docker", "build", "--build-arg", f"BASE_IMAGE={base}", "--label", f"{INPUTS_LABEL}={digest}", "--tag", tag, str(REPO)],
         stdout=sys.stderr,
         env=DOCKER_ENV,
     )

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.cluster import archives, build, configs, lb, network, node, processes
+from e2e.cluster import archives, build, cgroups, configs, firewall, lb, locks, processes, sysctls
 from e2e.cluster.kubectl import wait_for
 from e2e.cluster.layout import Layout, check_disjoint
 
@@ -80,42 +80,71 @@ def test_pods_services_and_lb_pool_are_routed_to_the_sink():
     assert set(LAYOUT.sink_routes) == {"10.244.0.0/16", "10.96.0.0/16", "10.250.0.0/24"}
 
 
-def test_forward_rules_drop_towards_the_primary_interface_before_any_accept():
-    rules = network.forward_rules(LAYOUT)
-    drops = [i for i, r in enumerate(rules) if r[-1] == "DROP"]
-    accepts = [i for i, r in enumerate(rules) if r[-1] == "ACCEPT"]
-    assert max(drops) < min(accepts)
-    assert ["-s", "10.244.0.0/16", "-o", "eth0", "-j", "DROP"] in rules
-    assert not any("eth0" in r and r[-1] == "ACCEPT" for r in rules)
+def _chain(binary, table, name):
+    (chain,) = [c for c in firewall.chains(LAYOUT, cgroups.HOST) if (c.binary, c.table, c.name) == (binary, table, name)]
+    return chain
 
 
-def _service(name, *, type_="LoadBalancer", ips=(), created="2026-01-01T00:00:00Z", **spec):
+@pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
+def test_forwarded_traffic_from_our_interfaces_is_dropped_on_every_other_interface_first(binary):
+    chain = _chain(binary, "filter", "ZTR-E2E-FORWARD")
+    assert chain.hook == "FORWARD" and chain.match == ()
+    first = chain.rules[0]
+    assert first[:5] == ("-i", "ztr+", "!", "-o", "ztr+") and first[-1] == "DROP"
+    drops = [i for i, r in enumerate(chain.rules) if r[-1] == "DROP"]
+    accepts = [i for i, r in enumerate(chain.rules) if r[-1] == "ACCEPT"]
+    assert not accepts or max(drops) < min(accepts)
+    # No rule names the default route's interface: the drop holds for every interface.
+    assert not any("eth0" in r for r in chain.rules)
+
+
+@pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
+def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(binary):
+    chain = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
+    assert chain.hook == "OUTPUT" and chain.match == ("-m", "cgroup", "--path", cgroups.HOST)
+    assert chain.rules[-3:-1] == (("-o", "lo", "-j", "RETURN"), ("-o", "ztr+", "-j", "RETURN"))
+    assert all(r[-1] == "RETURN" for r in chain.rules[:-1])
+    assert chain.rules[-1][-1] == "DROP" and "-o" not in chain.rules[-1] and "-d" not in chain.rules[-1]
+
+
+def test_every_chain_of_ours_carries_the_prefix_and_ipv6_is_covered():
+    all_chains = firewall.chains(LAYOUT, cgroups.HOST)
+    assert all(c.name.startswith("ZTR-E2E-") for c in all_chains)
+    assert {(c.binary, c.hook) for c in all_chains} >= {
+        ("iptables", "FORWARD"), ("ip6tables", "FORWARD"), ("iptables", "OUTPUT"), ("ip6tables", "OUTPUT"), ("ip6tables", "PREROUTING"),
+    }
+
+
+def _service(name, *, type_="LoadBalancer", ips=(), created="2026-01-01T00:00:00Z", mine=None, **spec):
+    """A Service dict; `mine`: the address the stand-in recorded as allocated by itself."""
+    annotations = {lb.ANNOTATION: mine} if mine else {}
     return {
-        "metadata": {"namespace": "ns", "name": name, "creationTimestamp": created},
+        "metadata": {"namespace": "ns", "name": name, "creationTimestamp": created, "annotations": annotations},
         "spec": {"type": type_, **spec},
         "status": {"loadBalancer": {"ingress": [{"ip": ip} for ip in ips]}},
     }
 
 
 POOL = ["10.250.0.1", "10.250.0.2", "10.250.0.3"]
+OURS = {"loadBalancerClass": lb.LB_CLASS}
 
 
 def test_lb_standin_assigns_the_lowest_free_address():
-    changes = lb.plan([_service("a", ips=["10.250.0.1"]), _service("b")], POOL)
+    changes = lb.plan([_service("a", ips=["10.250.0.1"], mine="10.250.0.1"), _service("b")], POOL)
     assert changes == {("ns", "b"): "10.250.0.2"}
 
 
 def test_lb_standin_leaves_settled_services_alone():
-    assert lb.plan([_service("a", ips=["10.250.0.2"])], POOL) == {}
+    assert lb.plan([_service("a", ips=["10.250.0.2"], mine="10.250.0.2")], POOL) == {}
 
 
 def test_lb_standin_releases_the_address_of_a_service_no_longer_a_load_balancer():
-    assert lb.plan([_service("a", type_="ClusterIP", ips=["10.250.0.1"])], POOL) == {("ns", "a"): None}
+    assert lb.plan([_service("a", type_="ClusterIP", ips=["10.250.0.1"], mine="10.250.0.1")], POOL) == {("ns", "a"): None}
 
 
 def test_lb_standin_gives_a_contested_address_to_the_older_service():
-    older = _service("old", ips=["10.250.0.1"], created="2026-01-01T00:00:00Z")
-    newer = _service("new", ips=["10.250.0.1"], created="2026-01-02T00:00:00Z")
+    older = _service("old", ips=["10.250.0.1"], created="2026-01-01T00:00:00Z", mine="10.250.0.1")
+    newer = _service("new", ips=["10.250.0.1"], created="2026-01-02T00:00:00Z", mine="10.250.0.1")
     assert lb.plan([newer, older], POOL) == {("ns", "new"): "10.250.0.2"}
 
 
@@ -128,24 +157,60 @@ def test_lb_standin_skips_services_of_another_load_balancer_class():
 
 
 def test_lb_standin_assigns_nothing_when_the_pool_is_exhausted():
-    taken = [_service(f"s{i}", ips=[ip]) for i, ip in enumerate(POOL)]
+    taken = [_service(f"s{i}", ips=[ip], mine=ip) for i, ip in enumerate(POOL)]
     assert lb.plan([*taken, _service("late", created="2027-01-01T00:00:00Z")], POOL) == {}
+
+
+def test_lb_standin_never_overwrites_an_ingress_it_did_not_assign():
+    cloud = _service("cloud", ips=["198.51.100.7"])
+    in_pool_by_someone_else = _service("other", ips=["10.250.0.1"])
+    assert lb.plan([cloud, in_pool_by_someone_else], POOL) == {}
+    # ... nor releases it when the Service stops being a LoadBalancer.
+    assert lb.plan([_service("cloud", type_="ClusterIP", ips=["198.51.100.7"])], POOL) == {}
+
+
+def test_lb_standin_on_a_users_cluster_serves_only_its_own_class():
+    plain, classed = _service("plain"), _service("classed", **OURS)
+    assert lb.plan([plain, classed], POOL, claim_unclassed=False) == {("ns", "classed"): "10.250.0.1"}
+
+
+def test_lb_standin_gives_every_address_it_assigned_back_when_it_stops():
+    services = [
+        _service("a", ips=["10.250.0.1"], mine="10.250.0.1", **OURS),
+        _service("cloud", ips=["198.51.100.7"]),
+        _service("b", ips=["10.250.0.2"], mine="10.250.0.2"),
+    ]
+    assert lb.release_all(services) == {("ns", "a"): None, ("ns", "b"): None}
 
 
 IPTABLES_S = """\
 -P INPUT ACCEPT
 -N DOCKER
+-N KUBE-DECOY
 -N KUBE-FIREWALL
 -N KUBE-KUBELET-CANARY
+-N ZTR-E2E-OUTPUT
 -A INPUT -j KUBE-FIREWALL
+-A INPUT -j KUBE-DECOY
+-A OUTPUT -m cgroup --path zt-relay-e2e-host -j ZTR-E2E-OUTPUT
 -A OUTPUT -j KUBE-FIREWALL
 -A FORWARD -o docker0 -j DOCKER
+-A KUBE-DECOY -j ACCEPT
 -A KUBE-FIREWALL ! -s 127.0.0.0/8 -d 127.0.0.0/8 -m comment --comment "block incoming localnet connections" -m conntrack ! --ctstate RELATED,ESTABLISHED,DNAT -j DROP
+-A ZTR-E2E-OUTPUT -o lo -j RETURN
 """.splitlines()
 
 
-def test_kube_chain_cleanup_removes_jumps_then_flushes_and_deletes_only_kube_chains():
-    cmds = node.kube_chain_cleanup_commands(IPTABLES_S)
+def test_cleanup_removes_only_our_chains_and_their_jumps():
+    assert firewall.cleanup_commands(IPTABLES_S, firewall.ours) == [
+        ["-D", "OUTPUT", "-m", "cgroup", "--path", "zt-relay-e2e-host", "-j", "ZTR-E2E-OUTPUT"],
+        ["-F", "ZTR-E2E-OUTPUT"],
+        ["-X", "ZTR-E2E-OUTPUT"],
+    ]
+
+
+def test_kube_chain_cleanup_takes_the_kubelets_exact_chains_and_never_a_lookalike():
+    cmds = firewall.cleanup_commands(IPTABLES_S, firewall.kube_chain)
     assert cmds == [
         ["-D", "INPUT", "-j", "KUBE-FIREWALL"],
         ["-D", "OUTPUT", "-j", "KUBE-FIREWALL"],
@@ -154,6 +219,7 @@ def test_kube_chain_cleanup_removes_jumps_then_flushes_and_deletes_only_kube_cha
         ["-X", "KUBE-FIREWALL"],
         ["-X", "KUBE-KUBELET-CANARY"],
     ]
+    assert not any("KUBE-DECOY" in c for cmd in cmds for c in cmd)
 
 
 def _members(archive: bytes) -> dict[str, bytes]:
@@ -241,3 +307,262 @@ def test_wait_for_names_what_it_waited_for_and_what_it_last_saw():
 
     with pytest.raises(TimeoutError, match=r"waiting for the widget; last: RuntimeError\('still starting'\)"):
         wait_for("the widget", probe, timeout=0.2, interval=0.05)
+
+
+def test_pods_live_under_a_cgroup_root_of_our_own_not_the_machines_kubepods():
+    config = json.loads(configs.kubelet_config(LAYOUT, STATE))
+    assert config["cgroupRoot"] == "/zt-relay-e2e-pods"
+
+
+def test_pod_network_namespaces_live_under_our_state_dir():
+    toml = configs.containerd_config(LAYOUT, STATE)
+    assert "netns_mounts_under_state_dir = true" in toml
+    assert f'state = "{STATE.containerd / "state"}"' in toml
+
+
+def test_every_registry_is_a_dead_local_mirror():
+    toml = configs.containerd_config(LAYOUT, STATE)
+    assert f'config_path = "{STATE.registry_hosts}"' in toml
+    hosts = configs.registry_hosts()
+    assert {"_default/hosts.toml", "docker.io/hosts.toml", "registry.k8s.io/hosts.toml", "ghcr.io/hosts.toml"} <= set(hosts)
+    for body in hosts.values():
+        servers = [line.split("=", 1)[1].strip().strip('"') for line in body.splitlines() if line.startswith("server")]
+        hosts_named = [line for line in body.splitlines() if line.startswith("[host.")]
+        assert servers == ["http://127.0.0.1:1"] and hosts_named == ['[host."http://127.0.0.1:1"]']
+
+
+def test_default_dns_policy_pods_get_the_clusters_resolver_not_the_machines():
+    config = json.loads(configs.kubelet_config(LAYOUT, STATE))
+    assert config["resolvConf"] == str(STATE.resolv_conf)
+    assert configs.resolv_conf(LAYOUT).splitlines()[0] == f"nameserver {LAYOUT.node_ip}"
+
+
+def test_kube_proxy_leaves_the_machines_conntrack_settings_alone():
+    conntrack = json.loads(configs.kube_proxy_config(LAYOUT, STATE))["conntrack"]
+    assert conntrack == {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"}
+
+
+def test_apiserver_enforces_owner_reference_permissions():
+    argv = configs.apiserver_command(LAYOUT, STATE, Path("/bin"))
+    (flag,) = [a for a in argv if a.startswith("--enable-admission-plugins=")]
+    assert flag.split("=", 1)[1].split(",") == ["NodeRestriction", "OwnerReferencesPermissionEnforcement"]
+
+
+def _fake_cgroupfs(root: Path) -> Path:
+    """A hybrid layout: v1 cpuset and memory, v2 under unified."""
+    for h in ("cpuset", "memory", "unified"):
+        (root / h).mkdir(parents=True)
+        (root / h / "cgroup.procs").write_text("")
+    (root / "cpuset" / "cpuset.cpus").write_text("0-1\n")
+    (root / "cpuset" / "cpuset.mems").write_text("0\n")
+    return root
+
+
+def test_cgroups_are_prepared_in_every_hierarchy_and_only_ours_are_listed_and_removed(tmp_path):
+    fs = _fake_cgroupfs(tmp_path / "cg")
+    decoy = fs / "memory" / "kubepods" / "decoy"
+    decoy.mkdir(parents=True)
+    (decoy / "cgroup.procs").write_text("4242\n")
+    # mkdir in a real cgroupfs creates the knob files; emulate the empty cpuset ones.
+    (fs / "cpuset" / cgroups.PODS).mkdir()
+    (fs / "cpuset" / cgroups.PODS / "cpuset.cpus").write_text("")
+    (fs / "cpuset" / cgroups.PODS / "cpuset.mems").write_text("")
+    cgroups.prepare(fs)
+    assert (fs / "unified" / cgroups.HOST).is_dir()
+    assert all((fs / h / cgroups.PODS).is_dir() for h in ("cpuset", "memory", "unified"))
+    assert (fs / "cpuset" / cgroups.PODS / "cpuset.cpus").read_text() == "0-1\n"
+    pod = fs / "memory" / cgroups.PODS / "kubepods" / "pod1"
+    pod.mkdir(parents=True)
+    (pod / "cgroup.procs").write_text("17\n18\n")
+    assert cgroups.pids(fs) == {17, 18}
+    for f in fs.glob(f"*/{cgroups.PODS}/**/*"):
+        if f.is_file():
+            f.unlink()
+    for f in fs.glob(f"*/{cgroups.PODS}/*"):
+        if f.is_file():
+            f.unlink()
+    assert cgroups.remove(fs) == []
+    assert cgroups.ours(fs) == []
+    assert (decoy / "cgroup.procs").read_text() == "4242\n"
+
+
+def test_a_process_is_started_inside_the_host_cgroup_before_it_execs(tmp_path):
+    fs = _fake_cgroupfs(tmp_path / "cg")
+    (fs / "unified" / cgroups.HOST).mkdir()
+    argv = cgroups.enter_host_argv(["sh", "-c", "echo started"], fs)
+    import subprocess
+
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    assert out == "started\n"
+    written = (fs / "unified" / cgroups.HOST / "cgroup.procs").read_text().split()
+    assert len(written) == 1 and written[0].isdigit()
+
+
+def test_sysctls_changed_by_the_cluster_are_put_back_as_recorded(tmp_path):
+    root = tmp_path / "sys"
+    (root / "net" / "ipv4").mkdir(parents=True)
+    (root / "net" / "ipv4" / "ip_forward").write_text("0\n")
+    record = tmp_path / "record.json"
+    sysctls.save(record, root)
+    sysctls.write("net.ipv4.ip_forward", "1", root)
+    sysctls.save(record, root)  # a second `up` must not record the cluster's own value
+    assert sysctls.changed(record, root) == {"net.ipv4.ip_forward": ("0", "1")}
+    assert sysctls.restore(record, root) == []
+    assert sysctls.read("net.ipv4.ip_forward", root) == "0"
+
+
+def test_teardown_needs_every_other_run_to_have_let_go_of_the_cluster(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "USERS", tmp_path / "users")
+    monkeypatch.delenv(locks.USERS_FD_ENV, raising=False)
+    other = locks.hold_shared()
+    try:
+        with pytest.raises(locks.InUse, match="another test run is using the cluster"):
+            with locks.sole_user():
+                pass
+    finally:
+        os.close(other)
+    with locks.sole_user():
+        pass
+
+
+def test_a_run_holding_the_cluster_may_itself_tear_it_down_and_keeps_its_hold(tmp_path, monkeypatch):
+    monkeypatch.setattr(locks, "USERS", tmp_path / "users")
+    mine = locks.hold_shared()
+    monkeypatch.setenv(locks.USERS_FD_ENV, str(mine))
+    try:
+        with locks.sole_user():
+            pass
+        # Still shared-held afterwards: another exclusive taker fails.
+        monkeypatch.delenv(locks.USERS_FD_ENV)
+        with pytest.raises(locks.InUse):
+            with locks.sole_user():
+                pass
+    finally:
+        os.close(mine)
+
+
+def test_wait_for_lets_a_programming_error_through_at_once():
+    calls = []
+
+    def probe():
+        calls.append(1)
+        return {}["missing"]
+
+    with pytest.raises(KeyError):
+        wait_for("a typo", probe, timeout=5, interval=0.01)
+    assert len(calls) == 1
+
+
+def test_wait_for_that_times_out_fails_with_the_last_value_it_saw():
+    with pytest.raises(TimeoutError, match=r"waiting for the count; last: 0"):
+        wait_for("the count", lambda: 0, timeout=0.1, interval=0.02)
+
+
+def test_the_bin_dir_key_covers_every_pinned_version_and_a_tool_dir_only_its_own():
+    from e2e.cluster import paths, versions
+
+    assert set(versions.PINNED) == {"kubernetes", "etcd", "coredns", "metrics-server", "helm", "kubeconform", "helm-unittest"}
+    assert set(build.commands_by_tool()) == set(versions.PINNED)
+    base = paths.bin_key()
+    for tool in versions.PINNED:
+        bumped = {**versions.PINNED, tool: versions.PINNED[tool] + "-bumped"}
+        assert paths.bin_key(bumped) != base, f"bumping {tool} must change the bin dir"
+    assert paths.tool_dir("etcd").name == f"etcd-{versions.ETCD}"
+    assert paths.tool_dir("kubernetes").name == f"kubernetes-{versions.KUBERNETES}"
+
+
+def test_the_bin_dir_links_each_command_to_its_tools_own_build(tmp_path, monkeypatch):
+    from e2e.cluster import paths
+
+    monkeypatch.setenv("ZT_RELAY_CACHE", str(tmp_path))
+    (paths.tool_dir("etcd") / "bin").mkdir(parents=True)
+    (paths.tool_dir("etcd") / "bin" / "etcd").write_text("#!/bin/sh\n")
+    build.link_bin_dir({"etcd": ("etcd",)}, paths.bin_dir())
+    build.link_bin_dir({"etcd": ("etcd",)}, paths.bin_dir())  # idempotent
+    assert (paths.bin_dir() / "etcd").resolve() == (paths.tool_dir("etcd") / "bin" / "etcd").resolve()
+
+
+def test_an_older_runs_pod_namespaces_are_found_through_our_cni_networks_cache_only(tmp_path, monkeypatch):
+    from e2e.cluster import network, teardown
+
+    monkeypatch.setattr(teardown, "CNI_CACHE", tmp_path / "cni")
+    monkeypatch.setattr(network, "NETNS_DIR", tmp_path / "netns")
+    (tmp_path / "netns").mkdir()
+    for ns in ("cni-ours", "cni-theirs", "cni-decoy"):
+        (tmp_path / "netns" / ns).write_text("")
+    results = tmp_path / "cni" / "results"
+    results.mkdir(parents=True)
+
+    def cached(network_name, container, netns):
+        result = {"interfaces": [{"name": "veth1"}, {"name": "eth0", "sandbox": f"/var/run/netns/{netns}"}]}
+        (results / f"{network_name}-{container}-eth0").write_text(json.dumps({"kind": "cniCacheV1", "result": result}))
+
+    cached(configs.CNI_NETWORK, "abc", "cni-ours")
+    cached("k3s-flannel", "def", "cni-theirs")
+    assert teardown.legacy_pod_netns() == ["cni-ours"]
+
+
+class _FakeKubectl:
+    def __init__(self, outcome):
+        self.outcome = outcome
+
+    def json(self, *args, timeout=None):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+@pytest.fixture
+def fake_cluster(tmp_path, monkeypatch):
+    """A state dir of the current generation with every process 'running'."""
+    from e2e.cluster import components, health, paths
+
+    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
+    state = configs.StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    health.generation_file(state).write_text(health.HARNESS_GENERATION)
+    paths.kubeconfig_path().write_text("")
+    monkeypatch.setattr(health, "process_states", lambda state: {n: 1 for n in components.NAMES})
+    return state
+
+
+NODE_READY = {"status": {"addresses": [{"type": "InternalIP", "address": LAYOUT.node_ip}],
+                         "conditions": [{"type": "Ready", "status": "True"}]}}
+
+
+def test_health_tells_a_slow_api_from_a_broken_one(fake_cluster, monkeypatch):
+    import subprocess
+
+    from e2e.cluster import health
+    from e2e.cluster.kubectl import KubectlError
+
+    cases = {
+        "ok": NODE_READY,
+        "slow": subprocess.TimeoutExpired(["kubectl"], 10),
+        "broken": KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", "connection refused")),
+    }
+    for expected, outcome in cases.items():
+        monkeypatch.setattr(health, "admin", lambda outcome=outcome: _FakeKubectl(outcome))
+        assert health.health(LAYOUT, fake_cluster)[0] == expected
+
+
+def test_a_cluster_of_an_older_harness_or_with_a_dead_process_is_broken(fake_cluster, monkeypatch):
+    from e2e.cluster import components, health
+
+    monkeypatch.setattr(health, "admin", lambda: _FakeKubectl(NODE_READY))
+    monkeypatch.setattr(health, "process_states", lambda state: {n: (None if n == "kubelet" else 1) for n in components.NAMES})
+    assert health.health(LAYOUT, fake_cluster) == ("broken", "not running: kubelet")
+    health.generation_file(fake_cluster).unlink()
+    assert health.health(LAYOUT, fake_cluster)[0] == "broken"
+    assert "older harness" in health.health(LAYOUT, fake_cluster)[1]
+
+
+def test_a_test_runs_hold_passed_to_the_cli_is_not_inherited_by_the_processes_it_starts(tmp_path, monkeypatch):
+    fd = os.open(tmp_path / "users", os.O_RDWR | os.O_CREAT)
+    try:
+        os.set_inheritable(fd, True)  # as subprocess's pass_fds leaves it in the child
+        monkeypatch.setenv(locks.USERS_FD_ENV, str(fd))
+        locks.adopt_inherited_fd()
+        assert os.get_inheritable(fd) is False
+    finally:
+        os.close(fd)

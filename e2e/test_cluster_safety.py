@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from e2e import workloads
-from e2e.cluster import network
+from e2e.cluster import components, network
 
 # Unclaimed addresses in each routed range (checked against the cluster before use). The pod
 # one lies outside the node's /24, where only the sink route matches.
@@ -67,16 +67,16 @@ def test_routes_send_cluster_ranges_to_the_sink(layout, stray_addresses):
         assert route["dev"] == layout.sink_host_veth, f"{kind} address {address} routes via {route['dev']}"
 
 
-def test_forwarded_cluster_traffic_towards_the_primary_interface_is_dropped_before_kube_proxy_accepts_it(layout):
-    forward = network.sh("iptables", "-S", "FORWARD").stdout.splitlines()
-    ours = forward.index(f"-A FORWARD -j {layout.iptables_chain}")
+def test_our_jumps_come_before_kube_proxys_in_forward_and_output_v4_and_v6(layout):
     # kube-proxy's chains ACCEPT marked traffic; ours must come first. (dockerd, restarted,
     # puts its jumps on top: they accept docker0 traffic only, so that order is harmless.)
-    kube = [i for i, rule in enumerate(forward) if "-j KUBE-" in rule]
-    assert kube and ours < min(kube)
-    for source in (layout.cluster_cidr, layout.test_host_cidr):
-        rule = ["-s", source, "-o", layout.primary_interface, "-j", "DROP"]
-        assert network.sh("iptables", "-C", layout.iptables_chain, *rule, check=False).returncode == 0
+    for binary in ("iptables", "ip6tables"):
+        for hook in ("FORWARD", "OUTPUT"):
+            rules = network.sh(binary, "-S", hook).stdout.splitlines()
+            ours = [i for i, rule in enumerate(rules) if "-j ZTR-E2E-" in rule]
+            kube = [i for i, rule in enumerate(rules) if "-j KUBE-" in rule]
+            assert len(ours) == 1, f"{binary} {hook}: expected one jump of ours: {rules}"
+            assert not kube or ours[0] < min(kube), f"{binary} {hook}: {rules}"
 
 
 def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):
@@ -111,7 +111,8 @@ def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses
     assert network.sink_dropped_packets(layout) - before >= 3
 
 
-CLUSTER_PROGRAMS = ("etcd", "kube-apiserver", "kube-controller", "kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server", "containerd")
+# As `ss` shows them: the kernel's 15-character command names of every non-Python component.
+CLUSTER_PROGRAMS = tuple(c.name[:15] for c in components.COMPONENTS if not c.python)
 
 
 def test_no_cluster_component_listens_on_the_machines_own_interfaces(layout):

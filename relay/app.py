@@ -7,16 +7,17 @@ real process through the console script, so this module stays thin.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
-import signal
 
 import uvloop
 
-from relay import logs, telemetry as telemetry_mod
+from relay import limits, logs, telemetry as telemetry_mod
 from relay.config import RelayConfig
 from relay.health import HealthServer
 from relay.server import Relay
+from relay.signals import stop_signals
 
 log = logging.getLogger("zt_relay")
 
@@ -25,20 +26,26 @@ def run(config: RelayConfig) -> int:
     """Runs until SIGTERM/SIGINT and a drain; returns the exit status."""
     logs.configure(config.log_format, config.log_level)
     raise_file_limit()
+    warn_about_ceilings(config)
     try:
-        telemetry = telemetry_mod.from_environment()
+        if config.workers > 1:
+            telemetry_mod.check_environment()  # each worker sets up its own
+        else:
+            telemetry = telemetry_mod.from_environment()
     except telemetry_mod.TelemetryConfigError as exc:
         log.error("telemetry configuration: %s", exc)
         return 2
     if config.workers > 1:
         from relay import workers
 
-        return workers.supervise(config, telemetry)
+        return workers.supervise(config)
     return uvloop.run(serve(config, telemetry))
 
 
 async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     """One relay process. ``publisher`` (workers only) receives periodic snapshots."""
+    # Handlers first: a SIGTERM that arrives while starting must drain, not kill.
+    signals = stop_signals()
     relay = Relay(config, telemetry)
     try:
         await relay.start(reuse_port=config.workers > 1)
@@ -57,11 +64,10 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
             await relay.close()
             return 1
     publishing = asyncio.ensure_future(publisher(relay)) if publisher is not None else None
-    signals = stop_signals()
     try:
         await signals.get()
-        log.info("stop signal: draining (a second signal stops at once)")
-        drain = asyncio.ensure_future(relay.drain())
+        log.info("stop signal: not ready, then draining (a second signal stops at once)")
+        drain = asyncio.ensure_future(relay.shutdown())
         force = asyncio.ensure_future(signals.get())
         await asyncio.wait((drain, force), return_when=asyncio.FIRST_COMPLETED)
         force.cancel()
@@ -71,6 +77,8 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     finally:
         if publishing is not None:
             publishing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await publishing  # its last report
         if health is not None:
             await health.close()
         if telemetry is not None:
@@ -78,13 +86,16 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     return 0
 
 
-def stop_signals() -> asyncio.Queue:
-    """A queue that receives SIGTERM and SIGINT for the rest of the process's life."""
-    loop = asyncio.get_running_loop()
-    queue: asyncio.Queue = asyncio.Queue()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, queue.put_nowait, sig)
-    return queue
+def warn_about_ceilings(config: RelayConfig) -> None:
+    """Logs where --max-connections exceeds what descriptors and ports allow."""
+    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split())
+    except (OSError, ValueError):
+        low, high = 32768, 60999  # Linux's default
+    for warning in limits.ceiling_warnings(config.max_connections, config.workers, nofile, (low, high)):
+        log.warning("%s", warning)
 
 
 def raise_file_limit() -> None:

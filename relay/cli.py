@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from relay import __version__
-from relay.config import ConfigError, RelayConfig, parse_endpoint
+from relay.config import ConfigError, RelayConfig, parse_bytes, parse_endpoint
 
 ENV_PREFIX = "ZT_RELAY_"
 
@@ -65,7 +65,9 @@ OPTIONS = (
     Option("sniff_timeout", f"with --fallback: seconds a silent client waits before going to the backend (default {D.sniff_timeout:g})", "float", "S"),
     Option("fallback_max_connections", f"concurrent connections to the fallback backend (default {D.fallback_max_connections})", "int", "N"),
     Option("fallback_idle_timeout", f"seconds without traffic before a fallback connection closes (default {D.fallback_idle_timeout:g})", "float", "S"),
-    Option("drain_timeout", f"seconds tunnels keep relaying after SIGTERM (default {D.drain_timeout:g})", "float", "S"),
+    Option("max_memory", "refuse new tunnels (memory_pressure) from 90%% of this many bytes used, e.g. 256Mi (default: the cgroup's memory limit, if any; 0: off)", "bytes", "BYTES"),
+    Option("shutdown_delay", f"seconds listeners keep accepting after SIGTERM while /readyz fails, before the drain (default {D.shutdown_delay:g})", "float", "S"),
+    Option("drain_timeout", f"seconds tunnels keep relaying after the shutdown delay (default {D.drain_timeout:g})", "float", "S"),
     Option("workers", f"processes sharing the ports via SO_REUSEPORT (default {D.workers})", "int", "N"),
     Option("log_format", f"text or json (default {D.log_format})", "str", "FORMAT"),
     Option("log_level", f"DEBUG, INFO, WARNING or ERROR (default {D.log_level})", "str", "LEVEL"),
@@ -150,6 +152,7 @@ def _endpoint(raw: str, field: str):
 _CONVERT: dict[str, Callable[[object, str], object]] = {
     "str": lambda raw, field: str(raw),
     "int": _number(int),
+    "bytes": parse_bytes,
     "float": _number(float),
     "bool": _bool,
     "endpoint": _endpoint,

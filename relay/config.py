@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import json
 import math
 from dataclasses import dataclass
 
@@ -144,8 +145,18 @@ class RelayConfig:
     fallback_idle_timeout: float = 300.0
     """Seconds without bytes either way before a connection to the backend is closed."""
 
+    max_memory: int | None = None
+    """Bytes of memory the pod may use before new tunnels are refused (``memory_pressure``,
+    from 90 % of it on), so that the kernel never OOM-kills it with every tunnel. None:
+    the cgroup's memory limit when there is one; 0: no budget. See ``memory.py``."""
+
+    shutdown_delay: float = 5.0
+    """Seconds the listeners keep accepting after SIGTERM while /readyz already fails, so
+    load balancers and kube-proxy stop sending before the port closes (closing earlier
+    refuses or resets connections still routed here). The drain starts after it."""
+
     drain_timeout: float = 30.0
-    """Seconds live tunnels keep relaying after SIGTERM before the process exits."""
+    """Seconds live tunnels keep relaying after the shutdown delay before the process exits."""
 
     workers: int = 1
     """Processes sharing the listen ports with SO_REUSEPORT, one per core to use."""
@@ -174,6 +185,21 @@ class RelayConfig:
 
     def replace(self, **changes: object) -> RelayConfig:
         return dataclasses.replace(self, **changes)
+
+    def to_json(self) -> str:
+        """The settings as JSON, for a worker process to rebuild with ``from_json``."""
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> RelayConfig:
+        """Rebuilds what ``to_json`` wrote: lists become tuples, objects Endpoints."""
+        def value(v: object) -> object:
+            if isinstance(v, list):
+                return tuple(value(x) for x in v)
+            if isinstance(v, dict):
+                return Endpoint(**v)
+            return v
+        return cls(**{k: value(v) for k, v in json.loads(text).items()})
 
 
 def parse_endpoint(text: str, setting: str) -> Endpoint:
@@ -204,6 +230,19 @@ def _plain(host: str) -> str:
 @functools.lru_cache(maxsize=8)
 def _networks(cidrs: tuple[str, ...]) -> tuple[filters.IPNetwork, ...]:
     return tuple(filters.parse_cidr(c) for c in cidrs)
+
+
+_UNITS = {"": 1, "k": 10**3, "m": 10**6, "g": 10**9, "ki": 1 << 10, "mi": 1 << 20, "gi": 1 << 30}
+
+
+def parse_bytes(text: str, setting: str) -> int:
+    """``268435456``, ``256Mi`` or ``1G`` (Kubernetes quantities) as bytes."""
+    raw = text.strip()
+    digits = raw.rstrip("kKmMgGiI")
+    unit = raw[len(digits):].lower()
+    if unit not in _UNITS or not digits.isdigit():
+        raise ConfigError(setting, f"{text!r} is not a number of bytes (e.g. 268435456, 256Mi, 1G)")
+    return int(digits) * _UNITS[unit]
 
 
 def _validate(c: RelayConfig) -> None:
@@ -238,8 +277,11 @@ def _validate(c: RelayConfig) -> None:
     for name in ("handshake_timeout", "idle_timeout", "reply_window"):
         if not getattr(c, name) > 0:
             raise ConfigError(name, "must be a positive number of seconds")
-    if c.drain_timeout < 0:
-        raise ConfigError("drain_timeout", "must be 0 or more seconds")
+    if c.max_memory is not None and c.max_memory < 0:
+        raise ConfigError("max_memory", "must be 0 (no budget) or more bytes")
+    for name in ("drain_timeout", "shutdown_delay"):
+        if not getattr(c, name) >= 0:
+            raise ConfigError(name, "must be 0 or more seconds")
     for name in ("max_connections", "max_connections_per_ip", "workers", "write_buffer_limit"):
         if getattr(c, name) < 1:
             raise ConfigError(name, "must be at least 1")

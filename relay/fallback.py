@@ -188,6 +188,7 @@ class FallbackRouter:
         self.closed[s.reason or splice_mod.CLOSED] += 1
         self.bytes_done["to_backend"] += s.to_backend
         self.bytes_done["to_client"] += s.to_client
+        self.relay.connection_gone()
 
     def _tick(self) -> None:
         now = self.loop.time()
@@ -279,7 +280,7 @@ class Sniffer(asyncio.Protocol):
             relay.limiter.release(self.slot)
             self.slot = None
         key = client_key(self.client[0], relay.config.ipv6_per_ip_prefix)
-        reason = stats.DRAINING if relay.draining else relay.limiter.acquire(key)
+        reason = stats.DRAINING if relay.closing else relay.limiter.acquire(key)
         if reason is not None:
             relay.stats.refused[reason] += 1
             log.debug("refusing connection from %s: %s", _fmt(self.client), reason)

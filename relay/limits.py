@@ -132,3 +132,31 @@ class ConnectionLimiter:
             self.per_ip[ip] = left
         else:
             del self.per_ip[ip]
+
+
+#: Descriptors a tunnel may hold: its TCP connection, its IPv4 and its IPv6 UDP socket.
+FDS_PER_TUNNEL = 3
+#: Descriptors a relay process uses besides its tunnels (listeners, health, loop, logs).
+FDS_BASE = 64
+
+
+def ceiling_warnings(max_connections: int, workers: int, nofile: int, ports: tuple[int, int]) -> list[str]:
+    """What ``--max-connections`` promises that the machine can't keep, with the real
+    ceiling: descriptors per process (RLIMIT_NOFILE) and ephemeral UDP ports (one per
+    tunnel and address family, shared by every worker and every other process)."""
+    warnings = []
+    needed = max_connections * FDS_PER_TUNNEL + FDS_BASE
+    if nofile < needed:
+        warnings.append(
+            f"--max-connections {max_connections} needs up to {needed} file descriptors per process, "
+            f"but RLIMIT_NOFILE is {nofile}: at most {max(0, (nofile - FDS_BASE) // FDS_PER_TUNNEL)} tunnels "
+            f"per process (raise the limit, e.g. ulimit -n or the container runtime's nofile)")
+    low, high = ports
+    available = high - low + 1
+    total = max_connections * workers
+    if total > available:
+        warnings.append(
+            f"--max-connections {max_connections} x {workers} worker(s) = {total} tunnels, but only {available} ephemeral "
+            f"ports ({low}-{high}, net.ipv4.ip_local_port_range) for their UDP sockets: at most {available} tunnels "
+            f"(fewer if other processes use ports); more are refused as ephemeral_ports_exhausted")
+    return warnings

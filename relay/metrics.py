@@ -14,6 +14,8 @@ _SERIES = (
     ("connections_open", "zt_relay_connections_open", "gauge", "TCP connections open: tunnels, connections waiting for a PROXY header or being sniffed, tunnels closing (not fallback splices).", None),
     ("client_addresses", "zt_relay_client_addresses", "gauge", "Client addresses (or IPv6 prefixes) holding a per-IP connection slot.", None),
     ("write_buffer_bytes", "zt_relay_write_buffer_bytes", "gauge", "Bytes queued toward clients in the relay's write buffers.", None),
+    ("memory_bytes", "zt_relay_memory_bytes", "gauge", "Memory used as --max-memory measures it (the cgroup's working set, else the RSS).", None),
+    ("udp_sockets_open", "zt_relay_udp_sockets_open", "gauge", "UDP sockets the tunnels hold (one per tunnel, two with IPv6): each holds an ephemeral port.", None),
     ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),
     ("fallback_active", "zt_relay_fallback_connections_active", "gauge", "Connections spliced to the --fallback backend now.", None),
     ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),

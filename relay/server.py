@@ -9,12 +9,13 @@ housekeeping tick (at most once a second), never per packet.
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
 import socket
 import struct
 
-from relay import interfaces, metrics, stats
+from relay import interfaces, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
@@ -22,9 +23,9 @@ from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
-#: Cache bounds: a client spraying addresses can make the relay compute verdicts, never
-#: grow these without limit (they are cleared when full; refilling is cheap).
-MAX_CACHED_VERDICTS = 65536
+#: Cache bound of the reply prefixes: a sender spraying source ports can make the relay
+#: compute them, never grow this without limit (cleared when full; refilling is cheap).
+#: Destination verdicts are cached per tunnel (tunnel.MAX_CACHED_VERDICTS).
 MAX_CACHED_PREFIXES = 65536
 #: How often refusals of the same reason are logged (they are all counted).
 REFUSAL_LOG_INTERVAL = 10.0
@@ -35,6 +36,12 @@ LIVENESS_STALL = 10.0
 TCP_USER_TIMEOUT_MS = 30_000
 
 _PORT = struct.Struct(">H")
+#: Why a tunnel's UDP socket could not be had, by errno: refusal reasons an operator acts on.
+_UDP_REFUSALS = {
+    errno.EADDRINUSE: stats.EPHEMERAL_PORTS,  # bind to port 0 with every ephemeral port taken
+    errno.EMFILE: stats.FILE_DESCRIPTORS,
+    errno.ENFILE: stats.FILE_DESCRIPTORS,
+}
 
 
 class Relay:
@@ -44,9 +51,7 @@ class Relay:
         self.loop = asyncio.get_running_loop()
         #: the relay's interface addresses, refused as destinations (with --own-address)
         self.own_addresses = tuple(sorted(interfaces.local_addresses()))
-        self.filter = config.destination_filter(self.own_addresses)
-        #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
-        self.verdicts: dict[bytes, tuple | str] = {}
+        self.filter = config.destination_filter(self.own_addresses).compile()
         #: sender address -> the 7 or 19 address bytes of a reply record
         self.v4_prefixes: dict[tuple, bytes] = {}
         self.v6_prefixes: dict[tuple, bytes] = {}
@@ -62,7 +67,17 @@ class Relay:
         self.tunnels: set[Tunnel] = set()
         self.servers: list[asyncio.AbstractServer] = []
         self.addresses: list[tuple] = []
+        #: the listening sockets, to take over what the kernel queued before they close
+        self.listen_socks: list[socket.socket] = []
+        self.listening = False
+        #: not ready (SIGTERM arrived); tunnels are still served
         self.draining = False
+        #: closed: connections that still arrive are refused
+        self.closing = False
+        self._handover: set[asyncio.Future] = set()
+        #: --max-memory (default: the cgroup's limit); sampled by the housekeeping tick
+        self.memory = memory.budget(config.max_memory)
+        self.memory_pressure = False
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -82,8 +97,14 @@ class Relay:
             factory = self.fallback.protocol
         for sock in socks:
             server = await self.loop.create_server(factory, sock=sock, backlog=4096)
+            self._factory = factory
             self.servers.append(server)
+            self.listen_socks.append(sock)
             self.addresses.append(sock.getsockname())
+        self.listening = True
+        if self.memory is not None:
+            log.info("memory budget: %s", self.memory.describe())
+            self._sample_memory()
         self._schedule_tick()
         log.info("relay listening on %s", ", ".join(_fmt(a) for a in self.addresses))
         own = (*self.own_addresses, *self.config.own_address)
@@ -91,7 +112,7 @@ class Relay:
 
     @property
     def ready(self) -> bool:
-        return bool(self.servers) and not self.draining
+        return self.listening and not self.draining
 
     @property
     def live(self) -> bool:
@@ -105,20 +126,67 @@ class Relay:
         # tunnel must leave none of it behind.
         snap["connections_open"] = len(self.tunnels) + (len(self.fallback.sniffers) if self.fallback is not None else 0)
         snap["client_addresses"] = len(self.limiter.per_ip)
+        snap["udp_sockets_open"] = sum((t.udp4 is not None) + (t.udp6 is not None) for t in self.tunnels)
+        if self.memory is not None:
+            snap["memory_bytes"] = self.memory.used
         snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
         return snap
 
     def metrics_text(self) -> str:
         return metrics.render(self.snapshot())
 
+    async def shutdown(self, delay: float | None = None, timeout: float | None = None) -> None:
+        """The SIGTERM sequence: not ready at once, keep accepting for ``delay`` seconds (load
+        balancers notice the failing readiness and stop sending), close the listeners without
+        resetting what the kernel queued, then drain."""
+        delay = self.config.shutdown_delay if delay is None else delay
+        self.draining = True
+        if self.listening and delay > 0:
+            log.info("not ready; accepting for %g s more, then draining", delay)
+            await asyncio.sleep(delay)
+        await self.drain(timeout)
+
+    def stop_listening(self) -> None:
+        """Closes the listeners. Closing a listening socket resets every connection in its
+        accept queue (with SO_REUSEPORT the kernel does not move them to another worker), so
+        those are accepted here first and served like any other."""
+        if not self.listening:
+            return
+        self.listening = False
+        handed = 0
+        for sock in self.listen_socks:
+            while True:
+                try:
+                    conn, _ = sock.accept()
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as exc:  # e.g. EMFILE: what is left is reset by the close
+                    log.warning("accepting queued connections at shutdown: %s", exc)
+                    break
+                conn.setblocking(False)
+                handed += 1
+                future = asyncio.ensure_future(self.loop.connect_accepted_socket(self._factory, conn))
+                self._handover.add(future)
+                future.add_done_callback(self._handed_over)
+        # No await since the accepts above: the kernel has had no chance to queue more.
+        for server in self.servers:
+            server.close()
+        log.info("listeners closed (%d queued connections taken over)", handed)
+
+    def _handed_over(self, future: asyncio.Future) -> None:
+        self._handover.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            log.warning("a connection queued at shutdown could not be served: %s", future.exception())
+
     async def drain(self, timeout: float | None = None) -> None:
         """Stops accepting, lets live tunnels run until they close or ``timeout``, closes the rest."""
         timeout = self.config.drain_timeout if timeout is None else timeout
         self.draining = True
-        for server in self.servers:
-            server.close()
+        self.stop_listening()
+        if self._handover:
+            await asyncio.wait(set(self._handover))
         log.info("draining: %d tunnels, up to %.0f s", len(self.tunnels), timeout)
-        if self.tunnels:
+        if not self.idle:
             self._emptied = asyncio.Event()
             try:
                 await asyncio.wait_for(self._emptied.wait(), timeout)
@@ -128,7 +196,8 @@ class Relay:
 
     async def close(self, reason: str = stats.DRAIN_TIMEOUT) -> None:
         """Closes every tunnel and listener now."""
-        self.draining = True
+        self.draining = self.closing = True
+        self.listening = False
         for server in self.servers:
             server.close()
         for tunnel in list(self.tunnels):
@@ -166,7 +235,7 @@ class Relay:
         if not self.config.proxy_trusted(peer):
             self.refuse(tunnel, stats.PROXY_UNTRUSTED)
             return False
-        reason = stats.DRAINING if self.draining else self._acquire(tunnel, peer)
+        reason = stats.DRAINING if self.closing else self._acquire(tunnel, peer)
         if reason is not None:
             self.refuse(tunnel, reason)
             return False
@@ -177,15 +246,16 @@ class Relay:
         if tunnel.slot is not None:  # held by the balancer's address until now
             self.limiter.release(tunnel.slot)
             tunnel.slot = None
-        reason = stats.DRAINING if self.draining else self._acquire(tunnel, tunnel.client[0])
+        reason = stats.DRAINING if self.closing else stats.MEMORY_PRESSURE if self.memory_pressure else self._acquire(tunnel, tunnel.client[0])
+        detail = None
         if reason is None:
             try:
                 tunnel.open_udp()
             except OSError as exc:
-                reason = stats.UDP_SOCKET_ERROR
-                log.error("cannot open a UDP socket for %s: %s", _fmt(tunnel.client), exc)
+                reason = _UDP_REFUSALS.get(exc.errno, stats.UDP_SOCKET_ERROR)
+                detail = str(exc)
         if reason is not None:
-            self.refuse(tunnel, reason)
+            self.refuse(tunnel, reason, detail)
             return False
         tunnel.admitted = True
         config = self.config
@@ -205,10 +275,10 @@ class Relay:
             tunnel.slot = key
         return reason
 
-    def refuse(self, tunnel: Tunnel, reason: str) -> None:
+    def refuse(self, tunnel: Tunnel, reason: str, detail: str | None = None) -> None:
         """Counts and (rate-limited) logs a refused connection, and resets it."""
         self.stats.refused[reason] += 1
-        self._log_refusal(reason, tunnel)
+        self._log_refusal(reason, tunnel, detail)
         tunnel.reason = reason
         tunnel.transport.abort()
 
@@ -230,33 +300,38 @@ class Relay:
                 _fmt(tunnel.client), tunnel.reason, tunnel.version,
                 tunnel.frames_to_udp, tunnel.frames_to_tcp,
             )
-        if self._emptied is not None and not self.tunnels:
+        self.connection_gone()
+
+    @property
+    def idle(self) -> bool:
+        """No tunnel and no connection to the fallback backend is open (a drain may end)."""
+        return not self.tunnels and (self.fallback is None or not self.fallback.splices)
+
+    def connection_gone(self) -> None:
+        """Ends a drain once the last tunnel or fallback connection has closed."""
+        if self._emptied is not None and self.idle:
             self._emptied.set()
 
-    def _log_refusal(self, reason: str, tunnel: Tunnel) -> None:
+    def _log_refusal(self, reason: str, tunnel: Tunnel, detail: str | None = None) -> None:
         now = self.loop.time()
         if now - self._refusal_logged.get(reason, -REFUSAL_LOG_INTERVAL) >= REFUSAL_LOG_INTERVAL:
             self._refusal_logged[reason] = now
-            log.warning("refusing connection from %s: %s (logged at most every %.0f s)", _fmt(tunnel.client), reason, REFUSAL_LOG_INTERVAL)
+            log.warning("refusing connection from %s: %s%s (logged at most every %.0f s)", _fmt(tunnel.client), reason,
+                        f" ({detail})" if detail else "", REFUSAL_LOG_INTERVAL)
 
     # -- caches (slow path of the per-packet lookups) ------------------------------------------
 
     def resolve(self, key: bytes) -> tuple | str:
-        """The verdict for a raw address prefix: a ``sendto`` address or a drop reason."""
+        """The verdict for a raw address prefix (04 ip port / 06 ip port): a ``sendto``
+        address or a drop reason. One compiled-filter lookup: this runs for every address
+        a tunnel has not cached, a spraying client's every packet included."""
+        verdict = self.filter.verdict_for_prefix(key)
+        if verdict is not None:
+            return verdict
         if len(key) == 7:
-            ip = ipaddress.IPv4Address(key[1:5])
-            port = _PORT.unpack_from(key, 5)[0]
-            dest: tuple = (str(ip), port)
-        else:
-            ip = ipaddress.IPv6Address(key[1:17])
-            port = _PORT.unpack_from(key, 17)[0]
-            dest = (str(ip), port, 0, 0)  # the form recvfrom reports, so replies match
-        verdict = self.filter.verdict(ip, port)
-        if len(self.verdicts) >= MAX_CACHED_VERDICTS:
-            self.verdicts.clear()
-        result = dest if verdict is None else verdict
-        self.verdicts[key] = result
-        return result
+            return (socket.inet_ntop(socket.AF_INET, key[1:5]), key[5] << 8 | key[6])
+        # The form recvfrom reports (inet_ntop as well), so replies match.
+        return (socket.inet_ntop(socket.AF_INET6, key[1:17]), key[17] << 8 | key[18], 0, 0)
 
     def reply_prefix(self, addr: tuple) -> bytes:
         ip = ipaddress.ip_address(addr[0])
@@ -274,8 +349,19 @@ class Relay:
         interval = min(1.0, c.handshake_timeout / 4, c.idle_timeout / 4, c.reply_window / 4)
         self._tick_handle = self.loop.call_later(interval, self._tick, interval)
 
+    def _sample_memory(self) -> None:
+        pressure = self.memory.sample()
+        if pressure != self.memory_pressure:
+            self.memory_pressure = pressure
+            if pressure:
+                log.warning("memory pressure: %d of %d bytes used; refusing new tunnels (%s)", self.memory.used, self.memory.limit, stats.MEMORY_PRESSURE)
+            else:
+                log.info("memory pressure over: %d of %d bytes used; accepting new tunnels", self.memory.used, self.memory.limit)
+
     def _tick(self, interval: float) -> None:
         now = self.loop.time()
+        if self.memory is not None:
+            self._sample_memory()
         elapsed = now - self.last_tick
         self.last_tick = now
         config = self.config

@@ -21,6 +21,10 @@ NO_HELLO = "no_hello"
 PROXY_HEADER = "proxy_protocol_error"
 DRAIN_TIMEOUT = "drain_timeout"
 UDP_SOCKET_ERROR = "udp_socket_error"
+# Refusals at admission when the UDP socket can't be had (besides UDP_SOCKET_ERROR).
+EPHEMERAL_PORTS = "ephemeral_ports_exhausted"
+FILE_DESCRIPTORS = "file_descriptors_exhausted"
+MEMORY_PRESSURE = "memory_pressure"
 #: An exception a handler did not expect: counted and logged in one line, never a traceback.
 INTERNAL_ERROR = "internal_error"
 # ProtocolError reasons (bad_record_header, record_too_large, bad_address_type, ...) are
@@ -34,6 +38,7 @@ WRITE_BUFFER_FULL = "write_buffer_full"
 TUNNEL_RATE = "tunnel_rate_limited"
 GLOBAL_RATE = "global_rate_limited"
 UDP_BUFFER_FULL = "udp_send_buffer_full"
+UDP_SOCKET_UNAVAILABLE = "udp_socket_unavailable"  # e.g. no IPv6 in the pod: the packet goes
 
 # Refused connections (zt_relay_connections_refused_total).
 MAX_CONNECTIONS = "max_connections"
@@ -91,6 +96,15 @@ class Stats:
             for label, value in counter.items():
                 snap[f"{prefix}:{label}"] = value
         return snap
+
+
+#: Snapshot keys that are levels, not totals: a worker that has exited contributes none.
+GAUGES = frozenset({"tunnels_active", "udp_sockets_open", "connections_open", "client_addresses", "write_buffer_bytes", "memory_bytes"})
+
+
+def counters(snapshot: dict[str, int]) -> dict[str, int]:
+    """The totals of a snapshot (what an exited worker leaves behind)."""
+    return {k: v for k, v in snapshot.items() if k not in GAUGES}
 
 
 def merge(snapshots: Iterable[dict[str, int]]) -> dict[str, int]:

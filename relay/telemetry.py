@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 from collections.abc import Callable, Mapping
 
 from opentelemetry import trace
@@ -116,6 +117,7 @@ class Telemetry:
         meter.create_observable_counter("zt_relay.frames", [series("frames", "direction")])
         meter.create_observable_counter("zt_relay.bytes", [series("bytes", "direction")], unit="By")
         meter.create_observable_counter("zt_relay.dropped", [series("dropped", "reason")])
+        meter.create_observable_counter("zt_relay.connections.refused", [series("refused", "reason")], description="Connections refused at accept, by reason.")
         meter.create_observable_counter("zt_relay.udp.send_errors", [series("udp_send_errors")])
         meter.create_observable_gauge("zt_relay.fallback.active", [series("fallback_active")],
                                       description="Connections spliced to the --fallback backend now.")
@@ -133,13 +135,43 @@ class Telemetry:
                     log.warning("telemetry shutdown: %s", exc)
 
 
-def from_environment(env: Mapping[str, str] | None = None) -> Telemetry | None:
-    """Builds telemetry from OTEL_* variables, or returns None when nothing is asked for."""
+def check_environment(env: Mapping[str, str] | None = None) -> None:
+    """Raises ``TelemetryConfigError`` for what ``from_environment`` would refuse, without
+    setting anything up (the worker supervisor: each worker sets up its own)."""
+    env = os.environ if env is None else env
+    for signal in ("traces", "metrics"):
+        if wanted(env, signal) == "otlp":
+            _check_protocol(env, signal)
+
+
+def instance_id(env: Mapping[str, str], worker: int | None = None) -> str:
+    """``service.instance.id``: unique per process, so that the series of two workers (or
+    two pods) never merge. The one given in OTEL_RESOURCE_ATTRIBUTES (a pod name, say) is
+    kept, with the worker index appended; else host name and process id."""
+    given = None
+    for item in env.get("OTEL_RESOURCE_ATTRIBUTES", "").split(","):
+        key, sep, value = item.partition("=")
+        if sep and key.strip() == "service.instance.id" and value.strip():
+            given = value.strip()
+    base = given or f"{socket.gethostname()}-{os.getpid()}"
+    return base if worker is None else f"{base}-worker-{worker}"
+
+
+def from_environment(env: Mapping[str, str] | None = None, worker: int | None = None) -> Telemetry | None:
+    """Builds telemetry from OTEL_* variables, or returns None when nothing is asked for.
+    ``worker``: the index of this ``--workers`` process, for its ``service.instance.id``."""
     env = os.environ if env is None else env
     traces, metrics_ = wanted(env, "traces"), wanted(env, "metrics")
     if traces is None and metrics_ is None:
         return None
-    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "zt-relay"), "service.version": __version__})
+    attributes = {
+        "service.name": env.get("OTEL_SERVICE_NAME", "zt-relay"),
+        "service.version": __version__,
+        "service.instance.id": instance_id(env, worker),
+    }
+    if worker is not None:
+        attributes["zt_relay.worker"] = worker
+    resource = Resource.create(attributes)
     tracer_provider = meter_provider = None
     if traces == "otlp":
         _check_protocol(env, "traces")

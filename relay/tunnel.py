@@ -4,7 +4,7 @@ Per packet, in both directions, the work is kept to a few dict lookups and integ
 operations (see the README's benchmark section for what was measured):
 
 - TCP to UDP: ``RecordReader`` calls ``_on_packet`` per record with the read buffer and
-  bounds; the raw address bytes key a process-wide verdict cache (the destination filter
+  bounds; the raw address bytes key the tunnel's own verdict cache (the destination filter
   runs once per address, not per packet). Slicing bytes measured cheaper per packet than
   memoryview slices (a memoryview key hashes without caching and compares slowly).
 - UDP to TCP: one plain non-blocking socket per tunnel, watched with ``loop.add_reader``
@@ -50,6 +50,11 @@ NEW_DESTINATION_BURST_SECONDS = 8
 #: Seconds a closing tunnel may take to flush what is queued toward its client before the
 #: connection is aborted (a client that stopped reading would otherwise hold it forever).
 CLOSE_GRACE = 2.0
+#: Destination verdicts one tunnel caches (cleared when full). Per tunnel, so that a tunnel
+#: spraying addresses only ever evicts its own verdicts; a miss costs one compiled-filter
+#: lookup (about a microsecond); as many as the destinations it may have (MAX_PEERS), so
+#: a node talking to many peers does not re-spend its new-destination budget on them.
+MAX_CACHED_VERDICTS = MAX_PEERS
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
@@ -59,10 +64,10 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 
 class Tunnel(asyncio.Protocol):
     __slots__ = (
-        "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers",
+        "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers", "verdicts",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf", "closer", "slot", "new_destinations",
+        "_proxy_buf", "closer", "slot", "new_destinations", "udp6_retry",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -75,6 +80,9 @@ class Tunnel(asyncio.Protocol):
         self.udp6: socket.socket | None = None
         #: destination -> reply-window generation of the last packet sent to it
         self.peers: dict[tuple, int] = {}
+        #: raw address prefix (04 ip port / 06 ip port) -> sendto address, or drop reason
+        self.verdicts: dict[bytes, tuple | str] = {}
+        self.udp6_retry = 0.0  # loop time before which opening the IPv6 socket is not retried
         self.frames_to_udp = self.bytes_to_udp = self.frames_to_tcp = self.bytes_to_tcp = 0
         self.active = True
         self.idle = 0.0
@@ -131,6 +139,8 @@ class Tunnel(asyncio.Protocol):
         elif kind == 6:
             prefix = 19
             sock = self.udp6 or self._open_udp6()
+            if sock is None:
+                return  # dropped and counted: the tunnel goes on with IPv4
         else:
             raise protocol.ProtocolError("bad_address_type", f"unknown address type {kind}")
         relay = self.relay
@@ -138,13 +148,7 @@ class Tunnel(asyncio.Protocol):
         if size < relay.min_packet:  # also keeps the address slice inside this record
             self.drop(stats.PACKET_TOO_SMALL)
             return
-        key = data[start:start + prefix]
-        dest = relay.verdicts.get(key)
-        if dest is None:
-            dest = relay.resolve(key)
-        if dest.__class__ is str:
-            self.drop(dest)
-            return
+        # Budgets first: a packet over them costs no verdict, whatever its address.
         if self.limited:
             if self.rate is not None and not self.rate.allow(size):
                 self.drop(stats.TUNNEL_RATE)
@@ -152,20 +156,20 @@ class Tunnel(asyncio.Protocol):
             if relay.global_rate is not None and not relay.global_rate.allow(size):
                 self.drop(stats.GLOBAL_RATE)
                 return
+        key = data[start:start + prefix]
+        dest = self.verdicts.get(key)
+        if dest is None:
+            dest = self._new_destination(key)
+        if dest.__class__ is str:
+            self.drop(dest)
+            return
         peers = self.peers
         generation = relay.generation
         seen = peers.get(dest)
         if seen != generation:
-            if seen is None:  # a new destination: not per packet, only per new address
-                if len(peers) >= MAX_PEERS:
-                    self.drop(TOO_MANY_DESTINATIONS)
-                    return
-                new = self.new_destinations
-                if new is not None:
-                    new.refill(relay.loop.time())
-                    if not new.take(1):
-                        self.drop(NEW_DESTINATION_RATE)
-                        return
+            if seen is None and len(peers) >= MAX_PEERS:
+                self.drop(TOO_MANY_DESTINATIONS)
+                return
             peers[dest] = generation
         try:
             sock.sendto(data[start + prefix:end], dest)
@@ -178,6 +182,22 @@ class Tunnel(asyncio.Protocol):
             return
         self.frames_to_udp += 1
         self.bytes_to_udp += size
+
+    def _new_destination(self, key: bytes) -> tuple | str:
+        # An address this tunnel has no verdict for (a new one, or one evicted from its own
+        # cache): the new-destination budget is spent before any verdict is computed, so a
+        # client spraying addresses, refused ones included, gets few verdicts. A refusal by
+        # the budget is not cached: the address may be tried again later.
+        new = self.new_destinations
+        if new is not None:
+            new.refill(self.relay.loop.time())
+            if not new.take(1):
+                return NEW_DESTINATION_RATE
+        verdicts = self.verdicts
+        if len(verdicts) >= MAX_CACHED_VERDICTS:
+            verdicts.clear()
+        dest = verdicts[key] = self.relay.resolve(key)
+        return dest
 
     # -- hot path: UDP to TCP ---------------------------------------------------------------
 
@@ -287,13 +307,22 @@ class Tunnel(asyncio.Protocol):
         """Creates the tunnel's IPv4 UDP socket; called at admission, before any record."""
         self.udp4 = self._udp_socket(socket.AF_INET, "0.0.0.0", self._on_udp4_readable)
 
-    def _open_udp6(self) -> socket.socket:
+    def _open_udp6(self) -> socket.socket | None:
         # Created on the first IPv6 record (synchronously, so that record is not lost):
-        # most clients never send one, and IPv6 may be absent in the pod.
+        # most clients never send one, and IPv6 may be absent in the pod or out of ports.
+        # Then the packet is dropped and counted and the tunnel goes on; the next try is
+        # a second later, not one failing syscall per packet.
+        now = self.relay.loop.time()
+        if now < self.udp6_retry:
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+            return None
         try:
             self.udp6 = self._udp_socket(socket.AF_INET6, "::", self._on_udp6_readable)
         except OSError as exc:
-            raise protocol.ProtocolError(stats.UDP_SOCKET_ERROR, f"cannot open an IPv6 UDP socket: {exc}") from None
+            self.udp6_retry = now + 1.0
+            self.warn_once("udp6_open", "cannot open an IPv6 UDP socket for the tunnel from %s: %s", _fmt(self.client), exc)
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+            return None
         return self.udp6
 
     def _udp_socket(self, family: int, host: str, callback) -> socket.socket:

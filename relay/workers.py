@@ -2,12 +2,22 @@
 
 The kernel spreads new connections across the workers' sockets; each worker is a whole
 relay (its own loop, tunnels and caches). The supervisor (the process started by the
-user) forks them, restarts one that dies, serves the health endpoints for all of them,
+user) starts them, restarts one that dies, serves the health endpoints for all of them,
 and forwards SIGTERM/SIGINT so that every worker drains.
 
-Workers publish their stats snapshot into a shared anonymous memory map (one slot each,
-a seqlock around a JSON blob) twice a second; ``/metrics`` sums the slots, ``/readyz`` is
-ready when every worker is, ``/healthz`` fails when a worker stops publishing.
+- **Fresh processes.** A worker is a new interpreter (``python -m relay.worker``) that
+  reads its settings as JSON on stdin, never a fork of the supervisor's running event
+  loop (a fork would copy the loop, its selector and signal wiring, and any exporter
+  thread's locks in whatever state they were in).
+- **Signals are never lost.** Workers are started with SIGTERM and SIGINT blocked (the
+  mask survives exec) and unblock them once their handlers are installed
+  (``signals.stop_signals``): a signal forwarded while a worker starts is handled, not
+  fatal. Once draining, the supervisor restarts nothing.
+- **Reports.** Each worker writes its stats snapshot to a pipe twice a second and once
+  more when it exits, framed by ``ReportDecoder``'s length prefix: a report arrives
+  whole or not at all (no shared memory to tear or truncate, on any CPU).
+- **Monotonic counters.** When a worker exits, its last report's totals are kept
+  (``Supervisor.retired``), so ``/metrics`` never goes down over a restart.
 """
 
 from __future__ import annotations
@@ -15,156 +25,235 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import mmap
 import os
 import signal
 import struct
-import time
+import subprocess
+import sys
+from collections import Counter
 
 import uvloop
 
 from relay import metrics, stats
 from relay.config import RelayConfig
 from relay.health import HealthServer
+from relay.signals import STOP_SIGNALS, stop_signals
 
 log = logging.getLogger("zt_relay.workers")
 
-SLOT_SIZE = 64 * 1024
 PUBLISH_INTERVAL = 0.5
 STALE_AFTER = 10.0
 RESTART_DELAY = 1.0
-_SLOT_HEADER = struct.Struct("<QdII")  # sequence, publish time (wall clock), ready, length
+#: A report is a few kilobytes; anything near this is not one.
+MAX_REPORT = 1 << 20
+_LENGTH = struct.Struct(">I")
 
 
-class Slots:
-    """Per-worker snapshot slots in memory shared across fork."""
+class ReportError(ValueError):
+    """The report stream is corrupt (a worker bug): the supervisor stops reading it."""
 
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.memory = mmap.mmap(-1, SLOT_SIZE * count)
 
-    def write(self, index: int, ready: bool, snapshot: dict[str, int]) -> None:
-        blob = json.dumps(snapshot).encode()[: SLOT_SIZE - _SLOT_HEADER.size]
-        base = index * SLOT_SIZE
-        seq = _SLOT_HEADER.unpack_from(self.memory, base)[0]
-        # Odd sequence while writing, even when done: the reader retries on a change.
-        _SLOT_HEADER.pack_into(self.memory, base, seq + 1, time.time(), int(ready), len(blob))
-        self.memory[base + _SLOT_HEADER.size: base + _SLOT_HEADER.size + len(blob)] = blob
-        _SLOT_HEADER.pack_into(self.memory, base, seq + 2, time.time(), int(ready), len(blob))
+def encode_report(ready: bool, snapshot: dict[str, int]) -> bytes:
+    body = json.dumps({"ready": ready, "stats": snapshot}, separators=(",", ":")).encode()
+    if len(body) > MAX_REPORT:
+        raise ReportError(f"report of {len(body)} bytes exceeds {MAX_REPORT}")
+    return _LENGTH.pack(len(body)) + body
 
-    def read(self, index: int) -> tuple[float, bool, dict[str, int]] | None:
-        base = index * SLOT_SIZE
-        for _ in range(10):
-            seq, stamp, ready, length = _SLOT_HEADER.unpack_from(self.memory, base)
-            if seq == 0:
-                return None  # never published
-            blob = self.memory[base + _SLOT_HEADER.size: base + _SLOT_HEADER.size + length]
-            if seq % 2 == 0 and _SLOT_HEADER.unpack_from(self.memory, base)[0] == seq:
-                return stamp, bool(ready), json.loads(blob)
-        return None
 
-    def clear(self, index: int) -> None:
-        _SLOT_HEADER.pack_into(self.memory, index * SLOT_SIZE, 0, 0.0, 0, 0)
+class ReportDecoder:
+    """Sans-IO: ``feed(bytes)`` returns the complete reports, in order; keeps partial ones."""
+
+    def __init__(self) -> None:
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[dict]:
+        self._buf += data
+        reports = []
+        offset = 0
+        while len(self._buf) - offset >= _LENGTH.size:
+            size = _LENGTH.unpack_from(self._buf, offset)[0]
+            if size > MAX_REPORT:
+                raise ReportError(f"report length {size} exceeds {MAX_REPORT}")
+            end = offset + _LENGTH.size + size
+            if len(self._buf) < end:
+                break
+            try:
+                reports.append(json.loads(self._buf[offset + _LENGTH.size:end]))
+            except ValueError as exc:
+                raise ReportError(f"report is not JSON: {exc}") from None
+            offset = end
+        del self._buf[:offset]
+        return reports
+
+
+class Worker:
+    """One worker process as the supervisor sees it."""
+
+    def __init__(self, index: int, process: subprocess.Popen, fd: int, now: float) -> None:
+        self.index = index
+        self.process = process
+        self.fd: int | None = fd  # the report pipe, None once closed
+        self.stats: dict[str, int] | None = None
+        self.ready = False
+        self.reported_at = now
+        self.decoder = ReportDecoder()
+
+    def received(self, data: bytes, now: float) -> None:
+        for report in self.decoder.feed(data):
+            self.stats = report["stats"]
+            self.ready = bool(report["ready"])
+            self.reported_at = now
 
 
 class Supervisor:
     """The health source for all workers, and their process table."""
 
-    def __init__(self, config: RelayConfig, slots: Slots) -> None:
+    def __init__(self, config: RelayConfig) -> None:
         self.config = config
-        self.slots = slots
-        self.pids: dict[int, int] = {}  # pid -> slot index
+        self.workers: dict[int, Worker] = {}  # index -> the running worker
+        #: totals left by workers that have exited
+        self.retired: Counter[str] = Counter()
         self.draining = False
-
-    def _slots(self):
-        return [self.slots.read(i) for i in range(self.slots.count)]
+        self.loop = asyncio.get_running_loop()
 
     @property
     def live(self) -> bool:
-        now = time.time()
-        return all(s is not None and now - s[0] < STALE_AFTER for s in self._slots()) or self.draining
+        now = self.loop.time()
+        return self.draining or (
+            len(self.workers) == self.config.workers
+            and all(w.stats is not None and now - w.reported_at < STALE_AFTER for w in self.workers.values())
+        )
 
     @property
     def ready(self) -> bool:
-        return not self.draining and all(s is not None and s[1] for s in self._slots())
+        return not self.draining and len(self.workers) == self.config.workers and all(w.ready for w in self.workers.values())
 
     def metrics_text(self) -> str:
-        snaps = [s[2] for s in self._slots() if s is not None]
-        return metrics.render(stats.merge(snaps), {"zt_relay_workers": ("Worker processes publishing stats.", len(snaps))})
+        snaps = [w.stats for w in self.workers.values() if w.stats is not None]
+        total = stats.merge([*snaps, self.retired])
+        return metrics.render(total, {"zt_relay_workers": ("Worker processes publishing stats.", len(snaps))})
 
+    def retire(self, worker: Worker) -> None:
+        if worker.stats is not None:
+            self.retired.update(stats.counters(worker.stats))
 
-def supervise(config: RelayConfig, telemetry=None) -> int:
-    slots = Slots(config.workers)
-    supervisor = Supervisor(config, slots)
-    for index in range(config.workers):
-        _spawn(supervisor, index, telemetry)
-    return uvloop.run(_supervise(supervisor, telemetry))
-
-
-def _spawn(supervisor: Supervisor, index: int, telemetry) -> None:
-    supervisor.slots.clear(index)
-    pid = os.fork()
-    if pid == 0:
-        # Own process group: a terminal's Ctrl-C reaches the supervisor only, which then
-        # forwards one SIGTERM (a second signal would mean "stop at once").
-        os.setpgid(0, 0)
-        code = 1
+    def spawn(self, index: int, exits: asyncio.Queue) -> None:
+        """Starts worker ``index`` as a fresh interpreter, stop signals blocked (see above)."""
+        read_fd, write_fd = os.pipe()
+        old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
         try:
-            code = uvloop.run(_worker(supervisor.config, supervisor.slots, index, telemetry))
+            process = subprocess.Popen(
+                [sys.executable, "-m", "relay.worker", str(index), str(write_fd), str(os.getpid())],
+                stdin=subprocess.PIPE, pass_fds=(write_fd,),
+                # Own process group: a terminal's Ctrl-C reaches the supervisor only, which
+                # then forwards one SIGTERM (a second signal would mean "stop at once").
+                process_group=0,
+            )
+        except OSError:
+            os.close(read_fd)
+            raise
         finally:
-            os._exit(code)
-    supervisor.pids[pid] = index
-    log.info("worker %d started (pid %d)", index, pid)
+            signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+            os.close(write_fd)
+        try:
+            process.stdin.write(self.config.to_json().encode())
+            process.stdin.close()
+        except OSError:
+            pass  # it died at once: its exit is reported below
+        worker = Worker(index, process, read_fd, self.loop.time())
+        self.workers[index] = worker
+        os.set_blocking(read_fd, False)
+        self.loop.add_reader(read_fd, self._read_reports, worker)
+        pidfd = os.pidfd_open(process.pid)
+        self.loop.add_reader(pidfd, self._exited, worker, pidfd, exits)
+        log.info("worker %d started (pid %d)", index, process.pid)
+
+    def _read_reports(self, worker: Worker) -> None:
+        """Reads what the pipe holds; closes it at EOF or when the stream is corrupt."""
+        while worker.fd is not None:
+            try:
+                data = os.read(worker.fd, 65536)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            try:
+                if data:
+                    worker.received(data, self.loop.time())
+                    continue
+            except ReportError as exc:
+                log.error("worker %d: %s; ignoring its reports", worker.index, exc)
+            self.loop.remove_reader(worker.fd)
+            os.close(worker.fd)
+            worker.fd = None
+
+    def _exited(self, worker: Worker, pidfd: int, exits: asyncio.Queue) -> None:
+        self.loop.remove_reader(pidfd)
+        os.close(pidfd)
+        code = worker.process.wait()
+        self._read_reports(worker)  # its last report, written just before it exited
+        if worker.fd is not None:
+            self.loop.remove_reader(worker.fd)
+            os.close(worker.fd)
+            worker.fd = None
+        exits.put_nowait((worker, code))
+
+    def signal_all(self, sig: int) -> None:
+        for worker in self.workers.values():
+            try:
+                worker.process.send_signal(sig)
+            except ProcessLookupError:
+                pass
 
 
-async def _worker(config: RelayConfig, slots: Slots, index: int, telemetry) -> int:
-    from relay.app import serve
-
-    async def publish(relay) -> None:
-        while True:
-            slots.write(index, relay.ready, relay.snapshot())
-            await asyncio.sleep(PUBLISH_INTERVAL)
-
-    return await serve(config.replace(health_listen=None), telemetry, publisher=publish)
+def supervise(config: RelayConfig) -> int:
+    return uvloop.run(_supervise(config))
 
 
-async def _supervise(supervisor: Supervisor, telemetry) -> int:
-    from relay.app import stop_signals
+def exit_status(code: int) -> int:
+    """A Popen return code as a shell would report it (killed by signal N: 128 + N)."""
+    return 128 - code if code < 0 else code
 
-    config = supervisor.config
+
+async def _supervise(config: RelayConfig) -> int:
+    events: asyncio.Queue = asyncio.Queue()  # stop signals (int) and exits (worker, code)
+    stop_signals(events)
+    supervisor = Supervisor(config)
     health = None
     if config.health_listen is not None:
         health = HealthServer(supervisor)
         await health.start(config.health_listen.host, config.health_listen.port)
-    signals = stop_signals()
-    stopping = asyncio.ensure_future(signals.get())
+    for index in range(config.workers):
+        supervisor.spawn(index, events)
+    restarts: dict[int, asyncio.TimerHandle] = {}
+
+    def restart(index: int) -> None:
+        del restarts[index]
+        if not supervisor.draining:
+            supervisor.spawn(index, events)
+
     status = 0
-    while supervisor.pids:
-        done, _ = await asyncio.wait((stopping,), timeout=0.2)
-        if done and not supervisor.draining:
-            supervisor.draining = True
-            log.info("stop signal: draining %d workers", len(supervisor.pids))
-            for pid in supervisor.pids:
-                os.kill(pid, signal.SIGTERM)
-            stopping = asyncio.ensure_future(signals.get())  # a second signal is forwarded too
-        elif done:
-            for pid in supervisor.pids:
-                os.kill(pid, signal.SIGTERM)
-            stopping = asyncio.ensure_future(signals.get())
-        for pid, index in list(supervisor.pids.items()):
-            waited, code = os.waitpid(pid, os.WNOHANG)
-            if waited == 0:
-                continue
-            del supervisor.pids[pid]
-            code = os.waitstatus_to_exitcode(code)
-            if supervisor.draining:
-                log.info("worker %d (pid %d) exited with %d", index, pid, code)
-                status = status or code
-            else:
-                log.error("worker %d (pid %d) exited unexpectedly with %d; restarting", index, pid, code)
-                await asyncio.sleep(RESTART_DELAY)
-                _spawn(supervisor, index, telemetry)
-    stopping.cancel()
+    while supervisor.workers or restarts:
+        event = await events.get()
+        if isinstance(event, int):  # a stop signal; a second one is forwarded too (stop at once)
+            if not supervisor.draining:
+                supervisor.draining = True
+                log.info("stop signal: draining %d workers", len(supervisor.workers))
+                for handle in restarts.values():
+                    handle.cancel()
+                restarts.clear()
+            supervisor.signal_all(signal.SIGTERM)
+            continue
+        worker, code = event
+        supervisor.workers.pop(worker.index, None)
+        supervisor.retire(worker)
+        code = exit_status(code)
+        if supervisor.draining:
+            log.info("worker %d (pid %d) exited with %d", worker.index, worker.process.pid, code)
+            status = status or code
+        else:
+            log.error("worker %d (pid %d) exited unexpectedly with %d; restarting in %g s", worker.index, worker.process.pid, code, RESTART_DELAY)
+            restarts[worker.index] = asyncio.get_running_loop().call_later(RESTART_DELAY, restart, worker.index)
     if health is not None:
         await health.close()
     return status

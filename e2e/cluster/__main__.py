@@ -1,12 +1,15 @@
 """`python -m e2e.cluster COMMAND` - the local single-node Kubernetes for the e2e tests.
 
-  deps       install the Debian packages (containerd, runc, CNI plugins, iptables, ...)
-  build      build the pinned binaries into the cache (15-25 min cold on 2 cores, 1 s when cached)
-  docker-up  start dockerd if it is not running
-  up         start the cluster (idempotent; clears stale state first); prints KUBECONFIG
-  down       stop it and remove every trace (processes, mounts, netns, routes, rules, state)
-  status     show processes and node readiness (exit 1 if not Ready)
-  logs       print the last lines of every cluster process's log (for CI failures)
+  deps        install the Debian packages (containerd, runc, CNI plugins, iptables, ...)
+  build       build the pinned binaries into the cache (15-25 min cold on 2 cores, 1 s when cached)
+  docker-up   start dockerd if it is not running
+  up          start the cluster (idempotent; a broken one is rebuilt unless another run holds it)
+  down        stop it and remove every trace of ours (processes, mounts, netns, routes, rules,
+              sysctls, state); refuses while another test run holds the cluster (--force)
+  status      show processes and node health (exit 1 unless ok)
+  logs        print the last lines of every cluster process's log (for CI failures)
+  stop NAME   stop one component (e.g. kube-apiserver) of a running cluster
+  start NAME  start it again and wait until it is ready
 """
 
 import argparse
@@ -17,9 +20,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status", "logs"])
+    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status", "logs", "stop", "start"])
+    parser.add_argument("component", nargs="?", help="with stop/start: the component (see e2e.cluster.components)")
     parser.add_argument("--lines", type=int, default=40, help="with `logs`: lines per log (default %(default)s)")
+    parser.add_argument("--force", action="store_true", help="with `down`: even if another test run holds the cluster")
+    parser.add_argument(
+        "--kube-chains", action="store_true",
+        help="with `down`: also remove kube-proxy's and the kubelet's fixed KUBE-* chains when no cluster of "
+        "ours ran (traces of a crashed older run; never use it beside another cluster)",
+    )
     args = parser.parse_args(argv)
+    if args.command in ("stop", "start") and not args.component:
+        parser.error(f"{args.command} needs a component name")
+    from e2e.cluster import locks
+
+    locks.adopt_inherited_fd()
     if args.command == "deps":
         from e2e.cluster import deps
 
@@ -37,7 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "logs":
         return node.print_logs(args.lines)
-    return {"up": node.up, "down": node.down, "status": node.status}[args.command]()
+    if args.command == "down":
+        return node.down(kube_chains=args.kube_chains, force=args.force)
+    if args.command in ("stop", "start"):
+        return getattr(node, args.command)(args.component)
+    return {"up": node.up, "status": node.status}[args.command]()
 
 
 if __name__ == "__main__":

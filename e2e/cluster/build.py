@@ -1,12 +1,15 @@
 """Build the pinned binaries from the Go module proxy into `paths.bin_dir()`.
 
-Each tool gets a throwaway wrapper module under the cache (`<cache>/k8s/<ver>/src/<tool>`):
+Each tool gets a throwaway wrapper module under the cache (`<cache>/tools/<tool>-<ver>/src`):
 a go.mod requiring the pinned version, a `tools.go` blank-importing its commands, `go mod
 tidy`, `go build`. Kubernetes needs the wrapper because its go.mod points the staging modules
 (k8s.io/api, client-go, ...) at local folders, so `go install k8s.io/kubernetes/...@v` fails:
 the wrapper replaces each of them with its released v0.x module instead.
 
-A binary already present is not rebuilt (delete it, or the bin dir, to force a rebuild).
+Each tool builds into its own cache dir keyed by its own version (`paths.tool_dir`:
+`<cache>/tools/<tool>-<version>/{src,bin}`), and `paths.bin_dir()` (keyed by every pinned
+version) holds symlinks to them. A binary already present is not rebuilt (delete it, or its
+tool dir, to force a rebuild); bumping one version rebuilds that tool only.
 Measured cold on this 2-core machine while other jobs were running: Kubernetes about 12.5 min,
 everything (with etcd, CoreDNS, metrics-server, helm, kubeconform, helm-unittest) about 23 min.
 """
@@ -45,7 +48,7 @@ class GoTool:
     """One wrapper module and the binaries it produces."""
 
     name: str
-    """Folder name of the wrapper module and label in progress output."""
+    """Folder name of the wrapper module and label in progress output; a key of versions.PINNED."""
     requires: dict[str, str]
     """Module path -> version required by the wrapper."""
     commands: dict[str, str]
@@ -156,12 +159,14 @@ def other_tools() -> list[GoTool]:
     ]
 
 
-def build_tool(tool: GoTool, bin_dir: Path) -> None:
+def build_tool(tool: GoTool) -> None:
+    """Build the tool's missing binaries into its own dir (`paths.tool_dir`)."""
+    bin_dir = paths.tool_dir(tool.name) / "bin"
+    bin_dir.mkdir(parents=True, exist_ok=True)
     missing = [name for name in tool.commands if not (bin_dir / name).exists()]
     if not missing:
-        print(f"{tool.name}: present, skipping", flush=True)
         return
-    src = paths.k8s_root() / "src" / tool.name
+    src = paths.tool_dir(tool.name) / "src"
     src.mkdir(parents=True, exist_ok=True)
     (src / "go.mod").write_text(render_go_mod(tool))
     (src / "tools.go").write_text(render_tools_go(tool))
@@ -196,18 +201,41 @@ def install_helm_unittest_plugin(bin_dir: Path) -> None:
     target.symlink_to(bin_dir / "untt")
 
 
-def build_all() -> Path:
-    if shutil.which("go") is None:
-        raise SystemExit("build: `go` is not on PATH (Go 1.26 is needed to build the pinned binaries)")
-    bin_dir = paths.bin_dir()
+def link_bin_dir(tools: dict[str, tuple[str, ...]], bin_dir: Path) -> None:
+    """Point `bin_dir/<command>` at each tool's own build of it (tool name -> commands)."""
     bin_dir.mkdir(parents=True, exist_ok=True)
-    tools = [*other_tools()]
-    if any(not (bin_dir / c).exists() for c in KUBE_COMMANDS):
-        tools.insert(0, kubernetes_tool())
+    for tool, commands in tools.items():
+        for command in commands:
+            link, target = bin_dir / command, paths.tool_dir(tool) / "bin" / command
+            if link.is_symlink() or link.exists():
+                if link.is_symlink() and os.readlink(link) == str(target):
+                    continue
+                link.unlink()
+            link.symlink_to(target)
+
+
+def commands_by_tool() -> dict[str, tuple[str, ...]]:
+    return {"kubernetes": KUBE_COMMANDS, **{t.name: tuple(t.commands) for t in other_tools()}}
+
+
+def build_all() -> Path:
+    missing = [
+        name for name, commands in commands_by_tool().items()
+        if any(not (paths.tool_dir(name) / "bin" / c).exists() for c in commands)
+    ]
+    if missing and shutil.which("go") is None:
+        raise SystemExit("build: `go` is not on PATH (Go 1.26 is needed to build the pinned binaries)")
+    for name, commands in commands_by_tool().items():
+        if name not in missing:
+            print(f"{name} {versions.PINNED[name]}: present ({', '.join(commands)})", flush=True)
+    # kubernetes_tool() asks the module proxy for a go.mod: only when Kubernetes is missing.
+    tools = ([kubernetes_tool()] if "kubernetes" in missing else []) + [t for t in other_tools() if t.name in missing]
     for tool in tools:
-        build_tool(tool, bin_dir)
+        build_tool(tool)
+        shutil.rmtree(paths.tool_dir(tool.name) / "bin" / ".partial", ignore_errors=True)
+    bin_dir = paths.bin_dir()
+    link_bin_dir(commands_by_tool(), bin_dir)
     install_helm_unittest_plugin(bin_dir)
-    shutil.rmtree(bin_dir / ".partial", ignore_errors=True)
     print(f"binaries in {bin_dir}", flush=True)
     return bin_dir
 

@@ -8,11 +8,21 @@ The comments name the trap each non-default setting avoids (see the shared k8s n
 import json
 from pathlib import Path
 
-from e2e.cluster import versions
+from e2e.cluster import cgroups, versions
 from e2e.cluster.layout import Layout
 
 CNI_PLUGIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 CNI_NETWORK = "ztr-e2e"
+APISERVER_ADMISSION_PLUGINS = ("NodeRestriction", "OwnerReferencesPermissionEnforcement")
+DEAD_REGISTRY = "http://127.0.0.1:1"
+"""Where containerd is told every registry lives: nothing listens, so a pull of an image
+that was never imported fails at once, locally ("connection refused")."""
+REGISTRIES = (
+    "_default", "docker.io", "registry-1.docker.io", "ghcr.io", "quay.io", "registry.k8s.io", "k8s.gcr.io",
+    "gcr.io", "public.ecr.aws", "mcr.microsoft.com", "registry.gitlab.com", "nvcr.io",
+)
+"""Registries given a hosts.toml (`_default` is every other one, where containerd supports
+it; a registry it still resolves by itself is dropped by the firewall's OUTPUT chain)."""
 
 
 class StatePaths:
@@ -33,6 +43,9 @@ class StatePaths:
         self.pod_logs = root / "pod-logs"
         self.configs = root / "configs"
         self.metrics_server = root / "metrics-server"
+        self.registry_hosts = root / "configs" / "certs.d"
+        self.resolv_conf = root / "configs" / "resolv.conf"
+        self.sysctl_record = root / "sysctl.json"
 
     def kubeconfig(self, name: str) -> Path:
         return self.kubeconfigs / f"{name}.conf"
@@ -97,7 +110,10 @@ def apiserver_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[
         "--service-node-port-range=30000-32767",
         # As in a real cluster, so a chart's RBAC mistake fails here too.
         "--authorization-mode=Node,RBAC",
-        "--enable-admission-plugins=NodeRestriction",
+        # OwnerReferencesPermissionEnforcement as on hardened clusters (OpenShift): setting
+        # blockOwnerDeletion needs delete (finalizers) permission on the owner, so an
+        # operator missing that RBAC fails here too.
+        "--enable-admission-plugins=" + ",".join(APISERVER_ADMISSION_PLUGINS),
         "--allow-privileged=true",
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--tls-cert-file={pki / 'apiserver.crt'}",
@@ -191,6 +207,9 @@ state = "{c / 'state'}"
   # This sandbox lacks CAP_SYS_RESOURCE; without this every pod sandbox fails in runc.
   restrict_oom_score_adj = true
   enable_selinux = false
+  # Pod network namespaces under our state dir, not /var/run/netns/cni-* where another
+  # runtime's live: `down` finds ours by path and never touches theirs.
+  netns_mounts_under_state_dir = true
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
     default_runtime_name = "runc"
@@ -201,7 +220,22 @@ state = "{c / 'state'}"
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "{CNI_PLUGIN_DIR}"
     conf_dir = "{state.cni_conf}"
+  # Every registry is a dead local mirror (see registry_hosts): nothing is ever pulled.
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = "{state.registry_hosts}"
 """
+
+
+def registry_hosts() -> dict[str, str]:
+    """`<registry>/hosts.toml` files for containerd's config_path: every registry -> DEAD_REGISTRY."""
+    body = f'server = "{DEAD_REGISTRY}"\n\n[host."{DEAD_REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n'
+    return {f"{registry}/hosts.toml": body for registry in REGISTRIES}
+
+
+def resolv_conf(layout: Layout) -> str:
+    """The kubelet's resolvConf (what `dnsPolicy: Default` pods get): the cluster's CoreDNS,
+    which answers cluster names only, instead of the machine's resolvers."""
+    return f"nameserver {layout.node_ip}\noptions ndots:1\n"
 
 
 def cni_conflist(layout: Layout, state: StatePaths) -> str:
@@ -250,11 +284,13 @@ def kubelet_config(layout: Layout, state: StatePaths) -> str:
         # This machine has cgroup v1, which kubelet >= 1.35 refuses unless told otherwise.
         "failCgroupV1": False,
         "cgroupDriver": "cgroupfs",
+        # Pods under a cgroup of ours, not the machine's /kubepods (another kubelet's).
+        "cgroupRoot": cgroups.kubelet_cgroup_root(),
         "containerRuntimeEndpoint": f"unix://{state.containerd_socket}",
         "clusterDomain": "cluster.local",
         "clusterDNS": [layout.dns_service_ip],
         "podLogsDir": str(state.pod_logs),
-        "resolvConf": "/etc/resolv.conf",
+        "resolvConf": str(state.resolv_conf),
         # Imported images cannot be pulled back: never garbage-collect them, never evict.
         "imageGCHighThresholdPercent": 100,
         "imageGCLowThresholdPercent": 99,
@@ -300,7 +336,7 @@ def kube_proxy_config(layout: Layout, state: StatePaths) -> str:
         "nodePortAddresses": ["primary"],
         "iptables": {"localhostNodePorts": False, "syncPeriod": "30s", "minSyncPeriod": "0s"},
         # Leave the machine's conntrack sysctls alone (they are not ours to change).
-        "conntrack": {"maxPerCore": 0, "min": 0},
+        "conntrack": {"maxPerCore": 0, "min": 0, "tcpEstablishedTimeout": "0s", "tcpCloseWaitTimeout": "0s"},
     }
     return json.dumps(config, indent=2) + "\n"
 

@@ -20,6 +20,45 @@ def import_archive(archive: bytes, timeout: float = 300) -> None:
     subprocess.run(_ctr("images", "import", "-"), input=archive, check=True, capture_output=True, timeout=timeout)
 
 
+DOCKER_ID_LABEL = "org.zt-relay.docker-id"
+"""containerd image label: the Docker image id it was imported from (skip re-imports)."""
+
+
+def docker_image_id(tag: str) -> str | None:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True, timeout=30)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def _ref(tag: str) -> str:
+    """The kubelet's normalised name of a short Docker reference."""
+    return tag if "/" in tag.split(":")[0] and "." in tag.split("/")[0] else f"docker.io/{tag if '/' in tag else 'library/' + tag}"
+
+
+def imported_from(tag: str) -> str | None:
+    """The Docker image id `tag` was imported from (None: absent, or imported otherwise)."""
+    out = subprocess.run(_ctr("images", "ls"), capture_output=True, text=True, check=True).stdout
+    for line in out.splitlines()[1:]:
+        fields = line.split()
+        if fields and fields[0] == _ref(tag):
+            for label in fields[-1].split(","):
+                key, _, value = label.partition("=")
+                if key == DOCKER_ID_LABEL:
+                    return value
+    return None
+
+
+def ensure_docker_image(tag: str, timeout: float = 600) -> bool:
+    """Import `tag` unless containerd already holds this very Docker image; True if imported."""
+    image_id = docker_image_id(tag)
+    if image_id is None:
+        raise RuntimeError(f"Docker has no image {tag!r}")
+    if imported_from(tag) == image_id:
+        return False
+    import_docker_image(tag, timeout)
+    subprocess.run(_ctr("images", "label", _ref(tag), f"{DOCKER_ID_LABEL}={image_id}"), check=True, capture_output=True)
+    return True
+
+
 def import_docker_image(tag: str, timeout: float = 600) -> None:
     """`docker save TAG | ctr images import -`: a Docker image built here, into the cluster.
 
@@ -41,6 +80,6 @@ def import_docker_image(tag: str, timeout: float = 600) -> None:
 
 def has_image(tag: str) -> bool:
     """True if containerd holds `tag` (short Docker names are normalised like the kubelet does)."""
-    ref = tag if "/" in tag.split(":")[0] and "." in tag.split("/")[0] else f"docker.io/{tag if '/' in tag else 'library/' + tag}"
+    ref = _ref(tag)
     out = subprocess.run(_ctr("images", "ls", "-q"), capture_output=True, text=True, check=True).stdout
     return ref in out.split()

@@ -1,22 +1,16 @@
 """What of the local cluster is present on the machine: the check behind a clean `down`.
 
-Each kind of trace (process, network namespace, link, route, firewall rule, mount, state
-dir, cgroup, CNI cache, pod log link) is listed by what identifies it as ours: the `ztr`
-names, the state dir's path, the cluster binaries' paths, the KUBE-/ZTR- chains.
+Each kind of trace is listed by its marker only (see `teardown`): our cgroups and pid files,
+the state dir's path, the cluster binaries' paths, `ztr` names, `ZTR-E2E-*` chains. Things
+that merely look like a cluster's (`cni-*` namespaces, `/kubepods` cgroups, other KUBE-*
+chains) belong to someone else and are never listed.
 """
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from e2e.cluster import configs, network, paths, processes
-from e2e.cluster.layout import Layout
-
-CLUSTER_PROCESSES = (
-    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler",
-    "kubelet", "kube-proxy", "coredns", "metrics-server",
-)
+from e2e.cluster import cgroups, components, configs, firewall, network, paths, processes
 
 
 def _argv(pid: int) -> list[str]:
@@ -26,33 +20,36 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
-def leftovers(layout: Layout) -> dict[str, list[str]]:
-    """Everything of the harness still on the machine, by kind; {} means clean."""
+def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
+    """Everything of the harness still on the machine, by kind; {} means clean.
+
+    `kube_chains`: also list the fixed chains of kube-proxy and the kubelet (meaningful only
+    where our cluster ran: `up` refuses to share them with another cluster)."""
+    from e2e.cluster import teardown  # teardown imports this module
+
     state = configs.StatePaths(paths.state_dir())
     root = str(state.root)
-    binaries = {str(paths.bin_dir() / name) for name in CLUSTER_PROCESSES}
+    binaries = {str(paths.bin_dir() / name) for name in components.BUILT_BINARIES}
     found: dict[str, list[str]] = {}
-    pids = set(processes.pids_mentioning(root)) | set(processes.pids_mentioning(str(paths.bin_dir())))
+    candidates = cgroups.pids() | set(processes.pids_mentioning(root)) | set(processes.pids_mentioning(str(paths.bin_dir())))
+    candidates.discard(os.getpid())
+    in_cgroups = cgroups.pids()
     found["processes"] = [
         f"{pid} {' '.join(_argv(pid))[:120]}"
-        for pid in sorted(pids)
-        if (_argv(pid) or [""])[0] in binaries or root in " ".join(_argv(pid))
+        for pid in sorted(candidates)
+        if _argv(pid) and (pid in in_cgroups or _argv(pid)[0] in binaries or root in " ".join(_argv(pid)))
     ]
-    found["netns"] = network.list_netns("ztr") + network.list_netns("cni-")
+    found["netns"] = network.list_netns("ztr") + teardown.legacy_pod_netns()
     links = json.loads(network.sh("ip", "-j", "link").stdout)
     found["links"] = [link["ifname"] for link in links if link["ifname"].startswith("ztr")]
     ranges = (*layout.sink_routes, layout.test_host_cidr)
     found["routes"] = [r for r in network.sh("ip", "-4", "route").stdout.splitlines() if r.startswith(ranges)]
-    found["firewall"] = []
-    for binary in ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy"):
-        for table in ("filter", "nat", "mangle"):
-            out = subprocess.run([binary, "-t", table, "-S"], capture_output=True, text=True).stdout
-            found["firewall"] += [f"{binary} -t {table}: {r}" for r in out.splitlines() if "KUBE-" in r or "ZTR-" in r]
-    mountinfo = Path("/proc/self/mountinfo").read_text().splitlines()
-    found["mounts"] = [line.split()[4] for line in mountinfo if root in line or "/run/netns/cni-" in line]
+    found["firewall"] = firewall.present(firewall.ours) + (firewall.present(firewall.kube_chain) if kube_chains else [])
+    found["mounts"] = teardown.mounts_under(state.root)
     found["state dir"] = [root] if state.root.exists() else []
-    found["cgroups"] = [str(p) for p in Path("/sys/fs/cgroup").glob("*/kubepods")]
-    found["cni cache"] = [str(p) for p in Path("/var/lib/cni").glob(f"**/{configs.CNI_NETWORK}-*")]
+    found["cgroups"] = [str(p) for p in cgroups.ours()]
+    found["cni cache"] = [str(p) for p in teardown.cni_cache_files()]
+    found["netns config"] = [str(p) for p in network.netns_etc_dirs(layout)]
     logs = Path("/var/log/containers")
     found["pod log links"] = (
         [str(p) for p in logs.iterdir() if p.is_symlink() and os.readlink(p).startswith(root)] if logs.exists() else []

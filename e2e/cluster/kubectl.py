@@ -51,11 +51,17 @@ class KubectlError(RuntimeError):
         self.proc = proc
 
 
+PROGRAMMING_ERRORS = (KeyError, AttributeError, TypeError, NameError, ImportError, AssertionError)
+"""Raised by a probe, these are bugs in the probe, not "not ready yet": they fail at once."""
+
+
 def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval: float = 0.5) -> T:
     """Call `probe` until it returns something truthy (returned) or `timeout` seconds pass.
 
-    Exceptions from the probe count as "not yet"; the last one is named in the TimeoutError,
-    so a failed wait says what it waited for and what it last saw.
+    Other exceptions from the probe count as "not yet"; the TimeoutError names what it
+    waited for and the last value or exception it saw (chained), so a failed wait says why.
+    A probe's programming error (PROGRAMMING_ERRORS, e.g. a KeyError from a missing field)
+    propagates at once instead of turning into a timeout.
     """
     deadline = time.monotonic() + timeout
     last: object = None
@@ -65,8 +71,11 @@ def wait_for(what: str, probe: Callable[[], T | None], timeout: float, interval:
             if result:
                 return result
             last = result
-        except Exception as exc:  # noqa: BLE001 - any failure means "not ready yet"
+        except PROGRAMMING_ERRORS:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other failure means "not ready yet"
             last = exc
         if time.monotonic() >= deadline:
-            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}")
+            cause = last if isinstance(last, BaseException) else None
+            raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}; last: {last!r}") from cause
         time.sleep(interval)

@@ -36,7 +36,6 @@ class Layout:
     sink_link_cidr: str = "169.254.123.0/30"
     """The /30 between the host and the sink namespace; the sink is the routes' next hop."""
     test_host_netns_prefix: str = "ztr-h-"
-    iptables_chain: str = "ZTR-E2E-FORWARD"
     apiserver_port: int = 6443
     etcd_client_port: int = 23790
     etcd_peer_port: int = 23800

@@ -1,58 +1,80 @@
 """LoadBalancer stand-in: a TEST controller giving `type: LoadBalancer` Services an address.
 
 There is no cloud here, so nothing fills `status.loadBalancer.ingress`. This controller
-(like MetalLB's address allocator, minus any announcing) hands out addresses from the
-layout's LB pool and takes them back when a Service is deleted or stops being a
-LoadBalancer; kube-proxy then programs the address, and the host routes test-host traffic
-to it. Real clusters use their cloud's controller; nothing in the project depends on this.
+(like MetalLB's address allocator, minus any announcing) hands out addresses from a pool
+and takes them back; kube-proxy then programs the address, and the host routes test-host
+traffic to it. Real clusters use their cloud's controller; nothing in the project depends
+on this.
 
-Services with `spec.loadBalancerClass` set belong to another controller and are skipped.
+What it touches, so that it can run beside a real load-balancer controller:
+- Services of its class (`spec.loadBalancerClass: LB_CLASS`); and, only on the harness's
+  own cluster where nothing else allocates (`claim_unclassed`), Services without a class.
+- It records each address it assigns in an annotation (`ANNOTATION`). It changes or clears
+  an ingress only if it is empty or exactly the one it recorded: an ingress written by
+  anyone else (a cloud controller) is never overwritten or cleared.
+- When it stops, it gives back every address it assigned (clears those ingresses).
 `spec.loadBalancerIP` (deprecated upstream, handy in tests) is honoured when in the pool.
 
 Run by `up` as a host process (`python -m e2e.cluster.lb --kubeconfig PATH`), or in a thread
-with `run(..., stop=event)` for other backends.
+with `run(..., stop=event)` for other backends (there with claim_unclassed=False).
 """
 
 import argparse
 import ipaddress
 import logging
+import signal
 import threading
 from collections.abc import Iterable
 
 logger = logging.getLogger("zt-e2e-lb")
 
 Key = tuple[str, str]
+LB_CLASS = "e2e.zt-relay.test/lb-standin"
+ANNOTATION = "e2e.zt-relay.test/lb-standin-address"
 
 
 def _ingress_ips(svc: dict) -> list[str]:
     ingress = ((svc.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []
-    return [i["ip"] for i in ingress if i.get("ip")]
+    return [i.get("ip") or i.get("hostname") or "" for i in ingress]
 
 
-def plan(services: Iterable[dict], pool: list[str]) -> dict[Key, str | None]:
-    """Which Services need their ingress set (to an address) or cleared (None).
+def _mine(svc: dict) -> str | None:
+    """The address this stand-in assigned, if the Service's ingress is still exactly that."""
+    recorded = ((svc.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+    return recorded if recorded and _ingress_ips(svc) == [recorded] else None
 
-    Pure: `services` are Service objects as dicts. Older Services keep their addresses first,
-    so a conflict (two Services claiming one address) is resolved in favour of the older.
-    """
+
+def _key(svc: dict) -> Key:
+    return svc["metadata"]["namespace"], svc["metadata"]["name"]
+
+
+def plan(services: Iterable[dict], pool: list[str], claim_unclassed: bool = True) -> dict[Key, str | None]:
+    """Which Services get an address (str) or give theirs back (None). Pure.
+
+    Older Services keep their addresses first, so a conflict (two Services claiming one
+    address) is resolved in favour of the older. Ingresses not assigned by this stand-in
+    are left alone, and their pool addresses count as taken."""
     in_pool = set(pool)
-    ordered = sorted(services, key=lambda s: (s["metadata"].get("creationTimestamp") or "", s["metadata"]["namespace"], s["metadata"]["name"]))
-    taken: set[str] = set()
+    ordered = sorted(services, key=lambda s: (s["metadata"].get("creationTimestamp") or "", *_key(s)))
+    taken = {ip for s in ordered if not _mine(s) for ip in _ingress_ips(s) if ip in in_pool}
     wanting: list[tuple[Key, str | None]] = []
     changes: dict[Key, str | None] = {}
     for svc in ordered:
-        key = (svc["metadata"]["namespace"], svc["metadata"]["name"])
         spec = svc.get("spec") or {}
-        current = [ip for ip in _ingress_ips(svc) if ip in in_pool]
-        if spec.get("type") != "LoadBalancer" or spec.get("loadBalancerClass"):
-            if current and spec.get("type") != "LoadBalancer":
-                changes[key] = None  # no longer a LoadBalancer: release its address
+        mine, ingress = _mine(svc), _ingress_ips(svc)
+        cls = spec.get("loadBalancerClass")
+        served = spec.get("type") == "LoadBalancer" and (cls == LB_CLASS or (cls is None and claim_unclassed))
+        if not served:
+            if mine:
+                changes[_key(svc)] = None  # no longer ours to serve: give the address back
             continue
+        if ingress and not mine:
+            continue  # someone else's ingress
         requested = spec.get("loadBalancerIP") or None
-        if current and current[0] not in taken and (requested is None or requested == current[0]):
-            taken.add(current[0])
+        if mine and mine in in_pool and mine not in taken and requested in (None, mine):
+            taken.add(mine)
             continue
-        wanting.append((key, requested))
+        wanting.append((_key(svc), requested))
     free = [ip for ip in pool if ip not in taken]
     for key, requested in wanting:
         if requested is not None:
@@ -69,52 +91,68 @@ def plan(services: Iterable[dict], pool: list[str]) -> dict[Key, str | None]:
     return changes
 
 
+def release_all(services: Iterable[dict]) -> dict[Key, None]:
+    """Every Service whose ingress this stand-in assigned: give it back (on stop)."""
+    return {_key(s): None for s in services if _mine(s)}
+
+
 def pool_addresses(cidr: str) -> list[str]:
     return [str(ip) for ip in ipaddress.ip_network(cidr).hosts()]
 
 
-def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None) -> None:
-    """Reconcile on every Service event until `stop` is set (or forever)."""
+def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, claim_unclassed: bool = True) -> None:
+    """Reconcile on every Service event until `stop` is set (or forever); then give back
+    every address it assigned."""
     from kubernetes import client, config, watch  # the [operator] extra; only needed here
 
     api_client = config.new_client_from_config(config_file=kubeconfig)
     v1 = client.CoreV1Api(api_client)
     pool = pool_addresses(pool_cidr)
     stop = stop or threading.Event()
+    services: dict[Key, dict] = {}
     while not stop.is_set():
         try:
             listing = v1.list_service_for_all_namespaces()
-            services = {
-                (s.metadata.namespace, s.metadata.name): api_client.sanitize_for_serialization(s) for s in listing.items
-            }
-            _apply(v1, plan(services.values(), pool))
+            services = {_key(d): d for d in (api_client.sanitize_for_serialization(s) for s in listing.items)}
+            _apply(v1, plan(services.values(), pool, claim_unclassed))
             stream = watch.Watch().stream(
-                v1.list_service_for_all_namespaces, resource_version=listing.metadata.resource_version, timeout_seconds=10
+                v1.list_service_for_all_namespaces, resource_version=listing.metadata.resource_version, timeout_seconds=5
             )
             for event in stream:
                 obj = api_client.sanitize_for_serialization(event["object"])
-                key = (obj["metadata"]["namespace"], obj["metadata"]["name"])
                 if event["type"] == "DELETED":
-                    services.pop(key, None)
-                    logger.info("%s/%s deleted: its address (if any) is free again", *key)
+                    services.pop(_key(obj), None)
+                    logger.info("%s/%s deleted: its address (if any) is free again", *_key(obj))
                 else:
-                    services[key] = obj
-                _apply(v1, plan(services.values(), pool))
+                    services[_key(obj)] = obj
+                _apply(v1, plan(services.values(), pool, claim_unclassed))
                 if stop.is_set():
                     break
         except Exception:  # noqa: BLE001 - keep serving; the next list resyncs
             logger.exception("LB stand-in: reconcile failed; retrying")
             stop.wait(1)
+    try:
+        listing = v1.list_service_for_all_namespaces()
+        _apply(v1, release_all(api_client.sanitize_for_serialization(s) for s in listing.items))
+    except Exception:  # noqa: BLE001 - the cluster may be going away with us
+        logger.exception("LB stand-in: could not give the addresses back")
 
 
 def _apply(v1, changes: dict[Key, str | None]) -> None:
     from kubernetes.client.rest import ApiException
 
     for (namespace, name), ip in changes.items():
-        ingress = [{"ip": ip}] if ip else None
         try:
-            v1.patch_namespaced_service_status(name, namespace, {"status": {"loadBalancer": {"ingress": ingress}}})
-            logger.info("%s/%s: %s", namespace, name, f"assigned {ip}" if ip else "released its address")
+            if ip:
+                # Annotation first: if the status patch then fails, the next round sees an
+                # empty ingress and a stale record, and assigns again.
+                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: ip}}})
+                v1.patch_namespaced_service_status(name, namespace, {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
+                logger.info("%s/%s: assigned %s", namespace, name, ip)
+            else:
+                v1.patch_namespaced_service_status(name, namespace, {"status": {"loadBalancer": {"ingress": None}}})
+                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: None}}})
+                logger.info("%s/%s: released its address", namespace, name)
         except ApiException as exc:
             if exc.status != 404:
                 raise
@@ -126,9 +164,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m e2e.cluster.lb", description=__doc__.splitlines()[0])
     parser.add_argument("--kubeconfig", required=True)
     parser.add_argument("--pool", default=Layout.lb_pool, help="CIDR to hand addresses out from (default %(default)s)")
+    parser.add_argument(
+        "--only-own-class", action="store_true",
+        help=f"serve only Services with loadBalancerClass {LB_CLASS} (default: also those without a class)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    run(args.kubeconfig, args.pool)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    run(args.kubeconfig, args.pool, stop, claim_unclassed=not args.only_own_class)
     return 0
 
 

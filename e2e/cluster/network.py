@@ -6,12 +6,14 @@ towards the primary interface is dropped. More specific routes (the CNI bridge's
 kube-proxy's DNAT still win, so real Services keep working; an address nobody claims ends
 in the sink instead of following the default route off the machine.
 
-Everything here is named with a `ztr` prefix and removed by `teardown`.
+Everything here is named with a `ztr` prefix and removed by `teardown`. The packet filter
+(what keeps traffic from leaving the machine) is `firewall`'s.
 """
 
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -21,6 +23,7 @@ from pathlib import Path
 from e2e.cluster.layout import Layout
 
 NETNS_DIR = Path("/var/run/netns")
+NETNS_ETC = Path("/etc/netns")
 
 
 def sh(*cmd: str, check: bool = True, netns: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -52,27 +55,6 @@ def machine_networks() -> list[str]:
     return nets
 
 
-def forward_rules(layout: Layout) -> list[list[str]]:
-    """Rules of the harness's FORWARD chain, in order (first match wins).
-
-    Drops come first: nothing from pods or test hosts is forwarded out of the primary
-    interface. Then explicit ACCEPTs between pods and test hosts, because dockerd sets the
-    FORWARD policy to DROP and kube-proxy only accepts packets it marked itself (with
-    `externalTrafficPolicy: Local`, and for pod -> test-host UDP, nothing is marked).
-    """
-    pods, hosts = layout.cluster_cidr, layout.test_host_cidr
-    return [
-        ["-s", pods, "-o", layout.primary_interface, "-j", "DROP"],
-        ["-s", hosts, "-o", layout.primary_interface, "-j", "DROP"],
-        ["-s", pods, "-d", pods, "-j", "ACCEPT"],
-        ["-s", pods, "-d", hosts, "-j", "ACCEPT"],
-        ["-s", hosts, "-d", pods, "-j", "ACCEPT"],
-        ["-s", hosts, "-d", hosts, "-j", "ACCEPT"],
-        # Stray packets must reach the sink to be counted there.
-        ["-o", layout.sink_host_veth, "-j", "ACCEPT"],
-    ]
-
-
 def _netns_exists(name: str) -> bool:
     return (NETNS_DIR / name).exists()
 
@@ -91,7 +73,7 @@ def setup_node_address(layout: Layout) -> None:
 
 
 def setup_safety(layout: Layout) -> None:
-    """Sink namespace, sink routes, forward rules. Idempotent."""
+    """Sink namespace and sink routes (the firewall is `firewall`'s). Idempotent."""
     sysctl("net.ipv4.ip_forward", "1")
     if not _netns_exists(layout.sink_netns):
         sh("ip", "netns", "add", layout.sink_netns)
@@ -109,35 +91,13 @@ def setup_safety(layout: Layout) -> None:
     sh("iptables", "-t", "raw", "-A", "PREROUTING", "-j", "DROP", netns=layout.sink_netns)
     for cidr in layout.sink_routes:
         sh("ip", "route", "replace", cidr, "via", layout.sink_address, "dev", layout.sink_host_veth)
-    install_forward_chain(layout)
 
 
 def safety_in_place(layout: Layout) -> bool:
-    """Sink namespace, its routes and the forward chain's jump are all present."""
+    """Sink namespace, its link and its routes are all present."""
     if not _netns_exists(layout.sink_netns) or not _link_exists(layout.sink_host_veth):
         return False
-    for cidr in layout.sink_routes:
-        if layout.sink_host_veth not in sh("ip", "route", "show", "exact", cidr).stdout:
-            return False
-    return sh("iptables", "-C", "FORWARD", "-j", layout.iptables_chain, check=False).returncode == 0
-
-
-def install_forward_chain(layout: Layout) -> None:
-    chain = layout.iptables_chain
-    if sh("iptables", "-N", chain, check=False).returncode != 0:
-        sh("iptables", "-F", chain)
-    for rule in forward_rules(layout):
-        sh("iptables", "-A", chain, *rule)
-    while sh("iptables", "-D", "FORWARD", "-j", chain, check=False).returncode == 0:
-        pass
-    sh("iptables", "-I", "FORWARD", "1", "-j", chain)
-
-
-def ensure_forward_chain_first(layout: Layout) -> None:
-    """dockerd or kube-proxy may insert their jumps above ours later; move ours back to the top."""
-    rules = sh("iptables", "-S", "FORWARD").stdout.splitlines()
-    if len(rules) < 2 or rules[1] != f"-A FORWARD -j {layout.iptables_chain}":
-        install_forward_chain(layout)
+    return all(layout.sink_host_veth in sh("ip", "route", "show", "exact", cidr).stdout for cidr in layout.sink_routes)
 
 
 def sink_dropped_packets(layout: Layout) -> int:
@@ -223,6 +183,11 @@ def create_test_host(layout: Layout, name: str) -> TestHost:
     sh("ip", "-n", netns, "link", "set", "eth0", "up")
     sh("ip", "-n", netns, "link", "set", "lo", "up")
     sh("ip", "-n", netns, "route", "add", "default", "via", layout.hosts_gateway)
+    # `ip netns exec` bind-mounts /etc/netns/<netns>/resolv.conf over /etc/resolv.conf: a
+    # test host asks the cluster's CoreDNS (cluster names only), never the machine's resolver.
+    etc = NETNS_ETC / netns
+    etc.mkdir(parents=True, exist_ok=True)
+    (etc / "resolv.conf").write_text(f"nameserver {layout.node_ip}\n")
     return TestHost(name=name, netns=netns, address=address, gateway=layout.hosts_gateway)
 
 
@@ -243,6 +208,13 @@ def delete_netns(name: str) -> None:
     raise RuntimeError(f"could not delete network namespace {name}")
 
 
+def netns_etc_dirs(layout: Layout) -> list[Path]:
+    """Our per-namespace /etc overrides (test hosts' resolv.conf)."""
+    if not NETNS_ETC.exists():
+        return []
+    return sorted(p for p in NETNS_ETC.iterdir() if p.name.startswith(layout.test_host_netns_prefix))
+
+
 def delete_test_host(host: TestHost) -> None:
     # Deleting our end removes the pair now; the end inside a deleted namespace only goes
     # when the kernel finishes tearing the namespace down, later (a `down` right after a
@@ -251,6 +223,7 @@ def delete_test_host(host: TestHost) -> None:
     if _link_exists(veth):
         sh("ip", "link", "del", veth, check=False)
     delete_netns(host.netns)
+    shutil.rmtree(NETNS_ETC / host.netns, ignore_errors=True)
 
 
 def list_netns(prefix: str) -> list[str]:
@@ -276,8 +249,5 @@ def teardown(layout: Layout) -> None:
     for cidr in layout.sink_routes:
         sh("ip", "route", "del", cidr, check=False)
     delete_netns(layout.sink_netns)
-    chain = layout.iptables_chain
-    while sh("iptables", "-D", "FORWARD", "-j", chain, check=False).returncode == 0:
-        pass
-    sh("iptables", "-F", chain, check=False)
-    sh("iptables", "-X", chain, check=False)
+    for conf in netns_etc_dirs(layout):
+        shutil.rmtree(conf, ignore_errors=True)

@@ -5,6 +5,7 @@ running cluster's state lives under one state directory (`ZT_RELAY_E2E_STATE`, d
 /var/lib/zt-relay-e2e) so `down` can remove it in one sweep.
 """
 
+import hashlib
 import os
 from pathlib import Path
 
@@ -17,13 +18,27 @@ def cache_root() -> Path:
     return Path(os.environ.get("ZT_RELAY_CACHE", default))
 
 
-def k8s_root() -> Path:
-    return cache_root() / "k8s" / versions.KUBERNETES
+def tool_dir(name: str, version: str | None = None) -> Path:
+    """One tool's build (its wrapper module in `src`, its binaries in `bin`), keyed by its own
+    pinned version: bumping etcd rebuilds etcd only, never Kubernetes (25 min here)."""
+    return cache_root() / "tools" / f"{name}-{version or versions.PINNED[name]}"
+
+
+def bin_key(pinned: dict[str, str] | None = None) -> str:
+    """A digest of every pinned version: the bin dir's name."""
+    text = "\n".join(f"{k}={v}" for k, v in sorted((pinned or versions.PINNED).items()))
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def bin_dir() -> Path:
-    """The directory holding kubectl, kubelet, etcd, helm, kubeconform, ... (see `build`)."""
-    return k8s_root() / "bin"
+    """The directory holding kubectl, kubelet, etcd, helm, kubeconform, ... (see `build`):
+    symlinks into each tool's own dir, keyed by all pinned versions together."""
+    return cache_root() / "bin" / bin_key()
+
+
+def k8s_root() -> Path:
+    """Helm's plugin and home dirs (keyed like the bin dir)."""
+    return cache_root() / "helm" / bin_key()
 
 
 def helm_plugins_dir() -> Path:

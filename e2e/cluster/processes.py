@@ -10,8 +10,13 @@ import time
 from pathlib import Path
 
 
-def start(name: str, argv: list[str], run_dir: Path, log_dir: Path, env: dict[str, str] | None = None) -> int:
+def start(
+    name: str, argv: list[str], run_dir: Path, log_dir: Path, env: dict[str, str] | None = None, program: str | None = None
+) -> int:
     """Start `argv` detached (own session), logging to `<log_dir>/<name>.log`; returns the pid.
+
+    `program` is what /proc/PID/cmdline[0] shows once started, if `argv` is a wrapper that
+    execs it (default: argv[0]).
 
     posix_spawn rather than Popen: the processes outlive this call (and the Python process
     that may call `up` from a pytest fixture), so there is no Popen object to wait on.
@@ -32,7 +37,7 @@ def start(name: str, argv: list[str], run_dir: Path, log_dir: Path, env: dict[st
         os.close(log)
         os.close(devnull)
     # argv[0] as given is what /proc/PID/cmdline shows once the program has exec'd.
-    (run_dir / f"{name}.pid").write_text(f"{pid}\n{argv[0]}\n")
+    (run_dir / f"{name}.pid").write_text(f"{pid}\n{program or argv[0]}\n")
     return pid
 
 
@@ -41,6 +46,10 @@ def _cmdline(pid: int) -> list[str]:
         return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
     except (FileNotFoundError, ProcessLookupError):
         return []
+
+
+def alive(pid: int) -> bool:
+    return bool(_cmdline(pid)) and not _is_zombie(pid)
 
 
 def _is_zombie(pid: int) -> bool:
@@ -108,4 +117,20 @@ def pids_mentioning(text: str) -> list[int]:
         if entry.name.isdigit() and int(entry.name) != os.getpid():
             if any(text in arg for arg in _cmdline(int(entry.name))):
                 found.append(int(entry.name))
+    return found
+
+
+def pids_rooted_under(root: str) -> list[int]:
+    """Processes whose root filesystem lives under `root` (containers of a containerd whose
+    state is there: their "/" mount names a snapshot directory under it)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            lines = (entry / "mountinfo").read_text().splitlines()
+        except OSError:
+            continue
+        if any(line.split()[4] == "/" and root in line for line in lines if len(line.split()) > 4):
+            found.append(int(entry.name))
     return found

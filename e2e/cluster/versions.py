@@ -1,7 +1,8 @@
 """Pinned versions of everything the harness builds from the Go module proxy.
 
-One place so a bump is one edit; the cache directory is keyed by the Kubernetes version, so a
-bump builds into a fresh directory instead of mixing binaries of two releases.
+One place so a bump is one edit. Each tool is built into a cache directory keyed by its own
+version (`paths.tool_dir`), so bumping one tool rebuilds that tool only, and the bin dir
+everybody uses is keyed by all of them (`paths.bin_dir`), so it never mixes releases.
 """
 
 KUBERNETES = "v1.37.2"
@@ -13,3 +14,14 @@ COREDNS = "v1.15.0"
 HELM = "v3.22.0"
 KUBECONFORM = "v0.8.0"
 HELM_UNITTEST = "v1.1.2"
+
+PINNED = {
+    "kubernetes": KUBERNETES,
+    "etcd": ETCD,
+    "coredns": COREDNS,
+    "metrics-server": METRICS_SERVER,
+    "helm": HELM,
+    "kubeconform": KUBECONFORM,
+    "helm-unittest": HELM_UNITTEST,
+}
+"""Tool (the build's wrapper-module name) -> version: every pin, for the cache keys."""

@@ -65,7 +65,7 @@ struct opts {
     struct sockaddr_in target;   /* relay (frames, idle) or echo server (udp) */
     int tunnels, size, inflight, connect_batch;
     double duration, warmup, ready_timeout;
-    int busy_poll;   /* frames: echo in the client thread, epoll never sleeps */
+    int busy_poll;   /* frames: echo in the client thread; 1: epoll never sleeps, 2: epoll blocks */
 };
 
 static void parse_addr(const char *s, struct sockaddr_in *out) {
@@ -84,8 +84,9 @@ static void usage(void) {
     fprintf(stderr,
             "usage: loadgen frames|idle|udp --target IPV4:PORT [--tunnels N] [--size BYTES]\n"
             "       [--inflight K] [--duration S] [--warmup S] [--connect-batch N] [--ready-timeout S]\n"
-            "       [--busy-poll 0|1]  (frames: one spinning thread runs client and echo, so the\n"
-            "                           loadgen adds no wakeup latency; uses a whole core)\n");
+            "       [--busy-poll 0|1|2]  (frames: 1: one spinning thread runs client and echo, so the\n"
+            "                           loadgen adds no wakeup latency; uses a whole core;\n"
+            "                           2: one thread runs client and echo, blocking in epoll_wait)\n");
     exit(1);
 }
 
@@ -410,7 +411,7 @@ static int run_frames(void) {
         if (epoll_ctl(ep, EPOLL_CTL_ADD, echo.fd, &ev) != 0) die("epoll_ctl echo");
     }
     for (;;) {
-        int n = epoll_wait(ep, evs, MAX_EVENTS, O.busy_poll ? 0 : 10);
+        int n = epoll_wait(ep, evs, MAX_EVENTS, O.busy_poll == 1 ? 0 : 10);
         if (n < 0 && errno != EINTR) die("epoll_wait");
         for (int i = 0; i < n; i++) {
             if (evs[i].data.ptr == &echo) { echo_batch(&echo, MSG_DONTWAIT); continue; }

@@ -10,7 +10,9 @@ see netns.py), starts the relays and measures, for each:
 - ping-pong: one tunnel, one frame in flight: p50/p99 round-trip latency;
 - both with the loadgen sleeping (like real peers) and busy-polling (see LOADGEN_MODES);
 - idle memory: RSS growth per tunnel with N tunnels (default 8,000) open, each having sent
-  the hello and one frame, measured on a freshly started relay.
+  the hello and one frame, measured on a freshly started relay;
+- per-packet cost of hostile packets (bench_packet_cost.py): a verdict-cache miss and a
+  tunnel spraying distinct addresses, as ratios to a cache hit in the same run.
 
 Runs of different relays are interleaved so that background load hits them alike.
 ``--profile`` adds a run of zt-relay under py-spy and prints the hottest functions.
@@ -31,7 +33,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench import build, netns, procfs, profile, relays
+from tests.bench import bench_packet_cost, build, netns, procfs, profile, relays
 
 CPP = "tcp-proxy"
 OURS = "zt-relay"
@@ -39,7 +41,10 @@ OURS = "zt-relay"
 #: peers; on loopback the relay then pays (in its send syscalls) for waking them. "busy":
 #: one thread spins over client and echo, so nobody sleeps: the relay's cost without the
 #: wakeups, and latency without the loadgen's own wakeup time. It needs a whole core.
-LOADGEN_MODES = ("sleep", "busy")
+#: "block": one thread runs client and echo and blocks in epoll_wait (a ztload-style
+#: blocking client): one wakeup per hop, as a real single-threaded node has.
+LOADGEN_MODES = ("sleep", "busy", "block")
+_BUSY_POLL = {"sleep": "0", "busy": "1", "block": "2"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -52,11 +57,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--tunnels", type=int, default=128, help="tunnels in the throughput run (default 128)")
     parser.add_argument("--size", type=int, default=1400, help="ZeroTier packet bytes per frame (default 1400)")
     parser.add_argument("--inflight", type=int, default=8, help="frames in flight per tunnel (default 8)")
+    parser.add_argument("--pingpong-size", type=int, default=100, help="ZeroTier packet bytes of the ping-pong frame (default 100)")
     parser.add_argument("--pingpong-duration", type=float, default=5.0, help="seconds per ping-pong run (default 5)")
     parser.add_argument("--idle-tunnels", type=int, default=8000, help="tunnels held open for the memory run (default 8000)")
     parser.add_argument("--throughput-modes", default="sleep", help="loadgen modes for the throughput runs, comma-separated: sleep (client and echo threads block), busy (one thread spins over client and echo: no wakeups to pay, but it takes a core the relay then lacks) (default sleep)")
-    parser.add_argument("--pingpong-modes", default="sleep,busy", help="loadgen modes for the ping-pong runs (default sleep,busy)")
-    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,pingpong,idle")
+    parser.add_argument("--pingpong-modes", default="block,busy,sleep", help="loadgen modes for the ping-pong runs: block (one thread, blocking epoll: the latency goal's mode), busy, sleep (default block,busy,sleep)")
+    parser.add_argument("--skip", default="", help="comma-separated parts to skip: throughput,pingpong,idle,cost")
     parser.add_argument("--zt-relay-command", metavar="CMD", help="how to start zt-relay instead of the installed script, e.g. to A/B a patched copy: 'python /tmp/variant.py' (split like a shell)")
     parser.add_argument("--relay-arg", action="append", default=[], metavar="ARG", help="extra argument for zt-relay (repeatable), e.g. --relay-arg=--workers=2")
     parser.add_argument("--profile", action="store_true", help="one more zt-relay throughput run under py-spy; print the hottest functions")
@@ -90,9 +96,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if not (args.relay_cpus | args.loadgen_cpus) <= available:
             parser.error(f"--pin: CPUs {sorted((args.relay_cpus | args.loadgen_cpus) - available)} are not available (have {sorted(available)})")
     args.skip = {part.strip() for part in args.skip.split(",") if part.strip()}
-    unknown = args.skip - {"throughput", "pingpong", "idle"}
+    unknown = args.skip - {"throughput", "pingpong", "idle", "cost"}
     if unknown:
-        parser.error(f"--skip: unknown part(s) {', '.join(sorted(unknown))}; use throughput, pingpong, idle")
+        parser.error(f"--skip: unknown part(s) {', '.join(sorted(unknown))}; use throughput, pingpong, idle, cost")
     for name in ("runs", "tunnels", "inflight", "idle_tunnels"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
@@ -118,7 +124,7 @@ def run_frames(loadgen: Path, relay: relays.RunningRelay, tunnels: int, size: in
     """One loadgen ``frames`` run; adds the relay's CPU and the machine's other load in the window."""
     command = [str(loadgen), "frames", "--target", relay.target, "--tunnels", str(tunnels), "--size", str(size),
                "--inflight", str(inflight), "--duration", str(duration), "--warmup", str(warmup),
-               "--busy-poll", "1" if mode == "busy" else "0"]
+               "--busy-poll", _BUSY_POLL[mode]]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_pin_loadgen)
     result = None
     for line in process.stdout:
@@ -232,7 +238,7 @@ def table(results: dict, args: argparse.Namespace) -> str:
         part = f"pingpong/{mode}"
         if "pingpong" in args.skip:
             break
-        add(f"ping-pong p50 us (1x1, {mode} loadgen)", "p50_us", part, lower_is_better=True)
+        add(f"ping-pong p50 us (1x1, {args.pingpong_size} B, {mode} loadgen)", "p50_us", part, lower_is_better=True)
         add("  p99 us", "p99_us", part, lower_is_better=True)
         add("  round trips/s", "frames_per_s", part)
     if "idle" not in args.skip:
@@ -303,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
                 for mode in args.pingpong_modes:
                     for i in range(args.runs):
                         for name in names:
-                            r = run_frames(loadgen, running[name], 1, args.size, 1, args.pingpong_duration, 1.0, mode)
+                            r = run_frames(loadgen, running[name], 1, args.pingpong_size, 1, args.pingpong_duration, 1.0, mode)
                             results[name].setdefault(f"pingpong/{mode}", []).append(r)
                             say(f"ping-pong ({mode} loadgen) run {i + 1}/{args.runs} {name}: p50 {r['p50_us']:.0f} us, p99 {r['p99_us']:.0f} us")
             if args.profile and OURS in running:
@@ -335,11 +341,14 @@ def main(argv: list[str] | None = None) -> int:
             results[name]["idle"] = r
             say(f"idle {name}: {r['ready']}/{r['tunnels']} tunnels open in {r['setup_s']} s, {r['kib_per_tunnel']} KiB each, closed by relay {r['closed_by_relay']}")
 
+    cost = bench_packet_cost.measure() if "cost" not in args.skip else None
     print(table(results, args))
+    if cost is not None:
+        print(bench_packet_cost.format_table(cost))
     if not args.profile:
         shutil.rmtree(workdir, ignore_errors=True)  # kept on failure (relay log) and with --profile (raw stacks)
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "cpp_binary"}, "results": results}, indent=2, default=sorted))
+        Path(args.json).write_text(json.dumps({"args": {k: v for k, v in vars(args).items() if k != "cpp_binary"}, "results": results, "packet_cost_ns": cost}, indent=2, default=sorted))
     return 0
 
 

@@ -36,9 +36,11 @@ class RelayProcess:
         argv = [sys.executable, "-m", "relay", listen, *args]
         if health and "--health-listen" not in args:
             argv += ["--health-listen", "127.0.0.1:0"]
+        # No shutdown delay unless a test asks (flag or variable): a SIGTERM'd relay exits
+        # as soon as it has drained, as the drain tests expect.
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.PIPE, env={**os.environ, **(env or {})},
+            stderr=asyncio.subprocess.PIPE, env={"ZT_RELAY_SHUTDOWN_DELAY": "0", **os.environ, **(env or {})},
         )
         self = cls(proc)
         try:
@@ -95,7 +97,9 @@ class RelayProcess:
     async def wait(self, timeout: float = 10.0) -> int:
         code = await asyncio.wait_for(self.proc.wait(), timeout)
         if self._reader is not None:
-            await self._reader
+            # The log ends when every process holding stderr has gone: a worker left behind
+            # by its supervisor fails here instead of hanging the test.
+            await asyncio.wait_for(self._reader, timeout)
         return code
 
     async def stop(self) -> None:

@@ -195,6 +195,9 @@ class LoopbackOnly:
     def verdict(self, ip, port):
         return None if ip.is_loopback and port > 0 else "destination_denied"
 
+    def verdict_for_prefix(self, key):  # the compiled filter's entry point (filters.CompiledFilter)
+        return self.verdict(ipaddress.ip_address(key[1:-2]), key[-2] << 8 | key[-1])
+
 
 @pytest.fixture(scope="module")
 def relay_in_process():

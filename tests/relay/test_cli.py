@@ -132,3 +132,19 @@ def test_the_new_destination_rate_has_a_default_and_can_be_turned_off():
     assert parse_config(["--new-destination-rate", "0"], {}).new_destination_rate == 0
     with pytest.raises(UsageError):
         parse_config(["--new-destination-rate", "-1"], {})
+
+
+def test_the_fallback_settings_read_flags_and_variables_and_bad_values_name_the_flag():
+    env = {"ZT_RELAY_FALLBACK": "127.0.0.1:8443", "ZT_RELAY_FALLBACK_PROXY_PROTOCOL": "v2", "ZT_RELAY_SNIFF_TIMEOUT": "1.5"}
+    config = parse_config([], env)
+    assert (config.fallback, config.fallback_proxy_protocol, config.sniff_timeout) == (Endpoint("127.0.0.1", 8443), "v2", 1.5)
+    assert parse_config(["--fallback", "site.internal:443"], {}).fallback == Endpoint("site.internal", 443)
+    assert parse_config([], {}).fallback is None
+    for argv, flag in ((["--fallback-proxy-protocol", "v3"], "--fallback-proxy-protocol (ZT_RELAY_FALLBACK_PROXY_PROTOCOL)"),
+                       (["--fallback", "127.0.0.1"], "--fallback (ZT_RELAY_FALLBACK)"),
+                       (["--fallback", "127.0.0.1:0"], "--fallback (ZT_RELAY_FALLBACK)"),
+                       (["--sniff-timeout", "0"], "--sniff-timeout (ZT_RELAY_SNIFF_TIMEOUT)"),
+                       (["--fallback-max-connections", "0"], "--fallback-max-connections (ZT_RELAY_FALLBACK_MAX_CONNECTIONS)")):
+        with pytest.raises(UsageError) as info:
+            parse_config(argv, {})
+        assert str(info.value).startswith(flag), str(info.value)

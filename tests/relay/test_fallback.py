@@ -426,3 +426,54 @@ async def test_fallback_counters_are_exported_over_otlp_too(start_relay, backend
         assert latest[("zt_relay.fallback.connections", (("result", "connected"),))] == 1
     finally:
         server.close()
+
+
+async def test_on_sigterm_site_connections_are_drained_like_tunnels(start_relay, backend):
+    """An open site connection keeps the drain going (a download in flight finishes); one
+    that outlives --drain-timeout is closed, and the relay exits 0."""
+    site = await backend("echo")
+    relay = await start_relay("--fallback", site.address, "--drain-timeout", "2")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET 1")
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"GET 1"
+    relay.signal()
+    await asyncio.sleep(0.5)  # inside the drain (2 s): the connection must still be served
+    assert relay.proc.returncode is None
+    writer.write(b"GET 2")
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"GET 2"
+    with contextlib.suppress(ConnectionResetError):
+        assert await read_all(reader) == b""  # closed when the drain timed out
+    assert await relay.wait(timeout=10) == 0
+    writer.close()
+
+
+async def test_on_sigterm_the_drain_ends_when_the_last_site_connection_closes(start_relay, backend):
+    site = await backend("echo")
+    relay = await start_relay("--fallback", site.address, "--drain-timeout", "30")
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+    writer.write(b"GET 1")
+    assert await asyncio.wait_for(reader.readexactly(5), 5) == b"GET 1"
+    relay.signal()
+    await asyncio.sleep(0.3)
+    writer.close()
+    assert await relay.wait(timeout=10) == 0  # long before the 30 s drain timeout
+
+
+async def test_with_workers_each_process_falls_back_and_the_metrics_add_up(start_relay, backend):
+    site = await backend("echo")
+    relay = await start_relay("--fallback", site.address, "--workers", "2", listen=f"127.0.0.1:{_free_port()}")
+    for i in range(6):
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"GET %d" % i)
+        assert await asyncio.wait_for(reader.readexactly(5), 5) == b"GET %d" % i
+        writer.close()
+    value = await relay.wait_metric('zt_relay_fallback_connections_total{result="connected"}', lambda v: v == 6)
+    relay.signal()  # the supervisor stops its workers (a kill would orphan them)
+    assert await relay.wait(timeout=15) == 0
+    assert value == 6
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

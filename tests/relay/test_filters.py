@@ -63,3 +63,50 @@ def test_ipv6_ranges_can_be_allowed():
 def test_bad_cidrs_are_reported_with_the_text(text):
     with pytest.raises(ValueError, match=text.split("/")[0]):
         DestinationFilter.from_cidrs(allow=[text])
+
+
+# -- the compiled filter: the same verdicts as the rules, as integer ranges ---------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+CUSTOM = DestinationFilter.from_cidrs(allow=["10.0.0.0/8", "127.0.0.0/8", "fd00::/8"], deny=["10.1.0.0/16", "8.8.8.0/24", "2606:4700::/32"], min_port=1)
+FILTERS = {"default": DEFAULT, "custom": CUSTOM}
+
+
+def boundary_addresses(f: DestinationFilter, version: int):
+    """Every rule's first and last address and their neighbours: where a range table errs."""
+    networks = [n for n in (*f.allow, *f.deny, *filters.NON_GLOBAL_V4, *filters.NON_GLOBAL_V6, filters.GLOBAL_UNICAST_V6) if n.version == version]
+    top = (1 << (32 if version == 4 else 128)) - 1
+    for n in networks:
+        for value in (int(n.network_address) - 1, int(n.network_address), int(n.broadcast_address), int(n.broadcast_address) + 1):
+            if 0 <= value <= top:
+                yield ipaddress.ip_address(value) if version == 4 else ipaddress.IPv6Address(value)
+
+
+@pytest.mark.parametrize("name", FILTERS)
+def test_the_compiled_filter_agrees_with_the_rules_at_every_range_boundary(name):
+    f = FILTERS[name]
+    compiled = f.compile()
+    for address in boundary_addresses(f, 4):
+        assert compiled.verdict_v4(address.packed, 9993) == f.verdict(address, 9993), address
+    for address in boundary_addresses(f, 6):
+        assert compiled.verdict_v6(address.packed, 9993) == f.verdict(address, 9993), address
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from(sorted(FILTERS)), st.integers(0, 2**32 - 1), st.integers(0, 2**128 - 1), st.integers(0, 65535))
+def test_the_compiled_filter_agrees_with_the_rules_for_any_address_and_port(name, v4, v6, port):
+    f = FILTERS[name]
+    compiled = f.compile()
+    a4, a6 = ipaddress.IPv4Address(v4), ipaddress.IPv6Address(v6)
+    assert compiled.verdict_v4(a4.packed, port) == f.verdict(a4, port)
+    assert compiled.verdict_v6(a6.packed, port) == f.verdict(a6, port)
+    port_bytes = port.to_bytes(2, "big")
+    assert compiled.verdict_for_prefix(b"\x04" + a4.packed + port_bytes) == f.verdict(a4, port)
+    assert compiled.verdict_for_prefix(b"\x06" + a6.packed + port_bytes) == f.verdict(a6, port)
+
+
+def test_the_compiled_filter_is_a_few_ranges():
+    compiled = DEFAULT.compile()
+    assert compiled.v4_starts == sorted(compiled.v4_starts) and compiled.v4_starts[0] == 0
+    assert len(compiled.v4_starts) < 40 and len(compiled.v6_starts) < 40

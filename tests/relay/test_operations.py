@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 
+from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
 from tests.relay.conftest import Client, RelayProcess
@@ -128,6 +129,8 @@ class Collector:
     def __init__(self) -> None:
         self.spans = []
         self.metric_posts = 0
+        #: (resource attributes, {metric name: [(attributes, value)]}) per metrics export
+        self.metric_exports: list[tuple[dict, dict]] = []
 
     async def handle(self, reader, writer):
         head = await reader.readuntil(b"\r\n\r\n")
@@ -147,6 +150,16 @@ class Collector:
                     self.spans.extend(ss.spans)
         elif path == b"/v1/metrics":
             self.metric_posts += 1
+            request = ExportMetricsServiceRequest()
+            request.ParseFromString(body)
+            for rm in request.resource_metrics:
+                resource = {a.key: (a.value.string_value or a.value.int_value) for a in rm.resource.attributes}
+                series = {}
+                for sm in rm.scope_metrics:
+                    for m in sm.metrics:
+                        points = m.sum.data_points or m.gauge.data_points
+                        series[m.name] = [({a.key: a.value.string_value for a in p.attributes}, p.as_int) for p in points]
+                self.metric_exports.append((resource, series))
         writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n")
         await writer.drain()
         writer.close()
@@ -199,3 +212,54 @@ async def test_json_logs_are_one_object_per_line(start_relay, connect):
     entries = [json.loads(line) for line in relay.log if line.strip()]
     assert {"time", "level", "logger", "message"} <= set(entries[0])
     assert any("client version 1.14.2" in e["message"] for e in entries)
+
+
+async def otlp_collector():
+    collector = Collector()
+    server = await asyncio.start_server(collector.handle, "127.0.0.1", 0)
+    endpoint = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+    env = {"OTEL_EXPORTER_OTLP_ENDPOINT": endpoint, "OTEL_METRIC_EXPORT_INTERVAL": "200", "OTEL_TRACES_EXPORTER": "none"}
+    return collector, server, env
+
+
+async def wait_for(condition, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met in time"
+        await asyncio.sleep(0.05)
+
+
+async def test_refused_connections_are_counted_in_otel_too(start_relay):
+    collector, server, env = await otlp_collector()
+    try:
+        relay = await start_relay(*LOOPBACK, "--max-connections", "1", env=env)
+        first = await Client.connect(relay.port)
+        await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == 1)
+        second = await Client.connect(relay.port)
+        assert await second.closed()
+
+        def refused():
+            return [v for _, series in collector.metric_exports for attrs, v in series.get("zt_relay.connections.refused", [])
+                    if attrs.get("reason") == "max_connections"]
+        await wait_for(lambda: refused() and max(refused()) == 1)
+        await first.close()
+        await second.close()
+    finally:
+        server.close()
+
+
+async def test_each_worker_reports_to_otel_with_its_own_service_instance_id(start_relay):
+    collector, server, env = await otlp_collector()
+    probe = await RelayProcess.start(*LOOPBACK, health=False)
+    port = probe.port
+    probe.signal(signal.SIGKILL)
+    await probe.wait()
+    try:
+        relay = await start_relay(*LOOPBACK, "--workers", "2", env={**env, "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=pod-a"},
+                                  listen=f"127.0.0.1:{port}")
+        await wait_for(lambda: len({r.get("service.instance.id") for r, _ in collector.metric_exports}) >= 2)
+        assert {r["service.instance.id"] for r, _ in collector.metric_exports} == {"pod-a-worker-0", "pod-a-worker-1"}
+        relay.signal(signal.SIGTERM)
+        assert await relay.wait(timeout=15) == 0
+    finally:
+        server.close()

@@ -1,0 +1,81 @@
+"""The cluster's host processes: ONE ordered list, how each is started, when it is ready.
+
+`up` starts them in this order, `down` stops them in reverse, `status` and the inventory list
+them, and `stop`/`start` (for tests that take one component away for a while) look them up
+here. A component's command is a pure function of the layout and the state directory.
+"""
+
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from e2e.cluster import configs, paths
+from e2e.cluster.configs import StatePaths
+from e2e.cluster.layout import Layout
+
+Command = Callable[[Layout, StatePaths, Path], list[str]]
+
+
+@dataclass(frozen=True)
+class Component:
+    name: str
+    """The pid-file and log-file name (`<state>/run/<name>.pid`, `<state>/logs/<name>.log`)."""
+    command: Command
+    """argv from (layout, state paths, bin dir)."""
+    ready: Callable[[Layout, StatePaths], bool] | None = None
+    """A probe that is truthy once the process serves (None: running is enough)."""
+    python: bool = False
+    """A Python module of this repository (needs the repository on PYTHONPATH)."""
+
+
+def _http_ok(url: str) -> bool:
+    with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status == 200
+
+
+def _apiserver_ready(layout: Layout, state: StatePaths) -> bool:
+    argv = [paths.binary("kubectl"), f"--kubeconfig={state.kubeconfig('super-admin')}", "get", "--raw=/readyz"]
+    return subprocess.run(argv, capture_output=True, timeout=10).returncode == 0
+
+
+def _containerd_ready(layout: Layout, state: StatePaths) -> bool:
+    if not state.containerd_socket.exists():
+        return False
+    argv = ["ctr", "--address", str(state.containerd_socket), "version"]
+    return subprocess.run(argv, capture_output=True, timeout=5).returncode == 0
+
+
+def _containerd_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return ["containerd", f"--config={state.configs / 'containerd.toml'}"]
+
+
+def _lb_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "e2e.cluster.lb", "--kubeconfig", str(paths.kubeconfig_path()), "--pool", layout.lb_pool]
+
+
+COMPONENTS = (
+    Component("etcd", configs.etcd_command, lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.etcd_client_port}/health")),
+    Component("kube-apiserver", configs.apiserver_command, _apiserver_ready),
+    Component("kube-controller-manager", configs.controller_manager_command),
+    Component("kube-scheduler", configs.scheduler_command),
+    Component("containerd", _containerd_command, _containerd_ready),
+    Component("kubelet", configs.kubelet_command),
+    Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
+    Component("coredns", configs.coredns_command),
+    Component("metrics-server", configs.metrics_server_command),
+    Component("lb-controller", _lb_command, python=True),
+)
+NAMES = tuple(c.name for c in COMPONENTS)
+BY_NAME = {c.name: c for c in COMPONENTS}
+BUILT_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server")
+"""The components that are binaries from the cache's bin dir (the others: system containerd, Python)."""
+
+
+def get(name: str) -> Component:
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise ValueError(f"unknown cluster component {name!r}; one of: {', '.join(NAMES)}") from None

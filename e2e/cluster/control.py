@@ -1,0 +1,42 @@
+"""Take one cluster component away for a while, from a test (local backend).
+
+    from e2e.cluster import control
+    with control.stopped("kube-apiserver"):
+        ...  # the API server is down here; it is started again (and ready) on exit
+
+Runs `python -m e2e.cluster stop|start NAME` in a child process, so the restarted component
+is not a child of the test process (it would linger as a zombie there).
+"""
+
+import contextlib
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _cli(command: str, name: str, timeout: float) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "e2e.cluster", command, name], capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"python -m e2e.cluster {command} {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+
+
+def stop(name: str, timeout: float = 60) -> None:
+    _cli("stop", name, timeout)
+
+
+def start(name: str, timeout: float = 120) -> None:
+    """Start it again and wait until it is ready (the API server: /readyz)."""
+    _cli("start", name, timeout)
+
+
+@contextlib.contextmanager
+def stopped(name: str):
+    stop(name)
+    try:
+        yield
+    finally:
+        start(name)

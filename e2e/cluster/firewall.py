@@ -1,0 +1,239 @@
+"""The harness's packet filter rules, IPv4 and IPv6: its own chains, one jump each.
+
+Every chain the harness writes is named `ZTR-E2E-*` and is reached from one rule in a
+built-in chain, so `down` removes exactly those and nothing else:
+
+  filter FORWARD -> ZTR-E2E-FORWARD   (v4, v6) anything that came in by one of our interfaces
+                                      (`ztr+`: the CNI bridge, the test hosts' bridge, the
+                                      sink) or from our address ranges and would leave by
+                                      any other interface is dropped, on every interface, not
+                                      only the default route's; then the ACCEPTs between
+                                      pods and test hosts (dockerd sets the policy to DROP).
+  filter OUTPUT  -> ZTR-E2E-OUTPUT    (v4, v6) for the harness's own host processes (the
+                                      cgroup `cgroups.HOST`): loopback and our interfaces
+                                      only; an image pull or DNS lookup that would leave
+                                      the machine is dropped (and fails at once, EPERM).
+  raw PREROUTING -> ZTR-E2E-IN6       (v6) IPv6 from our interfaces to anything but
+                                      link-local/multicast is dropped (counted) before
+                                      routing decides anything.
+
+The DROP rules count what they drop: the safety tests read those counters.
+
+Kubernetes' own chains are a different matter. kube-proxy and the kubelet create fixed
+names (KUBE-SERVICES, KUBE-FIREWALL, ...) that no option renames, and another kube-proxy
+or kubelet in the same network namespace (k3s, minikube with the none driver) would use
+the very same chains. So: `up` refuses to start while those exact chains exist and no
+cluster of ours does (the two kube-proxies would overwrite each other's rules), and `down`
+removes them only when our cluster ran (our state dir exists) - by their exact names (never
+`kube-proxy --cleanup`, which flushes every IPVS service and nftables `kube-proxy` table on
+the machine) - or when asked explicitly
+(`down --kube-chains`, for traces of a crashed older run). Chains named otherwise (say,
+KUBE-DECOY) are never touched.
+"""
+
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+
+from e2e.cluster.layout import Layout
+
+PREFIX = "ZTR-E2E-"
+OUR_INTERFACES = "ztr+"
+"""iptables interface wildcard for every link the harness creates (and only those)."""
+
+# What the kubelet creates by itself (kube-proxy --cleanup leaves these).
+KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
+# kube-proxy's (iptables mode) fixed chains; --cleanup removes them with its generated ones.
+KUBE_PROXY_CHAINS = (
+    "KUBE-SERVICES", "KUBE-EXTERNAL-SERVICES", "KUBE-NODEPORTS", "KUBE-POSTROUTING", "KUBE-MARK-MASQ",
+    "KUBE-MARK-DROP", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY",
+)
+KUBE_PROXY_GENERATED = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
+TABLES = ("filter", "nat", "mangle", "raw")
+BINARIES = ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy")
+"""Listed and cleaned: kube-proxy and the kubelet pick the legacy backend on machines that use it."""
+
+
+@dataclass(frozen=True)
+class Chain:
+    binary: str
+    table: str
+    name: str
+    hook: str
+    """The built-in chain holding our one jump."""
+    match: tuple[str, ...]
+    """Match of the jump rule (empty: every packet)."""
+    rules: tuple[tuple[str, ...], ...]
+
+    @property
+    def jump(self) -> list[str]:
+        return [*self.match, "-j", self.name]
+
+
+def _comment(text: str) -> tuple[str, ...]:
+    return ("-m", "comment", "--comment", f"zt-relay-e2e: {text}")
+
+
+def chains(layout: Layout, host_cgroup: str) -> list[Chain]:
+    """Every chain of ours with its rules (pure); `host_cgroup` is the v2 path to match."""
+    pods, hosts = layout.cluster_cidr, layout.test_host_cidr
+    out_drops = (
+        ("-i", OUR_INTERFACES, "!", "-o", OUR_INTERFACES, *_comment("nothing from the cluster leaves"), "-j", "DROP"),
+    )
+    v4_forward = (
+        *out_drops,
+        ("-s", pods, "!", "-o", OUR_INTERFACES, *_comment("no pod traffic leaves"), "-j", "DROP"),
+        ("-s", hosts, "!", "-o", OUR_INTERFACES, *_comment("no test-host traffic leaves"), "-j", "DROP"),
+        # dockerd sets the FORWARD policy to DROP, and kube-proxy only accepts what it marked
+        # (not `externalTrafficPolicy: Local`, not pod -> test-host UDP).
+        ("-s", pods, "-d", pods, "-j", "ACCEPT"),
+        ("-s", pods, "-d", hosts, "-j", "ACCEPT"),
+        ("-s", hosts, "-d", pods, "-j", "ACCEPT"),
+        ("-s", hosts, "-d", hosts, "-j", "ACCEPT"),
+        # Stray packets must reach the sink to be counted there.
+        ("-o", layout.sink_host_veth, "-j", "ACCEPT"),
+    )
+    output = (
+        # Counts containerd's dials to the dead registry mirror (configs.DEAD_REGISTRY).
+        ("-d", "127.0.0.1", "-p", "tcp", "--dport", "1", *_comment("dials to the dead registry mirror"), "-j", "RETURN"),
+        ("-o", "lo", "-j", "RETURN"),
+        ("-o", OUR_INTERFACES, "-j", "RETURN"),
+        (*_comment("the harness's processes never dial out"), "-j", "DROP"),
+    )
+    owner = ("-m", "cgroup", "--path", host_cgroup)
+    return [
+        Chain("iptables", "filter", PREFIX + "FORWARD", "FORWARD", (), v4_forward),
+        Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", (), out_drops),
+        Chain("iptables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output),
+        Chain("ip6tables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output[1:]),
+        Chain(
+            "ip6tables", "raw", PREFIX + "IN6", "PREROUTING", ("-i", OUR_INTERFACES),
+            (("-d", "fe80::/10", "-j", "RETURN"), ("-d", "ff00::/8", "-j", "RETURN"),
+             (*_comment("no IPv6 from the cluster goes anywhere"), "-j", "DROP")),
+        ),
+    ]
+
+
+def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    # -w: wait for the xtables lock (kube-proxy and the kubelet hold it at times).
+    proc = subprocess.run([binary, "-w", "5", "-t", table, *args], capture_output=True, text=True, timeout=30)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"{binary} -t {table} {shlex.join(args)}: {proc.stderr.strip()}")
+    return proc
+
+
+def install(chain: Chain) -> None:
+    """(Re)write the chain and put its one jump first in its hook. Idempotent."""
+    if _ipt(chain.binary, chain.table, "-N", chain.name, check=False).returncode != 0:
+        _ipt(chain.binary, chain.table, "-F", chain.name)
+    for rule in chain.rules:
+        _ipt(chain.binary, chain.table, "-A", chain.name, *rule)
+    _remove_jumps(chain)
+    _ipt(chain.binary, chain.table, "-I", chain.hook, "1", *chain.jump)
+
+
+def install_all(layout: Layout, host_cgroup: str) -> None:
+    for chain in chains(layout, host_cgroup):
+        install(chain)
+
+
+def _remove_jumps(chain: Chain) -> None:
+    while _ipt(chain.binary, chain.table, "-D", chain.hook, *chain.jump, check=False).returncode == 0:
+        pass
+
+
+def first_in_hook(chain: Chain) -> bool:
+    rules = _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines()
+    return len(rules) >= 2 and rules[1].endswith(f"-j {chain.name}")
+
+
+def ensure_first(layout: Layout, host_cgroup: str) -> None:
+    """dockerd or kube-proxy may insert their jumps above ours later; move ours back up."""
+    for chain in chains(layout, host_cgroup):
+        if not first_in_hook(chain):
+            install(chain)
+
+
+def in_place(layout: Layout, host_cgroup: str) -> bool:
+    return all(
+        _ipt(c.binary, c.table, "-C", c.hook, *c.jump, check=False).returncode == 0 for c in chains(layout, host_cgroup)
+    )
+
+
+def listing(binary: str, table: str) -> list[str]:
+    if shutil.which(binary) is None or (binary.endswith("-legacy") and shutil.which(binary.removesuffix("-legacy")) and _same_backend(binary)):
+        return []
+    proc = _ipt(binary, table, "-S", check=False)
+    return proc.stdout.splitlines() if proc.returncode == 0 else []
+
+
+def _same_backend(legacy: str) -> bool:
+    """True if plain `iptables` already is the legacy backend (listing both would double up)."""
+    version = subprocess.run([legacy.removesuffix("-legacy"), "-V"], capture_output=True, text=True).stdout
+    return "legacy" in version
+
+
+def cleanup_commands(rules: list[str], is_ours) -> list[list[str]]:
+    """From `iptables -S` output, the commands removing every chain `is_ours(name)` accepts:
+    jumps to it from other chains first, then flush, then delete. Other chains are untouched."""
+    names = [line.split()[1] for line in rules if line.startswith("-N ") and is_ours(line.split()[1])]
+    jumps = []
+    for line in rules:
+        parts = shlex.split(line)  # comments are quoted and may contain spaces
+        if parts[:1] == ["-A"] and parts[1] not in names and "-j" in parts and parts[parts.index("-j") + 1] in names:
+            jumps.append(["-D", *parts[1:]])
+    return jumps + [["-F", c] for c in names] + [["-X", c] for c in names]
+
+
+def ours(name: str) -> bool:
+    return name.startswith(PREFIX)
+
+
+def kube_chain(name: str) -> bool:
+    """A chain our kube-proxy or kubelet creates (exact names, or kube-proxy's generated ones)."""
+    return name in KUBELET_CHAINS or name in KUBE_PROXY_CHAINS or name.startswith(KUBE_PROXY_GENERATED)
+
+
+def remove(is_ours=ours) -> None:
+    for binary in BINARIES:
+        for table in TABLES:
+            for cmd in cleanup_commands(listing(binary, table), is_ours):
+                _ipt(binary, table, *cmd, check=False)
+
+
+def present(is_ours=ours) -> list[str]:
+    """Chains and rules matching `is_ours`, as `binary -t table: rule` lines."""
+    found = []
+    for binary in BINARIES:
+        for table in TABLES:
+            for line in listing(binary, table):
+                parts = line.split()
+                target = parts[parts.index("-j") + 1] if "-j" in parts else ""
+                if (parts[:1] == ["-N"] and is_ours(parts[1])) or (parts[:1] == ["-A"] and (is_ours(parts[1]) or is_ours(target))):
+                    found.append(f"{binary} -t {table}: {line}")
+    return found
+
+
+def rule_counter(binary: str, table: str, chain: str, comment: str) -> int:
+    """Packets counted by the rule of ours whose comment contains `comment`."""
+    out = _ipt(binary, table, "-L", chain, "-v", "-x", "-n").stdout
+    for line in out.splitlines()[2:]:
+        if comment in line:
+            return int(line.split()[0])
+    raise RuntimeError(f"{binary} -t {table} {chain}: no rule with comment {comment!r}")
+
+
+def drop_counter(binary: str, table: str, chain: str, comment: str | None = None) -> int:
+    """Packets dropped so far by the DROP rule(s) of one of our chains (optionally the one
+    whose comment contains `comment`)."""
+    out = _ipt(binary, table, "-L", chain, "-v", "-x", "-n").stdout
+    total, seen = 0, False
+    for line in out.splitlines()[2:]:
+        fields = line.split()
+        if len(fields) > 2 and fields[2] == "DROP" and (comment is None or comment in line):
+            total += int(fields[0])
+            seen = True
+    if not seen:
+        raise RuntimeError(f"{binary} -t {table} {chain}: no DROP rule{' with ' + repr(comment) if comment else ''}")
+    return total

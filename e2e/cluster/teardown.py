@@ -1,0 +1,204 @@
+"""`down`: stop the local cluster and remove every trace of it - and only of it.
+
+What is ours is found by its marker, never by a generic name:
+  processes   our pid files; our cgroups (`cgroups`); command lines naming our state dir
+  pods        through our own kubelet and containerd (their sockets are in our state dir)
+  netns       pod namespaces live under our state dir (containerd's
+              netns_mounts_under_state_dir); test hosts and the sink are `ztr-*`; a pod
+              namespace of an older harness run is found through our CNI network's cache
+  links       `ztr*` (the CNI bridge's veths go with the pod namespaces)
+  firewall    `ZTR-E2E-*` chains and their one jump each; Kubernetes' fixed chains only when
+              our cluster ran (see `firewall`)
+  sysctls     put back as recorded by `up` (`sysctls`)
+  files       the state dir, our CNI network's cache entries, our pod log links
+Other clusters' `cni-*` namespaces, `kubepods` cgroups and KUBE-* chains are left alone.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+from e2e.cluster import cgroups, components, configs, firewall, health, inventory, locks, network, paths, processes, sysctls
+from e2e.cluster.configs import StatePaths
+from e2e.cluster.kubectl import wait_for
+from e2e.cluster.layout import Layout
+
+CNI_CACHE = Path("/var/lib/cni")
+
+
+def log(msg: str) -> None:
+    print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def down(kube_chains: bool = False, force: bool = False) -> int:
+    """Stop everything and remove every trace; safe to run when nothing is up.
+
+    Refuses while another test run holds the cluster (`locks`), unless `force`."""
+    if os.geteuid() != 0:
+        raise SystemExit("e2e.cluster: must run as root")
+    with locks.mutex():
+        layout = health.current_layout()
+        if force:
+            return sweep(layout, kube_chains)
+        try:
+            with locks.sole_user():
+                return sweep(layout, kube_chains)
+        except locks.InUse as exc:
+            raise SystemExit(f"e2e.cluster down: {exc}; not stopping it (use --force to anyway)") from None
+
+
+def traces_present(layout: Layout) -> bool:
+    """Anything of ours on the machine (so `up` must clear it first)."""
+    return bool(inventory.leftovers(layout, kube_chains=False))
+
+
+def sweep(layout: Layout, kube_chains: bool) -> int:
+    state = StatePaths(paths.state_dir())
+    ran = state.root.exists()
+    states = health.process_states(state)
+    processes.stop("lb-controller", state.run)
+    if states["kube-apiserver"] and states["kubelet"] and states["containerd"]:
+        _delete_pods_through_kubelet(state)
+    for name in reversed(components.NAMES):
+        if name != "containerd":
+            processes.stop(name, state.run)
+    if processes.running_pid("containerd", state.run):
+        _remove_containers(state)
+    processes.stop("containerd", state.run)
+    _kill_ours(state)
+    _unmount_under(state.root)
+    for ns in legacy_pod_netns():
+        network.delete_netns(ns)
+    if ran or kube_chains:
+        _remove_kube_chains()
+    firewall.remove(firewall.ours)
+    network.teardown(layout)
+    failed = sysctls.restore(state.sysctl_record)
+    stuck = cgroups.remove()
+    _remove_cni_cache()
+    _remove_container_log_links(state)
+    for cidr in layout.sink_routes + (layout.test_host_cidr,):
+        subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
+        subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
+    shutil.rmtree(state.root, ignore_errors=True)
+    left = inventory.leftovers(layout, kube_chains=ran or kube_chains)
+    if failed:
+        left["sysctls not restored"] = failed
+    if stuck:
+        left.setdefault("cgroups", []).extend(stuck)
+    if left:
+        log(f"down: left behind: {json.dumps(left, indent=2)}")
+        return 1
+    log("down: nothing left")
+    return 0
+
+
+def _delete_pods_through_kubelet(state: StatePaths) -> None:
+    """Delete every pod while kubelet, containerd and CNI still exist, so sandboxes are torn
+    down properly (network namespaces, IPAM leases). The controller-manager is stopped first
+    so nothing recreates them."""
+    processes.stop("kube-controller-manager", state.run)
+    kubectl = health.admin()
+    try:
+        kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=true", timeout=90)
+        wait_for("pod sandboxes stopped", lambda: not _running_tasks(state), 30)
+    except Exception as exc:  # noqa: BLE001 - the sweep below still removes what is left
+        log(f"down: graceful pod removal incomplete ({exc}); sweeping")
+
+
+def _ctr(state: StatePaths) -> list[str]:
+    return ["ctr", "--address", str(state.containerd_socket), "-n", "k8s.io"]
+
+
+def _running_tasks(state: StatePaths) -> list[str]:
+    return subprocess.run([*_ctr(state), "tasks", "ls", "-q"], capture_output=True, text=True, timeout=10).stdout.split()
+
+
+def _remove_containers(state: StatePaths) -> None:
+    for task in _running_tasks(state):
+        subprocess.run([*_ctr(state), "tasks", "kill", "-s", "SIGKILL", task], capture_output=True, timeout=10)
+    try:
+        wait_for("killed tasks to stop", lambda: not _running_tasks(state), 10, 0.2)
+    except TimeoutError:
+        pass  # deleted with -f below, and their processes are killed by cgroup after that
+    for task in _running_tasks(state):
+        subprocess.run([*_ctr(state), "tasks", "delete", "-f", task], capture_output=True, timeout=10)
+    out = subprocess.run([*_ctr(state), "containers", "ls", "-q"], capture_output=True, text=True, timeout=10).stdout
+    for container in out.split():
+        subprocess.run([*_ctr(state), "containers", "rm", container], capture_output=True, timeout=10)
+
+
+def _kill_ours(state: StatePaths) -> None:
+    """Every process in our cgroups (host processes, shims, pods); and, for traces of an older
+    harness (before cgroups were ours), any process whose command line names our state dir
+    (a shim) or whose root filesystem is a snapshot under it (a container)."""
+    victims = cgroups.pids() | set(processes.pids_mentioning(str(state.root))) | set(processes.pids_rooted_under(str(state.root) + "/"))
+    victims.discard(os.getpid())
+    for pid in victims:
+        processes.kill_and_wait(pid, timeout=5)
+
+
+def mounts_under(root: Path) -> list[str]:
+    prefix = str(root).rstrip("/") + "/"
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        if point.startswith(prefix) or point == str(root):
+            points.append(point)
+    return points
+
+
+def _unmount_under(root: Path) -> None:
+    for _ in range(3):
+        points = mounts_under(root)
+        if not points:
+            return
+        for point in sorted(points, key=len, reverse=True):
+            if subprocess.run(["umount", point], capture_output=True).returncode != 0:
+                subprocess.run(["umount", "-l", point], capture_output=True)
+
+
+def cni_cache_files() -> list[Path]:
+    """Our CNI network's cache entries (libcni names them `<network>-<container>-<if>`)."""
+    return sorted(p for p in CNI_CACHE.glob(f"**/{configs.CNI_NETWORK}-*") if p.is_file())
+
+
+def legacy_pod_netns() -> list[str]:
+    """Pod namespaces in /var/run/netns that our CNI network configured (an older harness
+    kept them there); found through the sandbox path in our network's cached results."""
+    found = set()
+    for cache in cni_cache_files():
+        try:
+            cached = json.loads(cache.read_text())
+        except (OSError, ValueError):
+            continue
+        result = cached.get("result") or {}
+        for iface in result.get("interfaces") or []:
+            sandbox = iface.get("sandbox") or ""
+            if sandbox.startswith(("/var/run/netns/", "/run/netns/")):
+                found.add(sandbox.rsplit("/", 1)[1])
+    return sorted(ns for ns in found if (network.NETNS_DIR / ns).exists())
+
+
+def _remove_kube_chains() -> None:
+    """kube-proxy's and the kubelet's chains, by their exact names (and kube-proxy's generated
+    KUBE-SVC-... ones). Not `kube-proxy --cleanup`: it also flushes every IPVS service and
+    deletes the nftables `kube-proxy` tables of the machine, whoever made them."""
+    firewall.remove(firewall.kube_chain)
+
+
+def _remove_cni_cache() -> None:
+    for f in cni_cache_files():
+        f.unlink(missing_ok=True)
+
+
+def _remove_container_log_links(state: StatePaths) -> None:
+    links = Path("/var/log/containers")
+    if not links.exists():
+        return
+    for link in links.iterdir():
+        if link.is_symlink() and os.readlink(link).startswith(str(state.root)):
+            link.unlink()

@@ -1,0 +1,285 @@
+"""Nothing leaves the machine, on any path, IPv4 and IPv6 (local backend only).
+
+The "outside" is 198.18.0.0/15 and 2001:2::/48 (the benchmarking ranges, RFC 2544/5180),
+after checking that nothing on this machine uses them. To prove that the drop holds on EVERY
+interface and not only the default route's, each test routes the outside through a second
+way out: a veth (named unlike the harness's `ztr*` links) into a namespace that counts what
+arrives. Every path must fail, a counter of ours must show the drop happened here, and the
+second way out must have seen nothing.
+"""
+
+import ipaddress
+import json
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e2e import workloads
+from e2e.cluster import cgroups, configs, firewall, network
+
+OUTSIDE4_NET, OUTSIDE4 = "198.18.0.0/15", "198.18.0.77"
+OUTSIDE6_NET, OUTSIDE6 = "2001:2::/48", "2001:2::77"
+LEAVES = "nothing from the cluster leaves"
+NEVER_DIALS = "the harness's processes never dial out"
+MIRROR = "dials to the dead registry mirror"
+
+
+@pytest.fixture(scope="module")
+def layout(cluster):
+    if cluster.backend != "local":
+        pytest.skip(f"the egress rules belong to the local cluster's host, not to --cluster={cluster.backend}")
+    return cluster.layout
+
+
+def _machine_resolvers() -> list[str]:
+    return [line.split()[1] for line in Path("/etc/resolv.conf").read_text().splitlines() if line.startswith("nameserver")]
+
+
+@pytest.fixture(scope="module")
+def outside(layout):
+    """The outside ranges are used by nothing here: no address, no route, no hosts entry."""
+    nets = [ipaddress.ip_network(OUTSIDE4_NET), ipaddress.ip_network(OUTSIDE6_NET)]
+
+    def inside(text: str) -> bool:
+        try:
+            addr = ipaddress.ip_interface(text).network
+        except ValueError:
+            return False
+        return any(addr.version == n.version and addr.overlaps(n) for n in nets)
+
+    for link in json.loads(network.sh("ip", "-j", "addr").stdout):
+        for info in link.get("addr_info", []):
+            assert not inside(info["local"]), f"{link['ifname']} has {info['local']}, inside the test's outside range"
+    for family in ("-4", "-6"):
+        for route in json.loads(network.sh("ip", "-j", family, "route").stdout):
+            assert not inside(route["dst"]) if route["dst"] != "default" else True, f"a route into the outside range: {route}"
+    for line in Path("/etc/hosts").read_text().splitlines():
+        fields = line.split("#")[0].split()
+        assert not (fields and inside(fields[0])), f"/etc/hosts resolves into the outside range: {line}"
+    for resolver in _machine_resolvers():
+        assert not inside(resolver)
+    return OUTSIDE4, OUTSIDE6
+
+
+@dataclass
+class Escape:
+    netns: str
+
+    def arrived(self) -> tuple[int, int]:
+        """Packets to the outside that reached the second way out: (IPv4, IPv6)."""
+        counts = []
+        for binary in ("iptables", "ip6tables"):
+            out = network.sh(binary, "-t", "raw", "-L", "PREROUTING", "-v", "-x", "-n", netns=self.netns).stdout
+            counts.append(sum(int(line.split()[0]) for line in out.splitlines()[2:] if "DROP" in line))
+        return counts[0], counts[1]
+
+
+@pytest.fixture
+def escape(outside):
+    tag = uuid.uuid4().hex[:6]
+    netns, link = f"zxo-{tag}", f"zxo{tag}"
+    network.sh("ip", "netns", "add", netns)
+    try:
+        network.sh("ip", "link", "add", link, "type", "veth", "peer", "name", "out", "netns", netns)
+        network.sh("ip", "addr", "add", "169.254.77.1/30", "dev", link)
+        network.sh("ip", "link", "set", link, "up")
+        network.sh("ip", "-n", netns, "addr", "add", "169.254.77.2/30", "dev", "out")
+        network.sh("ip", "-n", netns, "addr", "add", "fe80::77:2/64", "dev", "out", "nodad")
+        network.sh("ip", "-n", netns, "link", "set", "out", "up")
+        network.sh("iptables", "-t", "raw", "-A", "PREROUTING", "-d", OUTSIDE4_NET, "-j", "DROP", netns=netns)
+        network.sh("ip6tables", "-t", "raw", "-A", "PREROUTING", "-d", OUTSIDE6_NET, "-j", "DROP", netns=netns)
+        network.sh("ip", "route", "add", OUTSIDE4_NET, "via", "169.254.77.2", "dev", link)
+        network.sh("ip", "-6", "route", "add", OUTSIDE6_NET, "via", "fe80::77:2", "dev", link)
+        yield Escape(netns)
+    finally:
+        network.sh("ip", "route", "del", OUTSIDE4_NET, check=False)
+        network.sh("ip", "-6", "route", "del", OUTSIDE6_NET, check=False)
+        network.sh("ip", "link", "del", link, check=False)
+        network.delete_netns(netns)
+
+
+def _forward_drops() -> int:
+    return firewall.rule_counter("iptables", "filter", "ZTR-E2E-FORWARD", LEAVES)
+
+
+def _in6_drops() -> int:
+    return firewall.drop_counter("ip6tables", "raw", "ZTR-E2E-IN6")
+
+
+def _link_local(ifname: str, wait_for, netns: str | None = None) -> str:
+    """The interface's link-local address, once usable (duplicate detection takes a moment
+    on a fresh link; a tentative address cannot send)."""
+
+    def address():
+        for link in json.loads(network.sh("ip", "-j", "-6", "addr", "show", "dev", ifname, netns=netns).stdout):
+            for info in link.get("addr_info", []):
+                if info.get("scope") == "link" and not info.get("tentative"):
+                    return info["local"]
+        return None
+
+    return wait_for(f"a link-local IPv6 address on {ifname}", address, 15)
+
+
+SEND = """
+import socket, sys
+family = socket.AF_INET6 if ":" in sys.argv[1] else socket.AF_INET
+errors = []
+for _ in range(3):
+    s = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        s.sendto(b"leak?", (sys.argv[1], 9))
+    except OSError as exc:
+        errors.append(exc.errno)
+    s.close()
+t = socket.socket(family, socket.SOCK_STREAM)
+t.settimeout(2)
+try:
+    t.connect((sys.argv[1], 80))
+    print("connected")
+except OSError as exc:
+    print("failed", type(exc).__name__, errors)
+"""
+
+DNS_QUERY = """
+import socket, sys
+# A minimal DNS query for example.com A, sent straight to the resolver given.
+query = b"\\x12\\x34\\x01\\x00\\x00\\x01\\x00\\x00\\x00\\x00\\x00\\x00\\x07example\\x03com\\x00\\x00\\x01\\x00\\x01"
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+try:
+    s.sendto(query, (sys.argv[1], 53))
+    s.recvfrom(512)
+    print("answered")
+except OSError as exc:
+    print("failed", type(exc).__name__)
+"""
+
+
+def test_a_test_host_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, test_hosts):
+    client = test_hosts("client")
+    before, arrived = _forward_drops(), escape.arrived()
+    out = client.run(sys.executable, "-c", SEND, OUTSIDE4).stdout
+    assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
+    assert _forward_drops() - before >= 4  # three datagrams and at least one SYN
+    assert escape.arrived() == arrived
+
+
+def test_a_test_host_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, test_hosts, wait_for):
+    client = test_hosts("client")
+    gateway = _link_local(layout.hosts_bridge, wait_for)
+    _link_local("eth0", wait_for, netns=client.netns)
+    client.run("ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0")
+    before, arrived = _in6_drops(), escape.arrived()
+    out = client.run(sys.executable, "-c", SEND, OUTSIDE6).stdout
+    assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
+    assert _in6_drops() - before >= 4
+    assert escape.arrived() == arrived
+
+
+def test_a_test_host_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, test_hosts):
+    client = test_hosts("client")
+    lookup = client.run(sys.executable, "-c", "import socket; socket.getaddrinfo('example.com', 80)", check=False)
+    assert lookup.returncode != 0 and "gaierror" in lookup.stderr
+    # Its resolv.conf names the cluster's CoreDNS, which refuses outside names ...
+    assert client.run("cat", "/etc/resolv.conf").stdout.split() == ["nameserver", layout.node_ip]
+    # ... and a query sent straight to the machine's resolvers is dropped here.
+    for resolver in [r for r in _machine_resolvers() if not r.startswith("127.") and ":" not in r]:
+        before = _forward_drops()
+        assert client.run(sys.executable, "-c", DNS_QUERY, resolver).stdout.startswith("failed")
+        assert _forward_drops() - before >= 1
+
+
+@pytest.fixture
+def pod(kubectl, namespace, busybox_image, wait_for_pods_ready):
+    spec = workloads.sleeper_pod("leaky", busybox_image)
+    spec["spec"]["dnsPolicy"] = "Default"  # the node's resolv.conf: must not be the machine's
+    kubectl.apply(spec, namespace=namespace)
+    (ready,) = wait_for_pods_ready(namespace, "app=leaky")
+    return ready
+
+
+def _exec(kubectl, pod, *cmd, check=False):
+    return kubectl("exec", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "--", *cmd, check=check, timeout=30)
+
+
+def test_a_pod_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, kubectl, pod):
+    before, arrived = _forward_drops(), escape.arrived()
+    # busybox's nc has no UDP; its tftp client sends one read request by UDP and waits.
+    udp = _exec(kubectl, pod, "sh", "-c", f"timeout 2 tftp -g -r leak -l /dev/null {OUTSIDE4} 9; echo $?")
+    assert udp.stdout.strip().splitlines()[-1] != "0"
+    tcp = _exec(kubectl, pod, "nc", "-w", "2", OUTSIDE4, "80")
+    assert tcp.returncode != 0
+    assert _forward_drops() - before >= 2
+    assert escape.arrived() == arrived
+
+
+def _pod_pid(pod) -> int:
+    """A process of the pod (its cgroup path names the pod's uid), for entering its netns."""
+    uid = pod["metadata"]["uid"]
+    for hierarchy in cgroups.hierarchies():
+        for procs in (hierarchy / cgroups.PODS).glob(f"**/pod{uid}/**/cgroup.procs"):
+            pids = procs.read_text().split()
+            if pids:
+                return int(pids[0])
+    raise AssertionError(f"no process of pod {uid} under our cgroup root {cgroups.PODS}")
+
+
+def test_a_pod_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, kubectl, pod, wait_for):
+    gateway = _link_local(layout.cni_bridge, wait_for)
+    netns = f"--net=/proc/{_pod_pid(pod)}/ns/net"
+    subprocess.run(["nsenter", netns, "ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0"], check=True)
+    before, arrived = _in6_drops(), escape.arrived()
+    tcp = _exec(kubectl, pod, "nc", "-w", "2", OUTSIDE6, "80")
+    assert tcp.returncode != 0
+    assert _in6_drops() - before >= 1
+    assert escape.arrived() == arrived
+
+
+def test_a_pod_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, kubectl, pod):
+    resolv = _exec(kubectl, pod, "cat", "/etc/resolv.conf", check=True).stdout
+    assert f"nameserver {layout.node_ip}" in resolv and not any(r in resolv for r in _machine_resolvers())
+    lookup = _exec(kubectl, pod, "nslookup", "example.com")
+    assert lookup.returncode != 0
+    for resolver in [r for r in _machine_resolvers() if not r.startswith("127.") and ":" not in r]:
+        before = _forward_drops()
+        direct = _exec(kubectl, pod, "nslookup", "example.com", resolver)
+        assert direct.returncode != 0
+        assert _forward_drops() - before >= 1
+
+
+def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside, escape):
+    drops = {b: firewall.drop_counter(b, "filter", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
+    arrived = escape.arrived()
+    for address in (OUTSIDE4, OUTSIDE6):
+        # Run inside the harness's host cgroup, like containerd or the kubelet.
+        proc = subprocess.run(cgroups.enter_host_argv([sys.executable, "-c", SEND, address]), capture_output=True, text=True, timeout=30)
+        # UDP: EPERM at once from the OUTPUT drop; TCP: the SYN is dropped the same way.
+        assert proc.stdout.startswith("failed") and proc.stdout.rstrip().endswith("[1, 1, 1]"), proc.stdout + proc.stderr
+    for binary, before in drops.items():
+        assert firewall.drop_counter(binary, "filter", "ZTR-E2E-OUTPUT") - before >= 4
+    assert escape.arrived() == arrived
+
+
+def test_a_pod_whose_image_was_never_imported_fails_locally_and_nothing_is_dialled(layout, outside, escape, kubectl, namespace, wait_for):
+    drops = {b: firewall.drop_counter(b, "filter", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
+    mirror, arrived = firewall.rule_counter("iptables", "filter", "ZTR-E2E-OUTPUT", MIRROR), escape.arrived()
+    kubectl.apply(workloads.sleeper_pod("missing", "zt-relay-e2e/never-imported:1"), namespace=namespace)
+
+    def pull_error():
+        pod = kubectl.json("get", "pod", "missing", "-n", namespace)
+        for status in pod["status"].get("containerStatuses") or []:
+            waiting = (status.get("state") or {}).get("waiting") or {}
+            if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff") and waiting.get("message"):
+                return waiting["message"]
+        return None
+
+    message = wait_for("the pull of a never-imported image to fail", pull_error, 60)
+    assert configs.DEAD_REGISTRY.removeprefix("http://") in message and "refused" in message, message
+    assert firewall.rule_counter("iptables", "filter", "ZTR-E2E-OUTPUT", MIRROR) > mirror
+    for binary, before in drops.items():
+        assert firewall.drop_counter(binary, "filter", "ZTR-E2E-OUTPUT") == before, f"{binary}: something tried to leave"
+    assert escape.arrived() == arrived

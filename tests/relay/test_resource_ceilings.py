@@ -1,0 +1,101 @@
+"""Resource ceilings are known and refused cleanly: IPv6 sockets that can't be opened,
+ephemeral-port exhaustion, descriptor and port ceilings at start, and a memory budget."""
+
+import errno
+import socket
+
+import pytest
+
+from relay import limits, protocol
+from relay.config import RelayConfig
+from relay.server import Relay
+from tests.relay.conftest import Client
+from tests.relay.test_hostile_packets import FakeTransport, open_tunnel
+
+LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--allow-destination", "::1/128", "--min-destination-port", "1")
+
+
+def failing_family(family: int, err: int):
+    """A Tunnel._udp_socket stand-in failing for one address family, as a kernel without
+    IPv6 (EAFNOSUPPORT) or without free ports (EADDRINUSE) does."""
+    from relay.tunnel import Tunnel
+
+    real = Tunnel._udp_socket
+
+    def udp_socket(self, fam, host, callback):
+        if fam == family:
+            raise OSError(err, errno.errorcode[err])
+        return real(self, fam, host, callback)
+    return udp_socket
+
+
+async def test_an_ipv6_packet_without_an_ipv6_socket_is_dropped_and_counted_and_the_tunnel_stays(monkeypatch):
+    from relay.tunnel import Tunnel
+
+    monkeypatch.setattr(Tunnel, "_udp_socket", failing_family(socket.AF_INET6, errno.EAFNOSUPPORT))
+    relay = Relay(RelayConfig(allow_destination=("127.0.0.0/8", "::1/128"), min_destination_port=1, health_listen=None))
+    tunnel = open_tunnel(relay, 2001)
+    tunnel.data_received(protocol.encode_packet("::1", 9, b"6" * 16) * 3)
+    tunnel.data_received(protocol.encode_packet("127.0.0.1", 9, b"4" * 16))
+    assert tunnel.reason is None and not tunnel.transport.closed
+    assert relay.stats.dropped["udp_socket_unavailable"] == 3
+    assert tunnel.frames_to_udp == 1
+    tunnel.connection_lost(None)
+
+
+async def test_ephemeral_port_exhaustion_refuses_new_tunnels_with_a_counted_reason_and_one_log_line(monkeypatch, caplog):
+    from relay.tunnel import Tunnel
+
+    monkeypatch.setattr(Tunnel, "_udp_socket", failing_family(socket.AF_INET, errno.EADDRINUSE))
+    relay = Relay(RelayConfig(health_listen=None))
+    tunnels = [Tunnel(relay) for _ in range(20)]
+    for i, t in enumerate(tunnels):
+        t.connection_made(FakeTransport(3000 + i))
+    assert relay.stats.refused["ephemeral_ports_exhausted"] == 20
+    assert all(t.transport.closed for t in tunnels)
+    lines = [r for r in caplog.records if "ephemeral_ports_exhausted" in r.getMessage() or "port" in r.getMessage()]
+    assert len(lines) == 1, [r.getMessage() for r in caplog.records]
+    for t in tunnels:
+        t.connection_lost(None)  # what the abort leads to
+    assert len(relay.limiter.per_ip) == 0
+
+
+async def test_open_udp_sockets_are_exported(relay, echo, connect):
+    clients = [await connect(relay.port) for _ in range(3)]
+    for c in clients:
+        c.send(echo.host, echo.port, b"a" * 20)
+        await c.recv()
+    clients[0].send("::1", echo.port, b"b" * 20)  # opens its IPv6 socket
+    assert await relay.wait_metric("zt_relay_udp_sockets_open", lambda v: v == 4) == 4
+    await clients[0].close()
+    assert await relay.wait_metric("zt_relay_udp_sockets_open", lambda v: v == 2) == 2
+
+
+def test_ceilings_name_the_real_maximum_when_descriptors_or_ports_are_short():
+    warnings = limits.ceiling_warnings(max_connections=20000, workers=2, nofile=4096, ports=(32768, 60999))
+    text = " ".join(warnings)
+    assert "4096" in text and "ephemeral" in text and "28232" in text
+    assert limits.ceiling_warnings(max_connections=1000, workers=2, nofile=65536, ports=(32768, 60999)) == []
+
+
+async def test_a_relay_whose_connection_cap_exceeds_the_ports_warns_at_start(start_relay):
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+        low, high = (int(x) for x in f.read().split())
+    relay = await start_relay("--max-connections", str(2 * (high - low + 1)))
+    assert relay.logged(f"{high - low + 1} ephemeral"), "".join(relay.log)
+
+
+async def test_new_tunnels_are_refused_under_memory_pressure(start_relay):
+    relay = await start_relay("--max-memory", "1000000")  # less than the interpreter itself
+    client = await Client.connect(relay.port)
+    assert await client.closed()
+    samples = await relay.metrics()
+    assert samples['zt_relay_connections_refused_total{reason="memory_pressure"}'] == 1
+    await client.close()
+
+
+@pytest.mark.parametrize("text, value", [("268435456", 268435456), ("256Mi", 256 << 20), ("1G", 10**9), ("0", 0)])
+def test_max_memory_takes_bytes_with_units(text, value):
+    from relay.cli import parse_config
+
+    assert parse_config(["--max-memory", text], {}).max_memory == value
