@@ -258,7 +258,12 @@ class Tunnel(asyncio.Protocol):
             self.active = True
             self.frames_to_tcp += frames
             self.bytes_to_tcp += size_total
-            self.transport.writelines(out)
+            if frames == 1:
+                # One reply (the latency case): one buffer is one plain send() in uvloop;
+                # writelines builds an iovec context for a writev.
+                self.transport.write(out[0] + out[1])
+            else:
+                self.transport.writelines(out)
 
     # -- flow control -------------------------------------------------------------------------
 
