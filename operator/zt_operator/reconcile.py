@@ -69,16 +69,6 @@ def _manifests(body: dict[str, Any], settings: OperatorSettings, own_addresses: 
     return {kind: plan.stamp(manifest) if manifest is not None else None for kind, manifest in built.items()}
 
 
-def _load_balancer_ips(access: Any, namespace: str, name: str) -> list[str]:
-    """The relay's own load-balancer IPs as last seen (the relay refuses them as destinations)."""
-    try:
-        service = access.live("Service", namespace, name, cached_only=True)
-    except kube.KubeError:
-        return []
-    ingress = ((service or {}).get("status") or {}).get("loadBalancer", {}).get("ingress") or []
-    return sorted(i["ip"] for i in ingress if i.get("ip"))
-
-
 def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], str], access: Any) -> Outcome:
     """Reconcile the relay ``body`` (a plain dict of the live object) once, through
     ``access`` (``children.Access`` or a test's fake)."""
@@ -100,7 +90,10 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     manifests: dict[str, dict[str, Any] | None] = {}
     if not invalid:
         ok, fallback_service = attempt(lambda: _fallback_service(body, access))
-        manifests = _manifests(body, settings, _load_balancer_ips(access, namespace, name), fallback_service)
+        # The load balancer's own IPs are not passed to the pods: they arrive after the
+        # Deployment exists, and putting them in the pod template would roll every relay
+        # (cutting its tunnels) when its address is assigned or changes.
+        manifests = _manifests(body, settings, [], fallback_service)
         if not ok:  # keep the NetworkPolicy as it is rather than close the backend off
             manifests.pop("NetworkPolicy")
     for kind in CHILD_KINDS:
