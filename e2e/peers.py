@@ -138,8 +138,10 @@ class Tunnel:
         self.proc = spawn(host, "tunnel", relay_address, str(port), root_address, str(ROOT_PORT))
         line = self.proc.stdout.readline().strip()
         if line != "connected":
-            self.close()
-            raise AssertionError(f"tunnel client did not connect: {line!r} {self.stderr}")
+            if self.proc.poll() is None:
+                self.proc.kill()
+            _out, err = self.proc.communicate(timeout=10)  # also closes the pipes
+            raise AssertionError(f"tunnel client did not connect: {line!r}; its stderr: {err.strip()!r}")
 
     @property
     def stderr(self) -> str:

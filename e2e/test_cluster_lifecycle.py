@@ -51,3 +51,20 @@ def test_down_removes_only_ours_and_up_works_again(request, cluster, cluster_cli
     kubectl("run", "again", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
     kubectl("wait", "pod/again", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
     kubectl("delete", "namespace", ns, "--wait=false")
+
+
+def test_a_component_can_be_taken_away_and_brought_back(request, cluster, kubectl):
+    from e2e.cluster import configs, control, paths, processes
+
+    if cluster.backend != "local":
+        pytest.skip(f"stopping a component is the local cluster's, not --cluster={cluster.backend}'s")
+    if not (os.environ.get("CI") or request.config.getoption("--with-restart")):
+        pytest.skip("takes the shared local cluster's API server away; enable with --with-restart (CI runs it)")
+    run = configs.StatePaths(paths.state_dir()).run
+    before = processes.running_pid("kube-apiserver", run)
+    with control.stopped("kube-apiserver"):
+        assert processes.running_pid("kube-apiserver", run) is None
+        assert kubectl("get", "namespaces", check=False, timeout=15).returncode != 0
+    after = processes.running_pid("kube-apiserver", run)
+    assert after is not None and after != before
+    assert kubectl("get", "namespaces", timeout=30).returncode == 0

@@ -116,3 +116,18 @@ def test_reports_arrive_whole_when_fed_at_once_or_byte_by_byte():
 def test_a_corrupt_report_stream_is_an_error_not_a_wrong_number(stream):
     with pytest.raises(workers_mod.ReportError):
         workers_mod.ReportDecoder().feed(stream)
+
+
+async def test_a_worker_killed_during_the_drain_makes_the_supervisor_exit_128_plus_the_signal(start_relay, echo):
+    relay = await start_workers(start_relay, "--drain-timeout", "30")
+    clients = [await Client.connect(relay.port) for _ in range(8)]  # on both workers, very likely
+    for c in clients:
+        c.send(echo.host, echo.port, b"k" * 20)
+        await c.recv()
+    pids = worker_pids(relay)
+    relay.signal(signal.SIGTERM)
+    await asyncio.sleep(0.5)  # both workers are draining their tunnels
+    os.kill(pids[0], signal.SIGKILL)
+    for c in clients:
+        await c.close()
+    assert await relay.wait(timeout=15) == 128 + signal.SIGKILL
