@@ -188,6 +188,11 @@ async def relay_event(type: str | None, body: kopf.Body, logger: logging.Logger,
         if _runner is not None:
             _runner.forget(key)
         return
+    if type is None:
+        # A (re)list of the relays: after an outage, a child deleted meanwhile sent no
+        # DELETED event, so the cached copies of this relay's children can't be trusted.
+        for kind in reconcile.CHILD_KINDS:
+            CACHE.drop(kind, meta["namespace"], meta["name"])
     _relays[key] = copy.deepcopy(dict(body))
     if _runner is not None:
         _runner.request(key)

@@ -84,3 +84,15 @@ async def test_a_failed_call_is_counted_and_retried(wired, monkeypatch):
     # Nothing else happens; the retry after the first backoff (1 s) applies the Service.
     assert await settle(lambda: ("apply", "Service", "zt-relay-operator") in access.calls, rounds=300)
     await handlers._runner.close()
+
+
+async def test_a_relisted_relay_reads_its_children_afresh(wired):
+    # After a watch outage (API server restart), a child deleted meanwhile sends no DELETED
+    # event: the relist of the relay must not trust the cached copy.
+    access, written = wired
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: any(w[0] == "status" for w in written))
+    handlers.CACHE.put("PodDisruptionBudget", {"metadata": {"name": "edge", "namespace": "relays", "resourceVersion": "1"}})
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert handlers.CACHE.get("PodDisruptionBudget", "relays", "edge") is None
+    await handlers._runner.close()
