@@ -70,7 +70,7 @@ def certificates(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(operator_namespace, nginx_image, certificates, kubectl, wait_for_pods_ready):  # noqa: F811
+def site(operator_namespace, nginx_image, certificates, kubectl, wait_for):  # noqa: F811
     """nginx behind the ClusterIP Service "site" (443 -> 8443), in the operator's
     namespace (Pod Security "restricted": nginx runs as a numeric non-root user)."""
     namespace = operator_namespace
@@ -106,8 +106,14 @@ def site(operator_namespace, nginx_image, certificates, kubectl, wait_for_pods_r
                   "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]}},
     )
     selector = ",".join(f"{k}={v}" for k, v in SITE_LABELS.items())
+
+    def ready():
+        pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+        return [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                       for c in p["status"].get("conditions", []))]
+
     try:
-        wait_for_pods_ready(namespace, selector, 1, timeout=180)
+        wait_for("the site's nginx pod ready", ready, 180)
     except TimeoutError as exc:
         logs = kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", check=False)
         raise AssertionError(f"{exc}\n{logs.stdout}{logs.stderr}") from None
