@@ -12,6 +12,7 @@ together under load (16 tunnels and 16 parallel HTTPS downloads).
 from __future__ import annotations
 
 import hashlib
+import json
 import subprocess
 import time
 
@@ -178,7 +179,7 @@ def test_framed_zerotier_traffic_round_trips_through_the_same_address(address, r
 
 def test_16_tunnels_and_16_https_downloads_work_together(address, relay_hosts, udp_root, certificates, tmp_path):
     client = relay_hosts[0]
-    loads = [Background(client, "load", address, udp_root) for _ in range(PARALLEL)]
+    loads = [Background(client, "steady", address, udp_root) for _ in range(PARALLEL)]
     downloads = []
     try:
         time.sleep(1)  # the tunnels are carrying traffic before the downloads start
@@ -189,12 +190,14 @@ def test_16_tunnels_and_16_https_downloads_work_together(address, relay_hosts, u
             downloads.append(client.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
         results = [(p.wait(timeout=180), p.communicate()[1]) for p in downloads]
     finally:
-        packets = [int(load.finish()) for load in loads]
+        counts = [json.loads(load.finish()) for load in loads]  # each tunnel stayed open
     zero = hashlib.sha256(bytes(BIG_BYTES)).hexdigest()
     assert [code for code, _ in results] == [0] * PARALLEL, [err for _, err in results]
     for i in range(PARALLEL):
         assert hashlib.sha256((tmp_path / f"big-{i}").read_bytes()).hexdigest() == zero
-    assert all(count > 0 for count in packets), packets
+    # Every tunnel kept round-tripping all along; a datagram lost under this load is
+    # tolerated (ZeroTier is), a tunnel that stops is not.
+    assert all(c["sent"] >= 20 and c["received"] >= c["sent"] // 2 for c in counts), counts
 
 
 def test_the_network_policy_opens_egress_to_exactly_the_sites_pods(address, kubectl, site):
