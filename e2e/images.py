@@ -45,10 +45,10 @@ CACHE_DIR = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "zt
 DOCKER_ENV = {**os.environ, "DOCKER_BUILDKIT": "0"}
 
 
-def base_tag(suite: str = BASE_SUITE, packages: tuple[str, ...] = BASE_PACKAGES) -> str:
+def base_tag(suite: str = BASE_SUITE, packages: tuple[str, ...] = BASE_PACKAGES, repository: str = BASE_REPOSITORY) -> str:
     """The base image tag: the suite plus a digest of the recipe, so recipes never collide."""
     recipe = "\n".join([suite, BASE_MIRROR, "minbase", *sorted(packages)])
-    return f"{BASE_REPOSITORY}:{suite}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    return f"{repository}:{suite}-{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 def _log(message: str) -> None:
@@ -78,9 +78,15 @@ def _ensure_debootstrap() -> None:
     )
 
 
-def build_base() -> str:
-    """Make the base image unless its tag already exists; return the tag."""
-    tag = base_tag()
+#: A real website for the fallback e2e test: Debian's nginx, made the same way as the base.
+NGINX_REPOSITORY = "zt-relay-e2e-nginx"
+NGINX_PACKAGES = ("nginx-light", "ca-certificates")
+
+
+def build_base(packages: tuple[str, ...] = BASE_PACKAGES, repository: str = BASE_REPOSITORY) -> str:
+    """Make the base image (or another minbase image of ``packages``) unless its tag
+    already exists; return the tag."""
+    tag = base_tag(packages=packages, repository=repository)
     if image_exists(tag):
         _log(f"base image {tag} exists, reusing it")
         return tag
@@ -93,7 +99,7 @@ def build_base() -> str:
             [
                 "debootstrap",
                 "--variant=minbase",
-                "--include=" + ",".join(BASE_PACKAGES),
+                "--include=" + ",".join(packages),
                 BASE_SUITE,
                 rootfs,
                 BASE_MIRROR,

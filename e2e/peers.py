@@ -10,6 +10,8 @@ They run inside test-host namespaces as ``python -m e2e.peers MODE ...``, framin
                                      JSON {"ok": N, "failed": [...]} (every new client must pass)
   load RELAY PORT ROOT ROOT_PORT     16 packets in flight on one tunnel until stdin closes;
                                      prints how many round-tripped
+  steady RELAY PORT ROOT ROOT_PORT   4 in flight, a lost datagram counted rather than fatal;
+                                     prints JSON {"sent": N, "received": M}
 
 ``udp_root`` and ``relay_hosts`` are module-scoped fixtures for test modules that import them.
 """
@@ -119,7 +121,28 @@ def load(relay: str, port: str, root: str, root_port: str) -> None:
     print(count, flush=True)
 
 
-MODES = {"echo": echo, "tunnel": tunnel, "probe": probe, "load": load}
+def steady(relay: str, port: str, root: str, root_port: str) -> None:
+    """Like ``load`` but tolerant of loss, as ZeroTier is: 4 packets in flight, a reply not
+    back within 2 s is counted lost instead of ending the run; the relay closing the tunnel
+    still fails it. Prints JSON {"sent": N, "received": M}."""
+    stop = _stdin_closed()
+    sock, reader, records = _connect(relay, int(port), 10)
+    sock.settimeout(2)
+    burst = protocol.encode_packet(root, int(root_port), b"y" * 200) * 4
+    sent = received = 0
+    while not stop.is_set():
+        sock.sendall(burst)
+        sent += 4
+        try:
+            _receive(sock, reader, records, 4)
+        except TimeoutError:
+            pass
+        received += len(records)
+        records.clear()
+    print(json.dumps({"sent": sent, "received": received}), flush=True)
+
+
+MODES = {"echo": echo, "tunnel": tunnel, "probe": probe, "load": load, "steady": steady}
 
 
 # -- the test side ---------------------------------------------------------------------------

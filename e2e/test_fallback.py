@@ -1,0 +1,208 @@
+"""One load-balancer address for a website and a relay: ``spec.fallback`` on a real cluster.
+
+A real nginx (Debian's nginx-light in an image made offline with debootstrap, as the base
+image is) serves HTTPS with a CA made here, behind a ClusterIP Service "site". A
+ZeroTierRelay "web" falls back to it; the operator runs in a pod as in
+``test_operator.py``. From a test host "on the internet", through the relay's
+LoadBalancer address only: ``curl --cacert`` gets the page (the backend's own certificate,
+verified), framed ZeroTier traffic round-trips to a UDP root, and both keep working
+together under load (16 tunnels and 16 parallel HTTPS downloads).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import time
+
+import pytest
+
+from e2e import images
+from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
+from e2e.test_operator import image, operator_namespace  # noqa: F401 (fixtures)
+from tests.relay.nginx_site import INDEX, SERVER_NAME, make_certificates
+
+RELAY = "web"
+HOST_PREFIX = "fb"
+SITE_LABELS = {"app.kubernetes.io/name": "e2e-site"}
+BIG_BYTES = 20_000_000
+PARALLEL = 16
+NGINX_CONF = f"""
+pid /tmp/nginx.pid;
+error_log stderr;
+worker_processes 2;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path /tmp/body;
+    proxy_temp_path /tmp/proxy;
+    fastcgi_temp_path /tmp/fastcgi;
+    uwsgi_temp_path /tmp/uwsgi;
+    scgi_temp_path /tmp/scgi;
+    default_type application/octet-stream;
+    sendfile on;
+    server {{
+        listen 8443 ssl;
+        server_name {SERVER_NAME};
+        ssl_certificate /tls/chain.pem;
+        ssl_certificate_key /tls/key.pem;
+        ssl_protocols TLSv1.2 TLSv1.3;
+        root /tmp/www;
+        location / {{ index index.html; }}
+    }}
+}}
+"""
+START = (
+    "mkdir -p /tmp/www && cat /etc/site/index.html > /tmp/www/index.html"
+    f" && head -c {BIG_BYTES} /dev/zero > /tmp/www/big"
+    " && exec nginx -c /etc/site/nginx.conf -e stderr -g 'daemon off;'"
+)
+
+
+@pytest.fixture(scope="module")
+def nginx_image(load_image) -> str:
+    return load_image(images.build_base(images.NGINX_PACKAGES, images.NGINX_REPOSITORY))
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    return make_certificates(tmp_path_factory.mktemp("site-tls"))  # ca, chain, key
+
+
+@pytest.fixture(scope="module")
+def site(operator_namespace, nginx_image, certificates, kubectl, wait_for):  # noqa: F811
+    """nginx behind the ClusterIP Service "site" (443 -> 8443), in the operator's
+    namespace (Pod Security "restricted": nginx runs as a numeric non-root user)."""
+    namespace = operator_namespace
+    _, chain, key = certificates
+    kubectl.apply(
+        {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "site-tls", "namespace": namespace},
+         "stringData": {"chain.pem": chain.read_text(), "key.pem": key.read_text()}},
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "site", "namespace": namespace},
+         "data": {"nginx.conf": NGINX_CONF, "index.html": INDEX.decode()}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "site", "namespace": namespace},
+         "spec": {"replicas": 1, "selector": {"matchLabels": SITE_LABELS}, "template": {
+             "metadata": {"labels": SITE_LABELS},
+             "spec": {
+                 "securityContext": {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
+                                     "seccompProfile": {"type": "RuntimeDefault"}},
+                 "containers": [{
+                     "name": "nginx", "image": nginx_image, "imagePullPolicy": "IfNotPresent",
+                     "command": ["/bin/sh", "-c", START],
+                     "ports": [{"name": "https", "containerPort": 8443}],
+                     "readinessProbe": {"tcpSocket": {"port": "https"}, "periodSeconds": 2},
+                     "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
+                                         "readOnlyRootFilesystem": True},
+                     "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"},
+                                      {"name": "tls", "mountPath": "/tls", "readOnly": True},
+                                      {"name": "conf", "mountPath": "/etc/site", "readOnly": True}],
+                 }],
+                 "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+                             {"name": "tls", "secret": {"secretName": "site-tls"}},
+                             {"name": "conf", "configMap": {"name": "site"}}],
+             }}}},
+        {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "site", "namespace": namespace},
+         "spec": {"type": "ClusterIP", "selector": SITE_LABELS,
+                  "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]}},
+    )
+    selector = ",".join(f"{k}={v}" for k, v in SITE_LABELS.items())
+
+    def ready():
+        pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+        return [p for p in pods if any(c["type"] == "Ready" and c["status"] == "True"
+                                       for c in p["status"].get("conditions", []))]
+
+    try:
+        wait_for("the site's nginx pod ready", ready, 180)
+    except TimeoutError as exc:
+        logs = kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", check=False)
+        raise AssertionError(f"{exc}\n{logs.stdout}{logs.stderr}") from None
+    return namespace
+
+
+@pytest.fixture(scope="module")
+def address(site, kubectl, cluster, wait_for) -> str:
+    """The ZeroTierRelay "web" with spec.fallback to the site; its load-balancer address."""
+    kubectl.apply({
+        "apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
+        "metadata": {"name": RELAY, "namespace": site},
+        "spec": {
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "50m", "memory": "48Mi"}, "limits": {"memory": "256Mi"}},
+            "relay": {"allowDestinations": [cluster.layout.test_host_cidr]},
+            "fallback": {"service": "site", "port": 443},
+            "networkPolicy": {"enabled": True},
+        },
+    })
+
+    def ready():
+        relay = kubectl.json("get", "ztr", RELAY, "-n", site)
+        conditions = {c["type"]: c["status"] for c in relay.get("status", {}).get("conditions", [])}
+        return relay["status"].get("address") if conditions.get("Ready") == "True" else None
+
+    return wait_for("ZeroTierRelay web Ready with an address", ready, 180)
+
+
+def curl(host, address: str, ca, path: str = "/", output: str = "-") -> subprocess.CompletedProcess:
+    return host.run(
+        "curl", "-sS", "--fail", "--max-time", "60", "--cacert", str(ca),
+        "--resolve", f"{SERVER_NAME}:443:{address}", "-o", output,
+        f"https://{SERVER_NAME}{path}", timeout=90, check=False,
+    )
+
+
+def test_the_page_comes_through_the_relays_address_with_the_sites_certificate(address, relay_hosts, certificates, kubectl, site):
+    ca = certificates[0]
+    for attempt in range(3):  # a just-programmed load-balancer path may drop the first SYN
+        result = curl(relay_hosts[0], address, ca)
+        if result.returncode == 0:
+            break
+        time.sleep(2)
+    logs = kubectl("logs", "-n", site, "-l", f"app.kubernetes.io/instance={RELAY}", "--tail=20", check=False).stdout
+    assert result.returncode == 0, f"{result.stderr}\nrelay logs:\n{logs}"
+    assert result.stdout == INDEX.decode()
+
+
+def test_framed_zerotier_traffic_round_trips_through_the_same_address(address, relay_hosts, udp_root):
+    answers = []
+    for attempt in range(3):
+        tunnel = Tunnel(relay_hosts[0], address, udp_root)
+        try:
+            answers.append(tunnel.round_trip(f"zt-beside-the-site-{attempt}"))
+        finally:
+            tunnel.close()
+        if answers[-1] == f"{udp_root} {ROOT_PORT} echo:zt-beside-the-site-{attempt}":
+            break
+    assert answers[-1].startswith(f"{udp_root} {ROOT_PORT} echo:zt-beside-the-site"), answers
+
+
+def test_16_tunnels_and_16_https_downloads_work_together(address, relay_hosts, udp_root, certificates, tmp_path):
+    client = relay_hosts[0]
+    loads = [Background(client, "steady", address, udp_root) for _ in range(PARALLEL)]
+    downloads = []
+    try:
+        time.sleep(1)  # the tunnels are carrying traffic before the downloads start
+        for i in range(PARALLEL):
+            argv = ["curl", "-sS", "--fail", "--max-time", "120", "--cacert", str(certificates[0]),
+                    "--resolve", f"{SERVER_NAME}:443:{address}", "-o", str(tmp_path / f"big-{i}"),
+                    f"https://{SERVER_NAME}/big"]
+            downloads.append(client.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        results = [(p.wait(timeout=180), p.communicate()[1]) for p in downloads]
+    finally:
+        counts = [json.loads(load.finish()) for load in loads]  # each tunnel stayed open
+    zero = hashlib.sha256(bytes(BIG_BYTES)).hexdigest()
+    assert [code for code, _ in results] == [0] * PARALLEL, [err for _, err in results]
+    for i in range(PARALLEL):
+        assert hashlib.sha256((tmp_path / f"big-{i}").read_bytes()).hexdigest() == zero
+    # Every tunnel kept round-tripping all along; a datagram lost under this load is
+    # tolerated (ZeroTier is), a tunnel that stops is not.
+    assert all(c["sent"] >= 20 and c["received"] >= c["sent"] // 2 for c in counts), counts
+
+
+def test_the_network_policy_opens_egress_to_exactly_the_sites_pods(address, kubectl, site):
+    policy = kubectl.json("get", "networkpolicy", RELAY, "-n", site)
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
+    assert {"to": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": site}},
+                    "podSelector": {"matchLabels": SITE_LABELS}}],
+            "ports": [{"protocol": "TCP", "port": "https"}]} in policy["spec"]["egress"]
