@@ -35,7 +35,7 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from relay import protocol, proxy_protocol, sniff, splice as splice_mod, stats
+from relay import protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
 from relay.limits import client_key
 from relay.tunnel import Tunnel, _fmt
 
@@ -159,7 +159,10 @@ class FallbackRouter:
             backend.close()
             s.backend_connected()
             return
-        self.results[CONNECTED] += 1  # (uvloop sets TCP_NODELAY on its TCP transports)
+        self.results[CONNECTED] += 1
+        sock = backend.get_extra_info("socket")
+        if sock is not None:  # a backend that stops reading is given up on like a client
+            streams.configure_stream(sock)
         if first:
             backend.write(first)
         if s.client.eof:
@@ -223,6 +226,9 @@ class Sniffer(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if peer else ("?", 0)
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # whichever it turns out to be, the kernel gives up on a dead peer
+            streams.configure_stream(sock)
         router = self.router
         router.sniffers.add(self)
         self.timer = router.loop.call_later(router.relay.config.sniff_timeout, self._timed_out)
@@ -296,17 +302,18 @@ class Sniffer(asyncio.Protocol):
         verdict = sniff.classify(head, self.router.relay.legacy_target is not None, final)
         if verdict == sniff.NEED_DATA:
             return
-        self._forget()
+        self._release()
         transport = self.transport
         if verdict == sniff.FALLBACK:
             self.router.splice(transport, self.client, head, eof)
-            return
-        # A tunnel: replay the connection to it as the listener would have.
-        tunnel = Tunnel(self.router.relay)
-        transport.set_protocol(tunnel)
-        tunnel.connection_made(transport)
-        if not transport.is_closing():  # refused at admission
-            tunnel.data_received(self.buf)
+        else:
+            # A tunnel: replay the connection to it as the listener would have.
+            tunnel = Tunnel(self.router.relay)
+            transport.set_protocol(tunnel)
+            tunnel.connection_made(transport)
+            if not transport.is_closing():  # refused at admission
+                tunnel.data_received(self.buf)
+        self._forget()  # after the handoff: a drain never sees the connection gone
 
     def _refuse(self, reason: str, detail: str) -> None:
         log.debug("closing connection from %s: %s (%s)", _fmt(self.client), reason, detail)
@@ -314,15 +321,22 @@ class Sniffer(asyncio.Protocol):
         self._forget()
         self.transport.abort()
 
-    def _forget(self) -> None:
-        """Leaves the sniffing state: timer, the relay's limiter slot, the router's set."""
+    def _release(self) -> None:
+        """Gives up the sniff timer and the relay's limiter slot."""
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
         if self.slot is not None:
             self.router.relay.limiter.release(self.slot)
             self.slot = None
-        self.router.sniffers.discard(self)
+
+    def _forget(self) -> None:
+        """Leaves the sniffing state: timer, limiter slot, the router's set (a drain may end)."""
+        self._release()
+        router = self.router
+        if self in router.sniffers:
+            router.sniffers.discard(self)
+            router.relay.connection_gone()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()

@@ -19,7 +19,8 @@ from relay import interfaces, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
-from relay.tunnel import CLOSE_GRACE, Tunnel, _fmt
+from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_stream  # noqa: F401 (re-exported)
+from relay.tunnel import Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
@@ -31,9 +32,6 @@ MAX_CACHED_PREFIXES = 65536
 REFUSAL_LOG_INTERVAL = 10.0
 #: A tick that ran this long ago means the loop is stuck: /healthz fails.
 LIVENESS_STALL = 10.0
-#: The kernel gives up on a connection whose sent data stays unacknowledged this long
-#: (milliseconds; also bounds zero-window probing of a client that stopped reading).
-TCP_USER_TIMEOUT_MS = 30_000
 
 _PORT = struct.Struct(">H")
 #: Why a tunnel's UDP socket could not be had, by errno: refusal reasons an operator acts on.
@@ -207,8 +205,8 @@ class Relay:
         for server in self.servers:
             await server.wait_closed()
         # connection_lost runs on the next loop iterations, or after the close grace for a
-        # client that doesn't read.
-        if self.tunnels:
+        # client that doesn't read (tunnels and site connections alike).
+        if not self.idle:
             self._emptied = asyncio.Event()
             try:
                 await asyncio.wait_for(self._emptied.wait(), CLOSE_GRACE + 1)
@@ -304,8 +302,10 @@ class Relay:
 
     @property
     def idle(self) -> bool:
-        """No tunnel and no connection to the fallback backend is open (a drain may end)."""
-        return not self.tunnels and (self.fallback is None or not self.fallback.splices)
+        """No tunnel, no connection being sniffed and no connection to the fallback backend
+        is open (a drain may end)."""
+        fallback = self.fallback
+        return not self.tunnels and (fallback is None or not (fallback.splices or fallback.sniffers))
 
     def connection_gone(self) -> None:
         """Ends a drain once the last tunnel or fallback connection has closed."""
@@ -406,15 +406,3 @@ def listen_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket
         sock.close()
         raise OSError(exc.errno, f"cannot listen on {endpoint}: {exc.strerror}") from None
     return sock
-
-
-def configure_stream(sock) -> None:
-    """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
-    dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
-    (the kernel gives up on a client that acknowledges nothing, zero window included)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)

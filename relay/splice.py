@@ -13,6 +13,9 @@ connection.
   what is queued), and the connection stays open the other way: a client may send its
   request, shut down writing and still read the answer, and a server may close first while
   the client keeps sending. Both EOFs, or a reset on either side, close both.
+- **Closing never waits on a peer.** Each side closes with ``streams.close``: once what is
+  queued toward it is acknowledged, or with a reset when it stops reading (after
+  ``CLOSE_GRACE`` without progress; the idle timeout and shutdown don't wait for progress).
 - Counting is a plain integer per direction and an activity flag that the router's idle
   tick reads (``fallback.py``).
 """
@@ -21,6 +24,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+
+from relay import streams
 
 #: High-water mark of each direction's write buffer (bytes). Big enough that a fast
 #: download never waits on it, small enough that 10,000 stalled connections stay bounded.
@@ -37,7 +42,7 @@ BACKEND_RESET = "backend_reset"
 class Side(asyncio.Protocol):
     """One end of a splice: what it reads is written to ``other``'s transport."""
 
-    __slots__ = ("splice", "name", "transport", "other", "received", "eof", "lost")
+    __slots__ = ("splice", "name", "transport", "other", "received", "eof", "lost", "closed", "closer")
 
     def __init__(self, splice: Splice, name: str) -> None:
         self.splice = splice
@@ -47,6 +52,8 @@ class Side(asyncio.Protocol):
         self.received = 0  # bytes read from this side (= written to the other)
         self.eof = False
         self.lost = False
+        self.closed = False  # close (or reset) under way
+        self.closer: streams.Closing | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -79,6 +86,9 @@ class Side(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        if self.closer is not None:
+            self.closer.cancel()
+            self.closer = None
         self.splice.side_lost(self, exc)
 
 
@@ -107,19 +117,27 @@ class Splice:
         return self.backend.received
 
     def close(self, reason: str) -> None:
-        """Closes both sides once (queued bytes are still sent); the first reason sticks."""
+        """Closes both sides once (queued bytes get ``streams.close``'s grace); the first
+        reason sticks. A natural end (``CLOSED``) waits while the peer makes progress."""
         if self.reason is None:
             self.reason = reason
+        loop = None
         for side in (self.client, self.backend):
-            if side.transport is not None and not side.lost:
-                side.transport.close()
+            if side.transport is not None and not side.lost and not side.closed:
+                side.closed = True
+                loop = loop or asyncio.get_running_loop()
+                side.closer = streams.close(side.transport, loop, patient=reason == CLOSED)
 
     def abort(self, reason: str) -> None:
         if self.reason is None:
             self.reason = reason
         for side in (self.client, self.backend):
             if side.transport is not None and not side.lost:
-                side.transport.abort()
+                side.closed = True
+                if side.closer is not None:
+                    side.closer.cancel()
+                    side.closer = None
+                streams.reset(side.transport)
 
     def side_lost(self, side: Side, exc: Exception | None) -> None:
         if exc is not None:

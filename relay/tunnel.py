@@ -19,15 +19,14 @@ Everything that is not per packet (admission, timeouts, telemetry, closing) live
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import socket
 import struct
-import termios
 from typing import TYPE_CHECKING
 
-from relay import protocol, proxy_protocol, stats
+from relay import protocol, proxy_protocol, stats, streams
 from relay.limits import RateLimit, TokenBucket
+from relay.streams import CLOSE_GRACE  # noqa: F401 (re-exported)
 
 if TYPE_CHECKING:
     from relay.server import Relay
@@ -47,9 +46,6 @@ NEW_DESTINATION_RATE = "new_destination_rate_limited"
 #: The burst of new destinations a tunnel may add at once, in seconds of its rate
 #: (``--new-destination-rate``; see config.py for why the default fits ZeroTier).
 NEW_DESTINATION_BURST_SECONDS = 8
-#: Seconds a closing tunnel may take to flush what is queued toward its client before the
-#: connection is aborted (a client that stopped reading would otherwise hold it forever).
-CLOSE_GRACE = 2.0
 #: Destination verdicts one tunnel caches (cleared when full). Per tunnel, so that a tunnel
 #: spraying addresses only ever evicts its own verdicts; a miss costs one compiled-filter
 #: lookup (about a microsecond); as many as the destinations it may have (MAX_PEERS), so
@@ -59,7 +55,6 @@ MAX_CACHED_VERDICTS = MAX_PEERS
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
 _LEGACY_HEADER = struct.Struct(">3sH").pack
-_LINGER_ZERO = struct.pack("ii", 1, 0)
 
 
 class Tunnel(asyncio.Protocol):
@@ -96,7 +91,7 @@ class Tunnel(asyncio.Protocol):
         self.warned: set[str] | None = None
         self.admitted = False
         self._proxy_buf: bytes | None = None
-        self.closer: asyncio.TimerHandle | None = None  # aborts a close that doesn't flush
+        self.closer: streams.Closing | None = None  # resets a close that doesn't flush
         self.slot: str | None = None  # the per-IP limiter key this connection holds
         rate = relay.config.new_destination_rate
         #: budget of destinations this tunnel may add to its reply window (None: unlimited)
@@ -406,7 +401,10 @@ class Tunnel(asyncio.Protocol):
             self.transport.writelines(out)
 
     def eof_received(self) -> bool:
-        return False  # close our side too
+        # Closed like any other close (not by the transport on its own, which would leave
+        # the kernel's queue behind as an orphan): what is queued gets the grace.
+        self.close(stats.CLIENT_CLOSED)
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.reason is None:
@@ -433,39 +431,7 @@ class Tunnel(asyncio.Protocol):
             log.warning("closing tunnel from %s: %s (%s)", _fmt(self.client), reason, detail)
         self._close_udp()
         self.reader.on_record = _closed
-        transport = self.transport
-        if not self._queued():
-            transport.close()
-            return
-        transport.pause_reading()
-        self.closer = self.relay.loop.call_later(CLOSE_GRACE, self._close_or_abort)
-
-    def _queued(self) -> int:
-        """Bytes not yet acknowledged by the client: the transport's buffer and the kernel's."""
-        transport = self.transport
-        queued = transport.get_write_buffer_size()
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            try:
-                queued += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
-            except OSError:
-                pass  # already closed under us: nothing left to wait for
-        return queued
-
-    def _close_or_abort(self) -> None:
-        self.closer = None
-        transport = self.transport
-        if transport.is_closing():
-            return
-        if not self._queued():
-            transport.close()
-            return
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            # A zero linger makes close() send a reset and drop the kernel's queue, instead
-            # of leaving an orphan probing a zero window.
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
-        transport.abort()
+        self.closer = streams.close(self.transport, self.relay.loop)
 
     def _close_udp(self) -> None:
         loop = self.relay.loop

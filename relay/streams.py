@@ -1,0 +1,116 @@
+"""Client-facing TCP connections (tunnels and both sides of a fallback splice): their
+socket options, and a close that a peer which stopped reading can't hold open.
+
+A plain ``transport.close()`` waits for the transport's buffer to flush, forever if the
+peer never reads (a zero window, acknowledged probes). And once the descriptor is closed,
+whatever the kernel still queues lives on as an orphan outside every cap of the relay.
+``close`` therefore keeps the descriptor until everything is acknowledged (then a normal
+close) or until ``CLOSE_GRACE`` passes without that, then resets it with a zero linger,
+which drops both our buffer and the kernel's send queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import socket
+import struct
+import termios
+
+#: Seconds a closing connection may take to flush what is queued toward its peer before it
+#: is reset (a peer that stopped reading would otherwise hold it forever).
+CLOSE_GRACE = 2.0
+#: The kernel gives up on a connection whose sent data stays unacknowledged this long
+#: (milliseconds; also bounds zero-window probing of a client that stopped reading).
+TCP_USER_TIMEOUT_MS = 30_000
+#: First and longest wait between two looks at a closing connection's queue: a flushed
+#: connection closes within milliseconds (its FIN is not held back by the grace), a stuck
+#: one costs a few timer callbacks.
+_FIRST_CHECK = 0.01
+_MAX_CHECK = 0.5
+
+_LINGER_ZERO = struct.pack("ii", 1, 0)
+
+
+def configure_stream(sock) -> None:
+    """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
+    dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
+    (the kernel gives up on a client that acknowledges nothing, zero window included)."""
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+
+
+def queued(transport: asyncio.Transport) -> int:
+    """Bytes not yet acknowledged by the peer: the transport's buffer and the kernel's."""
+    left = transport.get_write_buffer_size()
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            left += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        except (OSError, ValueError):
+            pass  # already closed under us: nothing left to wait for
+    return left
+
+
+def reset(transport: asyncio.Transport) -> None:
+    """Aborts with a zero linger: a reset, and the kernel's send queue is dropped too
+    (instead of an orphan probing a zero window)."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
+        except (OSError, ValueError):
+            pass
+    transport.abort()
+
+
+class Closing:
+    """A close in progress (see ``close``); ``cancel`` it once the connection is lost."""
+
+    __slots__ = ("transport", "loop", "deadline", "patient", "left", "wait", "handle")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, left: int, patient: bool) -> None:
+        self.transport = transport
+        self.loop = loop
+        self.deadline = loop.time() + CLOSE_GRACE
+        self.patient = patient
+        self.left = left
+        self.wait = _FIRST_CHECK
+        self.handle = loop.call_later(self.wait, self._check)
+
+    def _check(self) -> None:
+        transport = self.transport
+        left = queued(transport)
+        if not left:
+            transport.close()
+            return
+        now = self.loop.time()
+        if self.patient and left < self.left:
+            self.deadline = now + CLOSE_GRACE  # the peer is still reading: let it finish
+        self.left = left
+        if now >= self.deadline:
+            reset(transport)
+            return
+        self.wait = min(self.wait * 2, _MAX_CHECK, self.deadline - now)
+        self.handle = self.loop.call_later(self.wait, self._check)
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
+def close(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, patient: bool = False) -> Closing | None:
+    """Closes ``transport`` once what is queued toward the peer is acknowledged, or resets
+    it after ``CLOSE_GRACE`` seconds (``patient``: seconds without progress) if it is not.
+    Stops reading meanwhile. Works on a transport that is already closing, too. Returns the
+    close in progress (None: closed at once)."""
+    left = queued(transport)
+    if not left:
+        transport.close()
+        return None
+    if not transport.is_closing():
+        transport.pause_reading()
+    return Closing(transport, loop, left, patient)
