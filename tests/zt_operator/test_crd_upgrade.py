@@ -36,3 +36,22 @@ def test_ensure_applies_only_when_needed():
     crd.ensure(lambda: with_version("999"), applied.append)
     crd.ensure(lambda: None, applied.append)
     assert applied == []
+
+
+# Review: the schema a CRD version stands for, as first shipped. A cluster whose CRD says
+# version N is never upgraded by an operator whose CRD also says N, so the CRD's content
+# must never change without a bump. Version 2 shipped (ac4205f) without spec.fallback;
+# the CRD now carries spec.fallback and still says 2: a cluster upgraded at ac4205f keeps
+# the old schema and the API server silently prunes every relay's spec.fallback.
+SHIPPED_SCHEMAS = {2: "0774fc37b45f1939"}
+
+
+def test_the_crd_schema_never_changes_without_a_schema_version_bump():
+    import hashlib
+    import json
+
+    ours = crd.packaged()
+    fingerprint = hashlib.sha256(json.dumps(ours["spec"], sort_keys=True).encode()).hexdigest()[:16]
+    version = crd.schema_version(ours)
+    assert SHIPPED_SCHEMAS.get(version, fingerprint) == fingerprint, (
+        f"the CRD changed but still says schema-version {version}: bump it (and record the new fingerprint)")
