@@ -10,6 +10,8 @@ a newer spec uses would lose data).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Mapping
 from importlib import resources
@@ -21,6 +23,12 @@ from zt_operator import GROUP
 
 VERSION_ANNOTATION = f"{GROUP}/schema-version"
 log = logging.getLogger(__name__)
+
+# The CRD content each schema version stands for, as shipped (fingerprint of ``spec``).
+# A cluster at version N is never upgraded by an operator whose CRD also says N, so any
+# change to the CRD needs a bump and a new entry here (a test checks the packaged CRD
+# against its version's entry). 2 shipped without spec.fallback; 3 added it.
+SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10"}
 
 
 def packaged() -> dict[str, Any]:
@@ -48,6 +56,11 @@ def spec_defaults(crd: Mapping[str, Any]) -> dict[str, Any]:
     operator never keeps a second copy)."""
     (version,) = crd["spec"]["versions"]
     return _schema_defaults(version["schema"]["openAPIV3Schema"]["properties"]["spec"])
+
+
+def fingerprint(crd: Mapping[str, Any]) -> str:
+    """A short, stable digest of the CRD's ``spec`` (what the API server stores)."""
+    return hashlib.sha256(json.dumps(crd["spec"], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def schema_version(crd: Mapping[str, Any] | None) -> int:

@@ -43,15 +43,22 @@ def test_ensure_applies_only_when_needed():
 # must never change without a bump. Version 2 shipped (ac4205f) without spec.fallback;
 # the CRD now carries spec.fallback and still says 2: a cluster upgraded at ac4205f keeps
 # the old schema and the API server silently prunes every relay's spec.fallback.
-SHIPPED_SCHEMAS = {2: "0774fc37b45f1939"}
+# The registry lives in crd.SHIPPED_FINGERPRINTS; version 2's entry is the reviewer's
+# fingerprint of the CRD as shipped at ac4205f.
 
 
 def test_the_crd_schema_never_changes_without_a_schema_version_bump():
-    import hashlib
-    import json
-
     ours = crd.packaged()
-    fingerprint = hashlib.sha256(json.dumps(ours["spec"], sort_keys=True).encode()).hexdigest()[:16]
     version = crd.schema_version(ours)
-    assert SHIPPED_SCHEMAS.get(version, fingerprint) == fingerprint, (
+    assert crd.SHIPPED_FINGERPRINTS[2] == "0774fc37b45f1939"
+    assert version in crd.SHIPPED_FINGERPRINTS, (
+        f"schema-version {version} has no recorded fingerprint: add {crd.fingerprint(ours)!r} to crd.SHIPPED_FINGERPRINTS")
+    assert crd.SHIPPED_FINGERPRINTS[version] == crd.fingerprint(ours), (
         f"the CRD changed but still says schema-version {version}: bump it (and record the new fingerprint)")
+
+
+def test_the_fallback_field_needs_version_3_or_later():
+    ours = crd.packaged()
+    (v,) = ours["spec"]["versions"]
+    assert "fallback" in v["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+    assert crd.schema_version(ours) >= 3
