@@ -94,7 +94,8 @@ def warn_about_ceilings(config: RelayConfig) -> None:
             low, high = (int(x) for x in f.read().split())
     except (OSError, ValueError):
         low, high = 32768, 60999  # Linux's default
-    for warning in limits.ceiling_warnings(config.max_connections, config.workers, nofile, (low, high)):
+    site = config.fallback_max_connections if config.fallback is not None else 0
+    for warning in limits.ceiling_warnings(config.max_connections, config.workers, nofile, (low, high), site):
         log.warning("%s", warning)
 
 

@@ -64,6 +64,8 @@ OPTIONS = (
     Option("fallback_proxy_protocol", "prepend a PROXY v1 or v2 header for the fallback backend (default off)", "str", "v1|v2|off"),
     Option("sniff_timeout", f"with --fallback: seconds a silent client waits before going to the backend (default {D.sniff_timeout:g})", "float", "S"),
     Option("fallback_max_connections", f"concurrent connections to the fallback backend (default {D.fallback_max_connections})", "int", "N"),
+    Option("fallback_max_connections_per_ip", "share of --fallback-max-connections one client address keeps once it is reached: "
+           "beyond it, its idlest connection is closed for an address under its share (default 0: as --max-connections-per-ip)", "int", "N"),
     Option("fallback_idle_timeout", f"seconds without traffic before a fallback connection closes (default {D.fallback_idle_timeout:g})", "float", "S"),
     Option("max_memory", "refuse new tunnels (memory_pressure) from 90%% of this many bytes used, e.g. 256Mi (default: the cgroup's memory limit, if any; 0: off)", "bytes", "BYTES"),
     Option("shutdown_delay", f"seconds listeners keep accepting after SIGTERM while /readyz fails, before the drain (default {D.shutdown_delay:g})", "float", "S"),

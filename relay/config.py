@@ -142,6 +142,13 @@ class RelayConfig:
     fallback_max_connections: int = 10000
     """Concurrent connections to the backend per process, apart from the tunnels' cap."""
 
+    fallback_max_connections_per_ip: int = 0
+    """Share of ``fallback_max_connections`` one client address (IPv6: prefix) keeps when
+    the cap is reached: an address may use free slots beyond it, but when a connection
+    from an address under its share finds the cap reached, the idlest connection of the
+    address holding the most beyond its share is closed for it. 0: as
+    ``max_connections_per_ip``."""
+
     fallback_idle_timeout: float = 300.0
     """Seconds without bytes either way before a connection to the backend is closed."""
 
@@ -306,6 +313,8 @@ def _validate(c: RelayConfig) -> None:
             raise ConfigError(name, "must be a positive number of seconds")
     if c.fallback_max_connections < 1:
         raise ConfigError("fallback_max_connections", "must be at least 1")
+    if c.fallback_max_connections_per_ip < 0:
+        raise ConfigError("fallback_max_connections_per_ip", "must be 0 (as --max-connections-per-ip) or more")
     if c.log_format not in ("text", "json"):
         raise ConfigError("log_format", f"must be text or json, got {c.log_format!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

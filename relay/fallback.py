@@ -60,6 +60,9 @@ BACKEND_REFUSED = "backend_refused"
 BACKEND_TIMEOUT = "backend_timeout"
 BACKEND_ERROR = "backend_error"
 MAX_CONNECTIONS = "max_connections"
+MAX_CONNECTIONS_PER_IP = stats.MAX_CONNECTIONS_PER_IP
+FILE_DESCRIPTORS = stats.FILE_DESCRIPTORS
+MEMORY_PRESSURE = stats.MEMORY_PRESSURE
 CLIENT_GONE = "client_gone"
 
 
@@ -73,6 +76,9 @@ class FallbackRouter:
         self.backend = (config.fallback.host, config.fallback.port)
         self.proxy_version = config.fallback_proxy_protocol
         self.max_connections = config.fallback_max_connections
+        self.share = config.fallback_max_connections_per_ip or config.max_connections_per_ip
+        #: per-IP key -> its open splices (the share is enforced only once the cap is reached)
+        self.per_ip: dict[str, set[splice_mod.Splice]] = {}
         self.idle_timeout = config.fallback_idle_timeout
         self.sniffers: set[Sniffer] = set()
         self.splices: set[splice_mod.Splice] = set()
@@ -119,14 +125,29 @@ class FallbackRouter:
 
     # -- to the backend ------------------------------------------------------------------------
 
-    def splice(self, transport: asyncio.Transport, client: tuple, head: bytes, eof: bool) -> None:
-        """Takes a classified client connection to the backend (``head``: bytes read so far)."""
-        if len(self.splices) >= self.max_connections:
-            self._fail(MAX_CONNECTIONS, client, f"{self.max_connections} fallback connections open")
+    def splice(self, transport: asyncio.Transport, client: tuple, head: bytes, eof: bool, local: tuple | None = None) -> None:
+        """Takes a classified client connection to the backend (``head``: bytes read so far;
+        ``local``: the address it reached, from its PROXY header, else the socket's)."""
+        relay = self.relay
+        key = client_key(client[0], relay.config.ipv6_per_ip_prefix)
+        if relay.memory_pressure:  # a splice can hold more memory than a tunnel
+            self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
             return
+        if relay.fd_reserve_short:  # the descriptors left are the tunnels'
+            self._fail(FILE_DESCRIPTORS, client, "descriptors nearly exhausted (kept for tunnels)")
+            transport.close()
+            return
+        if len(self.splices) >= self.max_connections:
+            result = self._make_room(key)
+            if result is not None:
+                self._fail(result, client, f"{self.max_connections} fallback connections open")
+                transport.close()
+                return
         s = splice_mod.Splice(self._done)
         self.splices.add(s)
+        s.key = key
+        self.per_ip.setdefault(key, set()).add(s)
         transport.pause_reading()  # until the backend can take the bytes
         transport.set_protocol(s.client)
         s.client.connection_made(transport)
@@ -134,7 +155,7 @@ class FallbackRouter:
         s.client.received = len(head)
         header = b""
         if self.proxy_version != "off":
-            header = proxy_header(self.proxy_version, client, transport.get_extra_info("sockname"))
+            header = proxy_header(self.proxy_version, client, local or transport.get_extra_info("sockname"))
         self.loop.create_task(self._connect(s, client, header + head))
 
     async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
@@ -186,8 +207,32 @@ class FallbackRouter:
             log.warning("fallback for %s to %s:%d failed: %s (%s; logged at most every %.0f s)",
                         _fmt(client), *self.backend, result, detail, LOG_INTERVAL)
 
+    def _make_room(self, key: str) -> str | None:
+        """The cap is reached: frees a slot for ``key`` if it is under its share, by closing
+        the idlest connection of the address holding the most beyond its share (it stops
+        counting at once). Returns why not, else None."""
+        if len(self.per_ip.get(key, ())) >= self.share:
+            return MAX_CONNECTIONS_PER_IP
+        hog = max(self.per_ip, key=lambda k: len(self.per_ip[k]), default=None)
+        if hog is None or len(self.per_ip[hog]) <= self.share:
+            return MAX_CONNECTIONS
+        victim = max(self.per_ip[hog], key=lambda s: s.idle)
+        self._uncount(victim)
+        victim.close(splice_mod.EVICTED)
+        return None
+
+    def _uncount(self, s: splice_mod.Splice) -> None:
+        if s.key is None:
+            return
+        held = self.per_ip[s.key]
+        held.discard(s)
+        if not held:
+            del self.per_ip[s.key]
+        s.key = None
+
     def _done(self, s: splice_mod.Splice) -> None:
         self.splices.discard(s)
+        self._uncount(s)
         self.closed[s.reason or splice_mod.CLOSED] += 1
         self.bytes_done["to_backend"] += s.to_backend
         self.bytes_done["to_client"] += s.to_client
@@ -211,12 +256,13 @@ class FallbackRouter:
 class Sniffer(asyncio.Protocol):
     """A connection until its first bytes say what it is (see the module docstring)."""
 
-    __slots__ = ("router", "transport", "client", "buf", "start", "slot", "timer")
+    __slots__ = ("router", "transport", "client", "local", "buf", "start", "slot", "timer")
 
     def __init__(self, router: FallbackRouter) -> None:
         self.router = router
         self.transport: asyncio.Transport | None = None
         self.client: tuple = ("?", 0)
+        self.local: tuple | None = None  # the address the client reached, from its PROXY header
         self.buf = b""  # everything read, PROXY header included
         self.start: int | None = None  # where the client's own bytes begin; None: header pending
         self.slot: str | None = None  # the relay's connection-limiter key this connection holds
@@ -246,7 +292,7 @@ class Sniffer(asyncio.Protocol):
         self.buf += data  # bounded: a decision or a refusal comes within a few bytes
         if self.start is None:
             try:
-                parsed = proxy_protocol.parse(self.buf)
+                parsed = proxy_protocol.parse_header(self.buf)
             except protocol.ProtocolError as exc:
                 self._refuse(exc.reason, exc.detail)
                 return
@@ -254,10 +300,9 @@ class Sniffer(asyncio.Protocol):
                 if len(self.buf) > MAX_PROXY_HEADER:
                     self._refuse(proxy_protocol.REASON, "PROXY header too long")
                 return
-            address, consumed = parsed
-            if address is not None:
-                self.client = address
-            if not self._header_done(consumed):
+            if parsed.source is not None:
+                self.client, self.local = parsed.source, parsed.destination
+            if not self._header_done(parsed.length):
                 return
         self._decide()
 
@@ -305,7 +350,7 @@ class Sniffer(asyncio.Protocol):
         self._release()
         transport = self.transport
         if verdict == sniff.FALLBACK:
-            self.router.splice(transport, self.client, head, eof)
+            self.router.splice(transport, self.client, head, eof, self.local)
         else:
             # A tunnel: replay the connection to it as the listener would have.
             tunnel = Tunnel(self.router.relay)

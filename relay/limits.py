@@ -136,21 +136,29 @@ class ConnectionLimiter:
 
 #: Descriptors a tunnel may hold: its TCP connection, its IPv4 and its IPv6 UDP socket.
 FDS_PER_TUNNEL = 3
-#: Descriptors a relay process uses besides its tunnels (listeners, health, loop, logs).
+#: Descriptors a fallback (site) connection holds: the client's and the backend's.
+FDS_PER_SITE_CONNECTION = 2
+#: Descriptors a relay process uses besides its connections (listeners, health, loop,
+#: logs, the tunnels' descriptor reserve with --fallback).
 FDS_BASE = 64
 
 
-def ceiling_warnings(max_connections: int, workers: int, nofile: int, ports: tuple[int, int]) -> list[str]:
-    """What ``--max-connections`` promises that the machine can't keep, with the real
-    ceiling: descriptors per process (RLIMIT_NOFILE) and ephemeral UDP ports (one per
-    tunnel and address family, shared by every worker and every other process)."""
+def ceiling_warnings(max_connections: int, workers: int, nofile: int, ports: tuple[int, int],
+                     fallback_max_connections: int = 0) -> list[str]:
+    """What ``--max-connections`` (and ``--fallback-max-connections``) promise that the
+    machine can't keep, with the real ceiling: descriptors per process (RLIMIT_NOFILE) and
+    ephemeral UDP ports (one per tunnel and address family, shared by every worker and
+    every other process)."""
     warnings = []
-    needed = max_connections * FDS_PER_TUNNEL + FDS_BASE
+    site = fallback_max_connections * FDS_PER_SITE_CONNECTION
+    needed = max_connections * FDS_PER_TUNNEL + site + FDS_BASE
     if nofile < needed:
+        also = f" and --fallback-max-connections {fallback_max_connections}" if fallback_max_connections else ""
         warnings.append(
-            f"--max-connections {max_connections} needs up to {needed} file descriptors per process, "
-            f"but RLIMIT_NOFILE is {nofile}: at most {max(0, (nofile - FDS_BASE) // FDS_PER_TUNNEL)} tunnels "
-            f"per process (raise the limit, e.g. ulimit -n or the container runtime's nofile)")
+            f"--max-connections {max_connections}{also} need up to {needed} file descriptors per process, "
+            f"but RLIMIT_NOFILE is {nofile}: at most {max(0, (nofile - FDS_BASE - site) // FDS_PER_TUNNEL)} tunnels "
+            f"per process with the site connections at their cap (raise the limit, e.g. ulimit -n or the "
+            f"container runtime's nofile, or lower the caps)")
     low, high = ports
     available = high - low + 1
     total = max_connections * workers

@@ -8,7 +8,9 @@ connection must start with a header; one without is refused rather than trusted.
 from __future__ import annotations
 
 import ipaddress
+from typing import NamedTuple
 
+from relay import stats
 from relay.protocol import ProtocolError
 
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -16,9 +18,19 @@ V1_PREFIX = b"PROXY "
 V1_MAX = 107  # the spec's bound on a v1 line, CRLF included
 _V2_FIXED = 16
 _V2_ADDRESS_SIZES = {0x11: 12, 0x12: 12, 0x21: 36, 0x22: 36}  # TCP/UDP over IPv4/IPv6
-REASON = "proxy_protocol_error"
+REASON = stats.PROXY_HEADER
 
 Address = tuple[str, int]
+
+
+class Header(NamedTuple):
+    """A parsed header: the client (``source``) and the address it reached
+    (``destination``, e.g. the balancer's public port), both None for v1 ``UNKNOWN`` and
+    v2 ``LOCAL`` (health checks of the balancer itself: "use the socket's addresses")."""
+
+    source: Address | None
+    destination: Address | None
+    length: int
 
 
 def parse(buf: bytes) -> tuple[Address | None, int] | None:
@@ -28,6 +40,12 @@ def parse(buf: bytes) -> tuple[Address | None, int] | None:
     address is None for v1 ``UNKNOWN`` and v2 ``LOCAL`` (health checks of the balancer
     itself), meaning "use the socket's peer". Raises ``ProtocolError`` on anything else.
     """
+    header = parse_header(buf)
+    return None if header is None else (header.source, header.length)
+
+
+def parse_header(buf: bytes) -> Header | None:
+    """As ``parse``, with the destination too (``Header``)."""
     if buf[:1] == b"\r":
         return _parse_v2(buf)
     if buf[:1] == b"P":
@@ -37,7 +55,7 @@ def parse(buf: bytes) -> tuple[Address | None, int] | None:
     return None
 
 
-def _parse_v1(buf: bytes) -> tuple[Address | None, int] | None:
+def _parse_v1(buf: bytes) -> Header | None:
     if not V1_PREFIX.startswith(buf[:len(V1_PREFIX)]):
         raise ProtocolError(REASON, "bad PROXY v1 signature")
     end = buf.find(b"\r\n", 0, V1_MAX)
@@ -50,12 +68,12 @@ def _parse_v1(buf: bytes) -> tuple[Address | None, int] | None:
         raise ProtocolError(REASON, f"PROXY v1 line is not ASCII: {line!r}")
     parts = line.decode("ascii").split(" ")
     if len(parts) >= 2 and parts[1] == "UNKNOWN":
-        return None, end + 2
+        return Header(None, None, end + 2)
     if len(parts) != 6 or parts[1] not in ("TCP4", "TCP6"):
         raise ProtocolError(REASON, f"malformed PROXY v1 line {line!r}")
     version = 4 if parts[1] == "TCP4" else 6
-    src, _ = _v1_address(parts[2], parts[4], version, line), _v1_address(parts[3], parts[5], version, line)
-    return src, end + 2
+    src, dst = _v1_address(parts[2], parts[4], version, line), _v1_address(parts[3], parts[5], version, line)
+    return Header(src, dst, end + 2)
 
 
 def _v1_address(host: str, port_text: str, version: int, line: bytes) -> Address:
@@ -80,7 +98,7 @@ def _normal(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
     return str(ip)
 
 
-def _parse_v2(buf: bytes) -> tuple[Address | None, int] | None:
+def _parse_v2(buf: bytes) -> Header | None:
     if not V2_SIGNATURE.startswith(buf[:len(V2_SIGNATURE)]):
         raise ProtocolError(REASON, "bad PROXY v2 signature")
     if len(buf) < _V2_FIXED:
@@ -94,20 +112,20 @@ def _parse_v2(buf: bytes) -> tuple[Address | None, int] | None:
         return None
     command = ver_cmd & 0x0F
     if command == 0:  # LOCAL
-        return None, total
+        return Header(None, None, total)
     if command != 1:
         raise ProtocolError(REASON, f"PROXY v2 unknown command {command}")
     size = _V2_ADDRESS_SIZES.get(family)
     if size is None:
-        return None, total  # AF_UNSPEC or unix sockets: no usable client address
+        return Header(None, None, total)  # AF_UNSPEC or unix sockets: no usable client address
     if length < size:
         raise ProtocolError(REASON, "PROXY v2 address block too short")
     body = buf[_V2_FIXED:_V2_FIXED + size]
     if size == 12:
-        ip, port = ipaddress.IPv4Address(body[0:4]), (body[8] << 8) | body[9]
+        ip, dip, port, dport = ipaddress.IPv4Address(body[0:4]), ipaddress.IPv4Address(body[4:8]), body[8:10], body[10:12]
     else:
-        ip, port = ipaddress.IPv6Address(body[0:16]), (body[32] << 8) | body[33]
-    return (_normal(ip), port), total
+        ip, dip, port, dport = ipaddress.IPv6Address(body[0:16]), ipaddress.IPv6Address(body[16:32]), body[32:34], body[34:36]
+    return Header((_normal(ip), int.from_bytes(port, "big")), (_normal(dip), int.from_bytes(dport, "big")), total)
 
 
 def encode_v1(src: Address, dst: Address) -> bytes:

@@ -12,6 +12,7 @@ import asyncio
 import errno
 import ipaddress
 import logging
+import os
 import socket
 import struct
 
@@ -30,6 +31,10 @@ log = logging.getLogger("zt_relay")
 MAX_CACHED_PREFIXES = 65536
 #: How often refusals of the same reason are logged (they are all counted).
 REFUSAL_LOG_INTERVAL = 10.0
+#: Descriptors set aside for tunnels with --fallback: site connections may take every
+#: other one; then a tunnel's UDP socket (and the next accepts) open in the room these
+#: leave, and site connections are refused until it is set aside again.
+FD_RESERVE = 8
 #: A tick that ran this long ago means the loop is stuck: /healthz fails.
 LIVENESS_STALL = 10.0
 
@@ -83,6 +88,8 @@ class Relay:
         self._emptied: asyncio.Event | None = None
         #: with --fallback, classifies each connection first (fallback.py); tunnels never wait on it
         self.fallback: FallbackRouter | None = None
+        #: with --fallback: descriptors held open for the tunnels (see FD_RESERVE)
+        self.fd_reserve: list[int] = []
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -93,6 +100,7 @@ class Relay:
         if self.config.fallback is not None:
             self.fallback = FallbackRouter(self)
             factory = self.fallback.protocol
+            self._refill_fd_reserve()
         for sock in socks:
             server = await self.loop.create_server(factory, sock=sock, backlog=4096)
             self._factory = factory
@@ -214,6 +222,8 @@ class Relay:
                 pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        while self.fd_reserve:
+            os.close(self.fd_reserve.pop())
         log.info("relay stopped")
 
     # -- per connection ------------------------------------------------------------------------
@@ -248,7 +258,7 @@ class Relay:
         detail = None
         if reason is None:
             try:
-                tunnel.open_udp()
+                self._open_udp(tunnel)
             except OSError as exc:
                 reason = _UDP_REFUSALS.get(exc.errno, stats.UDP_SOCKET_ERROR)
                 detail = str(exc)
@@ -265,6 +275,37 @@ class Relay:
             self.telemetry.opened(tunnel)
         log.debug("tunnel from %s opened", _fmt(tunnel.client))
         return True
+
+    def _open_udp(self, tunnel: Tunnel) -> None:
+        try:
+            tunnel.open_udp()
+        except OSError as exc:
+            if exc.errno != errno.EMFILE or not self.fd_reserve:
+                raise
+            # Site connections took the rest: the whole reserve goes to tunnels (and scrapes)
+            # and no new site connection is made until it can be set aside again.
+            while self.fd_reserve:
+                os.close(self.fd_reserve.pop())
+            log.warning("descriptors exhausted: the tunnels' reserve of %d is released; site connections are refused until it is back", FD_RESERVE)
+            tunnel.open_udp()
+
+    @property
+    def fd_reserve_short(self) -> bool:
+        """Part of the tunnels' descriptor reserve is in use: no new site connections."""
+        return len(self.fd_reserve) < FD_RESERVE and self.fallback is not None and not self.closing
+
+    def _refill_fd_reserve(self) -> None:
+        """Sets the reserve aside once there is room for it and as much again besides."""
+        fds: list[int] = []
+        try:
+            while len(fds) < 2 * FD_RESERVE:
+                fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+        except OSError:
+            pass
+        if len(fds) == 2 * FD_RESERVE:
+            self.fd_reserve, fds = fds[:FD_RESERVE], fds[FD_RESERVE:]
+        for fd in fds:
+            os.close(fd)
 
     def _acquire(self, tunnel: Tunnel, host: str) -> str | None:
         key = client_key(host, self.config.ipv6_per_ip_prefix)
@@ -362,6 +403,8 @@ class Relay:
         now = self.loop.time()
         if self.memory is not None:
             self._sample_memory()
+        if self.fallback is not None and not self.fd_reserve:
+            self._refill_fd_reserve()
         elapsed = now - self.last_tick
         self.last_tick = now
         config = self.config

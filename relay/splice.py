@@ -37,6 +37,7 @@ IDLE_TIMEOUT = "idle_timeout"
 SHUTDOWN = "shutdown"
 CLIENT_RESET = "client_reset"
 BACKEND_RESET = "backend_reset"
+EVICTED = "evicted"  # its address held more than its share of a full fallback cap
 
 
 class Side(asyncio.Protocol):
@@ -95,7 +96,7 @@ class Side(asyncio.Protocol):
 class Splice:
     """A client connection and its backend connection; ``on_done`` runs once both are gone."""
 
-    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done")
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key")
 
     def __init__(self, on_done: Callable[[Splice], None]) -> None:
         self.client = Side(self, "client")
@@ -107,6 +108,7 @@ class Splice:
         self.reason: str | None = None
         self.connecting = True  # the backend connection is being opened
         self.on_done = on_done
+        self.key: str | None = None  # the client's per-IP key, while it counts against its share
 
     @property
     def to_backend(self) -> int:

@@ -12,6 +12,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Protocol
 
+from relay import metrics
+
 # Close reasons (label values of zt_relay_tunnels_closed_total).
 CLIENT_CLOSED = "client_closed"
 CONNECTION_ERROR = "connection_error"
@@ -99,7 +101,10 @@ class Stats:
 
 
 #: Snapshot keys that are levels, not totals: a worker that has exited contributes none.
-GAUGES = frozenset({"tunnels_active", "udp_sockets_open", "connections_open", "client_addresses", "write_buffer_bytes", "memory_bytes"})
+#: Read from the metric types, so that a new gauge can't be kept like a counter.
+GAUGES = frozenset(key for key, _, kind, _, _ in metrics._SERIES if kind == "gauge")
+#: Gauges that measure the whole pod (the cgroup), which every worker reports: not summed.
+POD_WIDE = frozenset({"memory_bytes"})
 
 
 def counters(snapshot: dict[str, int]) -> dict[str, int]:
@@ -108,8 +113,13 @@ def counters(snapshot: dict[str, int]) -> dict[str, int]:
 
 
 def merge(snapshots: Iterable[dict[str, int]]) -> dict[str, int]:
-    """Sums snapshots of several worker processes."""
+    """Sums snapshots of several worker processes (pod-wide gauges: the largest)."""
     total: Counter[str] = Counter()
+    pod: dict[str, int] = {}
     for snap in snapshots:
         total.update(snap)
+        for key in POD_WIDE.intersection(snap):
+            pod[key] = max(pod.get(key, 0), snap[key])
+    for key, value in pod.items():
+        total[key] = value
     return dict(total)

@@ -124,6 +124,14 @@ class Telemetry:
         meter.create_observable_counter("zt_relay.fallback.connections", [series("fallback", "result")])
         meter.create_observable_counter("zt_relay.fallback.closed", [series("fallback_closed", "reason")])
         meter.create_observable_counter("zt_relay.fallback.bytes", [series("fallback_bytes", "direction")], unit="By")
+        # The resource gauges (what open connections hold), as on /metrics.
+        help_text = {key: text for key, _, _, text, _ in metrics_mod._SERIES}
+        for key, name, unit in (("connections_open", "zt_relay.connections.open", "1"),
+                                ("client_addresses", "zt_relay.client_addresses", "1"),
+                                ("write_buffer_bytes", "zt_relay.write_buffer.bytes", "By"),
+                                ("udp_sockets_open", "zt_relay.udp_sockets.open", "1"),
+                                ("memory_bytes", "zt_relay.memory.bytes", "By")):
+            meter.create_observable_gauge(name, [series(key)], unit=unit, description=help_text[key])
 
     def shutdown(self) -> None:
         """Flushes pending spans and metrics (called once at exit)."""

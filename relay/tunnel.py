@@ -401,6 +401,9 @@ class Tunnel(asyncio.Protocol):
             self.transport.writelines(out)
 
     def eof_received(self) -> bool:
+        if self._proxy_buf is not None:
+            self.close(proxy_protocol.REASON, "EOF before the PROXY header ended")
+            return True
         # Closed like any other close (not by the transport on its own, which would leave
         # the kernel's queue behind as an orphan): what is queued gets the grace.
         self.close(stats.CLIENT_CLOSED)
@@ -427,6 +430,8 @@ class Tunnel(asyncio.Protocol):
         if self.reason is not None:
             return
         self.reason = reason
+        if not self.admitted:  # still waiting for its PROXY header: a refusal, counted as one
+            self.relay.stats.refused[reason] += 1
         if detail:
             log.warning("closing tunnel from %s: %s (%s)", _fmt(self.client), reason, detail)
         self._close_udp()

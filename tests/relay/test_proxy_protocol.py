@@ -19,6 +19,17 @@ def test_a_header_yields_the_client_address_and_its_length(encode):
 
 
 @pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
+@pytest.mark.parametrize("src,dst", [(SRC, DST), (("2001:db8::7", 1234), ("2001:db8::1", 8443))], ids=["ipv4", "ipv6"])
+def test_the_header_keeps_the_destination_the_client_reached(encode, src, dst):
+    header = encode(src, dst)
+    assert proxy_protocol.parse_header(header + b"rest") == (src, dst, len(header))
+
+
+def test_a_header_without_addresses_has_no_destination_either():
+    assert proxy_protocol.parse_header(b"PROXY UNKNOWN\r\n") == (None, None, 15)
+
+
+@pytest.mark.parametrize("encode", [proxy_protocol.encode_v1, proxy_protocol.encode_v2], ids=["v1", "v2"])
 def test_ipv6_clients_are_parsed(encode):
     src = ("2001:db8::7", 1234)
     assert proxy_protocol.parse(encode(src, ("2001:db8::1", 443)))[0] == src

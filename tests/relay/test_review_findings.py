@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import socket
 
@@ -270,3 +271,282 @@ async def test_the_drain_serves_connections_still_being_sniffed(start_relay):
             await visitor_w.wait_closed()
         zt.close()
         site.close()
+
+
+# -- F4/F5: worker metrics: a dead worker's gauge is kept forever; a pod-wide gauge is summed ---
+
+
+async def _start_workers(start_relay, *args: str):
+    from tests.relay.test_workers import start_workers
+    return await start_workers(start_relay, *args)
+
+
+async def test_a_dead_workers_fallback_gauge_is_not_kept(start_relay):
+    """``stats.GAUGES`` lists the gauges an exited worker must not leave behind, but not
+    ``fallback_active`` (``zt_relay_fallback_connections_active``): ``Supervisor.retire``
+    keeps it like a counter, so after workers die with site connections open the gauge
+    stays up forever (an alert on it, or an HPA reading it, never recovers)."""
+    from tests.relay.test_workers import worker_pids
+
+    async def hold(reader, writer):
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    visitors = []
+    try:
+        relay = await _start_workers(start_relay, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}")
+        for _ in range(4):
+            s = socket.create_connection(("127.0.0.1", relay.port))
+            s.sendall(b"GET / HTTP/1.1\r\n")
+            visitors.append(s)
+        assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 4, timeout=5) == 4
+        original = worker_pids(relay)
+        for pid in original:
+            os.kill(pid, signal.SIGKILL)  # their connections die with them
+        assert await until(lambda: len(set(worker_pids(relay)) - set(original)) == 2, 15)
+        assert await relay.wait_metric("zt_relay_workers", lambda v: v == 2, timeout=10) == 2
+        await asyncio.sleep(1.5)  # a few reports from the replacements
+        active = (await relay.metrics())["zt_relay_fallback_connections_active"]
+        assert active == 0, f"zt_relay_fallback_connections_active is {active} with no site connection open"
+    finally:
+        for s in visitors:
+            s.close()
+        site.close()
+
+
+def _cgroup_working_set() -> int | None:
+    from relay import memory
+    budget = memory.MemoryBudget(1 << 40, "test")
+    return budget.usage() if budget.version else None
+
+
+async def test_memory_gauge_is_not_multiplied_by_the_workers(start_relay):
+    """``zt_relay_memory_bytes`` is the cgroup's working set, which already covers every
+    worker of the pod (memory.py), yet with --workers the supervisor sums it over workers
+    like a per-process value (README: "with --workers, the sum over workers"): N workers
+    report N times the pod's memory."""
+    import pytest
+    used = _cgroup_working_set()
+    if used is None:
+        pytest.skip("not in a memory cgroup")
+    relay = await _start_workers(start_relay, "--max-memory", "1000G")
+    await asyncio.sleep(1.5)  # each worker has sampled once a second
+    reported = (await relay.metrics())["zt_relay_memory_bytes"]
+    used = _cgroup_working_set()
+    assert reported <= 1.5 * used, f"zt_relay_memory_bytes {reported:.0f} for a cgroup working set of {used}"
+
+
+# -- F6: a malformed PROXY header, or none in time, is counted nowhere (without --fallback) ----
+
+
+async def test_a_malformed_proxy_header_is_counted(start_relay):
+    """README: "Malformed input closes the tunnel ... with a named reason
+    (zt_relay_tunnels_closed_total{reason} ...)". With --proxy-protocol, a connection waiting
+    for its header is not admitted, and ``Relay.tunnel_lost`` counts only admitted tunnels:
+    a bad header (``proxy_protocol_error``) and a silent connection
+    (``handshake_timeout``) close with a log line and no metric at all, where the same
+    connection with --fallback is counted in zt_relay_connections_refused_total."""
+    relay = await start_relay(*LOOPBACK, "--proxy-protocol", "--handshake-timeout", "1")
+    bad = socket.create_connection(("127.0.0.1", relay.port))
+    silent = socket.create_connection(("127.0.0.1", relay.port))
+    try:
+        bad.sendall(b"PROXY TCP4 1.2.3.4 5.6.7.8 +80 443\r\n")
+        assert await until(lambda: relay.logged("proxy_protocol_error"), 5)
+        await asyncio.sleep(1 + 2 * TICK)  # the silent one times out
+        samples = await relay.metrics()
+        counted = {k: v for k, v in samples.items() if "proxy_protocol_error" in k or "handshake_timeout" in k}
+        assert any("proxy_protocol_error" in k for k in counted), f"a malformed PROXY header is counted nowhere: {counted}"
+        assert any("handshake_timeout" in k for k in counted), f"a connection without its PROXY header is counted nowhere: {counted}"
+    finally:
+        bad.close()
+        silent.close()
+
+
+# -- F7: one address can take every fallback slot: the site is down for everyone else --------
+
+
+async def test_one_address_cannot_take_every_fallback_slot(start_relay):
+    """Issue 13: "the site must never break because the relay is there"; issue 15: no limit
+    can be bypassed. --max-connections-per-ip only covers the sniff phase: a connection
+    leaves it as soon as its first byte (or --sniff-timeout of silence) sends it to the
+    backend, and --fallback-max-connections has no per-address share. So one address
+    holding idle connections (one byte each, or none: silence is forwarded too) fills
+    every fallback slot and every other visitor gets a closed connection
+    (``max_connections``). Here: a per-IP cap of 2, a fallback cap of 5, one address opens 5."""
+
+    async def hold(reader, writer):
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    hogs = []
+    try:
+        relay = await start_relay("--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}",
+                                  "--max-connections-per-ip", "2", "--fallback-max-connections", "5")
+        for _ in range(5):
+            s = socket.create_connection(("127.0.0.1", relay.port))
+            s.sendall(b"G")
+            hogs.append(s)
+            await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == len(hogs))
+        assert (await relay.metrics())["zt_relay_fallback_connections_active"] == 5
+        visitor = socket.create_connection(("127.0.0.1", relay.port), source_address=("127.0.0.2", 0))
+        hogs.append(visitor)
+        visitor.sendall(b"GET / HTTP/1.1\r\n")
+        await asyncio.sleep(0.5)
+        samples = await relay.metrics()
+        assert samples.get('zt_relay_fallback_connections_total{result="max_connections"}', 0) == 0, (
+            "a visitor from another address was turned away: one address holds all 5 fallback slots "
+            f"although --max-connections-per-ip is 2 ({samples['zt_relay_fallback_connections_active']:.0f} active)")
+    finally:
+        for s in hogs:
+            s.close()
+        site.close()
+
+
+# -- F8: site connections take the descriptors the tunnels were promised ----------------------
+
+
+async def test_fallback_connections_cannot_starve_tunnels_of_descriptors(start_relay):
+    """Issue 13: fallback connections "never block tunnels"; README: at start the relay warns
+    when --max-connections exceeds RLIMIT_NOFILE (3 descriptors per tunnel). The check
+    (``limits.ceiling_warnings``) ignores --fallback-max-connections (2 descriptors each:
+    client and backend, 20,000 by default), so a limit that "fits" the tunnels is eaten by
+    site connections and a tunnel can't be opened. Here RLIMIT_NOFILE is 100, enough for
+    --max-connections 10 by the relay's own rule, and 45 idle site connections take it."""
+    import resource
+
+    from relay import limits
+
+    async def hold(reader, writer):
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    socks = []
+    try:
+        relay = await start_relay(*LOOPBACK, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}",
+                                  "--max-connections", "10", "--max-connections-per-ip", "100")
+        await relay.metrics()
+        base = len(os.listdir(f"/proc/{relay.proc.pid}/fd"))
+        visitors = 40
+        nofile = base + 2 * visitors + 1  # one descriptor left for a tunnel's TCP (or a scrape)
+        assert limits.ceiling_warnings(10, 1, nofile, (32768, 60999)) == []  # the relay's rule: it fits
+        resource.prlimit(relay.proc.pid, resource.RLIMIT_NOFILE, (nofile, nofile))
+        for _ in range(visitors):
+            s = socket.create_connection(("127.0.0.1", relay.port))
+            s.sendall(b"G")
+            socks.append(s)
+        assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == visitors) == visitors
+        tunnel = socket.create_connection(("127.0.0.1", relay.port))
+        socks.append(tunnel)
+        tunnel.sendall(protocol.encode_hello(1, 14, 2))
+        await asyncio.sleep(0.5)
+        samples = await relay.metrics()
+        active = samples["zt_relay_tunnels_active"]
+        refused = {k: v for k, v in samples.items() if k.startswith("zt_relay_connections_refused_total")}
+        assert active == 1, f"a tunnel (1 of --max-connections 10) could not be opened: site connections hold the descriptors ({refused})"
+    finally:
+        for s in socks:
+            s.close()
+        site.close()
+
+
+# -- F9: --max-memory protects against tunnels only; site connections grow memory unchecked ---
+
+
+async def test_memory_pressure_also_stops_new_site_connections(start_relay):
+    """README: --max-memory refuses new tunnels from 90 % of the budget "before the kernel's
+    OOM killer would cut every tunnel at once". A site connection can hold more than a
+    tunnel's worst case (512 KiB of write buffer plus a 256 KiB read, each way: about
+    1.5 MiB against about 1 MiB), yet ``Sniffer`` never looks at ``relay.memory_pressure``:
+    under pressure, tunnels are refused while visitors keep being spliced, until the OOM
+    kill the budget exists to prevent. Here the budget is 1 byte (always under pressure)."""
+
+    async def hold(reader, writer):
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    socks = []
+    try:
+        relay = await start_relay(*LOOPBACK, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}", "--max-memory", "1")
+        tunnel = socket.create_connection(("127.0.0.1", relay.port))
+        socks.append(tunnel)
+        tunnel.sendall(protocol.encode_hello(1, 14, 2))
+        refused = 'zt_relay_connections_refused_total{reason="memory_pressure"}'
+        assert await relay.wait_metric(refused, lambda v: v == 1) == 1  # tunnels: refused
+        visitor = socket.create_connection(("127.0.0.1", relay.port))
+        socks.append(visitor)
+        visitor.sendall(b"GET / HTTP/1.1\r\n")
+        await asyncio.sleep(0.5)
+        samples = await relay.metrics()
+        assert samples["zt_relay_fallback_connections_active"] == 0, (
+            "under memory pressure a site connection was still spliced (tunnels are refused)")
+    finally:
+        for s in socks:
+            s.close()
+        site.close()
+
+
+# -- F10: the backend's PROXY header loses the destination the balancer reported --------------
+
+
+async def test_the_backend_proxy_header_keeps_the_balancers_destination(start_relay):
+    """README: "--fallback-proxy-protocol v1|v2 sends the backend a PROXY header with the
+    client's address (the one from --proxy-protocol if the relay itself is behind a
+    balancer)". The source is carried over, but ``proxy_protocol.parse`` drops the
+    header's destination and ``fallback.proxy_header`` writes the relay's own socket
+    address instead (the pod's 8443, not the public 443 the visitor reached): a backend
+    that uses the server address or port (nginx ``$proxy_protocol_server_port``, redirects,
+    virtual servers by address) sees the wrong one."""
+    got = asyncio.get_running_loop().create_future()
+
+    async def record(reader, writer):
+        line = await reader.readline()
+        if not got.done():
+            got.set_result(line)
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(record, "127.0.0.1", 0)
+    sock = None
+    try:
+        relay = await start_relay("--proxy-protocol", "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}",
+                                  "--fallback-proxy-protocol", "v1")
+        sock = socket.create_connection(("127.0.0.1", relay.port))
+        sock.sendall(b"PROXY TCP4 198.18.0.7 198.19.0.9 50000 443\r\nGET / HTTP/1.1\r\n")
+        header = await asyncio.wait_for(got, 5)
+        assert header == b"PROXY TCP4 198.18.0.7 198.19.0.9 50000 443\r\n", header
+    finally:
+        if sock is not None:
+            sock.close()
+        site.close()
+
+
+# -- F11: the gauges added for issue 15 exist on /metrics only, not in OpenTelemetry -----------
+
+
+def test_opentelemetry_exports_the_resource_gauges():
+    """README (OpenTelemetry): "Metrics are OTel observable instruments reading the same
+    counters". ``Telemetry.observe`` registers the tunnel and fallback series but none of
+    the gauges issue 15 added for closes and resource ceilings: connections_open,
+    client_addresses, write_buffer_bytes, udp_sockets_open, memory_bytes. An operator on
+    OTLP cannot see a port or memory ceiling coming."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+
+    from relay.telemetry import Telemetry
+
+    reader = InMemoryMetricReader()
+    provider = MeterProvider(metric_readers=[reader])
+    telemetry = Telemetry(None, provider)
+    snapshot = {"tunnels_active": 1, "connections_open": 2, "client_addresses": 1, "write_buffer_bytes": 10,
+                "udp_sockets_open": 2, "memory_bytes": 1000}
+    telemetry.observe(lambda: dict(snapshot))
+    data = reader.get_metrics_data()
+    names = {m.name for rm in data.resource_metrics for sm in rm.scope_metrics for m in sm.metrics}
+    provider.shutdown()
+    missing = [n for n in ("connections_open", "client_addresses", "write_buffer_bytes", "udp_sockets_open", "memory_bytes")
+               if not any(n.replace("_", ".") in name.replace("_", ".") for name in names)]
+    assert not missing, f"no OTel instrument for {missing}; exported: {sorted(names)}"
