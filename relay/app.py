@@ -100,7 +100,8 @@ def warn_about_ceilings(config: RelayConfig) -> None:
 
 
 def raise_file_limit() -> None:
-    """Each tunnel holds two descriptors (TCP and UDP): lift the soft limit to the hard one."""
+    """Each tunnel holds up to three descriptors (TCP, UDP over IPv4 and IPv6), each site
+    connection two: lift the soft limit to the hard one."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

@@ -256,7 +256,7 @@ class FallbackRouter:
 class Sniffer(asyncio.Protocol):
     """A connection until its first bytes say what it is (see the module docstring)."""
 
-    __slots__ = ("router", "transport", "client", "local", "buf", "start", "slot", "timer")
+    __slots__ = ("router", "transport", "client", "local", "buf", "start", "slot", "timer", "reason")
 
     def __init__(self, router: FallbackRouter) -> None:
         self.router = router
@@ -267,6 +267,7 @@ class Sniffer(asyncio.Protocol):
         self.start: int | None = None  # where the client's own bytes begin; None: header pending
         self.slot: str | None = None  # the relay's connection-limiter key this connection holds
         self.timer: asyncio.TimerHandle | None = None
+        self.reason: str | None = None  # why the relay refused it
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -281,12 +282,8 @@ class Sniffer(asyncio.Protocol):
         config = router.relay.config
         if not config.proxy_protocol:
             self._header_done(0)
-        elif not config.proxy_trusted(self.client[0]):
-            self._refuse(stats.PROXY_UNTRUSTED, "PROXY headers are not trusted from this source")
-        else:
-            # Until its header names the client, the connection counts against the caps
-            # as its balancer's (silent connections can't pile up past them).
-            self._acquire()
+        elif not router.relay.hold(self):  # admission as for tunnels (server.py)
+            self._forget()
 
     def data_received(self, data: bytes) -> None:
         self.buf += data  # bounded: a decision or a refusal comes within a few bytes
@@ -327,18 +324,11 @@ class Sniffer(asyncio.Protocol):
 
     def _acquire(self) -> bool:
         relay = self.router.relay
-        if self.slot is not None:  # the balancer's, until now
-            relay.limiter.release(self.slot)
-            self.slot = None
-        key = client_key(self.client[0], relay.config.ipv6_per_ip_prefix)
-        reason = stats.DRAINING if relay.closing else relay.limiter.acquire(key)
+        reason = relay.take_slot(self, self.client[0])
         if reason is not None:
-            relay.stats.refused[reason] += 1
-            log.debug("refusing connection from %s: %s", _fmt(self.client), reason)
             self._forget()
-            self.transport.abort()
+            relay.refuse(self, reason)
             return False
-        self.slot = key
         return True
 
     def _decide(self, final: bool = False, eof: bool = False) -> None:
@@ -361,10 +351,8 @@ class Sniffer(asyncio.Protocol):
         self._forget()  # after the handoff: a drain never sees the connection gone
 
     def _refuse(self, reason: str, detail: str) -> None:
-        log.debug("closing connection from %s: %s (%s)", _fmt(self.client), reason, detail)
-        self.router.relay.stats.refused[reason] += 1
         self._forget()
-        self.transport.abort()
+        self.router.relay.refuse(self, reason, detail)
 
     def _release(self) -> None:
         """Gives up the sniff timer and the relay's limiter slot."""

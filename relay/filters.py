@@ -138,17 +138,6 @@ class CompiledFilter:
             return LOW_PORT
         return self.v6_verdicts[bisect.bisect_right(self.v6_starts, int.from_bytes(key[1:17], "big")) - 1]
 
-    def verdict_v4(self, packed: bytes, port: int) -> str | None:
-        """The verdict for a 4-byte packed address."""
-        if port < self.min_port:
-            return LOW_PORT
-        return self.v4_verdicts[bisect.bisect_right(self.v4_starts, int.from_bytes(packed, "big")) - 1]
-
-    def verdict_v6(self, packed: bytes, port: int) -> str | None:
-        """The verdict for a 16-byte packed address."""
-        if port < self.min_port:
-            return LOW_PORT
-        return self.v6_verdicts[bisect.bisect_right(self.v6_starts, int.from_bytes(packed, "big")) - 1]
 
 
 def _ranges(rules: DestinationFilter, address, bits: int, networks) -> tuple[list[int], list[str | None]]:

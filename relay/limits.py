@@ -80,10 +80,6 @@ class RateLimit:
         self.packets = TokenBucket(pps, now, 1) if pps else None
         self.bytes = TokenBucket(bps, now) if bps else None
 
-    @property
-    def unlimited(self) -> bool:
-        return self.packets is None and self.bytes is None
-
     def refill(self, now: float) -> None:
         if self.packets is not None:
             self.packets.refill(now)

@@ -12,7 +12,7 @@ addressed ZeroTier packet::
     04 | IPv4 (4) | port (2) | packet        or        06 | IPv6 (16) | port (2) | packet
 
 and the relay frames each UDP datagram it receives back the same way, with the sender's
-address. Older clients send no hello and bare packets (no address): see ``LegacyPacket``.
+address. Older clients send no hello and bare packets (no address): see ``Tunnel._on_legacy_packet``.
 
 Everything here is pure: ``RecordReader`` only buffers and calls back, the encoders return
 bytes. The server feeds it from ``data_received``; tests feed it arbitrary splits.

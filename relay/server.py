@@ -1,7 +1,8 @@
 """The relay process: listeners, admission, housekeeping and draining.
 
-``Relay`` owns what tunnels share: the destination verdict cache, the reply-prefix cache,
-the stats, the connection limiter, the global rate limit and the reply-window generation.
+``Relay`` owns what tunnels share: the compiled destination filter (each tunnel caches its
+own verdicts: tunnel.MAX_CACHED_VERDICTS), the reply-prefix cache, the stats, the
+connection limiter, the global rate limit and the reply-window generation.
 Per-packet work happens in ``tunnel.Tunnel``; everything here runs per connection or per
 housekeeping tick (at most once a second), never per packet.
 """
@@ -235,26 +236,34 @@ class Relay:
             configure_stream(sock)
         tunnel.transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
 
-    def hold(self, tunnel: Tunnel) -> bool:
+    # Admission of every connection, a tunnel or a fallback.Sniffer (``conn``: its
+    # ``client``, ``slot``, ``reason`` and ``transport``).
+
+    def hold(self, conn: Tunnel) -> bool:
         """A connection that must send a PROXY header first: refused unless its peer is a
         trusted balancer, and counted against the limits by that peer until the header
         names the client (silent connections can't pile up past the caps)."""
-        peer = tunnel.client[0]
+        peer = conn.client[0]
         if not self.config.proxy_trusted(peer):
-            self.refuse(tunnel, stats.PROXY_UNTRUSTED)
+            self.refuse(conn, stats.PROXY_UNTRUSTED, "PROXY headers are not trusted from this source")
             return False
-        reason = stats.DRAINING if self.closing else self._acquire(tunnel, peer)
+        reason = self.take_slot(conn, peer)
         if reason is not None:
-            self.refuse(tunnel, reason)
+            self.refuse(conn, reason)
             return False
         return True
 
+    def take_slot(self, conn: Tunnel, host: str) -> str | None:
+        """Counts ``conn`` against the caps as ``host``'s, giving up the slot it held (its
+        balancer's, until the PROXY header named the client); returns why not, else None."""
+        if conn.slot is not None:
+            self.limiter.release(conn.slot)
+            conn.slot = None
+        return stats.DRAINING if self.closing else self._acquire(conn, host)
+
     def admit(self, tunnel: Tunnel) -> bool:
         """Counts the connection against the limits and opens its UDP socket, or refuses it."""
-        if tunnel.slot is not None:  # held by the balancer's address until now
-            self.limiter.release(tunnel.slot)
-            tunnel.slot = None
-        reason = stats.DRAINING if self.closing else stats.MEMORY_PRESSURE if self.memory_pressure else self._acquire(tunnel, tunnel.client[0])
+        reason = stats.MEMORY_PRESSURE if self.memory_pressure and not self.closing else self.take_slot(tunnel, tunnel.client[0])
         detail = None
         if reason is None:
             try:

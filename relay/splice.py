@@ -6,9 +6,9 @@ connection.
 
 - **Backpressure, both ways.** Each transport's write buffer has a high-water mark of
   ``BUFFER_LIMIT``; when it is reached the transport calls ``pause_writing`` and we stop
-  reading the *other* side until it drains. So the relay holds at most ``BUFFER_LIMIT``
-  plus one read per direction, whatever either peer does; TCP flow control stops the
-  sender.
+  reading the *other* side until it drains. So per direction the relay's own buffer
+  holds about ``BUFFER_LIMIT`` plus one read (up to 256 KiB with uvloop), besides the
+  kernel's socket buffers; TCP flow control stops the sender.
 - **Half-close, both ways.** An EOF from one side becomes ``write_eof`` on the other (after
   what is queued), and the connection stays open the other way: a client may send its
   request, shut down writing and still read the answer, and a server may close first while

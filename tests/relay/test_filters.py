@@ -87,10 +87,11 @@ def boundary_addresses(f: DestinationFilter, version: int):
 def test_the_compiled_filter_agrees_with_the_rules_at_every_range_boundary(name):
     f = FILTERS[name]
     compiled = f.compile()
+    port = (9993).to_bytes(2, "big")
     for address in boundary_addresses(f, 4):
-        assert compiled.verdict_v4(address.packed, 9993) == f.verdict(address, 9993), address
+        assert compiled.verdict_for_prefix(b"\x04" + address.packed + port) == f.verdict(address, 9993), address
     for address in boundary_addresses(f, 6):
-        assert compiled.verdict_v6(address.packed, 9993) == f.verdict(address, 9993), address
+        assert compiled.verdict_for_prefix(b"\x06" + address.packed + port) == f.verdict(address, 9993), address
 
 
 @settings(max_examples=500, deadline=None)
@@ -99,8 +100,6 @@ def test_the_compiled_filter_agrees_with_the_rules_for_any_address_and_port(name
     f = FILTERS[name]
     compiled = f.compile()
     a4, a6 = ipaddress.IPv4Address(v4), ipaddress.IPv6Address(v6)
-    assert compiled.verdict_v4(a4.packed, port) == f.verdict(a4, port)
-    assert compiled.verdict_v6(a6.packed, port) == f.verdict(a6, port)
     port_bytes = port.to_bytes(2, "big")
     assert compiled.verdict_for_prefix(b"\x04" + a4.packed + port_bytes) == f.verdict(a4, port)
     assert compiled.verdict_for_prefix(b"\x06" + a6.packed + port_bytes) == f.verdict(a6, port)
