@@ -98,6 +98,16 @@ def test_forwarded_traffic_from_our_interfaces_is_dropped_on_every_other_interfa
     assert not any("eth0" in r for r in chain.rules)
 
 
+def test_strays_reach_the_sink_as_untracked_copies_and_are_never_forwarded_with_conntrack():
+    # A forwarded stray's conntrack entry (no NAT) would pin its connection to the sink even
+    # after kube-proxy programs the address (the chart test's tunnel timed out so).
+    rules = _chain("iptables", "filter", "ZTR-E2E-FORWARD").rules
+    to_sink = [(i, r) for i, r in enumerate(rules) if ("-o", LAYOUT.sink_host_veth) == r[:2]]
+    assert [r[r.index("-j") + 1:] for _, r in to_sink] == [("TEE", "--gateway", LAYOUT.sink_address), ("DROP",)]
+    first_accept = min(i for i, r in enumerate(rules) if r[-1] == "ACCEPT")
+    assert to_sink[-1][0] < first_accept  # before the ACCEPTs between pods and test hosts
+
+
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
 def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(binary):
     chain = _chain(binary, "filter", "ZTR-E2E-OUTPUT")

@@ -7,6 +7,7 @@ import sys
 import pytest
 
 from e2e import workloads
+from e2e.cluster import network
 
 FETCH = """
 import sys, urllib.request
@@ -53,6 +54,45 @@ def test_a_load_balancer_address_is_assigned_and_reaches_the_pods(kubectl, names
     ip = wait_for("the LB stand-in to assign an address", ingress_ip, 30)
     client = test_hosts("client")
     assert wait_for(f"http://{ip}/ from the test host", lambda: _fetch_from(client, f"http://{ip}/"), 30) in web
+
+
+# One connection, one socket: SYN retransmits keep the source port, as any client's do.
+CONNECT_ONCE = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2])) as s:
+    s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+    print(b"".join(iter(lambda: s.recv(4096), b"")).decode().strip().splitlines()[-1])
+"""
+
+
+def test_a_connection_begun_before_its_load_balancer_address_is_programmed_gets_through_once_it_is(
+    kubectl, namespace, web, cluster, test_hosts, wait_for
+):
+    """A client's first SYN may beat kube-proxy to a just-assigned address (the chart test's
+    tunnel did): it lands in the sink, and the retransmits must reach the pods once kube-proxy
+    has programmed the address, not stay pinned to the sink by a conntrack entry."""
+    layout = cluster.layout
+    claimed = {i.get("ip") for svc in kubectl.json("get", "services", "--all-namespaces")["items"]
+               for i in (svc["status"].get("loadBalancer", {}).get("ingress") or [])}
+    address = next(ip for ip in reversed(layout.lb_addresses()) if ip not in claimed)
+    client = test_hosts("client")
+    in_sink = network.sink_dropped_packets(layout)
+    connect = client.popen(sys.executable, "-c", CONNECT_ONCE, address, "25",
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        wait_for("the first SYN in the sink", lambda: network.sink_dropped_packets(layout) > in_sink, 10, interval=0.1)
+        service = workloads.service("web", "LoadBalancer", external_traffic_policy="Local")
+        service["spec"]["loadBalancerIP"] = address
+        kubectl.apply(service, namespace=namespace)
+        wait_for(f"kube-proxy to program {address}", lambda: f"-d {address}/32" in network.sh(
+            "iptables", "-w", "5", "-t", "nat", "-S", "KUBE-SERVICES").stdout, 20, interval=0.2)
+        out, err = connect.communicate(timeout=40)
+    finally:
+        if connect.poll() is None:
+            connect.kill()
+            connect.communicate()
+    assert connect.returncode == 0, f"the connection to {address} never got through: {err.strip()}"
+    assert out.strip() in web
 
 
 def test_deleting_a_load_balancer_service_releases_its_address(kubectl, namespace, cluster, wait_for):

@@ -9,6 +9,8 @@ built-in chain, so `down` removes exactly those and nothing else:
                                       any other interface is dropped, on every interface, not
                                       only the default route's; then the ACCEPTs between
                                       pods and test hosts (dockerd sets the policy to DROP).
+                                      Packets routed to the sink go there as untracked
+                                      copies (TEE); the originals are dropped unconfirmed.
   filter OUTPUT  -> ZTR-E2E-OUTPUT    (v4, v6) for the harness's own host processes (the
                                       cgroup `cgroups.HOST`): loopback and our interfaces
                                       only; an image pull or DNS lookup that would leave
@@ -85,14 +87,18 @@ def chains(layout: Layout, host_cgroup: str) -> list[Chain]:
         *out_drops,
         ("-s", pods, "!", "-o", OUR_INTERFACES, *_comment("no pod traffic leaves"), "-j", "DROP"),
         ("-s", hosts, "!", "-o", OUR_INTERFACES, *_comment("no test-host traffic leaves"), "-j", "DROP"),
+        # A stray packet reaches the sink (and is counted there) as an untracked copy, and
+        # the packet itself is dropped: had it been forwarded, its conntrack entry (no NAT)
+        # would hold the connection to the sink for the next 120 s, so a client whose first
+        # SYN beat kube-proxy to a just-assigned LoadBalancer address never got through.
+        ("-o", layout.sink_host_veth, "-j", "TEE", "--gateway", layout.sink_address),
+        ("-o", layout.sink_host_veth, *_comment("strays reach the sink as untracked copies"), "-j", "DROP"),
         # dockerd sets the FORWARD policy to DROP, and kube-proxy only accepts what it marked
         # (not `externalTrafficPolicy: Local`, not pod -> test-host UDP).
         ("-s", pods, "-d", pods, "-j", "ACCEPT"),
         ("-s", pods, "-d", hosts, "-j", "ACCEPT"),
         ("-s", hosts, "-d", pods, "-j", "ACCEPT"),
         ("-s", hosts, "-d", hosts, "-j", "ACCEPT"),
-        # Stray packets must reach the sink to be counted there.
-        ("-o", layout.sink_host_veth, "-j", "ACCEPT"),
     )
     output = (
         # Counts containerd's dials to the dead registry mirror (configs.DEAD_REGISTRY).
