@@ -19,6 +19,7 @@ They run inside test-host namespaces as ``python -m e2e.peers MODE ...``, framin
 from __future__ import annotations
 
 import json
+import select
 import socket
 import subprocess
 import sys
@@ -128,6 +129,7 @@ def steady(relay: str, port: str, root: str, root_port: str) -> None:
     stop = _stdin_closed()
     sock, reader, records = _connect(relay, int(port), 10)
     sock.settimeout(2)
+    print("connected", flush=True)
     burst = protocol.encode_packet(root, int(root_port), b"y" * 200) * 4
     sent = received = 0
     while not stop.is_set():
@@ -188,6 +190,12 @@ class Background:
 
     def __init__(self, host, mode: str, relay_address: str, root_address: str, port: int = 443) -> None:
         self.proc = spawn(host, mode, relay_address, str(port), root_address, str(ROOT_PORT))
+
+    def wait_for_line(self, expected: str, timeout: float = 30) -> None:
+        """Waits for the peer to print ``expected`` (``steady`` prints "connected")."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline().strip() if ready else ""
+        assert line == expected, f"peer did not print {expected!r} within {timeout} s: {line!r}"
 
     def finish(self) -> str:
         out, err = self.proc.communicate(input="", timeout=30)
