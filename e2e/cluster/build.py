@@ -109,6 +109,8 @@ def _run(cmd: list[str], cwd: Path) -> str:
 
 def kubernetes_tool() -> GoTool:
     """Download k8s.io/kubernetes's go.mod (through the proxy) and derive its wrapper."""
+    # go runs in the cache dir (outside any module); on a fresh machine nothing made it yet.
+    paths.cache_root().mkdir(parents=True, exist_ok=True)
     out = subprocess.run(
         ["go", "mod", "download", "-json", f"k8s.io/kubernetes@{versions.KUBERNETES}"],
         env=_go_env(), check=True, text=True, stdout=subprocess.PIPE, cwd=paths.cache_root(),

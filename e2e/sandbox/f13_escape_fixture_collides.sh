@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# F13: test runs may share the cluster concurrently (USERS is a shared lock), but
+# test_cluster_egress's `escape` fixture uses machine-wide fixed names: the route
+# 198.18.0.0/15, the address 169.254.77.1/30, and its teardown `ip route del 198.18.0.0/15`
+# without dev. A second run's egress test errors ("File exists"), and the first run's
+# teardown deletes the second run's route mid-test (its "nothing arrived" check then passes
+# vacuously). Driven here through the fixture's own code, twice, in e2e/sandbox/sandbox.sh.
+# Exit 0 = two escapes coexist; 1 = the second one fails.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-$PWD/.venv/bin/python}
+e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
+$PY - <<PYEOF
+import sys
+from e2e import test_cluster_egress as eg
+escape = getattr(eg.escape, "__wrapped__", None) or eg.escape.__pytest_wrapped__.obj
+first = escape(outside=None); next(first)
+print("run A: escape up")
+second = escape(outside=None)
+try:
+    next(second); print("run B: escape up"); ok = True
+except Exception as exc:
+    print("run B:", type(exc).__name__, getattr(exc, "stderr", exc).strip()); ok = False
+    import subprocess
+    left = subprocess.run(["ip", "route", "show", "198.18.0.0/15"], capture_output=True, text=True).stdout.strip()
+    print("the route of run A after the failed setup of run B:", left or "<deleted by the cleanup of run B>")
+for gen in (first, second):
+    try: next(gen)
+    except StopIteration: pass
+    except Exception: pass
+print("PASS" if ok else "FAIL: two runs cannot run the egress tests at the same time")
+sys.exit(0 if ok else 1)
+PYEOF
+'

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# F19: when dockerd (restarted) or anything else put a jump above ours, the next `up` (every
+# test session starts with one) runs firewall.ensure_first -> install(): it FLUSHES
+# ZTR-E2E-FORWARD, appends the rules again one iptables call at a time, deletes our jump and
+# inserts it again. Until then the chain is empty (or not jumped to), and a running pod's
+# packets fall through to the FORWARD policy: on a machine without dockerd's DROP policy,
+# off the machine. Reproduced in e2e/sandbox/sandbox.sh with the harness's rules: a pod sending
+# to an outside address every ms while ensure_first() restores the order once.
+# Exit 0 = nothing reached the outside; 1 = packets leaked during the re-install.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-$PWD/.venv/bin/python}
+SIMCG=/sys/fs/cgroup/unified/zt-review-sim
+mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
+  export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f19-state.XXXX)
+  ip netns add outside; ip link set eth0peer netns outside
+  ip -n outside addr add 198.18.5.1/24 dev eth0peer; ip -n outside link set eth0peer up
+  ip netns exec outside iptables -t raw -A PREROUTING -d 198.18.99.1 -j DROP
+  arrived() { ip netns exec outside iptables -t raw -L PREROUTING -v -x -n | awk "/DROP/ {print \$1}"; }
+  $PY -c "
+from e2e.cluster import firewall, health, network
+layout = health.current_layout()
+firewall.install_all(layout, \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
+  ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0; ip link set ztr-cni0 up
+  ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1
+  ip link set vethpod1 master ztr-cni0 up
+  ip -n pod1 addr add 10.244.0.5/24 dev eth0; ip -n pod1 link set eth0 up; ip -n pod1 route add default via 10.244.0.1
+  ip netns exec pod1 $PY -c "
+import socket, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+while True:
+    s.sendto(b\"x\", (\"198.18.99.1\", 9)); time.sleep(0.001)" & sender=$!
+  sleep 1; echo "arrived outside, rules in place: $(arrived)"
+  # dockerd restarted: its DOCKER-USER jump goes on top (harmless in itself).
+  iptables -N DOCKER-USER; iptables -A DOCKER-USER -j RETURN; iptables -I FORWARD 1 -j DOCKER-USER
+  sleep 0.5; echo "arrived outside, docker jump on top: $(arrived)"
+  $PY -c "
+from e2e.cluster import firewall, health
+firewall.ensure_first(health.current_layout(), \"zt-review-sim\")"
+  sleep 0.5; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
+  kill $sender; ip netns del pod1; rm -rf $ZT_RELAY_E2E_STATE
+  [ "$n" = 0 ] && { echo PASS; exit 0; }
+  echo "FAIL: re-installing our chain opened a gap: $n packets of a pod left the machine"; exit 1
+'

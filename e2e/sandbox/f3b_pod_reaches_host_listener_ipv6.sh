@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# F3 (IPv6): ZTR-E2E-IN6 lets link-local through (needed for ND), so a pod reaches every
+# service the machine offers on [::] at the CNI bridge's link-local address - a resolver or
+# proxy on the machine, by IPv6. Same sandbox as f3. Exit 0 = dropped; 1 = the host listener got it.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+PY=${PY:-$PWD/.venv/bin/python}
+SIMCG=/sys/fs/cgroup/unified/zt-review-sim
+mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
+  export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3b-state.XXXX)
+  $PY -c "
+from e2e.cluster import firewall, health, network
+layout = health.current_layout()
+firewall.install_all(layout, \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
+  ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0
+  ip addr add fe80::1/64 dev ztr-cni0 nodad; ip link set ztr-cni0 up
+  ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1
+  ip link set vethpod1 master ztr-cni0 up
+  ip -n pod1 addr add 10.244.0.5/24 dev eth0; ip -n pod1 addr add fe80::5/64 dev eth0 nodad
+  ip -n pod1 link set eth0 up; ip -n pod1 link set lo up
+  sleep 1
+  $PY -c "
+import socket
+s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((\"::\", 53)); s.settimeout(3)
+try:
+    d, p = s.recvfrom(512); print(\"HOST LISTENER ON [::]:53 GOT\", p[0])
+except TimeoutError:
+    print(\"host listener: nothing arrived\")" & l=$!
+  sleep 0.5
+  ip netns exec pod1 $PY -c "import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b\"q\", (\"fe80::1%eth0\", 53))"
+  wait $l
+  echo "ZTR-E2E-IN6 drops: $(ip6tables -t raw -L ZTR-E2E-IN6 -v -x -n | awk "/DROP/ {print \$1}")"
+  rm -rf $ZT_RELAY_E2E_STATE
+' | tee "${TMPDIR:-/tmp}/review-f3b.log"
+if grep -q "HOST LISTENER" "${TMPDIR:-/tmp}/review-f3b.log"; then rm -f "${TMPDIR:-/tmp}/review-f3b.log"; echo "FAIL: a pod reached a listener of the machine by IPv6 link-local"; exit 1; fi
+rm -f "${TMPDIR:-/tmp}/review-f3b.log"; echo PASS

@@ -1,0 +1,71 @@
+"""Review findings on the real cluster (local backend), safe by construction: the "outside"
+(198.18.0.0/15, 2001:2::/48) is routed into a counting namespace by test_cluster_egress's
+`escape` fixture, so a leak lands there and never on the wire.
+
+    flock /tmp/zt-e2e.lock sh -c '.venv/bin/python -m pytest --with-e2e e2e/test_review_egress.py -p no:cacheprovider -v; \
+        .venv/bin/python -m e2e.cluster down'
+"""
+
+import socket
+import subprocess
+import threading
+
+import pytest
+
+from e2e import workloads
+from e2e.cluster import cgroups, firewall
+from e2e.test_cluster_egress import OUTSIDE4, escape, layout, outside  # noqa: F401 - fixtures
+
+
+@pytest.fixture
+def host_network_pod(kubectl, namespace, busybox_image, wait_for_pods_ready):
+    spec = workloads.sleeper_pod("hostnet", busybox_image)
+    spec["spec"]["hostNetwork"] = True
+    kubectl.apply(spec, namespace=namespace)
+    (ready,) = wait_for_pods_ready(namespace, "app=hostnet")
+    return ready
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet: F5")
+def test_a_host_network_pod_sends_nothing_off_the_machine(layout, outside, escape, kubectl, host_network_pod):  # noqa: F811
+    """F5. ZTR-E2E-OUTPUT matches only the cgroup of the harness's host processes; a pod with
+    hostNetwork runs under the kubelet's cgroupRoot (/zt-relay-e2e-pods, v1 and - runc joins
+    it in hybrid mode - v2), so its packets pass OUTPUT unfiltered and FORWARD never sees them."""
+    pod = host_network_pod
+    arrived = escape.arrived()
+    for _ in range(3):
+        kubectl("exec", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "--", "sh", "-c",
+                f"timeout 2 tftp -g -r leak -l /dev/null {OUTSIDE4} 9; true", timeout=30)
+    v4, v6 = escape.arrived()
+    assert v4 == arrived[0], f"{v4 - arrived[0]} packets of a hostNetwork pod left by the second interface"
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet: F3")
+def test_a_pod_cannot_reach_a_resolver_or_proxy_running_on_the_machine(layout, kubectl, namespace, busybox_image, wait_for_pods_ready):  # noqa: F811
+    """F3. A resolver on the machine (dnsmasq on docker0/virbr0, unbound on 0.0.0.0) or a proxy
+    forwards what it gets off the machine. Pods reach every host listener (INPUT is open):
+    here a UDP listener bound to 0.0.0.0 gets a pod's datagram at docker0's address."""
+    kubectl.apply(workloads.sleeper_pod("asker", busybox_image), namespace=namespace)
+    wait_for_pods_ready(namespace, "app=asker")
+    listener = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind(("0.0.0.0", 0))
+    listener.settimeout(5)
+    port = listener.getsockname()[1]
+    got = []
+    thread = threading.Thread(target=lambda: got.append(listener.recvfrom(512)), daemon=True)
+    thread.start()
+    targets = [a for a in ("172.17.0.1", layout.node_ip)]
+    for address in targets:
+        kubectl("exec", "-n", namespace, "asker", "--", "sh", "-c",
+                f"timeout 2 tftp -g -r q -l /dev/null {address} {port}; true", timeout=30)
+    thread.join(6)
+    listener.close()
+    assert not got, f"a host listener on 0.0.0.0:{port} got a pod's datagram: {got}"
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed yet: F5")
+def test_pods_run_in_no_cgroup_the_output_rule_matches():
+    """F5, the cause, read-only: where pod processes sit in the v2 hierarchy."""
+    root = cgroups.unified_root()
+    pods = [p for p in (root / cgroups.PODS).glob("**/cgroup.procs") if p.read_text().split()]
+    assert not pods, f"pod processes in v2 outside {cgroups.HOST} (OUTPUT does not filter them): {pods[:3]}"
