@@ -281,3 +281,57 @@ def test_no_retries_or_tolerated_loss_on_local_paths_in_the_e2e_tests():
             if re.search(r"for attempt in range\(|//\s*2\b.*received|received.*//\s*2", line):
                 found.append(f"{path.name}:{n}: {line.strip()}")
     assert not found, "\n".join(found)
+
+
+def test_our_cluster_ran_this_boot_only_by_evidence_of_this_boot(tmp_path, monkeypatch):
+    """F1. A state dir left by another boot is no evidence; our boot id, our firewall jumps or
+    our kube-proxy alive are."""
+    from e2e.cluster import boot, firewall, processes
+
+    monkeypatch.setattr(boot, "BOOT_ID", tmp_path / "boot_id")
+    monkeypatch.setattr(firewall, "present", lambda is_ours=None: [])
+    monkeypatch.setattr(processes, "running_pid", lambda name, run: None)
+    (tmp_path / "boot_id").write_text("now\n")
+    state = tmp_path / "state"
+    state.mkdir()
+    assert not boot.ours_ran_this_boot(state, state / "run")
+    (state / "boot_id").write_text("before-the-reboot\n")
+    assert not boot.ours_ran_this_boot(state, state / "run")
+    boot.mark(state)
+    assert boot.ours_ran_this_boot(state, state / "run")
+    (state / "boot_id").unlink()
+    monkeypatch.setattr(firewall, "present", lambda is_ours=None: ["iptables -t filter -A OUTPUT -j ZTR-E2E-OUTPUT"])
+    assert boot.ours_ran_this_boot(state, state / "run")
+
+
+def test_down_puts_back_only_the_sysctls_it_changed_in_this_boot(tmp_path, monkeypatch):
+    """F2. A record of another boot is never applied; a key someone else changed after `up` is
+    theirs."""
+    from e2e.cluster import boot, sysctls
+
+    monkeypatch.setattr(boot, "BOOT_ID", tmp_path / "boot_id")
+    (tmp_path / "boot_id").write_text("one\n")
+    root = tmp_path / "proc"
+    for key, value in (("net.ipv4.ip_forward", "0"), ("vm.overcommit_memory", "0")):
+        path = root.joinpath(*key.split("."))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(value)
+    record = tmp_path / "sysctl.json"
+    sysctls.save(record, root)
+    sysctls.write("net.ipv4.ip_forward", "1", root)  # up
+    sysctls.write("vm.overcommit_memory", "1", root)  # the kubelet
+    sysctls.mark_ours(record, root)
+    sysctls.write("vm.overcommit_memory", "2", root)  # someone else, after up
+    assert sysctls.restore(record, root) == []
+    assert (sysctls.read("net.ipv4.ip_forward", root), sysctls.read("vm.overcommit_memory", root)) == ("0", "2")
+
+    sysctls.write("net.ipv4.ip_forward", "1", root)
+    (tmp_path / "boot_id").write_text("two\n")  # a reboot; docker turned forwarding on
+    assert sysctls.restore(record, root, this_boot=False) == []
+    assert sysctls.read("net.ipv4.ip_forward", root) == "1"
+    legacy = tmp_path / "legacy.json"
+    legacy.write_text('{"net.ipv4.ip_forward": "0"}')
+    sysctls.restore(legacy, root, this_boot=False)
+    assert sysctls.read("net.ipv4.ip_forward", root) == "1"
+    sysctls.restore(legacy, root, this_boot=True)
+    assert sysctls.read("net.ipv4.ip_forward", root) == "0"

@@ -18,8 +18,6 @@ NEEDS_CLUSTER = False
 
 SANDBOX = Path(__file__).parent / "sandbox"
 NOT_FIXED = {
-    "f1_reboot_kube_chains": "F1",
-    "f2_reboot_stale_sysctls": "F2",
     "f3_pod_reaches_host_resolver": "F3",
     "f3b_pod_reaches_host_listener_ipv6": "F3",
     "f5_host_network_pod_egress": "F5",

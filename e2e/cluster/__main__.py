@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "logs":
         return node.print_logs(args.lines)
     if args.command == "down":
-        return node.down(kube_chains=args.kube_chains, force=args.force)
+        return node.down(kube_chains=True if args.kube_chains else None, force=args.force)
     if args.command in ("stop", "start"):
         return getattr(node, args.command)(args.component)
     return {"up": node.up, "status": node.status}[args.command]()

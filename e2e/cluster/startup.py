@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from e2e.cluster import (
-    build, cgroups, components, configs, firewall, health, image_import, layout as layout_mod, locks, network,
+    boot, build, cgroups, components, configs, firewall, health, image_import, layout as layout_mod, locks, network,
     pause, paths, pki, processes, sysctls, teardown,
 )
 from e2e.cluster.configs import StatePaths
@@ -57,7 +57,7 @@ def _up() -> int:
         log(f"stale or broken cluster ({reason}): tearing it down first")
         try:
             with locks.sole_user():
-                if teardown.sweep(layout, kube_chains=False) != 0:
+                if teardown.sweep(layout, kube_chains=None) != 0:
                     raise SystemExit("e2e.cluster up: could not clear the stale state (see above)")
         except locks.InUse as exc:
             raise SystemExit(f"e2e.cluster up: the cluster is {verdict} ({reason}), but {exc}; not tearing it down") from None
@@ -68,6 +68,7 @@ def _up() -> int:
         d.mkdir(parents=True, exist_ok=True)
     os.chmod(state.root, 0o700)
     health.generation_file(state).write_text(health.HARNESS_GENERATION + "\n")
+    boot.mark(state.root)
     sysctls.save(state.sysctl_record)
     log("safety: own cgroups, firewall (no egress, v4 and v6), sink namespace and routes")
     cgroups.prepare()
@@ -106,6 +107,7 @@ def _up() -> int:
     kubectl.apply(*configs.dns_objects(layout), *configs.metrics_server_objects(layout))
     start_component(layout, state, "lb-controller")
     wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
+    sysctls.mark_ours(state.sysctl_record)
     log(f"cluster up in {time.monotonic() - started:.1f} s")
     print_access(state)
     return 0

@@ -21,7 +21,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e.cluster import cgroups, components, configs, firewall, health, inventory, locks, network, paths, processes, sysctls
+from e2e.cluster import boot, cgroups, components, configs, firewall, health, inventory, locks, network, paths, processes, sysctls
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.kubectl import wait_for
 from e2e.cluster.layout import Layout
@@ -33,7 +33,7 @@ def log(msg: str) -> None:
     print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def down(kube_chains: bool = False, force: bool = False) -> int:
+def down(kube_chains: bool | None = None, force: bool = False) -> int:
     """Stop everything and remove every trace; safe to run when nothing is up.
 
     Refuses while another test run holds the cluster (`locks`), unless `force`."""
@@ -55,9 +55,12 @@ def traces_present(layout: Layout) -> bool:
     return bool(inventory.leftovers(layout, kube_chains=False))
 
 
-def sweep(layout: Layout, kube_chains: bool) -> int:
+def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
+    """`kube_chains`: remove Kubernetes' fixed KUBE-* chains - True always (`down --kube-chains`),
+    False never, None when our cluster ran this boot (`boot`: a state dir alone is no evidence)."""
     state = StatePaths(paths.state_dir())
-    ran = state.root.exists()
+    ran = boot.ours_ran_this_boot(state.root, state.run)
+    kube_chains = ran if kube_chains is None else kube_chains
     states = health.process_states(state)
     processes.stop("lb-controller", state.run)
     if states["kube-apiserver"] and states["kubelet"] and states["containerd"]:
@@ -72,11 +75,11 @@ def sweep(layout: Layout, kube_chains: bool) -> int:
     _unmount_under(state.root)
     for ns in legacy_pod_netns():
         network.delete_netns(ns)
-    if ran or kube_chains:
+    if kube_chains:
         _remove_kube_chains()
     firewall.remove(firewall.ours)
     network.teardown(layout)
-    failed = sysctls.restore(state.sysctl_record)
+    failed = sysctls.restore(state.sysctl_record, this_boot=ran)
     stuck = cgroups.remove()
     _remove_cni_cache()
     _remove_container_log_links(state)
@@ -84,7 +87,7 @@ def sweep(layout: Layout, kube_chains: bool) -> int:
         subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
         subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
     shutil.rmtree(state.root, ignore_errors=True)
-    left = inventory.leftovers(layout, kube_chains=ran or kube_chains)
+    left = inventory.leftovers(layout, kube_chains=kube_chains)
     if failed:
         left["sysctls not restored"] = failed
     if stuck:
