@@ -117,6 +117,17 @@ def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(bina
     assert chain.rules[-1][-1] == "DROP" and "-o" not in chain.rules[-1] and "-d" not in chain.rules[-1]
 
 
+@pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
+def test_pod_processes_in_the_machines_netns_may_only_send_to_loopback_and_our_interfaces(binary):
+    """F5: a hostNetwork pod sends from the machine's netns (only OUTPUT sees it); runc puts it
+    under the kubelet's cgroupRoot, not the harness's host cgroup."""
+    assert cgroups.kubelet_cgroup_root() == "/" + cgroups.PODS
+    pods = _chain(binary, "filter", "ZTR-E2E-PODS-OUT")
+    assert pods.hook == "OUTPUT" and pods.match == ("-m", "cgroup", "--path", cgroups.PODS)
+    host = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
+    assert pods.rules == tuple(r for r in host.rules if "127.0.0.1" not in r)
+
+
 def test_every_chain_of_ours_carries_the_prefix_and_ipv6_is_covered():
     all_chains = firewall.chains(LAYOUT, cgroups.HOST)
     assert all(c.name.startswith("ZTR-E2E-") for c in all_chains)

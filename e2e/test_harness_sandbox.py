@@ -20,9 +20,7 @@ SANDBOX = Path(__file__).parent / "sandbox"
 NOT_FIXED = {
     "f3_pod_reaches_host_resolver": "F3",
     "f3b_pod_reaches_host_listener_ipv6": "F3",
-    "f5_host_network_pod_egress": "F5",
     "f6_foreign_routes": "F6",
-    "f8_down_leaks_while_tearing_down": "F8",
     "f11_down_kills_by_command_line": "F11",
     "f13_escape_fixture_collides": "F13",
     "f15_kubelet_writes_outside_state_dir": "F15",

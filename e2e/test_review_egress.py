@@ -26,7 +26,6 @@ def host_network_pod(kubectl, namespace, busybox_image, wait_for_pods_ready):
     return ready
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F5")
 def test_a_host_network_pod_sends_nothing_off_the_machine(layout, outside, escape, kubectl, host_network_pod):  # noqa: F811
     """F5. ZTR-E2E-OUTPUT matches only the cgroup of the harness's host processes; a pod with
     hostNetwork runs under the kubelet's cgroupRoot (/zt-relay-e2e-pods, v1 and - runc joins
@@ -63,9 +62,11 @@ def test_a_pod_cannot_reach_a_resolver_or_proxy_running_on_the_machine(layout, k
     assert not got, f"a host listener on 0.0.0.0:{port} got a pod's datagram: {got}"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F5")
-def test_pods_run_in_no_cgroup_the_output_rule_matches():
-    """F5, the cause, read-only: where pod processes sit in the v2 hierarchy."""
+def test_pod_processes_run_in_the_cgroup_the_pods_output_rule_matches():
+    """F5, the cause: every pod process sits under cgroups.PODS in the v2 hierarchy, which
+    ZTR-E2E-PODS-OUT matches (v4 and v6)."""
     root = cgroups.unified_root()
     pods = [p for p in (root / cgroups.PODS).glob("**/cgroup.procs") if p.read_text().split()]
-    assert not pods, f"pod processes in v2 outside {cgroups.HOST} (OUTPUT does not filter them): {pods[:3]}"
+    assert pods, f"no pod process under {root / cgroups.PODS}: the rule would match nothing"
+    for binary in ("iptables", "ip6tables"):
+        assert f"-m cgroup --path {cgroups.PODS} -j ZTR-E2E-PODS-OUT" in " ".join(firewall.listing(binary, "filter"))

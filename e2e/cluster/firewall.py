@@ -15,6 +15,8 @@ built-in chain, so `down` removes exactly those and nothing else:
                                       cgroup `cgroups.HOST`): loopback and our interfaces
                                       only; an image pull or DNS lookup that would leave
                                       the machine is dropped (and fails at once, EPERM).
+  filter OUTPUT  -> ZTR-E2E-PODS-OUT  (v4, v6) the same for every container (`cgroups.PODS`):
+                                      a hostNetwork pod sends from the machine's netns.
   raw PREROUTING -> ZTR-E2E-IN6       (v6) IPv6 from our interfaces to anything but
                                       link-local/multicast is dropped (counted) before
                                       routing decides anything.
@@ -77,8 +79,11 @@ def _comment(text: str) -> tuple[str, ...]:
     return ("-m", "comment", "--comment", f"zt-relay-e2e: {text}")
 
 
-def chains(layout: Layout, host_cgroup: str) -> list[Chain]:
-    """Every chain of ours with its rules (pure); `host_cgroup` is the v2 path to match."""
+def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> list[Chain]:
+    """Every chain of ours with its rules (pure); `host_cgroup` and `pods_cgroup` (the kubelet's
+    cgroupRoot, `cgroups.PODS`) are the v2 paths to match: runc puts every container under the
+    latter (on hybrid machines too), and a hostNetwork pod sends from the machine's netns, where
+    only OUTPUT sees it."""
     pods, hosts = layout.cluster_cidr, layout.test_host_cidr
     out_drops = (
         ("-i", OUR_INTERFACES, "!", "-o", OUR_INTERFACES, *_comment("nothing from the cluster leaves"), "-j", "DROP"),
@@ -108,11 +113,14 @@ def chains(layout: Layout, host_cgroup: str) -> list[Chain]:
         (*_comment("the harness's processes never dial out"), "-j", "DROP"),
     )
     owner = ("-m", "cgroup", "--path", host_cgroup)
+    pods_owner = ("-m", "cgroup", "--path", pods_cgroup)
     return [
         Chain("iptables", "filter", PREFIX + "FORWARD", "FORWARD", (), v4_forward),
         Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", (), out_drops),
         Chain("iptables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output),
         Chain("ip6tables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output[1:]),
+        Chain("iptables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
+        Chain("ip6tables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
         Chain(
             "ip6tables", "raw", PREFIX + "IN6", "PREROUTING", ("-i", OUR_INTERFACES),
             (("-d", "fe80::/10", "-j", "RETURN"), ("-d", "ff00::/8", "-j", "RETURN"),
@@ -139,8 +147,8 @@ def install(chain: Chain) -> None:
     _ipt(chain.binary, chain.table, "-I", chain.hook, "1", *chain.jump)
 
 
-def install_all(layout: Layout, host_cgroup: str) -> None:
-    for chain in chains(layout, host_cgroup):
+def install_all(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
+    for chain in chains(layout, host_cgroup, pods_cgroup):
         install(chain)
 
 
@@ -150,20 +158,25 @@ def _remove_jumps(chain: Chain) -> None:
 
 
 def first_in_hook(chain: Chain) -> bool:
-    rules = _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines()
-    return len(rules) >= 2 and rules[1].endswith(f"-j {chain.name}")
+    """Our jump comes before every rule that is not one of our jumps."""
+    for rule in _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines()[1:]:
+        if rule.endswith(f"-j {chain.name}"):
+            return True
+        if not rule.split()[-1].startswith(PREFIX):
+            return False
+    return False
 
 
-def ensure_first(layout: Layout, host_cgroup: str) -> None:
+def ensure_first(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
     """dockerd or kube-proxy may insert their jumps above ours later; move ours back up."""
-    for chain in chains(layout, host_cgroup):
+    for chain in chains(layout, host_cgroup, pods_cgroup):
         if not first_in_hook(chain):
             install(chain)
 
 
-def in_place(layout: Layout, host_cgroup: str) -> bool:
+def in_place(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> bool:
     return all(
-        _ipt(c.binary, c.table, "-C", c.hook, *c.jump, check=False).returncode == 0 for c in chains(layout, host_cgroup)
+        _ipt(c.binary, c.table, "-C", c.hook, *c.jump, check=False).returncode == 0 for c in chains(layout, host_cgroup, pods_cgroup)
     )
 
 

@@ -77,15 +77,16 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
         network.delete_netns(ns)
     if kube_chains:
         _remove_kube_chains()
-    firewall.remove(firewall.ours)
     network.teardown(layout)
     failed = sysctls.restore(state.sysctl_record, this_boot=ran)
-    stuck = cgroups.remove()
     _remove_cni_cache()
     _remove_container_log_links(state)
     for cidr in layout.sink_routes + (layout.test_host_cidr,):
         subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
         subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
+    # Last: until every sender (test hosts, pods) and forwarding are gone, nothing may leave.
+    firewall.remove(firewall.ours)
+    stuck = cgroups.remove()  # after the rules matching them
     shutil.rmtree(state.root, ignore_errors=True)
     left = inventory.leftovers(layout, kube_chains=kube_chains)
     if failed:

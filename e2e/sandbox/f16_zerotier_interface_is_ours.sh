@@ -33,7 +33,7 @@ print(\"zt\" + \"\".join(B[(bits >> (35 - 5 * i)) & 31] for i in range(8)))")
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\")
+firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\")
 network.setup_safety(layout); network.setup_node_address(layout)" || exit 2
   ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0; ip link set ztr-cni0 up
   ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1

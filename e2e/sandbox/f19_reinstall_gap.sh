@@ -21,7 +21,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
+firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
   ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0; ip link set ztr-cni0 up
   ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1
   ip link set vethpod1 master ztr-cni0 up
@@ -37,7 +37,7 @@ while True:
   sleep 0.5; echo "arrived outside, docker jump on top: $(arrived)"
   $PY -c "
 from e2e.cluster import firewall, health
-firewall.ensure_first(health.current_layout(), \"zt-review-sim\")"
+firewall.ensure_first(health.current_layout(), \"zt-review-sim\", \"zt-review-sim\")"
   sleep 0.5; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
   kill $sender; ip netns del pod1; rm -rf $ZT_RELAY_E2E_STATE
   [ "$n" = 0 ] && { echo PASS; exit 0; }

@@ -17,7 +17,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\")
+firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\")
 network.setup_safety(layout)
 network.setup_node_address(layout)
 "

@@ -28,7 +28,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f5-state.XXXX)
   $PY -c "
 from e2e.cluster import firewall, health
-firewall.install_all(health.current_layout(), \"zt-review-sim\")"
+firewall.install_all(health.current_layout(), \"zt-review-sim\", \"zt-review-sim-pods\")"
   send="import socket
 for a, f in ((\"198.18.99.1\", socket.AF_INET), (\"2001:2::99\", socket.AF_INET6)):
     try: socket.socket(f, socket.SOCK_DGRAM).sendto(b\"leak?\", (a, 9)); print(a, \"sent\")
