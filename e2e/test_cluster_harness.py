@@ -128,6 +128,22 @@ def test_pod_processes_in_the_machines_netns_may_only_send_to_loopback_and_our_i
     assert pods.rules == tuple(r for r in host.rules if "127.0.0.1" not in r)
 
 
+@pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
+def test_the_cluster_reaches_only_its_own_services_on_the_machine(binary):
+    """F3: pods and test hosts reach the machine itself (INPUT) only where the cluster listens;
+    a resolver or proxy of the machine on 0.0.0.0 would forward their traffic off it."""
+    chain = _chain(binary, "filter", "ZTR-E2E-INPUT")
+    assert chain.hook == "INPUT" and chain.match == ("-i", "ztr+")
+    assert chain.rules[-1][-1] == "DROP" and "-d" not in chain.rules[-1] and "-p" not in chain.rules[-1]
+    accepted = [r for r in chain.rules if r[-1] == "RETURN"]
+    for rule in accepted:  # every exception names the node IP, a NodePort, a reply or ICMP
+        text = " ".join(rule)
+        assert (f"-d {LAYOUT.node_ip}" in text or "30000:32767" in text or "ESTABLISHED" in text
+                or text.startswith(("-p icmp", "-p ipv6-icmp"))), text
+    if binary == "ip6tables":
+        assert all("--dport" not in " ".join(r) and "--dports" not in " ".join(r) for r in accepted)
+
+
 def test_every_chain_of_ours_carries_the_prefix_and_ipv6_is_covered():
     all_chains = firewall.chains(LAYOUT, cgroups.HOST)
     assert all(c.name.startswith("ZTR-E2E-") for c in all_chains)

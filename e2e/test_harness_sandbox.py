@@ -18,8 +18,6 @@ NEEDS_CLUSTER = False
 
 SANDBOX = Path(__file__).parent / "sandbox"
 NOT_FIXED = {
-    "f3_pod_reaches_host_resolver": "F3",
-    "f3b_pod_reaches_host_listener_ipv6": "F3",
     "f6_foreign_routes": "F6",
     "f11_down_kills_by_command_line": "F11",
     "f13_escape_fixture_collides": "F13",

@@ -39,7 +39,6 @@ def test_a_host_network_pod_sends_nothing_off_the_machine(layout, outside, escap
     assert v4 == arrived[0], f"{v4 - arrived[0]} packets of a hostNetwork pod left by the second interface"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F3")
 def test_a_pod_cannot_reach_a_resolver_or_proxy_running_on_the_machine(layout, kubectl, namespace, busybox_image, wait_for_pods_ready):  # noqa: F811
     """F3. A resolver on the machine (dnsmasq on docker0/virbr0, unbound on 0.0.0.0) or a proxy
     forwards what it gets off the machine. Pods reach every host listener (INPUT is open):

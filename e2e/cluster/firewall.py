@@ -17,6 +17,11 @@ built-in chain, so `down` removes exactly those and nothing else:
                                       the machine is dropped (and fails at once, EPERM).
   filter OUTPUT  -> ZTR-E2E-PODS-OUT  (v4, v6) the same for every container (`cgroups.PODS`):
                                       a hostNetwork pod sends from the machine's netns.
+  filter INPUT   -> ZTR-E2E-INPUT     (v4, v6) from our interfaces to the machine itself: only
+                                      what the cluster needs (API server, kubelet, DNS and
+                                      metrics-server on the node IP, NodePorts, replies, ICMP);
+                                      a resolver or proxy of the machine (dnsmasq, unbound on
+                                      0.0.0.0) would forward a pod's query off the machine.
   raw PREROUTING -> ZTR-E2E-IN6       (v6) IPv6 from our interfaces to anything but
                                       link-local/multicast is dropped (counted) before
                                       routing decides anything.
@@ -112,6 +117,23 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
         ("-o", OUR_INTERFACES, "-j", "RETURN"),
         (*_comment("the harness's processes never dial out"), "-j", "DROP"),
     )
+    n = layout.node_ip
+    node_ports = "30000:32767"  # configs: --service-node-port-range
+    v4_input = (
+        ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"),
+        ("-d", n, "-p", "tcp", "-m", "multiport", "--dports", f"{layout.apiserver_port},10250,{layout.metrics_server_port}", "-j", "RETURN"),
+        ("-d", n, "-p", "udp", "--dport", "53", "-j", "RETURN"),
+        ("-d", n, "-p", "tcp", "--dport", "53", "-j", "RETURN"),
+        ("-p", "tcp", "--dport", node_ports, "-j", "RETURN"),
+        ("-p", "udp", "--dport", node_ports, "-j", "RETURN"),
+        ("-p", "icmp", "-j", "RETURN"),
+        (*_comment("nothing else on the machine for the cluster"), "-j", "DROP"),
+    )
+    v6_input = (
+        ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"),
+        ("-p", "ipv6-icmp", "-j", "RETURN"),  # neighbour discovery
+        (*_comment("nothing else on the machine for the cluster"), "-j", "DROP"),
+    )
     owner = ("-m", "cgroup", "--path", host_cgroup)
     pods_owner = ("-m", "cgroup", "--path", pods_cgroup)
     return [
@@ -119,6 +141,8 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
         Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", (), out_drops),
         Chain("iptables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output),
         Chain("ip6tables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output[1:]),
+        Chain("iptables", "filter", PREFIX + "INPUT", "INPUT", ("-i", OUR_INTERFACES), v4_input),
+        Chain("ip6tables", "filter", PREFIX + "INPUT", "INPUT", ("-i", OUR_INTERFACES), v6_input),
         Chain("iptables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
         Chain("ip6tables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
         Chain(
