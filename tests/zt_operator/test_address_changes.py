@@ -1,0 +1,40 @@
+"""Review findings: the client address must never change silently.
+
+Clients hard-code ``tcpFallbackRelay``; any change of ``status.address`` must be loud
+(``previousAddress``, ``AddressStable=False``, a Warning Event), and the address must not
+change when the load balancer did not.
+"""
+
+from __future__ import annotations
+
+from tests.zt_operator.conftest import relay_body
+from zt_operator import status
+
+from tests.zt_operator.test_status import conditions, deployment, lb_service
+
+
+def test_an_address_change_through_a_gap_without_address_is_still_an_address_change():
+    # The Service is deleted (by someone, or a cloud LB re-provisioned) and recreated by the
+    # operator: for a few passes it has no ingress yet, then a new IP. Clients still hold
+    # the first address.
+    first = status.observe(relay_body(), deployment(), lb_service(ip="198.51.100.7"))
+    gap_wanted = status.observe(relay_body(), deployment(), lb_service(), previous=first)
+    # What the relay's status becomes after the merge patch of ``changes`` (None removes).
+    gap = {**first, **status.changes(first, gap_wanted)}
+    gap = {k: v for k, v in gap.items() if v is not None}
+    after = status.observe(relay_body(), deployment(), lb_service(ip="198.51.100.8"), previous=gap)
+    assert after["previousAddress"] == "198.51.100.7"
+    assert conditions(after)["AddressStable"] == ("False", "AddressChanged")
+    assert ("Warning", "AddressChanged") in [(k, r) for k, r, _ in status.events(gap, after)]
+
+
+def test_a_hostname_load_balancer_whose_dns_answers_rotate_keeps_its_address():
+    # Cloud load-balancer hostnames (one A record per zone) answer in rotating order; the
+    # load balancer did not change, so clients' tcpFallbackRelay must not either.
+    service = lb_service(hostname="lb-1.example.net")
+    first = status.observe(relay_body(), deployment(), service,
+                           resolved={"lb-1.example.net": ["198.51.100.9", "198.51.100.10"]})
+    again = status.observe(relay_body(), deployment(), service, previous=first,
+                           resolved={"lb-1.example.net": ["198.51.100.10", "198.51.100.9"]})
+    assert again["address"] == first["address"]
+    assert [r for _, r, _ in status.events(first, again)] == []
