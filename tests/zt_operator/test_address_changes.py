@@ -38,3 +38,31 @@ def test_a_hostname_load_balancer_whose_dns_answers_rotate_keeps_its_address():
                            resolved={"lb-1.example.net": ["198.51.100.10", "198.51.100.9"]})
     assert again["address"] == first["address"]
     assert [r for _, r, _ in status.events(first, again)] == []
+
+
+def test_a_rotating_hostname_does_not_make_every_pass_write_status_and_warn():
+    # Every status write comes back as a relay watch event, which requests the next pass:
+    # if each pass sees the answers in a new order, the operator writes status and posts
+    # an AddressChanged Warning in a loop, as fast as DNS answers.
+    from tests.zt_operator.test_reconcile import FakeAccess, run
+
+    answers = [["198.51.100.9", "198.51.100.10"], ["198.51.100.10", "198.51.100.9"]]
+
+    class RotatingDNS(FakeAccess):
+        calls_made = 0
+
+        def resolve(self, hostname):
+            RotatingDNS.calls_made += 1
+            return answers[RotatingDNS.calls_made % 2]
+
+    access = RotatingDNS()
+    run(relay_body(), access)
+    access.objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    access.objects["Service"]["status"] = {"loadBalancer": {"ingress": [{"hostname": "lb-1.example.net"}]}}
+    current: dict = {}
+    warnings = 0
+    for _ in range(6):  # six passes, each started by the previous pass's status write
+        outcome = run(relay_body(**current), access)
+        current = {k: v for k, v in {**current, **outcome.status_patch}.items() if v is not None}
+        warnings += sum(1 for kind, reason, _ in outcome.events if reason == "AddressChanged")
+    assert warnings == 0
