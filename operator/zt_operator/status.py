@@ -84,8 +84,10 @@ def service_addresses(service: Mapping[str, Any] | None, resolved: Mapping[str, 
             return prefer_ipv4(ips), None
         hostnames = load_balancer_hostnames(service)
         if hostnames:
-            found = [ip for h in hostnames for ip in (resolved or {}).get(h, ()) if _is_ip(ip)]
-            return prefer_ipv4(found), hostnames[0]
+            # DNS answers rotate: sorted, so the same set of IPs is always the same list.
+            found = sorted({ip for h in hostnames for ip in (resolved or {}).get(h, ()) if _is_ip(ip)},
+                           key=lambda a: (ipaddress.ip_address(a).version, ipaddress.ip_address(a)))
+            return found, hostnames[0]
         return [], None
     if kind == "ClusterIP":
         ips = [ip for ip in spec.get("clusterIPs") or [spec.get("clusterIP")] if ip and ip != "None"]
@@ -149,11 +151,15 @@ def observe(
     replicas = dep_status.get("replicas") or 0
     ready = dep_status.get("readyReplicas") or 0
     addresses, hostname = service_addresses(service, resolved)
-    address = addresses[0] if addresses else None
     previous = previous or {}
+    # The address clients were last given, even through a gap with none (Service recreated).
+    last = previous.get("address") or previous.get("lastAddress")
+    address = addresses[0] if addresses else None
+    if hostname and last in addresses:
+        address = last  # the load balancer did not change, only the order of its DNS answers
     previous_address = previous.get("previousAddress")
-    if address and previous.get("address") and previous["address"] != address:
-        previous_address = previous["address"]
+    if address and last and last != address:
+        previous_address = last
     status: dict[str, Any] = {
         "observedGeneration": generation,
         "replicas": replicas,
@@ -164,6 +170,7 @@ def observe(
         "addresses": addresses or None,
         "hostname": hostname,
         "previousAddress": previous_address,
+        "lastAddress": address or last,
         "clientConfig": builders.client_config(address, port),
     }
 
@@ -281,7 +288,7 @@ def events(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> list[tuple[
     if (degraded_new and degraded_new["status"] == "True" and degraded_new["reason"] != (ready_new or {}).get("reason")
             and (not degraded_old or (degraded_old.get("status"), degraded_old.get("reason")) != ("True", degraded_new["reason"]))):
         found.append(("Warning", degraded_new["reason"], degraded_new["message"]))
-    old_address = (old or {}).get("address")
+    old_address = (old or {}).get("address") or (old or {}).get("lastAddress")
     if new.get("address") and old_address and new["address"] != old_address:
         found.append(("Warning", "AddressChanged",
                       f"the relay's address changed from {old_address} to {new['address']}; clients configured with "
