@@ -129,15 +129,22 @@ def call(what: str, fn, *args: Any, **kwargs: Any) -> Any:
         raise KubeError(f"{what}: {message}", reason, status) from None
 
 
+def call_json(what: str, fn, *args: Any, **kwargs: Any) -> dict[str, Any]:
+    """``call`` that also reads and decodes the body inside it: with ``_preload_content=False``
+    the body arrives after ``fn`` returns, and a connection cut mid-body or a truncated body
+    must be a ``KubeError`` too (Degraded, Event, metric, backoff), not escape the pass."""
+    return call(what, lambda: _decode(fn(*args, **kwargs)))
+
+
 def apply(manifest: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
     """Server-side apply ``manifest`` (creates it if missing); returns the live object."""
     meta = manifest["metadata"]
-    return _decode(call(
+    return call_json(
         f"applying {manifest['kind']} {meta['name']}", _method(manifest["kind"], "patch"),
         meta["name"], meta["namespace"], manifest,
         field_manager=manager, force=True,
         _content_type=APPLY, _preload_content=False, _request_timeout=TIMEOUT,
-    ))
+    )
 
 
 def replace_service_ports(namespace: str, name: str, ports: list[dict[str, Any]]) -> None:
@@ -151,8 +158,8 @@ def replace_service_ports(namespace: str, name: str, ports: list[dict[str, Any]]
 def get(kind: str, namespace: str, name: str) -> dict[str, Any] | None:
     """The live object, or None if it does not exist."""
     try:
-        return _decode(call(f"reading {kind} {name}", _method(kind, "read"), name, namespace,
-                            _preload_content=False, _request_timeout=TIMEOUT))
+        return call_json(f"reading {kind} {name}", _method(kind, "read"), name, namespace,
+                            _preload_content=False, _request_timeout=TIMEOUT)
     except KubeError as exc:
         if exc.status == 404:
             return None
@@ -173,9 +180,9 @@ def delete(kind: str, namespace: str, name: str) -> bool:
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     """The pods matching ``selector`` (only read when a relay is short of ready pods)."""
-    response = call("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
-                    label_selector=selector, _preload_content=False, _request_timeout=TIMEOUT)
-    return _decode(response).get("items") or []
+    listed = call_json("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
+                       label_selector=selector, _preload_content=False, _request_timeout=TIMEOUT)
+    return listed.get("items") or []
 
 
 def scale_relay(namespace: str, name: str, replicas: int) -> None:
@@ -235,9 +242,9 @@ CRD_NAME = f"{PLURAL}.{GROUP}"
 def get_crd() -> dict[str, Any] | None:
     """The ZeroTierRelay CRD as installed, or None."""
     try:
-        return _decode(call("reading the ZeroTierRelay CRD",
+        return call_json("reading the ZeroTierRelay CRD",
                             _typed(client.ApiextensionsV1Api).read_custom_resource_definition, CRD_NAME,
-                            _preload_content=False, _request_timeout=TIMEOUT))
+                            _preload_content=False, _request_timeout=TIMEOUT)
     except KubeError as exc:
         if exc.status == 404:
             return None
