@@ -145,9 +145,15 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
 
     pods: list[dict[str, Any]] = []
     dep_status = (deployment or {}).get("status") or {}
-    short = deployment is not None and (dep_status.get("readyReplicas") or 0) < ((deployment.get("spec") or {}).get("replicas") or 0)
+    desired = ((deployment or {}).get("spec") or {}).get("replicas") or 0
+    short = deployment is not None and (
+        (dep_status.get("readyReplicas") or 0) < desired
+        # A rollout under way: its new pods may be stuck (an image typo) while the old
+        # ones keep every replica ready; a pod's state changes no watched child.
+        or (dep_status.get("updatedReplicas") or 0) < desired
+        or (dep_status.get("unavailableReplicas") or 0) > 0)
     if short:
-        # Only a relay short of ready pods costs a pod listing (why they are not ready).
+        # Only a relay short of ready or updated pods costs a pod listing (why they are not).
         pods = attempt(lambda: access.list_pods(namespace, builders.selector_string(name)))[1] or []
     resolved = {h: access.resolve(h) for h in status.load_balancer_hostnames(live.get("Service"))}
 
