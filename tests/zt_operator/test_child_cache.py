@@ -1,0 +1,110 @@
+"""Review findings: the child cache, as it is right after a restart and after a missed
+watch event. Uses the real ``children.Access`` over a fake ``kube``."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.zt_operator.conftest import IMAGE, relay_body
+from zt_operator import children, handlers, kube, reconcile
+from zt_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(relay_image=IMAGE)
+LB_IP = "198.51.100.7"
+
+
+def live_children(body):
+    """The children as a previous operator left them: built with the Service's LB IP known."""
+    built = reconcile._manifests(body, SETTINGS, [LB_IP], None)
+    objects = {}
+    for kind, manifest in built.items():
+        if manifest is None:
+            continue
+        obj = copy.deepcopy(manifest)
+        obj["metadata"]["resourceVersion"] = "100"
+        obj["metadata"]["uid"] = f"uid-{kind}"
+        obj["status"] = {}
+        objects[kind] = obj
+    objects["Service"]["status"] = {"loadBalancer": {"ingress": [{"ip": LB_IP}]}}
+    objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    return objects
+
+
+@pytest.fixture
+def cluster(monkeypatch):
+    """kube.get/apply over a dict of live objects; records applies."""
+    objects: dict[str, dict] = {}
+    applied: list[str] = []
+
+    def get(kind, namespace, name):
+        return copy.deepcopy(objects.get(kind))
+
+    def apply(manifest, manager="zt-relay-operator"):
+        applied.append(manifest["kind"])
+        obj = copy.deepcopy(manifest)
+        obj["metadata"]["resourceVersion"] = "200"
+        objects[manifest["kind"]] = obj
+        return copy.deepcopy(obj)
+
+    monkeypatch.setattr(kube, "get", get)
+    monkeypatch.setattr(kube, "apply", apply)
+    return objects, applied
+
+
+def test_an_operator_restart_does_not_roll_the_relay_pods_before_the_service_watch_has_listed(cluster):
+    # After a restart the relay's watch event may come before the Service watch has listed
+    # (Kopf starts the watchers independently; at fleet scale the relay list often wins).
+    # The Service is then read from the API server, but the LB IPs for the pod template's
+    # ZT_RELAY_OWN_ADDRESS come from the (empty) cache only: the template differs and the
+    # Deployment is re-applied, rolling every relay pod (and again once the watch lists).
+    objects, applied = cluster
+    body = relay_body()
+    objects.update(live_children(body))
+    access = children.Access(children.ChildCache(), resolver=lambda host: [])
+    reconcile.run(body, SETTINGS, lambda: "2026-01-01T00:00:00Z", access)
+    assert "Deployment" not in applied
+
+
+def test_the_resync_repairs_a_child_deleted_while_the_watch_was_away(cluster, monkeypatch):
+    # A watch that ends with 410 Gone (down longer than etcd keeps history, a partition)
+    # is restarted by Kopf with a new LIST: objects deleted meanwhile give no DELETED
+    # event, so the cache keeps them. The resync ("catches anything missed") reads the same
+    # cache, so the Deployment is never re-created.
+    objects, applied = cluster
+    body = relay_body()
+    objects.update(live_children(body))
+    cache = children.ChildCache()
+    for kind, obj in objects.items():
+        cache.put(kind, copy.deepcopy(obj))
+    del objects["Deployment"]  # deleted while the watch was away
+    monkeypatch.setattr(handlers, "ACCESS", children.Access(cache, resolver=lambda host: []))
+    monkeypatch.setattr(handlers, "_applied_generation", {})
+    monkeypatch.setattr(handlers, "SETTINGS", SETTINGS)
+    monkeypatch.setattr(kube, "patch_relay_status", lambda *a: None)
+    monkeypatch.setattr(kube, "post_event", lambda *a: None)
+    monkeypatch.setattr(kube, "scale_relay", lambda *a: None)
+    handlers._reconcile_blocking("relays/edge", body)  # what the periodic resync runs
+    assert "Deployment" in applied
+
+
+def test_an_apply_answered_after_the_childs_deleted_event_does_not_resurrect_it_in_the_cache(cluster, monkeypatch):
+    # Reconcile thread: apply returns the object; the watch (event loop) meanwhile handles
+    # the child's DELETED event and drops it; then Access.apply puts the now-deleted object
+    # back. The cache has no tombstone, so the ghost stays and the child is never repaired.
+    objects, applied = cluster
+    cache = children.ChildCache()
+    real_apply = kube.apply
+
+    def apply_then_deleted(manifest, manager="zt-relay-operator"):
+        obj = real_apply(manifest, manager)
+        del objects[manifest["kind"]]
+        cache.drop(manifest["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])  # DELETED event
+        return obj
+
+    monkeypatch.setattr(kube, "apply", apply_then_deleted)
+    access = children.Access(cache, resolver=lambda host: [])
+    manifest = reconcile._manifests(relay_body(), SETTINGS, [], None)["PodDisruptionBudget"]
+    access.apply(manifest)
+    assert cache.get("PodDisruptionBudget", "relays", "edge") is None
