@@ -1,18 +1,24 @@
 """The relays' children as the watches last saw them, and access to them for a reconcile.
 
 Kopf watches each child kind, selected by the ``app.kubernetes.io/managed-by`` label, and
-puts every object it sees here (``ChildCache``). A reconcile reads children from this cache,
-so a steady relay costs no API request at all; only a child missing from the cache is read
-from the API server (it may be a foreign object of the same name, which has no label).
+puts every object it sees here (``ChildCache``). A reconcile reads children from this cache;
+a child missing from the cache is read from the API server (it may be a foreign object of
+the same name, which has no label), and so is one not confirmed by a GET or an apply for
+``verify_seconds`` (the resync interval): a child deleted while its watch was away (410,
+relist) gives no DELETED event, and only a read finds it gone. A steady relay thus costs
+one GET per child per resync interval, nothing in between. GET and apply answers go into
+the cache, unless a DELETED event for that child arrived while the call was in flight
+(the answer would resurrect a deleted child).
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
-from zt_operator import FIELD_MANAGER, kube
+from zt_operator import FIELD_MANAGER, builders, kube
 
 Key = tuple[str, str, str]
 """(kind, namespace, name)"""
@@ -27,22 +33,56 @@ class ChildCache:
     """Objects by (kind, namespace, name); written by watch handlers, read by reconciles
     in worker threads (hence the lock)."""
 
-    def __init__(self) -> None:
+    def __init__(self, verify_seconds: float = 300.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._lock = threading.Lock()
         self._objects: dict[Key, dict[str, Any]] = {}
+        self._verified: dict[Key, float] = {}  # when a GET or an apply last confirmed it
+        self._deletions: dict[Key, int] = {}  # drops so far (a tombstone count)
+        self.verify_seconds = verify_seconds
+        self._clock = clock
 
     def put(self, kind: str, obj: dict[str, Any]) -> None:
         """Remember ``obj`` unless an object with a newer resourceVersion is already here."""
         key = key_of(kind, obj)
         with self._lock:
-            known = self._objects.get(key)
-            if known is not None and _newer(known, obj):
+            self._put(key, obj)
+
+    def _put(self, key: Key, obj: dict[str, Any]) -> bool:
+        known = self._objects.get(key)
+        if known is not None and _newer(known, obj):
+            return False
+        self._objects[key] = obj
+        return True
+
+    def deletions(self, kind: str, namespace: str, name: str) -> int:
+        """A mark to pass to ``answer`` (taken before the API call)."""
+        with self._lock:
+            return self._deletions.get((kind, namespace, name), 0)
+
+    def answer(self, key: Key, obj: dict[str, Any] | None, mark: int) -> None:
+        """Record what a GET or an apply (started at ``mark``) answered, unless the child
+        was dropped since: then the answer is older than the DELETED event."""
+        with self._lock:
+            if self._deletions.get(key, 0) != mark:
                 return
-            self._objects[key] = obj
+            if obj is None:
+                self._objects.pop(key, None)
+            elif not self._put(key, obj):
+                return
+            self._verified[key] = self._clock()
+
+    def verified(self, kind: str, namespace: str, name: str) -> bool:
+        """Whether a GET or an apply confirmed the cached child within ``verify_seconds``."""
+        with self._lock:
+            when = self._verified.get((kind, namespace, name))
+            return when is not None and self._clock() - when < self.verify_seconds
 
     def drop(self, kind: str, namespace: str, name: str) -> None:
+        key = (kind, namespace, name)
         with self._lock:
-            self._objects.pop((kind, namespace, name), None)
+            self._objects.pop(key, None)
+            self._verified.pop(key, None)
+            self._deletions[key] = self._deletions.get(key, 0) + 1
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:
@@ -51,6 +91,12 @@ class ChildCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._objects)
+
+
+def _ours(obj: dict[str, Any]) -> bool:
+    """Whether ``obj`` carries the label the child watches select on (so they keep it fresh)."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    return labels.get("app.kubernetes.io/managed-by") == builders.MANAGED_BY
 
 
 def _newer(a: dict[str, Any], b: dict[str, Any]) -> bool:
@@ -75,13 +121,20 @@ class Access:
         """The child from the cache; on a miss from the API server, unless ``cached_only``
         (enough when only our own, labelled, object matters)."""
         found = self.cache.get(kind, namespace, name)
-        if found is not None or cached_only:
+        if cached_only or (found is not None and self.cache.verified(kind, namespace, name)):
             return found
-        return kube.get(kind, namespace, name)
+        mark = self.cache.deletions(kind, namespace, name)
+        obj = kube.get(kind, namespace, name)
+        if obj is None or _ours(obj):  # a foreign object is not ours to cache (no watch event for it)
+            self.cache.answer((kind, namespace, name), obj, mark)
+        return obj
 
     def apply(self, manifest: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
+        meta = manifest["metadata"]
+        key = (manifest["kind"], meta["namespace"], meta["name"])
+        mark = self.cache.deletions(*key)
         obj = kube.apply(manifest, manager)
-        self.cache.put(manifest["kind"], obj)
+        self.cache.answer(key, obj, mark)
         return obj
 
     def delete(self, kind: str, namespace: str, name: str) -> None:

@@ -138,3 +138,20 @@ async def test_after_a_relist_a_steady_relay_again_costs_no_api_request(cluster,
     await asyncio.sleep(0.3)
     await work_runner.close()
     assert gets == []
+
+
+def test_a_child_is_read_again_once_its_last_confirmation_is_older_than_the_resync_interval(cluster, monkeypatch):
+    objects, applied = cluster
+    objects.update(live_children(relay_body()))
+    now = [1000.0]
+    gets: list[str] = []
+    real_get = kube.get
+    monkeypatch.setattr(kube, "get", lambda kind, ns, name: (gets.append(kind), real_get(kind, ns, name))[1])
+    access = children.Access(children.ChildCache(verify_seconds=300, clock=lambda: now[0]), resolver=lambda host: [])
+    assert access.live("Deployment", "relays", "edge") is not None
+    assert access.live("Deployment", "relays", "edge") is not None
+    assert gets == ["Deployment"]  # the GET's answer is cached
+    now[0] += 301
+    del objects["Deployment"]
+    assert access.live("Deployment", "relays", "edge") is None  # verified again: gone
+    assert gets == ["Deployment", "Deployment"]
