@@ -34,8 +34,9 @@ def _endpoint_error(field: str, value: str) -> str | None:
     return None
 
 
-def validate(spec: Mapping[str, Any] | None) -> list[str]:
-    """Every problem found, each naming its field; an empty list means the spec is usable."""
+def validate(spec: Mapping[str, Any] | None, name: str | None = None) -> list[str]:
+    """Every problem found, each naming its field; an empty list means the spec is usable.
+    ``name`` is the relay's (its Service has the same name)."""
     spec = builders.with_defaults(spec)
     relay = spec["relay"]
     errors = _cidr_errors("relay.allowDestinations", relay.get("allowDestinations"))
@@ -55,6 +56,11 @@ def validate(spec: Mapping[str, Any] | None) -> list[str]:
                 errors.append(error)
         elif not fallback.get("port"):
             errors.append("spec.fallback.port: required with spec.fallback.service (the Service's port)")
+        elif name and fallback["service"] == name:
+            # The relay's own Service: every non-ZeroTier connection would loop relay -> relay
+            # until the connection limit or the file descriptors run out.
+            errors.append(f"spec.fallback.service: {name!r} is this relay's own Service (a connection loop); "
+                          "name the site's backend Service")
     auto = spec["autoscaling"]
     if auto["enabled"]:
         if auto["minReplicas"] > auto["maxReplicas"]:
