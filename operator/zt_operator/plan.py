@@ -22,6 +22,8 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from kubernetes.utils.quantity import parse_quantity
+
 from zt_operator import FIELD_MANAGER, GROUP, builders
 
 HANDOVER_MANAGER = f"{FIELD_MANAGER}-handover"
@@ -90,13 +92,28 @@ def is_stale(body: Mapping[str, Any], applied_generation: int | None) -> bool:
     return applied_generation is not None and generation is not None and generation < applied_generation
 
 
-def _contains(built: Any, live: Any) -> bool:
+_QUANTITY_MAPS = ("requests", "limits")
+"""Keys whose values are resource quantities: the API server stores them canonically
+(``0.5`` -> ``500m``, ``1.5Gi`` -> ``1536Mi``), so they are compared by value."""
+
+
+def _same_quantity(built: Any, live: Any) -> bool:
+    try:
+        return parse_quantity(built) == parse_quantity(live)
+    except (ValueError, TypeError, ArithmeticError):
+        return False
+
+
+def _contains(built: Any, live: Any, quantities: bool = False) -> bool:
     if isinstance(built, Mapping):
-        return isinstance(live, Mapping) and all(k in live and _contains(v, live[k]) for k, v in built.items())
+        return isinstance(live, Mapping) and all(
+            k in live and _contains(v, live[k], quantities or k in _QUANTITY_MAPS) for k, v in built.items())
     if isinstance(built, list):
         # Lists are atomic or keyed; either way the same items in the same order.
         return isinstance(live, list) and len(built) == len(live) and all(map(_contains, built, live))
-    return built == live or str(built) == str(live)
+    if built == live or str(built) == str(live):
+        return True
+    return quantities and _same_quantity(built, live)
 
 
 def up_to_date(built: Mapping[str, Any], live: Mapping[str, Any] | None) -> bool:
