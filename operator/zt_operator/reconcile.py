@@ -90,11 +90,20 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     manifests: dict[str, dict[str, Any] | None] = {}
     if not invalid:
         ok, fallback_service = attempt(lambda: _fallback_service(body, access))
+        forbidden = not ok and errors[-1].status == 403
+        if forbidden:
+            # Not a passing failure: the operator has no Role there (operator.watchNamespaces).
+            # The policy is still built, with the backend closed, rather than none at all.
+            ref = builders.fallback_service_ref(body)
+            errors[-1] = kube.KubeError(
+                f"the fallback Service {ref[0]}/{ref[1]} can't be read (403: the operator has no Role in "
+                f"namespace {ref[0]}; add it to operator.watchNamespaces): the relay's egress to its backend "
+                f"stays closed", "FallbackServiceForbidden", 403)
         # The load balancer's own IPs are not passed to the pods: they arrive after the
         # Deployment exists, and putting them in the pod template would roll every relay
         # (cutting its tunnels) when its address is assigned or changes.
         manifests = _manifests(body, settings, [], fallback_service)
-        if not ok:  # keep the NetworkPolicy as it is rather than close the backend off
+        if not ok and not forbidden:  # a passing failure: keep the policy as it is rather than close the backend
             manifests.pop("NetworkPolicy")
     for kind in CHILD_KINDS:
         # A child that is not to be written needs no read from the API server: only our own

@@ -33,3 +33,15 @@ def test_a_new_relay_whose_fallback_service_is_unreadable_still_gets_its_network
     access = NamespacedAccess()
     run(relay_body(spec), access)
     assert ("apply", "NetworkPolicy", "zt-relay-operator") in access.calls
+
+
+def test_an_unreadable_fallback_service_is_degraded_with_its_own_reason_and_the_backend_closed():
+    from tests.zt_operator.test_reconcile import conditions
+
+    spec = {"networkPolicy": {"enabled": True},
+            "fallback": {"service": "ingress-nginx-controller", "namespace": "ingress-nginx", "port": 443}}
+    access = NamespacedAccess()
+    outcome = run(relay_body(spec), access)
+    assert conditions(outcome)["Degraded"] == ("True", "FallbackServiceForbidden")
+    policy = access.objects["NetworkPolicy"]
+    assert all(rule.get("ports") != [{"protocol": "TCP", "port": 443}] for rule in policy["spec"]["egress"])
