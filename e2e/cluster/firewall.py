@@ -33,7 +33,7 @@ names (KUBE-SERVICES, KUBE-FIREWALL, ...) that no option renames, and another ku
 or kubelet in the same network namespace (k3s, minikube with the none driver) would use
 the very same chains. So: `up` refuses to start while those exact chains exist and no
 cluster of ours does (the two kube-proxies would overwrite each other's rules), and `down`
-removes them only when our cluster ran (our state dir exists) - by their exact names (never
+removes them only when our cluster ran in this boot (`boot.ours_ran_this_boot`) - by their exact names (never
 `kube-proxy --cleanup`, which flushes every IPVS service and nftables `kube-proxy` table on
 the machine) - or when asked explicitly
 (`down --kube-chains`, for traces of a crashed older run). Chains named otherwise (say,
