@@ -19,6 +19,7 @@ Everything that is not per packet (admission, timeouts, telemetry, closing) live
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import socket
 import struct
@@ -51,6 +52,10 @@ NEW_DESTINATION_BURST_SECONDS = 8
 #: lookup (about a microsecond); as many as the destinations it may have (MAX_PEERS), so
 #: a node talking to many peers does not re-spend its new-destination budget on them.
 MAX_CACHED_VERDICTS = MAX_PEERS
+
+#: sendto errors of an IPv6 socket that mean the pod has no IPv6 (``disable_ipv6``: no
+#: source address, no route), not a problem of one destination.
+_NO_IPV6 = frozenset((errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EAFNOSUPPORT))
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
@@ -172,6 +177,12 @@ class Tunnel(asyncio.Protocol):
             self.drop(stats.UDP_BUFFER_FULL)
             return
         except OSError as exc:
+            if kind == 6 and exc.errno in _NO_IPV6:
+                # IPv6 disabled or absent in the pod: the kernel still opens and binds the
+                # socket, only the send fails. Counted like a socket that can't be opened.
+                self.warn_once("udp6_send", "no IPv6 toward %s for the tunnel from %s: %s", dest, _fmt(self.client), exc)
+                self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+                return
             relay.stats.udp_send_errors += 1
             self.warn_once("udp_send_error", "UDP send to %s failed: %s", dest, exc)
             return

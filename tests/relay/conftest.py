@@ -32,7 +32,8 @@ class RelayProcess:
         self._reader: asyncio.Task | None = None
 
     @classmethod
-    async def start(cls, *args: str, env: dict[str, str] | None = None, health: bool = True, listen: str = "127.0.0.1:0") -> RelayProcess:
+    async def start(cls, *args: str, env: dict[str, str] | None = None, health: bool = True, listen: str = "127.0.0.1:0",
+                    preexec_fn=None) -> RelayProcess:
         argv = [sys.executable, "-m", "relay", listen, *args]
         if health and "--health-listen" not in args:
             argv += ["--health-listen", "127.0.0.1:0"]
@@ -41,6 +42,7 @@ class RelayProcess:
         proc = await asyncio.create_subprocess_exec(
             *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE, env={"ZT_RELAY_SHUTDOWN_DELAY": "0", **os.environ, **(env or {})},
+            preexec_fn=preexec_fn,  # e.g. a lower RLIMIT_NOFILE, a cgroup (tests/relay/kernel.py)
         )
         self = cls(proc)
         try:
