@@ -63,6 +63,7 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
             log.error("cannot serve health on %s: %s", config.health_listen, exc)
             await relay.close()
             return 1
+    warn_about_descriptors(config, relay)
     publishing = asyncio.ensure_future(publisher(relay)) if publisher is not None else None
     try:
         await signals.get()
@@ -87,15 +88,24 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
 
 
 def warn_about_ceilings(config: RelayConfig) -> None:
-    """Logs where --max-connections exceeds what descriptors and ports allow."""
-    nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    """Logs where --max-connections x workers exceeds the ephemeral ports (once, in the
+    supervisor too; the descriptor ceiling is per process: ``warn_about_descriptors``)."""
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             low, high = (int(x) for x in f.read().split())
     except (OSError, ValueError):
         low, high = 32768, 60999  # Linux's default
+    warning = limits.port_warning(config.max_connections, config.workers, (low, high))
+    if warning is not None:
+        log.warning("%s", warning)
+
+
+def warn_about_descriptors(config: RelayConfig, relay: Relay) -> None:
+    """Logs where --max-connections exceeds RLIMIT_NOFILE, counted from what this process
+    holds once it listens (the ceiling the relay then enforces: Relay.fds_short)."""
     site = config.fallback_max_connections if config.fallback is not None else 0
-    for warning in limits.ceiling_warnings(config.max_connections, config.workers, nofile, (low, high), site):
+    warning = limits.descriptor_warning(config.max_connections, relay.nofile, relay.count_fds(), site)
+    if warning is not None:
         log.warning("%s", warning)
 
 

@@ -135,32 +135,56 @@ FDS_PER_TUNNEL = 3
 #: Descriptors a fallback (site) connection holds: the client's and the backend's.
 FDS_PER_SITE_CONNECTION = 2
 #: Descriptors a relay process uses besides its connections (listeners, health, loop,
-#: logs, the tunnels' descriptor reserve with --fallback).
+#: logs, the tunnels' descriptor reserve with --fallback), when it has not counted them.
 FDS_BASE = 64
+#: Descriptors the tunnels never take: accept() and health scrapes need them. With none
+#: left, libuv's accept loop closes every new connection itself (its EMFILE trick):
+#: uncounted, and /metrics with them. Tunnels are refused (file_descriptors_exhausted)
+#: and IPv6 sockets not opened (udp_socket_unavailable) before they would take these.
+FD_HEADROOM = 8
 
 
-def ceiling_warnings(max_connections: int, workers: int, nofile: int, ports: tuple[int, int],
-                     fallback_max_connections: int = 0) -> list[str]:
-    """What ``--max-connections`` (and ``--fallback-max-connections``) promise that the
-    machine can't keep, with the real ceiling: descriptors per process (RLIMIT_NOFILE) and
-    ephemeral UDP ports (one per tunnel and address family, shared by every worker and
-    every other process)."""
-    warnings = []
+def tunnels_within(nofile: int, in_use: int, fds_each: int, site_fds: int = 0) -> int:
+    """How many tunnels of ``fds_each`` descriptors fit beside ``in_use`` and the headroom."""
+    return max(0, (nofile - FD_HEADROOM - in_use - site_fds) // fds_each)
+
+
+def descriptor_warning(max_connections: int, nofile: int, in_use: int = FDS_BASE,
+                       fallback_max_connections: int = 0) -> str | None:
+    """What ``--max-connections`` (and ``--fallback-max-connections``) promise that
+    RLIMIT_NOFILE can't keep, with the real ceiling: ``in_use`` is what the process holds
+    before its first connection (counted at start)."""
     site = fallback_max_connections * FDS_PER_SITE_CONNECTION
-    needed = max_connections * FDS_PER_TUNNEL + site + FDS_BASE
-    if nofile < needed:
-        also = f" and --fallback-max-connections {fallback_max_connections}" if fallback_max_connections else ""
-        warnings.append(
-            f"--max-connections {max_connections}{also} need up to {needed} file descriptors per process, "
-            f"but RLIMIT_NOFILE is {nofile}: at most {max(0, (nofile - FDS_BASE - site) // FDS_PER_TUNNEL)} tunnels "
-            f"per process with the site connections at their cap (raise the limit, e.g. ulimit -n or the "
-            f"container runtime's nofile, or lower the caps)")
+    needed = max_connections * FDS_PER_TUNNEL + site + in_use + FD_HEADROOM
+    if nofile >= needed:
+        return None
+    also = f" and --fallback-max-connections {fallback_max_connections}" if fallback_max_connections else ""
+    return (
+        f"--max-connections {max_connections}{also} need up to {needed} file descriptors per process, "
+        f"but RLIMIT_NOFILE is {nofile} ({in_use} in use at start, {FD_HEADROOM} kept for accepts and scrapes): "
+        f"at most {tunnels_within(nofile, in_use, 2, site)} tunnels per process "
+        f"({tunnels_within(nofile, in_use, FDS_PER_TUNNEL, site)} if every tunnel also sends IPv6)"
+        f"{' with the site connections at their cap' if site else ''}; more are refused as file_descriptors_exhausted "
+        f"(raise the limit, e.g. ulimit -n or the container runtime's nofile, or lower the caps)")
+
+
+def port_warning(max_connections: int, workers: int, ports: tuple[int, int]) -> str | None:
+    """Ephemeral UDP ports: one per tunnel and address family, shared by every worker and
+    every other process."""
     low, high = ports
     available = high - low + 1
     total = max_connections * workers
-    if total > available:
-        warnings.append(
-            f"--max-connections {max_connections} x {workers} worker(s) = {total} tunnels, but only {available} ephemeral "
-            f"ports ({low}-{high}, net.ipv4.ip_local_port_range) for their UDP sockets: at most {available} tunnels "
-            f"(fewer if other processes use ports); more are refused as ephemeral_ports_exhausted")
-    return warnings
+    if total <= available:
+        return None
+    return (
+        f"--max-connections {max_connections} x {workers} worker(s) = {total} tunnels, but only {available} ephemeral "
+        f"ports ({low}-{high}, net.ipv4.ip_local_port_range) for their UDP sockets: at most {available} tunnels "
+        f"(fewer if other processes use ports); more are refused as ephemeral_ports_exhausted")
+
+
+def ceiling_warnings(max_connections: int, workers: int, nofile: int, ports: tuple[int, int],
+                     fallback_max_connections: int = 0, in_use: int = FDS_BASE) -> list[str]:
+    """Both warnings above, those that apply."""
+    found = (descriptor_warning(max_connections, nofile, in_use, fallback_max_connections),
+             port_warning(max_connections, workers, ports))
+    return [w for w in found if w is not None]

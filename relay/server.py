@@ -14,10 +14,11 @@ import errno
 import ipaddress
 import logging
 import os
+import resource
 import socket
 import struct
 
-from relay import interfaces, memory, metrics, stats
+from relay import interfaces, limits, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
@@ -91,6 +92,12 @@ class Relay:
         self.fallback: FallbackRouter | None = None
         #: with --fallback: descriptors held open for the tunnels (see FD_RESERVE)
         self.fd_reserve: list[int] = []
+        #: RLIMIT_NOFILE (re-read by the tick), and the descriptors this process held before
+        #: its first connection (``count_fds``; None: not counted, no descriptor ceiling)
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        self.fd_base: int | None = None
+        #: the tunnels' UDP sockets (each an ephemeral port and a descriptor)
+        self.udp_sockets = 0
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -133,7 +140,7 @@ class Relay:
         # tunnel must leave none of it behind.
         snap["connections_open"] = len(self.tunnels) + (len(self.fallback.sniffers) if self.fallback is not None else 0)
         snap["client_addresses"] = len(self.limiter.per_ip)
-        snap["udp_sockets_open"] = sum((t.udp4 is not None) + (t.udp6 is not None) for t in self.tunnels)
+        snap["udp_sockets_open"] = self.udp_sockets
         if self.memory is not None:
             snap["memory_bytes"] = self.memory.used
         snap["write_buffer_bytes"] = sum(t.transport.get_write_buffer_size() for t in self.tunnels if t.transport is not None and not t.transport.is_closing())
@@ -265,6 +272,9 @@ class Relay:
         """Counts the connection against the limits and opens its UDP socket, or refuses it."""
         reason = stats.MEMORY_PRESSURE if self.memory_pressure and not self.closing else self.take_slot(tunnel, tunnel.client[0])
         detail = None
+        if reason is None and self.fds_short:
+            reason = stats.FILE_DESCRIPTORS
+            detail = f"RLIMIT_NOFILE {self.nofile}, {limits.FD_HEADROOM} kept free for accepts and scrapes"
         if reason is None:
             try:
                 self._open_udp(tunnel)
@@ -297,6 +307,24 @@ class Relay:
                 os.close(self.fd_reserve.pop())
             log.warning("descriptors exhausted: the tunnels' reserve of %d is released; site connections are refused until it is back", FD_RESERVE)
             tunnel.open_udp()
+
+    def count_fds(self) -> int:
+        """Counts the descriptors this process holds besides its tunnels' (listeners, health,
+        the loop's, logs): from then on ``fds_short`` keeps ``limits.FD_HEADROOM`` free."""
+        try:
+            held = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
+        except OSError:
+            held = limits.FDS_BASE
+        self.fd_base = max(0, held - len(self.tunnels) - self.udp_sockets)
+        return self.fd_base
+
+    @property
+    def fds_short(self) -> bool:
+        """One more tunnel descriptor would eat into the headroom that accept() and health
+        scrapes need (at zero, libuv closes new connections itself, uncounted). Site
+        connections (--fallback) are not counted here: they have FD_RESERVE."""
+        base = self.fd_base
+        return base is not None and base + len(self.tunnels) + self.udp_sockets >= self.nofile - limits.FD_HEADROOM
 
     @property
     def fd_reserve_short(self) -> bool:
@@ -410,6 +438,7 @@ class Relay:
 
     def _tick(self, interval: float) -> None:
         now = self.loop.time()
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # prlimit may change it
         if self.memory is not None:
             self._sample_memory()
         if self.fallback is not None and not self.fd_reserve:

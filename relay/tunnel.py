@@ -327,6 +327,11 @@ class Tunnel(asyncio.Protocol):
         if now < self.udp6_retry:
             self.drop(stats.UDP_SOCKET_UNAVAILABLE)
             return None
+        if self.relay.fds_short:
+            self.udp6_retry = now + 1.0
+            self.warn_once("udp6_open", "no descriptor for an IPv6 UDP socket for the tunnel from %s (RLIMIT_NOFILE)", _fmt(self.client))
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+            return None
         try:
             self.udp6 = self._udp_socket(socket.AF_INET6, "::", self._on_udp6_readable)
         except OSError as exc:
@@ -347,6 +352,7 @@ class Tunnel(asyncio.Protocol):
         except BaseException:
             sock.close()
             raise
+        self.relay.udp_sockets += 1
         return sock
 
     def _on_first_record(self, data: bytes, start: int, end: int) -> None:
@@ -455,6 +461,7 @@ class Tunnel(asyncio.Protocol):
             if sock is not None:
                 loop.remove_reader(sock.fileno())
                 sock.close()
+                self.relay.udp_sockets -= 1
         self.udp4 = self.udp6 = None
 
     # -- drops ----------------------------------------------------------------------------------

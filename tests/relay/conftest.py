@@ -134,8 +134,8 @@ class Client:
         try:
             while data := await self.reader.read(65536):
                 self._decoder.feed(data)
-        except ConnectionResetError:
-            pass  # refusals are resets: closed all the same
+        except ConnectionError:
+            pass  # refusals are resets (or a broken pipe for a write after one): closed all the same
 
     def send_raw(self, data: bytes) -> None:
         self.writer.write(data)

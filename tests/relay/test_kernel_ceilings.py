@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import os
+import re
 import resource
 
 import asyncio_dgram
@@ -45,6 +46,14 @@ async def connect_from_fixed_port(port: int) -> Client:
 async def round_trip(client: Client, echo: Echo, payload: bytes, host: str = "127.0.0.1") -> bytes:
     client.send(host, echo.port, payload)
     return (await client.recv())[2]
+
+
+async def logged_lines(relay, text: str, timeout: float = 5.0) -> list[str]:
+    """The relay's log lines with ``text``, once there is one (or the timeout passed)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not relay.logged(text) and asyncio.get_running_loop().time() < deadline:
+        await asyncio.sleep(0.02)
+    return [line for line in relay.log if text in line]
 
 
 def refusal_lines(relay, reason: str) -> list[str]:
@@ -106,3 +115,61 @@ async def test_an_ipv6_frame_without_ipv6_is_dropped_as_unavailable_and_ipv4_flo
             await client.close()
         finally:
             echo.close()
+
+
+def nofile(limit: int):
+    def lower() -> None:  # in the relay's child before exec: soft and hard (it lifts soft to hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
+    return lower
+
+
+async def test_a_low_rlimit_nofile_is_warned_with_the_real_ceiling_and_refused_cleanly(start_relay, echo):
+    relay = await start_relay(*LOOPBACK, preexec_fn=nofile(64))
+    warned = await logged_lines(relay, "RLIMIT_NOFILE is 64")  # counted once it listens
+    assert len(warned) == 1, "".join(relay.log)
+    ceiling = int(re.search(r"at most (\d+) tunnels", warned[0]).group(1))
+
+    # Tunnels (IPv4 only: 2 descriptors each) until the first refusal: exactly the warned ceiling.
+    tunnels: list[Client] = []
+    while True:
+        client = await Client.connect(relay.port)
+        client.send(echo.host, echo.port, b"t%03d" % len(tunnels) * 5)
+        try:
+            assert (await client.recv(timeout=2))[2] == b"t%03d" % len(tunnels) * 5
+        except asyncio.TimeoutError:
+            assert await client.closed()
+            await client.close()
+            break
+        tunnels.append(client)
+        assert len(tunnels) <= 64
+    assert len(tunnels) == ceiling, "".join(relay.log)
+
+    # At the ceiling: tunnels that now want IPv6 sockets, a scrape, more new tunnels. Each
+    # new tunnel is refused and counted, the scrape is answered (not reset with them).
+    for client in tunnels[:4]:
+        client.send("::1", echo.port, b"six" * 8)
+    assert await round_trip(tunnels[0], echo, b"v4 still" * 3) == b"v4 still" * 3
+    late = [await Client.connect(relay.port) for _ in range(5)]
+    for client in late:
+        assert await client.closed()
+        await client.close()
+    samples = await relay.metrics()
+    assert samples['zt_relay_connections_refused_total{reason="file_descriptors_exhausted"}'] == 6, samples
+    assert samples["zt_relay_tunnels_active"] == ceiling
+    # An odd descriptor left over may still take one IPv6 socket; the others are dropped.
+    opened = samples["zt_relay_udp_sockets_open"] - ceiling
+    assert opened in (0, 1), samples
+    assert samples['zt_relay_dropped_total{reason="udp_socket_unavailable"}'] == 4 - opened, samples
+    assert len(refusal_lines(relay, "file_descriptors_exhausted")) == 1, "".join(relay.log)
+    assert not relay.logged("Traceback"), "".join(relay.log)
+    for client in tunnels[4:]:
+        assert await round_trip(client, echo, b"others ok" * 3) == b"others ok" * 3
+
+    # Closes give descriptors back: new tunnels work again.
+    for client in tunnels[-2:]:
+        await client.close()
+    assert await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == ceiling - 2) == ceiling - 2
+    again = await Client.connect(relay.port)
+    assert await round_trip(again, echo, b"recovered" * 3) == b"recovered" * 3
+    for client in tunnels[:-2] + [again]:
+        await client.close()
