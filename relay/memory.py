@@ -16,6 +16,12 @@ import os
 #: New tunnels are refused from this share of the budget on: what open tunnels may still
 #: allocate (write buffers filling, see the README) must fit in the rest.
 HIGH_WATER = 0.9
+#: ... and accepted again below this share (no flapping around HIGH_WATER).
+LOW_WATER = 0.85
+#: Seconds between samples by the share of the budget last seen used: more often once
+#: half of it is used (a sample reads two small files, tens of us, and above half also
+#: sums the tunnels' write buffers: see Relay._share_write_buffers).
+SAMPLE_INTERVALS = ((0.5, 1.0), (float("inf"), 0.1))
 _CGROUP_ROOT = "/sys/fs/cgroup"
 _PAGE = os.sysconf("SC_PAGE_SIZE")
 
@@ -66,13 +72,20 @@ class MemoryBudget:
         with open("/proc/self/statm") as f:
             return int(f.read().split()[1]) * _PAGE
 
-    def sample(self) -> bool:
+    def sample(self, pressure: bool = False) -> bool:
+        """Whether new tunnels must be refused; ``pressure``: the last answer (hysteresis)."""
         self.used = self.usage()
-        return self.used >= self.limit * HIGH_WATER
+        return self.used >= self.limit * (LOW_WATER if pressure else HIGH_WATER)
+
+    def interval(self) -> float:
+        """Seconds until the next sample."""
+        share = self.used / self.limit
+        return next(seconds for below, seconds in SAMPLE_INTERVALS if share < below)
 
     def describe(self) -> str:
         measured = f"cgroup v{self.version} working set" if self.version else "this process's RSS"
-        return f"{self.limit} bytes ({self.source}); refusing new tunnels from {HIGH_WATER:.0%} of it, measured as {measured}"
+        return (f"{self.limit} bytes ({self.source}); refusing new tunnels from {HIGH_WATER:.0%} of it until "
+                f"below {LOW_WATER:.0%}, write buffers sharing what is left, measured as {measured}")
 
 
 def _working_set(usage_path: str, stat_path: str, inactive_key: str) -> int:

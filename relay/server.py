@@ -23,7 +23,7 @@ from relay.config import Endpoint, RelayConfig
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
 from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_stream  # noqa: F401 (re-exported)
-from relay.tunnel import Tunnel, _fmt
+from relay.tunnel import UDP_BATCH, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
 
@@ -83,9 +83,12 @@ class Relay:
         #: --max-memory (default: the cgroup's limit); sampled by the housekeeping tick
         self.memory = memory.budget(config.max_memory)
         self.memory_pressure = False
+        #: the tunnels' write-buffer limit: --write-buffer-limit, less when memory is short
+        self.write_high = config.write_buffer_limit
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
+        self._memory_handle: asyncio.TimerHandle | None = None
         self._refusal_logged: dict[str, float] = {}
         self._emptied: asyncio.Event | None = None
         #: with --fallback, classifies each connection first (fallback.py); tunnels never wait on it
@@ -230,6 +233,8 @@ class Relay:
                 pass
         if self._tick_handle is not None:
             self._tick_handle.cancel()
+        if self._memory_handle is not None:
+            self._memory_handle.cancel()
         while self.fd_reserve:
             os.close(self.fd_reserve.pop())
         log.info("relay stopped")
@@ -241,7 +246,7 @@ class Relay:
         sock = tunnel.transport.get_extra_info("socket")
         if sock is not None:
             configure_stream(sock)
-        tunnel.transport.set_write_buffer_limits(high=self.config.write_buffer_limit)
+        tunnel.transport.set_write_buffer_limits(high=self.write_high)
 
     # Admission of every connection, a tunnel or a fallback.Sniffer (``conn``: its
     # ``client``, ``slot``, ``reason`` and ``transport``).
@@ -428,19 +433,45 @@ class Relay:
         self._tick_handle = self.loop.call_later(interval, self._tick, interval)
 
     def _sample_memory(self) -> None:
-        pressure = self.memory.sample()
+        """Samples the memory budget on its own timer (more often above half of it)."""
+        pressure = self.memory.sample(self.memory_pressure)
         if pressure != self.memory_pressure:
             self.memory_pressure = pressure
             if pressure:
                 log.warning("memory pressure: %d of %d bytes used; refusing new tunnels (%s)", self.memory.used, self.memory.limit, stats.MEMORY_PRESSURE)
             else:
                 log.info("memory pressure over: %d of %d bytes used; accepting new tunnels", self.memory.used, self.memory.limit)
+        self._share_write_buffers()
+        if not self.closing:
+            self._memory_handle = self.loop.call_later(self.memory.interval(), self._sample_memory)
+
+    def _share_write_buffers(self) -> None:
+        """Refusing new tunnels is not enough: tunnels admitted between two samples fill
+        their write buffers afterwards (60 stuck tunnels with 4 MiB buffers, flooded by
+        their peers, were OOM-killed in a 96 MiB cgroup: one loop iteration queued tens
+        of MB, no sample saw 90 %). So what is left of the budget is shared among the
+        tunnels as their write-buffer limit (a power of two, so that it rarely changes;
+        each tunnel may still cross it by one read's replies). Replies past it are dropped
+        as write_buffer_full, as for any slow client."""
+        tunnels = self.tunnels
+        limit = self.config.write_buffer_limit
+        count = len(tunnels) or 1
+        batch = UDP_BATCH * self.config.max_record_size
+        room = self.memory.limit * memory.HIGH_WATER - self.memory.used
+        if room / count < limit + batch:  # tight: what the buffers hold now is theirs again
+            room += sum(t.transport.get_write_buffer_size() for t in tunnels if t.transport is not None)
+        share = room / count - batch
+        high = limit if share >= limit else (0 if share < 1024 else 1 << (int(share).bit_length() - 1))
+        if high != self.write_high:
+            self.write_high = high
+            for tunnel in tunnels:
+                transport = tunnel.transport
+                if transport is not None and not transport.is_closing():
+                    transport.set_write_buffer_limits(high=high)
 
     def _tick(self, interval: float) -> None:
         now = self.loop.time()
         self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]  # prlimit may change it
-        if self.memory is not None:
-            self._sample_memory()
         if self.fallback is not None and not self.fd_reserve:
             self._refill_fd_reserve()
         elapsed = now - self.last_tick

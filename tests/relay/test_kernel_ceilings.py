@@ -19,6 +19,7 @@ import itertools
 import os
 import re
 import resource
+import socket
 
 import asyncio_dgram
 import pytest
@@ -173,3 +174,129 @@ async def test_a_low_rlimit_nofile_is_warned_with_the_real_ceiling_and_refused_c
     assert await round_trip(again, echo, b"recovered" * 3) == b"recovered" * 3
     for client in tunnels[:-2] + [again]:
         await client.close()
+
+
+# -- memory: a real memory cgroup ---------------------------------------------------------------
+
+MEMORY_LIMIT = 96 << 20
+BIG_REPLY = b"f" * 16000
+needs_memory_cgroup = pytest.mark.skipif(kernel.memory_hierarchy() is None, reason="no writable memory cgroup hierarchy")
+
+
+@pytest.fixture
+def memory_cgroup():
+    cgroup = kernel.MemoryCgroup(MEMORY_LIMIT)
+    yield cgroup
+    cgroup.remove()
+
+
+class Flood:
+    """A UDP peer that answers each tunnel with far more than it asked for."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(5)
+
+    def stuck_tunnel(self, relay_port: int) -> tuple[socket.socket, tuple]:
+        """A client that stops reading (tiny receive buffer) after sending one packet here;
+        returns it and the relay's UDP address for it."""
+        client = socket.socket()
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        client.connect(("127.0.0.1", relay_port))
+        client.sendall(protocol.encode_hello(1, 14, 2) + protocol.encode_packet("127.0.0.1", self.port, b"p" * 20))
+        return client
+
+    def sources(self, count: int) -> list[tuple]:
+        return [self.sock.recvfrom(100)[1] for _ in range(count)]
+
+    async def pour(self, sources: list[tuple], rounds: int) -> None:
+        for _ in range(rounds):
+            for source in sources:
+                for _ in range(8):
+                    self.sock.sendto(BIG_REPLY, source)
+            await asyncio.sleep(0.005)  # the relay reads; its UDP buffer would drop the rest
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+async def refused(relay_port: int) -> bool:
+    client = await Client.connect(relay_port)
+    try:
+        return await client.closed(timeout=3)
+    finally:
+        await client.close()
+
+
+@needs_memory_cgroup
+async def test_the_default_budget_is_the_cgroups_limit_and_refuses_before_an_oom_kill(start_relay, echo, memory_cgroup):
+    relay = await start_relay(*LOOPBACK, "--write-buffer-limit", str(4 << 20), preexec_fn=memory_cgroup.enter)
+    assert relay.logged(f"memory budget: {MEMORY_LIMIT} bytes (the cgroup's memory limit)"), "".join(relay.log)
+    healthy = await Client.connect(relay.port)
+    assert await round_trip(healthy, echo, b"healthy" * 3) == b"healthy" * 3
+    flood = Flood()
+    stuck = []
+    try:
+        # One stuck tunnel at a time, each filled before the next: refused from 90 % on.
+        for _ in range(MEMORY_LIMIT // (1 << 20)):
+            stuck.append(flood.stuck_tunnel(relay.port))
+            try:
+                source = flood.sources(1)
+            except TimeoutError:
+                break  # refused: its packet never came
+            await flood.pour(source, 40)
+            await relay.wait_metric("zt_relay_write_buffer_bytes", lambda v: v > 0)
+        samples = await relay.metrics()
+        assert samples.get('zt_relay_connections_refused_total{reason="memory_pressure"}', 0) >= 1, samples
+        assert samples["zt_relay_memory_bytes"] < MEMORY_LIMIT
+        assert await refused(relay.port)
+        assert memory_cgroup.oom_kills() == 0 and relay.proc.returncode is None
+        assert await round_trip(healthy, echo, b"still ok" * 3) == b"still ok" * 3
+
+        for client in stuck:
+            client.close()
+        assert await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == 1, timeout=10) == 1
+        assert await relay.wait_metric("zt_relay_memory_bytes", lambda v: v < 0.8 * MEMORY_LIMIT, timeout=10) < 0.8 * MEMORY_LIMIT
+        assert await logged_lines(relay, "memory pressure over")
+        again = await Client.connect(relay.port)
+        assert await round_trip(again, echo, b"again" * 4) == b"again" * 4
+        await again.close()
+        assert memory_cgroup.oom_kills() == 0
+    finally:
+        for client in stuck:
+            client.close()
+        flood.close()
+        await healthy.close()
+
+
+@needs_memory_cgroup
+async def test_tunnels_admitted_in_one_burst_and_flooded_are_not_oom_killed(start_relay, echo, memory_cgroup):
+    """Admission alone can't stop this: every tunnel is admitted before the next memory sample,
+    then their peers fill the write buffers (4 MiB each, 60 tunnels: 2.5 x the limit). Before
+    the write buffers shared the budget, the relay was OOM-killed without one sample seeing
+    90 %: one loop iteration queued tens of MB."""
+    relay = await start_relay(*LOOPBACK, "--write-buffer-limit", str(4 << 20), "--max-connections-per-ip", "1000",
+                              preexec_fn=memory_cgroup.enter)
+    healthy = await Client.connect(relay.port)
+    assert await round_trip(healthy, echo, b"healthy" * 3) == b"healthy" * 3
+    flood = Flood()
+    stuck = [flood.stuck_tunnel(relay.port) for _ in range(60)]
+    try:
+        sources = flood.sources(len(stuck))
+        await flood.pour(sources, 40)
+        # Until the relay has read what the kernel queued for it, or has been killed.
+        await relay.wait_metric("zt_relay_dropped_total{reason=\"write_buffer_full\"}", lambda v: v > 0)
+        assert memory_cgroup.oom_kills() == 0 and relay.proc.returncode is None, f"OOM-killed ({relay.proc.returncode})"
+        samples = await relay.metrics()
+        assert samples["zt_relay_tunnels_active"] == 61
+        assert samples["zt_relay_memory_bytes"] < MEMORY_LIMIT
+        assert await round_trip(healthy, echo, b"still ok" * 3) == b"still ok" * 3
+        assert not relay.logged("Traceback"), "".join(relay.log)
+    finally:
+        for client in stuck:
+            client.close()
+        flood.close()
+        await healthy.close()
+    assert memory_cgroup.oom_kills() == 0
