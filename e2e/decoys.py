@@ -2,8 +2,9 @@
 
 Made by the lifecycle test before `down`/`up` and checked after each: a network namespace
 named like a CNI pod namespace (`cni-decoy`), a chain named like Kubernetes' (`KUBE-DECOY`,
-IPv4 and IPv6, with a rule and a jump to it), and a sleeping process in a `kubepods` cgroup
-that is not the harness's (as another kubelet would have it).
+IPv4 and IPv6, with a rule and a jump to it), a sleeping process in a `kubepods` cgroup
+that is not the harness's (as another kubelet would have it), and a link named as ZeroTier
+names the tap of network 5dfbd3d12c4a3698 (`ztrtlztz5u`: the harness's marker once was `ztr`).
 """
 
 import subprocess
@@ -13,6 +14,7 @@ from pathlib import Path
 NETNS = "cni-decoy"
 CHAIN = "KUBE-DECOY"
 CGROUP = Path("/sys/fs/cgroup/pids/kubepods/zt-decoy")
+ZEROTIER_TAP = "ztrtlztz5u"
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Decoys:
         result = {
             "netns cni-decoy": Path("/run/netns", NETNS).exists(),
             "sleeper in kubepods": bool(in_cgroup),
+            f"link {ZEROTIER_TAP}": subprocess.run(["ip", "link", "show", ZEROTIER_TAP], capture_output=True).returncode == 0,
         }
         for binary in ("iptables", "ip6tables"):
             rules = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True).stdout.splitlines()
@@ -42,6 +45,7 @@ def create() -> Decoys:
     decoys = Decoys()
     remove(decoys)  # a crashed earlier run's
     _run("ip", "netns", "add", NETNS)
+    _run("ip", "link", "add", ZEROTIER_TAP, "type", "bridge")  # a tap needs /dev/net/tun; the name is the point
     for binary in ("iptables", "ip6tables"):
         _run(binary, "-w", "5", "-N", CHAIN)
         _run(binary, "-w", "5", "-A", CHAIN, "-j", "RETURN")
@@ -57,6 +61,7 @@ def remove(decoys: Decoys | None = None) -> None:
         decoys.sleeper.kill()
         decoys.sleeper.wait()
     subprocess.run(["ip", "netns", "del", NETNS], capture_output=True)
+    subprocess.run(["ip", "link", "del", ZEROTIER_TAP], capture_output=True)
     for binary in ("iptables", "ip6tables"):
         while subprocess.run([binary, "-w", "5", "-D", "INPUT", "-j", CHAIN], capture_output=True).returncode == 0:
             pass

@@ -3,7 +3,7 @@
 The "outside" is 198.18.0.0/15 and 2001:2::/48 (the benchmarking ranges, RFC 2544/5180),
 after checking that nothing on this machine uses them. To prove that the drop holds on EVERY
 interface and not only the default route's, each test routes the outside through a second
-way out: a veth (named unlike the harness's `ztr*` links) into a namespace that counts what
+way out: a veth (named unlike the harness's `ztr-*` links) into a namespace that counts what
 arrives. Every path must fail, a counter of ours must show the drop happened here, and the
 second way out must have seen nothing.
 """

@@ -86,16 +86,35 @@ def _chain(binary, table, name):
 
 
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
-def test_forwarded_traffic_from_our_interfaces_is_dropped_on_every_other_interface_first(binary):
+def test_forwarded_traffic_from_our_interfaces_is_dropped_on_every_other_interface(binary):
     chain = _chain(binary, "filter", "ZTR-E2E-FORWARD")
-    assert chain.hook == "FORWARD" and chain.match == ()
-    first = chain.rules[0]
-    assert first[:5] == ("-i", "ztr+", "!", "-o", "ztr+") and first[-1] == "DROP"
-    drops = [i for i, r in enumerate(chain.rules) if r[-1] == "DROP"]
-    accepts = [i for i, r in enumerate(chain.rules) if r[-1] == "ACCEPT"]
-    assert not accepts or max(drops) < min(accepts)
+    assert chain.hook == "FORWARD" and chain.matches == ((),)
+    drops = [r for r in chain.rules if r[-1] == "DROP" and r[:1] == ("-i",)]
+    assert [r[1] for r in drops] == list(LAYOUT.cluster_links)
+    first_drop = chain.rules.index(drops[0])
+    # Before the drops only what leaves by one of our links gets through (RETURN, ACCEPT, sink).
+    for rule in chain.rules[:first_drop]:
+        assert "-o" in rule and rule[rule.index("-o") + 1] in LAYOUT.own_links, rule
     # No rule names the default route's interface: the drop holds for every interface.
     assert not any("eth0" in r for r in chain.rules)
+
+
+def test_no_rule_names_a_link_by_a_wildcard_a_zerotier_tap_could_match():
+    """F16: ZeroTier's taps are "zt" + 8 base32 characters; `ztr+` matched one network in 32."""
+    for chain in firewall.chains(LAYOUT, cgroups.HOST):
+        for rule in (*chain.rules, *chain.jumps):
+            for flag in ("-i", "-o"):
+                if flag in rule:
+                    link = rule[rule.index(flag) + 1]
+                    assert link == "lo" or LAYOUT.is_own_link(link), (chain.name, rule)
+                    assert not link.endswith("+"), (chain.name, rule)
+
+
+def test_our_link_names_can_never_be_a_zerotier_tap():
+    taps = ["ztrtlztz5u", "ztmjfmfyq5", "ztrh123456"]
+    assert not any(LAYOUT.is_own_link(t) for t in taps)
+    assert all(LAYOUT.is_own_link(n) for n in (*LAYOUT.own_links, "ztr-th2", "ztr-th254"))
+    assert not LAYOUT.is_own_link("ztr-th2x") and not LAYOUT.is_own_link("ztr-cni00")
 
 
 def test_strays_reach_the_sink_as_untracked_copies_and_are_never_forwarded_with_conntrack():
@@ -103,16 +122,23 @@ def test_strays_reach_the_sink_as_untracked_copies_and_are_never_forwarded_with_
     # after kube-proxy programs the address (the chart test's tunnel timed out so).
     rules = _chain("iptables", "filter", "ZTR-E2E-FORWARD").rules
     to_sink = [(i, r) for i, r in enumerate(rules) if ("-o", LAYOUT.sink_host_veth) == r[:2]]
-    assert [r[r.index("-j") + 1:] for _, r in to_sink] == [("TEE", "--gateway", LAYOUT.sink_address), ("DROP",)]
+    # TEE then DROP: nothing after them sees a packet to the sink (its RETURN never matches).
+    assert [r[r.index("-j") + 1:] for _, r in to_sink][:2] == [("TEE", "--gateway", LAYOUT.sink_address), ("DROP",)]
+    to_sink = to_sink[:2]
     first_accept = min(i for i, r in enumerate(rules) if r[-1] == "ACCEPT")
     assert to_sink[-1][0] < first_accept  # before the ACCEPTs between pods and test hosts
+    # Each ACCEPT names the link of ours its destination is on: a foreign route can't take it.
+    for rule in rules[first_accept:]:
+        if rule[-1] == "ACCEPT":
+            assert rule[rule.index("-o") + 1] in LAYOUT.cluster_links, rule
 
 
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
 def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(binary):
     chain = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
-    assert chain.hook == "OUTPUT" and chain.match == ("-m", "cgroup", "--path", cgroups.HOST)
-    assert chain.rules[-3:-1] == (("-o", "lo", "-j", "RETURN"), ("-o", "ztr+", "-j", "RETURN"))
+    assert chain.hook == "OUTPUT" and chain.matches == (("-m", "cgroup", "--path", cgroups.HOST),)
+    links = (*LAYOUT.cluster_links, LAYOUT.sink_host_veth)
+    assert chain.rules[-5:-1] == (("-o", "lo", "-j", "RETURN"), *(("-o", link, "-j", "RETURN") for link in links))
     assert all(r[-1] == "RETURN" for r in chain.rules[:-1])
     assert chain.rules[-1][-1] == "DROP" and "-o" not in chain.rules[-1] and "-d" not in chain.rules[-1]
 
@@ -123,7 +149,7 @@ def test_pod_processes_in_the_machines_netns_may_only_send_to_loopback_and_our_i
     under the kubelet's cgroupRoot, not the harness's host cgroup."""
     assert cgroups.kubelet_cgroup_root() == "/" + cgroups.PODS
     pods = _chain(binary, "filter", "ZTR-E2E-PODS-OUT")
-    assert pods.hook == "OUTPUT" and pods.match == ("-m", "cgroup", "--path", cgroups.PODS)
+    assert pods.hook == "OUTPUT" and pods.matches == (("-m", "cgroup", "--path", cgroups.PODS),)
     host = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
     assert pods.rules == tuple(r for r in host.rules if "127.0.0.1" not in r)
 
@@ -133,7 +159,7 @@ def test_the_cluster_reaches_only_its_own_services_on_the_machine(binary):
     """F3: pods and test hosts reach the machine itself (INPUT) only where the cluster listens;
     a resolver or proxy of the machine on 0.0.0.0 would forward their traffic off it."""
     chain = _chain(binary, "filter", "ZTR-E2E-INPUT")
-    assert chain.hook == "INPUT" and chain.match == ("-i", "ztr+")
+    assert chain.hook == "INPUT" and chain.matches == tuple(("-i", link) for link in LAYOUT.cluster_links)
     assert chain.rules[-1][-1] == "DROP" and "-d" not in chain.rules[-1] and "-p" not in chain.rules[-1]
     accepted = [r for r in chain.rules if r[-1] == "RETURN"]
     for rule in accepted:  # every exception names the node IP, a NodePort, a reply or ICMP
@@ -603,3 +629,23 @@ def test_a_test_runs_hold_passed_to_the_cli_is_not_inherited_by_the_processes_it
         assert os.get_inheritable(fd) is False
     finally:
         os.close(fd)
+
+
+def test_down_finds_test_host_veths_of_both_markers_and_never_a_zerotier_tap(monkeypatch):
+    """F16 upgrade: the harness before the dash named test-host veths `ztrh<N>`; `down` still
+    removes those (a link never outlives the boot that made it), by exact pattern and kind."""
+    from e2e.cluster import network
+
+    links = [
+        {"ifname": "ztr-th7", "linkinfo": {"info_kind": "veth"}},
+        {"ifname": "ztrh12", "linkinfo": {"info_kind": "veth"}},   # the old marker's
+        {"ifname": "ztrh34", "linkinfo": {"info_kind": "bridge"}},  # not a veth: not ours
+        {"ifname": "ztrhabcdef", "linkinfo": {"info_kind": "tun"}},  # a ZeroTier tap
+        {"ifname": "ztrtlztz5u", "linkinfo": {"info_kind": "tun"}},
+    ]
+
+    class Done:
+        stdout = json.dumps(links)
+
+    monkeypatch.setattr(network, "sh", lambda *argv, **kw: Done())
+    assert network.test_host_veths() == ["ztr-th7", "ztrh12"]

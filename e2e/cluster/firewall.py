@@ -3,28 +3,33 @@
 Every chain the harness writes is named `ZTR-E2E-*` and is reached from one rule in a
 built-in chain, so `down` removes exactly those and nothing else:
 
-  filter FORWARD -> ZTR-E2E-FORWARD   (v4, v6) anything that came in by one of our interfaces
-                                      (`ztr+`: the CNI bridge, the test hosts' bridge, the
-                                      sink) or from our address ranges and would leave by
-                                      any other interface is dropped, on every interface, not
-                                      only the default route's; then the ACCEPTs between
-                                      pods and test hosts (dockerd sets the policy to DROP).
-                                      Packets routed to the sink go there as untracked
-                                      copies (TEE); the originals are dropped unconfirmed.
+  filter FORWARD -> ZTR-E2E-FORWARD   (v4, v6) anything that came in by one of our links (the
+                                      CNI bridge, the test hosts' bridge) or from our address
+                                      ranges and would leave by any link that is not ours is
+                                      dropped, on every interface, not only the default
+                                      route's; the ACCEPTs between pods and test hosts (dockerd
+                                      sets the policy to DROP) name the link they leave by.
+                                      Packets routed to the sink go there as untracked copies
+                                      (TEE); the originals are dropped unconfirmed.
   filter OUTPUT  -> ZTR-E2E-OUTPUT    (v4, v6) for the harness's own host processes (the
-                                      cgroup `cgroups.HOST`): loopback and our interfaces
-                                      only; an image pull or DNS lookup that would leave
-                                      the machine is dropped (and fails at once, EPERM).
+                                      cgroup `cgroups.HOST`): loopback and our links only; an
+                                      image pull or DNS lookup that would leave the machine is
+                                      dropped (and fails at once, EPERM).
   filter OUTPUT  -> ZTR-E2E-PODS-OUT  (v4, v6) the same for every container (`cgroups.PODS`):
                                       a hostNetwork pod sends from the machine's netns.
-  filter INPUT   -> ZTR-E2E-INPUT     (v4, v6) from our interfaces to the machine itself: only
-                                      what the cluster needs (API server, kubelet, DNS and
-                                      metrics-server on the node IP, NodePorts, replies, ICMP);
-                                      a resolver or proxy of the machine (dnsmasq, unbound on
-                                      0.0.0.0) would forward a pod's query off the machine.
-  raw PREROUTING -> ZTR-E2E-IN6       (v6) IPv6 from our interfaces to anything but
-                                      link-local/multicast is dropped (counted) before
-                                      routing decides anything.
+  filter INPUT   -> ZTR-E2E-INPUT     (v4, v6; one jump per cluster link) from our links to the
+                                      machine itself: only what the cluster needs (API server,
+                                      kubelet, DNS and metrics-server on the node IP,
+                                      NodePorts, replies, ICMP); a resolver or proxy of the
+                                      machine (dnsmasq, unbound on 0.0.0.0) would forward a
+                                      pod's query off the machine.
+  raw PREROUTING -> ZTR-E2E-IN6       (v6; one jump per cluster link) IPv6 from our links to
+                                      anything but link-local/multicast is dropped (counted)
+                                      before routing decides anything.
+
+Links are named exactly (`-i ztr-cni0`, `-o ztr-hosts0`, ...), never by a wildcard: a
+ZeroTier tap is "zt" + 8 base32 characters, and `ztr+` matched about one network in 32 (its
+traffic would have counted as ours and left over the VPN).
 
 The DROP rules count what they drop: the safety tests read those counters.
 
@@ -48,8 +53,6 @@ from dataclasses import dataclass
 from e2e.cluster.layout import Layout
 
 PREFIX = "ZTR-E2E-"
-OUR_INTERFACES = "ztr+"
-"""iptables interface wildcard for every link the harness creates (and only those)."""
 
 # What the kubelet creates by itself (kube-proxy --cleanup leaves these).
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
@@ -70,14 +73,14 @@ class Chain:
     table: str
     name: str
     hook: str
-    """The built-in chain holding our one jump."""
-    match: tuple[str, ...]
-    """Match of the jump rule (empty: every packet)."""
+    """The built-in chain holding our jump(s)."""
+    matches: tuple[tuple[str, ...], ...]
+    """One jump rule per match (an empty match: every packet)."""
     rules: tuple[tuple[str, ...], ...]
 
     @property
-    def jump(self) -> list[str]:
-        return [*self.match, "-j", self.name]
+    def jumps(self) -> list[list[str]]:
+        return [[*match, "-j", self.name] for match in self.matches]
 
 
 def _comment(text: str) -> tuple[str, ...]:
@@ -90,31 +93,37 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
     latter (on hybrid machines too), and a hostNetwork pod sends from the machine's netns, where
     only OUTPUT sees it."""
     pods, hosts = layout.cluster_cidr, layout.test_host_cidr
-    out_drops = (
-        ("-i", OUR_INTERFACES, "!", "-o", OUR_INTERFACES, *_comment("nothing from the cluster leaves"), "-j", "DROP"),
+    cni, hosts_bridge, sink = layout.cni_bridge, layout.hosts_bridge, layout.sink_host_veth
+    entering = layout.cluster_links
+    # iptables takes one -o per rule: what leaves by a link of ours RETURNs (after the ACCEPTs,
+    # which name their link), what came from the cluster and gets past that is dropped.
+    leaves_by_ours = tuple(("-o", link, "-j", "RETURN") for link in (*entering, sink))
+    out_drops = tuple(
+        ("-i", link, *_comment("nothing from the cluster leaves"), "-j", "DROP") for link in entering
     )
     v4_forward = (
-        *out_drops,
-        ("-s", pods, "!", "-o", OUR_INTERFACES, *_comment("no pod traffic leaves"), "-j", "DROP"),
-        ("-s", hosts, "!", "-o", OUR_INTERFACES, *_comment("no test-host traffic leaves"), "-j", "DROP"),
         # A stray packet reaches the sink (and is counted there) as an untracked copy, and
         # the packet itself is dropped: had it been forwarded, its conntrack entry (no NAT)
         # would hold the connection to the sink for the next 120 s, so a client whose first
         # SYN beat kube-proxy to a just-assigned LoadBalancer address never got through.
-        ("-o", layout.sink_host_veth, "-j", "TEE", "--gateway", layout.sink_address),
-        ("-o", layout.sink_host_veth, *_comment("strays reach the sink as untracked copies"), "-j", "DROP"),
+        ("-o", sink, "-j", "TEE", "--gateway", layout.sink_address),
+        ("-o", sink, *_comment("strays reach the sink as untracked copies"), "-j", "DROP"),
         # dockerd sets the FORWARD policy to DROP, and kube-proxy only accepts what it marked
         # (not `externalTrafficPolicy: Local`, not pod -> test-host UDP).
-        ("-s", pods, "-d", pods, "-j", "ACCEPT"),
-        ("-s", pods, "-d", hosts, "-j", "ACCEPT"),
-        ("-s", hosts, "-d", pods, "-j", "ACCEPT"),
-        ("-s", hosts, "-d", hosts, "-j", "ACCEPT"),
+        ("-s", pods, "-d", pods, "-o", cni, "-j", "ACCEPT"),
+        ("-s", pods, "-d", hosts, "-o", hosts_bridge, "-j", "ACCEPT"),
+        ("-s", hosts, "-d", pods, "-o", cni, "-j", "ACCEPT"),
+        ("-s", hosts, "-d", hosts, "-o", hosts_bridge, "-j", "ACCEPT"),
+        *leaves_by_ours,
+        *out_drops,
+        ("-s", pods, *_comment("no pod traffic leaves"), "-j", "DROP"),
+        ("-s", hosts, *_comment("no test-host traffic leaves"), "-j", "DROP"),
     )
     output = (
         # Counts containerd's dials to the dead registry mirror (configs.DEAD_REGISTRY).
         ("-d", "127.0.0.1", "-p", "tcp", "--dport", "1", *_comment("dials to the dead registry mirror"), "-j", "RETURN"),
         ("-o", "lo", "-j", "RETURN"),
-        ("-o", OUR_INTERFACES, "-j", "RETURN"),
+        *leaves_by_ours,
         (*_comment("the harness's processes never dial out"), "-j", "DROP"),
     )
     n = layout.node_ip
@@ -134,19 +143,21 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
         ("-p", "ipv6-icmp", "-j", "RETURN"),  # neighbour discovery
         (*_comment("nothing else on the machine for the cluster"), "-j", "DROP"),
     )
-    owner = ("-m", "cgroup", "--path", host_cgroup)
-    pods_owner = ("-m", "cgroup", "--path", pods_cgroup)
+    every = ((),)
+    owner = (("-m", "cgroup", "--path", host_cgroup),)
+    pods_owner = (("-m", "cgroup", "--path", pods_cgroup),)
+    from_cluster = tuple(("-i", link) for link in entering)
     return [
-        Chain("iptables", "filter", PREFIX + "FORWARD", "FORWARD", (), v4_forward),
-        Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", (), out_drops),
+        Chain("iptables", "filter", PREFIX + "FORWARD", "FORWARD", every, v4_forward),
+        Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", every, (*leaves_by_ours, *out_drops)),
         Chain("iptables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output),
         Chain("ip6tables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output[1:]),
-        Chain("iptables", "filter", PREFIX + "INPUT", "INPUT", ("-i", OUR_INTERFACES), v4_input),
-        Chain("ip6tables", "filter", PREFIX + "INPUT", "INPUT", ("-i", OUR_INTERFACES), v6_input),
+        Chain("iptables", "filter", PREFIX + "INPUT", "INPUT", from_cluster, v4_input),
+        Chain("ip6tables", "filter", PREFIX + "INPUT", "INPUT", from_cluster, v6_input),
         Chain("iptables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
         Chain("ip6tables", "filter", PREFIX + "PODS-OUT", "OUTPUT", pods_owner, output[1:]),
         Chain(
-            "ip6tables", "raw", PREFIX + "IN6", "PREROUTING", ("-i", OUR_INTERFACES),
+            "ip6tables", "raw", PREFIX + "IN6", "PREROUTING", from_cluster,
             (("-d", "fe80::/10", "-j", "RETURN"), ("-d", "ff00::/8", "-j", "RETURN"),
              (*_comment("no IPv6 from the cluster goes anywhere"), "-j", "DROP")),
         ),
@@ -162,13 +173,14 @@ def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.
 
 
 def install(chain: Chain) -> None:
-    """(Re)write the chain and put its one jump first in its hook. Idempotent."""
+    """(Re)write the chain and put its jumps first in its hook. Idempotent."""
     if _ipt(chain.binary, chain.table, "-N", chain.name, check=False).returncode != 0:
         _ipt(chain.binary, chain.table, "-F", chain.name)
     for rule in chain.rules:
         _ipt(chain.binary, chain.table, "-A", chain.name, *rule)
     _remove_jumps(chain)
-    _ipt(chain.binary, chain.table, "-I", chain.hook, "1", *chain.jump)
+    for jump in reversed(chain.jumps):
+        _ipt(chain.binary, chain.table, "-I", chain.hook, "1", *jump)
 
 
 def install_all(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
@@ -177,16 +189,23 @@ def install_all(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e
 
 
 def _remove_jumps(chain: Chain) -> None:
-    while _ipt(chain.binary, chain.table, "-D", chain.hook, *chain.jump, check=False).returncode == 0:
-        pass
+    """Every jump to the chain from its hook, whatever its match (an older harness's too)."""
+    for rule in _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines():
+        parts = shlex.split(rule)
+        if parts[:2] == ["-A", chain.hook] and parts[-2:] == ["-j", chain.name]:
+            _ipt(chain.binary, chain.table, "-D", *parts[1:], check=False)
 
 
 def first_in_hook(chain: Chain) -> bool:
-    """Our jump comes before every rule that is not one of our jumps."""
+    """Each of the chain's jumps comes before every rule that is not a jump of ours."""
+    wanted = [tuple(jump) for jump in chain.jumps]
     for rule in _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines()[1:]:
-        if rule.endswith(f"-j {chain.name}"):
-            return True
-        if not rule.split()[-1].startswith(PREFIX):
+        parts = shlex.split(rule)
+        if tuple(parts[2:]) in wanted:
+            wanted.remove(tuple(parts[2:]))
+            if not wanted:
+                return True
+        elif not parts[-1].startswith(PREFIX):
             return False
     return False
 
@@ -200,7 +219,8 @@ def ensure_first(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-
 
 def in_place(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> bool:
     return all(
-        _ipt(c.binary, c.table, "-C", c.hook, *c.jump, check=False).returncode == 0 for c in chains(layout, host_cgroup, pods_cgroup)
+        _ipt(c.binary, c.table, "-C", c.hook, *jump, check=False).returncode == 0
+        for c in chains(layout, host_cgroup, pods_cgroup) for jump in c.jumps
     )
 
 

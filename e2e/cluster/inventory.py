@@ -1,7 +1,8 @@
 """What of the local cluster is present on the machine: the check behind a clean `down`.
 
 Each kind of trace is listed by its marker only (see `teardown`): our cgroups and pid files,
-the state dir's path, the cluster binaries' paths, `ztr` names, `ZTR-E2E-*` chains. Things
+the state dir's path, the cluster binaries' paths, our exact `ztr-...` link and namespace
+names (`layout.MARKER`: never a ZeroTier tap's), `ZTR-E2E-*` chains. Things
 that merely look like a cluster's (`cni-*` namespaces, `/kubepods` cgroups, other KUBE-*
 chains) belong to someone else and are never listed.
 """
@@ -39,9 +40,10 @@ def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
         for pid in sorted(candidates)
         if _argv(pid) and (pid in in_cgroups or _argv(pid)[0] in binaries or root in " ".join(_argv(pid)))
     ]
-    found["netns"] = network.list_netns("ztr") + teardown.legacy_pod_netns()
+    found["netns"] = [ns for ns in network.list_netns("") if layout.is_own_netns(ns)] + teardown.legacy_pod_netns()
     links = json.loads(network.sh("ip", "-j", "link").stdout)
-    found["links"] = [link["ifname"] for link in links if link["ifname"].startswith("ztr")]
+    veths = set(network.test_host_veths())
+    found["links"] = [link["ifname"] for link in links if layout.is_own_link(link["ifname"]) or link["ifname"] in veths]
     ranges = (*layout.sink_routes, layout.test_host_cidr)
     found["routes"] = [r for r in network.sh("ip", "-4", "route").stdout.splitlines() if r.startswith(ranges)]
     found["firewall"] = firewall.present(firewall.ours) + (firewall.present(firewall.kube_chain) if kube_chains else [])

@@ -6,7 +6,19 @@ an address in them that no Kubernetes rule claims never follows the default rout
 """
 
 import ipaddress
+import re
 from dataclasses import dataclass
+
+MARKER = "ztr-"
+"""Every link and network namespace the harness creates is named `ztr-...`. ZeroTier names its
+Linux taps "zt" + 8 base32 characters of the network id (a-z, 2-7, no dash), so no ZeroTier
+interface can carry this marker; the earlier marker `ztr` (no dash) matched about one
+ZeroTier network in 32 (5dfbd3d12c4a3698 is `ztrtlztz5u`)."""
+TEST_HOST_VETH = re.compile(r"ztr-th\d{1,3}")
+"""A test host's veth on the host side: `ztr-th` + the last octet of its address."""
+LEGACY_TEST_HOST_VETH = re.compile(r"ztrh\d{1,3}")
+"""The same veth as named by the harness before the dash (4 to 7 characters: a ZeroTier tap
+name always has 10). `down` still removes these (a link never outlives the boot)."""
 
 
 @dataclass(frozen=True)
@@ -72,6 +84,24 @@ class Layout:
     @property
     def hosts_gateway(self) -> str:
         return str(ipaddress.ip_network(self.test_host_cidr)[1])
+
+    @property
+    def cluster_links(self) -> tuple[str, ...]:
+        """The links the cluster's traffic enters the machine by: the pods' bridge and the test
+        hosts' bridge (test hosts' and pods' veths are ports of these)."""
+        return (self.cni_bridge, self.hosts_bridge)
+
+    @property
+    def own_links(self) -> tuple[str, ...]:
+        """Every fixed link of ours (test hosts' veths come and go: `is_own_link`)."""
+        return (self.cni_bridge, self.hosts_bridge, self.sink_host_veth, self.node_interface)
+
+    def is_own_link(self, name: str) -> bool:
+        """Exact names only: a link merely starting like ours is someone else's."""
+        return name in self.own_links or TEST_HOST_VETH.fullmatch(name) is not None
+
+    def is_own_netns(self, name: str) -> bool:
+        return name == self.sink_netns or name.startswith(self.test_host_netns_prefix)
 
     def lb_addresses(self) -> list[str]:
         return [str(ip) for ip in ipaddress.ip_network(self.lb_pool).hosts()]

@@ -6,8 +6,9 @@ towards the primary interface is dropped. More specific routes (the CNI bridge's
 kube-proxy's DNAT still win, so real Services keep working; an address nobody claims ends
 in the sink instead of following the default route off the machine.
 
-Everything here is named with a `ztr` prefix and removed by `teardown`. The packet filter
-(what keeps traffic from leaving the machine) is `firewall`'s.
+Everything here is named `ztr-...` (`layout.MARKER`, which no ZeroTier tap can carry) and
+removed by `teardown`, by exact name. The packet filter (what keeps traffic from leaving the
+machine) is `firewall`'s.
 """
 
 import ipaddress
@@ -20,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.cluster.layout import Layout
+from e2e.cluster.layout import LEGACY_TEST_HOST_VETH, MARKER, TEST_HOST_VETH, Layout
 
 NETNS_DIR = Path("/var/run/netns")
 NETNS_ETC = Path("/etc/netns")
@@ -48,7 +49,7 @@ def machine_networks() -> list[str]:
     """IPv4 networks on the machine's interfaces, excluding the ones this harness creates."""
     nets = []
     for link in json.loads(sh("ip", "-j", "-4", "addr").stdout):
-        if link["ifname"].startswith("ztr") or link["ifname"] == "lo":
+        if link["ifname"].startswith(MARKER) or link["ifname"] == "lo":
             continue
         for info in link.get("addr_info", []):
             nets.append(str(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network))
@@ -141,7 +142,21 @@ class TestHost:
 
 
 def host_veth_name(address: str) -> str:
-    return "ztrh" + address.split(".")[-1]
+    return "ztr-th" + address.split(".")[-1]
+
+
+def _links(details: bool = False) -> list[dict]:
+    return json.loads(sh("ip", "-j", *(["-d"] if details else []), "link").stdout)
+
+
+def test_host_veths() -> list[str]:
+    """Test-host veths of ours still on the host side: `ztr-th<N>`, and the `ztrh<N>` veths of
+    the harness before the dash (exact pattern and veth kind: never a ZeroTier tap)."""
+    return [
+        link["ifname"] for link in _links(details=True)
+        if TEST_HOST_VETH.fullmatch(link["ifname"])
+        or (LEGACY_TEST_HOST_VETH.fullmatch(link["ifname"]) and link.get("linkinfo", {}).get("info_kind") == "veth")
+    ]
 
 
 def _setup_hosts_bridge(layout: Layout) -> None:
@@ -240,9 +255,8 @@ def teardown(layout: Layout) -> None:
     for ns in list_netns(layout.test_host_netns_prefix):
         delete_netns(ns)
     # Test-host veths whose namespace is already gone, or still being torn down.
-    for link in json.loads(sh("ip", "-j", "link").stdout):
-        if link["ifname"].startswith(host_veth_name("")):
-            sh("ip", "link", "del", link["ifname"], check=False)
+    for veth in test_host_veths():
+        sh("ip", "link", "del", veth, check=False)
     for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth, layout.node_interface):
         if _link_exists(link):
             sh("ip", "link", "del", link, check=False)

@@ -6,7 +6,8 @@ What is ours is found by its marker, never by a generic name:
   netns       pod namespaces live under our state dir (containerd's
               netns_mounts_under_state_dir); test hosts and the sink are `ztr-*`; a pod
               namespace of an older harness run is found through our CNI network's cache
-  links       `ztr*` (the CNI bridge's veths go with the pod namespaces)
+  links       our exact names (`layout.own_links`, test hosts' `ztr-th<N>`, the older
+              harness's `ztrh<N>` veths); the CNI bridge's veths go with the pod namespaces
   firewall    `ZTR-E2E-*` chains and their one jump each; Kubernetes' fixed chains only when
               our cluster ran (see `firewall`)
   sysctls     put back as recorded by `up` (`sysctls`)
