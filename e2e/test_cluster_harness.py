@@ -649,3 +649,24 @@ def test_down_finds_test_host_veths_of_both_markers_and_never_a_zerotier_tap(mon
 
     monkeypatch.setattr(network, "sh", lambda *argv, **kw: Done())
     assert network.test_host_veths() == ["ztr-th7", "ztrh12"]
+
+
+def test_reinstalling_the_rules_is_one_transaction_that_replaces_every_old_jump():
+    """F19: flush + re-add one call at a time let pod packets out; one iptables-restore
+    --noflush transaction rewrites the chains, deletes the jumps there now (an older harness's
+    `-i ztr+` one too) and inserts ours first."""
+    group = [c for c in firewall.chains(LAYOUT, cgroups.HOST) if (c.binary, c.table) == ("iptables", "filter")]
+    hooks = {
+        "FORWARD": ["-P FORWARD DROP", "-A FORWARD -j DOCKER-USER", "-A FORWARD -j ZTR-E2E-FORWARD"],
+        "INPUT": ["-P INPUT ACCEPT", "-A INPUT -i ztr+ -j ZTR-E2E-INPUT", "-A INPUT -j KUBE-DECOY"],
+        "OUTPUT": ["-P OUTPUT ACCEPT"],
+    }
+    lines = firewall.restore_script(group, hooks).splitlines()
+    assert lines[0] == "*filter" and lines[-1] == "COMMIT"
+    assert [l for l in lines if l.startswith("-D ")] == ["-D FORWARD -j ZTR-E2E-FORWARD", "-D INPUT -i ztr+ -j ZTR-E2E-INPUT"]
+    assert '-m comment --comment "zt-relay-e2e: nothing from the cluster leaves"' in "\n".join(lines)
+    assert [l for l in lines if l.startswith("-I INPUT")] == [f"-I INPUT 1 -i {link} -j ZTR-E2E-INPUT" for link in reversed(LAYOUT.cluster_links)]
+    # The deletes come before the inserts of the same hook (a -D of an identical spec would
+    # otherwise delete the new jump), all inside the one COMMIT.
+    assert max(i for i, l in enumerate(lines) if l.startswith("-D FORWARD")) < min(i for i, l in enumerate(lines) if l.startswith("-I FORWARD"))
+    assert not any("DOCKER-USER" in l or "KUBE-DECOY" in l for l in lines)

@@ -21,7 +21,6 @@ NOT_FIXED = {
     "f6_foreign_routes": "F6",
     "f11_down_kills_by_command_line": "F11",
     "f13_escape_fixture_collides": "F13",
-    "f19_reinstall_gap": "F19",
 }
 
 

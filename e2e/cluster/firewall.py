@@ -172,28 +172,53 @@ def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.
     return proc
 
 
-def install(chain: Chain) -> None:
-    """(Re)write the chain and put its jumps first in its hook. Idempotent."""
-    if _ipt(chain.binary, chain.table, "-N", chain.name, check=False).returncode != 0:
-        _ipt(chain.binary, chain.table, "-F", chain.name)
-    for rule in chain.rules:
-        _ipt(chain.binary, chain.table, "-A", chain.name, *rule)
-    _remove_jumps(chain)
-    for jump in reversed(chain.jumps):
-        _ipt(chain.binary, chain.table, "-I", chain.hook, "1", *jump)
+def _restore_arg(arg: str) -> str:
+    return f'"{arg}"' if any(c.isspace() for c in arg) else arg
+
+
+def restore_script(group: list[Chain], hook_rules: dict[str, list[str]]) -> str:
+    """One iptables-restore transaction (pure) for chains of one binary and table: (re)write
+    each chain, delete every jump to it that is there now (`hook_rules`: `-S HOOK` per hook),
+    and insert its jumps first. `--noflush` leaves every other rule alone; a declared chain
+    that exists is flushed in the same transaction."""
+    names = {c.name for c in group}
+    lines = [f"*{group[0].table}"]
+    lines += [f":{c.name} - [0:0]" for c in group]
+    for chain in group:
+        lines += [" ".join(["-A", chain.name, *map(_restore_arg, rule)]) for rule in chain.rules]
+    for hook in dict.fromkeys(c.hook for c in group):
+        for rule in hook_rules.get(hook, []):
+            parts = shlex.split(rule)
+            if parts[:2] == ["-A", hook] and parts[-2:-1] == ["-j"] and parts[-1] in names:
+                lines.append(" ".join(["-D", *map(_restore_arg, parts[1:])]))
+        for chain in reversed([c for c in group if c.hook == hook]):
+            for jump in reversed(chain.jumps):
+                lines.append(" ".join(["-I", hook, "1", *map(_restore_arg, jump)]))
+    return "\n".join([*lines, "COMMIT", ""])
+
+
+def install(group: list[Chain]) -> None:
+    """(Re)write the chains (one binary, one table) and put their jumps first in their hooks,
+    in ONE transaction: a pod's packet sees either the old rules or the new, never an empty
+    chain or a missing jump (one iptables call at a time, packets left meanwhile). Idempotent."""
+    binary, table = group[0].binary, group[0].table
+    hook_rules = {hook: _ipt(binary, table, "-S", hook).stdout.splitlines() for hook in {c.hook for c in group}}
+    script = restore_script(group, hook_rules)
+    proc = subprocess.run([f"{binary}-restore", "-w", "5", "--noflush"], input=script, capture_output=True, text=True, timeout=30)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{binary}-restore --noflush: {proc.stderr.strip()}\n{script}")
+
+
+def _groups(layout: Layout, host_cgroup: str, pods_cgroup: str) -> list[list[Chain]]:
+    by_table: dict[tuple[str, str], list[Chain]] = {}
+    for chain in chains(layout, host_cgroup, pods_cgroup):
+        by_table.setdefault((chain.binary, chain.table), []).append(chain)
+    return list(by_table.values())
 
 
 def install_all(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
-    for chain in chains(layout, host_cgroup, pods_cgroup):
-        install(chain)
-
-
-def _remove_jumps(chain: Chain) -> None:
-    """Every jump to the chain from its hook, whatever its match (an older harness's too)."""
-    for rule in _ipt(chain.binary, chain.table, "-S", chain.hook).stdout.splitlines():
-        parts = shlex.split(rule)
-        if parts[:2] == ["-A", chain.hook] and parts[-2:] == ["-j", chain.name]:
-            _ipt(chain.binary, chain.table, "-D", *parts[1:], check=False)
+    for group in _groups(layout, host_cgroup, pods_cgroup):
+        install(group)
 
 
 def first_in_hook(chain: Chain) -> bool:
@@ -211,10 +236,11 @@ def first_in_hook(chain: Chain) -> bool:
 
 
 def ensure_first(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
-    """dockerd or kube-proxy may insert their jumps above ours later; move ours back up."""
-    for chain in chains(layout, host_cgroup, pods_cgroup):
-        if not first_in_hook(chain):
-            install(chain)
+    """dockerd or kube-proxy may insert their jumps above ours later; move ours back up
+    (atomically, see `install`)."""
+    for group in _groups(layout, host_cgroup, pods_cgroup):
+        if not all(first_in_hook(chain) for chain in group):
+            install(group)
 
 
 def in_place(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> bool:

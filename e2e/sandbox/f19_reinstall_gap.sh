@@ -37,7 +37,9 @@ while True:
   sleep 0.5; echo "arrived outside, docker jump on top: $(arrived)"
   $PY -c "
 from e2e.cluster import firewall, health
-firewall.ensure_first(health.current_layout(), \"zt-review-sim\", \"zt-review-sim\")"
+layout = health.current_layout()
+firewall.ensure_first(layout, \"zt-review-sim\", \"zt-review-sim\")
+assert all(firewall.first_in_hook(c) for c in firewall.chains(layout, \"zt-review-sim\", \"zt-review-sim\")), \"not first again\"" || { kill $sender; echo "FAIL: ensure_first did not put our jumps first again"; exit 1; }
   sleep 0.5; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
   kill $sender; ip netns del pod1; rm -rf $ZT_RELAY_E2E_STATE
   [ "$n" = 0 ] && { echo PASS; exit 0; }
