@@ -21,6 +21,11 @@ def _argv(pid: int) -> list[str]:
         return []
 
 
+def _route_dev(route: str) -> str:
+    parts = route.split()
+    return parts[parts.index("dev") + 1] if "dev" in parts else ""
+
+
 def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
     """Everything of the harness still on the machine, by kind; {} means clean.
 
@@ -44,8 +49,8 @@ def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
     links = json.loads(network.sh("ip", "-j", "link").stdout)
     veths = set(network.test_host_veths())
     found["links"] = [link["ifname"] for link in links if layout.is_own_link(link["ifname"]) or link["ifname"] in veths]
-    ranges = (*layout.sink_routes, layout.test_host_cidr)
-    found["routes"] = [r for r in network.sh("ip", "-4", "route").stdout.splitlines() if r.startswith(ranges)]
+    # Routes on our links only: a route of the machine for the same prefix is not ours.
+    found["routes"] = [r for r in network.sh("ip", "-4", "route").stdout.splitlines() if _route_dev(r) in found["links"]]
     found["firewall"] = firewall.present(firewall.ours) + (firewall.present(firewall.kube_chain) if kube_chains else [])
     found["mounts"] = teardown.mounts_under(state.root)
     found["state dir"] = [root] if state.root.exists() else []

@@ -108,7 +108,8 @@ class Layout:
 
 
 def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
-    """Raise ValueError if any cluster range overlaps a network the machine already has."""
+    """Raise ValueError if any cluster range overlaps a network the machine already has (an
+    interface's network or a route's destination: `network.machine_networks`)."""
     ours = {
         "node_ip": f"{layout.node_ip}/32",
         "cluster_cidr": layout.cluster_cidr,
@@ -120,6 +121,6 @@ def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
     for field_name, cidr in ours.items():
         for other in machine_networks:
             if ipaddress.ip_network(cidr).overlaps(ipaddress.ip_network(other, strict=False)):
-                raise ValueError(f"layout.{field_name} {cidr} overlaps the machine's network {other}")
+                raise ValueError(f"layout.{field_name} {cidr} overlaps the machine's network or route {other}")
     if not ipaddress.ip_network(layout.pod_subnet).subnet_of(ipaddress.ip_network(layout.cluster_cidr)):
         raise ValueError(f"layout.pod_subnet {layout.pod_subnet} is not inside cluster_cidr {layout.cluster_cidr}")

@@ -46,13 +46,23 @@ def default_route() -> tuple[str, str]:
 
 
 def machine_networks() -> list[str]:
-    """IPv4 networks on the machine's interfaces, excluding the ones this harness creates."""
+    """IPv4 networks the machine already has: its interfaces' networks and every route's
+    destination (all tables: a VPN to a dev cluster's Services routes 10.96.0.0/16, policy
+    routing keeps routes in tables of its own), excluding our own links and default routes.
+    `up` must not route any of them into the sink (`layout.check_disjoint`)."""
     nets = []
     for link in json.loads(sh("ip", "-j", "-4", "addr").stdout):
         if link["ifname"].startswith(MARKER) or link["ifname"] == "lo":
             continue
         for info in link.get("addr_info", []):
             nets.append(str(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network))
+    for route in json.loads(sh("ip", "-j", "-4", "route", "show", "table", "all").stdout):
+        dst, dev = route.get("dst", ""), route.get("dev", "")
+        if dst in ("default", "") or dev.startswith(MARKER) or dev == "lo" or route.get("type") in ("local", "broadcast", "multicast"):
+            continue
+        net = str(ipaddress.ip_network(dst, strict=False))
+        if net not in nets:
+            nets.append(net)
     return nets
 
 
@@ -261,7 +271,8 @@ def teardown(layout: Layout) -> None:
         if _link_exists(link):
             sh("ip", "link", "del", link, check=False)
     for cidr in layout.sink_routes:
-        sh("ip", "route", "del", cidr, check=False)
+        # Only our route (the sink's link): a route of the machine with the same prefix stays.
+        sh("ip", "route", "del", cidr, "dev", layout.sink_host_veth, check=False)
     delete_netns(layout.sink_netns)
     for conf in netns_etc_dirs(layout):
         shutil.rmtree(conf, ignore_errors=True)

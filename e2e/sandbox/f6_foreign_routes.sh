@@ -5,7 +5,8 @@
 # accepts the plan, setup_safety() `ip route replace`s the route into our sink (their traffic to
 # those Services is now swallowed), and `down` - run first by .ci/run, even when no cluster of
 # ours ever ran - deletes whatever route has that prefix (`ip route del CIDR`, no dev/via).
-# Runs in e2e/sandbox/sandbox.sh. Exit 0 = their route untouched; 1 = replaced/deleted.
+# Runs in e2e/sandbox/sandbox.sh. Exit 0 = their route untouched (`up` may refuse, naming it);
+# 1 = replaced/deleted.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-$PWD/.venv/bin/python}
@@ -24,7 +25,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
 from e2e.cluster import health, layout as L, network
 layout = health.current_layout()
 L.check_disjoint(layout, network.machine_networks()); print(\"check_disjoint: no objection\")
-network.setup_safety(layout)"
+network.setup_safety(layout)" || echo "up refused (the traceback above names the route)"
   after_up=$(ip route show 10.96.0.0/16); echo "after up: $after_up"
   [ "$after_down" = "10.96.0.0/16 via 198.18.6.1 dev vpn0 " ] || [ "$after_down" = "10.96.0.0/16 via 198.18.6.1 dev vpn0" ] || { echo "FAIL: down deleted a route it never made"; exit 1; }
   case "$after_up" in *vpn0*) echo PASS;; *) echo "FAIL: up hijacked a route of the machine into the sink"; exit 1;; esac
