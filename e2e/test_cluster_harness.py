@@ -670,3 +670,19 @@ def test_reinstalling_the_rules_is_one_transaction_that_replaces_every_old_jump(
     # otherwise delete the new jump), all inside the one COMMIT.
     assert max(i for i, l in enumerate(lines) if l.startswith("-D FORWARD")) < min(i for i, l in enumerate(lines) if l.startswith("-I FORWARD"))
     assert not any("DOCKER-USER" in l or "KUBE-DECOY" in l for l in lines)
+
+
+@pytest.mark.parametrize("argv, ours", [
+    (["containerd-shim-runc-v2", "-namespace", "k8s.io", "-id", "abc", "-address", "/var/lib/zt-relay-e2e/run/containerd/containerd.sock"], True),
+    (["containerd", "--config=/var/lib/zt-relay-e2e/configs/containerd.toml"], True),
+    (["/root/.cache/zt-relay/bin/x/kubelet", "--config=/var/lib/zt-relay-e2e/configs/kubelet.json"], True),
+    (["/usr/bin/python3", "-m", "e2e.cluster.lb", "--kubeconfig", "/var/lib/zt-relay-e2e/admin.kubeconfig"], True),
+    (["tail", "-f", "/var/lib/zt-relay-e2e/logs/kubelet.log"], False),
+    (["kubectl", "--kubeconfig=/var/lib/zt-relay-e2e/admin.kubeconfig", "get", "pods", "-w"], False),
+    (["containerd", "--config=/var/lib/zt-relay-e2e-old/configs/containerd.toml"], False),
+    (["/root/.cache/zt-relay/bin/x/kubelet", "--config=/var/lib/kubelet/config.yaml"], False),  # another cluster's
+    ([], False),
+])
+def test_down_recognises_a_cluster_process_by_its_program_and_state_path_not_by_a_mention(argv, ours):
+    """F11: `down` killed whatever command line contained the state dir (a `tail -f` of a log)."""
+    assert processes.is_cluster_process(argv, "/var/lib/zt-relay-e2e") is ours

@@ -18,7 +18,6 @@ NEEDS_CLUSTER = False
 
 SANDBOX = Path(__file__).parent / "sandbox"
 NOT_FIXED = {
-    "f11_down_kills_by_command_line": "F11",
     "f13_escape_fixture_collides": "F13",
 }
 

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from e2e.cluster import cgroups, components, configs, firewall, network, paths, processes
+from e2e.cluster import cgroups, configs, firewall, network, paths, processes
 
 
 def _argv(pid: int) -> list[str]:
@@ -35,16 +35,10 @@ def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
 
     state = configs.StatePaths(paths.state_dir())
     root = str(state.root)
-    binaries = {str(paths.bin_dir() / name) for name in components.BUILT_BINARIES}
     found: dict[str, list[str]] = {}
-    candidates = cgroups.pids() | set(processes.pids_mentioning(root)) | set(processes.pids_mentioning(str(paths.bin_dir())))
+    candidates = cgroups.pids() | set(processes.cluster_pids(root))
     candidates.discard(os.getpid())
-    in_cgroups = cgroups.pids()
-    found["processes"] = [
-        f"{pid} {' '.join(_argv(pid))[:120]}"
-        for pid in sorted(candidates)
-        if _argv(pid) and (pid in in_cgroups or _argv(pid)[0] in binaries or root in " ".join(_argv(pid)))
-    ]
+    found["processes"] = [f"{pid} {' '.join(_argv(pid))[:120]}" for pid in sorted(candidates) if _argv(pid)]
     found["netns"] = [ns for ns in network.list_netns("") if layout.is_own_netns(ns)] + teardown.legacy_pod_netns()
     links = json.loads(network.sh("ip", "-j", "link").stdout)
     veths = set(network.test_host_veths())

@@ -110,12 +110,36 @@ def _reap(pid: int) -> None:
         pass
 
 
-def pids_mentioning(text: str) -> list[int]:
-    """Processes whose command line contains `text` (used with the state dir's unique path)."""
+CLUSTER_PROGRAMS = frozenset({
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns",
+    "metrics-server", "containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2",
+})
+"""What a cluster of ours runs on the host (the lb-controller is `python -m e2e.cluster.lb`)."""
+
+
+def _under(value: str, root: str) -> bool:
+    root = root.rstrip("/")
+    return value == root or value.startswith(root + "/")
+
+
+def is_cluster_process(argv: list[str], root: str) -> bool:
+    """A process of a cluster whose state is under `root` (pure): one of the cluster's own
+    programs (or our LB stand-in), with an argument that is a path under `root` (`-address
+    <root>/run/containerd/containerd.sock`, `--config=<root>/configs/...`). Never a program
+    that merely mentions the path (`tail -f <root>/logs/kubelet.log`, `kubectl
+    --kubeconfig=<root>/admin.kubeconfig`), nor one under a sibling (`<root>-old/`)."""
+    if not argv or not argv[0]:
+        return False
+    ours = Path(argv[0]).name in CLUSTER_PROGRAMS or "e2e.cluster.lb" in argv[1:3]
+    return ours and any(_under(arg.split("=", 1)[-1], root) for arg in argv[1:])
+
+
+def cluster_pids(root: str) -> list[int]:
+    """Processes of a cluster whose state is under `root` (`is_cluster_process`)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit() and int(entry.name) != os.getpid():
-            if any(text in arg for arg in _cmdline(int(entry.name))):
+            if is_cluster_process(_cmdline(int(entry.name)), root):
                 found.append(int(entry.name))
     return found
 

@@ -1,7 +1,8 @@
 """`down`: stop the local cluster and remove every trace of it - and only of it.
 
 What is ours is found by its marker, never by a generic name:
-  processes   our pid files; our cgroups (`cgroups`); command lines naming our state dir
+  processes   our pid files; our cgroups (`cgroups`); cluster programs whose arguments put
+              their state under our state dir (an older harness's shims)
   pods        through our own kubelet and containerd (their sockets are in our state dir)
   netns       pod namespaces live under our state dir (containerd's
               netns_mounts_under_state_dir); test hosts and the sink are `ztr-*`; a pod
@@ -138,9 +139,10 @@ def _remove_containers(state: StatePaths) -> None:
 
 def _kill_ours(state: StatePaths) -> None:
     """Every process in our cgroups (host processes, shims, pods); and, for traces of an older
-    harness (before cgroups were ours), any process whose command line names our state dir
-    (a shim) or whose root filesystem is a snapshot under it (a container)."""
-    victims = cgroups.pids() | set(processes.pids_mentioning(str(state.root))) | set(processes.pids_rooted_under(str(state.root) + "/"))
+    harness (before cgroups were ours), a cluster program whose arguments put its state under
+    our state dir (a shim: `-address <state>/...`; `processes.is_cluster_process`, never a
+    `tail -f` of a log there) or whose root filesystem is a snapshot under it (a container)."""
+    victims = cgroups.pids() | set(processes.cluster_pids(str(state.root))) | set(processes.pids_rooted_under(str(state.root) + "/"))
     victims.discard(os.getpid())
     for pid in victims:
         processes.kill_and_wait(pid, timeout=5)
