@@ -225,7 +225,9 @@ def cluster(request: pytest.FixtureRequest):
         # own the rest); kind has none, so there it serves class-less Services too.
         lb_thread = threading.Thread(
             target=lb.run, args=(str(result.kubeconfig), Layout.lb_pool, stop),
-            kwargs={"claim_unclassed": backend == "kind"}, name="lb-standin", daemon=True,
+            # Its own owner id: another session's stand-in on the same cluster keeps its addresses.
+            kwargs={"claim_unclassed": backend == "kind", "owner": f"session-{uuid.uuid4().hex[:12]}"},
+            name="lb-standin", daemon=True,
         )
         lb_thread.start()
     yield result

@@ -180,7 +180,7 @@ def test_every_chain_of_ours_carries_the_prefix_and_ipv6_is_covered():
 
 def _service(name, *, type_="LoadBalancer", ips=(), created="2026-01-01T00:00:00Z", mine=None, **spec):
     """A Service dict; `mine`: the address the stand-in recorded as allocated by itself."""
-    annotations = {lb.ANNOTATION: mine} if mine else {}
+    annotations = {lb.ANNOTATION: mine, lb.OWNER_ANNOTATION: lb.LOCAL_OWNER} if mine else {}
     return {
         "metadata": {"namespace": "ns", "name": name, "creationTimestamp": created, "annotations": annotations},
         "spec": {"type": type_, **spec},
@@ -686,3 +686,14 @@ def test_reinstalling_the_rules_is_one_transaction_that_replaces_every_old_jump(
 def test_down_recognises_a_cluster_process_by_its_program_and_state_path_not_by_a_mention(argv, ours):
     """F11: `down` killed whatever command line contained the state dir (a `tail -f` of a log)."""
     assert processes.is_cluster_process(argv, "/var/lib/zt-relay-e2e") is ours
+
+
+def test_lb_standin_leaves_another_sessions_service_alone_and_counts_its_address_taken():
+    """F14: two sessions' stand-ins on one shared cluster (--cluster=existing) each serve and
+    give back only what they assigned themselves."""
+    theirs = _service("theirs", ips=["10.250.0.1"], mine="10.250.0.1", **OURS)
+    theirs["metadata"]["annotations"][lb.OWNER_ANNOTATION] = "session-other"
+    fresh = _service("fresh", created="2027-01-01T00:00:00Z", **OURS)
+    assert lb.plan([theirs, fresh], POOL, claim_unclassed=False, owner="session-me") == {("ns", "fresh"): "10.250.0.2"}
+    assert lb.release_all([theirs], owner="session-me") == {}
+    assert lb.release_all([theirs], owner="session-other") == {("ns", "theirs"): None}

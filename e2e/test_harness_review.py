@@ -146,7 +146,6 @@ def test_the_image_is_built_from_the_locked_dependencies(tmp_path, monkeypatch):
     assert "-c" in argv or "--constraint" in argv or any(a.startswith("--constraint=") for a in argv), argv
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F14: release_all releases other runs' addresses")
 def test_a_stand_in_gives_back_only_what_it_assigned_itself_not_another_runs():
     """F14 (existing backend, --cluster-lb-standin). Every session runs its own stand-in
     thread against the shared cluster; the annotation records only the address, not which

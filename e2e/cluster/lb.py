@@ -9,10 +9,13 @@ on this.
 What it touches, so that it can run beside a real load-balancer controller:
 - Services of its class (`spec.loadBalancerClass: LB_CLASS`); and, only on the harness's
   own cluster where nothing else allocates (`claim_unclassed`), Services without a class.
-- It records each address it assigns in an annotation (`ANNOTATION`). It changes or clears
-  an ingress only if it is empty or exactly the one it recorded: an ingress written by
-  anyone else (a cloud controller) is never overwritten or cleared.
-- When it stops, it gives back every address it assigned (clears those ingresses).
+- It records each address it assigns in an annotation (`ANNOTATION`), and who assigned it
+  (`OWNER_ANNOTATION`: `LOCAL_OWNER` on the harness's cluster, a per-session id for a stand-in
+  thread on a shared cluster). It changes or clears an ingress only if it is empty or exactly
+  the one it recorded itself: an ingress written by anyone else (a cloud controller, another
+  test session's stand-in) is never overwritten or cleared.
+- When it stops, it gives back every address it assigned (clears those ingresses), and only
+  those: another session's Services keep theirs.
 `spec.loadBalancerIP` (deprecated upstream, handy in tests) is honoured when in the pool.
 
 Run by `up` as a host process (`python -m e2e.cluster.lb --kubeconfig PATH`), or in a thread
@@ -31,6 +34,9 @@ logger = logging.getLogger("zt-e2e-lb")
 Key = tuple[str, str]
 LB_CLASS = "e2e.zt-relay.test/lb-standin"
 ANNOTATION = "e2e.zt-relay.test/lb-standin-address"
+OWNER_ANNOTATION = "e2e.zt-relay.test/lb-standin-owner"
+LOCAL_OWNER = "local-cluster"
+"""The owner of the harness's own stand-in (one per local cluster, restarts included)."""
 
 
 def _ingress_ips(svc: dict) -> list[str]:
@@ -38,9 +44,12 @@ def _ingress_ips(svc: dict) -> list[str]:
     return [i.get("ip") or i.get("hostname") or "" for i in ingress]
 
 
-def _mine(svc: dict) -> str | None:
-    """The address this stand-in assigned, if the Service's ingress is still exactly that."""
-    recorded = ((svc.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION)
+def _mine(svc: dict, owner: str) -> str | None:
+    """The address this stand-in (`owner`) assigned, if the Service's ingress is still exactly that."""
+    annotations = (svc.get("metadata") or {}).get("annotations") or {}
+    recorded = annotations.get(ANNOTATION)
+    if annotations.get(OWNER_ANNOTATION) != owner:
+        return None
     return recorded if recorded and _ingress_ips(svc) == [recorded] else None
 
 
@@ -48,7 +57,9 @@ def _key(svc: dict) -> Key:
     return svc["metadata"]["namespace"], svc["metadata"]["name"]
 
 
-def plan(services: Iterable[dict], pool: list[str], claim_unclassed: bool = True) -> dict[Key, str | None]:
+def plan(
+    services: Iterable[dict], pool: list[str], claim_unclassed: bool = True, owner: str = LOCAL_OWNER
+) -> dict[Key, str | None]:
     """Which Services get an address (str) or give theirs back (None). Pure.
 
     Older Services keep their addresses first, so a conflict (two Services claiming one
@@ -56,12 +67,12 @@ def plan(services: Iterable[dict], pool: list[str], claim_unclassed: bool = True
     are left alone, and their pool addresses count as taken."""
     in_pool = set(pool)
     ordered = sorted(services, key=lambda s: (s["metadata"].get("creationTimestamp") or "", *_key(s)))
-    taken = {ip for s in ordered if not _mine(s) for ip in _ingress_ips(s) if ip in in_pool}
+    taken = {ip for s in ordered if not _mine(s, owner) for ip in _ingress_ips(s) if ip in in_pool}
     wanting: list[tuple[Key, str | None]] = []
     changes: dict[Key, str | None] = {}
     for svc in ordered:
         spec = svc.get("spec") or {}
-        mine, ingress = _mine(svc), _ingress_ips(svc)
+        mine, ingress = _mine(svc, owner), _ingress_ips(svc)
         cls = spec.get("loadBalancerClass")
         served = spec.get("type") == "LoadBalancer" and (cls == LB_CLASS or (cls is None and claim_unclassed))
         if not served:
@@ -91,16 +102,19 @@ def plan(services: Iterable[dict], pool: list[str], claim_unclassed: bool = True
     return changes
 
 
-def release_all(services: Iterable[dict]) -> dict[Key, None]:
-    """Every Service whose ingress this stand-in assigned: give it back (on stop)."""
-    return {_key(s): None for s in services if _mine(s)}
+def release_all(services: Iterable[dict], owner: str = LOCAL_OWNER) -> dict[Key, None]:
+    """Every Service whose ingress this stand-in (`owner`) assigned: give it back (on stop)."""
+    return {_key(s): None for s in services if _mine(s, owner)}
 
 
 def pool_addresses(cidr: str) -> list[str]:
     return [str(ip) for ip in ipaddress.ip_network(cidr).hosts()]
 
 
-def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, claim_unclassed: bool = True) -> None:
+def run(
+    kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, claim_unclassed: bool = True,
+    owner: str = LOCAL_OWNER,
+) -> None:
     """Reconcile on every Service event until `stop` is set (or forever); then give back
     every address it assigned."""
     from kubernetes import client, config, watch  # the [operator] extra; only needed here
@@ -114,7 +128,7 @@ def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, cl
         try:
             listing = v1.list_service_for_all_namespaces()
             services = {_key(d): d for d in (api_client.sanitize_for_serialization(s) for s in listing.items)}
-            _apply(v1, plan(services.values(), pool, claim_unclassed))
+            _apply(v1, plan(services.values(), pool, claim_unclassed, owner), owner)
             stream = watch.Watch().stream(
                 v1.list_service_for_all_namespaces, resource_version=listing.metadata.resource_version, timeout_seconds=5
             )
@@ -125,7 +139,7 @@ def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, cl
                     logger.info("%s/%s deleted: its address (if any) is free again", *_key(obj))
                 else:
                     services[_key(obj)] = obj
-                _apply(v1, plan(services.values(), pool, claim_unclassed))
+                _apply(v1, plan(services.values(), pool, claim_unclassed, owner), owner)
                 if stop.is_set():
                     break
         except Exception:  # noqa: BLE001 - keep serving; the next list resyncs
@@ -133,12 +147,12 @@ def run(kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, cl
             stop.wait(1)
     try:
         listing = v1.list_service_for_all_namespaces()
-        _apply(v1, release_all(api_client.sanitize_for_serialization(s) for s in listing.items))
+        _apply(v1, release_all((api_client.sanitize_for_serialization(s) for s in listing.items), owner), owner)
     except Exception:  # noqa: BLE001 - the cluster may be going away with us
         logger.exception("LB stand-in: could not give the addresses back")
 
 
-def _apply(v1, changes: dict[Key, str | None]) -> None:
+def _apply(v1, changes: dict[Key, str | None], owner: str) -> None:
     from kubernetes.client.rest import ApiException
 
     for (namespace, name), ip in changes.items():
@@ -146,12 +160,12 @@ def _apply(v1, changes: dict[Key, str | None]) -> None:
             if ip:
                 # Annotation first: if the status patch then fails, the next round sees an
                 # empty ingress and a stale record, and assigns again.
-                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: ip}}})
+                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: ip, OWNER_ANNOTATION: owner}}})
                 v1.patch_namespaced_service_status(name, namespace, {"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
                 logger.info("%s/%s: assigned %s", namespace, name, ip)
             else:
                 v1.patch_namespaced_service_status(name, namespace, {"status": {"loadBalancer": {"ingress": None}}})
-                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: None}}})
+                v1.patch_namespaced_service(name, namespace, {"metadata": {"annotations": {ANNOTATION: None, OWNER_ANNOTATION: None}}})
                 logger.info("%s/%s: released its address", namespace, name)
         except ApiException as exc:
             if exc.status != 404:
