@@ -176,11 +176,7 @@ def cluster_cli(command: str, timeout: float = 300) -> str:
     """
     from e2e.cluster import locks
 
-    env = dict(os.environ)
-    pass_fds: tuple[int, ...] = ()
-    if _USERS_FD is not None:
-        env[locks.USERS_FD_ENV] = str(_USERS_FD)
-        pass_fds = (_USERS_FD,)
+    env, pass_fds = locks.child_env()
     proc = subprocess.run(
         [sys.executable, "-m", "e2e.cluster", *command.split()], capture_output=True, text=True, timeout=timeout,
         cwd=E2E_DIR.parent, env=env, pass_fds=pass_fds,
@@ -204,7 +200,8 @@ def cluster(request: pytest.FixtureRequest):
         # Held for the whole session: no other run's `up` or `down` tears the cluster down
         # under this one (they refuse and name this process).
         _USERS_FD = locks.hold_shared()
-        request.addfinalizer(lambda: os.close(_USERS_FD))
+        locks.remember_session_hold(_USERS_FD)
+        request.addfinalizer(lambda: (locks.remember_session_hold(None), os.close(_USERS_FD)))
         cluster_cli("up")
         result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), local_layout=node.current_layout())
     elif backend == "kind":

@@ -30,7 +30,6 @@ def private_locks(tmp_path, monkeypatch):
     return tmp_path
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F4: stop/start take only the mutex, not the users lock")
 def test_stop_refuses_to_take_a_component_away_while_another_run_holds_the_cluster(private_locks):
     """F4. `python -m e2e.cluster stop kube-apiserver` (control.stopped, used by
     test_operator's 30 s API outage, which is neither `restarts_cluster` nor gated on
@@ -49,6 +48,22 @@ def test_stop_refuses_to_take_a_component_away_while_another_run_holds_the_clust
         processes.stop("kube-apiserver", run, timeout=2)
         os.close(other_run)
     assert alive
+
+
+def test_stop_takes_a_component_away_when_the_only_holder_is_the_run_asking(private_locks, monkeypatch):
+    """F4, the other side: the session's own hold (passed to the CLI child as control does)
+    never blocks its own `stop`."""
+    run = private_locks / "state" / "run"
+    pid = processes.start("kube-apiserver", ["sleep", "300"], run, private_locks / "logs")
+    wait_for("the stand-in apiserver", lambda: processes.running_pid("kube-apiserver", run) == pid, 5, 0.05)
+    mine = locks.hold_shared()
+    monkeypatch.setenv(locks.USERS_FD_ENV, str(mine))
+    try:
+        assert startup.stop("kube-apiserver") == 0
+        assert processes.running_pid("kube-apiserver", run) is None
+    finally:
+        processes.stop("kube-apiserver", run, timeout=2)
+        os.close(mine)
 
 
 @pytest.fixture

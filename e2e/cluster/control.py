@@ -5,7 +5,8 @@
         ...  # the API server is down here; it is started again (and ready) on exit
 
 Runs `python -m e2e.cluster stop|start NAME` in a child process, so the restarted component
-is not a child of the test process (it would linger as a zombie there).
+is not a child of the test process (it would linger as a zombie there). `stop` refuses while
+another test run holds the cluster (`locks`).
 """
 
 import contextlib
@@ -13,12 +14,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+from e2e.cluster import locks
+
 REPO = Path(__file__).resolve().parents[2]
 
 
 def _cli(command: str, name: str, timeout: float) -> None:
+    # The test session's own hold goes to the child (`stop` refuses while ANOTHER run holds
+    # the cluster, never because of the run asking).
+    env, pass_fds = locks.child_env()
     proc = subprocess.run(
-        [sys.executable, "-m", "e2e.cluster", command, name], capture_output=True, text=True, timeout=timeout, cwd=REPO
+        [sys.executable, "-m", "e2e.cluster", command, name], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        env=env, pass_fds=pass_fds,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"python -m e2e.cluster {command} {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")

@@ -42,6 +42,26 @@ def hold_shared() -> int:
     return fd
 
 
+_session_fd: int | None = None
+
+
+def remember_session_hold(fd: int | None) -> None:
+    """The calling process's own hold (`hold_shared`), which `child_env` hands to the CLI
+    children it runs (`up`, `down`, `stop`), so that its own hold never blocks them."""
+    global _session_fd
+    _session_fd = fd
+
+
+def child_env(env: dict[str, str] | None = None) -> tuple[dict[str, str], tuple[int, ...]]:
+    """(environment, pass_fds) for a `python -m e2e.cluster` child of a run holding the cluster."""
+    env = dict(os.environ if env is None else env)
+    if _session_fd is None:
+        env.pop(USERS_FD_ENV, None)
+        return env, ()
+    env[USERS_FD_ENV] = str(_session_fd)
+    return env, (_session_fd,)
+
+
 def holders(path: Path = USERS) -> list[int]:
     """Pids with the lock file open (scanning /proc/*/fd: /proc/locks names only the process
     that took a lock, which may have exited while a child still holds it)."""

@@ -210,13 +210,21 @@ def write_configs(layout: Layout, state: StatePaths) -> None:
 
 
 def stop(name: str) -> int:
-    """Stop one running component of the cluster (`python -m e2e.cluster stop NAME`)."""
+    """Stop one running component of the cluster (`python -m e2e.cluster stop NAME`).
+
+    Like `down`, refuses while another test run holds the cluster (`locks.sole_user`): taking
+    its API server away for a while is pulling the floor from under it. (`start` is always
+    allowed: it only brings back what is missing.)"""
     components.get(name)
     state = StatePaths(paths.state_dir())
     with locks.mutex():
         if processes.running_pid(name, state.run) is None:
             raise SystemExit(f"e2e.cluster stop: {name} is not running")
-        processes.stop(name, state.run)
+        try:
+            with locks.sole_user():
+                processes.stop(name, state.run)
+        except locks.InUse as exc:
+            raise SystemExit(f"e2e.cluster stop: {exc}; not taking {name} away from it") from None
     log(f"stopped {name}")
     return 0
 
