@@ -15,7 +15,7 @@ Options (e2e is opt-in, as in kopf's own suite):
 Every item under e2e/ is marked `e2e` and skipped, saying how to enable it, unless one of the
 flags is given. Under CI=true, an e2e test that skips anyway is reported as a failure.
 The local backend's session holds the cluster shared (`e2e.cluster.locks`) from `up` to the
-end: another run's `down`, or its `up` of a broken cluster, refuses instead of tearing it
+end (taken by `up` itself, under the up/down mutex): another run's `down`, or its `up` of a broken cluster, refuses instead of tearing it
 down underneath. A test module may set `NEEDS_CLUSTER = False` (pure helper tests): its items
 are not marked and always run.
 
@@ -197,9 +197,11 @@ def cluster(request: pytest.FixtureRequest):
 
         if os.geteuid() != 0:
             pytest.skip("--cluster=local needs root (network namespaces, iptables, containerd)")
-        # Held for the whole session: no other run's `up` or `down` tears the cluster down
-        # under this one (they refuse and name this process).
-        _USERS_FD = locks.hold_shared()
+        # Held from `up` (which takes it shared, under the up/down mutex, once the cluster is
+        # up) to the end of the session: no other run's `up` or `down` tears the cluster down
+        # under this one (they refuse and name this process). Nothing is held while waiting for
+        # `up`, so two sessions starting on a broken cluster don't block each other's rebuild.
+        _USERS_FD = locks.open_session_hold()
         locks.remember_session_hold(_USERS_FD)
         request.addfinalizer(lambda: (locks.remember_session_hold(None), os.close(_USERS_FD)))
         cluster_cli("up")

@@ -206,15 +206,14 @@ def test_deps_installs_what_ci_run_needs_before_the_venv_on_a_fresh_debian():
     assert "python3-venv" in deps.APT_PACKAGES
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F17: two runs on a broken cluster both refuse")
 def test_two_runs_starting_together_on_a_broken_cluster_do_not_both_give_up(private_locks, monkeypatch):
-    """F17. Each pytest session takes USERS shared *before* its `up` (conftest `cluster`
-    fixture); `up` of a broken cluster (after a reboot: state dir there, nothing running) needs
+    """F17. Each pytest session took USERS shared *before* its `up` (conftest `cluster`
+    fixture; now `up` takes it for the session once the cluster is up); `up` of a broken cluster (after a reboot: state dir there, nothing running) needs
     USERS exclusive. Two sessions that start together (two developers, two CI jobs, two
     worktrees: `pytest --with-e2e` as documented, without .ci/run's `down` first) each hold it
     shared, so each one's `up` refuses ("another test run is using the cluster") and both
     sessions fail - although nobody can be using a cluster whose processes are all gone."""
-    first, second = locks.hold_shared(), locks.hold_shared()
+    first, second = locks.open_session_hold(), locks.open_session_hold()  # what the conftest fixture takes
     try:
         refused = 0
         for mine in (first, second):
@@ -225,6 +224,13 @@ def test_two_runs_starting_together_on_a_broken_cluster_do_not_both_give_up(priv
             except locks.InUse:
                 refused += 1
         assert refused < 2, "both runs refuse to rebuild the broken cluster: neither can start"
+        # Once its `up` is done, a run holds the cluster: a third run's rebuild is refused.
+        monkeypatch.setenv(locks.USERS_FD_ENV, str(first))
+        locks.share_inherited()
+        monkeypatch.delenv(locks.USERS_FD_ENV)
+        with pytest.raises(locks.InUse):
+            with locks.sole_user():
+                pass
     finally:
         os.close(first)
         os.close(second)

@@ -2,15 +2,19 @@
 
 Two flock(2) files under /run:
 - `MUTEX`: one `up`/`down` at a time on this machine.
-- `USERS`: every test run holds it SHARED for as long as it uses the cluster (the pytest
-  session fixture takes it before `up` and keeps it to the end). Tearing the cluster down
-  (`down`, or `up` replacing a broken cluster) needs it EXCLUSIVE, without waiting: if another
-  run holds it, they refuse and name the holders instead of pulling the floor from under it.
+- `USERS`: every test run holds it SHARED for as long as it uses the cluster. Tearing the
+  cluster down (`down`, `stop NAME`, or `up` replacing a broken cluster) needs it EXCLUSIVE,
+  without waiting: if another run holds it, they refuse and name the holders instead of
+  pulling the floor from under it.
 
-A run that holds USERS shared and itself calls `up`/`down` (the fixture, the restart test)
-passes its descriptor to the child in `USERS_FD_ENV`; the child converts that same lock
-(flock locks belong to the open file, which parent and child share) to exclusive, so the
-run's own hold never blocks it, and converts it back to shared afterwards.
+A pytest session opens USERS (`open_session_hold`) but holds nothing until its `up` has the
+cluster up: `up`, under the MUTEX, then takes it shared on the session's behalf
+(`share_inherited`). A run still waiting for `up` is not using the cluster, so two sessions
+starting together on a broken cluster don't each block the other's rebuild (both would refuse).
+A run that calls `up`/`down`/`stop` passes its descriptor to the child in `USERS_FD_ENV`
+(`child_env`); the child converts that same lock (flock locks belong to the open file, which
+parent and child share) to exclusive, so the run's own hold never blocks it, and back to
+shared afterwards.
 """
 
 import contextlib
@@ -32,6 +36,33 @@ def mutex():
     with open(MUTEX, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         yield
+
+
+def open_session_hold() -> int:
+    """A test session's descriptor on USERS, holding nothing yet: its `up` takes it shared
+    once the cluster is up (`share_inherited`). Keep it open to the end of the session."""
+    return os.open(USERS, os.O_RDWR | os.O_CREAT, 0o644)
+
+
+def _inherited_fd() -> int | None:
+    inherited = os.environ.get(USERS_FD_ENV)
+    if not inherited:
+        return None
+    try:
+        fd = int(inherited)
+        os.fstat(fd)
+        return fd
+    except (ValueError, OSError):
+        return None
+
+
+def share_inherited() -> None:
+    """`up`, the cluster up and the MUTEX held: the run that asked now holds the cluster
+    shared (its descriptor, so the hold outlives this process). Nobody takes USERS exclusive
+    without the MUTEX, so this never waits."""
+    fd = _inherited_fd()
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_SH)
 
 
 def hold_shared() -> int:
@@ -103,14 +134,7 @@ def adopt_inherited_fd() -> None:
 @contextlib.contextmanager
 def sole_user():
     """USERS exclusive for the duration, without waiting; raises InUse if another run holds it."""
-    inherited = os.environ.get(USERS_FD_ENV)
-    fd = None
-    if inherited:
-        try:
-            fd = int(inherited)
-            os.fstat(fd)
-        except (ValueError, OSError):
-            fd = None
+    fd = _inherited_fd()
     own = fd is None
     if own:
         fd = os.open(USERS, os.O_RDWR | os.O_CREAT, 0o644)

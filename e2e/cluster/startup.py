@@ -50,6 +50,7 @@ def _up() -> int:
             verdict, reason = health.health(layout, state)
     if verdict == "ok":
         _restore_safety(layout)
+        locks.share_inherited()
         log("cluster already up")
         print_access(state)
         return 0
@@ -108,6 +109,7 @@ def _up() -> int:
     start_component(layout, state, "lb-controller")
     wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
     sysctls.mark_ours(state.sysctl_record)
+    locks.share_inherited()
     log(f"cluster up in {time.monotonic() - started:.1f} s")
     print_access(state)
     return 0
