@@ -97,7 +97,6 @@ SLOW_ANSWERS = [
 ]
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F7: health() judges any kubectl error broken")
 @pytest.mark.parametrize("stderr", SLOW_ANSWERS, ids=["server-timeout", "etcd-timeout", "tls-handshake", "429"])
 def test_a_slow_api_server_is_slow_not_broken(state_of_a_running_cluster, monkeypatch, stderr):
     """F7. health() calls only a subprocess timeout "slow"; every answer kubectl gives for an
@@ -108,6 +107,20 @@ def test_a_slow_api_server_is_slow_not_broken(state_of_a_running_cluster, monkey
     err = KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", stderr))
     monkeypatch.setattr(health, "admin", lambda: _Kubectl(err))
     assert health.health(Layout(primary_interface="eth0"), state_of_a_running_cluster)[0] == "slow"
+
+
+@pytest.mark.parametrize("stderr", [
+    "The connection to the server 10.252.0.1:6443 was refused - did you specify the right host or port?",
+    'Error from server (NotFound): nodes "ztr-e2e-node" not found',
+    "Unable to connect to the server: x509: certificate signed by unknown authority",
+], ids=["refused", "no-node", "x509"])
+def test_a_broken_api_server_is_still_broken(state_of_a_running_cluster, monkeypatch, stderr):
+    """F7, the other side: only overload is "slow"."""
+    from e2e.cluster.layout import Layout
+
+    err = KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", stderr))
+    monkeypatch.setattr(health, "admin", lambda: _Kubectl(err))
+    assert health.health(Layout(primary_interface="eth0"), state_of_a_running_cluster)[0] == "broken"
 
 
 def _names_started_by_up() -> list[str]:

@@ -2,8 +2,9 @@
 
 `health()` tells four states apart, because only one of them justifies a rebuild:
   "ok"      every process runs and the node is Ready with the planned address;
-  "slow"    every process runs but the API did not answer in time (a loaded 2-core machine):
-            wait, do not rebuild;
+  "slow"    every process runs but the API did not answer in time, or answered that it is
+            overloaded (504 Timeout, 429, an etcd or TLS handshake timeout: `SLOW_ANSWERS`)
+            on a loaded 2-core machine: wait, do not rebuild;
   "broken"  a process is gone, or the node is not Ready / not the planned one: rebuild;
   "absent"  nothing of ours is there.
 """
@@ -12,7 +13,7 @@ import subprocess
 
 from e2e.cluster import components, network, paths, processes
 from e2e.cluster.configs import StatePaths
-from e2e.cluster.kubectl import Kubectl
+from e2e.cluster.kubectl import Kubectl, KubectlError
 from e2e.cluster.layout import Layout
 
 
@@ -48,6 +49,24 @@ def generation_file(state: StatePaths):
     return state.root / "generation"
 
 
+SLOW_ANSWERS = (
+    "(Timeout)",  # 504: "the server was unable to return a response in the time allotted"
+    "(TooManyRequests)",  # 429: API priority and fairness shedding load
+    "etcdserver: request timed out",
+    "etcdserver: leader changed",
+    "TLS handshake timeout",
+    "context deadline exceeded",
+    "Client.Timeout exceeded",
+)
+"""What kubectl prints when every process runs but the API server (or its etcd) is loaded:
+on a busy 2-core machine that is "slow" (wait), never "broken" (rebuild). A refused
+connection, a certificate error or NotFound stay "broken"."""
+
+
+def is_slow_answer(stderr: str) -> bool:
+    return any(marker in stderr for marker in SLOW_ANSWERS)
+
+
 def health(layout: Layout, state: StatePaths, timeout: float = 10) -> tuple[str, str]:
     """(state, reason): see the module docstring."""
     running = process_states(state)
@@ -65,6 +84,10 @@ def health(layout: Layout, state: StatePaths, timeout: float = 10) -> tuple[str,
         node = admin().json("get", "node", layout.node_name, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "slow", f"kubectl get node did not answer within {timeout:.0f} s"
+    except KubectlError as exc:
+        if is_slow_answer(exc.proc.stderr or ""):
+            return "slow", f"kubectl get node: the API server is overloaded, not broken: {exc}"
+        return "broken", f"kubectl get node: {exc}"
     except Exception as exc:  # noqa: BLE001 - an API that refuses or errs is broken, not slow
         return "broken", f"kubectl get node: {exc}"
     addresses = {a["address"] for a in node["status"].get("addresses", []) if a["type"] == "InternalIP"}
