@@ -122,15 +122,19 @@ def build_base(packages: tuple[str, ...] = BASE_PACKAGES, repository: str = BASE
     return tag
 
 
+LOCK_FILE = REPO / ".ci" / "requirements.lock"
+
+
 def build_wheels(wheel_dir: Path = WHEEL_DIR) -> Path:
-    """Build the project (with the operator extra) and every dependency as wheels."""
+    """Build the project (with the operator extra) and every dependency as wheels, at the
+    versions of the lock file (an input of `inputs_digest`: equal digest, equal image)."""
     if wheel_dir.exists():
         # A stale zt_relay wheel of the same version would shadow the fresh one.
         shutil.rmtree(wheel_dir)
     wheel_dir.mkdir(parents=True)
     _run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--wheel-dir", str(wheel_dir),
-         f"{REPO}[operator]"],
+         "-c", str(LOCK_FILE), f"{REPO}[operator]"],
         stdout=sys.stderr,
         cwd=REPO,
     )

@@ -158,7 +158,6 @@ def test_up_starts_the_components_of_the_one_list_from_that_list():
     assert not hand_written, f"_up names components by hand instead of iterating components.COMPONENTS: {hand_written}"
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F10: the image is built without the lock")
 def test_the_image_is_built_from_the_locked_dependencies(tmp_path, monkeypatch):
     """F10. inputs_digest() counts .ci/requirements.lock as an input of the image ("Equal
     digest, equal image"), but build_wheels() resolves the dependencies afresh from the index
@@ -171,7 +170,8 @@ def test_the_image_is_built_from_the_locked_dependencies(tmp_path, monkeypatch):
     monkeypatch.setattr(images, "_run", lambda cmd, **kw: calls.append(cmd))
     images.build_wheels(tmp_path / "wheels")
     (argv,) = calls
-    assert "-c" in argv or "--constraint" in argv or any(a.startswith("--constraint=") for a in argv), argv
+    assert argv[argv.index("-c") + 1] == str(images.LOCK_FILE) and images.LOCK_FILE.exists(), argv
+    assert ".ci/requirements.lock" in images.INPUT_PATHS
 
 
 def test_a_stand_in_gives_back_only_what_it_assigned_itself_not_another_runs():
