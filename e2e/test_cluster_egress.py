@@ -56,7 +56,9 @@ def outside(layout):
             assert not inside(info["local"]), f"{link['ifname']} has {info['local']}, inside the test's outside range"
     for family in ("-4", "-6"):
         for route in json.loads(network.sh("ip", "-j", family, "route").stdout):
-            assert not inside(route["dst"]) if route["dst"] != "default" else True, f"a route into the outside range: {route}"
+            if route["dst"] == "default" or route.get("dev", "").startswith(ESCAPE_LINK_PREFIX):
+                continue  # another test run's escape (its own subnet, on its own link)
+            assert not inside(route["dst"]), f"a route into the outside range: {route}"
     for line in Path("/etc/hosts").read_text().splitlines():
         fields = line.split("#")[0].split()
         assert not (fields and inside(fields[0])), f"/etc/hosts resolves into the outside range: {line}"
@@ -68,6 +70,10 @@ def outside(layout):
 @dataclass
 class Escape:
     netns: str
+    v4: str
+    """This run's outside IPv4 address (its own /24 of OUTSIDE4_NET, routed to the escape)."""
+    v6: str
+    """This run's outside IPv6 address (its own /64 of OUTSIDE6_NET)."""
 
     def arrived(self) -> tuple[int, int]:
         """Packets to the outside that reached the second way out: (IPv4, IPv6)."""
@@ -78,27 +84,53 @@ class Escape:
         return counts[0], counts[1]
 
 
+ESCAPE_LINK_PREFIX = "zxo"
+
+
+def _routed_outside_subnets() -> set[str]:
+    routes = json.loads(network.sh("ip", "-j", "-4", "route").stdout) + json.loads(network.sh("ip", "-j", "-6", "route").stdout)
+    return {r["dst"] for r in routes}
+
+
 @pytest.fixture
 def escape(outside):
+    """A second way out for this run only: test runs may share the cluster at the same time, so
+    each routes its own /24 and /64 of the outside ranges (never the whole range: a second run
+    could not add it, and one run's cleanup would delete the other's) by a link of its own;
+    the links' routes go with them."""
     tag = uuid.uuid4().hex[:6]
-    netns, link = f"zxo-{tag}", f"zxo{tag}"
+    netns, link = f"zxo-{tag}", f"{ESCAPE_LINK_PREFIX}{tag}"
+    slot = int(tag, 16)
     network.sh("ip", "netns", "add", netns)
     try:
         network.sh("ip", "link", "add", link, "type", "veth", "peer", "name", "out", "netns", netns)
-        network.sh("ip", "addr", "add", "169.254.77.1/30", "dev", link)
+        # The /30 only needs to be unique per link (the routes name their dev).
+        host, peer = f"169.254.77.{(slot % 64) * 4 + 1}", f"169.254.77.{(slot % 64) * 4 + 2}"
+        network.sh("ip", "addr", "add", f"{host}/30", "dev", link)
         network.sh("ip", "link", "set", link, "up")
-        network.sh("ip", "-n", netns, "addr", "add", "169.254.77.2/30", "dev", "out")
+        network.sh("ip", "-n", netns, "addr", "add", f"{peer}/30", "dev", "out")
         network.sh("ip", "-n", netns, "addr", "add", "fe80::77:2/64", "dev", "out", "nodad")
         network.sh("ip", "-n", netns, "link", "set", "out", "up")
         network.sh("iptables", "-t", "raw", "-A", "PREROUTING", "-d", OUTSIDE4_NET, "-j", "DROP", netns=netns)
         network.sh("ip6tables", "-t", "raw", "-A", "PREROUTING", "-d", OUTSIDE6_NET, "-j", "DROP", netns=netns)
-        network.sh("ip", "route", "add", OUTSIDE4_NET, "via", "169.254.77.2", "dev", link)
-        network.sh("ip", "-6", "route", "add", OUTSIDE6_NET, "via", "fe80::77:2", "dev", link)
-        yield Escape(netns)
+        v4_nets = list(ipaddress.ip_network(OUTSIDE4_NET).subnets(new_prefix=24))
+        taken = _routed_outside_subnets()
+        for i in range(len(v4_nets)):  # first free /24 from this run's slot (another run may add one meanwhile)
+            net4 = v4_nets[(slot + i) % len(v4_nets)]
+            net6 = ipaddress.ip_network(f"2001:2:0:{(slot + i) % 0x10000:x}::/64")
+            if str(net4) in taken or str(net6) in taken:
+                continue
+            added = network.sh("ip", "route", "add", str(net4), "via", peer, "dev", link, check=False)
+            if added.returncode == 0:
+                break
+            if "File exists" not in added.stderr:
+                raise RuntimeError(f"ip route add {net4}: {added.stderr.strip()}")
+        else:
+            raise RuntimeError(f"no free /24 of {OUTSIDE4_NET} to route for this run")
+        network.sh("ip", "-6", "route", "add", str(net6), "via", "fe80::77:2", "dev", link)
+        yield Escape(netns, v4=str(net4[77]), v6=str(net6[0x77]))
     finally:
-        network.sh("ip", "route", "del", OUTSIDE4_NET, check=False)
-        network.sh("ip", "-6", "route", "del", OUTSIDE6_NET, check=False)
-        network.sh("ip", "link", "del", link, check=False)
+        network.sh("ip", "link", "del", link, check=False)  # takes this run's routes, and only them
         network.delete_netns(netns)
 
 
@@ -162,7 +194,7 @@ except OSError as exc:
 def test_a_test_host_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, test_hosts):
     client = test_hosts("client")
     before, arrived = _forward_drops(), escape.arrived()
-    out = client.run(sys.executable, "-c", SEND, OUTSIDE4).stdout
+    out = client.run(sys.executable, "-c", SEND, escape.v4).stdout
     assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
     assert _forward_drops() - before >= 4  # three datagrams and at least one SYN
     assert escape.arrived() == arrived
@@ -174,7 +206,7 @@ def test_a_test_host_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, o
     _link_local("eth0", wait_for, netns=client.netns)
     client.run("ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0")
     before, arrived = _in6_drops(), escape.arrived()
-    out = client.run(sys.executable, "-c", SEND, OUTSIDE6).stdout
+    out = client.run(sys.executable, "-c", SEND, escape.v6).stdout
     assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
     assert _in6_drops() - before >= 4
     assert escape.arrived() == arrived
@@ -209,9 +241,9 @@ def _exec(kubectl, pod, *cmd, check=False):
 def test_a_pod_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, kubectl, pod):
     before, arrived = _forward_drops(), escape.arrived()
     # busybox's nc has no UDP; its tftp client sends one read request by UDP and waits.
-    udp = _exec(kubectl, pod, "sh", "-c", f"timeout 2 tftp -g -r leak -l /dev/null {OUTSIDE4} 9; echo $?")
+    udp = _exec(kubectl, pod, "sh", "-c", f"timeout 2 tftp -g -r leak -l /dev/null {escape.v4} 9; echo $?")
     assert udp.stdout.strip().splitlines()[-1] != "0"
-    tcp = _exec(kubectl, pod, "nc", "-w", "2", OUTSIDE4, "80")
+    tcp = _exec(kubectl, pod, "nc", "-w", "2", escape.v4, "80")
     assert tcp.returncode != 0
     assert _forward_drops() - before >= 2
     assert escape.arrived() == arrived
@@ -233,7 +265,7 @@ def test_a_pod_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside
     netns = f"--net=/proc/{_pod_pid(pod)}/ns/net"
     subprocess.run(["nsenter", netns, "ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0"], check=True)
     before, arrived = _in6_drops(), escape.arrived()
-    tcp = _exec(kubectl, pod, "nc", "-w", "2", OUTSIDE6, "80")
+    tcp = _exec(kubectl, pod, "nc", "-w", "2", escape.v6, "80")
     assert tcp.returncode != 0
     assert _in6_drops() - before >= 1
     assert escape.arrived() == arrived
@@ -254,7 +286,7 @@ def test_a_pod_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(l
 def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside, escape):
     drops = {b: firewall.drop_counter(b, "filter", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
     arrived = escape.arrived()
-    for address in (OUTSIDE4, OUTSIDE6):
+    for address in (escape.v4, escape.v6):
         # Run inside the harness's host cgroup, like containerd or the kubelet.
         proc = subprocess.run(cgroups.enter_host_argv([sys.executable, "-c", SEND, address]), capture_output=True, text=True, timeout=30)
         # UDP: EPERM at once from the OUTPUT drop; TCP: the SYN is dropped the same way.

@@ -18,7 +18,6 @@ NEEDS_CLUSTER = False
 
 SANDBOX = Path(__file__).parent / "sandbox"
 NOT_FIXED = {
-    "f13_escape_fixture_collides": "F13",
 }
 
 

@@ -34,7 +34,7 @@ def test_a_host_network_pod_sends_nothing_off_the_machine(layout, outside, escap
     arrived = escape.arrived()
     for _ in range(3):
         kubectl("exec", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "--", "sh", "-c",
-                f"timeout 2 tftp -g -r leak -l /dev/null {OUTSIDE4} 9; true", timeout=30)
+                f"timeout 2 tftp -g -r leak -l /dev/null {escape.v4} 9; true", timeout=30)
     v4, v6 = escape.arrived()
     assert v4 == arrived[0], f"{v4 - arrived[0]} packets of a hostNetwork pod left by the second interface"
 

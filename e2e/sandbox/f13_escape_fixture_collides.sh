@@ -14,7 +14,7 @@ $PY - <<PYEOF
 import sys
 from e2e import test_cluster_egress as eg
 escape = getattr(eg.escape, "__wrapped__", None) or eg.escape.__pytest_wrapped__.obj
-first = escape(outside=None); next(first)
+first = escape(outside=None); first_link = next(first).netns.replace("zxo-", "zxo")
 print("run A: escape up")
 second = escape(outside=None)
 try:
@@ -24,10 +24,20 @@ except Exception as exc:
     import subprocess
     left = subprocess.run(["ip", "route", "show", "198.18.0.0/15"], capture_output=True, text=True).stdout.strip()
     print("the route of run A after the failed setup of run B:", left or "<deleted by the cleanup of run B>")
-for gen in (first, second):
-    try: next(gen)
-    except StopIteration: pass
-    except Exception: pass
+import subprocess
+def routed():
+    return subprocess.run(["ip", "route", "show", "root", "198.18.0.0/15"], capture_output=True, text=True).stdout.strip()
+a_routes = routed()
+try: next(second)
+except StopIteration: pass
+except Exception: pass
+after = routed()
+print("routes into the outside before/after run B cleaned up:", repr(a_routes), "/", repr(after))
+if ok and f"dev {first_link}" not in after:
+    print("FAIL: the cleanup of run B deleted the route of run A"); ok = False
+try: next(first)
+except StopIteration: pass
+except Exception: pass
 print("PASS" if ok else "FAIL: two runs cannot run the egress tests at the same time")
 sys.exit(0 if ok else 1)
 PYEOF
