@@ -123,28 +123,40 @@ def test_a_broken_api_server_is_still_broken(state_of_a_running_cluster, monkeyp
     assert health.health(Layout(primary_interface="eth0"), state_of_a_running_cluster)[0] == "broken"
 
 
-def _names_started_by_up() -> list[str]:
-    """The component names `_up` passes to start_component, in source order."""
+THE_LIST = ("components.COMPONENTS", "components.NAMES")
+
+
+def _names_started_by_up() -> tuple[list[str], int]:
+    """(component names `_up` passes to start_component by hand, in source order; the number
+    of start_component calls inside a loop over the one list)."""
     import ast
     import inspect
 
     tree = ast.parse(inspect.getsource(startup._up))
+
+    def loop_of(var: str, call: ast.AST) -> ast.For | None:
+        loops = [n for n in ast.walk(tree) if isinstance(n, ast.For) and getattr(n.target, "id", None) == var
+                 and any(c is call for c in ast.walk(n))]
+        return loops[0] if loops else None
+
     names: list[str] = []
+    from_the_list = 0
     for node in ast.walk(tree):
         if isinstance(node, ast.Call) and getattr(node.func, "id", None) == "start_component":
             arg = node.args[2]
+            var = arg.id if isinstance(arg, ast.Name) else getattr(arg.value, "id", None) if isinstance(arg, ast.Attribute) else None
+            loop = loop_of(var, node) if var else None
             if isinstance(arg, ast.Constant):
                 names.append(arg.value)
-            elif isinstance(arg, ast.Name):  # `for name in ("etcd", ...)`: the loop's tuple
-                loops = [n for n in ast.walk(tree) if isinstance(n, ast.For) and getattr(n.target, "id", None) == arg.id
-                         and any(c is node for c in ast.walk(n))]
-                names.extend(e.value for e in loops[0].iter.elts)
+            elif loop is not None and ast.unparse(loop.iter) in THE_LIST:
+                from_the_list += 1  # `for comp in components.COMPONENTS: start_component(..., comp.name)`
+            elif loop is not None and isinstance(loop.iter, ast.Tuple):  # `for name in ("etcd", ...)`
+                names.extend(e.value for e in loop.iter.elts)
             else:
                 names.append(f"<computed: {ast.unparse(arg)}>")
-    return sorted(set(names), key=names.index)
+    return sorted(set(names), key=names.index), from_the_list
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F12: _up names the components again")
 def test_up_starts_the_components_of_the_one_list_from_that_list():
     """F12 (structure). components.COMPONENTS is documented as THE list ("`up` starts them in
     this order"), but `_up` names every component again, in five hand-written groups: a
@@ -152,10 +164,12 @@ def test_up_starts_the_components_of_the_one_list_from_that_list():
     cluster broken ("not running: X") and every `up` rebuilds it. `up` must iterate the list."""
     from e2e.cluster import components
 
-    started = _names_started_by_up()
+    started, from_the_list = _names_started_by_up()
     assert all(not n.startswith("<computed") for n in started), started
     hand_written = [n for n in started if n in components.NAMES]
     assert not hand_written, f"_up names components by hand instead of iterating components.COMPONENTS: {hand_written}"
+    assert from_the_list == 1, "_up starts no component from components.COMPONENTS"
+    assert set(startup.AFTER) <= set(components.NAMES), "a step after a component that is not in the list"
 
 
 def test_the_image_is_built_from_the_locked_dependencies(tmp_path, monkeypatch):

@@ -79,19 +79,32 @@ def _up() -> int:
     pki.write(layout, state)
     write_configs(layout, state)
 
-    for name in ("etcd", "kube-apiserver"):
-        start_component(layout, state, name)
+    for comp in components.COMPONENTS:
+        start_component(layout, state, comp.name)
+        AFTER.get(comp.name, lambda layout, state: None)(layout, state)
+    kubectl = health.admin()
+    wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
+    sysctls.mark_ours(state.sysctl_record)
+    locks.share_inherited()
+    log(f"cluster up in {time.monotonic() - started:.1f} s")
+    print_access(state)
+    return 0
+
+
+def _bind_admins(layout: Layout, state: StatePaths) -> None:
     super_admin = Kubectl(state.kubeconfig("super-admin"), binary=paths.binary("kubectl"))
     # kubeadm's admin.conf user is in kubeadm:cluster-admins, which nothing binds by default.
     super_admin("create", "clusterrolebinding", "kubeadm:cluster-admins", "--clusterrole=cluster-admin", "--group=kubeadm:cluster-admins")
     # The apiserver's kubelet client must be allowed to reach kubelets (logs, exec, metrics).
     super_admin("create", "clusterrolebinding", "zt-e2e:apiserver-kubelet-client", "--clusterrole=system:kubelet-api-admin", "--user=kube-apiserver-kubelet-client")
     shutil.copy(state.kubeconfig("admin"), paths.kubeconfig_path())
-    for name in ("kube-controller-manager", "kube-scheduler", "containerd"):
-        start_component(layout, state, name)
+
+
+def _import_pause(layout: Layout, state: StatePaths) -> None:
     image_import.import_archive(pause.build_archive(layout.pause_image, paths.cache_root() / "pause"))
-    for name in ("kubelet", "kube-proxy"):
-        start_component(layout, state, name)
+
+
+def _node_ready_and_our_rules_first(layout: Layout, state: StatePaths) -> None:
     kubectl = health.admin()
     wait_for(f"node {layout.node_name} Ready", lambda: health.node_ready(kubectl, layout.node_name), 90, 0.5)
     # kube-proxy inserts its FORWARD jumps at the top on its first sync, IPv4 and (a little
@@ -103,16 +116,19 @@ def _up() -> int:
         log("kube-proxy programmed no IPv6 rules (no IPv6 here?); our IPv6 jumps stay first")
     firewall.ensure_first(layout, cgroups.HOST)
 
-    for name in ("coredns", "metrics-server"):
-        start_component(layout, state, name)
-    kubectl.apply(*configs.dns_objects(layout), *configs.metrics_server_objects(layout))
-    start_component(layout, state, "lb-controller")
-    wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
-    sysctls.mark_ours(state.sysctl_record)
-    locks.share_inherited()
-    log(f"cluster up in {time.monotonic() - started:.1f} s")
-    print_access(state)
-    return 0
+
+def _apply_cluster_objects(layout: Layout, state: StatePaths) -> None:
+    health.admin().apply(*configs.dns_objects(layout), *configs.metrics_server_objects(layout))
+
+
+AFTER = {
+    "kube-apiserver": _bind_admins,
+    "containerd": _import_pause,
+    "kube-proxy": _node_ready_and_our_rules_first,
+    "metrics-server": _apply_cluster_objects,
+}
+"""What `up` does once a component is ready, before starting the next one of
+`components.COMPONENTS` (the one list: `up` starts exactly those, in that order)."""
 
 
 def _restore_safety(layout: Layout) -> None:
