@@ -135,7 +135,8 @@ def escape(outside):
 
 
 def _forward_drops() -> int:
-    return firewall.rule_counter("iptables", "filter", "ZTR-E2E-FORWARD", LEAVES)
+    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum.
+    return firewall.drop_counter("iptables", "filter", "ZTR-E2E-FORWARD", LEAVES)
 
 
 def _in6_drops() -> int:

@@ -305,12 +305,13 @@ def present(is_ours=ours) -> list[str]:
 
 
 def rule_counter(binary: str, table: str, chain: str, comment: str) -> int:
-    """Packets counted by the rule of ours whose comment contains `comment`."""
+    """Packets counted by THE rule of ours whose comment contains `comment` (several such
+    rules: an error, use `drop_counter`, which sums them)."""
     out = _ipt(binary, table, "-L", chain, "-v", "-x", "-n").stdout
-    for line in out.splitlines()[2:]:
-        if comment in line:
-            return int(line.split()[0])
-    raise RuntimeError(f"{binary} -t {table} {chain}: no rule with comment {comment!r}")
+    counts = [int(line.split()[0]) for line in out.splitlines()[2:] if comment in line]
+    if len(counts) != 1:
+        raise RuntimeError(f"{binary} -t {table} {chain}: {len(counts)} rules with comment {comment!r}, not one")
+    return counts[0]
 
 
 def drop_counter(binary: str, table: str, chain: str, comment: str | None = None) -> int:
