@@ -10,8 +10,8 @@ They run inside test-host namespaces as ``python -m e2e.peers MODE ...``, framin
                                      JSON {"ok": N, "failed": [...]} (every new client must pass)
   load RELAY PORT ROOT ROOT_PORT     16 packets in flight on one tunnel until stdin closes;
                                      prints how many round-tripped
-  steady RELAY PORT ROOT ROOT_PORT   4 in flight, a lost datagram counted rather than fatal;
-                                     prints JSON {"sent": N, "received": M}
+  steady RELAY PORT ROOT ROOT_PORT   4 numbered packets in flight until stdin closes; prints JSON
+                                     {"sent": N, "received": M, "missing": [numbers], ...}
 
 ``udp_root`` and ``relay_hosts`` are module-scoped fixtures for test modules that import them.
 """
@@ -36,6 +36,9 @@ ROOT_PORT = 9993
 REPO = Path(__file__).resolve().parent.parent
 #: ZeroTier packets are at least 16 bytes; the relay drops shorter ones, so pad.
 PAD = "|" + "." * 16
+#: Seconds a ``steady`` reply may take before it is listed as missing (far beyond any
+#: queueing delay under the tests' load: a reply that late is lost, not slow).
+REPLY_WAIT = 10.0
 
 
 def _stdin_closed() -> threading.Event:
@@ -123,25 +126,37 @@ def load(relay: str, port: str, root: str, root_port: str) -> None:
 
 
 def steady(relay: str, port: str, root: str, root_port: str) -> None:
-    """Like ``load`` but tolerant of loss, as ZeroTier is: 4 packets in flight, a reply not
-    back within 2 s is counted lost instead of ending the run; the relay closing the tunnel
-    still fails it. Prints JSON {"sent": N, "received": M}."""
+    """Strict load: 4 numbered packets in flight at a time on one tunnel until stdin closes,
+    then what is still in flight is waited for. A reply not back within ``REPLY_WAIT`` is
+    listed as missing by number (the test fails on any: nothing may be lost on the local
+    path). Prints JSON {"sent": N, "received": M, "missing": [...], "unexpected": K}."""
     stop = _stdin_closed()
     sock, reader, records = _connect(relay, int(port), 10)
-    sock.settimeout(2)
     print("connected", flush=True)
-    burst = protocol.encode_packet(root, int(root_port), b"y" * 200) * 4
-    sent = received = 0
+    sent = received = unexpected = 0
+    missing: list[int] = []
     while not stop.is_set():
-        sock.sendall(burst)
+        burst = range(sent, sent + 4)
+        sock.sendall(b"".join(protocol.encode_packet(root, int(root_port), b"s%08d" % n + b"y" * 200)
+                              for n in burst))
         sent += 4
+        waiting = set(burst)
+        sock.settimeout(REPLY_WAIT)
         try:
             _receive(sock, reader, records, 4)
         except TimeoutError:
             pass
-        received += len(records)
+        for record in records:
+            text = _text(record, protocol.decode_address(record)[2])
+            n = int(text[6:14]) if text.startswith("echo:s") else -1
+            if n in waiting:
+                waiting.discard(n)
+                received += 1
+            else:
+                unexpected += 1
         records.clear()
-    print(json.dumps({"sent": sent, "received": received}), flush=True)
+        missing.extend(sorted(waiting))
+    print(json.dumps({"sent": sent, "received": received, "missing": missing, "unexpected": unexpected}), flush=True)
 
 
 MODES = {"echo": echo, "tunnel": tunnel, "probe": probe, "load": load, "steady": steady}
