@@ -313,7 +313,6 @@ def test_deps_refuses_to_install_over_a_conflicting_package(monkeypatch, capsys)
     assert "containerd.io (instead of runc)" in capsys.readouterr().out
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed yet: F20: retries/tolerated loss in test_fallback.py (not the harness)")
 def test_no_retries_or_tolerated_loss_on_local_paths_in_the_e2e_tests():
     """F20 (landed on main after c3fff9f). Issue 12: "No retries on local paths. A lost first
     datagram on loopback or veth is a bug to find, not to retry." test_fallback.py retries
