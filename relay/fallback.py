@@ -29,8 +29,10 @@ backend: ``connected``, or why not), ``zt_relay_fallback_closed_total{reason}``,
 from __future__ import annotations
 
 import asyncio
+import errno
 import ipaddress
 import logging
+import os
 import socket
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -156,48 +158,98 @@ class FallbackRouter:
         header = b""
         if self.proxy_version != "off":
             header = proxy_header(self.proxy_version, client, local or transport.get_extra_info("sockname"))
-        self.loop.create_task(self._connect(s, client, header + head))
+        first = header + head
+        # The connect starts now, not on the task's first step: with a known address the
+        # first flight usually leaves in this very callback (see ``_dial``).
+        dialed = None
+        address = self._known_address()
+        if address is not None:
+            try:
+                dialed = _dial(address, first)
+            except OSError as exc:
+                dialed = exc
+        self.loop.create_task(self._connect(s, client, first, dialed))
+        sock = transport.get_extra_info("socket")
+        if sock is not None:  # after the first flight left: the kernel gives up on a dead client
+            streams.configure_stream(sock)
 
-    async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
+    async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes, dialed) -> None:
+        """Opens the backend connection (``dialed``: what ``_dial`` did already, or the error
+        it raised; None: nothing yet), sends what the first flight has left, joins the two."""
+        sock = None
         try:
             async with asyncio.timeout(CONNECT_TIMEOUT):  # no extra task, unlike wait_for
-                address = await self._address() if self._needs_dns else self.backend
-                backend, _ = await self.loop.create_connection(lambda: s.backend, *address[:2])
+                if isinstance(dialed, OSError):
+                    raise dialed
+                if dialed is None:
+                    dialed = _dial(await self._address(), first)
+                sock, sent = dialed
+                if sent is None:  # still connecting
+                    await self._writable(sock)
+                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                    if error:
+                        raise OSError(error, os.strerror(error))
+                    sent = 0
+                backend, _ = await self.loop.create_connection(lambda: s.backend, sock=sock)
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc))
-            s.backend_failed()
-            return
         except asyncio.TimeoutError:
             self._fail(BACKEND_TIMEOUT, client, f"no connection within {CONNECT_TIMEOUT:g} s")
-            s.backend_failed()
-            return
         except OSError as exc:  # unreachable, DNS, no descriptors
             self._fail(BACKEND_ERROR, client, str(exc))
-            s.backend_failed()
-            return
-        if s.client.lost:
-            self.results[CLIENT_GONE] += 1
-            backend.close()
+        else:
+            if s.client.lost:
+                self.results[CLIENT_GONE] += 1
+                backend.close()
+                s.backend_connected()
+                return
+            self.results[CONNECTED] += 1
+            if sent < len(first):
+                backend.write(first[sent:])
+            if s.client.eof:
+                backend.write_eof()
+            else:
+                s.client.transport.resume_reading()
             s.backend_connected()
             return
-        self.results[CONNECTED] += 1
-        sock = backend.get_extra_info("socket")
-        if sock is not None:  # a backend that stops reading is given up on like a client
-            streams.configure_stream(sock)
-        if first:
-            backend.write(first)
-        if s.client.eof:
-            backend.write_eof()
-        else:
-            s.client.transport.resume_reading()
-        s.backend_connected()
+        if sock is not None:
+            sock.close()
+        s.backend_failed()
+
+    def _writable(self, sock: socket.socket) -> asyncio.Future:
+        """A future done once ``sock`` is writable (its connect ended, either way)."""
+        fd = sock.fileno()
+        done = self.loop.create_future()
+
+        def ready() -> None:
+            self.loop.remove_writer(fd)
+            if not done.done():
+                done.set_result(None)
+
+        def cancelled(f: asyncio.Future) -> None:
+            if f.cancelled():
+                self.loop.remove_writer(fd)
+
+        self.loop.add_writer(fd, ready)
+        done.add_done_callback(cancelled)
+        return done
+
+    def _known_address(self) -> tuple | None:
+        """The backend's address if it is known without waiting (an IP, or a name resolved
+        less than ``DNS_CACHE_SECONDS`` ago)."""
+        if not self._needs_dns:
+            return self.backend
+        if self._resolved is not None and self._resolved[0] >= self.loop.time():
+            return self._resolved[1]
+        return None
 
     async def _address(self) -> tuple:
-        now = self.loop.time()
-        if self._resolved is None or self._resolved[0] < now:
+        address = self._known_address()
+        if address is None:
             infos = await self.loop.getaddrinfo(*self.backend, type=socket.SOCK_STREAM)
-            self._resolved = (now + DNS_CACHE_SECONDS, infos[0][4])
-        return self._resolved[1]
+            address = infos[0][4]
+            self._resolved = (self.loop.time() + DNS_CACHE_SECONDS, address)
+        return address
 
     def _fail(self, result: str, client: tuple, detail: str) -> None:
         self.results[result] += 1
@@ -273,9 +325,6 @@ class Sniffer(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]
         peer = transport.get_extra_info("peername")
         self.client = (peer[0], peer[1]) if peer else ("?", 0)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # whichever it turns out to be, the kernel gives up on a dead peer
-            streams.configure_stream(sock)
         router = self.router
         router.sniffers.add(self)
         self.timer = router.loop.call_later(router.relay.config.sniff_timeout, self._timed_out)
@@ -373,6 +422,34 @@ class Sniffer(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._forget()
+
+
+def _dial(address: tuple, first: bytes) -> tuple[socket.socket, int | None]:
+    """Starts a non-blocking connect to the backend and, if it is already established,
+    sends ``first`` at once. Returns the socket and how much of ``first`` went (None: still
+    connecting). To a backend on this host (loopback, a veth to a pod) the handshake is
+    done by the time connect() returns, so the first flight leaves in the same callback
+    that read it: no wait for writability, no loop iteration, no transport to build first.
+    Raises OSError if the connect or the send failed."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        error = sock.connect_ex(address)
+        if error not in (0, errno.EINPROGRESS):
+            raise OSError(error, os.strerror(error))
+        sent = None
+        if first:  # else nothing to try a send with: writability will tell
+            try:
+                sent = sock.send(first)
+            except BlockingIOError:  # still connecting (a remote backend)
+                pass
+        # After the first flight (Nagle never holds a connection's first segment): a
+        # backend that stops reading is given up on like a client.
+        streams.configure_stream(sock)
+        return sock, sent
+    except BaseException:
+        sock.close()
+        raise
 
 
 def proxy_header(version: str, client: tuple, local: tuple | None) -> bytes:

@@ -30,27 +30,43 @@ _FIRST_CHECK = 0.01
 _MAX_CHECK = 0.5
 
 _LINGER_ZERO = struct.pack("ii", 1, 0)
+#: tcp_info.tcpi_state of a connection that is over (reset, or timed out by the kernel).
+_TCP_CLOSE = 7
 
 
 def configure_stream(sock) -> None:
     """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
     dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
-    (the kernel gives up on a client that acknowledges nothing, zero window included)."""
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    (the kernel gives up on a client that acknowledges nothing, zero window included).
+
+    ``sock`` may be a transport's pseudo-socket, whose every call builds a socket object
+    (a getsockname syscall each): one object is built here for all six options."""
+    s = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
+    try:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+    finally:
+        s.detach()  # the descriptor stays the transport's
 
 
 def queued(transport: asyncio.Transport) -> int:
-    """Bytes not yet acknowledged by the peer: the transport's buffer and the kernel's."""
+    """Bytes not yet acknowledged by the peer: the transport's buffer and the kernel's.
+    0 once the connection is closed (the peer reset it): nothing more will be."""
     left = transport.get_write_buffer_size()
     sock = transport.get_extra_info("socket")
     if sock is not None:
         try:
-            left += struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+            if left or unacked:
+                # SIOCOUTQ is a sequence-number difference: after a reset it keeps
+                # counting what will never be acknowledged.
+                if sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE:
+                    return 0
+            left += unacked
         except (OSError, ValueError):
             pass  # already closed under us: nothing left to wait for
     return left
