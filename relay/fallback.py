@@ -131,7 +131,7 @@ class FallbackRouter:
         """Takes a classified client connection to the backend (``head``: bytes read so far;
         ``local``: the address it reached, from its PROXY header, else the socket's)."""
         relay = self.relay
-        key = client_key(client[0], relay.config.ipv6_per_ip_prefix)
+        key = None  # the per-IP key: parsing the address costs, so not before the dial if it can wait
         if relay.memory_pressure:  # a splice can hold more memory than a tunnel
             self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
@@ -141,6 +141,7 @@ class FallbackRouter:
             transport.close()
             return
         if len(self.splices) >= self.max_connections:
+            key = client_key(client[0], relay.config.ipv6_per_ip_prefix)
             result = self._make_room(key)
             if result is not None:
                 self._fail(result, client, f"{self.max_connections} fallback connections open")
@@ -148,8 +149,6 @@ class FallbackRouter:
                 return
         s = splice_mod.Splice(self._done)
         self.splices.add(s)
-        s.key = key
-        self.per_ip.setdefault(key, set()).add(s)
         transport.pause_reading()  # until the backend can take the bytes
         transport.set_protocol(s.client)
         s.client.connection_made(transport)
@@ -169,6 +168,8 @@ class FallbackRouter:
             except OSError as exc:
                 dialed = exc
         self.loop.create_task(self._connect(s, client, first, dialed))
+        s.key = key or client_key(client[0], relay.config.ipv6_per_ip_prefix)
+        self.per_ip.setdefault(s.key, set()).add(s)
         sock = transport.get_extra_info("socket")
         if sock is not None:  # after the first flight left: the kernel gives up on a dead client
             streams.configure_stream(sock)
