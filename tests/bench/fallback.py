@@ -2,6 +2,7 @@
 
     python -m tests.bench.fallback                 # 400 handshakes, 5 x 100 MB each way
     python -m tests.bench.fallback --handshakes 100 --downloads 2 --size-mb 20   # smoke
+    python -m tests.bench.fallback --baseline-tree /tmp/main   # and main's relay, same run
 
 Real nginx (Debian's package) serves HTTPS on loopback with a CA made for the run
 (``tests/relay/nginx_site.py``); ``zt-relay --fallback`` runs in front of it. Direct and
@@ -36,11 +37,14 @@ from tests.relay.nginx_site import SERVER_NAME, Nginx
 _LISTEN = re.compile(r"relay listening on \S+:(\d+)")
 
 
-def start_relay(backend_port: int, extra: list[str]) -> tuple[subprocess.Popen, int]:
+def start_relay(backend_port: int, extra: list[str], tree: str | None = None) -> tuple[subprocess.Popen, int]:
+    """``tree``: run the relay of another checkout (its ``relay`` package) instead of this one."""
+    env = {**os.environ, "PYTHONPATH": tree} if tree else None
     proc = subprocess.Popen(
         [sys.executable, "-m", "relay", "127.0.0.1:0", "--health-listen", "off",
          "--fallback", f"127.0.0.1:{backend_port}", "--log-level", "WARNING", *extra],
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tree, env=env,
     )
     # The listening line is logged at INFO; with WARNING we wait for the port instead.
     deadline = time.monotonic() + 15
@@ -152,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nice", type=int, default=0, help="niceness for this run, nginx and the relay (root: e.g. -10)")
     parser.add_argument("--splice-reference", action="store_true", help="also measure a bare splice(2) forwarder")
     parser.add_argument("--relay-args", default="", help="extra relay flags, space-separated")
+    parser.add_argument("--baseline-tree", metavar="DIR",
+                        help="also measure the relay of another checkout (e.g. `git worktree add /tmp/main main`), same run")
     args = parser.parse_args(argv)
     size = args.size_mb * 1_000_000
     if args.nice:
@@ -159,13 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="zt-fallback-bench-") as tmp:
         site = Nginx(Path(tmp), big_size=size).start()
         relay, relay_port = start_relay(site.port, args.relay_args.split())
-        forwarder = None
+        forwarder = baseline = None
         try:
             context = ssl.create_default_context(cafile=str(site.ca))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             targets = {"direct": site.port, "relay": relay_port}
             if args.splice_reference:
                 forwarder, targets["splice"] = start_splice_forwarder(site.port)
+            if args.baseline_tree:
+                baseline, targets["baseline"] = start_relay(site.port, args.relay_args.split(), args.baseline_tree)
             for port in targets.values():  # warm up: page cache, nginx worker, relay code paths
                 handshake_ms(port, context)
                 download_mbps(port, site.ca, size)
@@ -174,13 +182,14 @@ def main(argv: list[str] | None = None) -> int:
                 for name, port in targets.items():
                     times[name].append(handshake_ms(port, context))
             speeds: dict[str, list[float]] = {name: [] for name in targets}
-            cpu: dict[str, list[float]] = {"relay": [], "nginx": [], "curl": []}
+            cpu: dict[str, list[float]] = {"relay": [], "baseline": [], "nginx": [], "curl": []}
             for _ in range(args.downloads):
                 for name, port in targets.items():
-                    before = (procfs.tree_cpu_seconds(relay.pid), procfs.tree_cpu_seconds(site.proc.pid), _children_cpu())
+                    proxy = baseline if name == "baseline" else relay
+                    before = (procfs.tree_cpu_seconds(proxy.pid), procfs.tree_cpu_seconds(site.proc.pid), _children_cpu())
                     speeds[name].append(download_mbps(port, site.ca, size))
-                    if name == "relay":
-                        cpu["relay"].append(procfs.tree_cpu_seconds(relay.pid) - before[0])
+                    if name in ("relay", "baseline"):
+                        cpu[name].append(procfs.tree_cpu_seconds(proxy.pid) - before[0])
                     if name == "direct":
                         cpu["nginx"].append(procfs.tree_cpu_seconds(site.proc.pid) - before[1])
                         cpu["curl"].append(_children_cpu() - before[2])
@@ -188,6 +197,9 @@ def main(argv: list[str] | None = None) -> int:
             if forwarder is not None:
                 forwarder.kill()
                 forwarder.wait()
+            if baseline is not None:
+                baseline.terminate()
+                baseline.wait(10)
             relay.terminate()
             relay.wait(10)
             site.stop()
@@ -196,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"time to first TLS 1.3 handshake, {args.handshakes} each (ms):")
     print(f"  direct  p50 {d50:.3f}  p90 {pct(times['direct'], 0.9):.3f}")
     print(f"  relay   p50 {r50:.3f}  p90 {pct(times['relay'], 0.9):.3f}")
+    if "baseline" in times:
+        b50 = pct(times["baseline"], 0.5)
+        print(f"  baseline p50 {b50:.3f}  p90 {pct(times['baseline'], 0.9):.3f}  ({args.baseline_tree}; baseline - direct p50 {b50 - d50:+.3f} ms)")
     if "splice" in times:
         print(f"  splice  p50 {pct(times['splice'], 0.5):.3f}  p90 {pct(times['splice'], 0.9):.3f}  (bare splice(2) forwarder, threads)")
     print(f"  relay - direct p50: {r50 - d50:+.3f} ms (target <= +0.300)  {'MET' if r50 - d50 <= 0.3 else 'NOT MET'}")
@@ -203,10 +218,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  direct  {dmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['direct'])})")
     print(f"  relay   {rmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['relay'])})")
     print(f"  relay / direct: {rmb / dmb:.2f} (target >= 0.80)  {'MET' if rmb / dmb >= 0.8 else 'NOT MET'}")
+    if "baseline" in speeds:
+        bmb = statistics.median(speeds["baseline"])
+        print(f"  baseline {bmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['baseline'])})  baseline / direct: {bmb / dmb:.2f},"
+              f" CPU s per download {statistics.median(cpu['baseline']):.2f}")
     if "splice" in speeds:
         smb = statistics.median(speeds["splice"])
         print(f"  splice  {smb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['splice'])})  splice / direct: {smb / dmb:.2f}")
-    med = {k: statistics.median(v) for k, v in cpu.items()}
+    med = {k: statistics.median(v) for k, v in cpu.items() if v}
     print(f"  CPU seconds per download: nginx {med['nginx']:.2f}, curl {med['curl']:.2f}, relay {med['relay']:.2f}"
           f" (the relay adds {med['relay'] / (med['nginx'] + med['curl']):.0%} to the CPU a download takes)")
     print(f"machine load average: {os.getloadavg()[0]:.1f}")
