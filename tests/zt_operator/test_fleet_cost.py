@@ -1,0 +1,123 @@
+"""Fleet scale (issue 14): what a steady fleet costs the API server per resync interval.
+
+The cache of children must be confirmed now and then (a child deleted while its watch was
+away sends no DELETED event). One GET per child per interval made 200 steady relays cost
+about 2.7 requests/s (4 children each, every 300 s): over the <= 2 requests/s budget. A
+LIST per child kind and namespace confirms them all at once.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from tests.zt_operator.conftest import IMAGE, relay_body
+from tests.zt_operator.test_child_cache import live_children
+from zt_operator import children, handlers, kube
+from zt_operator.settings import OperatorSettings
+
+SETTINGS = OperatorSettings(relay_image=IMAGE, resync_seconds=300.0)
+RELAYS = 50
+
+
+@pytest.fixture
+def fleet(monkeypatch):
+    """RELAYS steady relays in namespace "relays", their children live and cached as the
+    passes that created them left them; kube calls counted by verb."""
+    now = [1000.0]
+    objects: dict[tuple[str, str, str], dict] = {}
+    bodies = {}
+    for i in range(RELAYS):
+        body = relay_body(name=f"r{i:03d}")
+        body["metadata"]["uid"] = f"uid-{i}"
+        bodies[f"relays/r{i:03d}"] = body
+        for kind, obj in live_children(body).items():
+            obj["metadata"]["ownerReferences"][0]["uid"] = f"uid-{i}"
+            objects[kind, "relays", obj["metadata"]["name"]] = obj
+    calls: list[str] = []
+
+    def get(kind, namespace, name):
+        calls.append(f"get {kind}")
+        return copy.deepcopy(objects.get((kind, namespace, name)))
+
+    def list_children(kind, namespace, selector):
+        calls.append(f"list {kind}")
+        return [copy.deepcopy(o) for (k, ns, _), o in objects.items() if k == kind and ns == namespace]
+
+    def fail(*args, **kwargs):
+        calls.append("write")
+        raise AssertionError(f"a steady relay was written: {args}")
+
+    monkeypatch.setattr(kube, "get", get)
+    monkeypatch.setattr(kube, "list_children", list_children, raising=False)
+    for name in ("apply", "delete", "patch_relay_status", "post_event", "scale_relay", "replace_service_ports"):
+        monkeypatch.setattr(kube, name, fail)
+    cache = children.ChildCache(verify_seconds=handlers.verify_seconds(SETTINGS), clock=lambda: now[0])
+    for (kind, _, _), obj in objects.items():
+        cache.answer(children.key_of(kind, obj), copy.deepcopy(obj), 0)  # the applies that created them
+    monkeypatch.setattr(handlers, "CACHE", cache)
+    monkeypatch.setattr(handlers, "ACCESS", children.Access(cache, resolver=lambda host: []))
+    monkeypatch.setattr(handlers, "SETTINGS", SETTINGS)
+    monkeypatch.setattr(handlers, "_relays", bodies)
+    monkeypatch.setattr(handlers, "_applied_generation", {})
+    return now, objects, bodies, calls
+
+
+def steady_status(body):
+    """The status a first pass writes (so later passes find nothing to write)."""
+    outcome = handlers.reconcile.run(body, SETTINGS, lambda: "2026-01-01T00:00:00Z", handlers.ACCESS)
+    body["status"] = {k: v for k, v in outcome.status_patch.items() if v is not None}
+
+
+def test_a_steady_fleet_costs_a_list_per_child_kind_per_resync_interval_not_a_get_per_child(fleet):
+    now, objects, bodies, calls = fleet
+    for body in bodies.values():
+        steady_status(body)
+    calls.clear()
+    for _ in range(3):  # three resync intervals: every relay's pass, and the child relist
+        now[0] += SETTINGS.resync_seconds
+        handlers.relist_children()
+        for key, body in bodies.items():
+            handlers._reconcile_blocking(key, copy.deepcopy(body))
+    assert "write" not in calls
+    assert [c for c in calls if c.startswith("get")] == []
+    assert sorted(calls) == sorted(f"list {kind}" for kind in handlers.reconcile.CHILD_KINDS for _ in range(3))
+
+
+def test_the_relist_finds_a_child_deleted_while_its_watch_was_away_and_names_its_relay(fleet):
+    now, objects, bodies, calls = fleet
+    del objects["PodDisruptionBudget", "relays", "r007"]  # no DELETED event reached the cache
+    assert handlers.relist_children() == {"relays/r007"}
+    assert handlers.CACHE.get("PodDisruptionBudget", "relays", "r007") is None
+    assert handlers.CACHE.get("PodDisruptionBudget", "relays", "r008") is not None
+
+
+def test_a_child_the_watch_changed_while_the_list_was_in_flight_keeps_the_watchs_version():
+    cache = children.ChildCache()
+    pdb = live_children(relay_body())["PodDisruptionBudget"]
+    cache.put("PodDisruptionBudget", copy.deepcopy(pdb))
+    mark = cache.mark()  # the LIST starts
+    cache.drop("PodDisruptionBudget", "relays", "edge")  # a DELETED event while it is in flight
+    assert cache.sync("PodDisruptionBudget", "relays", [copy.deepcopy(pdb)], mark) == set()
+    assert cache.get("PodDisruptionBudget", "relays", "edge") is None  # not resurrected by the older LIST
+
+    created = copy.deepcopy(pdb)
+    created["metadata"].update(uid="new", resourceVersion="300")
+    mark = cache.mark()
+    cache.put("PodDisruptionBudget", created)  # an ADDED event while the next LIST is in flight
+    assert cache.sync("PodDisruptionBudget", "relays", [], mark) == set()
+    assert cache.get("PodDisruptionBudget", "relays", "edge")["metadata"]["uid"] == "new"
+
+
+def test_a_failed_relist_leaves_the_cache_as_it_was_and_the_gets_take_over(fleet, monkeypatch):
+    now, objects, bodies, calls = fleet
+
+    def unreachable(kind, namespace, selector):
+        raise kube.KubeError("listing: API server unreachable", "Unreachable")
+
+    monkeypatch.setattr(kube, "list_children", unreachable)
+    now[0] += 3 * SETTINGS.resync_seconds
+    assert handlers.relist_children() == set()
+    assert len(handlers.CACHE) == len(objects)
+    assert not handlers.CACHE.verified("Deployment", "relays", "r000")  # so the next pass reads it again
