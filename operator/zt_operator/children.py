@@ -3,12 +3,14 @@
 Kopf watches each child kind, selected by the ``app.kubernetes.io/managed-by`` label, and
 puts every object it sees here (``ChildCache``). A reconcile reads children from this cache;
 a child missing from the cache is read from the API server (it may be a foreign object of
-the same name, which has no label), and so is one not confirmed by a GET or an apply for
-``verify_seconds`` (the resync interval): a child deleted while its watch was away (410,
-relist) gives no DELETED event, and only a read finds it gone. A steady relay thus costs
-one GET per child per resync interval, nothing in between. GET and apply answers go into
-the cache, unless a DELETED event for that child arrived while the call was in flight
-(the answer would resurrect a deleted child).
+the same name, which has no label), and so is one not confirmed by a GET, an apply or a
+relist for ``verify_seconds``. A child deleted while its watch was away (410, relist)
+gives no DELETED event, and only a read finds it gone: once per resync interval the
+operator LISTs each child kind per namespace (``sync``), which confirms every child at
+once and drops the ones gone. A steady fleet thus costs one LIST per child kind and
+namespace per interval, not one GET per child (200 relays: 5 requests instead of 800).
+GET, apply and LIST answers go into the cache, unless the watch changed that child while
+the call was in flight (the older answer would resurrect a deleted child).
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class ChildCache:
         self._objects: dict[Key, dict[str, Any]] = {}
         self._verified: dict[Key, float] = {}  # when a GET or an apply last confirmed it
         self._deletions: dict[Key, int] = {}  # drops so far (a tombstone count)
+        self._changes = 0  # watch events so far (puts and drops): marks for ``sync``
+        self._changed: dict[Key, int] = {}  # key -> the change count at its last watch event
         self.verify_seconds = verify_seconds
         self._clock = clock
 
@@ -46,6 +50,37 @@ class ChildCache:
         key = key_of(kind, obj)
         with self._lock:
             self._put(key, obj)
+            self._touch(key)
+
+    def _touch(self, key: Key) -> None:
+        self._changes += 1
+        self._changed[key] = self._changes
+
+    def mark(self) -> int:
+        """Taken before a LIST, passed to ``sync``."""
+        with self._lock:
+            return self._changes
+
+    def sync(self, kind: str, namespace: str, listed: list[dict[str, Any]], mark: int) -> set[str]:
+        """Make the cached ``kind`` children of ``namespace`` what a LIST started at ``mark``
+        found: listed ones are confirmed, cached ones it did not find are dropped (deleted
+        while the watch was away). Children the watch changed since ``mark`` are left as
+        the watch has them (newer than the LIST). Returns the names of those dropped."""
+        names = {obj["metadata"]["name"]: obj for obj in listed}
+        dropped: set[str] = set()
+        with self._lock:
+            now = self._clock()
+            for key in [k for k in self._objects if k[0] == kind and k[1] == namespace and k[2] not in names]:
+                if self._changed.get(key, 0) <= mark:
+                    self._drop(key)
+                    dropped.add(key[2])
+            for name, obj in names.items():
+                key = (kind, namespace, name)
+                if self._changed.get(key, 0) > mark:
+                    continue
+                if self._put(key, obj):
+                    self._verified[key] = now
+        return dropped
 
     def _put(self, key: Key, obj: dict[str, Any]) -> bool:
         known = self._objects.get(key)
@@ -72,7 +107,7 @@ class ChildCache:
             self._verified[key] = self._clock()
 
     def verified(self, kind: str, namespace: str, name: str) -> bool:
-        """Whether a GET or an apply confirmed the cached child within ``verify_seconds``."""
+        """Whether a GET, an apply or a LIST confirmed the cached child within ``verify_seconds``."""
         with self._lock:
             when = self._verified.get((kind, namespace, name))
             return when is not None and self._clock() - when < self.verify_seconds
@@ -80,9 +115,13 @@ class ChildCache:
     def drop(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
         with self._lock:
-            self._objects.pop(key, None)
-            self._verified.pop(key, None)
-            self._deletions[key] = self._deletions.get(key, 0) + 1
+            self._drop(key)
+            self._touch(key)
+
+    def _drop(self, key: Key) -> None:
+        self._objects.pop(key, None)
+        self._verified.pop(key, None)
+        self._deletions[key] = self._deletions.get(key, 0) + 1
 
     def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         with self._lock:

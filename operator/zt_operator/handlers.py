@@ -12,7 +12,9 @@ versions added is removed wherever it is seen.
 - a relay's event stores its latest body and requests a reconcile;
 - a child's event (Deployment, Service, PDB, HPA, NetworkPolicy labelled as ours) updates
   the child cache and requests a reconcile of its owner: repairs and status follow at once;
-- a slow periodic resync (``ZT_OPERATOR_RESYNC_SECONDS``, 300) catches anything missed.
+- a slow periodic resync (``ZT_OPERATOR_RESYNC_SECONDS``, 300) catches anything missed:
+  each relay is reconciled once per interval, and each child kind is LISTed once per
+  namespace (``relist_children``), which finds children deleted while a watch was away.
 
 ``runner.Runner`` serialises the reconciles of each relay and retries failures with backoff.
 """
@@ -35,7 +37,15 @@ SETTINGS = settings.from_environment(os.environ)
 METRICS = metrics.Metrics()
 CHILD_LABELS = {"app.kubernetes.io/managed-by": builders.MANAGED_BY}
 
-CACHE = children.ChildCache()
+
+
+def verify_seconds(settings: settings.OperatorSettings) -> float:
+    """How long a confirmed child is trusted: the relist confirms every child once per
+    resync interval; past two missed relists (the API failing), the passes GET them."""
+    return 2.5 * settings.resync_seconds
+
+
+CACHE = children.ChildCache(verify_seconds=verify_seconds(SETTINGS))
 ACCESS = children.Access(CACHE)
 _relays: dict[str, dict[str, Any]] = {}
 _applied_generation: dict[str, tuple[str, int]] = {}
@@ -122,6 +132,33 @@ async def _resync(interval: float) -> None:
                 _runner.request(key)
 
 
+def relist_children() -> set[str]:
+    """LIST each child kind in each namespace that has relays, bring the cache in line
+    with it, and return the keys of relays whose children were gone (to reconcile). A
+    failed LIST is counted and skipped: the children stay cached, unconfirmed, so the
+    relays' next passes read them one by one."""
+    selector = ",".join(f"{k}={v}" for k, v in CHILD_LABELS.items())
+    gone: set[str] = set()
+    for namespace in sorted({key.partition("/")[0] for key in list(_relays)}):
+        for kind in reconcile.CHILD_KINDS:
+            mark = CACHE.mark()
+            try:
+                listed = kube.list_children(kind, namespace, selector)
+            except kube.KubeError as exc:
+                METRICS.api_error(exc.reason)
+                log.warning("relist of %ss in %s: %s (%s)", kind, namespace, exc, exc.reason)
+                continue
+            gone |= {_key(namespace, name) for name in CACHE.sync(kind, namespace, listed, mark)}
+    return gone
+
+
+async def _relist(interval: float) -> None:
+    while True:
+        await asyncio.sleep(interval)
+        for key in await asyncio.to_thread(relist_children):
+            _request_if_known(key)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     global _runner
@@ -154,6 +191,7 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
         logger.warning("could not bring the ZeroTierRelay CRD up to date: %s", exc)
     _runner = runner.Runner(_work)
     _tasks.append(asyncio.create_task(_resync(SETTINGS.resync_seconds)))
+    _tasks.append(asyncio.create_task(_relist(SETTINGS.resync_seconds)))
     if SETTINGS.metrics_listen.lower() != "off":
         host, _, port = SETTINGS.metrics_listen.rpartition(":")
         _tasks.append(asyncio.create_task(metrics.serve(METRICS, host.strip("[]"), int(port))))

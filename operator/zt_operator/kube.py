@@ -178,6 +178,14 @@ def delete(kind: str, namespace: str, name: str) -> bool:
     return True
 
 
+def list_children(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+    """The objects of child ``kind`` in ``namespace`` matching ``selector`` (the relist)."""
+    listed = call_json(f"listing {kind}s", _method(kind, "list"), namespace, label_selector=selector,
+                       _preload_content=False, _request_timeout=TIMEOUT)
+    # A list's items carry no kind or apiVersion; the watch's objects do.
+    return [dict(item, kind=kind, apiVersion=listed.get("apiVersion")) for item in listed.get("items") or []]
+
+
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     """The pods matching ``selector`` (only read when a relay is short of ready pods)."""
     listed = call_json("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
