@@ -486,19 +486,62 @@ def test_an_invalid_relay_is_refused_by_the_schema_or_reported_in_its_status(ope
     schema = apply("bad-replicas", {"replicas": -1})
     assert schema.returncode != 0 and "spec.replicas" in schema.stderr and "greater than or equal to 0" in schema.stderr
 
-    assert apply("bad-cidr", {"relay": {"allowDestinations": ["10.0.0.1/8"]}}).returncode == 0
+    # What CEL can't see (the relay's namespace) is the operator's: its own Service as the
+    # fallback, named with the namespace spelled out.
+    own = {"fallback": {"service": "bad-loop", "namespace": ns, "port": 443}}
+    assert apply("bad-loop", own).returncode == 0
     try:
         def degraded():
-            found = kubectl.json("get", "ztr", "bad-cidr", "-n", ns)
+            found = kubectl.json("get", "ztr", "bad-loop", "-n", ns)
             return condition(found, "Degraded") if condition(found, "Degraded").get("reason") == "InvalidSpec" else None
 
         reported = wait_for("an InvalidSpec condition", degraded, 60)
-        assert "spec.relay.allowDestinations[0]" in reported["message"]
-        assert kubectl("get", "deployment", "bad-cidr", "-n", ns, check=False).returncode != 0
-        events = kubectl.json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=bad-cidr")["items"]
+        assert "spec.fallback.service" in reported["message"]
+        assert kubectl("get", "deployment", "bad-loop", "-n", ns, check=False).returncode != 0
+        events = kubectl.json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=bad-loop")["items"]
         assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
     finally:
-        kubectl("delete", "ztr", "bad-cidr", "-n", ns, "--timeout=60s", check=False)
+        kubectl("delete", "ztr", "bad-loop", "-n", ns, "--timeout=60s", check=False)
+
+
+def dry_run(kubectl, namespace: str, name: str, spec: dict):
+    """``kubectl apply --dry-run=server`` of a relay: the API server validates, stores nothing."""
+    obj = {"apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
+           "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+    return kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(obj), check=False)
+
+
+@pytest.mark.parametrize("spec, field, words", [
+    ({"relay": {"allowDestinations": ["10.0.0.1/8"]}}, "spec.relay.allowDestinations[0]", "no host bits"),
+    ({"relay": {"denyDestinations": ["10.0.0.0/8", "nonsense"]}}, "spec.relay.denyDestinations[1]", "CIDR"),
+    ({"service": {"loadBalancerSourceRanges": ["300.0.0.0/8"]}}, "spec.service.loadBalancerSourceRanges[0]", "CIDR"),
+    ({"relay": {"legacyTarget": "192.0.2.7"}}, "spec.relay.legacyTarget", "HOST:PORT"),
+    ({"relay": {"legacyTarget": "192.0.2.7:70000"}}, "spec.relay.legacyTarget", "HOST:PORT"),
+    ({"fallback": {"address": "10.0.0.5"}}, "spec.fallback.address", "HOST:PORT"),
+    ({"telemetry": {"otlpEndpoint": "collector:4318"}}, "spec.telemetry.otlpEndpoint", "http:// or https://"),
+    ({"telemetry": {"otlpEndpoint": "ftp://collector.example/"}}, "spec.telemetry.otlpEndpoint", "http:// or https://"),
+    ({"fallback": {"service": "cel-own", "port": 443}}, "spec.fallback.service", "own Service"),
+], ids=["host-bits", "not-cidr", "lb-range", "no-port", "bad-port", "fallback-address", "otlp-no-scheme",
+        "otlp-ftp", "own-service"])
+def test_the_api_server_refuses_an_invalid_relay_with_a_message_naming_the_field(operator_namespace, kubectl,
+                                                                                 spec, field, words):
+    refused = dry_run(kubectl, operator_namespace, "cel-own", spec)
+    assert refused.returncode != 0, f"accepted: {spec}"
+    assert field in refused.stderr and words in refused.stderr, refused.stderr
+
+
+def test_the_api_server_accepts_valid_cidrs_endpoints_and_urls(operator_namespace, kubectl):
+    accepted = dry_run(kubectl, operator_namespace, "cel-valid", {
+        "relay": {"allowDestinations": ["10.0.0.0/8", "2001:DB8::/32", "198.18.0.0/15"],
+                  "denyDestinations": ["fd00::/8"], "legacyTarget": "[2001:db8::1]:9993"},
+        "service": {"loadBalancerSourceRanges": ["198.18.0.0/16"]},
+        "fallback": {"address": "site.example:443"},
+        "telemetry": {"otlpEndpoint": "https://otel.example:4318/v1"},
+    })
+    assert accepted.returncode == 0, accepted.stderr
+    other_namespace = dry_run(kubectl, operator_namespace, "cel-valid",
+                              {"fallback": {"service": "cel-valid", "namespace": "elsewhere", "port": 443}})
+    assert other_namespace.returncode == 0, other_namespace.stderr
 
 
 def test_the_operator_serves_its_metrics_and_was_never_denied_by_rbac(relay, kubectl, wait_for):
@@ -548,5 +591,3 @@ def test_deleting_a_relay_garbage_collects_its_children(operator_namespace, make
         return names == []
 
     wait_for("the relay's children deleted", gone, 90, interval=2)
-
-
