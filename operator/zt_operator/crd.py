@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 # A cluster at version N is never upgraded by an operator whose CRD also says N, so any
 # change to the CRD needs a bump and a new entry here (a test checks the packaged CRD
 # against its version's entry). 2 shipped without spec.fallback; 3 added it; 4 added status.lastAddress.
-SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc"}
+# 5 moved validation to CEL (CIDRs, HOST:PORT, OTLP URL, fallback to the own Service).
+SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc", 5: "7eef0a5bcbcb3c4c"}
 
 
 def packaged() -> dict[str, Any]:

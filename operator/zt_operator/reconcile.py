@@ -75,7 +75,7 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     body = copy.deepcopy(dict(body))
     meta = body["metadata"]
     namespace, name, uid = meta["namespace"], meta["name"], meta["uid"]
-    invalid = validation.validate(body.get("spec"), name)
+    invalid = validation.validate(body.get("spec"), name, namespace)
     errors: list[kube.KubeError] = []
     conflicts: list[str] = []
     live: dict[str, dict[str, Any] | None] = {}
