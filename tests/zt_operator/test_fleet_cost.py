@@ -121,3 +121,32 @@ def test_a_failed_relist_leaves_the_cache_as_it_was_and_the_gets_take_over(fleet
     assert handlers.relist_children() == set()
     assert len(handlers.CACHE) == len(objects)
     assert not handlers.CACHE.verified("Deployment", "relays", "r000")  # so the next pass reads it again
+
+
+async def test_a_watch_that_relists_is_followed_by_a_relist_that_finds_children_deleted_in_the_gap(fleet, monkeypatch):
+    # After an API outage a watch may restart with a LIST (410 Gone): a child deleted before
+    # that LIST sends no DELETED event, and the relay's own relist may have come before the
+    # deletion. So any relist seen (type None events) is followed, once they stop, by the
+    # operator's own LIST of every child kind.
+    import asyncio
+
+    now, objects, bodies, calls = fleet
+    requested: list[str] = []
+
+    class Recorder:
+        def request(self, key):
+            requested.append(key)
+
+    monkeypatch.setattr(handlers, "_runner", Recorder())
+    monkeypatch.setattr(handlers, "RELIST_DELAY", 0.05)
+    deployment = copy.deepcopy(objects["Deployment", "relays", "r003"])
+    del objects["PodDisruptionBudget", "relays", "r004"]  # deleted before the watch's LIST
+    await handlers._child_event("Deployment")(type=None, body=deployment)  # the Deployments watch relisted
+    requested.clear()
+    for _ in range(100):
+        if "relays/r004" in requested:
+            break
+        await asyncio.sleep(0.02)
+    assert requested == ["relays/r004"]
+    assert handlers.CACHE.get("PodDisruptionBudget", "relays", "r004") is None
+    assert sorted(c for c in calls if c.startswith("list")) == sorted(f"list {k}" for k in handlers.reconcile.CHILD_KINDS)
