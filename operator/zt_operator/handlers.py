@@ -152,11 +152,39 @@ def relist_children() -> set[str]:
     return gone
 
 
+async def _relist_now() -> None:
+    for key in await asyncio.to_thread(relist_children):
+        _request_if_known(key)
+
+
 async def _relist(interval: float) -> None:
     while True:
         await asyncio.sleep(interval)
-        for key in await asyncio.to_thread(relist_children):
-            _request_if_known(key)
+        await _relist_now()
+
+
+RELIST_DELAY = 5.0
+"""Seconds after the last relist event (type None) of any watch before the operator LISTs
+the children itself (Kopf's listing of a kind comes as a burst of such events)."""
+_relist_timer: asyncio.TimerHandle | None = None
+_relisting: set[asyncio.Task] = set()
+
+
+def _relist_soon() -> None:
+    """A watch restarted with a LIST (the operator's start, a 410 after an API outage): a
+    child deleted before that LIST sent no DELETED event, and the relay's own relist may
+    have come before the deletion. So LIST every child kind once the relisting stops."""
+    global _relist_timer
+    if _relist_timer is not None:
+        _relist_timer.cancel()
+    loop = asyncio.get_running_loop()
+
+    def start() -> None:
+        task = loop.create_task(_relist_now())
+        _relisting.add(task)  # a reference until it ends (the loop keeps only weak ones)
+        task.add_done_callback(_relisting.discard)
+
+    _relist_timer = loop.call_later(RELIST_DELAY, start)
 
 
 @kopf.on.startup()
@@ -231,6 +259,7 @@ async def relay_event(type: str | None, body: kopf.Body, logger: logging.Logger,
         # DELETED event, so the cached copies of this relay's children can't be trusted.
         for kind in reconcile.CHILD_KINDS:
             CACHE.drop(kind, meta["namespace"], meta["name"])
+        _relist_soon()
     _relays[key] = copy.deepcopy(dict(body))
     if _runner is not None:
         _runner.request(key)
@@ -244,6 +273,8 @@ def _child_event(kind: str):
             CACHE.drop(kind, meta["namespace"], meta["name"])
         else:
             CACHE.put(kind, obj)
+        if type is None:
+            _relist_soon()
         for ref in meta.get("ownerReferences") or []:
             if ref.get("kind") == KIND and ref.get("controller"):
                 key = _key(meta["namespace"], ref["name"])
