@@ -67,7 +67,7 @@ class Tunnel(asyncio.Protocol):
         "relay", "transport", "reader", "client", "version", "udp4", "udp6", "peers", "verdicts",
         "frames_to_udp", "bytes_to_udp", "frames_to_tcp", "bytes_to_tcp",
         "active", "idle", "born", "paused", "reason", "rate", "limited", "burst", "span", "warned", "admitted",
-        "_proxy_buf", "closer", "slot", "new_destinations", "udp6_retry",
+        "_proxy_buf", "closer", "slot", "new_destinations", "udp6_retry", "sent_mark",
     )
 
     def __init__(self, relay: Relay) -> None:
@@ -89,6 +89,7 @@ class Tunnel(asyncio.Protocol):
         self.born = relay.loop.time()
         self.paused = False
         self.burst = 1  # datagrams to read on the next UDP wakeup (adapts; see _relay_replies)
+        self.sent_mark = 0  # frames_to_udp at the last UDP wakeup (see _relay_replies)
         self.reason: str | None = None
         self.rate: RateLimit | None = None
         self.limited = relay.global_rate is not None  # any rate limit to apply per packet
@@ -258,8 +259,17 @@ class Tunnel(asyncio.Protocol):
             frames += 1
             size_total += size
         # Drained early: expect as many next time. Hit the limit: there may be more, so
-        # allow twice as many (bounded, to stay fair to other tunnels).
-        self.burst = (read or 1) if read < limit else min(limit * 2, UDP_BATCH)
+        # allow twice as many (bounded, to stay fair to other tunnels); except one reply
+        # to the one packet sent since the last wakeup (ping-pong, a request and its
+        # answer): probing for a second would fail every other time (a recvfrom and an
+        # exception per round trip). A backlog still grows: replies without a request,
+        # or to several.
+        sent = self.frames_to_udp
+        if read < limit:
+            self.burst = read or 1
+        elif limit > 1 or sent - self.sent_mark != 1:
+            self.burst = min(limit * 2, UDP_BATCH)
+        self.sent_mark = sent
         if out:
             self.active = True
             self.frames_to_tcp += frames
