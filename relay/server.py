@@ -85,6 +85,10 @@ class Relay:
         self.memory_pressure = False
         #: the tunnels' write-buffer limit: --write-buffer-limit, less when memory is short
         self.write_high = config.write_buffer_limit
+        #: what the write buffers may hold together, from the last memory sample
+        self.write_room = float("inf")
+        #: what one UDP wakeup may queue past a tunnel's limit: a read's worth of replies
+        self._batch = UDP_BATCH * config.max_record_size
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -246,6 +250,8 @@ class Relay:
         sock = tunnel.transport.get_extra_info("socket")
         if sock is not None:
             configure_stream(sock)
+        if self.memory is not None:
+            self._apply_write_share()
         tunnel.transport.set_write_buffer_limits(high=self.write_high)
 
     # Admission of every connection, a tunnel or a fallback.Sniffer (``conn``: its
@@ -454,13 +460,20 @@ class Relay:
         each tunnel may still cross it by one read's replies). Replies past it are dropped
         as write_buffer_full, as for any slow client."""
         tunnels = self.tunnels
-        limit = self.config.write_buffer_limit
         count = len(tunnels) or 1
-        batch = UDP_BATCH * self.config.max_record_size
         room = self.memory.limit * memory.HIGH_WATER - self.memory.used
-        if room / count < limit + batch:  # tight: what the buffers hold now is theirs again
+        if room / count < self.config.write_buffer_limit + self._batch:  # tight: what they queued is theirs again
             room += sum(t.transport.get_write_buffer_size() for t in tunnels if t.transport is not None)
-        share = room / count - batch
+        self.write_room = room
+        self._apply_write_share()
+
+    def _apply_write_share(self) -> None:
+        """The write-buffer limit from the room of the last sample and the tunnels now: also
+        run per new connection (a burst of them between two samples shares the same room).
+        A power of two: it changes (and every tunnel is told) only when the share halves."""
+        tunnels = self.tunnels
+        limit = self.config.write_buffer_limit
+        share = self.write_room / (len(tunnels) or 1) - self._batch
         high = limit if share >= limit else (0 if share < 1024 else 1 << (int(share).bit_length() - 1))
         if high != self.write_high:
             self.write_high = high
