@@ -11,6 +11,7 @@ housekeeping tick, never per packet.
 
 from __future__ import annotations
 
+import ctypes
 import os
 
 #: New tunnels are refused from this share of the budget on: what open tunnels may still
@@ -86,6 +87,27 @@ class MemoryBudget:
         measured = f"cgroup v{self.version} working set" if self.version else "this process's RSS"
         return (f"{self.limit} bytes ({self.source}); refusing new tunnels from {HIGH_WATER:.0%} of it until "
                 f"below {LOW_WATER:.0%}, write buffers sharing what is left, measured as {measured}")
+
+
+def _load_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _load_malloc_trim()
+
+
+def give_back() -> bool:
+    """Returns freed heap to the kernel (glibc ``malloc_trim``). Replies that were queued
+    for stuck clients are freed when they close, but malloc keeps the pages: measured in
+    a real cgroup, the working set stayed at 70-87 % of the budget (an 80 MB RSS with no
+    tunnel left), so the relay could go on refusing (pressure ends below 85 %)."""
+    if _malloc_trim is None:
+        return False
+    _malloc_trim(0)
+    return True
 
 
 def _working_set(usage_path: str, stat_path: str, inactive_key: str) -> int:

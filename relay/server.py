@@ -85,6 +85,7 @@ class Relay:
         self.memory_pressure = False
         #: the tunnels' write-buffer limit: --write-buffer-limit, less when memory is short
         self.write_high = config.write_buffer_limit
+        self._trimmed = float("-inf")  # loop time freed heap was last given back (memory.give_back)
         #: what the write buffers may hold together, from the last memory sample
         self.write_room = float("inf")
         #: what one UDP wakeup may queue past a tunnel's limit: a read's worth of replies
@@ -441,6 +442,12 @@ class Relay:
     def _sample_memory(self) -> None:
         """Samples the memory budget on its own timer (more often above half of it)."""
         pressure = self.memory.sample(self.memory_pressure)
+        now = self.loop.time()
+        # Above half the budget, at most once a second: what closed tunnels freed goes back.
+        if self.memory.used >= self.memory.limit / 2 and now - self._trimmed >= 1.0:
+            self._trimmed = now
+            if memory.give_back():
+                pressure = self.memory.sample(self.memory_pressure)
         if pressure != self.memory_pressure:
             self.memory_pressure = pressure
             if pressure:

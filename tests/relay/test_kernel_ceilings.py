@@ -258,8 +258,10 @@ async def test_the_default_budget_is_the_cgroups_limit_and_refuses_before_an_oom
         for client in stuck:
             client.close()
         assert await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == 1, timeout=10) == 1
-        assert await relay.wait_metric("zt_relay_memory_bytes", lambda v: v < 0.8 * MEMORY_LIMIT, timeout=10) < 0.8 * MEMORY_LIMIT
-        assert await logged_lines(relay, "memory pressure over")
+        # Back under the low-water mark (85 %): what the closed tunnels held is given back,
+        # to the kernel too (freed heap kept by malloc would keep the relay refusing).
+        assert await relay.wait_metric("zt_relay_memory_bytes", lambda v: v < 0.85 * MEMORY_LIMIT, timeout=10) < 0.85 * MEMORY_LIMIT
+        assert await logged_lines(relay, "memory pressure over"), "".join(relay.log)
         again = await Client.connect(relay.port)
         assert await round_trip(again, echo, b"again" * 4) == b"again" * 4
         await again.close()
