@@ -178,9 +178,14 @@ def main(argv: list[str] | None = None) -> int:
                 handshake_ms(port, context)
                 download_mbps(port, site.ca, size)
             times: dict[str, list[float]] = {name: [] for name in targets}
+            proxies = {"relay": relay, "baseline": baseline}
+            before = {name: procfs.tree_cpu_seconds(proxies[name].pid) for name in targets if proxies.get(name)}
             for _ in range(args.handshakes):
                 for name, port in targets.items():
                     times[name].append(handshake_ms(port, context))
+            # CPU per handshake (no idle cost: an idle relay uses none)
+            hs_cpu = {name: (procfs.tree_cpu_seconds(proxies[name].pid) - t0) / args.handshakes * 1e6
+                      for name, t0 in before.items()}
             speeds: dict[str, list[float]] = {name: [] for name in targets}
             cpu: dict[str, list[float]] = {"relay": [], "baseline": [], "nginx": [], "curl": []}
             for _ in range(args.downloads):
@@ -214,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     if "splice" in times:
         print(f"  splice  p50 {pct(times['splice'], 0.5):.3f}  p90 {pct(times['splice'], 0.9):.3f}  (bare splice(2) forwarder, threads)")
     print(f"  relay - direct p50: {r50 - d50:+.3f} ms (target <= +0.300)  {'MET' if r50 - d50 <= 0.3 else 'NOT MET'}")
+    print("  relay CPU per handshake: " + ", ".join(f"{name} {us:.0f} us" for name, us in hs_cpu.items()))
     print(f"HTTPS download of {args.size_mb} MB, median of {args.downloads} (MB/s):")
     print(f"  direct  {dmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['direct'])})")
     print(f"  relay   {rmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['relay'])})")
