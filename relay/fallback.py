@@ -191,7 +191,9 @@ class FallbackRouter:
                     if error:
                         raise OSError(error, os.strerror(error))
                     sent = 0
-                backend, _ = await self.loop.create_connection(lambda: s.backend, sock=sock)
+                # From here the transport owns the socket (and closes it if this fails).
+                owned, sock = sock, None
+                backend, _ = await self.loop.create_connection(lambda: s.backend, sock=owned)
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc))
         except asyncio.TimeoutError:
