@@ -10,7 +10,7 @@ They run inside test-host namespaces as ``python -m e2e.peers MODE ...``, framin
                                      JSON {"ok": N, "failed": [...]} (every new client must pass)
   load RELAY PORT ROOT ROOT_PORT     16 packets in flight on one tunnel until stdin closes;
                                      prints how many round-tripped
-  steady RELAY PORT ROOT ROOT_PORT   4 numbered packets in flight until stdin closes; prints JSON
+  steady RELAY PORT ROOT ROOT_PORT [N]  N (4) numbered packets in flight until stdin closes; prints JSON
                                      {"sent": N, "received": M, "missing": [numbers], ...}
 
 ``udp_root`` and ``relay_hosts`` are module-scoped fixtures for test modules that import them.
@@ -125,8 +125,8 @@ def load(relay: str, port: str, root: str, root_port: str) -> None:
     print(count, flush=True)
 
 
-def steady(relay: str, port: str, root: str, root_port: str) -> None:
-    """Strict load: 4 numbered packets in flight at a time on one tunnel until stdin closes,
+def steady(relay: str, port: str, root: str, root_port: str, in_flight: str = "4") -> None:
+    """Strict load: ``in_flight`` numbered packets at a time on one tunnel until stdin closes,
     then what is still in flight is waited for. A reply not back within ``REPLY_WAIT`` is
     listed as missing by number (the test fails on any: nothing may be lost on the local
     path). Prints JSON {"sent": N, "received": M, "missing": [...], "unexpected": K}."""
@@ -135,15 +135,16 @@ def steady(relay: str, port: str, root: str, root_port: str) -> None:
     print("connected", flush=True)
     sent = received = unexpected = 0
     missing: list[int] = []
+    count = int(in_flight)
     while not stop.is_set():
-        burst = range(sent, sent + 4)
+        burst = range(sent, sent + count)
         sock.sendall(b"".join(protocol.encode_packet(root, int(root_port), b"s%08d" % n + b"y" * 200)
                               for n in burst))
-        sent += 4
+        sent += count
         waiting = set(burst)
         sock.settimeout(REPLY_WAIT)
         try:
-            _receive(sock, reader, records, 4)
+            _receive(sock, reader, records, count)
         except TimeoutError:
             pass
         for record in records:
@@ -203,8 +204,9 @@ class Tunnel:
 class Background:
     """A ``probe`` or ``load`` peer that runs until ``finish`` closes its stdin."""
 
-    def __init__(self, host, mode: str, relay_address: str, root_address: str, port: int = 443) -> None:
-        self.proc = spawn(host, mode, relay_address, str(port), root_address, str(ROOT_PORT))
+    def __init__(self, host, mode: str, relay_address: str, root_address: str, port: int = 443,
+                 extra: tuple[str, ...] = ()) -> None:
+        self.proc = spawn(host, mode, relay_address, str(port), root_address, str(ROOT_PORT), *extra)
 
     def wait_for_line(self, expected: str, timeout: float = 30) -> None:
         """Waits for the peer to print ``expected`` (``steady`` prints "connected")."""
