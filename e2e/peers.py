@@ -63,8 +63,19 @@ def _receive(sock: socket.socket, reader: protocol.RecordReader, records: list[b
         reader.feed(data)
 
 
+#: The echo root's receive buffer. One socket takes every tunnel's datagrams; with the
+#: default 208 KiB only about 166 small datagrams fit (truesize ~1.3 KiB each), fewer
+#: than 16 tunnels x 16 in flight, so a root descheduled for a moment dropped some
+#: (UDP RcvbufErrors). 4 MiB holds about 3,000.
+ECHO_RCVBUF = 4 << 20
+#: Linux's SO_RCVBUFFORCE (not in Python's socket module).
+SO_RCVBUFFORCE = 33
+
+
 def echo(host: str, port: str) -> None:
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    # FORCE: past net.core.rmem_max (the test host's namespace, as root)
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, ECHO_RCVBUF)
     sock.bind((host, int(port)))
     print("listening", flush=True)
     while True:
