@@ -42,12 +42,18 @@ def image(load_image) -> str:
 
 
 @pytest.fixture(scope="module")
-def operator_namespace(kubectl, image):
+def operator_namespace(kubectl, image, wait_for):
     """A namespace enforcing Pod Security "restricted", with the operator running in it:
     the CRD file, operator/rbac.yaml (names made unique) and a one-replica Deployment."""
     name = f"e2e-operator-{uuid.uuid4().hex[:6]}"
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
-    kubectl("wait", "--for=condition=Established", "crd/zerotierrelays.relay.zt-relay.dev", "--timeout=60s")
+
+    def established():
+        # Not `kubectl wait`: it fails at once on a CRD created a moment ago with no status yet.
+        conditions = kubectl.json("get", "crd", "zerotierrelays.relay.zt-relay.dev").get("status", {}).get("conditions")
+        return any(c["type"] == "Established" and c["status"] == "True" for c in conditions or [])
+
+    wait_for("the ZeroTierRelay CRD established", established, 60)
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
     rbac = list(yaml.safe_load_all(RBAC_FILE.read_text()))
