@@ -72,6 +72,32 @@ def test_the_node_ip_is_not_on_the_machines_own_networks():
         check_disjoint(Layout(primary_interface="eth0", node_ip="10.0.0.1"), ["10.0.0.0/8"])
 
 
+@pytest.mark.parametrize("wide", [
+    ["169.254.0.0/16"],  # zeroconf route of an ordinary Ubuntu desktop (contains sink_link_cidr)
+    ["0.0.0.0/1", "128.0.0.0/1"],  # a full-tunnel OpenVPN (redirect-gateway def1)
+    ["10.0.0.0/8"],  # a split-tunnel corporate VPN
+])
+def test_a_route_that_only_contains_our_ranges_is_no_conflict(wide):
+    # F21 (review-harness2): `up` refused on such machines; the sink's routes are more specific.
+    check_disjoint(LAYOUT, ["192.0.2.0/24"], wide)
+
+
+@pytest.mark.parametrize("route, field", [
+    ("10.96.0.0/16", "service_cidr"),  # F6: a VPN to a dev cluster's Services
+    ("10.244.3.0/24", "cluster_cidr"),  # another cluster's pod subnet (flannel)
+    ("10.252.0.1/32", "node_ip"),
+])
+def test_a_route_inside_one_of_our_ranges_is_refused_naming_the_field(route, field):
+    with pytest.raises(ValueError, match=rf"layout\.{field} .* holds the machine's route {route}"):
+        check_disjoint(LAYOUT, ["192.0.2.0/24"], [route])
+
+
+def test_an_interface_network_that_contains_a_range_of_ours_is_refused():
+    # Addresses on an interface are neighbours there (a /8 LAN): the sink would cut them off.
+    with pytest.raises(ValueError, match=r"layout\.node_ip 10\.252\.0\.1/32 overlaps the machine's network 10\.0\.0\.0/8"):
+        check_disjoint(LAYOUT, ["10.0.0.0/8"])
+
+
 def test_default_layout_is_disjoint_from_eth0_and_docker0():
     check_disjoint(LAYOUT, ["192.0.2.0/24", "172.17.0.0/16"])
 

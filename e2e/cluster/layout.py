@@ -107,9 +107,17 @@ class Layout:
         return [str(ip) for ip in ipaddress.ip_network(self.lb_pool).hosts()]
 
 
-def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
-    """Raise ValueError if any cluster range overlaps a network the machine already has (an
-    interface's network or a route's destination: `network.machine_networks`)."""
+def check_disjoint(layout: Layout, machine_networks: list[str], machine_routes: list[str] = ()) -> None:
+    """Raise ValueError if a cluster range overlaps a network on the machine's interfaces
+    (`network.machine_networks`: real neighbours), or holds a route of the machine
+    (`network.machine_routes`: equal to or inside a range of ours, e.g. a VPN's 10.96.0.0/16 to
+    a dev cluster's Services, which the sink route would replace or swallow).
+
+    A route that merely CONTAINS a range of ours is no conflict: a split-tunnel VPN's
+    10.0.0.0/8, a full-tunnel VPN's 0.0.0.0/1 + 128.0.0.0/1 (the default route in two halves),
+    zeroconf's 169.254.0.0/16 on an ordinary desktop. The sink route is more specific: while up
+    it takes only our slice (which would otherwise leave the machine by that route), replaces
+    nothing, and `down` deletes only routes on our sink link."""
     ours = {
         "node_ip": f"{layout.node_ip}/32",
         "cluster_cidr": layout.cluster_cidr,
@@ -119,8 +127,13 @@ def check_disjoint(layout: Layout, machine_networks: list[str]) -> None:
         "sink_link_cidr": layout.sink_link_cidr,
     }
     for field_name, cidr in ours.items():
+        mine = ipaddress.ip_network(cidr)
         for other in machine_networks:
-            if ipaddress.ip_network(cidr).overlaps(ipaddress.ip_network(other, strict=False)):
-                raise ValueError(f"layout.{field_name} {cidr} overlaps the machine's network or route {other}")
+            if mine.overlaps(ipaddress.ip_network(other, strict=False)):
+                raise ValueError(f"layout.{field_name} {cidr} overlaps the machine's network {other}")
+        for other in machine_routes:
+            theirs = ipaddress.ip_network(other, strict=False)
+            if theirs.subnet_of(mine):
+                raise ValueError(f"layout.{field_name} {cidr} holds the machine's route {other} (the sink route would take it over)")
     if not ipaddress.ip_network(layout.pod_subnet).subnet_of(ipaddress.ip_network(layout.cluster_cidr)):
         raise ValueError(f"layout.pod_subnet {layout.pod_subnet} is not inside cluster_cidr {layout.cluster_cidr}")

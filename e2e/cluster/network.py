@@ -46,16 +46,25 @@ def default_route() -> tuple[str, str]:
 
 
 def machine_networks() -> list[str]:
-    """IPv4 networks the machine already has: its interfaces' networks and every route's
-    destination (all tables: a VPN to a dev cluster's Services routes 10.96.0.0/16, policy
-    routing keeps routes in tables of its own), excluding our own links and default routes.
-    `up` must not route any of them into the sink (`layout.check_disjoint`)."""
+    """IPv4 networks on the machine's interfaces (not our links, not loopback): addresses that
+    are real neighbours there. `up` refuses any overlap (`layout.check_disjoint`)."""
     nets = []
     for link in json.loads(sh("ip", "-j", "-4", "addr").stdout):
         if link["ifname"].startswith(MARKER) or link["ifname"] == "lo":
             continue
         for info in link.get("addr_info", []):
-            nets.append(str(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network))
+            net = str(ipaddress.ip_interface(f"{info['local']}/{info['prefixlen']}").network)
+            if net not in nets:
+                nets.append(net)
+    return nets
+
+
+def machine_routes() -> list[str]:
+    """Every IPv4 route destination of the machine, all tables (a VPN to a dev cluster's
+    Services routes 10.96.0.0/16; policy routing keeps routes in tables of its own), except
+    default routes and routes on our links. `layout.check_disjoint` refuses the ones inside
+    a cluster range; a wider one only loses our slice to the more specific sink route."""
+    nets = []
     for route in json.loads(sh("ip", "-j", "-4", "route", "show", "table", "all").stdout):
         dst, dev = route.get("dst", ""), route.get("dev", "")
         if dst in ("default", "") or dev.startswith(MARKER) or dev == "lo" or route.get("type") in ("local", "broadcast", "multicast"):

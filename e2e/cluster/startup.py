@@ -63,7 +63,7 @@ def _up() -> int:
         except locks.InUse as exc:
             raise SystemExit(f"e2e.cluster up: the cluster is {verdict} ({reason}), but {exc}; not tearing it down") from None
     _refuse_foreign_kubernetes()
-    layout_mod.check_disjoint(layout, network.machine_networks())
+    layout_mod.check_disjoint(layout, network.machine_networks(), network.machine_routes())
 
     for d in (state.pki, state.kubeconfigs, state.logs, state.run, state.configs, state.cni_conf, state.pod_logs):
         d.mkdir(parents=True, exist_ok=True)

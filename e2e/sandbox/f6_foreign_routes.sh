@@ -24,7 +24,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   $PY -c "
 from e2e.cluster import health, layout as L, network
 layout = health.current_layout()
-L.check_disjoint(layout, network.machine_networks()); print(\"check_disjoint: no objection\")
+L.check_disjoint(layout, network.machine_networks(), network.machine_routes()); print(\"check_disjoint: no objection\")
 network.setup_safety(layout)" || echo "up refused (the traceback above names the route)"
   after_up=$(ip route show 10.96.0.0/16); echo "after up: $after_up"
   [ "$after_down" = "10.96.0.0/16 via 198.18.6.1 dev vpn0 " ] || [ "$after_down" = "10.96.0.0/16 via 198.18.6.1 dev vpn0" ] || { echo "FAIL: down deleted a route it never made"; exit 1; }
