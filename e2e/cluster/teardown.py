@@ -83,7 +83,9 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
     failed = sysctls.restore(state.sysctl_record, this_boot=ran)
     _remove_cni_cache()
     _remove_container_log_links(state)
-    for cidr in layout.sink_routes + (layout.test_host_cidr,):
+    # Connections of our ranges, only if our cluster ran this boot: elsewhere they are another
+    # cluster's (kubeadm + flannel: pods 10.244/16, Services 10.96/12) or a VPN's, live ones.
+    for cidr in layout.sink_routes + (layout.test_host_cidr,) if ran else ():
         subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
         subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
     # Last: until every sender (test hosts, pods) and forwarding are gone, nothing may leave.
