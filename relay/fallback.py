@@ -132,7 +132,7 @@ class FallbackRouter:
         ``local``: the address it reached, from its PROXY header, else the socket's)."""
         relay = self.relay
         key = None  # the per-IP key: parsing the address costs, so not before the dial if it can wait
-        if relay.memory_pressure:  # a splice can hold more memory than a tunnel
+        if relay.memory_pressure or not relay.site_room():  # a splice can hold more memory than a tunnel
             self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
             return
@@ -147,8 +147,10 @@ class FallbackRouter:
                 self._fail(result, client, f"{self.max_connections} fallback connections open")
                 transport.close()
                 return
-        s = splice_mod.Splice(self._done)
+        s = splice_mod.Splice(self._done, relay.site_high)
         self.splices.add(s)
+        if relay.memory is not None:  # a burst between two samples shares the same room
+            relay.apply_write_share()
         transport.pause_reading()  # until the backend can take the bytes
         transport.set_protocol(s.client)
         s.client.connection_made(transport)
@@ -253,6 +255,15 @@ class FallbackRouter:
             address = infos[0][4]
             self._resolved = (self.loop.time() + DNS_CACHE_SECONDS, address)
         return address
+
+    def set_write_limits(self, high: int) -> None:
+        """Every site connection's write-buffer mark (the memory budget's share)."""
+        for s in self.splices:
+            s.set_write_limits(high)
+
+    def buffered(self) -> int:
+        """What the site connections' write buffers hold."""
+        return sum(s.buffered() for s in self.splices)
 
     def _fail(self, result: str, client: tuple, detail: str) -> None:
         self.results[result] += 1

@@ -20,6 +20,7 @@ import struct
 
 from relay import interfaces, limits, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
+from relay import splice as splice_mod
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
 from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_stream  # noqa: F401 (re-exported)
@@ -47,6 +48,11 @@ _UDP_REFUSALS = {
     errno.EMFILE: stats.FILE_DESCRIPTORS,
     errno.ENFILE: stats.FILE_DESCRIPTORS,
 }
+
+def _power_of_two_under(share: float, limit: int) -> int:
+    """``limit`` if ``share`` reaches it, else the power of two at or under ``share``
+    (0 below 1 KiB)."""
+    return limit if share >= limit else (0 if share < 1024 else 1 << (int(share).bit_length() - 1))
 
 
 class Relay:
@@ -85,11 +91,13 @@ class Relay:
         self.memory_pressure = False
         #: the tunnels' write-buffer limit: --write-buffer-limit, less when memory is short
         self.write_high = config.write_buffer_limit
+        #: the site connections' write-buffer limit (each direction), likewise
+        self.site_high = splice_mod.BUFFER_LIMIT
         self._trimmed = float("-inf")  # loop time freed heap was last given back (memory.give_back)
         #: what the write buffers may hold together, from the last memory sample
         self.write_room = float("inf")
         #: what one UDP wakeup may queue past a tunnel's limit: a read's worth of replies
-        self._batch = UDP_BATCH * config.max_record_size
+        self._batch = max(UDP_BATCH * config.max_record_size, splice_mod.READ_SIZE if config.fallback else 0)
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -252,7 +260,7 @@ class Relay:
         if sock is not None:
             configure_stream(sock)
         if self.memory is not None:
-            self._apply_write_share()
+            self.apply_write_share()
         tunnel.transport.set_write_buffer_limits(high=self.write_high)
 
     # Admission of every connection, a tunnel or a fallback.Sniffer (``conn``: its
@@ -465,29 +473,55 @@ class Relay:
         of MB, no sample saw 90 %). So what is left of the budget is shared among the
         tunnels as their write-buffer limit (a power of two, so that it rarely changes;
         each tunnel may still cross it by one read's replies). Replies past it are dropped
-        as write_buffer_full, as for any slow client."""
+        as write_buffer_full, as for any slow client. Site connections (--fallback) share
+        it too, one share per direction (150 stalled downloads, 512 KiB each way, had the
+        relay of a 96 MiB cgroup OOM-killed), and new ones are refused when it runs out."""
         tunnels = self.tunnels
-        count = len(tunnels) or 1
+        count = self._shares()
         room = self.memory.limit * memory.HIGH_WATER - self.memory.used
         if room / count < self.config.write_buffer_limit + self._batch:  # tight: what they queued is theirs again
             room += sum(t.transport.get_write_buffer_size() for t in tunnels if t.transport is not None)
+            if self.fallback is not None:
+                room += self.fallback.buffered()
         self.write_room = room
-        self._apply_write_share()
+        self.apply_write_share()
 
-    def _apply_write_share(self) -> None:
+    def _shares(self, more: int = 0) -> int:
+        """Write buffers sharing the room: one per tunnel, two per site connection."""
+        count = len(self.tunnels) + more
+        if self.fallback is not None:
+            count += 2 * len(self.fallback.splices)
+        return count or 1
+
+    def site_room(self) -> bool:
+        """Whether the memory room of the last sample holds the worst case of every site
+        connection and one more (always, without a budget): both write buffers at their
+        share and a read past each. The tunnels' worst case is not reserved here (an idle
+        one costs ~3 KiB, and a few hundred of them would leave no room for any visitor):
+        what they use is in the sample, and their own shares shrink with the visitors'."""
+        if self.memory is None or self.fallback is None:
+            return True
+        worst = 2 * (self.site_high + splice_mod.READ_SIZE)
+        return (len(self.fallback.splices) + 1) * worst <= self.write_room
+
+    def apply_write_share(self) -> None:
         """The write-buffer limit from the room of the last sample and the tunnels now: also
         run per new connection (a burst of them between two samples shares the same room).
         A power of two: it changes (and every tunnel is told) only when the share halves."""
         tunnels = self.tunnels
-        limit = self.config.write_buffer_limit
-        share = self.write_room / (len(tunnels) or 1) - self._batch
-        high = limit if share >= limit else (0 if share < 1024 else 1 << (int(share).bit_length() - 1))
+        share = self.write_room / self._shares() - self._batch
+        high = _power_of_two_under(share, self.config.write_buffer_limit)
         if high != self.write_high:
             self.write_high = high
             for tunnel in tunnels:
                 transport = tunnel.transport
                 if transport is not None and not transport.is_closing():
                     transport.set_write_buffer_limits(high=high)
+        if self.fallback is not None:
+            site = _power_of_two_under(share, splice_mod.BUFFER_LIMIT)
+            if site != self.site_high:
+                self.site_high = site
+                self.fallback.set_write_limits(site)
 
     def _tick(self, interval: float) -> None:
         now = self.loop.time()

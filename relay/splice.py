@@ -30,6 +30,8 @@ from relay import streams
 #: High-water mark of each direction's write buffer (bytes). Big enough that a fast
 #: download never waits on it, small enough that 10,000 stalled connections stay bounded.
 BUFFER_LIMIT = 512 * 1024
+#: What one read may add past that mark (uvloop reads up to 256 KiB at a time).
+READ_SIZE = 256 * 1024
 
 #: Close reasons (label values of zt_relay_fallback_closed_total).
 CLOSED = "closed"
@@ -58,7 +60,7 @@ class Side(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        transport.set_write_buffer_limits(high=BUFFER_LIMIT)
+        transport.set_write_buffer_limits(high=self.splice.high)
 
     def data_received(self, data: bytes) -> None:
         self.splice.active = True
@@ -96,9 +98,10 @@ class Side(asyncio.Protocol):
 class Splice:
     """A client connection and its backend connection; ``on_done`` runs once both are gone."""
 
-    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key")
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high")
 
-    def __init__(self, on_done: Callable[[Splice], None]) -> None:
+    def __init__(self, on_done: Callable[[Splice], None], high: int = BUFFER_LIMIT) -> None:
+        self.high = high  # each direction's write-buffer mark (less under a memory budget)
         self.client = Side(self, "client")
         self.backend = Side(self, "backend")
         self.client.other = self.backend
@@ -109,6 +112,16 @@ class Splice:
         self.connecting = True  # the backend connection is being opened
         self.on_done = on_done
         self.key: str | None = None  # the client's per-IP key, while it counts against its share
+
+    def set_write_limits(self, high: int) -> None:
+        self.high = high
+        for side in (self.client, self.backend):
+            if side.transport is not None and not side.transport.is_closing():
+                side.transport.set_write_buffer_limits(high=high)
+
+    def buffered(self) -> int:
+        return sum(side.transport.get_write_buffer_size() for side in (self.client, self.backend)
+                   if side.transport is not None)
 
     @property
     def to_backend(self) -> int:

@@ -15,6 +15,7 @@ test_resource_ceilings.py):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -302,3 +303,103 @@ async def test_tunnels_admitted_in_one_burst_and_flooded_are_not_oom_killed(star
         flood.close()
         await healthy.close()
     assert memory_cgroup.oom_kills() == 0
+
+
+class Firehose:
+    """A fallback backend that answers every connection with ``size`` bytes at once (a big
+    download) and then waits: a site visitor that never reads leaves them to the relay."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self._writers: list[asyncio.StreamWriter] = []
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"127.0.0.1:{self.server.sockets[0].getsockname()[1]}"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        self._writers.append(writer)
+        writer.write(b"d" * self.size)
+        with contextlib.suppress(ConnectionError):
+            await reader.read()  # until the relay closes
+
+    def close(self) -> None:
+        for writer in self._writers:
+            writer.close()
+        self.server.close()
+
+
+@needs_memory_cgroup
+async def test_stalled_site_downloads_cannot_push_the_relay_past_its_budget(start_relay, echo, memory_cgroup):
+    """Site connections buffer up to 2 x 512 KiB plus a read each, and only the tunnels'
+    write buffers shared the budget: 150 visitors that request a big download and never
+    read (one address, far under --fallback-max-connections) pushed the relay of a 96 MiB
+    cgroup past its limit (OOM-killed, every tunnel with it)."""
+    site = Firehose(4 << 20)
+    relay = await start_relay(*LOOPBACK, "--fallback", await site.start(), preexec_fn=memory_cgroup.enter)
+    healthy = await Client.connect(relay.port)
+    assert await round_trip(healthy, echo, b"healthy" * 3) == b"healthy" * 3
+    visitors = []
+    try:
+        for _ in range(150):
+            v = socket.socket()
+            v.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            v.connect(("127.0.0.1", relay.port))
+            v.sendall(b"GET /big HTTP/1.1\r\nHost: site\r\n\r\n")
+            visitors.append(v)
+        settled = 'zt_relay_fallback_connections_total{result="connected"}', 'zt_relay_fallback_connections_total{result="memory_pressure"}'
+
+        async def state() -> dict[str, float]:
+            try:
+                if not memory_cgroup.oom_kills():
+                    return await relay.metrics()
+            except OSError:  # a scrape reset: killed?
+                if not memory_cgroup.oom_kills():
+                    raise
+            raise AssertionError(f"OOM-killed (oom_kill {memory_cgroup.oom_kills()})")
+
+        # Every visitor connected or refused, and each connected one's download under way
+        # (the relay has read at least 32 KiB for each), or the relay was killed.
+        while True:
+            s = await state()
+            connected = s.get(settled[0], 0)
+            if connected + s.get(settled[1], 0) == len(visitors) and \
+                    s.get('zt_relay_fallback_bytes_total{direction="to_client"}', 0) >= connected * (32 << 10):
+                break
+            await asyncio.sleep(0.05)
+        s = await state()
+        assert s["zt_relay_memory_bytes"] < MEMORY_LIMIT, s
+        assert await round_trip(healthy, echo, b"still ok" * 3) == b"still ok" * 3
+        assert memory_cgroup.oom_kills() == 0 and relay.proc.returncode is None
+    finally:
+        for v in visitors:
+            v.close()
+        site.close()
+        await healthy.close()
+
+
+@needs_memory_cgroup
+async def test_many_idle_tunnels_do_not_shut_site_visitors_out(start_relay, memory_cgroup):
+    """The tunnels' write-buffer shares reserve a read's worth of replies each (512 KiB):
+    150 idle tunnels leave them no share in 96 MiB. Site admission must not reserve that
+    too, or a few hundred idle tunnels (3 KiB each) would have every visitor refused."""
+    site = Firehose(1000)
+    relay = await start_relay(*LOOPBACK, "--fallback", await site.start(), "--max-connections-per-ip", "1000",
+                              preexec_fn=memory_cgroup.enter)
+    idle = []
+    try:
+        for _ in range(150):
+            idle.append(await Client.connect(relay.port))
+        await relay.wait_metric("zt_relay_tunnels_active", lambda v: v == 150)
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+        assert await asyncio.wait_for(reader.readexactly(1000), 10) == b"d" * 1000
+        writer.close()
+        assert memory_cgroup.oom_kills() == 0
+    finally:
+        for client in idle:
+            await client.close()
+        site.close()
