@@ -133,8 +133,11 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
         ("-d", n, "-p", "tcp", "-m", "multiport", "--dports", f"{layout.apiserver_port},10250,{layout.metrics_server_port}", "-j", "RETURN"),
         ("-d", n, "-p", "udp", "--dport", "53", "-j", "RETURN"),
         ("-d", n, "-p", "tcp", "--dport", "53", "-j", "RETURN"),
-        ("-p", "tcp", "--dport", node_ports, "-j", "RETURN"),
-        ("-p", "udp", "--dport", node_ports, "-j", "RETURN"),
+        # NodePorts: kube-proxy DNATs them in PREROUTING (to a pod: FORWARD); only a hostNetwork
+        # endpoint, the node IP, is delivered here. Without -d, any listener of the machine in
+        # this range (a proxy on 0.0.0.0) would take the cluster's traffic off the machine.
+        ("-d", n, "-p", "tcp", "--dport", node_ports, "-j", "RETURN"),
+        ("-d", n, "-p", "udp", "--dport", node_ports, "-j", "RETURN"),
         ("-p", "icmp", "-j", "RETURN"),
         (*_comment("nothing else on the machine for the cluster"), "-j", "DROP"),
     )
