@@ -165,7 +165,13 @@ def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(bina
     assert chain.hook == "OUTPUT" and chain.matches == (("-m", "cgroup", "--path", cgroups.HOST),)
     links = (*LAYOUT.cluster_links, LAYOUT.sink_host_veth)
     assert chain.rules[-5:-1] == (("-o", "lo", "-j", "RETURN"), *(("-o", link, "-j", "RETURN") for link in links))
-    assert all(r[-1] == "RETURN" for r in chain.rules[:-1])
+    # F26: loopback, but not the machine's resolver there (systemd-resolved, dnsmasq, unbound).
+    assert [r for r in chain.rules if r[-1] == "DROP"][:-1] == [
+        ("-o", "lo", "-p", proto, "--dport", "53", "-m", "comment", "--comment", "zt-relay-e2e: no resolver of the machine", "-j", "DROP")
+        for proto in ("udp", "tcp")
+    ]
+    assert chain.rules.index(("-o", "lo", "-j", "RETURN")) > max(i for i, r in enumerate(chain.rules) if "53" in r)
+    assert all(r[-1] == "RETURN" for r in chain.rules[:-1] if "53" not in r)
     assert chain.rules[-1][-1] == "DROP" and "-o" not in chain.rules[-1] and "-d" not in chain.rules[-1]
 
 

@@ -122,6 +122,10 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
     output = (
         # Counts containerd's dials to the dead registry mirror (configs.DEAD_REGISTRY).
         ("-d", "127.0.0.1", "-p", "tcp", "--dport", "1", *_comment("dials to the dead registry mirror"), "-j", "RETURN"),
+        # The machine's resolver is often on loopback (systemd-resolved 127.0.0.53, dnsmasq,
+        # unbound on ::1) and forwards off the machine; ours is CoreDNS on the node IP.
+        ("-o", "lo", "-p", "udp", "--dport", "53", *_comment("no resolver of the machine"), "-j", "DROP"),
+        ("-o", "lo", "-p", "tcp", "--dport", "53", *_comment("no resolver of the machine"), "-j", "DROP"),
         ("-o", "lo", "-j", "RETURN"),
         *leaves_by_ours,
         (*_comment("the harness's processes never dial out"), "-j", "DROP"),
