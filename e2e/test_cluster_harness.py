@@ -729,3 +729,33 @@ def test_lb_standin_leaves_another_sessions_service_alone_and_counts_its_address
     assert lb.plan([theirs, fresh], POOL, claim_unclassed=False, owner="session-me") == {("ns", "fresh"): "10.250.0.2"}
     assert lb.release_all([theirs], owner="session-me") == {}
     assert lb.release_all([theirs], owner="session-other") == {("ns", "theirs"): None}
+
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "no_proxy")
+
+
+@pytest.mark.parametrize("name", ["etcd", "kube-apiserver", "containerd", "kubelet", "lb-controller"])
+def test_cluster_processes_never_inherit_the_callers_proxy(monkeypatch, tmp_path, name):
+    """F27 (review-harness2): a developer's HTTPS_PROXY=http://127.0.0.1:3128 (a local proxy:
+    cntlm, px, an ssh tunnel) is loopback, which OUTPUT allows; the API server's calls to
+    webhooks and aggregated APIs and containerd's dials would go through it, off the machine."""
+    from e2e.cluster import components, startup
+
+    for var in PROXY_VARIABLES:
+        monkeypatch.setenv(var, "http://127.0.0.1:3128")
+    seen = {}
+
+    def fake_start(proc_name, argv, run_dir, log_dir, env=None, program=None):
+        seen["env"] = env
+        raise SystemExit("captured")
+
+    monkeypatch.setattr(startup.processes, "start", fake_start)
+    monkeypatch.setattr(startup.paths, "bin_dir", lambda: tmp_path / "bin")
+    monkeypatch.setattr(startup.paths, "kubeconfig_path", lambda: tmp_path / "kubeconfig")
+    with pytest.raises(SystemExit, match="captured"):
+        startup.start_component(LAYOUT, configs.StatePaths(tmp_path / "state"), name)
+    env = seen["env"]
+    assert env is not None, f"{name} starts with the caller's whole environment"
+    assert not [var for var in PROXY_VARIABLES if var in env], f"{name} inherits {sorted(set(PROXY_VARIABLES) & set(env))}"
+    assert env.get("PATH") == os.environ["PATH"]
+    assert components.get(name).name == name

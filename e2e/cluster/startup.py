@@ -163,8 +163,21 @@ def _kube_proxy_synced() -> bool:
     return components.BY_NAME["kube-proxy"].ready(None, None) and _kube_forward_jump("iptables")
 
 
+PROXY_VARIABLES = frozenset(
+    name for scheme in ("http", "https", "all", "no", "ftp", "grpc") for name in (f"{scheme}_proxy", f"{scheme.upper()}_PROXY")
+)
+
+
+def cluster_env() -> dict[str, str]:
+    """The environment of every cluster process: the caller's without proxy settings. A
+    developer's local proxy (HTTPS_PROXY=http://127.0.0.1:3128: cntlm, px, an ssh tunnel) is
+    loopback, which the firewall allows, and would carry the API server's calls to webhooks and
+    aggregated APIs, or containerd's dials, off the machine."""
+    return {k: v for k, v in os.environ.items() if k not in PROXY_VARIABLES}
+
+
 def python_env() -> dict[str, str]:
-    env = dict(os.environ)
+    env = cluster_env()
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     env.pop(locks.USERS_FD_ENV, None)
@@ -196,7 +209,7 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
     argv = comp.command(layout, state, paths.bin_dir())
     pid = processes.start(
         name, cgroups.enter_host_argv(argv), state.run, state.logs,
-        env=python_env() if comp.python else None, program=argv[0],
+        env=python_env() if comp.python else cluster_env(), program=argv[0],
     )
     log(f"started {name} (pid {pid})")
 
