@@ -20,7 +20,7 @@ built-in chain, so `down` removes exactly those and nothing else:
   filter INPUT   -> ZTR-E2E-INPUT     (v4, v6; one jump per cluster link) from our links to the
                                       machine itself: only what the cluster needs (API server,
                                       kubelet, DNS and metrics-server on the node IP,
-                                      NodePorts, replies, ICMP); a resolver or proxy of the
+                                      replies, ICMP); a resolver or proxy of the
                                       machine (dnsmasq, unbound on 0.0.0.0) would forward a
                                       pod's query off the machine.
   raw PREROUTING -> ZTR-E2E-IN6       (v6; one jump per cluster link) IPv6 from our links to
@@ -131,17 +131,14 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
         (*_comment("the harness's processes never dial out"), "-j", "DROP"),
     )
     n = layout.node_ip
-    node_ports = "30000:32767"  # configs: --service-node-port-range
     v4_input = (
         ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"),
         ("-d", n, "-p", "tcp", "-m", "multiport", "--dports", f"{layout.apiserver_port},10250,{layout.metrics_server_port}", "-j", "RETURN"),
         ("-d", n, "-p", "udp", "--dport", "53", "-j", "RETURN"),
         ("-d", n, "-p", "tcp", "--dport", "53", "-j", "RETURN"),
-        # NodePorts: kube-proxy DNATs them in PREROUTING (to a pod: FORWARD); only a hostNetwork
-        # endpoint, the node IP, is delivered here. Without -d, any listener of the machine in
-        # this range (a proxy on 0.0.0.0) would take the cluster's traffic off the machine.
-        ("-d", n, "-p", "tcp", "--dport", node_ports, "-j", "RETURN"),
-        ("-d", n, "-p", "udp", "--dport", node_ports, "-j", "RETURN"),
+        # No NodePort range here: kube-proxy DNATs a NodePort in PREROUTING, to a pod (FORWARD)
+        # or to a hostNetwork endpoint's own port; INPUT never needs 30000-32767, and allowing
+        # it let the cluster reach any listener of the machine there (a proxy on 0.0.0.0).
         ("-p", "icmp", "-j", "RETURN"),
         (*_comment("nothing else on the machine for the cluster"), "-j", "DROP"),
     )
