@@ -75,3 +75,63 @@ def test_pod_processes_run_in_the_cgroup_the_pods_output_rule_matches():
     assert pods, f"no pod process under {root / cgroups.PODS}: the rule would match nothing"
     for binary in ("iptables", "ip6tables"):
         assert f"-m cgroup --path {cgroups.PODS} -j ZTR-E2E-PODS-OUT" in " ".join(firewall.listing(binary, "filter"))
+
+
+def _udp_listener(address: str, ports) -> tuple[socket.socket, int]:
+    for port in ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            sock.bind((address, port))
+            return sock, port
+        except OSError:
+            sock.close()
+    raise RuntimeError(f"no free UDP port on {address} among {ports}")
+
+
+def _received(sock: socket.socket, send) -> list:
+    """Datagrams `sock` got while `send()` ran (it returns once its sends are done)."""
+    got = []
+    sock.settimeout(5)
+
+    def listen():
+        try:
+            got.append(sock.recvfrom(512))
+        except TimeoutError:
+            pass  # nothing arrived: what must happen
+
+    thread = threading.Thread(target=listen, daemon=True)
+    thread.start()
+    send()
+    thread.join(6)
+    sock.close()
+    return got
+
+
+def test_a_pod_cannot_reach_a_listener_of_the_machine_in_the_node_port_range(layout, kubectl, namespace, busybox_image, wait_for_pods_ready):  # noqa: F811
+    """F25 (review-harness2). ZTR-E2E-INPUT accepted 30000-32767 on every address of the machine:
+    an owner's proxy there (Plex on 32400, a SOCKS proxy) got the cluster's traffic."""
+    kubectl.apply(workloads.sleeper_pod("asker", busybox_image), namespace=namespace)
+    wait_for_pods_ready(namespace, "app=asker")
+    listener, port = _udp_listener("0.0.0.0", range(32700, 32767))
+
+    def send():
+        for address in ("172.17.0.1", layout.node_ip):
+            kubectl("exec", "-n", namespace, "asker", "--", "sh", "-c",
+                    f"timeout 2 tftp -g -r q -l /dev/null {address} {port}; true", timeout=30)
+
+    got = _received(listener, send)
+    assert not got, f"a host listener on 0.0.0.0:{port} (NodePort range) got a pod's datagram: {got}"
+
+
+def test_a_host_network_pod_cannot_reach_a_resolver_of_the_machine_on_loopback(kubectl, host_network_pod):
+    """F26 (review-harness2). OUTPUT let pods (hostNetwork) and the harness's processes send
+    anything to loopback, where a desktop's resolver listens (systemd-resolved on 127.0.0.53)."""
+    listener, port = _udp_listener("127.0.0.53", [53])
+    pod = host_network_pod
+
+    def send():
+        kubectl("exec", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "--", "sh", "-c",
+                f"timeout 2 tftp -g -r q -l /dev/null 127.0.0.53 {port}; true", timeout=30)
+
+    got = _received(listener, send)
+    assert not got, f"a resolver on 127.0.0.53:53 got a hostNetwork pod's datagram: {got}"
