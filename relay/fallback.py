@@ -136,7 +136,7 @@ class FallbackRouter:
             self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
             return
-        if relay.fd_reserve_short:  # the descriptors left are the tunnels'
+        if relay.fd_reserve_short or relay.site_fds_short:  # the descriptors left are the tunnels' and accept()'s
             self._fail(FILE_DESCRIPTORS, client, "descriptors nearly exhausted (kept for tunnels)")
             transport.close()
             return
@@ -388,6 +388,8 @@ class Sniffer(asyncio.Protocol):
     def _acquire(self) -> bool:
         relay = self.router.relay
         reason = relay.take_slot(self, self.client[0])
+        if reason is None and relay.fds_short:  # as a tunnel would be (server.py admit)
+            reason = stats.FILE_DESCRIPTORS
         if reason is not None:
             self._forget()
             relay.refuse(self, reason)

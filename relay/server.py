@@ -335,16 +335,38 @@ class Relay:
             held = len(os.listdir("/proc/self/fd")) - 1  # the listing's own descriptor
         except OSError:
             held = limits.FDS_BASE
-        self.fd_base = max(0, held - len(self.tunnels) - self.udp_sockets)
+        self.fd_base = max(0, held - self._fds_held())
         return self.fd_base
+
+    def _fds_held(self) -> int:
+        """Descriptors of the connections: tunnels and their UDP sockets, and with --fallback
+        the connections being sniffed (one each) and site connections (two each)."""
+        held = len(self.tunnels) + self.udp_sockets
+        if self.fallback is not None:
+            held += len(self.fallback.sniffers) + 2 * len(self.fallback.splices)
+        return held
+
+    def fds_left(self) -> float:
+        """Descriptors a new connection may still take before the headroom that accept()
+        and health scrapes need (at zero, libuv closes new connections itself, uncounted).
+        Site connections and connections being sniffed count too: they took the last
+        descriptors before. (A connection handed from the sniffer to a tunnel counts twice
+        for that moment: one descriptor on the safe side.)"""
+        base = self.fd_base
+        if base is None:
+            return float("inf")
+        return self.nofile - limits.FD_HEADROOM - base - self._fds_held()
 
     @property
     def fds_short(self) -> bool:
-        """One more tunnel descriptor would eat into the headroom that accept() and health
-        scrapes need (at zero, libuv closes new connections itself, uncounted). Site
-        connections (--fallback) are not counted here: they have FD_RESERVE."""
-        base = self.fd_base
-        return base is not None and base + len(self.tunnels) + self.udp_sockets >= self.nofile - limits.FD_HEADROOM
+        """One more tunnel descriptor would eat into the headroom (``fds_left``)."""
+        return self.fds_left() <= 0
+
+    @property
+    def site_fds_short(self) -> bool:
+        """A new site connection would leave the tunnels fewer than FD_RESERVE descriptors
+        (besides the headroom): site traffic never takes the tunnels' last ones."""
+        return self.fds_left() <= FD_RESERVE
 
     @property
     def fd_reserve_short(self) -> bool:

@@ -403,3 +403,56 @@ async def test_many_idle_tunnels_do_not_shut_site_visitors_out(start_relay, memo
         for client in idle:
             await client.close()
         site.close()
+
+
+async def test_with_a_fallback_site_connections_leave_the_descriptor_headroom_too(start_relay, echo):
+    """Tunnels keep limits.FD_HEADROOM descriptors free, but site connections (two each)
+    and connections still being sniffed were not counted: they took the descriptors up to
+    the last, and libuv then closed new connections itself (uncounted) and reset scrapes."""
+    site = Firehose(5)
+    relay = await start_relay(*LOOPBACK, "--fallback", await site.start(), preexec_fn=nofile(64))
+    visitors, tunnels, refused = [], [], 0
+    try:
+        # Site visitors until refused, then tunnels until refused, then more of both.
+        while len(visitors) < 40:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+            writer.write(b"GET / HTTP/1.1\r\n\r\n")
+            got = await asyncio.wait_for(reader.read(5), 5)
+            if got != b"d" * 5:
+                writer.close()
+                refused += 1
+                break
+            visitors.append(writer)
+        while len(tunnels) < 40:
+            client = await Client.connect(relay.port)
+            client.send(echo.host, echo.port, b"t%03d" % len(tunnels) * 5)
+            try:
+                assert (await client.recv(timeout=2))[2] == b"t%03d" % len(tunnels) * 5
+            except asyncio.TimeoutError:
+                assert await client.closed()
+                await client.close()
+                refused += 1
+                break
+            tunnels.append(client)
+        # Site traffic never takes the tunnels' last descriptors (server.FD_RESERVE: 8, two per tunnel).
+        assert len(visitors) >= 1 and len(tunnels) >= 3, (len(visitors), len(tunnels), "".join(relay.log))
+        # A burst at the ceiling: every one refused and counted (libuv accepts them all in
+        # one go; with no descriptor left it closes the rest itself, uncounted).
+        late = await asyncio.gather(*(Client.connect(relay.port) for _ in range(6)))
+        for client in late:
+            assert await client.closed()
+            await client.close()
+        refused += len(late)
+        samples = await relay.metrics()  # answered, not reset with the refused connections
+        counted = samples.get('zt_relay_connections_refused_total{reason="file_descriptors_exhausted"}', 0) + sum(
+            v for k, v in samples.items() if k.startswith("zt_relay_fallback_connections_total") and "connected" not in k)
+        assert counted >= refused, (refused, samples)
+        assert not relay.logged("Traceback"), "".join(relay.log)
+        for client in tunnels:
+            assert await round_trip(client, echo, b"others ok" * 3) == b"others ok" * 3
+    finally:
+        for writer in visitors:
+            writer.close()
+        for client in tunnels:
+            await client.close()
+        site.close()
