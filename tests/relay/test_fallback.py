@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import struct
 
 import pytest
 
@@ -477,3 +478,66 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def _syn_sent_to(port: int) -> int:
+    """Connections in SYN_SENT toward 127.0.0.1:``port`` (this network namespace)."""
+    count = 0
+    with open("/proc/net/tcp") as f:
+        lines = f.read().splitlines()[1:]
+    for line in lines:
+        fields = line.split()
+        if fields[2] == "0100007F:%04X" % port and fields[3] == "02":
+            count += 1
+    return count
+
+
+async def test_a_backend_that_does_not_answer_the_syn_at_once_still_gets_the_first_flight(start_relay):
+    """The backend's accept queue is full, so its kernel drops the relay's SYN and the
+    connect stays in SYN_SENT (as toward a remote backend): the first flight's send gets
+    EAGAIN and must go once the connect completes. A visitor that resets meanwhile leaves
+    no connection and no descriptor behind."""
+    loop = asyncio.get_running_loop()
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(0)  # holds one connection not yet accepted
+    port = backend.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    relay = await start_relay("--fallback", f"127.0.0.1:{port}")
+    fds = lambda: len(os.listdir(f"/proc/{relay.proc.pid}/fd"))  # noqa: E731
+    baseline = fds()
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
+        writer.write(b"GET /first HTTP/1.1\r\n\r\n")
+        quitter = socket.create_connection(("127.0.0.1", relay.port))
+        quitter.sendall(b"GET /quit HTTP/1.1\r\n\r\n")
+        deadline = loop.time() + 10
+        while _syn_sent_to(port) < 2:  # both dials wait on the full queue
+            assert loop.time() < deadline, _syn_sent_to(port)
+            await asyncio.sleep(0.02)
+        quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        quitter.close()  # a reset while the backend is still being dialed
+        backend.setblocking(False)
+        peers = []
+        for _ in range(3):  # the filler, then the relay's two dials as the queue frees up
+            peer, _ = await asyncio.wait_for(loop.sock_accept(backend), 10)
+            peers.append(peer)
+        requests = set()
+        for peer in peers[1:]:
+            data = await asyncio.wait_for(loop.sock_recv(peer, 100), 5)
+            requests.add(data)
+            if data == b"GET /first HTTP/1.1\r\n\r\n":
+                await loop.sock_sendall(peer, b"HTTP/1.1 200 OK\r\n\r\n")
+        assert requests == {b"GET /first HTTP/1.1\r\n\r\n", b"GET /quit HTTP/1.1\r\n\r\n"}
+        assert await asyncio.wait_for(reader.readexactly(19), 5) == b"HTTP/1.1 200 OK\r\n\r\n"
+        writer.close()
+        for peer in peers:
+            peer.close()
+        assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 0, timeout=10) == 0
+        while fds() > baseline:  # the scrapes' own descriptors close just after them
+            assert loop.time() < deadline + 10, (fds(), baseline)
+            await asyncio.sleep(0.05)
+        assert not relay.logged("Traceback"), "".join(relay.log)
+    finally:
+        filler.close()
+        backend.close()
