@@ -550,6 +550,56 @@ def test_the_api_server_accepts_valid_cidrs_endpoints_and_urls(operator_namespac
     assert other_namespace.returncode == 0, other_namespace.stderr
 
 
+def test_a_relay_stored_before_a_cel_rule_existed_can_still_be_labelled_and_given_a_status(operator_namespace, kubectl,
+                                                                                          wait_for):
+    """An upgrade: a relay whose fallback names its own Service (no namespace) was stored
+    under a schema without the root rule. The API server ratchets an unchanged field, but a
+    rule at the root sees the whole object, which changes with every label and every status
+    write: unless the rule ratchets itself, the operator can't report InvalidSpec on it and
+    nobody can label it (or remove a finalizer)."""
+    ns, name = operator_namespace, "old-loop"
+    current = yaml.safe_load(CRD_FILE.read_text())
+    older = yaml.safe_load(CRD_FILE.read_text())
+    older["spec"]["versions"][0]["schema"]["openAPIV3Schema"].pop("x-kubernetes-validations")
+    own = {"fallback": {"service": name, "port": 443}, "replicas": 0}
+
+    def schema_refuses_own_service(refuses: bool):
+        # A new object (not the stored relay, whose unchanged fallback may ratchet).
+        probe = {"fallback": {"service": "old-loop-probe", "port": 443}}
+        return lambda: (dry_run(kubectl, ns, "old-loop-probe", probe).returncode != 0) == refuses
+
+    try:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(older))
+        wait_for("the schema without the root rule in force", schema_refuses_own_service(False), 60)
+        kubectl.apply({"apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
+                       "metadata": {"name": name, "namespace": ns}, "spec": own})
+    finally:
+        kubectl("apply", "--server-side", "--force-conflicts", "-f", "-", input=json.dumps(current))
+    try:
+        wait_for("the current schema in force", schema_refuses_own_service(True), 60)
+        labelled = kubectl("label", "ztr", name, "-n", ns, "team=edge", check=False)
+        assert labelled.returncode == 0, labelled.stderr
+        status = kubectl("patch", "ztr", name, "-n", ns, "--subresource=status", "--type=merge",
+                         "-p", json.dumps({"status": {"observedGeneration": 0}}), check=False)
+        assert status.returncode == 0, status.stderr
+        edited = kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"replicas": 1}}),
+                         check=False)
+        assert edited.returncode == 0, edited.stderr
+        changed = kubectl("patch", "ztr", name, "-n", ns, "--type=merge",
+                          "-p", json.dumps({"spec": {"fallback": {"port": 444}}}), check=False)
+        assert changed.returncode != 0 and "own Service" in changed.stderr, "an edit of the fallback is checked again"
+
+        def reported():
+            found = relay_json(kubectl, ns, name)
+            degraded = condition(found, "Degraded")
+            return degraded if degraded.get("reason") == "InvalidSpec" and (
+                found["status"].get("observedGeneration") == found["metadata"]["generation"]) else None
+
+        assert "spec.fallback.service" in wait_for("InvalidSpec for the edited generation", reported, 60)["message"]
+    finally:
+        kubectl("delete", "ztr", name, "-n", ns, "--ignore-not-found", "--timeout=60s", check=False)
+
+
 def test_the_operator_serves_its_metrics_and_was_never_denied_by_rbac(relay, kubectl, wait_for):
     kubectl("wait", "--for=condition=Ready", f"ztr/{RELAY}", "-n", relay, "--timeout=180s", timeout=200)
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
