@@ -57,3 +57,11 @@ def test_a_fallback_to_the_relays_own_service_is_refused_naming_the_field(fallba
     found = validation.validate({"fallback": fallback}, "edge", "relays")
     assert len(found) == errors
     assert all(e.startswith("spec.fallback.service: 'edge' is this relay's own Service") for e in found)
+
+
+def test_every_rule_at_the_root_ratchets_itself():
+    """The API server ratchets a rule only while its node is unchanged; the root changes
+    with every label and status write. A root rule without oldSelf would make a relay
+    stored before the rule existed unwritable (e2e: test_a_relay_stored_before_a_cel_rule_...)."""
+    for rule in SCHEMA["x-kubernetes-validations"]:
+        assert rule.get("optionalOldSelf") is True and "oldSelf.hasValue()" in rule["rule"], rule["rule"]
