@@ -150,3 +150,86 @@ async def test_a_watch_that_relists_is_followed_by_a_relist_that_finds_children_
     assert requested == ["relays/r004"]
     assert handlers.CACHE.get("PodDisruptionBudget", "relays", "r004") is None
     assert sorted(c for c in calls if c.startswith("list")) == sorted(f"list {k}" for k in handlers.reconcile.CHILD_KINDS)
+
+
+NAMESPACES = 200
+
+
+@pytest.fixture
+def spread_fleet(monkeypatch):
+    """NAMESPACES relays, one per namespace (a platform's team or site namespaces), their
+    children live and cached; LISTs recorded with their namespace (None: all of them)."""
+    objects: dict[tuple[str, str, str], dict] = {}
+    bodies = {}
+    for i in range(NAMESPACES):
+        body = relay_body(name="edge", namespace=f"team-{i:03d}")
+        body["metadata"]["uid"] = f"uid-{i}"
+        bodies[f"team-{i:03d}/edge"] = body
+        for kind, obj in live_children(body).items():
+            obj["metadata"]["namespace"] = f"team-{i:03d}"
+            objects[kind, f"team-{i:03d}", "edge"] = obj
+    lists: list[tuple[str, str | None]] = []
+    forbidden = {"cluster": False}
+
+    def list_children(kind, namespace, selector):
+        lists.append((kind, namespace))
+        if namespace is None and forbidden["cluster"]:
+            raise kube.KubeError(f"listing {kind}s: 403 forbidden at the cluster scope", "Forbidden", 403)
+        return [copy.deepcopy(o) for (k, ns, _), o in objects.items() if k == kind and namespace in (None, ns)]
+
+    monkeypatch.setattr(kube, "list_children", list_children)
+    cache = children.ChildCache(verify_seconds=handlers.verify_seconds(SETTINGS))
+    for (kind, _, _), obj in objects.items():
+        cache.answer(children.key_of(kind, obj), copy.deepcopy(obj), 0)
+    monkeypatch.setattr(handlers, "CACHE", cache)
+    monkeypatch.setattr(handlers, "_relays", bodies)
+    monkeypatch.setattr(handlers, "METRICS", handlers.metrics.Metrics())
+    monkeypatch.setattr(handlers, "_cluster_lists", True, raising=False)
+    return objects, lists, forbidden
+
+
+def test_relays_spread_over_many_namespaces_cost_a_list_per_child_kind_not_per_namespace(spread_fleet):
+    # One relay in each of 200 namespaces: a LIST per kind and namespace made 1000 LISTs per
+    # resync interval (3.3 requests/s at 300 s: over the 2 requests/s budget, and more than
+    # the GET per child it replaced). Cluster-wide (the operator's default) a LIST per kind
+    # covers every namespace.
+    objects, lists, _ = spread_fleet
+    del objects["PodDisruptionBudget", "team-117", "edge"]  # deleted while the watch was away
+    assert handlers.relist_children() == {"team-117/edge"}
+    assert sorted(lists) == sorted((kind, None) for kind in handlers.reconcile.CHILD_KINDS)
+    assert handlers.CACHE.get("PodDisruptionBudget", "team-117", "edge") is None
+    assert handlers.CACHE.verified("Deployment", "team-042", "edge")
+
+
+def test_an_operator_limited_to_its_namespaces_lists_each_of_them_once_refused_at_the_cluster_scope(spread_fleet):
+    # Namespaced mode (chart: operator.watchNamespaces): Roles only, so the cluster-wide
+    # LIST is refused; the operator falls back to its namespaces, remembers it (one refusal
+    # per process, not one per interval), and counts no error.
+    objects, lists, forbidden = spread_fleet
+    forbidden["cluster"] = True
+    del objects["Service", "team-003", "edge"]
+    assert handlers.relist_children() == {"team-003/edge"}
+    lists.clear()
+    assert handlers.relist_children() == set()
+    assert sorted(lists) == sorted((kind, f"team-{i:03d}") for kind in handlers.reconcile.CHILD_KINDS
+                                   for i in range(NAMESPACES))
+    assert "Forbidden" not in handlers.METRICS.render()
+
+
+def test_a_list_in_every_namespace_uses_the_kinds_all_namespaces_call(monkeypatch):
+    import io
+
+    import urllib3
+
+    seen = []
+
+    class Typed:
+        def list_pod_disruption_budget_for_all_namespaces(self, **kwargs):
+            seen.append(kwargs["label_selector"])
+            body = b'{"apiVersion": "policy/v1", "items": [{"metadata": {"name": "edge", "namespace": "a"}}]}'
+            return urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=False)
+
+    monkeypatch.setattr(kube, "_typed", lambda api_class: Typed())
+    (found,) = kube.list_children("PodDisruptionBudget", None, "app.kubernetes.io/managed-by=x")
+    assert seen == ["app.kubernetes.io/managed-by=x"]
+    assert found["kind"] == "PodDisruptionBudget" and found["metadata"]["namespace"] == "a"
