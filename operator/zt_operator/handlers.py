@@ -132,22 +132,53 @@ async def _resync(interval: float) -> None:
                 _runner.request(key)
 
 
+_cluster_lists = True
+"""Whether a relist may LIST a kind in every namespace at once; False once the API server
+refused it (an operator limited to its namespaces holds Roles only)."""
+
+
+def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str, list[dict[str, Any]]]:
+    """The ``kind`` children of ``namespaces`` by namespace: one LIST in every namespace
+    when they are several and that is allowed, else one per namespace. A namespace whose
+    LIST failed is missing from the answer (counted and logged)."""
+    global _cluster_lists
+    if _cluster_lists and len(namespaces) > 1:
+        try:
+            everywhere = kube.list_children(kind, None, selector)
+        except kube.KubeError as exc:
+            if exc.status != 403:
+                METRICS.api_error(exc.reason)
+                log.warning("relist of %ss: %s (%s)", kind, exc, exc.reason)
+                return {}
+            _cluster_lists = False  # expected with --namespace and Roles: not an error
+            log.info("listing %ss in every namespace is not allowed; listing each namespace instead", kind)
+        else:
+            found: dict[str, list[dict[str, Any]]] = {namespace: [] for namespace in namespaces}
+            for obj in everywhere:
+                found.get(obj["metadata"].get("namespace"), []).append(obj)
+            return found
+    found = {}
+    for namespace in namespaces:
+        try:
+            found[namespace] = kube.list_children(kind, namespace, selector)
+        except kube.KubeError as exc:
+            METRICS.api_error(exc.reason)
+            log.warning("relist of %ss in %s: %s (%s)", kind, namespace, exc, exc.reason)
+    return found
+
+
 def relist_children() -> set[str]:
-    """LIST each child kind in each namespace that has relays, bring the cache in line
-    with it, and return the keys of relays whose children were gone (to reconcile). A
-    failed LIST is counted and skipped: the children stay cached, unconfirmed, so the
-    relays' next passes read them one by one."""
+    """LIST each child kind in the namespaces that have relays (one LIST per kind when the
+    operator watches every namespace, so the cost does not grow with the namespaces), bring
+    the cache in line with it, and return the keys of relays whose children were gone (to
+    reconcile). A failed LIST is counted and skipped: the children stay cached,
+    unconfirmed, so the relays' next passes read them one by one."""
     selector = ",".join(f"{k}={v}" for k, v in CHILD_LABELS.items())
     gone: set[str] = set()
-    for namespace in sorted({key.partition("/")[0] for key in list(_relays)}):
-        for kind in reconcile.CHILD_KINDS:
-            mark = CACHE.mark()
-            try:
-                listed = kube.list_children(kind, namespace, selector)
-            except kube.KubeError as exc:
-                METRICS.api_error(exc.reason)
-                log.warning("relist of %ss in %s: %s (%s)", kind, namespace, exc, exc.reason)
-                continue
+    namespaces = sorted({key.partition("/")[0] for key in list(_relays)})
+    for kind in reconcile.CHILD_KINDS:
+        mark = CACHE.mark()
+        for namespace, listed in _list_children(kind, namespaces, selector).items():
             gone |= {_key(namespace, name) for name in CACHE.sync(kind, namespace, listed, mark)}
     return gone
 

@@ -178,9 +178,15 @@ def delete(kind: str, namespace: str, name: str) -> bool:
     return True
 
 
-def list_children(kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-    """The objects of child ``kind`` in ``namespace`` matching ``selector`` (the relist)."""
-    listed = call_json(f"listing {kind}s", _method(kind, "list"), namespace, label_selector=selector,
+def list_children(kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+    """The objects of child ``kind`` in ``namespace`` (None: in every namespace) matching
+    ``selector`` (the relist)."""
+    if namespace is None:
+        api_class, suffix = _KINDS[kind]
+        method, args = getattr(_typed(api_class), f"list_{suffix}_for_all_namespaces"), ()
+    else:
+        method, args = _method(kind, "list"), (namespace,)
+    listed = call_json(f"listing {kind}s", method, *args, label_selector=selector,
                        _preload_content=False, _request_timeout=TIMEOUT)
     # A list's items carry no kind or apiVersion; the watch's objects do.
     return [dict(item, kind=kind, apiVersion=listed.get("apiVersion")) for item in listed.get("items") or []]
