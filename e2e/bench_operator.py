@@ -56,6 +56,9 @@ def operator_requests(kubectl, flow_schema: str) -> float:
     """Requests the API server has dispatched for the operator's ServiceAccount so far."""
     text = kubectl("get", "--raw", "/metrics", timeout=60).stdout
     found = samples(text, "apiserver_flowcontrol_dispatched_requests_total", flow_schema=flow_schema)
+    # No series: the FlowSchema matched none of the operator's requests (which made many to
+    # reconcile the fleet), so a 0 here would be a count of nothing, passing any target.
+    assert found, f"the API server counted no request under FlowSchema {flow_schema}: it does not match the operator"
     return sum(value for value, _ in found)
 
 
