@@ -233,3 +233,16 @@ def test_a_list_in_every_namespace_uses_the_kinds_all_namespaces_call(monkeypatc
     (found,) = kube.list_children("PodDisruptionBudget", None, "app.kubernetes.io/managed-by=x")
     assert seen == ["app.kubernetes.io/managed-by=x"]
     assert found["kind"] == "PodDisruptionBudget" and found["metadata"]["namespace"] == "a"
+
+
+def test_the_relist_names_the_relay_of_a_child_modified_while_its_watch_was_away(fleet):
+    # A child edited (not deleted) while its watch was away sent no MODIFIED event: the
+    # relist sees its newer version, and its relay is reconciled now (repairing the edit),
+    # not at its next resync pass up to an interval later.
+    now, objects, bodies, calls = fleet
+    edited = objects["Deployment", "relays", "r012"]
+    edited["metadata"]["resourceVersion"] = "900"
+    edited["spec"]["template"]["spec"]["containers"][0]["image"] = "attacker/relay:evil"
+    assert handlers.relist_children() == {"relays/r012"}
+    assert handlers.CACHE.get("Deployment", "relays", "r012")["metadata"]["resourceVersion"] == "900"
+    assert handlers.relist_children() == set()  # seen once: nothing new the next time
