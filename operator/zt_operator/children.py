@@ -65,22 +65,26 @@ class ChildCache:
         """Make the cached ``kind`` children of ``namespace`` what a LIST started at ``mark``
         found: listed ones are confirmed, cached ones it did not find are dropped (deleted
         while the watch was away). Children the watch changed since ``mark`` are left as
-        the watch has them (newer than the LIST). Returns the names of those dropped."""
+        the watch has them (newer than the LIST). Returns the names of those dropped, and of
+        those the LIST found changed (edited while the watch was away: no event came)."""
         names = {obj["metadata"]["name"]: obj for obj in listed}
-        dropped: set[str] = set()
+        stale: set[str] = set()
         with self._lock:
             now = self._clock()
             for key in [k for k in self._objects if k[0] == kind and k[1] == namespace and k[2] not in names]:
                 if self._changed.get(key, 0) <= mark:
                     self._drop(key)
-                    dropped.add(key[2])
+                    stale.add(key[2])
             for name, obj in names.items():
                 key = (kind, namespace, name)
                 if self._changed.get(key, 0) > mark:
                     continue
+                known = self._objects.get(key)
                 if self._put(key, obj):
                     self._verified[key] = now
-        return dropped
+                    if known is not None and _newer(obj, known):
+                        stale.add(name)
+        return stale
 
     def _put(self, key: Key, obj: dict[str, Any]) -> bool:
         known = self._objects.get(key)

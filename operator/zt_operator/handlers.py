@@ -170,8 +170,8 @@ def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str,
 def relist_children() -> set[str]:
     """LIST each child kind in the namespaces that have relays (one LIST per kind when the
     operator watches every namespace, so the cost does not grow with the namespaces), bring
-    the cache in line with it, and return the keys of relays whose children were gone (to
-    reconcile). A failed LIST is counted and skipped: the children stay cached,
+    the cache in line with it, and return the keys of relays whose children were gone or
+    changed without a watch event (to reconcile). A failed LIST is counted and skipped: the children stay cached,
     unconfirmed, so the relays' next passes read them one by one."""
     selector = ",".join(f"{k}={v}" for k, v in CHILD_LABELS.items())
     gone: set[str] = set()
