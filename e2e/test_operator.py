@@ -538,7 +538,8 @@ def test_the_api_server_refuses_an_invalid_relay_with_a_message_naming_the_field
 
 def test_the_api_server_accepts_valid_cidrs_endpoints_and_urls(operator_namespace, kubectl):
     accepted = dry_run(kubectl, operator_namespace, "cel-valid", {
-        "relay": {"allowDestinations": ["10.0.0.0/8", "2001:DB8::/32", "198.18.0.0/15"],
+        # A bare address is one host, as the relay reads it (and the operator accepted it before CEL).
+        "relay": {"allowDestinations": ["10.0.0.0/8", "2001:DB8::/32", "198.18.0.0/15", "198.18.0.5", "2001:db8::5"],
                   "denyDestinations": ["fd00::/8"], "legacyTarget": "[2001:db8::1]:9993"},
         "service": {"loadBalancerSourceRanges": ["198.18.0.0/16"]},
         "fallback": {"address": "site.example:443"},
