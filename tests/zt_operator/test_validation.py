@@ -65,3 +65,11 @@ def test_every_rule_at_the_root_ratchets_itself():
     stored before the rule existed unwritable (e2e: test_a_relay_stored_before_a_cel_rule_...)."""
     for rule in SCHEMA["x-kubernetes-validations"]:
         assert rule.get("optionalOldSelf") is True and "oldSelf.hasValue()" in rule["rule"], rule["rule"]
+
+
+@pytest.mark.parametrize("field", ["allowDestinations", "denyDestinations"])
+def test_relay_destinations_take_a_bare_address_as_the_relay_does(field):
+    # relay.filters.parse_cidr reads "198.18.0.5" as one host, and the operator's checks
+    # before CEL accepted it; a Service's loadBalancerSourceRanges does not (CIDRs only).
+    assert "isIP(self)" in rules(SPEC["relay"]["properties"][field]["items"])
+    assert "isIP(self)" not in rules(SPEC["service"]["properties"]["loadBalancerSourceRanges"]["items"])
