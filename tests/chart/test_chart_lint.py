@@ -23,3 +23,11 @@ def test_helm_unittest_suites_pass(helm):
     assert result.returncode == 0, result.stdout + result.stderr
     summary = re.search(r"Tests:\s+(\d+) passed, (\d+) total", result.stdout)
     assert summary and summary[1] == summary[2] and int(summary[1]) > 0, result.stdout
+
+
+def test_the_chart_refuses_a_cluster_too_old_for_the_crds_cel_rules(helm):
+    # isCIDR/isIP (CEL IP and CIDR library) are accepted in new CRD rules from Kubernetes
+    # 1.31; on 1.30 the chart installed and the CRD failed with "undeclared reference".
+    old = helm("template", "x", str(CHART), "--kube-version", "1.30.4", check=False)
+    assert old.returncode != 0 and "kubeVersion" in old.stderr, old.stderr
+    assert helm("template", "x", str(CHART), "--kube-version", "1.31.0", check=False).returncode == 0
