@@ -20,6 +20,7 @@ import pytest
 
 from e2e import workloads
 from e2e.cluster import cgroups, configs, firewall, network
+from e2e.cluster.layout import ESCAPE_NETNS_PREFIX
 
 OUTSIDE4_NET, OUTSIDE4 = "198.18.0.0/15", "198.18.0.77"
 OUTSIDE6_NET, OUTSIDE6 = "2001:2::/48", "2001:2::77"
@@ -84,7 +85,7 @@ class Escape:
         return counts[0], counts[1]
 
 
-ESCAPE_LINK_PREFIX = "zxo"
+ESCAPE_LINK_PREFIX = "ztr-x"  # layout.ESCAPE_LINK: ours, so `down` removes what a killed run left
 
 
 def _routed_outside_subnets() -> set[str]:
@@ -99,7 +100,7 @@ def escape(outside):
     could not add it, and one run's cleanup would delete the other's) by a link of its own;
     the links' routes go with them."""
     tag = uuid.uuid4().hex[:6]
-    netns, link = f"zxo-{tag}", f"{ESCAPE_LINK_PREFIX}{tag}"
+    netns, link = f"{ESCAPE_NETNS_PREFIX}{tag}", f"{ESCAPE_LINK_PREFIX}{tag}"
     slot = int(tag, 16)
     network.sh("ip", "netns", "add", netns)
     try:

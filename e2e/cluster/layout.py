@@ -16,6 +16,10 @@ interface can carry this marker; the earlier marker `ztr` (no dash) matched abou
 ZeroTier network in 32 (5dfbd3d12c4a3698 is `ztrtlztz5u`)."""
 TEST_HOST_VETH = re.compile(r"ztr-th\d{1,3}")
 """A test host's veth on the host side: `ztr-th` + the last octet of its address."""
+ESCAPE_LINK = re.compile(r"ztr-x[0-9a-f]{6}")
+"""The egress tests' second way out (test_cluster_egress `escape`), one per run: a veth into a
+namespace `ztr-x-<tag>` counting what arrives. A run killed mid-test leaves both: ours to remove."""
+ESCAPE_NETNS_PREFIX = "ztr-x-"
 LEGACY_TEST_HOST_VETH = re.compile(r"ztrh\d{1,3}")
 """The same veth as named by the harness before the dash (4 to 7 characters: a ZeroTier tap
 name always has 10). `down` still removes these (a link never outlives the boot)."""
@@ -98,10 +102,10 @@ class Layout:
 
     def is_own_link(self, name: str) -> bool:
         """Exact names only: a link merely starting like ours is someone else's."""
-        return name in self.own_links or TEST_HOST_VETH.fullmatch(name) is not None
+        return name in self.own_links or TEST_HOST_VETH.fullmatch(name) is not None or ESCAPE_LINK.fullmatch(name) is not None
 
     def is_own_netns(self, name: str) -> bool:
-        return name == self.sink_netns or name.startswith(self.test_host_netns_prefix)
+        return name == self.sink_netns or name.startswith((self.test_host_netns_prefix, ESCAPE_NETNS_PREFIX))
 
     def lb_addresses(self) -> list[str]:
         return [str(ip) for ip in ipaddress.ip_network(self.lb_pool).hosts()]

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.cluster.layout import LEGACY_TEST_HOST_VETH, MARKER, TEST_HOST_VETH, Layout
+from e2e.cluster.layout import ESCAPE_LINK, ESCAPE_NETNS_PREFIX, LEGACY_TEST_HOST_VETH, MARKER, TEST_HOST_VETH, Layout
 
 NETNS_DIR = Path("/var/run/netns")
 NETNS_ETC = Path("/etc/netns")
@@ -271,10 +271,11 @@ def list_netns(prefix: str) -> list[str]:
 
 def teardown(layout: Layout) -> None:
     """Remove everything `setup_safety` and `create_test_host` made, and the CNI bridge."""
-    for ns in list_netns(layout.test_host_netns_prefix):
+    for ns in list_netns(layout.test_host_netns_prefix) + list_netns(ESCAPE_NETNS_PREFIX):
         delete_netns(ns)
-    # Test-host veths whose namespace is already gone, or still being torn down.
-    for veth in test_host_veths():
+    # Test-host veths whose namespace is already gone, or still being torn down; the escapes
+    # of egress tests a killed run never finished (their routes go with them).
+    for veth in test_host_veths() + [link["ifname"] for link in _links() if ESCAPE_LINK.fullmatch(link["ifname"])]:
         sh("ip", "link", "del", veth, check=False)
     for link in (layout.hosts_bridge, layout.cni_bridge, layout.sink_host_veth, layout.node_interface):
         if _link_exists(link):

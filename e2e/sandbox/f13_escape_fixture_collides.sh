@@ -14,7 +14,7 @@ $PY - <<PYEOF
 import sys
 from e2e import test_cluster_egress as eg
 escape = getattr(eg.escape, "__wrapped__", None) or eg.escape.__pytest_wrapped__.obj
-first = escape(outside=None); first_link = next(first).netns.replace("zxo-", "zxo")
+first = escape(outside=None); first_link = next(first).netns.replace(eg.ESCAPE_NETNS_PREFIX, eg.ESCAPE_LINK_PREFIX)
 print("run A: escape up")
 second = escape(outside=None)
 try:
