@@ -218,6 +218,29 @@ def _relist_soon() -> None:
     _relist_timer = loop.call_later(RELIST_DELAY, start)
 
 
+CRD_RETRY_SECONDS = 5.0
+"""First delay before the CRD upgrade is tried again after a failure (doubling, at most 60 s)."""
+
+
+async def _ensure_crd(logger: logging.Logger) -> bool:
+    try:
+        logger.info("%s", await asyncio.to_thread(crd.ensure, kube.get_crd, kube.apply_crd))
+        return True
+    except kube.KubeError as exc:
+        METRICS.api_error(exc.reason)
+        logger.warning("could not bring the ZeroTierRelay CRD up to date: %s; retrying", exc)
+        return False
+
+
+async def _ensure_crd_until_done(logger: logging.Logger) -> None:
+    delay = CRD_RETRY_SECONDS
+    while True:
+        await asyncio.sleep(delay)
+        if await _ensure_crd(logger):
+            return
+        delay = min(2 * delay, 60.0)
+
+
 @kopf.on.startup()
 async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_: Any) -> None:
     global _runner
@@ -247,11 +270,10 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     # timeouts), and retry often enough to be back within 10 s of the API's return.
     settings.networking.error_backoffs = (1, 2, 3) + (5,) * 30
     await asyncio.to_thread(kube.login)
-    try:
-        logger.info("%s", await asyncio.to_thread(crd.ensure, kube.get_crd, kube.apply_crd))
-    except kube.KubeError as exc:  # the relays still get reconciled with the schema there is
-        METRICS.api_error(exc.reason)
-        logger.warning("could not bring the ZeroTierRelay CRD up to date: %s", exc)
+    if not await _ensure_crd(logger):
+        # The relays still get reconciled with the schema there is; the CRD is retried (an
+        # operator started mid-outage must not leave the old schema pruning new fields).
+        _tasks.append(asyncio.create_task(_ensure_crd_until_done(logger)))
     _runner = runner.Runner(_work)
     _tasks.append(asyncio.create_task(_resync(SETTINGS.resync_seconds)))
     _tasks.append(asyncio.create_task(_relist(SETTINGS.resync_seconds)))
