@@ -34,10 +34,11 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 _TCP_CLOSE = 7
 
 
-def configure_stream(sock) -> None:
+def configure_stream(sock, send_buffer: int | None = None) -> None:
     """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
     dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
-    (the kernel gives up on a client that acknowledges nothing, zero window included).
+    (the kernel gives up on a client that acknowledges nothing, zero window included);
+    ``send_buffer``: SO_SNDBUF (the kernel holds twice that), else autotuned.
 
     ``sock`` may be a transport's pseudo-socket, whose every call builds a socket object
     (a getsockname syscall each): one object is built here for all six options."""
@@ -49,6 +50,8 @@ def configure_stream(sock) -> None:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
+        if send_buffer is not None:  # a fixed size: no autotuning up to tcp_wmem's 4 MiB
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
     finally:
         s.detach()  # the descriptor stays the transport's
 

@@ -456,3 +456,36 @@ async def test_with_a_fallback_site_connections_leave_the_descriptor_headroom_to
         for client in tunnels:
             await client.close()
         site.close()
+
+
+@needs_memory_cgroup
+async def test_stuck_tunnels_kernel_send_buffers_stay_small_under_a_budget(start_relay, echo, memory_cgroup):
+    """The kernel's send buffer of a tunnel whose client stops reading (with a normal,
+    autotuned receive buffer) grows to tcp_wmem's 4 MiB. cgroup v2 charges it to the pod
+    (``sock``): 30 such tunnels from one address held 121.5 MiB of socket memory beside
+    an 18 MiB working set, past a 96 MiB budget the relay never saw (v1 charges it only to
+    memory.kmem.tcp, turned on here to measure it)."""
+    if memory_cgroup.version != 1:
+        pytest.skip("measures socket memory through v1's memory.kmem.tcp")
+    tcp_usage = memory_cgroup.path / "memory.kmem.tcp.usage_in_bytes"
+    (memory_cgroup.path / "memory.kmem.tcp.limit_in_bytes").write_text(str(8 << 30))  # accounting on
+    relay = await start_relay(*LOOPBACK, preexec_fn=memory_cgroup.enter)
+    flood = Flood()
+    stuck = []
+    try:
+        for _ in range(30):
+            client = socket.socket()
+            client.connect(("127.0.0.1", relay.port))  # default (autotuned) receive buffer, never read
+            client.sendall(protocol.encode_hello(1, 14, 2) + protocol.encode_packet("127.0.0.1", flood.port, b"p" * 20))
+            stuck.append(client)
+        await flood.pour(flood.sources(len(stuck)), 60)
+        # Until the relay has filled what the kernel takes and its own buffers overflow.
+        await relay.wait_metric('zt_relay_dropped_total{reason="write_buffer_full"}', lambda v: v > 0)
+        samples = await relay.metrics()
+        held = samples["zt_relay_memory_bytes"] + int(tcp_usage.read_text())
+        assert held < 0.9 * MEMORY_LIMIT, f"{held / 2**20:.1f} MiB with the socket memory v2 charges"
+        assert memory_cgroup.oom_kills() == 0
+    finally:
+        for client in stuck:
+            client.close()
+        flood.close()
