@@ -526,12 +526,13 @@ class Relay:
     def site_room(self) -> bool:
         """Whether the memory room of the last sample holds the worst case of every site
         connection and one more (always, without a budget): both write buffers at their
-        share and a read past each. The tunnels' worst case is not reserved here (an idle
+        share and a read past each, and the kernel's two fixed socket buffers. The tunnels' worst case is not reserved here (an idle
         one costs ~3 KiB, and a few hundred of them would leave no room for any visitor):
         what they use is in the sample, and their own shares shrink with the visitors'."""
         if self.memory is None or self.fallback is None:
             return True
-        worst = 2 * (self.site_high + splice_mod.READ_SIZE)
+        kernel = 4 * self.fallback.socket_buffer  # the kernel holds twice each fixed buffer
+        worst = 2 * (self.site_high + splice_mod.READ_SIZE) + kernel
         return (len(self.fallback.splices) + 1) * worst <= self.write_room
 
     def apply_write_share(self) -> None:

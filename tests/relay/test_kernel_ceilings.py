@@ -489,3 +489,41 @@ async def test_stuck_tunnels_kernel_send_buffers_stay_small_under_a_budget(start
         for client in stuck:
             client.close()
         flood.close()
+
+
+@needs_memory_cgroup
+async def test_stalled_site_downloads_kernel_buffers_stay_within_the_budget(start_relay, memory_cgroup):
+    """What a stalled download leaves in the kernel: autotuned, the relay's send buffer
+    toward the visitor grew to ~4 MiB, and 60 visitors from one address held 236 MiB of
+    socket memory beside an 18 MiB working set: past a 96 MiB budget once cgroup v2
+    charges it (v1 charges it only to memory.kmem.tcp, turned on here to measure it)."""
+    if memory_cgroup.version != 1:
+        pytest.skip("measures socket memory through v1's memory.kmem.tcp")
+    tcp_usage = memory_cgroup.path / "memory.kmem.tcp.usage_in_bytes"
+    (memory_cgroup.path / "memory.kmem.tcp.limit_in_bytes").write_text(str(8 << 30))  # accounting on
+    site = Firehose(4 << 20)
+    relay = await start_relay(*LOOPBACK, "--fallback", await site.start(), preexec_fn=memory_cgroup.enter)
+    visitors = []
+    try:
+        for _ in range(60):
+            v = socket.socket()
+            v.connect(("127.0.0.1", relay.port))  # default (autotuned) receive buffer, never read
+            v.sendall(b"GET /big HTTP/1.1\r\nHost: site\r\n\r\n")
+            visitors.append(v)
+        counted = 'zt_relay_fallback_connections_total{result="connected"}', 'zt_relay_fallback_connections_total{result="memory_pressure"}'
+        deadline = asyncio.get_running_loop().time() + 20
+        while True:  # every visitor admitted or refused, and each admitted one's download under way
+            s = await relay.metrics()
+            connected = s.get(counted[0], 0)
+            if connected + s.get(counted[1], 0) == len(visitors) and \
+                    s.get('zt_relay_fallback_bytes_total{direction="to_client"}', 0) >= connected * (256 << 10):
+                break
+            assert asyncio.get_running_loop().time() < deadline, s
+            await asyncio.sleep(0.05)
+        held = s["zt_relay_memory_bytes"] + int(tcp_usage.read_text())
+        assert held < 0.9 * MEMORY_LIMIT, f"{held / 2**20:.1f} MiB with the socket memory v2 charges ({connected:.0f} visitors)"
+        assert memory_cgroup.oom_kills() == 0
+    finally:
+        for v in visitors:
+            v.close()
+        site.close()
