@@ -2,7 +2,8 @@
 
 Made by the lifecycle test before `down`/`up` and checked after each: a network namespace
 named like a CNI pod namespace (`cni-decoy`), a chain named like Kubernetes' (`KUBE-DECOY`,
-IPv4 and IPv6, with a rule and a jump to it), a sleeping process in a `kubepods` cgroup
+IPv4 and IPv6, with a rule and a jump to it), an ipset named like kube-router's
+(`KUBE-DECOY`, with a member), a sleeping process in a `kubepods` cgroup
 that is not the harness's (as another kubelet would have it), and a link named as ZeroTier
 names the tap of network 5dfbd3d12c4a3698 (`ztrtlztz5u`: the harness's marker once was `ztr`).
 """
@@ -13,6 +14,8 @@ from pathlib import Path
 
 NETNS = "cni-decoy"
 CHAIN = "KUBE-DECOY"
+IPSET = "KUBE-SRC-DECOY"
+IPSET_MEMBER = "198.18.0.7"
 CGROUP = Path("/sys/fs/cgroup/pids/kubepods/zt-decoy")
 ZEROTIER_TAP = "ztrtlztz5u"
 
@@ -34,6 +37,8 @@ class Decoys:
         for binary in ("iptables", "ip6tables"):
             rules = subprocess.run([binary, "-w", "5", "-S"], capture_output=True, text=True).stdout.splitlines()
             result[f"{binary} {CHAIN}"] = f"-N {CHAIN}" in rules and f"-A {CHAIN} -j RETURN" in rules and f"-A INPUT -j {CHAIN}" in rules
+        members = subprocess.run(["ipset", "list", IPSET], capture_output=True, text=True).stdout.split()
+        result[f"ipset {IPSET}"] = IPSET_MEMBER in members
         return result
 
 
@@ -50,6 +55,8 @@ def create() -> Decoys:
         _run(binary, "-w", "5", "-N", CHAIN)
         _run(binary, "-w", "5", "-A", CHAIN, "-j", "RETURN")
         _run(binary, "-w", "5", "-A", "INPUT", "-j", CHAIN)
+    _run("ipset", "create", IPSET, "hash:ip")
+    _run("ipset", "add", IPSET, IPSET_MEMBER)
     CGROUP.mkdir(parents=True, exist_ok=True)
     decoys.sleeper = subprocess.Popen(["sleep", "3600"])
     (CGROUP / "cgroup.procs").write_text(str(decoys.sleeper.pid))
@@ -67,6 +74,7 @@ def remove(decoys: Decoys | None = None) -> None:
             pass
         subprocess.run([binary, "-w", "5", "-F", CHAIN], capture_output=True)
         subprocess.run([binary, "-w", "5", "-X", CHAIN], capture_output=True)
+    subprocess.run(["ipset", "destroy", IPSET], capture_output=True)
     for d in (CGROUP, CGROUP.parent):
         try:
             d.rmdir()

@@ -320,6 +320,60 @@ def test_kube_chain_cleanup_takes_the_kubelets_exact_chains_and_never_a_lookalik
     assert not any("KUBE-DECOY" in c for cmd in cmds for c in cmd)
 
 
+KUBE_ROUTER_S = """\
+-P INPUT ACCEPT
+-N KUBE-ROUTER-INPUT
+-N KUBE-ROUTER-FORWARD
+-N KUBE-POD-FW-ABCDEFGHIJKLMNOP
+-N KUBE-NWPLCY-DEFAULT
+-N KUBE-ROUTERS-DECOY
+-A INPUT -m comment --comment "kube-router netpol - 4IA2OSFRMVNDXBVV" -j KUBE-ROUTER-INPUT
+-A FORWARD -m comment --comment "kube-router netpol - TEMCG2JMHZYE7H7T" -j KUBE-ROUTER-FORWARD
+-A FORWARD -j KUBE-ROUTERS-DECOY
+-A KUBE-ROUTER-FORWARD -d 10.244.0.5/32 -j KUBE-POD-FW-ABCDEFGHIJKLMNOP
+""".splitlines()
+
+
+def test_kube_routers_chains_are_cleaned_by_their_names_and_a_lookalike_is_not():
+    cmds = firewall.cleanup_commands(KUBE_ROUTER_S, firewall.kube_chain)
+    assert ["-D", "INPUT", "-m", "comment", "--comment", "kube-router netpol - 4IA2OSFRMVNDXBVV", "-j", "KUBE-ROUTER-INPUT"] in cmds
+    assert {c[1] for c in cmds if c[0] == "-X"} == {
+        "KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-POD-FW-ABCDEFGHIJKLMNOP", "KUBE-NWPLCY-DEFAULT",
+    }
+    assert not any("KUBE-ROUTERS-DECOY" in c for cmd in cmds for c in cmd)
+
+
+def test_kube_routers_ipsets_are_recognised_by_their_exact_pattern_only():
+    from e2e.cluster import ipsets
+
+    assert ipsets.kube_router_set("KUBE-SRC-FVYRMQVXE2YEIALC")
+    assert ipsets.kube_router_set("KUBE-DST-FVYRMQVXE2YEIALC")
+    assert ipsets.kube_router_set("TMP-FVYRMQVXE2YEIALC")
+    for other in ("KUBE-SRC-decoy", "KUBE-DST-FVYRMQVXE2YEIALCX", "TMP-mine", "KUBE-CLUSTER-IP", "inet6:KUBE-SRC-FVYRMQVXE2YEIALC"):
+        assert not ipsets.kube_router_set(other), other
+
+
+def test_every_no_egress_drop_is_repeated_in_the_security_table_after_any_filter_accept():
+    """kube-router's ACCEPTs in filter end that table before our chains; the security table's
+    guard still sees those packets."""
+    chains = firewall.chains(LAYOUT, "zt-relay-e2e-host")
+    filters = {(c.binary, c.name): c for c in chains if c.table == "filter"}
+    guards = {(c.binary, c.name): c for c in chains if c.table == "security"}
+    assert set(guards) == set(filters)
+    for key, guard in guards.items():
+        drops = [r for r in filters[key].rules if r[-1] == "DROP"]
+        assert [r for r in guard.rules if r[-1] == "DROP"] == drops, key
+        assert (guard.hook, guard.match) == (filters[key].hook, filters[key].match)
+        assert not any("TEE" in r or r[-1] == "ACCEPT" for r in guard.rules), key
+
+
+def test_kube_router_runs_the_network_policy_controller_only_for_our_node():
+    argv = configs.kube_router_command(LAYOUT, STATE, Path("/bin"))
+    assert {"--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-ipv6=false"} <= set(argv)
+    assert f"--hostname-override={LAYOUT.node_name}" in argv
+    assert f"--service-cluster-ip-range={LAYOUT.service_cidr}" in argv
+
+
 def _members(archive: bytes) -> dict[str, bytes]:
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         return {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
@@ -559,7 +613,9 @@ def test_wait_for_that_times_out_fails_with_the_last_value_it_saw():
 def test_the_bin_dir_key_covers_every_pinned_version_and_a_tool_dir_only_its_own():
     from e2e.cluster import paths, versions
 
-    assert set(versions.PINNED) == {"kubernetes", "etcd", "coredns", "metrics-server", "helm", "kubeconform", "helm-unittest"}
+    assert set(versions.PINNED) == {
+        "kubernetes", "etcd", "coredns", "metrics-server", "helm", "kubeconform", "helm-unittest", "kube-router",
+    }
     assert set(build.commands_by_tool()) == set(versions.PINNED)
     base = paths.bin_key()
     for tool in versions.PINNED:

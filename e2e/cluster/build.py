@@ -11,7 +11,8 @@ Each tool builds into its own cache dir keyed by its own version (`paths.tool_di
 version) holds symlinks to them. A binary already present is not rebuilt (delete it, or its
 tool dir, to force a rebuild); bumping one version rebuilds that tool only.
 Measured cold on this 2-core machine while other jobs were running: Kubernetes about 12.5 min,
-everything (with etcd, CoreDNS, metrics-server, helm, kubeconform, helm-unittest) about 23 min.
+everything (with etcd, CoreDNS, metrics-server, helm, kubeconform, helm-unittest) about 23 min;
+kube-router (the NetworkPolicy enforcer) adds about N min.
 """
 
 import datetime
@@ -150,6 +151,12 @@ def other_tools() -> list[GoTool]:
             {"github.com/yannh/kubeconform": versions.KUBECONFORM},
             {"kubeconform": "github.com/yannh/kubeconform/cmd/kubeconform"},
             ldflags=f"-s -w -X main.version={versions.KUBECONFORM}",
+        ),
+        GoTool(
+            "kube-router",
+            {"github.com/cloudnativelabs/kube-router/v2": versions.KUBE_ROUTER},
+            {"kube-router": "github.com/cloudnativelabs/kube-router/v2/cmd/kube-router"},
+            ldflags=f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={versions.KUBE_ROUTER}",
         ),
         GoTool(
             "helm-unittest",

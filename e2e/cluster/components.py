@@ -64,13 +64,17 @@ COMPONENTS = (
     Component("containerd", _containerd_command, _containerd_ready),
     Component("kubelet", configs.kubelet_command),
     Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
+    Component(
+        "kube-router", configs.kube_router_command,
+        lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.kube_router_health_port}/healthz"),
+    ),
     Component("coredns", configs.coredns_command),
     Component("metrics-server", configs.metrics_server_command),
     Component("lb-controller", _lb_command, python=True),
 )
 NAMES = tuple(c.name for c in COMPONENTS)
 BY_NAME = {c.name: c for c in COMPONENTS}
-BUILT_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns", "metrics-server")
+BUILT_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kube-router", "coredns", "metrics-server")
 """The components that are binaries from the cache's bin dir (the others: system containerd, Python)."""
 
 

@@ -345,6 +345,26 @@ def kube_proxy_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list
     return [str(bin_dir / "kube-proxy"), f"--config={state.configs / 'kube-proxy.json'}", "--v=1"]
 
 
+def kube_router_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    """kube-router's NetworkPolicy controller only (iptables + ipset): no routing, no proxy
+    (kube-proxy is the proxy; its advisory GHSA-phqm-jgc3-qf8g is in the proxy)."""
+    return [
+        str(bin_dir / "kube-router"),
+        "--run-firewall=true",
+        "--run-router=false",
+        "--run-service-proxy=false",
+        f"--kubeconfig={state.kubeconfig('admin')}",
+        f"--hostname-override={layout.node_name}",
+        f"--service-cluster-ip-range={layout.service_cidr}",
+        "--service-node-port-range=30000-32767",  # as the apiserver's
+        "--enable-ipv4=true",
+        "--enable-ipv6=false",  # the cluster is IPv4 only; it never touches ip6tables
+        f"--health-port={layout.kube_router_health_port}",
+        "--metrics-port=0",
+        "--v=1",
+    ]
+
+
 def metrics_server_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
     kubeconfig = state.kubeconfig("admin")
     return [

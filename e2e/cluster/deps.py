@@ -19,6 +19,7 @@ APT_PACKAGES = (
     "containernetworking-plugins",  # bridge, host-local, portmap in /usr/lib/cni
     "iptables",  # kube-proxy (iptables mode), the safety rules
     "conntrack",  # kube-proxy clears stale UDP flows with it
+    "ipset",  # kube-router's NetworkPolicy controller keeps its address sets with it
     "iproute2",  # network namespaces for the sink and test hosts
     "docker.io",  # builds the project image; `docker save` feeds image import
     "busybox-static",  # the harness's own test image (shell, httpd, nc)

@@ -33,6 +33,16 @@ traffic would have counted as ours and left over the VPN).
 
 The DROP rules count what they drop: the safety tests read those counters.
 
+  security FORWARD, INPUT, OUTPUT -> the same names (v4, v6): a guard repeating the drops
+                                      above. kube-router (the NetworkPolicy enforcer) puts its
+                                      jump first in filter INPUT/FORWARD/OUTPUT again on every
+                                      sync, and its chains ACCEPT what a policy allows, which
+                                      ends the filter table before ours is reached. The
+                                      security table comes after filter at the same hooks and
+                                      an ACCEPT there does not skip it, so nothing leaves
+                                      whoever is first in filter. (Packets dropped in filter
+                                      never get here: the counters above stay the ones to read.)
+
 Kubernetes' own chains are a different matter. kube-proxy and the kubelet create fixed
 names (KUBE-SERVICES, KUBE-FIREWALL, ...) that no option renames, and another kube-proxy
 or kubelet in the same network namespace (k3s, minikube with the none driver) would use
@@ -62,7 +72,10 @@ KUBE_PROXY_CHAINS = (
     "KUBE-MARK-DROP", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY",
 )
 KUBE_PROXY_GENERATED = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
-TABLES = ("filter", "nat", "mangle", "raw")
+# kube-router's NetworkPolicy controller (fixed names too; it removes none of them on exit).
+KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT", "KUBE-NWPLCY-DEFAULT")
+KUBE_ROUTER_GENERATED = ("KUBE-NWPLCY-", "KUBE-POD-FW-")
+TABLES = ("filter", "nat", "mangle", "raw", "security")
 BINARIES = ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy")
 """Listed and cleaned: kube-proxy and the kubelet pick the legacy backend on machines that use it."""
 
@@ -151,7 +164,7 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
     owner = (("-m", "cgroup", "--path", host_cgroup),)
     pods_owner = (("-m", "cgroup", "--path", pods_cgroup),)
     from_cluster = tuple(("-i", link) for link in entering)
-    return [
+    filter_chains = [
         Chain("iptables", "filter", PREFIX + "FORWARD", "FORWARD", every, v4_forward),
         Chain("ip6tables", "filter", PREFIX + "FORWARD", "FORWARD", every, (*leaves_by_ours, *out_drops)),
         Chain("iptables", "filter", PREFIX + "OUTPUT", "OUTPUT", owner, output),
@@ -166,6 +179,14 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
              (*_comment("no IPv6 from the cluster goes anywhere"), "-j", "DROP")),
         ),
     ]
+    return filter_chains + [guard(c) for c in filter_chains if c.table == "filter"]
+
+
+def guard(chain: Chain) -> Chain:
+    """The security-table twin of a filter chain: its drops (and the RETURNs they depend on),
+    without the sink's TEE copy and the ACCEPTs (an ACCEPT here would change nothing)."""
+    rules = tuple(r for r in chain.rules if "TEE" not in r and r[-1] != "ACCEPT")
+    return Chain(chain.binary, "security", chain.name, chain.hook, chain.match, rules)
 
 
 def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -284,8 +305,11 @@ def ours(name: str) -> bool:
 
 
 def kube_chain(name: str) -> bool:
-    """A chain our kube-proxy or kubelet creates (exact names, or kube-proxy's generated ones)."""
-    return name in KUBELET_CHAINS or name in KUBE_PROXY_CHAINS or name.startswith(KUBE_PROXY_GENERATED)
+    """A chain our kube-proxy, kubelet or kube-router creates (exact names, or their generated ones)."""
+    return (
+        name in KUBELET_CHAINS or name in KUBE_PROXY_CHAINS or name in KUBE_ROUTER_CHAINS
+        or name.startswith(KUBE_PROXY_GENERATED + KUBE_ROUTER_GENERATED)
+    )
 
 
 def remove(is_ours=ours) -> None:

@@ -11,7 +11,7 @@ import json
 import os
 from pathlib import Path
 
-from e2e.cluster import cgroups, configs, firewall, network, paths, processes
+from e2e.cluster import cgroups, configs, firewall, ipsets, network, paths, processes
 
 
 def _argv(pid: int) -> list[str]:
@@ -29,7 +29,8 @@ def _route_dev(route: str) -> str:
 def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
     """Everything of the harness still on the machine, by kind; {} means clean.
 
-    `kube_chains`: also list the fixed chains of kube-proxy and the kubelet (meaningful only
+    `kube_chains`: also list the fixed chains of kube-proxy, the kubelet and kube-router, and
+    kube-router's ipsets (meaningful only
     where our cluster ran: `up` refuses to share them with another cluster)."""
     from e2e.cluster import teardown  # teardown imports this module
 
@@ -46,6 +47,7 @@ def leftovers(layout, kube_chains: bool = True) -> dict[str, list[str]]:
     # Routes on our links only: a route of the machine for the same prefix is not ours.
     found["routes"] = [r for r in network.sh("ip", "-4", "route").stdout.splitlines() if _route_dev(r) in found["links"]]
     found["firewall"] = firewall.present(firewall.ours) + (firewall.present(firewall.kube_chain) if kube_chains else [])
+    found["ipsets"] = ipsets.present() if kube_chains else []
     found["mounts"] = teardown.mounts_under(state.root)
     found["state dir"] = [root] if state.root.exists() else []
     found["cgroups"] = [str(p) for p in cgroups.ours()]

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from e2e.cluster import (
-    boot, build, cgroups, components, configs, firewall, health, image_import, layout as layout_mod, locks, network,
+    boot, build, cgroups, components, configs, firewall, health, image_import, ipsets, layout as layout_mod, locks, network,
     pause, paths, pki, processes, sysctls, teardown,
 )
 from e2e.cluster.configs import StatePaths
@@ -142,9 +142,9 @@ def _restore_safety(layout: Layout) -> None:
 
 
 def _refuse_foreign_kubernetes() -> None:
-    """Another kube-proxy or kubelet in this network namespace uses the same fixed chain
-    names: ours would overwrite its rules and `down` would remove them. Don't start."""
-    foreign = firewall.present(firewall.kube_chain)
+    """Another kube-proxy, kubelet or kube-router in this network namespace uses the same fixed
+    chain and ipset names: ours would overwrite its rules and `down` would remove them. Don't start."""
+    foreign = firewall.present(firewall.kube_chain) + [f"ipset {name}" for name in ipsets.present()]
     if foreign:
         listing = "\n  ".join(foreign[:10])
         raise SystemExit(
@@ -196,7 +196,7 @@ def require_root_and_binaries() -> None:
     missing = [b for b in REQUIRED_BINARIES if not (paths.bin_dir() / b).exists()]
     if missing:
         raise SystemExit(f"e2e.cluster: missing binaries in {paths.bin_dir()}: {', '.join(missing)}; run `python -m e2e.cluster build`")
-    for tool in ("containerd", "runc", "ctr", "iptables", "ip6tables", "conntrack", "ip"):
+    for tool in ("containerd", "runc", "ctr", "iptables", "ip6tables", "conntrack", "ip", "ipset"):
         if shutil.which(tool) is None:
             raise SystemExit(f"e2e.cluster: `{tool}` not found; run `python -m e2e.cluster deps`")
     if not Path(configs.CNI_PLUGIN_DIR, "bridge").exists():

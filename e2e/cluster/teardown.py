@@ -9,8 +9,8 @@ What is ours is found by its marker, never by a generic name:
               namespace of an older harness run is found through our CNI network's cache
   links       our exact names (`layout.own_links`, test hosts' `ztr-th<N>`, the older
               harness's `ztrh<N>` veths); the CNI bridge's veths go with the pod namespaces
-  firewall    `ZTR-E2E-*` chains and their one jump each; Kubernetes' fixed chains only when
-              our cluster ran (see `firewall`)
+  firewall    `ZTR-E2E-*` chains and their jumps; Kubernetes' and kube-router's fixed chains,
+              and kube-router's ipsets, only when our cluster ran (see `firewall`)
   sysctls     put back as recorded by `up` (`sysctls`)
   files       the state dir, our CNI network's cache entries, our pod log links
 Other clusters' `cni-*` namespaces, `kubepods` cgroups and KUBE-* chains are left alone.
@@ -23,7 +23,9 @@ import subprocess
 import time
 from pathlib import Path
 
-from e2e.cluster import boot, cgroups, components, configs, firewall, health, inventory, locks, network, paths, processes, sysctls
+from e2e.cluster import (
+    boot, cgroups, components, configs, firewall, health, inventory, ipsets, locks, network, paths, processes, sysctls,
+)
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.kubectl import wait_for
 from e2e.cluster.layout import Layout
@@ -193,10 +195,11 @@ def legacy_pod_netns() -> list[str]:
 
 
 def _remove_kube_chains() -> None:
-    """kube-proxy's and the kubelet's chains, by their exact names (and kube-proxy's generated
-    KUBE-SVC-... ones). Not `kube-proxy --cleanup`: it also flushes every IPVS service and
+    """kube-proxy's, the kubelet's and kube-router's chains, by their exact names (and their
+    generated KUBE-SVC-..., KUBE-POD-FW-... ones), then kube-router's ipsets. Not `kube-proxy --cleanup`: it also flushes every IPVS service and
     deletes the nftables `kube-proxy` tables of the machine, whoever made them."""
     firewall.remove(firewall.kube_chain)
+    ipsets.remove()  # after the rules that use them
 
 
 def _remove_cni_cache() -> None:

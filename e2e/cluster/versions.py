@@ -14,6 +14,11 @@ COREDNS = "v1.15.0"
 HELM = "v3.22.0"
 KUBECONFORM = "v0.8.0"
 HELM_UNITTEST = "v1.1.2"
+# The NetworkPolicy enforcer (its firewall controller only). The only version the module
+# proxy serves here: later ones answer "403 This module version is not available". Its
+# advisory GHSA-phqm-jgc3-qf8g is in the service proxy (--run-service-proxy), which is off.
+# SIG Network's kube-network-policies (v0.7.0, v0.8.0) cannot run here: see README.
+KUBE_ROUTER = "v2.1.0"
 
 PINNED = {
     "kubernetes": KUBERNETES,
@@ -23,5 +28,6 @@ PINNED = {
     "helm": HELM,
     "kubeconform": KUBECONFORM,
     "helm-unittest": HELM_UNITTEST,
+    "kube-router": KUBE_ROUTER,
 }
 """Tool (the build's wrapper-module name) -> version: every pin, for the cache keys."""

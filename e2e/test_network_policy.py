@@ -1,0 +1,179 @@
+"""A relay's NetworkPolicy, enforced for real (kube-router's policy controller, started by
+the harness): what the policy denies is dropped, what it allows works.
+
+The operator runs in a pod as in ``test_operator.py``. Its namespace holds two busybox web
+servers: "backend", the relay's ``spec.fallback``, and "other", which no policy mentions.
+The ZeroTierRelay "np" has ``networkPolicy.enabled`` and a fallback, so its policy limits
+ingress (tunnel port from anywhere, health port from nobody) and egress (UDP, TCP 53, TCP
+to the backend's pods only). Each denial is shown next to its control: the same flow from
+a pod without a policy, or the allowed flow from the same pod, goes through.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import urllib.request
+
+import pytest
+
+from e2e import workloads
+from e2e.peers import ROOT_PORT, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
+from e2e.test_operator import image, operator_namespace  # noqa: F401 (fixtures)
+from zt_operator.builders import HEALTH_PORT, TUNNEL_PORT
+
+RELAY = "np"
+HOST_PREFIX = "np"
+RELAY_SELECTOR = f"app.kubernetes.io/instance={RELAY},app.kubernetes.io/component=relay"
+CONNECT = (
+    "import socket, sys\n"
+    "try:\n"
+    "    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=float(sys.argv[3])).close()\n"
+    "except OSError as exc:\n"
+    "    print(f'refused: {exc!r}'); sys.exit(3)\n"
+    "print('connected')\n"
+)
+RESOLVE = "import socket, sys; print(socket.getaddrinfo(sys.argv[1], 80, proto=socket.IPPROTO_UDP)[0][4][0])"
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+
+
+def _web(name: str, image: str, namespace: str) -> list[dict]:  # noqa: F811
+    """busybox httpd (serving its pod name) and a ClusterIP Service, Pod Security "restricted"."""
+    deployment = workloads.web_deployment(name, image)
+    deployment["metadata"]["namespace"] = namespace
+    pod = deployment["spec"]["template"]["spec"]
+    pod["securityContext"] = RESTRICTED_POD
+    pod["containers"][0]["securityContext"] = RESTRICTED_CONTAINER
+    service = workloads.service(name)
+    service["metadata"]["namespace"] = namespace
+    return [deployment, service]
+
+
+@pytest.fixture(scope="module")
+def enforcer(cluster):
+    """kube-router's policy controller runs for this cluster and has programmed its chains."""
+    if cluster.backend != "local":
+        pytest.skip("the NetworkPolicy enforcer is the local cluster's (--cluster=local)")
+    from e2e.cluster import configs, paths, processes
+
+    state = configs.StatePaths(paths.state_dir())
+    return processes.running_pid("kube-router", state.run), cluster.layout
+
+
+@pytest.fixture(scope="module")
+def pods(operator_namespace, busybox_image, kubectl, wait_for_pods_ready, wait_for, cluster):  # noqa: F811
+    """The two web servers and the relay "np" falling back to "backend"; pod IPs by role."""
+    namespace = operator_namespace
+    kubectl.apply(*_web("backend", busybox_image, namespace), *_web("other", busybox_image, namespace))
+    kubectl.apply({
+        "apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
+        "metadata": {"name": RELAY, "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {"memory": "256Mi"}},
+            "relay": {"allowDestinations": [cluster.layout.test_host_cidr]},
+            "fallback": {"service": "backend", "port": 80},
+            "networkPolicy": {"enabled": True},
+        },
+    })
+    found = {}
+    for role, selector in (("backend", "app=backend"), ("other", "app=other"), ("relay", RELAY_SELECTOR)):
+        (pod,) = wait_for_pods_ready(namespace, selector, 1, timeout=180)
+        found[role] = {"name": pod["metadata"]["name"], "ip": pod["status"]["podIP"]}
+
+    def policy_opens_the_backend():
+        result = kubectl("get", "networkpolicy", RELAY, "-n", namespace, "-o", "json", check=False)
+        policy = json.loads(result.stdout) if result.returncode == 0 else {}
+        return any(rule.get("to") for rule in (policy.get("spec") or {}).get("egress", []))
+
+    wait_for("the relay's policy to open egress to the backend's pods", policy_opens_the_backend, 60)
+    found["namespace"] = namespace
+    found["services"] = {
+        name: kubectl.json("get", "service", name, "-n", namespace)["spec"]["clusterIP"] for name in ("backend", "other")
+    }
+    return found
+
+
+@pytest.fixture(scope="module")
+def address(pods, kubectl, wait_for) -> str:
+    def ready():
+        relay = kubectl.json("get", "ztr", RELAY, "-n", pods["namespace"])
+        conditions = {c["type"]: c["status"] for c in relay.get("status", {}).get("conditions", [])}
+        return relay["status"].get("address") if conditions.get("Ready") == "True" else None
+
+    return wait_for("ZeroTierRelay np Ready with an address", ready, 180)
+
+
+def relay_connects(kubectl, pods, ip: str, port: int, timeout: float = 4) -> subprocess.CompletedProcess:
+    """A TCP connect from inside the relay pod (its image has python3)."""
+    return kubectl("exec", "-n", pods["namespace"], pods["relay"]["name"], "--",
+                   "python3", "-c", CONNECT, ip, str(port), str(timeout), check=False, timeout=60)
+
+
+def fetch_from(kubectl, pods, role: str, url: str) -> subprocess.CompletedProcess:
+    """busybox wget from the pod of `role` (3 s timeout)."""
+    return kubectl("exec", "-n", pods["namespace"], pods[role]["name"], "--",
+                   "wget", "-T", "3", "-q", "-O", "-", url, check=False, timeout=60)
+
+
+def test_the_enforcer_runs_and_has_programmed_its_chains(enforcer):
+    pid, layout = enforcer
+    assert pid is not None, "kube-router (the NetworkPolicy enforcer) is not running"
+    with urllib.request.urlopen(f"http://127.0.0.1:{layout.kube_router_health_port}/healthz", timeout=5) as resp:
+        assert resp.status == 200
+    chains = subprocess.run(["iptables", "-w", "5", "-S"], capture_output=True, text=True, check=True).stdout
+    assert "-A FORWARD -m comment --comment \"kube-router netpol" in chains
+
+
+def test_the_relay_cannot_reach_a_pod_its_policy_does_not_name(enforcer, pods, kubectl):
+    port = workloads.HTTP_PORT
+    # Control: "other" serves, and the backend pod (no policy selects it) reaches it.
+    control = fetch_from(kubectl, pods, "backend", f"http://{pods['other']['ip']}:{port}/")
+    assert control.returncode == 0 and control.stdout.strip() == pods["other"]["name"], control.stderr
+    denied = relay_connects(kubectl, pods, pods["other"]["ip"], port)
+    assert denied.returncode == 3, f"the relay reached a pod its policy denies: {denied.stdout}{denied.stderr}"
+    allowed = relay_connects(kubectl, pods, pods["backend"]["ip"], port)
+    assert allowed.returncode == 0, f"the relay could not reach its fallback backend: {allowed.stdout}{allowed.stderr}"
+
+
+def test_the_relay_cannot_reach_a_service_its_policy_does_not_name(enforcer, pods, kubectl):
+    control = fetch_from(kubectl, pods, "backend", f"http://{pods['services']['other']}:80/")
+    assert control.returncode == 0 and control.stdout.strip() == pods["other"]["name"], control.stderr
+    denied = relay_connects(kubectl, pods, pods["services"]["other"], 80)
+    assert denied.returncode == 3, f"the relay reached a Service its policy denies: {denied.stdout}{denied.stderr}"
+    allowed = relay_connects(kubectl, pods, pods["services"]["backend"], 80)
+    assert allowed.returncode == 0, f"the relay could not reach the backend's Service: {allowed.stdout}{allowed.stderr}"
+
+
+def test_the_relay_resolves_cluster_names(enforcer, pods, kubectl):
+    name = f"backend.{pods['namespace']}.svc.cluster.local"
+    result = kubectl("exec", "-n", pods["namespace"], pods["relay"]["name"], "--", "python3", "-c", RESOLVE, name,
+                     check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == pods["services"]["backend"]
+
+
+def test_the_tunnel_port_is_open_to_other_pods_and_the_health_port_is_not(enforcer, pods, kubectl):
+    relay_ip = pods["relay"]["ip"]
+    # HTTP to the tunnel port is not ZeroTier: the relay passes it to the backend.
+    tunnel_port = fetch_from(kubectl, pods, "other", f"http://{relay_ip}:{TUNNEL_PORT}/")
+    assert tunnel_port.returncode == 0, tunnel_port.stderr
+    assert tunnel_port.stdout.strip() == pods["backend"]["name"]
+    health = fetch_from(kubectl, pods, "other", f"http://{relay_ip}:{HEALTH_PORT}/healthz")
+    assert health.returncode != 0, f"the health port answered a pod the policy does not allow: {health.stdout}"
+    # Control: the kubelet's probes (from the node) still reach it: the pod is Ready.
+    pod = kubectl.json("get", "pod", pods["relay"]["name"], "-n", pods["namespace"])
+    assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
+
+
+def test_through_the_load_balancer_the_site_and_a_tunnel_both_work(enforcer, pods, address, relay_hosts, udp_root):
+    page = relay_hosts[0].run("curl", "-sS", "--fail", "--max-time", "20", f"http://{address}:443/", timeout=30, check=False)
+    assert page.returncode == 0, page.stderr
+    assert page.stdout.strip() == pods["backend"]["name"]
+    tunnel = Tunnel(relay_hosts[0], address, udp_root)
+    try:
+        answer = tunnel.round_trip("through-the-policy")
+    finally:
+        tunnel.close()
+    assert answer == f"{udp_root} {ROOT_PORT} echo:through-the-policy"
