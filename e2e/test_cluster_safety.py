@@ -70,6 +70,8 @@ def test_routes_send_cluster_ranges_to_the_sink(layout, stray_addresses):
 def test_our_jumps_come_before_kube_proxys_in_forward_output_and_input_v4_and_v6(layout):
     # kube-proxy's chains ACCEPT marked traffic; ours must come first. (dockerd, restarted,
     # puts its jumps on top: they accept docker0 traffic only, so that order is harmless.)
+    # kube-router (NetworkPolicy) takes the top again on every sync and ACCEPTs what a policy
+    # allows: for that the drops are repeated in the security table, checked below.
     # INPUT: one jump per link the cluster's traffic enters by (exact names, no wildcard).
     expected = {"FORWARD": ["ZTR-E2E-FORWARD"], "OUTPUT": ["ZTR-E2E-OUTPUT", "ZTR-E2E-PODS-OUT"],
                 "INPUT": ["ZTR-E2E-INPUT"] * len(layout.cluster_links)}
@@ -77,9 +79,11 @@ def test_our_jumps_come_before_kube_proxys_in_forward_output_and_input_v4_and_v6
         for hook, names in expected.items():
             rules = network.sh(binary, "-S", hook).stdout.splitlines()
             ours = [i for i, rule in enumerate(rules) if "-j ZTR-E2E-" in rule]
-            kube = [i for i, rule in enumerate(rules) if "-j KUBE-" in rule]
+            kube = [i for i, rule in enumerate(rules) if "-j KUBE-" in rule and "-j KUBE-ROUTER-" not in rule]
             assert sorted(rules[i].split()[-1] for i in ours) == sorted(names), f"{binary} {hook}: our jumps: {rules}"
             assert not kube or max(ours) < min(kube), f"{binary} {hook}: {rules}"
+            guard = network.sh(binary, "-t", "security", "-S", hook).stdout.splitlines()
+            assert sorted(r.split()[-1] for r in guard if "-j ZTR-E2E-" in r) == sorted(names), f"{binary} security {hook}: {guard}"
 
 
 def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):

@@ -177,3 +177,38 @@ def test_through_the_load_balancer_the_site_and_a_tunnel_both_work(enforcer, pod
     finally:
         tunnel.close()
     assert answer == f"{udp_root} {ROOT_PORT} echo:through-the-policy"
+
+
+def test_udp_the_policy_allows_still_never_leaves_the_machine(enforcer, pods, kubectl):
+    """The relay's policy allows UDP anywhere, so kube-router ACCEPTs it in filter FORWARD,
+    where its jump may sit above the harness's: the security-table guard drops it anyway."""
+    from e2e.cluster import firewall
+
+    comment = "no pod traffic leaves"
+
+    def dropped() -> int:
+        return sum(firewall.rule_counter("iptables", table, "ZTR-E2E-FORWARD", comment) for table in ("filter", "security"))
+
+    before = dropped()
+    send = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            "for _ in range(5): s.sendto(b'out', ('198.18.0.9', 9999))\n")
+    result = kubectl("exec", "-n", pods["namespace"], pods["relay"]["name"], "--", "python3", "-c", send, check=False, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert dropped() - before >= 5
+
+
+def test_with_the_enforcer_stopped_and_its_rules_gone_the_denied_flow_goes_through(enforcer, pods, kubectl, cluster_cli, wait_for):
+    """The denials above are the enforcer's doing (not a missing route or a closed port):
+    without kube-router and its rules the relay reaches "other"; started again, it is denied."""
+    from e2e.cluster import firewall, ipsets
+
+    other = (pods["other"]["ip"], workloads.HTTP_PORT)
+    cluster_cli("stop kube-router")
+    try:
+        firewall.remove(firewall.kube_router_chain)  # a stopped kube-router leaves them in force
+        ipsets.remove()
+        reached = relay_connects(kubectl, pods, *other)
+    finally:
+        cluster_cli("start kube-router")
+    assert reached.returncode == 0, f"without the enforcer the relay still could not reach it: {reached.stdout}{reached.stderr}"
+    wait_for("kube-router to deny the flow again", lambda: relay_connects(kubectl, pods, *other).returncode == 3, 90, 2)

@@ -312,6 +312,11 @@ def kube_chain(name: str) -> bool:
     )
 
 
+def kube_router_chain(name: str) -> bool:
+    """kube-router's own chains (a subset of `kube_chain`)."""
+    return name in KUBE_ROUTER_CHAINS or name.startswith(KUBE_ROUTER_GENERATED)
+
+
 def remove(is_ours=ours) -> None:
     for binary in BINARIES:
         for table in TABLES:
