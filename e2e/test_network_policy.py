@@ -62,7 +62,7 @@ def enforcer(cluster):
 
 
 @pytest.fixture(scope="module")
-def pods(operator_namespace, busybox_image, kubectl, wait_for_pods_ready, wait_for, cluster):  # noqa: F811
+def pods(operator_namespace, busybox_image, kubectl, wait_for, cluster):  # noqa: F811
     """The two web servers and the relay "np" falling back to "backend"; pod IPs by role."""
     namespace = operator_namespace
     kubectl.apply(*_web("backend", busybox_image, namespace), *_web("other", busybox_image, namespace))
@@ -79,7 +79,13 @@ def pods(operator_namespace, busybox_image, kubectl, wait_for_pods_ready, wait_f
     })
     found = {}
     for role, selector in (("backend", "app=backend"), ("other", "app=other"), ("relay", RELAY_SELECTOR)):
-        (pod,) = wait_for_pods_ready(namespace, selector, 1, timeout=180)
+        def one_ready_pod():
+            items = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            ready = [p for p in items if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")
+                     and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
+            return ready[0] if len(ready) == 1 == len(items) else None
+
+        pod = wait_for(f"one ready {role} pod", one_ready_pod, 180)
         found[role] = {"name": pod["metadata"]["name"], "ip": pod["status"]["podIP"]}
 
     def policy_opens_the_backend():
