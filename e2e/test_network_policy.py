@@ -14,11 +14,13 @@ from __future__ import annotations
 import json
 import subprocess
 import urllib.request
+import uuid
 
 import pytest
 
 from e2e import workloads
 from e2e.peers import ROOT_PORT, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
+from e2e.test_chart import helm  # noqa: F401 (fixtures)
 from e2e.test_operator import image, operator_namespace  # noqa: F401 (fixtures)
 from zt_operator.builders import HEALTH_PORT, TUNNEL_PORT
 
@@ -218,3 +220,48 @@ def test_with_the_enforcer_stopped_and_its_rules_gone_the_denied_flow_goes_throu
         cluster_cli("start kube-router")
     assert reached.returncode == 0, f"without the enforcer the relay still could not reach it: {reached.stdout}{reached.stderr}"
     wait_for("kube-router to deny the flow again", lambda: relay_connects(kubectl, pods, *other).returncode == 3, 90, 2)
+
+
+@pytest.fixture(scope="module")
+def chart_release(image, kubectl, helm, wait_for):  # noqa: F811
+    """The chart with `networkPolicy.enabled=true` in a namespace of its own (Pod Security
+    "restricted"), and a relay in it; (namespace, operator pod)."""
+    namespace = f"e2e-chart-np-{uuid.uuid4().hex[:6]}"
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
+                   "metadata": {"name": namespace, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
+    repository, _, tag = image.rpartition(":")
+    try:
+        helm("install", "np", "charts/zt-relay", "--namespace", namespace, "--set", f"image.repository={repository}",
+             "--set", f"image.tag={tag}", "--set", "networkPolicy.enabled=true", "--set", "helmTest.enabled=false",
+             "--set", f"operator.watchNamespaces={{{namespace}}}",  # not the other operator's relays
+             "--wait", "--timeout", "180s")
+        kubectl.apply({"apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
+                       "metadata": {"name": "charted", "namespace": namespace},
+                       "spec": {"replicas": 1, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
+                                                             "limits": {"memory": "256Mi"}}}})
+        operator = kubectl.json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator")["items"][0]
+        yield namespace, operator["metadata"]["name"]
+    finally:
+        helm("uninstall", "np", "--namespace", namespace, "--wait", "--timeout", "120s", check=False)
+        kubectl("delete", "namespace", namespace, "--wait=false", "--ignore-not-found", check=False)
+
+
+def test_the_charts_operator_policy_lets_it_reach_the_api_and_nothing_else(enforcer, chart_release, pods, kubectl, wait_for):
+    namespace, operator = chart_release
+
+    def relay_ready():
+        relay = kubectl.json("get", "ztr", "charted", "-n", namespace)
+        return any(c["type"] == "Ready" and c["status"] == "True" for c in relay.get("status", {}).get("conditions", []))
+
+    # The operator reconciled a relay into running pods: its egress to the API server works.
+    wait_for("the chart's relay Ready (the operator reached the API)", relay_ready, 180)
+
+    def connects(ip: str, port: int) -> subprocess.CompletedProcess:
+        return kubectl("exec", "-n", namespace, operator, "--", "python3", "-c", CONNECT, ip, str(port), "4",
+                       check=False, timeout=60)
+
+    # Not on its egress list (53, 443, 6443): a web server in another namespace.
+    denied = connects(pods["other"]["ip"], workloads.HTTP_PORT)
+    assert denied.returncode == 3, f"the chart's operator reached a pod its policy denies: {denied.stdout}{denied.stderr}"
+    allowed = connects(enforcer[1].kubernetes_service_ip, 443)
+    assert allowed.returncode == 0, f"the chart's operator could not reach the API server: {allowed.stdout}{allowed.stderr}"
