@@ -192,10 +192,8 @@ def test_udp_the_policy_allows_still_never_leaves_the_machine(enforcer, pods, ku
     where its jump may sit above the harness's: the security-table guard drops it anyway."""
     from e2e.cluster import firewall
 
-    comment = "no pod traffic leaves"
-
     def dropped() -> int:
-        return sum(firewall.rule_counter("iptables", table, "ZTR-E2E-FORWARD", comment) for table in ("filter", "security"))
+        return sum(firewall.drop_counter("iptables", table, "ZTR-E2E-FORWARD") for table in ("filter", "security"))
 
     before = dropped()
     send = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
