@@ -14,7 +14,7 @@ from pathlib import Path
 
 NETNS = "cni-decoy"
 CHAIN = "KUBE-DECOY"
-IPSET = "KUBE-SRC-DECOY"
+IPSET = "KUBE-DECOY"  # not KUBE-SRC-/KUBE-DST-: a running kube-router prunes those itself
 IPSET_MEMBER = "198.18.0.7"
 CGROUP = Path("/sys/fs/cgroup/pids/kubepods/zt-decoy")
 ZEROTIER_TAP = "ztrtlztz5u"

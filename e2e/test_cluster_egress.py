@@ -136,8 +136,9 @@ def escape(outside):
 
 
 def _forward_drops() -> int:
-    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum.
-    return firewall.drop_counter("iptables", "filter", "ZTR-E2E-FORWARD", LEAVES)
+    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum,
+    # in both tables: kube-router ACCEPTs pod traffic in filter first, the security guard drops it.
+    return sum(firewall.drop_counter("iptables", table, "ZTR-E2E-FORWARD", LEAVES) for table in ("filter", "security"))
 
 
 def _in6_drops() -> int:

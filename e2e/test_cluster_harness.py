@@ -364,12 +364,15 @@ def test_every_no_egress_drop_is_repeated_in_the_security_table_after_any_filter
         drops = [r for r in filters[key].rules if r[-1] == "DROP"]
         assert [r for r in guard.rules if r[-1] == "DROP"] == drops, key
         assert (guard.hook, guard.match) == (filters[key].hook, filters[key].match)
-        assert not any("TEE" in r or r[-1] == "ACCEPT" for r in guard.rules), key
+        assert [r for r in guard.rules if "TEE" in r] == [r for r in filters[key].rules if "TEE" in r], key
+        assert not any(r[-1] == "ACCEPT" for r in guard.rules), key
 
 
 def test_kube_router_runs_the_network_policy_controller_only_for_our_node():
     argv = configs.kube_router_command(LAYOUT, STATE, Path("/bin"))
     assert {"--run-firewall=true", "--run-router=false", "--run-service-proxy=false", "--enable-ipv6=false"} <= set(argv)
+    # Its health server would bind every address (no option for one): off.
+    assert {"--health-port=0", "--metrics-port=0"} <= set(argv)
     assert f"--hostname-override={LAYOUT.node_name}" in argv
     assert f"--service-cluster-ip-range={LAYOUT.service_cidr}" in argv
 

@@ -56,6 +56,12 @@ def _lb_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
     return [sys.executable, "-m", "e2e.cluster.lb", "--kubeconfig", str(paths.kubeconfig_path()), "--pool", layout.lb_pool]
 
 
+def _kube_router_synced() -> bool:
+    """kube-router has made its chains and put its jump in FORWARD (its first sync)."""
+    argv = ["iptables", "-w", "5", "-S", "FORWARD"]
+    return "-j KUBE-ROUTER-FORWARD" in subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+
 COMPONENTS = (
     Component("etcd", configs.etcd_command, lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.etcd_client_port}/health")),
     Component("kube-apiserver", configs.apiserver_command, _apiserver_ready),
@@ -64,10 +70,7 @@ COMPONENTS = (
     Component("containerd", _containerd_command, _containerd_ready),
     Component("kubelet", configs.kubelet_command),
     Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
-    Component(
-        "kube-router", configs.kube_router_command,
-        lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.kube_router_health_port}/healthz"),
-    ),
+    Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced()),
     Component("coredns", configs.coredns_command),
     Component("metrics-server", configs.metrics_server_command),
     Component("lb-controller", _lb_command, python=True),

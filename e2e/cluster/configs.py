@@ -359,7 +359,9 @@ def kube_router_command(layout: Layout, state: StatePaths, bin_dir: Path) -> lis
         "--service-node-port-range=30000-32767",  # as the apiserver's
         "--enable-ipv4=true",
         "--enable-ipv6=false",  # the cluster is IPv4 only; it never touches ip6tables
-        f"--health-port={layout.kube_router_health_port}",
+        # Its health server binds every address (no option to choose one): off. Readiness
+        # is its chains being there (components).
+        "--health-port=0",
         "--metrics-port=0",
         "--v=1",
     ]

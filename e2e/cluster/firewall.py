@@ -40,8 +40,10 @@ The DROP rules count what they drop: the safety tests read those counters.
                                       ends the filter table before ours is reached. The
                                       security table comes after filter at the same hooks and
                                       an ACCEPT there does not skip it, so nothing leaves
-                                      whoever is first in filter. (Packets dropped in filter
-                                      never get here: the counters above stay the ones to read.)
+                                      whoever is first in filter. kube-router gives every pod
+                                      a chain and ACCEPTs what it allows (all of a pod's traffic
+                                      when no policy selects it), so pod traffic is counted here
+                                      rather than in filter: read both tables' counters.
 
 Kubernetes' own chains are a different matter. kube-proxy and the kubelet create fixed
 names (KUBE-SERVICES, KUBE-FIREWALL, ...) that no option renames, and another kube-proxy
@@ -183,9 +185,10 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
 
 
 def guard(chain: Chain) -> Chain:
-    """The security-table twin of a filter chain: its drops (and the RETURNs they depend on),
-    without the sink's TEE copy and the ACCEPTs (an ACCEPT here would change nothing)."""
-    rules = tuple(r for r in chain.rules if "TEE" not in r and r[-1] != "ACCEPT")
+    """The security-table twin of a filter chain: its drops, the RETURNs they depend on and
+    the sink's TEE copy (a packet that reaches it skipped the filter chain, so it is copied
+    once), without the ACCEPTs (an ACCEPT here would change nothing)."""
+    rules = tuple(r for r in chain.rules if r[-1] != "ACCEPT")
     return Chain(chain.binary, "security", chain.name, chain.hook, chain.match, rules)
 
 

@@ -56,8 +56,6 @@ class Layout:
     etcd_client_port: int = 23790
     etcd_peer_port: int = 23800
     metrics_server_port: int = 4443
-    kube_router_health_port: int = 20244
-    """kube-router's /healthz (it binds every address; ZTR-E2E-INPUT keeps pods off it)."""
     pause_image: str = "zt-relay-e2e/pause:1"
 
     @property
