@@ -363,7 +363,7 @@ def test_every_no_egress_drop_is_repeated_in_the_security_table_after_any_filter
     for key, guard in guards.items():
         drops = [r for r in filters[key].rules if r[-1] == "DROP"]
         assert [r for r in guard.rules if r[-1] == "DROP"] == drops, key
-        assert (guard.hook, guard.match) == (filters[key].hook, filters[key].match)
+        assert (guard.hook, guard.matches) == (filters[key].hook, filters[key].matches)
         assert [r for r in guard.rules if "TEE" in r] == [r for r in filters[key].rules if "TEE" in r], key
         assert not any(r[-1] == "ACCEPT" for r in guard.rules), key
 

@@ -276,7 +276,7 @@ def test_deps_leaves_a_docker_ce_workstation_alone(monkeypatch):
         def __init__(self, stdout):
             self.stdout, self.returncode = stdout, 0
 
-    installed = {"iptables", "conntrack", "iproute2", "busybox-static", "gcc", "libc6-dev", "nginx-light",
+    installed = {"iptables", "ipset", "conntrack", "iproute2", "busybox-static", "gcc", "libc6-dev", "nginx-light",
                  "containernetworking-plugins", "python3-venv", "docker-ce", "docker-ce-cli", "containerd.io"}
 
     def dpkg_query(argv, **kw):

@@ -189,7 +189,7 @@ def guard(chain: Chain) -> Chain:
     the sink's TEE copy (a packet that reaches it skipped the filter chain, so it is copied
     once), without the ACCEPTs (an ACCEPT here would change nothing)."""
     rules = tuple(r for r in chain.rules if r[-1] != "ACCEPT")
-    return Chain(chain.binary, "security", chain.name, chain.hook, chain.match, rules)
+    return Chain(chain.binary, "security", chain.name, chain.hook, chain.matches, rules)
 
 
 def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
