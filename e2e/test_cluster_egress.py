@@ -136,9 +136,9 @@ def escape(outside):
 
 
 def _forward_drops() -> int:
-    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum,
-    # in both tables: kube-router ACCEPTs pod traffic in filter first, the security guard drops it.
-    return sum(firewall.drop_counter("iptables", table, "ZTR-E2E-FORWARD", LEAVES) for table in ("filter", "security"))
+    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum.
+    # Every drop is in the security table (kube-router rewrites filter, zeroing its counters).
+    return firewall.drop_counter("iptables", "security", "ZTR-E2E-FORWARD", LEAVES)
 
 
 def _in6_drops() -> int:
@@ -287,7 +287,7 @@ def test_a_pod_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(l
 
 
 def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside, escape):
-    drops = {b: firewall.drop_counter(b, "filter", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
+    drops = {b: firewall.drop_counter(b, "security", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
     arrived = escape.arrived()
     for address in (escape.v4, escape.v6):
         # Run inside the harness's host cgroup, like containerd or the kubelet.
@@ -295,13 +295,13 @@ def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside,
         # UDP: EPERM at once from the OUTPUT drop; TCP: the SYN is dropped the same way.
         assert proc.stdout.startswith("failed") and proc.stdout.rstrip().endswith("[1, 1, 1]"), proc.stdout + proc.stderr
     for binary, before in drops.items():
-        assert firewall.drop_counter(binary, "filter", "ZTR-E2E-OUTPUT") - before >= 4
+        assert firewall.drop_counter(binary, "security", "ZTR-E2E-OUTPUT") - before >= 4
     assert escape.arrived() == arrived
 
 
 def test_a_pod_whose_image_was_never_imported_fails_locally_and_nothing_is_dialled(layout, outside, escape, kubectl, namespace, wait_for):
-    drops = {b: firewall.drop_counter(b, "filter", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
-    mirror, arrived = firewall.rule_counter("iptables", "filter", "ZTR-E2E-OUTPUT", MIRROR), escape.arrived()
+    drops = {b: firewall.drop_counter(b, "security", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
+    mirror, arrived = firewall.rule_counter("iptables", "security", "ZTR-E2E-OUTPUT", MIRROR), escape.arrived()
     kubectl.apply(workloads.sleeper_pod("missing", "zt-relay-e2e/never-imported:1"), namespace=namespace)
 
     def pull_error():
@@ -314,7 +314,7 @@ def test_a_pod_whose_image_was_never_imported_fails_locally_and_nothing_is_diall
 
     message = wait_for("the pull of a never-imported image to fail", pull_error, 60)
     assert configs.DEAD_REGISTRY.removeprefix("http://") in message and "refused" in message, message
-    assert firewall.rule_counter("iptables", "filter", "ZTR-E2E-OUTPUT", MIRROR) > mirror
+    assert firewall.rule_counter("iptables", "security", "ZTR-E2E-OUTPUT", MIRROR) > mirror
     for binary, before in drops.items():
-        assert firewall.drop_counter(binary, "filter", "ZTR-E2E-OUTPUT") == before, f"{binary}: something tried to leave"
+        assert firewall.drop_counter(binary, "security", "ZTR-E2E-OUTPUT") == before, f"{binary}: something tried to leave"
     assert escape.arrived() == arrived

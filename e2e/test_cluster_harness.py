@@ -113,7 +113,7 @@ def _chain(binary, table, name):
 
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
 def test_forwarded_traffic_from_our_interfaces_is_dropped_on_every_other_interface(binary):
-    chain = _chain(binary, "filter", "ZTR-E2E-FORWARD")
+    chain = _chain(binary, "security", "ZTR-E2E-FORWARD")
     assert chain.hook == "FORWARD" and chain.matches == ((),)
     drops = [r for r in chain.rules if r[-1] == "DROP" and r[:1] == ("-i",)]
     assert [r[1] for r in drops] == list(LAYOUT.cluster_links)
@@ -146,22 +146,24 @@ def test_our_link_names_can_never_be_a_zerotier_tap():
 def test_strays_reach_the_sink_as_untracked_copies_and_are_never_forwarded_with_conntrack():
     # A forwarded stray's conntrack entry (no NAT) would pin its connection to the sink even
     # after kube-proxy programs the address (the chart test's tunnel timed out so).
+    guard = _chain("iptables", "security", "ZTR-E2E-FORWARD").rules
+    # TEE then DROP, first: nothing after them sees a packet to the sink (its RETURN never matches).
+    assert [r[r.index("-j") + 1:] for r in guard[:2]] == [("TEE", "--gateway", LAYOUT.sink_address), ("DROP",)]
+    assert all(r[:2] == ("-o", LAYOUT.sink_host_veth) for r in guard[:2])
     rules = _chain("iptables", "filter", "ZTR-E2E-FORWARD").rules
-    to_sink = [(i, r) for i, r in enumerate(rules) if ("-o", LAYOUT.sink_host_veth) == r[:2]]
-    # TEE then DROP: nothing after them sees a packet to the sink (its RETURN never matches).
-    assert [r[r.index("-j") + 1:] for _, r in to_sink][:2] == [("TEE", "--gateway", LAYOUT.sink_address), ("DROP",)]
-    to_sink = to_sink[:2]
-    first_accept = min(i for i, r in enumerate(rules) if r[-1] == "ACCEPT")
-    assert to_sink[-1][0] < first_accept  # before the ACCEPTs between pods and test hosts
-    # Each ACCEPT names the link of ours its destination is on: a foreign route can't take it.
-    for rule in rules[first_accept:]:
-        if rule[-1] == "ACCEPT":
+    # In filter the packet to the sink is ACCEPTed (to the guard) before the ACCEPTs between
+    # pods and test hosts, and copied nowhere (the guard copies it once).
+    assert rules[0][:2] == ("-o", LAYOUT.sink_host_veth) and rules[0][-1] == "ACCEPT"
+    assert not any("TEE" in r for r in rules)
+    # Each ACCEPT between pods and test hosts names the link of ours its destination is on.
+    for rule in rules[1:]:
+        if rule[-1] == "ACCEPT" and "-s" in rule and "-o" in rule:
             assert rule[rule.index("-o") + 1] in LAYOUT.cluster_links, rule
 
 
 @pytest.mark.parametrize("binary", ["iptables", "ip6tables"])
 def test_the_harness_processes_may_only_send_to_loopback_and_our_interfaces(binary):
-    chain = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
+    chain = _chain(binary, "security", "ZTR-E2E-OUTPUT")
     assert chain.hook == "OUTPUT" and chain.matches == (("-m", "cgroup", "--path", cgroups.HOST),)
     links = (*LAYOUT.cluster_links, LAYOUT.sink_host_veth)
     assert chain.rules[-5:-1] == (("-o", "lo", "-j", "RETURN"), *(("-o", link, "-j", "RETURN") for link in links))
@@ -180,9 +182,9 @@ def test_pod_processes_in_the_machines_netns_may_only_send_to_loopback_and_our_i
     """F5: a hostNetwork pod sends from the machine's netns (only OUTPUT sees it); runc puts it
     under the kubelet's cgroupRoot, not the harness's host cgroup."""
     assert cgroups.kubelet_cgroup_root() == "/" + cgroups.PODS
-    pods = _chain(binary, "filter", "ZTR-E2E-PODS-OUT")
+    pods = _chain(binary, "security", "ZTR-E2E-PODS-OUT")
     assert pods.hook == "OUTPUT" and pods.matches == (("-m", "cgroup", "--path", cgroups.PODS),)
-    host = _chain(binary, "filter", "ZTR-E2E-OUTPUT")
+    host = _chain(binary, "security", "ZTR-E2E-OUTPUT")
     assert pods.rules == tuple(r for r in host.rules if "127.0.0.1" not in r)
 
 
@@ -190,7 +192,7 @@ def test_pod_processes_in_the_machines_netns_may_only_send_to_loopback_and_our_i
 def test_the_cluster_reaches_only_its_own_services_on_the_machine(binary):
     """F3: pods and test hosts reach the machine itself (INPUT) only where the cluster listens;
     a resolver or proxy of the machine on 0.0.0.0 would forward their traffic off it."""
-    chain = _chain(binary, "filter", "ZTR-E2E-INPUT")
+    chain = _chain(binary, "security", "ZTR-E2E-INPUT")
     assert chain.hook == "INPUT" and chain.matches == tuple(("-i", link) for link in LAYOUT.cluster_links)
     assert chain.rules[-1][-1] == "DROP" and "-d" not in chain.rules[-1] and "-p" not in chain.rules[-1]
     accepted = [r for r in chain.rules if r[-1] == "RETURN"]
@@ -353,19 +355,43 @@ def test_kube_routers_ipsets_are_recognised_by_their_exact_pattern_only():
         assert not ipsets.kube_router_set(other), other
 
 
-def test_every_no_egress_drop_is_repeated_in_the_security_table_after_any_filter_accept():
-    """kube-router's ACCEPTs in filter end that table before our chains; the security table's
-    guard still sees those packets."""
+def test_every_drop_is_in_the_security_table_and_filter_passes_it_there():
+    """kube-router's ACCEPTs in filter end that table before our chains, and it rewrites the
+    filter table on every sync (counters back to 0): every drop and count is in the security
+    table's guard; in filter each becomes an ACCEPT, so a later filter rule cannot drop it
+    uncounted; the guard has no ACCEPT."""
     chains = firewall.chains(LAYOUT, "zt-relay-e2e-host")
     filters = {(c.binary, c.name): c for c in chains if c.table == "filter"}
     guards = {(c.binary, c.name): c for c in chains if c.table == "security"}
     assert set(guards) == set(filters)
     for key, guard in guards.items():
-        drops = [r for r in filters[key].rules if r[-1] == "DROP"]
-        assert [r for r in guard.rules if r[-1] == "DROP"] == drops, key
-        assert (guard.hook, guard.matches) == (filters[key].hook, filters[key].matches)
-        assert [r for r in guard.rules if "TEE" in r] == [r for r in filters[key].rules if "TEE" in r], key
+        passing = filters[key]
+        assert (guard.hook, guard.matches) == (passing.hook, passing.matches)
+        assert not any(r[-1] == "DROP" or "TEE" in r for r in passing.rules), key
         assert not any(r[-1] == "ACCEPT" for r in guard.rules), key
+        assert [r for r in guard.rules if r[-1] == "DROP"], key
+        # The guard's rules in order, each DROP as filter's ACCEPT, TEE left out: filter's rules
+        # less its own ACCEPTs (between our links).
+        expected = [_as_accept(r) if r[-1] == "DROP" else r for r in guard.rules if "TEE" not in r]
+        mine = [r for r in passing.rules if r[-1] != "ACCEPT" or GUARD_NOTE in r]
+        assert mine == expected, key
+
+
+GUARD_NOTE = "zt-relay-e2e: dropped and counted in the security table"
+
+
+def _as_accept(drop):
+    body = drop[:-2]
+    if "--comment" in body:
+        i = body.index("--comment")
+        body = body[:i - 2] + body[i + 2:]
+    return (*body, "-m", "comment", "--comment", GUARD_NOTE, "-j", "ACCEPT")
+
+
+def test_the_guards_are_installed_before_the_filter_chains_that_pass_to_them():
+    tables = [(g[0].binary, g[0].table) for g in firewall._groups(LAYOUT, cgroups.HOST, cgroups.PODS)]
+    for binary in ("iptables", "ip6tables"):
+        assert tables.index((binary, "security")) < tables.index((binary, "filter"))
 
 
 def test_kube_router_runs_the_network_policy_controller_only_for_our_node():
@@ -758,7 +784,7 @@ def test_reinstalling_the_rules_is_one_transaction_that_replaces_every_old_jump(
     lines = firewall.restore_script(group, hooks).splitlines()
     assert lines[0] == "*filter" and lines[-1] == "COMMIT"
     assert [l for l in lines if l.startswith("-D ")] == ["-D FORWARD -j ZTR-E2E-FORWARD", "-D INPUT -i ztr+ -j ZTR-E2E-INPUT"]
-    assert '-m comment --comment "zt-relay-e2e: nothing from the cluster leaves"' in "\n".join(lines)
+    assert '-m comment --comment "zt-relay-e2e: dropped and counted in the security table"' in "\n".join(lines)
     assert [l for l in lines if l.startswith("-I INPUT")] == [f"-I INPUT 1 -i {link} -j ZTR-E2E-INPUT" for link in reversed(LAYOUT.cluster_links)]
     # The deletes come before the inserts of the same hook (a -D of an identical spec would
     # otherwise delete the new jump), all inside the one COMMIT.

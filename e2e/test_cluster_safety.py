@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from e2e import workloads
-from e2e.cluster import components, network
+from e2e.cluster import cgroups, components, firewall, network
 
 # Unclaimed addresses in each routed range (checked against the cluster before use). The pod
 # one lies outside the node's /24, where only the sink route matches.
@@ -84,6 +84,20 @@ def test_our_jumps_come_before_kube_proxys_in_forward_output_and_input_v4_and_v6
             assert not kube or max(ours) < min(kube), f"{binary} {hook}: {rules}"
             guard = network.sh(binary, "-t", "security", "-S", hook).stdout.splitlines()
             assert sorted(r.split()[-1] for r in guard if "-j ZTR-E2E-" in r) == sorted(names), f"{binary} security {hook}: {guard}"
+
+
+def test_every_drop_is_in_the_security_guard_first_in_its_hook_and_filter_drops_nothing(layout):
+    """The drops and their counters live in the security table only (kube-router rewrites filter
+    on every sync): each guard is first in its hook and holds every DROP it should."""
+    for chain in firewall.chains(layout, cgroups.HOST):
+        live = network.sh(chain.binary, "-t", chain.table, "-S", chain.name).stdout.splitlines()
+        drops = [r for r in live if r.endswith("-j DROP")]
+        if chain.table == "security":
+            assert firewall.first_in_hook(chain), f"{chain.binary} security {chain.hook}"
+            assert len(drops) == sum(r[-1] == "DROP" for r in chain.rules) > 0, f"{chain.binary} security {chain.name}: {live}"
+            assert sum(" -j TEE " in r for r in live) == sum("TEE" in r for r in chain.rules), live
+        elif chain.table == "filter":
+            assert not drops and not any(" -j TEE " in r for r in live), f"{chain.binary} filter {chain.name}: {live}"
 
 
 def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):

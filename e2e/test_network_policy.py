@@ -190,23 +190,16 @@ def test_through_the_load_balancer_the_site_and_a_tunnel_both_work(enforcer, pod
 
 def test_udp_the_policy_allows_still_never_leaves_the_machine(enforcer, pods, kubectl):
     """The relay's policy allows UDP anywhere, so kube-router ACCEPTs it in filter FORWARD,
-    where its jump may sit above the harness's: the security-table guard drops it anyway."""
+    where its jump may sit above the harness's: the security-table guard drops (and counts) it
+    whichever is first."""
     from e2e.cluster import firewall
 
-    def dropped() -> dict[str, int]:
-        return {table: firewall.drop_counter("iptables", table, "ZTR-E2E-FORWARD") for table in ("filter", "security")}
-
-    forward = subprocess.run(["iptables", "-w", "5", "-S", "FORWARD"], capture_output=True, text=True, check=True).stdout
-    kube_router_first = "-j KUBE-ROUTER-FORWARD" in next(r for r in forward.splitlines() if r.startswith("-A FORWARD"))
-    before = dropped()
+    before = firewall.drop_counter("iptables", "security", "ZTR-E2E-FORWARD")
     send = ("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
             "for _ in range(5): s.sendto(b'out', ('198.18.0.9', 9999))\n")
     result = kubectl("exec", "-n", pods["namespace"], pods["relay"]["name"], "--", "python3", "-c", send, check=False, timeout=60)
     assert result.returncode == 0, result.stderr
-    after = dropped()
-    assert sum(after.values()) - sum(before.values()) >= 5, (before, after)
-    if kube_router_first:  # what the guard is for: kube-router ACCEPTed them in filter
-        assert after["security"] - before["security"] >= 5, (before, after)
+    assert firewall.drop_counter("iptables", "security", "ZTR-E2E-FORWARD") - before >= 5
 
 
 def test_with_the_enforcer_stopped_and_its_rules_gone_the_denied_flow_goes_through(enforcer, pods, kubectl, cluster_cli, wait_for):

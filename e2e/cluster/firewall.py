@@ -31,19 +31,26 @@ Links are named exactly (`-i ztr-cni0`, `-o ztr-hosts0`, ...), never by a wildca
 ZeroTier tap is "zt" + 8 base32 characters, and `ztr+` matched about one network in 32 (its
 traffic would have counted as ours and left over the VPN).
 
-The DROP rules count what they drop: the safety tests read those counters.
+Each chain above is a policy installed twice, and the drops happen in the second copy:
 
-  security FORWARD, INPUT, OUTPUT -> the same names (v4, v6): a guard repeating the drops
-                                      above. kube-router (the NetworkPolicy enforcer) puts its
+  security FORWARD, INPUT, OUTPUT -> the same names (v4, v6): the guard, with every DROP (and
+                                      the sink's TEE). The security table comes after filter
+                                      at the same hooks and an ACCEPT in filter does not skip
+                                      it. kube-router (the NetworkPolicy enforcer) puts its
                                       jump first in filter INPUT/FORWARD/OUTPUT again on every
-                                      sync, and its chains ACCEPT what a policy allows, which
-                                      ends the filter table before ours is reached. The
-                                      security table comes after filter at the same hooks and
-                                      an ACCEPT there does not skip it, so nothing leaves
-                                      whoever is first in filter. kube-router gives every pod
-                                      a chain and ACCEPTs what it allows (all of a pod's traffic
-                                      when no policy selects it), so pod traffic is counted here
-                                      rather than in filter: read both tables' counters.
+                                      sync and ACCEPTs what a policy allows (every pod gets a
+                                      chain), which ends the filter table before ours; and it
+                                      rewrites the whole filter table on every sync
+                                      (iptables-restore -T filter without --noflush, from a save
+                                      without counters), so counters in filter go back to 0.
+  filter (the chains above)           the same rules with each DROP turned into an ACCEPT (the
+                                      guard drops it; were it left to a later filter rule,
+                                      dockerd's DROP policy say, it would go uncounted) and
+                                      no TEE: only the RETURNs and the ACCEPTs between our links
+                                      (dockerd sets the FORWARD policy to DROP) do anything.
+                                      The guards are installed first and removed last.
+
+The DROP rules count what they drop: the safety tests read those counters (security table).
 
 Kubernetes' own chains are a different matter. kube-proxy and the kubelet create fixed
 names (KUBE-SERVICES, KUBE-FIREWALL, ...) that no option renames, and another kube-proxy
@@ -181,15 +188,39 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
              (*_comment("no IPv6 from the cluster goes anywhere"), "-j", "DROP")),
         ),
     ]
-    return filter_chains + [guard(c) for c in filter_chains if c.table == "filter"]
+    # The guards come first: `_groups` installs them before the filter chains that pass to them.
+    policies = [c for c in filter_chains if c.table == "filter"]
+    return [guard(c) for c in policies] + [passing(c) for c in policies] + [c for c in filter_chains if c.table != "filter"]
+
+
+TO_THE_GUARD = _comment("dropped and counted in the security table")
 
 
 def guard(chain: Chain) -> Chain:
-    """The security-table twin of a filter chain: its drops, the RETURNs they depend on and
-    the sink's TEE copy (a packet that reaches it skipped the filter chain, so it is copied
-    once), without the ACCEPTs (an ACCEPT here would change nothing)."""
+    """The security-table twin of a policy: every drop (each counts what it drops), the RETURNs
+    they depend on and the sink's TEE copy, without the ACCEPTs (one here would only skip
+    later security rules). The filter table is rewritten wholesale by kube-router on every sync
+    (iptables-restore -T filter, no --noflush, no counters): counters there go back to 0."""
     rules = tuple(r for r in chain.rules if r[-1] != "ACCEPT")
     return Chain(chain.binary, "security", chain.name, chain.hook, chain.matches, rules)
+
+
+def passing(chain: Chain) -> Chain:
+    """The filter-table chain of a policy: its RETURNs and ACCEPTs (dockerd's DROP policy), and
+    in place of each DROP an ACCEPT, so the packet surely reaches the guard (after filter, same
+    hook) instead of a later filter rule dropping it uncounted. No TEE (the guard copies)."""
+    rules = tuple(
+        (*_without_comment(r[:-2]), *TO_THE_GUARD, "-j", "ACCEPT") if r[-1] == "DROP" else r
+        for r in chain.rules if "TEE" not in r
+    )
+    return Chain(chain.binary, chain.table, chain.name, chain.hook, chain.matches, rules)
+
+
+def _without_comment(rule: tuple[str, ...]) -> tuple[str, ...]:
+    if "--comment" not in rule:
+        return rule
+    i = rule.index("--comment")
+    return rule[:i - 2] + rule[i + 2:]
 
 
 def _ipt(binary: str, table: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -241,7 +272,9 @@ def _groups(layout: Layout, host_cgroup: str, pods_cgroup: str) -> list[list[Cha
     by_table: dict[tuple[str, str], list[Chain]] = {}
     for chain in chains(layout, host_cgroup, pods_cgroup):
         by_table.setdefault((chain.binary, chain.table), []).append(chain)
-    return list(by_table.values())
+    # The security guards before the filter chains: a filter ACCEPT meant for a guard that is
+    # not there yet would let the packet leave.
+    return sorted(by_table.values(), key=lambda group: group[0].table != "security")
 
 
 def install_all(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-pods") -> None:
