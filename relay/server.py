@@ -516,9 +516,9 @@ class Relay:
         self.write_room = room
         self.apply_write_share()
 
-    def _shares(self, more: int = 0) -> int:
+    def _shares(self) -> int:
         """Write buffers sharing the room: one per tunnel, two per site connection."""
-        count = len(self.tunnels) + more
+        count = len(self.tunnels)
         if self.fallback is not None:
             count += 2 * len(self.fallback.splices)
         return count or 1
