@@ -380,3 +380,17 @@ def wait_for_pods_ready(kubectl: Kubectl):
         return _wait_for(f"{count} ready pod(s) {selector} in {namespace}", ready_pods, timeout)
 
     return wait
+
+
+@pytest.fixture
+def fake_cluster(tmp_path, monkeypatch):
+    """A state dir of the current generation with every process 'running' (pure health tests)."""
+    from e2e.cluster import components, configs, health, paths
+
+    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
+    state = configs.StatePaths(tmp_path / "state")
+    state.root.mkdir()
+    health.generation_file(state).write_text(health.HARNESS_GENERATION)
+    paths.kubeconfig_path().write_text("")
+    monkeypatch.setattr(health, "process_states", lambda state: {n: 1 for n in components.NAMES})
+    return state

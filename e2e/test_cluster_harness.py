@@ -695,20 +695,6 @@ class _FakeKubectl:
         return self.outcome
 
 
-@pytest.fixture
-def fake_cluster(tmp_path, monkeypatch):
-    """A state dir of the current generation with every process 'running'."""
-    from e2e.cluster import components, health, paths
-
-    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
-    state = configs.StatePaths(tmp_path / "state")
-    state.root.mkdir()
-    health.generation_file(state).write_text(health.HARNESS_GENERATION)
-    paths.kubeconfig_path().write_text("")
-    monkeypatch.setattr(health, "process_states", lambda state: {n: 1 for n in components.NAMES})
-    return state
-
-
 NODE_READY = {"status": {"addresses": [{"type": "InternalIP", "address": LAYOUT.node_ip}],
                          "conditions": [{"type": "Ready", "status": "True"}]}}
 

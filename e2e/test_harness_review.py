@@ -66,19 +66,6 @@ def test_stop_takes_a_component_away_when_the_only_holder_is_the_run_asking(priv
         os.close(mine)
 
 
-@pytest.fixture
-def state_of_a_running_cluster(tmp_path, monkeypatch):
-    from e2e.cluster import components, configs, paths
-
-    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
-    state = configs.StatePaths(tmp_path / "state")
-    state.root.mkdir()
-    health.generation_file(state).write_text(health.HARNESS_GENERATION)
-    paths.kubeconfig_path().write_text("")
-    monkeypatch.setattr(health, "process_states", lambda state: {n: 1 for n in components.NAMES})
-    return state
-
-
 class _Kubectl:
     def __init__(self, exc):
         self.exc = exc
@@ -98,7 +85,7 @@ SLOW_ANSWERS = [
 
 
 @pytest.mark.parametrize("stderr", SLOW_ANSWERS, ids=["server-timeout", "etcd-timeout", "tls-handshake", "429"])
-def test_a_slow_api_server_is_slow_not_broken(state_of_a_running_cluster, monkeypatch, stderr):
+def test_a_slow_api_server_is_slow_not_broken(fake_cluster, monkeypatch, stderr):
     """F7. health() calls only a subprocess timeout "slow"; every answer kubectl gives for an
     overloaded API server or etcd is "broken", and `up` then rebuilds (or, with another run
     holding the cluster, fails that run)."""
@@ -106,7 +93,7 @@ def test_a_slow_api_server_is_slow_not_broken(state_of_a_running_cluster, monkey
 
     err = KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", stderr))
     monkeypatch.setattr(health, "admin", lambda: _Kubectl(err))
-    assert health.health(Layout(primary_interface="eth0"), state_of_a_running_cluster)[0] == "slow"
+    assert health.health(Layout(primary_interface="eth0"), fake_cluster)[0] == "slow"
 
 
 @pytest.mark.parametrize("stderr", [
@@ -114,13 +101,13 @@ def test_a_slow_api_server_is_slow_not_broken(state_of_a_running_cluster, monkey
     'Error from server (NotFound): nodes "ztr-e2e-node" not found',
     "Unable to connect to the server: x509: certificate signed by unknown authority",
 ], ids=["refused", "no-node", "x509"])
-def test_a_broken_api_server_is_still_broken(state_of_a_running_cluster, monkeypatch, stderr):
+def test_a_broken_api_server_is_still_broken(fake_cluster, monkeypatch, stderr):
     """F7, the other side: only overload is "slow"."""
     from e2e.cluster.layout import Layout
 
     err = KubectlError(("get", "node"), subprocess.CompletedProcess([], 1, "", stderr))
     monkeypatch.setattr(health, "admin", lambda: _Kubectl(err))
-    assert health.health(Layout(primary_interface="eth0"), state_of_a_running_cluster)[0] == "broken"
+    assert health.health(Layout(primary_interface="eth0"), fake_cluster)[0] == "broken"
 
 
 THE_LIST = ("components.COMPONENTS", "components.NAMES")
