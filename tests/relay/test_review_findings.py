@@ -57,6 +57,18 @@ class FloodBackend:
         self.server.close()
 
 
+async def silent_site() -> tuple[asyncio.Server, str]:
+    """A site backend that reads until the visitor's EOF and never answers: the server and
+    its HOST:PORT for --fallback."""
+
+    async def hold(reader, writer):
+        await reader.read()
+        writer.close()
+
+    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    return site, f"127.0.0.1:{site.sockets[0].getsockname()[1]}"
+
+
 # -- F1: a fallback connection whose client stopped reading is never released ---------------
 
 
@@ -104,13 +116,9 @@ async def test_fallback_client_sockets_tell_the_kernel_to_give_up(start_relay):
     fallback backend has neither, while a tunnel on the same listener has both. Keepalive
     is visible from outside as the keepalive timer (``02``) in /proc/net/tcp."""
 
-    async def hold(reader, writer):  # a backend that reads and never answers
-        await reader.read()
-        writer.close()
-
-    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    site, site_address = await silent_site()
     try:
-        relay = await start_relay("--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}")
+        relay = await start_relay("--fallback", site_address)
         tunnel = socket.create_connection(("127.0.0.1", relay.port))
         visitor = socket.create_connection(("127.0.0.1", relay.port))
         try:
@@ -288,14 +296,10 @@ async def test_a_dead_workers_fallback_gauge_is_not_kept(start_relay):
     stays up forever (an alert on it, or an HPA reading it, never recovers)."""
     from tests.relay.test_workers import worker_pids
 
-    async def hold(reader, writer):
-        await reader.read()
-        writer.close()
-
-    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    site, site_address = await silent_site()
     visitors = []
     try:
-        relay = await _start_workers(start_relay, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}")
+        relay = await _start_workers(start_relay, "--fallback", site_address)
         for _ in range(4):
             s = socket.create_connection(("127.0.0.1", relay.port))
             s.sendall(b"GET / HTTP/1.1\r\n")
@@ -375,14 +379,10 @@ async def test_one_address_cannot_take_every_fallback_slot(start_relay):
     every fallback slot and every other visitor gets a closed connection
     (``max_connections``). Here: a per-IP cap of 2, a fallback cap of 5, one address opens 5."""
 
-    async def hold(reader, writer):
-        await reader.read()
-        writer.close()
-
-    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    site, site_address = await silent_site()
     hogs = []
     try:
-        relay = await start_relay("--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}",
+        relay = await start_relay("--fallback", site_address,
                                   "--max-connections-per-ip", "2", "--fallback-max-connections", "5")
         for _ in range(5):
             s = socket.create_connection(("127.0.0.1", relay.port))
@@ -418,14 +418,10 @@ async def test_fallback_connections_cannot_starve_tunnels_of_descriptors(start_r
 
     from relay import limits
 
-    async def hold(reader, writer):
-        await reader.read()
-        writer.close()
-
-    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    site, site_address = await silent_site()
     socks = []
     try:
-        relay = await start_relay(*LOOPBACK, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}",
+        relay = await start_relay(*LOOPBACK, "--fallback", site_address,
                                   "--max-connections", "10", "--max-connections-per-ip", "100")
         await relay.metrics()
         base = len(os.listdir(f"/proc/{relay.proc.pid}/fd"))
@@ -463,14 +459,10 @@ async def test_memory_pressure_also_stops_new_site_connections(start_relay):
     under pressure, tunnels are refused while visitors keep being spliced, until the OOM
     kill the budget exists to prevent. Here the budget is 1 byte (always under pressure)."""
 
-    async def hold(reader, writer):
-        await reader.read()
-        writer.close()
-
-    site = await asyncio.start_server(hold, "127.0.0.1", 0)
+    site, site_address = await silent_site()
     socks = []
     try:
-        relay = await start_relay(*LOOPBACK, "--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}", "--max-memory", "1")
+        relay = await start_relay(*LOOPBACK, "--fallback", site_address, "--max-memory", "1")
         tunnel = socket.create_connection(("127.0.0.1", relay.port))
         socks.append(tunnel)
         tunnel.sendall(protocol.encode_hello(1, 14, 2))
