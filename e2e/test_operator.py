@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from e2e import images
+from e2e import images, recovery
 from zt_operator import OLD_FINALIZER, builders
 from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 
@@ -658,8 +658,17 @@ def operator_metric(kubectl, namespace: str, pattern: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{pattern} ([0-9.e+]+)$", text, re.M))
 
 
+@pytest.fixture
+def cluster_whole_afterwards(kubectl, busybox_image):
+    """Teardown: the cluster serves a new workload again before the next test starts (its own
+    components relist up to about a minute after an outage: e2e/recovery.py)."""
+    yield
+    account, workload = recovery.wait_serves_new_workloads(kubectl, busybox_image)
+    print(f"after the test: a new namespace's ServiceAccount in {account:.1f} s, a new pod available in {workload:.1f} s")
+
+
 def test_with_the_api_server_down_for_30_seconds_relays_keep_serving_and_the_operator_recovers(
-    relay, make_relay, relay_hosts, udp_root, kubectl, wait_for, cluster
+    cluster_whole_afterwards, relay, make_relay, relay_hosts, udp_root, kubectl, wait_for, cluster
 ):
     from e2e.cluster import control
 
