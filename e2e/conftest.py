@@ -265,12 +265,7 @@ def _namespace_name(test_name: str) -> str:
 @pytest.fixture
 def namespace(request: pytest.FixtureRequest, kubectl: Kubectl):
     name = _namespace_name(request.node.name)
-    kubectl("create", "namespace", name)
-    _wait_for(
-        f"ServiceAccount default in {name}",
-        lambda: kubectl("get", "serviceaccount", "default", "-n", name, check=False).returncode == 0,
-        30,
-    )
+    kubectl.create_namespace(name)
     yield name
     # Don't wait for pods to terminate: the next test needn't, and `down` sweeps the rest.
     kubectl("delete", "namespace", name, "--wait=false", "--ignore-not-found", check=False)

@@ -22,11 +22,8 @@ def wait_serves_new_workloads(kubectl: Kubectl, image: str, timeout: float = 180
     start = time.monotonic()
     deadline = start + timeout
     namespace = f"e2e-recovery-{uuid.uuid4().hex[:6]}"
-    kubectl("create", "namespace", namespace)
     try:
-        wait_for(f"ServiceAccount default in {namespace}", lambda: kubectl(
-            "get", "serviceaccount", "default", "-n", namespace, check=False).returncode == 0,
-            deadline - time.monotonic())
+        kubectl.create_namespace(namespace, timeout)
         account = time.monotonic() - start
         kubectl.apply(workloads.web_deployment("canary", image), namespace=namespace)
         wait_for(f"Deployment canary available in {namespace}", lambda: kubectl(

@@ -34,7 +34,7 @@ def test_down_removes_only_ours_and_up_works_again(request, cluster, cluster_cli
     assert decoys.survivors() == intact
     ns = f"e2e-lifecycle-{uuid.uuid4().hex[:6]}"
     # Something running with a network namespace, IPAM lease, mounts and logs.
-    kubectl("create", "namespace", ns)
+    kubectl.create_namespace(ns)
     kubectl("run", "sleeper", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
     kubectl("wait", "pod/sleeper", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
 
@@ -47,7 +47,7 @@ def test_down_removes_only_ours_and_up_works_again(request, cluster, cluster_cli
     assert node.node_ready(kubectl, cluster.layout.node_name)
     # The images went with the state; put busybox back for anything that runs after.
     image_import.import_archive(testimages.busybox_archive())
-    kubectl("create", "namespace", ns)
+    kubectl.create_namespace(ns)
     kubectl("run", "again", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
     kubectl("wait", "pod/again", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
     kubectl("delete", "namespace", ns, "--wait=false")

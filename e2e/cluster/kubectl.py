@@ -44,6 +44,13 @@ class Kubectl:
         doc = {"apiVersion": "v1", "kind": "List", "items": list(objects)}
         return self(*args, input=json.dumps(doc))
 
+    def create_namespace(self, name: str, timeout: float = 30) -> None:
+        """Create it and wait for its default ServiceAccount: until the controller manager has
+        made that, a Pod created there is refused ("serviceaccount default not found")."""
+        self("create", "namespace", name)
+        wait_for(f"ServiceAccount default in {name}", lambda: self(
+            "get", "serviceaccount", "default", "-n", name, check=False).returncode == 0, timeout)
+
 
 class KubectlError(RuntimeError):
     def __init__(self, args: tuple[str, ...], proc: subprocess.CompletedProcess) -> None:
