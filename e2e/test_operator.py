@@ -1,6 +1,6 @@
 """The operator on a real cluster, running in a pod from the project image.
 
-One operator (from operator/rbac.yaml and the CRD file, in its own namespace that enforces
+One operator (with the chart's RBAC rules and the CRD file, in its own namespace that enforces
 Pod Security "restricted") is shared by the module. Every test creates the relays it needs
 (``make_relay``), so each runs alone with ``-k``; relays that carry traffic share the
 module's ``relay`` fixture and wait for it to settle first.
@@ -23,7 +23,7 @@ from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # no
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_FILE = REPO / "charts" / "zt-relay" / "crds" / "zerotierrelays.yaml"
-RBAC_FILE = REPO / "operator" / "rbac.yaml"
+RBAC_RULES_FILE = REPO / "charts" / "zt-relay" / "files" / "operator-rbac.yaml"
 RELAY = "edge"
 HOST_PREFIX = "op"  # test-host names of this module (e2e.peers.relay_hosts)
 DRAIN_SECONDS = 20
@@ -44,7 +44,7 @@ def image(load_image) -> str:
 @pytest.fixture(scope="module")
 def operator_namespace(kubectl, image, wait_for):
     """A namespace enforcing Pod Security "restricted", with the operator running in it:
-    the CRD file, operator/rbac.yaml (names made unique) and a one-replica Deployment."""
+    the CRD file, the chart's RBAC rules (in a ClusterRole named for it) and a one-replica Deployment."""
     name = f"e2e-operator-{uuid.uuid4().hex[:6]}"
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(CRD_FILE))
 
@@ -56,15 +56,16 @@ def operator_namespace(kubectl, image, wait_for):
     wait_for("the ZeroTierRelay CRD established", established, 60)
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace",
                    "metadata": {"name": name, "labels": {"pod-security.kubernetes.io/enforce": "restricted"}}})
-    rbac = list(yaml.safe_load_all(RBAC_FILE.read_text()))
-    for doc in rbac:
-        doc["metadata"]["name"] = name
-        if doc["kind"] == "ServiceAccount":
-            doc["metadata"]["namespace"] = name
-        if doc["kind"] == "ClusterRoleBinding":
-            doc["roleRef"]["name"] = name
-            doc["subjects"][0].update(name=name, namespace=name)
-    kubectl.apply(*rbac)
+    rules = yaml.safe_load(RBAC_RULES_FILE.read_text())
+    rbac_api = "rbac.authorization.k8s.io"
+    kubectl.apply(
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": name}},
+        {"apiVersion": f"{rbac_api}/v1", "kind": "ClusterRole", "metadata": {"name": name},
+         "rules": rules["clusterRules"] + rules["namespacedRules"]},
+        {"apiVersion": f"{rbac_api}/v1", "kind": "ClusterRoleBinding", "metadata": {"name": name},
+         "roleRef": {"apiGroup": rbac_api, "kind": "ClusterRole", "name": name},
+         "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": name}]},
+    )
     restricted = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]},
                   "readOnlyRootFilesystem": True, "runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}}
     kubectl.apply({

@@ -19,7 +19,8 @@ from e2e.cluster import paths, versions
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "zt-relay"
 CRD_FILE = CHART / "crds" / "zerotierrelays.yaml"
-OPERATOR_RBAC_FILE = REPO / "operator" / "rbac.yaml"
+RBAC_RULES_FILE = CHART / "files" / "operator-rbac.yaml"
+"""The operator's RBAC rules, written once: the chart renders them, the e2e install reads them."""
 RELEASE = "zt-relay"
 NAMESPACE = "relays"
 

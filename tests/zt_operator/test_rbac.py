@@ -1,4 +1,4 @@
-"""operator/rbac.yaml grants what the operator does, and no more."""
+"""The operator's RBAC rules (the chart's files/operator-rbac.yaml) grant what it does, and no more."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ from pathlib import Path
 import yaml
 
 from tests.zt_operator.conftest import IMAGE, relay_body
-from zt_operator import builders
+from zt_operator import GROUP, builders
 
-RBAC_FILE = Path(__file__).resolve().parents[2] / "operator" / "rbac.yaml"
-(ROLE,) = [d for d in yaml.safe_load_all(RBAC_FILE.read_text()) if d["kind"] == "ClusterRole"]
-GRANTED = {(g, r, v) for rule in ROLE["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
+RBAC_RULES_FILE = Path(__file__).resolve().parents[2] / "charts" / "zt-relay" / "files" / "operator-rbac.yaml"
+RULES = yaml.safe_load(RBAC_RULES_FILE.read_text())
+GRANTED = {(g, r, v) for rule in RULES["clusterRules"] + RULES["namespacedRules"]
+           for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]}
 PLURALS = {"Deployment": "deployments", "Service": "services", "PodDisruptionBudget": "poddisruptionbudgets",
            "HorizontalPodAutoscaler": "horizontalpodautoscalers", "NetworkPolicy": "networkpolicies"}
 
@@ -47,4 +48,4 @@ def test_every_child_kind_can_be_watched():
 
 
 def test_owner_references_with_block_owner_deletion_are_allowed_under_permission_enforcement():
-    assert ("relay.zt-relay.dev", "zerotierrelays/finalizers", "update") in GRANTED
+    assert (GROUP, "zerotierrelays/finalizers", "update") in GRANTED
