@@ -50,7 +50,7 @@ class KubeError(Exception):
         super().__init__(message)
         self.reason = reason
         """Short CamelCase cause: Timeout, Unreachable, TooManyRequests, APIServerError,
-        Forbidden, Invalid, Conflict, NotFound or APIError."""
+        Forbidden, Invalid, Conflict, NotFound, Expired or APIError."""
         self.status = status
 
 
@@ -91,7 +91,7 @@ def _decode(response: Any) -> dict[str, Any]:
 
 
 _STATUS_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
-                   422: "Invalid", 429: "TooManyRequests"}
+                   410: "Expired", 422: "Invalid", 429: "TooManyRequests"}
 
 
 def classify(exc: BaseException) -> tuple[str, str, int | None]:
@@ -178,18 +178,45 @@ def delete(kind: str, namespace: str, name: str) -> bool:
     return True
 
 
+PAGE_SIZE = 500
+"""Objects per page of a relist's LIST (client-go's pager uses the same): 5,000 relays'
+Deployments come in 10 answers of about a megabyte, not one of ten."""
+LIST_RESTARTS = 3
+"""How often a LIST whose continue token expired (410) starts over before it gives up
+(until the next relist); each start is a new snapshot, so only a store compacting
+faster than the pages arrive can use them all."""
+
+
 def list_children(kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
     """The objects of child ``kind`` in ``namespace`` (None: in every namespace) matching
-    ``selector`` (the relist)."""
+    ``selector`` (the relist), read in pages of ``PAGE_SIZE``. Every page comes from the
+    first page's snapshot (the continue token carries its resourceVersion). A token that
+    expired mid-list (410, a compaction) restarts the list from its first page, never
+    continues from a newer snapshot: the answer is one consistent snapshot, so a child
+    missing from it really was gone at that moment."""
     if namespace is None:
         api_class, suffix = _KINDS[kind]
         method, args = getattr(_typed(api_class), f"list_{suffix}_for_all_namespaces"), ()
     else:
         method, args = _method(kind, "list"), (namespace,)
-    listed = call_json(f"listing {kind}s", method, *args, label_selector=selector,
-                       _preload_content=False, _request_timeout=TIMEOUT)
-    # A list's items carry no kind or apiVersion; the watch's objects do.
-    return [dict(item, kind=kind, apiVersion=listed.get("apiVersion")) for item in listed.get("items") or []]
+    for _ in range(LIST_RESTARTS + 1):
+        items: list[dict[str, Any]] = []
+        token: str | None = None
+        while True:
+            try:
+                listed = call_json(f"listing {kind}s", method, *args, label_selector=selector, limit=PAGE_SIZE,
+                                   _continue=token, _preload_content=False, _request_timeout=TIMEOUT)
+            except KubeError as exc:
+                if exc.status == 410 and token is not None:
+                    break  # expired mid-list: start over
+                raise
+            # A list's items carry no kind or apiVersion; the watch's objects do.
+            items += [dict(item, kind=kind, apiVersion=listed.get("apiVersion")) for item in listed.get("items") or []]
+            token = (listed.get("metadata") or {}).get("continue") or None
+            if token is None:
+                return items
+    raise KubeError(f"listing {kind}s: the list expired {LIST_RESTARTS + 1} times before its last page",
+                    "Expired", 410)
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
