@@ -528,8 +528,11 @@ def dry_run(kubectl, namespace: str, name: str, spec: dict):
     ({"telemetry": {"otlpEndpoint": "collector:4318"}}, "spec.telemetry.otlpEndpoint", "http:// or https://"),
     ({"telemetry": {"otlpEndpoint": "ftp://collector.example/"}}, "spec.telemetry.otlpEndpoint", "http:// or https://"),
     ({"fallback": {"service": "cel-own", "port": 443}}, "spec.fallback.service", "own Service"),
+    # The relay refuses IPv4-mapped ranges too (it matches IPv4 as IPv4): the message says so.
+    ({"relay": {"denyDestinations": ["::ffff:10.0.0.0/104"]}}, "spec.relay.denyDestinations[0]", "IPv4-mapped"),
+    ({"relay": {"allowDestinations": ["::FFFF:0:0/96"]}}, "spec.relay.allowDestinations[0]", "write the IPv4 range"),
 ], ids=["host-bits", "not-cidr", "lb-range", "no-port", "bad-port", "fallback-address", "otlp-no-scheme",
-        "otlp-ftp", "own-service"])
+        "otlp-ftp", "own-service", "mapped-deny", "mapped-allow"])
 def test_the_api_server_refuses_an_invalid_relay_with_a_message_naming_the_field(operator_namespace, kubectl,
                                                                                  spec, field, words):
     refused = dry_run(kubectl, operator_namespace, "cel-own", spec)

@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 # 5 moved validation to CEL (CIDRs, HOST:PORT, OTLP URL, fallback to the own Service).
 # 6: the root rule (own Service) ratchets itself, so relays stored under 4 stay writable;
 # relay destinations take a bare address again (one host, as the relay and the operator before 5 read it).
+# 7: the relay destinations' message says why an IPv4-mapped range is refused (messageExpression; rules unchanged).
 SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc", 5: "7eef0a5bcbcb3c4c",
-                        6: "0ed98c7ad85b2dc8"}
+                        6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9"}
 
 
 def packaged() -> dict[str, Any]:

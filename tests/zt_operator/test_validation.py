@@ -73,3 +73,30 @@ def test_relay_destinations_take_a_bare_address_as_the_relay_does(field):
     # before CEL accepted it; a Service's loadBalancerSourceRanges does not (CIDRs only).
     assert "isIP(self)" in rules(SPEC["relay"]["properties"][field]["items"])
     assert "isIP(self)" not in rules(SPEC["service"]["properties"]["loadBalancerSourceRanges"]["items"])
+
+
+# The relay refuses IPv4-mapped ranges (inside ::ffff:0:0/96) in its CIDR flags at start
+# (notes/relay3.md): it matches IPv4 destinations as IPv4, so a mapped allow would be dead
+# and a mapped deny a silent no-op. The CRD's isCIDR/isIP refuse them too; a relay stored
+# before the CEL rules (ratcheted) would give pods that never start, so the operator
+# refuses it first and names the field and the IPv4 range to write.
+@pytest.mark.parametrize("field", ["allowDestinations", "denyDestinations"])
+@pytest.mark.parametrize("value, ipv4", [
+    ("::ffff:10.0.0.0/104", "10.0.0.0/8"), ("::ffff:0:0/96", "0.0.0.0/0"),
+    ("0:0:0:0:0:ffff:c612:0/127", "198.18.0.0/31"), ("::ffff:198.18.0.5", "198.18.0.5"),
+])
+def test_an_ipv4_mapped_destination_is_refused_naming_the_field_and_its_ipv4_range(field, value, ipv4):
+    found = validation.validate({"relay": {field: ["2001:db8::/32", value]}}, "edge", "relays")
+    assert len(found) == 1
+    assert found[0].startswith(f"spec.relay.{field}[1]: ") and "IPv4-mapped" in found[0] and f"write {ipv4}" in found[0]
+
+
+@pytest.mark.parametrize("value", ["::/0", "::/8", "2001:db8::/32", "10.0.0.0/8", "::ffff:0:0:0/96", "64:ff9b::/96"])
+def test_ipv6_ranges_around_the_mapped_block_are_not_refused(value):
+    assert validation.validate({"relay": {"allowDestinations": [value], "denyDestinations": [value]}}) == []
+
+
+@pytest.mark.parametrize("field", ["allowDestinations", "denyDestinations"])
+def test_the_crd_says_why_an_ipv4_mapped_range_is_refused(field):
+    (rule,) = SPEC["relay"]["properties"][field]["items"]["x-kubernetes-validations"]
+    assert "IPv4-mapped" in rule["messageExpression"] and "ffff" in rule["messageExpression"]
