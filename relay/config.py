@@ -268,9 +268,10 @@ def _validate(c: RelayConfig) -> None:
     for name in ("allow_destination", "deny_destination", "proxy_protocol_from"):
         for cidr in getattr(c, name):
             try:
-                filters.parse_cidr(cidr)
+                net = filters.parse_cidr(cidr)
             except ValueError as exc:
                 raise ConfigError(name, str(exc)) from None
+            _refuse_mapped(net, cidr, name)
     for host in c.own_address:
         _check_ip(host, "own_address")
     if c.new_destination_rate < 0:
@@ -319,6 +320,19 @@ def _validate(c: RelayConfig) -> None:
         raise ConfigError("log_format", f"must be text or json, got {c.log_format!r}")
     if c.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ConfigError("log_level", f"unknown level {c.log_level!r}")
+
+
+_MAPPED = ipaddress.IPv6Network("::ffff:0:0/96")
+
+
+def _refuse_mapped(net: filters.IPNetwork, text: str, setting: str) -> None:
+    """An IPv4-mapped range is refused rather than guessed at: taken literally it is a dead
+    rule (tunnels' IPv6 sockets are V6ONLY; PROXY peers and IPv4 records are compared as
+    IPv4, so a mapped deny denies nothing), read as IPv4 it may widen silently
+    (``::ffff:0:0/96`` is every IPv4 address). The CRD's CEL refuses them too."""
+    if net.version == 6 and net.subnet_of(_MAPPED):
+        ipv4 = ipaddress.IPv4Network((int(net.network_address) & 0xFFFFFFFF, net.prefixlen - 96))
+        raise ConfigError(setting, f"{text!r} is an IPv4-mapped range; the relay matches IPv4 as IPv4: write {ipv4}")
 
 
 def _check_ip(host: str, setting: str) -> None:

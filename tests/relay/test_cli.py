@@ -148,3 +148,29 @@ def test_the_fallback_settings_read_flags_and_variables_and_bad_values_name_the_
         with pytest.raises(UsageError) as info:
             parse_config(argv, {})
         assert str(info.value).startswith(flag), str(info.value)
+
+
+@pytest.mark.parametrize("flag", ["--allow-destination", "--deny-destination", "--proxy-protocol-from"])
+@pytest.mark.parametrize("cidr, ipv4", [
+    ("::ffff:0:0/96", "0.0.0.0/0"),
+    ("::ffff:10.0.0.0/104", "10.0.0.0/8"),
+    ("::ffff:198.18.0.1", "198.18.0.1/32"),
+    ("::FFFF:c612:0/112", "198.18.0.0/16"),
+], ids=["whole_block", "rfc1918", "one_address", "hex_upper"])
+def test_an_ipv4_mapped_cidr_is_refused_naming_the_flag_and_its_ipv4_form(flag, cidr, ipv4):
+    """A mapped range would be a dead rule (tunnels' IPv6 sockets are V6ONLY, and PROXY
+    peers are compared as IPv4) or, read as IPv4, a silent widening (``::ffff:0:0/96`` is
+    every IPv4 address): the operator is told what to write instead."""
+    env_name = "ZT_RELAY_" + flag[2:].replace("-", "_").upper()
+    for argv, env in (([flag, cidr], {}), ([], {env_name: cidr})):
+        with pytest.raises(UsageError) as err:
+            parse_config(argv, env)
+        message = str(err.value)
+        assert message.startswith(f"{flag} ({env_name})"), message
+        assert "IPv4-mapped" in message and f"write {ipv4}" in message, message
+
+
+@pytest.mark.parametrize("cidr", ["::/0", "::/8", "::fffe:0:0/96", "64:ff9b::/96"])
+def test_ipv6_ranges_around_the_mapped_block_are_still_accepted(cidr):
+    """Only ranges inside ``::ffff:0:0/96`` are mapped: a wider IPv6 rule stays an IPv6 rule."""
+    assert parse_config(["--deny-destination", cidr], {}).deny_destination == (cidr,)
