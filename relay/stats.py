@@ -41,6 +41,9 @@ TUNNEL_RATE = "tunnel_rate_limited"
 GLOBAL_RATE = "global_rate_limited"
 UDP_BUFFER_FULL = "udp_send_buffer_full"
 UDP_SOCKET_UNAVAILABLE = "udp_socket_unavailable"  # e.g. no IPv6 in the pod: the packet goes
+#: The kernel has no route to that one destination (ENETUNREACH, EHOSTUNREACH): the packet
+#: goes, the tunnel and its other destinations go on.
+UNREACHABLE = "unreachable"
 
 # Refused connections (zt_relay_connections_refused_total).
 MAX_CONNECTIONS = "max_connections"

@@ -54,8 +54,11 @@ NEW_DESTINATION_BURST_SECONDS = 8
 MAX_CACHED_VERDICTS = MAX_PEERS
 
 #: sendto errors of an IPv6 socket that mean the pod has no IPv6 (``disable_ipv6``: no
-#: source address, no route), not a problem of one destination.
-_NO_IPV6 = frozenset((errno.EADDRNOTAVAIL, errno.ENETUNREACH, errno.EAFNOSUPPORT))
+#: source address), not a problem of one destination.
+_NO_IPV6 = frozenset((errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT))
+#: sendto errors that mean no route to this one destination (none at all, or an
+#: unreachable route), in either family: a per-packet drop, the tunnel goes on.
+_UNREACHABLE = frozenset((errno.ENETUNREACH, errno.EHOSTUNREACH))
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
@@ -178,6 +181,12 @@ class Tunnel(asyncio.Protocol):
             self.drop(stats.UDP_BUFFER_FULL)
             return
         except OSError as exc:
+            if exc.errno in _UNREACHABLE:
+                if seen is None:  # a destination the kernel can't reach holds no reply window
+                    del peers[dest]
+                self.warn_once(stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)", dest, _fmt(self.client), exc)
+                relay.stats.dropped[stats.UNREACHABLE] += 1
+                return
             if kind == 6 and exc.errno in _NO_IPV6:
                 # IPv6 disabled or absent in the pod: the kernel still opens and binds the
                 # socket, only the send fails. Counted like a socket that can't be opened.

@@ -7,7 +7,8 @@ test_resource_ceilings.py):
 - UDP ``bind(port 0)`` with every ephemeral port taken fails with EADDRINUSE (an unbound
   ``sendto`` would fail with EAGAIN; TCP ``connect`` with EADDRNOTAVAIL).
 - With ``disable_ipv6`` an IPv6 UDP socket still opens and binds; only ``sendto`` fails
-  (EADDRNOTAVAIL toward ::1, ENETUNREACH elsewhere).
+  (EADDRNOTAVAIL toward ::1, ENETUNREACH elsewhere, which is dropped as ``unreachable``
+  like any destination without a route).
 - With every descriptor taken, libuv's accept loop closes new connections itself (its
   EMFILE trick): uncounted, and the health scrape is reset with them.
 """
@@ -21,6 +22,7 @@ import os
 import re
 import resource
 import socket
+import subprocess
 
 import asyncio_dgram
 import pytest
@@ -117,6 +119,37 @@ async def test_an_ipv6_frame_without_ipv6_is_dropped_as_unavailable_and_ipv4_flo
             await client.close()
         finally:
             echo.close()
+
+
+async def test_an_unreachable_destination_is_a_per_packet_drop_and_other_destinations_work(start_relay):
+    """IPv6 works in the namespace, but 2001:db8::/32 has no route (ENETUNREACH) and
+    2001:db8:1::/48 and 198.18.1.0/24 have unreachable routes (EHOSTUNREACH): those packets
+    are dropped as ``unreachable``, not blamed on a missing IPv6 socket, and the tunnel goes
+    on to ::1 and 127.0.0.1."""
+    with kernel.private_netns():
+        subprocess.run(["ip", "-6", "route", "add", "unreachable", "2001:db8:1::/48"], check=True, timeout=10)
+        subprocess.run(["ip", "route", "add", "unreachable", "198.18.1.0/24"], check=True, timeout=10)
+        echo4, echo6 = await Echo.bind(), await Echo.bind("::1")
+        try:
+            relay = await start_relay(*LOOPBACK, "--allow-destination", "2001:db8::/32", "--allow-destination", "198.18.0.0/15")
+            client = await connect_from_fixed_port(relay.port)
+            assert await round_trip(client, echo6, b"v6 first" * 3, "::1") == b"v6 first" * 3
+            for host in ("2001:db8::1", "2001:db8:1::1", "198.18.1.1"):
+                for _ in range(4):
+                    client.send(host, 4000, b"no route" * 3)
+            assert await round_trip(client, echo6, b"v6 after" * 3, "::1") == b"v6 after" * 3
+            assert await round_trip(client, echo4, b"v4 after" * 3) == b"v4 after" * 3
+            samples = await relay.metrics()
+            assert samples.get('zt_relay_dropped_total{reason="unreachable"}') == 12, samples
+            assert samples.get('zt_relay_dropped_total{reason="udp_socket_unavailable"}', 0) == 0, samples
+            assert samples.get("zt_relay_udp_send_errors_total", 0) == 0, samples
+            assert samples["zt_relay_tunnels_active"] == 1
+            assert len([line for line in relay.log if "unreachable" in line]) == 1, "".join(relay.log)  # once per tunnel
+            assert not relay.logged("Traceback"), "".join(relay.log)
+            await client.close()
+        finally:
+            echo4.close()
+            echo6.close()
 
 
 def nofile(limit: int):
