@@ -22,7 +22,8 @@ tunnels and can't take their slots. A tunnel's ``--handshake-timeout`` runs from
 handoff.
 
 Metrics: ``zt_relay_fallback_connections_total{result}`` (once per connection sent to the
-backend: ``connected``, or why not), ``zt_relay_fallback_closed_total{reason}``,
+backend: ``connected``, or why not, ``client_reset`` for a visitor that reset while the
+backend was dialed), ``zt_relay_fallback_closed_total{reason}``,
 ``zt_relay_fallback_connections_active`` and ``zt_relay_fallback_bytes_total{direction}``.
 """
 
@@ -69,6 +70,7 @@ MAX_CONNECTIONS_PER_IP = stats.MAX_CONNECTIONS_PER_IP
 FILE_DESCRIPTORS = stats.FILE_DESCRIPTORS
 MEMORY_PRESSURE = stats.MEMORY_PRESSURE
 CLIENT_GONE = "client_gone"
+CLIENT_RESET = splice_mod.CLIENT_RESET  # reset while the backend was dialed
 
 
 class FallbackRouter:
@@ -213,6 +215,14 @@ class FallbackRouter:
             if s.client.lost:
                 self.results[CLIENT_GONE] += 1
                 backend.close()
+                s.backend_connected()
+                return
+            if streams.is_over(s.client.transport):
+                # Reset while the backend was dialed (its reading is paused, so the transport
+                # has not seen it): counted as what happened, and the backend is reset before
+                # it gets the request of a visitor who is gone.
+                self._fail(CLIENT_RESET, client, "the client reset the connection while the backend was dialed")
+                s.abort(splice_mod.CLIENT_RESET)
                 s.backend_connected()
                 return
             self.results[CONNECTED] += 1

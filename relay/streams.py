@@ -75,6 +75,19 @@ def queued(transport: asyncio.Transport) -> int:
     return left
 
 
+def is_over(transport: asyncio.Transport) -> bool:
+    """True if the peer has reset the connection (or the kernel gave up on it) although
+    the transport has not noticed yet: a transport whose reading is paused sees a reset
+    only at its next read or write. One getsockopt; for per-connection checks."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return False
+    try:
+        return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_CLOSE
+    except (OSError, ValueError):
+        return True  # closed under us
+
+
 def reset(transport: asyncio.Transport) -> None:
     """Aborts with a zero linger: a reset, and the kernel's send queue is dropped too
     (instead of an orphan probing a zero window)."""

@@ -524,11 +524,15 @@ async def test_a_backend_that_does_not_answer_the_syn_at_once_still_gets_the_fir
             peers.append(peer)
         requests = set()
         for peer in peers[1:]:
-            data = await asyncio.wait_for(loop.sock_recv(peer, 100), 5)
+            try:
+                data = await asyncio.wait_for(loop.sock_recv(peer, 100), 5)
+            except ConnectionResetError:
+                data = b""
             requests.add(data)
             if data == b"GET /first HTTP/1.1\r\n\r\n":
                 await loop.sock_sendall(peer, b"HTTP/1.1 200 OK\r\n\r\n")
-        assert requests == {b"GET /first HTTP/1.1\r\n\r\n", b"GET /quit HTTP/1.1\r\n\r\n"}
+        # The visitor who reset is not served: its dial is reset before its request goes.
+        assert requests == {b"GET /first HTTP/1.1\r\n\r\n", b""}
         assert await asyncio.wait_for(reader.readexactly(19), 5) == b"HTTP/1.1 200 OK\r\n\r\n"
         writer.close()
         for peer in peers:
@@ -538,6 +542,47 @@ async def test_a_backend_that_does_not_answer_the_syn_at_once_still_gets_the_fir
             assert loop.time() < deadline + 10, (fds(), baseline)
             await asyncio.sleep(0.05)
         assert not relay.logged("Traceback"), "".join(relay.log)
+    finally:
+        filler.close()
+        backend.close()
+
+
+async def test_a_visitor_that_resets_while_the_backend_is_dialed_is_counted_as_client_reset(start_relay):
+    """The backend's accept queue is full, so the relay's dial waits in SYN_SENT; the visitor
+    resets meanwhile. Once the dial completes, the connection is counted by what happened
+    (``client_reset``), not ``connected``, and its request never reaches the backend."""
+    loop = asyncio.get_running_loop()
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(0)  # holds one connection not yet accepted
+    port = backend.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    relay = await start_relay("--fallback", f"127.0.0.1:{port}")
+    try:
+        quitter = socket.create_connection(("127.0.0.1", relay.port))
+        quitter.sendall(b"GET /quit HTTP/1.1\r\n\r\n")
+        deadline = loop.time() + 10
+        while _syn_sent_to(port) < 1:
+            assert loop.time() < deadline, _syn_sent_to(port)
+            await asyncio.sleep(0.02)
+        quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        quitter.close()  # a reset while the backend is still being dialed
+        backend.setblocking(False)
+        first, _ = await asyncio.wait_for(loop.sock_accept(backend), 10)
+        dialed, _ = await asyncio.wait_for(loop.sock_accept(backend), 10)  # once the SYN is retried
+        reset = await relay.wait_metric('zt_relay_fallback_connections_total{result="client_reset"}', lambda v: v == 1, timeout=10)
+        samples = await relay.metrics()
+        assert reset == 1, samples
+        assert samples.get('zt_relay_fallback_connections_total{result="connected"}', 0) == 0, samples
+        try:
+            got = await asyncio.wait_for(loop.sock_recv(dialed, 100), 5)
+        except ConnectionResetError:
+            got = b""
+        assert got == b"", got  # closed without the request of a visitor who is gone
+        assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 0, timeout=10) == 0
+        assert not relay.logged("Traceback"), "".join(relay.log)
+        first.close()
+        dialed.close()
     finally:
         filler.close()
         backend.close()
