@@ -128,8 +128,9 @@ class RelayConfig:
 
     fallback: Endpoint | None = None
     """Where connections that aren't ZeroTier go, byte for byte (a website or ingress on
-    the same port); None closes them as before. The host may be a DNS name, resolved at
-    most every 10 s (``fallback.DNS_CACHE_SECONDS``). See ``fallback.py``."""
+    the same port); None closes them as before. The host may be a DNS name, refreshed every
+    10 s in the background (``fallback.DNS_CACHE_SECONDS``, ``backend_name.py``): visitors
+    never wait for a lookup once it has an address. See ``fallback.py``."""
 
     fallback_proxy_protocol: str = "off"
     """``v1`` or ``v2``: start each backend connection with a PROXY header carrying the

@@ -24,7 +24,8 @@ handoff.
 Metrics: ``zt_relay_fallback_connections_total{result}`` (once per connection sent to the
 backend: ``connected``, or why not, ``client_reset`` for a visitor that reset while the
 backend was dialed), ``zt_relay_fallback_closed_total{reason}``,
-``zt_relay_fallback_connections_active`` and ``zt_relay_fallback_bytes_total{direction}``.
+``zt_relay_fallback_connections_active``, ``zt_relay_fallback_bytes_total{direction}`` and
+``zt_relay_fallback_dns_failures_total{reason}`` (``backend_name.py``).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from relay import protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
+from relay import backend_name, protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
 from relay.limits import client_key
 from relay.tunnel import Tunnel, _fmt
 
@@ -56,8 +57,8 @@ LOG_INTERVAL = 10.0
 #: SO_SNDBUF toward the visitor and SO_RCVBUF from the backend under --max-memory (the
 #: kernel holds twice each: 512 KiB, 40 Mbit/s per direction at 100 ms round trip).
 SOCKET_BUFFER = 256 * 1024
-#: Seconds a backend name's address is reused (a Kubernetes Service name would otherwise
-#: cost several DNS queries per connection, through the search path).
+#: Seconds a backend name's address is fresh; then it is refreshed in the background while
+#: visitors keep getting it (``backend_name.py``: never a lookup per connection).
 DNS_CACHE_SECONDS = 10.0
 
 # Results (label values of zt_relay_fallback_connections_total).
@@ -97,12 +98,12 @@ class FallbackRouter:
         self.closed: Counter[str] = Counter()
         self.bytes_done = {"to_backend": 0, "to_client": 0}
         self._logged: dict[str, float] = {}
-        self._resolved: tuple[float, tuple] | None = None  # (expiry, sockaddr) of a backend name
+        #: a backend given by name: its address, refreshed off the connection path
+        self.name: backend_name.CachedName | None = None
         try:
             ipaddress.ip_address(self.backend[0])
-            self._needs_dns = False
         except ValueError:
-            self._needs_dns = True
+            self.name = backend_name.CachedName(self.loop, *self.backend, DNS_CACHE_SECONDS, self._lookup_failed)
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -124,11 +125,16 @@ class FallbackRouter:
             snap[f"fallback:{label}"] = value
         for label, value in self.closed.items():
             snap[f"fallback_closed:{label}"] = value
+        if self.name is not None:
+            for label, value in self.name.failures.items():
+                snap[f"fallback_dns_failures:{label}"] = value
         return snap
 
     def close(self) -> None:
         """Closes every connection being sniffed or spliced (the relay is stopping)."""
         self._tick_handle.cancel()
+        if self.name is not None:
+            self.name.close()
         for sniffer in list(self.sniffers):
             sniffer.transport.abort()
         for s in list(self.splices):
@@ -257,21 +263,22 @@ class FallbackRouter:
         return done
 
     def _known_address(self) -> tuple | None:
-        """The backend's address if it is known without waiting (an IP, or a name resolved
-        less than ``DNS_CACHE_SECONDS`` ago)."""
-        if not self._needs_dns:
-            return self.backend
-        if self._resolved is not None and self._resolved[0] >= self.loop.time():
-            return self._resolved[1]
-        return None
+        """The backend's address if it is known without waiting: an IP, or the name's last
+        good address (a refresh, if due, starts in the background)."""
+        return self.backend if self.name is None else self.name.current()
 
     async def _address(self) -> tuple:
-        address = self._known_address()
-        if address is None:
-            infos = await self.loop.getaddrinfo(*self.backend, type=socket.SOCK_STREAM)
-            address = infos[0][4]
-            self._resolved = (self.loop.time() + DNS_CACHE_SECONDS, address)
-        return address
+        """The address; only before a name's first answer does this wait (on the one lookup)."""
+        return self.backend if self.name is None else await self.name.wait()
+
+    def _lookup_failed(self, reason: str, exc: BaseException) -> None:
+        key = "dns:" + reason
+        now = self.loop.time()
+        if now - self._logged.get(key, -LOG_INTERVAL) >= LOG_INTERVAL:
+            self._logged[key] = now
+            last = self.name.address if self.name is not None else None
+            log.warning("fallback backend %s: lookup failed: %s (%s); %s (logged at most every %.0f s)", self.backend[0], reason, exc,
+                        f"still using {_fmt(last)}" if last else "no address yet: site connections fail", LOG_INTERVAL)
 
     def set_write_limits(self, high: int) -> None:
         """Every site connection's write-buffer mark (the memory budget's share)."""

@@ -21,6 +21,7 @@ _SERIES = (
     ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),
     ("fallback_closed", "zt_relay_fallback_closed_total", "counter", "Fallback connections closed, by reason.", "reason"),
     ("fallback_bytes", "zt_relay_fallback_bytes_total", "counter", "Bytes spliced to and from the --fallback backend, by direction.", "direction"),
+    ("fallback_dns_failures", "zt_relay_fallback_dns_failures_total", "counter", "Lookups of the --fallback backend's name that failed, by reason.", "reason"),
 )
 #: Directions of each direction-labelled series (snapshot keys ``<key>_<direction>``).
 DIRECTIONS = {"fallback_bytes": ("to_backend", "to_client")}

@@ -124,6 +124,7 @@ class Telemetry:
         meter.create_observable_counter("zt_relay.fallback.connections", [series("fallback", "result")])
         meter.create_observable_counter("zt_relay.fallback.closed", [series("fallback_closed", "reason")])
         meter.create_observable_counter("zt_relay.fallback.bytes", [series("fallback_bytes", "direction")], unit="By")
+        meter.create_observable_counter("zt_relay.fallback.dns_failures", [series("fallback_dns_failures", "reason")])
         # The resource gauges (what open connections hold), as on /metrics.
         help_text = {key: text for key, _, _, text, _ in metrics_mod._SERIES}
         for key, name, unit in (("connections_open", "zt_relay.connections.open", "1"),

@@ -1,0 +1,126 @@
+"""A ``--fallback`` backend given by name is resolved off the connection path: one lookup
+at a time, the last good address served while it is refreshed, failures counted by reason.
+
+The relay runs in this process (real loopback sockets) with the loop's ``getaddrinfo``
+replaced by a resolver that counts its calls and answers when the test lets it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from relay import fallback
+from relay.config import Endpoint, RelayConfig
+from relay.server import Relay
+
+#: Seconds a resolved address is fresh in these tests (the relay's default is 10 s).
+FRESH = 0.2
+
+
+class Resolver:
+    """Stands in for ``loop.getaddrinfo``: counts calls; each answers once ``gate`` is set,
+    with ``answer`` (a port on 127.0.0.1) or by raising ``error``."""
+
+    def __init__(self, port: int) -> None:
+        self.calls = 0
+        self.port = port
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.error: Exception | None = None
+
+    async def __call__(self, host, port, *, family=0, type=0, proto=0, flags=0):
+        self.calls += 1
+        await self.gate.wait()
+        if self.error is not None:
+            raise self.error
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", self.port))]
+
+
+@pytest.fixture
+async def site():
+    async def echo(reader, writer):
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(echo, "127.0.0.1", 0)
+    yield server.sockets[0].getsockname()[1]
+    server.close()
+
+
+@pytest.fixture
+async def resolver(site, monkeypatch):
+    monkeypatch.setattr(fallback, "DNS_CACHE_SECONDS", FRESH)
+    resolver = Resolver(site)
+    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver)
+    return resolver
+
+
+@pytest.fixture
+async def named_relay(resolver):
+    """A relay whose --fallback is ``site.example:8443`` (answered by ``resolver``)."""
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint("site.example", 8443), health_listen=None))
+    await relay.start()
+    yield relay, resolver
+    await relay.close()
+
+
+async def visit(relay: Relay, text: bytes, timeout: float = 5.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(text)
+        return await asyncio.wait_for(reader.readexactly(len(text)), timeout)
+    finally:
+        writer.close()
+
+
+async def stale() -> None:
+    """Lets the resolved address age past its freshness (time itself is the condition)."""
+    await asyncio.sleep(FRESH * 1.5)
+
+
+async def test_after_expiry_a_burst_of_visitors_costs_one_lookup_and_none_of_them_waits_for_it(named_relay):
+    relay, resolver = named_relay
+    assert await visit(relay, b"GET /first") == b"GET /first"
+    assert resolver.calls == 1
+    await stale()
+    resolver.gate.clear()  # the refresh hangs (a slow DNS server) until the burst is served
+    answers = await asyncio.gather(*(visit(relay, b"GET /%d" % i) for i in range(8)))
+    assert answers == [b"GET /%d" % i for i in range(8)]
+    assert resolver.calls == 2  # one refresh in flight, not one lookup per visitor
+    resolver.gate.set()
+    await stale()
+    assert await visit(relay, b"GET /again") == b"GET /again"
+    assert resolver.calls <= 3
+
+
+async def test_a_failing_refresh_keeps_the_last_good_address_and_is_counted_by_reason(named_relay, caplog):
+    relay, resolver = named_relay
+    assert await visit(relay, b"GET /first") == b"GET /first"
+    await stale()
+    resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+    for i in range(5):
+        assert await visit(relay, b"GET /%d" % i) == b"GET /%d" % i
+    snapshot = relay.snapshot()
+    assert snapshot.get("fallback_dns_failures:no_such_name", 0) >= 1, snapshot
+    assert resolver.calls <= 3  # failures are retried after a pause, not per visitor
+    assert any("site.example" in r.getMessage() and "no_such_name" in r.getMessage() for r in caplog.records)
+    assert snapshot.get("fallback:connected") == 6, snapshot
+
+
+@pytest.fixture
+def slow_first_answer(resolver):
+    resolver.gate.clear()  # before the relay starts: its first lookup hangs
+
+
+async def test_visitors_before_the_first_answer_share_one_lookup(slow_first_answer, named_relay):
+    relay, resolver = named_relay
+    visits = [asyncio.ensure_future(visit(relay, b"GET /%d" % i)) for i in range(4)]
+    while relay.fallback is None or len(relay.fallback.splices) < 4:  # all four wait for the address
+        await asyncio.sleep(0.01)
+    resolver.gate.set()
+    assert await asyncio.gather(*visits) == [b"GET /%d" % i for i in range(4)]
+    assert resolver.calls == 1
