@@ -155,7 +155,8 @@ class RelayConfig:
 
     max_memory: int | None = None
     """Bytes of memory the pod may use before new tunnels are refused (``memory_pressure``,
-    from 90 % of it on), so that the kernel never OOM-kills it with every tunnel. None:
+    from 90 % of it on, and whenever the room left can't hold one more tunnel's worst case:
+    ``server.SHARE_FLOOR_RECORDS``), so that the kernel never OOM-kills it with every tunnel. None:
     the cgroup's memory limit when there is one; 0: no budget. See ``memory.py``."""
 
     shutdown_delay: float = 5.0

@@ -52,6 +52,12 @@ _UDP_REFUSALS = {
 #: SO_SNDBUF of a tunnel under --max-memory (the kernel holds twice this, 512 KiB: 40 Mbit/s
 #: at 100 ms round trip, more than a ZeroTier node sends through a TCP fallback).
 TUNNEL_SEND_BUFFER = 256 * 1024
+#: Under --max-memory, the smallest write-buffer share a tunnel is admitted with, in records
+#: of --max-record-size: a few full replies of slack toward a client that reads. Below it a
+#: new tunnel is refused (memory_pressure): idle tunnels cost ~3 KiB, so memory samples alone
+#: admitted hundreds, whose kernel send buffers alone then outgrew the budget once flooded
+#: (200 in a 96 MiB cgroup: 101.6 MiB of socket memory, which cgroup v2 charges to the pod).
+SHARE_FLOOR_RECORDS = 4
 
 
 def _power_of_two_under(share: float, limit: int) -> int:
@@ -103,6 +109,11 @@ class Relay:
         self.write_room = float("inf")
         #: what one UDP wakeup may queue past a tunnel's limit: a read's worth of replies
         self._batch = max(UDP_BATCH * config.max_record_size, splice_mod.READ_SIZE if config.fallback else 0)
+        #: what every tunnel may hold besides its write-buffer share, under a budget: one
+        #: read's replies past it and the kernel's send buffer (twice its fixed SO_SNDBUF)
+        self._fixed = self._batch + (2 * TUNNEL_SEND_BUFFER if self.memory is not None else 0)
+        #: the smallest share a new tunnel is admitted with (SHARE_FLOOR_RECORDS)
+        self.share_floor = SHARE_FLOOR_RECORDS * config.max_record_size
         self.last_tick = self.loop.time()
         self._generation_stamp = self.last_tick
         self._tick_handle: asyncio.TimerHandle | None = None
@@ -303,6 +314,10 @@ class Relay:
         if reason is None and self.fds_short:
             reason = stats.FILE_DESCRIPTORS
             detail = f"RLIMIT_NOFILE {self.nofile}, {limits.FD_HEADROOM} kept free for accepts and scrapes"
+        if reason is None and self.memory is not None and not self.tunnel_room():
+            reason = stats.MEMORY_PRESSURE
+            detail = (f"--max-memory room of {max(0, int(self.write_room)) >> 20} MiB is set aside for {len(self.tunnels) - 1} tunnels, "
+                      f"each may hold {(self._fixed + self.share_floor) >> 10} KiB at worst")
         if reason is None:
             try:
                 self._open_udp(tunnel)
@@ -509,7 +524,7 @@ class Relay:
         tunnels = self.tunnels
         count = self._shares()
         room = self.memory.limit * memory.HIGH_WATER - self.memory.used
-        if room / count < self.config.write_buffer_limit + self._batch:  # tight: what they queued is theirs again
+        if room / count < self.config.write_buffer_limit + self._fixed:  # tight: what they queued is theirs again
             room += sum(t.transport.get_write_buffer_size() for t in tunnels if t.transport is not None)
             if self.fallback is not None:
                 room += self.fallback.buffered()
@@ -522,6 +537,19 @@ class Relay:
         if self.fallback is not None:
             count += 2 * len(self.fallback.splices)
         return count or 1
+
+    def tunnel_share(self) -> float:
+        """Each write buffer's share of the memory room of the last sample, once every
+        tunnel's fixed worst case (``_fixed``) is set aside."""
+        return self.write_room / self._shares() - self._fixed
+
+    def tunnel_room(self) -> bool:
+        """Whether the room of the last sample still gives every tunnel (the new one
+        included) its fixed worst case and a write buffer of ``share_floor``: so the share
+        can't reach 0 however many idle tunnels come. Site connections are not counted
+        here (site traffic never blocks tunnels; ``site_room`` admits them against the same
+        room, and they do shrink the tunnels' shares)."""
+        return self.write_room / (len(self.tunnels) or 1) - self._fixed >= self.share_floor
 
     def site_room(self) -> bool:
         """Whether the memory room of the last sample holds the worst case of every site
@@ -540,7 +568,7 @@ class Relay:
         run per new connection (a burst of them between two samples shares the same room).
         A power of two: it changes (and every tunnel is told) only when the share halves."""
         tunnels = self.tunnels
-        share = self.write_room / self._shares() - self._batch
+        share = self.tunnel_share()
         high = _power_of_two_under(share, self.config.write_buffer_limit)
         if high != self.write_high:
             self.write_high = high
@@ -548,8 +576,8 @@ class Relay:
                 transport = tunnel.transport
                 if transport is not None and not transport.is_closing():
                     transport.set_write_buffer_limits(high=high)
-        if self.fallback is not None:
-            site = _power_of_two_under(share, splice_mod.BUFFER_LIMIT)
+        if self.fallback is not None:  # their kernel buffers are reserved apart (site_room)
+            site = _power_of_two_under(self.write_room / self._shares() - self._batch, splice_mod.BUFFER_LIMIT)
             if site != self.site_high:
                 self.site_high = site
                 self.fallback.set_write_limits(site)

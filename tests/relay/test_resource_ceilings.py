@@ -99,3 +99,59 @@ def test_max_memory_takes_bytes_with_units(text, value):
     from relay.cli import parse_config
 
     assert parse_config(["--max-memory", text], {}).max_memory == value
+
+
+async def test_under_a_budget_admission_keeps_every_tunnel_a_write_buffer_floor():
+    """Idle tunnels cost ~3 KiB, so memory samples alone admit any number; then the
+    write-buffer share drops to 0 and the tunnels' fixed worst case (kernel send buffer,
+    one read's replies) outgrows the budget. New tunnels are refused before that."""
+    from relay import server
+
+    relay = Relay(RelayConfig(max_memory=256 << 20, health_listen=None))
+    room = 10 << 20
+    relay.write_room = room  # as a memory sample would leave it
+    floor = 4 * relay.config.max_record_size  # a few full records
+    per_tunnel = 2 * server.TUNNEL_SEND_BUFFER + 32 * relay.config.max_record_size + floor
+    tunnels = [open_tunnel(relay, 4000 + i) for i in range(20)]
+    admitted = [t for t in tunnels if t.admitted]
+    assert len(admitted) == room // per_tunnel, len(admitted)  # 9 of 20
+    assert relay.stats.refused["memory_pressure"] == 20 - len(admitted)
+    for t in tunnels:
+        if not t.admitted:
+            t.connection_lost(None)  # what the refusal's abort leads to
+    relay.apply_write_share()
+    assert relay.write_high >= floor
+    for t in admitted:
+        t.connection_lost(None)
+
+
+async def test_site_connections_do_not_take_the_tunnels_admission_floor():
+    """Site traffic never blocks tunnels: visitors are admitted against the memory room on
+    their own terms (``site_room``) and shrink the tunnels' write buffers, but the tunnels'
+    floor at admission counts tunnels only (a visitor counted as two shares there would let
+    100 visitors shut every tunnel out)."""
+    from relay import server
+    from relay.config import Endpoint
+    from relay.fallback import FallbackRouter
+
+    class Visitor:  # enough of a splice for the share arithmetic
+        def set_write_limits(self, high):
+            pass
+
+        def buffered(self):
+            return 0
+
+    relay = Relay(RelayConfig(max_memory=256 << 20, fallback=Endpoint("127.0.0.1", 9), health_listen=None))
+    relay.fallback = FallbackRouter(relay)
+    relay.fallback.splices = {Visitor() for _ in range(100)}
+    try:
+        room = 10 << 20
+        relay.write_room = room
+        per_tunnel = 2 * server.TUNNEL_SEND_BUFFER + relay._batch + 4 * relay.config.max_record_size
+        tunnels = [open_tunnel(relay, 5000 + i) for i in range(20)]
+        assert sum(t.admitted for t in tunnels) == room // per_tunnel
+        for t in tunnels:
+            t.connection_lost(None)
+    finally:
+        relay.fallback.splices = set()
+        relay.fallback.close()
