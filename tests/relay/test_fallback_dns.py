@@ -124,3 +124,32 @@ async def test_visitors_before_the_first_answer_share_one_lookup(slow_first_answ
     resolver.gate.set()
     assert await asyncio.gather(*visits) == [b"GET /%d" % i for i in range(4)]
     assert resolver.calls == 1
+
+
+async def test_a_lookup_that_never_answers_times_out_counted_and_the_next_one_still_starts(named_relay, monkeypatch):
+    """A DNS server that never answers must not pin the one lookup in flight for good."""
+    from relay import backend_name
+
+    relay, resolver = named_relay
+    monkeypatch.setattr(backend_name, "LOOKUP_TIMEOUT", 0.2)
+    monkeypatch.setattr(backend_name, "RETRY", 0.1)
+    assert await visit(relay, b"GET /first") == b"GET /first"
+    resolver.gate.clear()  # every lookup from now on hangs
+    await stale()
+    assert await visit(relay, b"GET /stale") == b"GET /stale"  # starts the refresh, served at once
+    name = relay.fallback.name
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while name.failures["timeout"] < 2:  # timed out, retried (on demand, as a visitor asks), timed out again
+        assert loop.time() < deadline, name.failures
+        assert name.current() is not None  # the last good address all along
+        await asyncio.sleep(0.05)
+    assert resolver.calls >= 3
+    resolver.gate.set()
+    deadline = loop.time() + 10
+    while name.lookup is not None or name.due <= loop.time():  # a good answer again
+        assert loop.time() < deadline, name.failures
+        name.current()
+        await asyncio.sleep(0.05)
+    assert relay.snapshot()["fallback_dns_failures:timeout"] >= 2
+    assert await visit(relay, b"GET /after") == b"GET /after"

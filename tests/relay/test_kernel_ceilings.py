@@ -152,6 +152,26 @@ async def test_an_unreachable_destination_is_a_per_packet_drop_and_other_destina
             echo6.close()
 
 
+async def test_unreachable_destinations_do_not_fill_the_reply_window(start_relay):
+    """An attacker's next try: spray more destinations without a route than a tunnel may
+    have in its reply window (1,024). They hold no reply-window entry, so the tunnel can
+    still reach a new, routable destination afterwards (not too_many_destinations)."""
+    with kernel.private_netns():
+        echo = await Echo.bind()
+        try:
+            relay = await start_relay(*LOOPBACK, "--allow-destination", "198.18.0.0/15", "--new-destination-rate", "0")
+            client = await connect_from_fixed_port(relay.port)
+            for i in range(1100):  # 198.18.0.0/15 has no route in the namespace: ENETUNREACH
+                client.send(f"198.18.{i >> 8}.{i & 255}", 4000, b"no route" * 3)
+            assert await round_trip(client, echo, b"new peer" * 3) == b"new peer" * 3
+            samples = await relay.metrics()
+            assert samples.get('zt_relay_dropped_total{reason="unreachable"}') == 1100, samples
+            assert samples.get('zt_relay_dropped_total{reason="too_many_destinations"}', 0) == 0, samples
+            await client.close()
+        finally:
+            echo.close()
+
+
 def nofile(limit: int):
     def lower() -> None:  # in the relay's child before exec: soft and hard (it lifts soft to hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
