@@ -181,23 +181,26 @@ class Tunnel(asyncio.Protocol):
             self.drop(stats.UDP_BUFFER_FULL)
             return
         except OSError as exc:
-            if exc.errno in _UNREACHABLE:
-                if seen is None:  # a destination the kernel can't reach holds no reply window
-                    del peers[dest]
-                self.warn_once(stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)", dest, _fmt(self.client), exc)
-                relay.stats.dropped[stats.UNREACHABLE] += 1
-                return
-            if kind == 6 and exc.errno in _NO_IPV6:
-                # IPv6 disabled or absent in the pod: the kernel still opens and binds the
-                # socket, only the send fails. Counted like a socket that can't be opened.
-                self.warn_once("udp6_send", "no IPv6 toward %s for the tunnel from %s: %s", dest, _fmt(self.client), exc)
-                self.drop(stats.UDP_SOCKET_UNAVAILABLE)
-                return
-            relay.stats.udp_send_errors += 1
-            self.warn_once("udp_send_error", "UDP send to %s failed: %s", dest, exc)
+            self._send_failed(exc, kind, dest, seen is None)
             return
         self.frames_to_udp += 1
         self.bytes_to_udp += size
+
+    def _send_failed(self, exc: OSError, kind: int, dest: tuple, new: bool) -> None:
+        # Out of line, so that the hot method's successful path stays as it was.
+        if exc.errno in _UNREACHABLE:
+            if new:  # a destination the kernel can't reach holds no reply window
+                self.peers.pop(dest, None)
+            self.warn_once(stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)", dest, _fmt(self.client), exc)
+            self.relay.stats.dropped[stats.UNREACHABLE] += 1
+        elif kind == 6 and exc.errno in _NO_IPV6:
+            # IPv6 disabled or absent in the pod: the kernel still opens and binds the
+            # socket, only the send fails. Counted like a socket that can't be opened.
+            self.warn_once("udp6_send", "no IPv6 toward %s for the tunnel from %s: %s", dest, _fmt(self.client), exc)
+            self.drop(stats.UDP_SOCKET_UNAVAILABLE)
+        else:
+            self.relay.stats.udp_send_errors += 1
+            self.warn_once("udp_send_error", "UDP send to %s failed: %s", dest, exc)
 
     def _new_destination(self, key: bytes) -> tuple | str:
         # An address this tunnel has no verdict for (a new one, or one evicted from its own
