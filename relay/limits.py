@@ -17,10 +17,26 @@ from relay import stats
 DEFAULT_IPV6_PREFIX = 64
 
 
+#: Bound of client_key's cache (cleared when full: a sprayer of addresses costs a parse
+#: per connection, as without a cache, and never grows it).
+MAX_CACHED_KEYS = 4096
+_keys: dict[tuple[str, int], str] = {}
+
+
 def client_key(host: str, ipv6_prefix: int = DEFAULT_IPV6_PREFIX) -> str:
     """The per-IP limiter's key for a client address: IPv4 as it is (an IPv4-mapped IPv6
     address becomes its IPv4 address), IPv6 as its ``/ipv6_prefix`` network, so that one
-    host can't take a fresh slot with each of its 2**64 addresses."""
+    host can't take a fresh slot with each of its 2**64 addresses. Cached: parsing an
+    address costs tens of microseconds, and every connection needs its key."""
+    key = _keys.get((host, ipv6_prefix))
+    if key is None:
+        if len(_keys) >= MAX_CACHED_KEYS:
+            _keys.clear()
+        key = _keys[(host, ipv6_prefix)] = _parse_key(host, ipv6_prefix)
+    return key
+
+
+def _parse_key(host: str, ipv6_prefix: int) -> str:
     try:
         ip = ipaddress.ip_address(host)
     except ValueError:

@@ -76,3 +76,20 @@ def test_limiter_keys_normalise_mapped_addresses_and_group_ipv6_by_prefix():
     assert client_key("2001:db8:0:1::1", 64) == "2001:db8:0:1::/64"
     assert client_key("2001:db8::1", 128) == "2001:db8::1"
     assert client_key("fe80::1%eth0", 64) == "fe80::/64"
+
+
+def test_limiter_keys_are_parsed_once_per_address_and_the_cache_stays_bounded(monkeypatch):
+    """Every connection needs its key (admission, the fallback's per-IP share): an address
+    is parsed once, not per connection; an address sprayer can't grow the cache."""
+    from relay import limits
+    parsed = []
+    parse = limits._parse_key
+    monkeypatch.setattr(limits, "_parse_key", lambda host, prefix: parsed.append(host) or parse(host, prefix))
+    monkeypatch.setattr(limits, "_keys", {})
+    assert limits.client_key("198.51.100.9", 64) == limits.client_key("198.51.100.9", 64) == "198.51.100.9"
+    assert limits.client_key("2001:db8::9", 64) == "2001:db8::/64"
+    assert limits.client_key("2001:db8::9", 128) == "2001:db8::9"  # the prefix is part of the key
+    assert parsed == ["198.51.100.9", "2001:db8::9", "2001:db8::9"]
+    for i in range(limits.MAX_CACHED_KEYS + 10):
+        limits.client_key(f"2001:db8::{i:x}", 64)
+    assert len(limits._keys) <= limits.MAX_CACHED_KEYS
