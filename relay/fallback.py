@@ -61,6 +61,10 @@ SOCKET_BUFFER = 256 * 1024
 #: visitors keep getting it (``backend_name.py``: never a lookup per connection).
 DNS_CACHE_SECONDS = 10.0
 
+#: The backend socket's options: a client's (streams.STREAM_OPTIONS) but TCP_NODELAY, which
+#: the transport sets (uvloop on every TCP socket, asyncio on an IPPROTO_TCP one).
+BACKEND_OPTIONS = tuple(o for o in streams.STREAM_OPTIONS if o[1] != socket.TCP_NODELAY)
+
 # Results (label values of zt_relay_fallback_connections_total).
 CONNECTED = "connected"
 BACKEND_REFUSED = "backend_refused"
@@ -187,30 +191,35 @@ class FallbackRouter:
         self.loop.create_task(self._connect(s, client, first, dialed))
         s.key = key or client_key(client[0], relay.config.ipv6_per_ip_prefix)
         self.per_ip.setdefault(s.key, set()).add(s)
-        sock = transport.get_extra_info("socket")
-        if sock is not None:  # after the first flight left: the kernel gives up on a dead client
-            streams.configure_stream(sock, self.socket_buffer)
+        if self.socket_buffer is not None:  # the other options came with the listener
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                streams.set_send_buffer(sock, self.socket_buffer)
 
     async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes, dialed) -> None:
         """Opens the backend connection (``dialed``: what ``_dial`` did already, or the error
         it raised; None: nothing yet), sends what the first flight has left, joins the two."""
         sock = None
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT):  # no extra task, unlike wait_for
-                if isinstance(dialed, OSError):
-                    raise dialed
-                if dialed is None:
-                    dialed = _dial(await self._address(), first, self.socket_buffer)
+            if isinstance(dialed, OSError):
+                raise dialed
+            if dialed is not None and dialed[1] is not None:  # connected: nothing to wait for
                 sock, sent = dialed
-                if sent is None:  # still connecting
-                    await self._writable(sock)
-                    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-                    if error:
-                        raise OSError(error, os.strerror(error))
-                    sent = 0
-                # From here the transport owns the socket (and closes it if this fails).
-                owned, sock = sock, None
-                backend, _ = await self.loop.create_connection(lambda: s.backend, sock=owned)
+            else:
+                async with asyncio.timeout(CONNECT_TIMEOUT):  # no extra task, unlike wait_for
+                    if dialed is None:
+                        dialed = _dial(await self._address(), first, self.socket_buffer)
+                    sock, sent = dialed
+                    if sent is None:  # still connecting
+                        await self._writable(sock)
+                        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+                        if error:
+                            raise OSError(error, os.strerror(error))
+                        sent = 0
+            # From here the transport owns the socket (and closes it if this fails). Building
+            # it waits on nothing outside (the socket is connected): no timeout needed.
+            owned, sock = sock, None
+            backend, _ = await self.loop.create_connection(lambda: s.backend, sock=owned)
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc))
         except asyncio.TimeoutError:
@@ -471,7 +480,7 @@ def _dial(address: tuple, first: bytes, receive_buffer: int | None = None) -> tu
     done by the time connect() returns, so the first flight leaves in the same callback
     that read it: no wait for writability, no loop iteration, no transport to build first.
     Raises OSError if the connect or the send failed."""
-    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM)
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     try:
         sock.setblocking(False)
         if receive_buffer is not None:  # before the SYN: it sets the window scale
@@ -486,8 +495,9 @@ def _dial(address: tuple, first: bytes, receive_buffer: int | None = None) -> tu
             except BlockingIOError:  # still connecting (a remote backend)
                 pass
         # After the first flight (Nagle never holds a connection's first segment): a
-        # backend that stops reading is given up on like a client.
-        streams.configure_stream(sock)
+        # backend that stops reading is given up on like a client. TCP_NODELAY comes with
+        # the transport (uvloop and asyncio set it on every TCP transport they build).
+        streams.set_options(sock, BACKEND_OPTIONS)
         return sock, sent
     except BaseException:
         sock.close()

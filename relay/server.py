@@ -23,7 +23,7 @@ from relay.config import Endpoint, RelayConfig
 from relay import splice as splice_mod
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
-from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_stream  # noqa: F401 (re-exported)
+from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_listener, configure_stream, set_send_buffer  # noqa: F401 (re-exported)
 from relay.tunnel import UDP_BATCH, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
@@ -272,13 +272,14 @@ class Relay:
 
     def connection_made(self, tunnel: Tunnel) -> None:
         self.tunnels.add(tunnel)
-        sock = tunnel.transport.get_extra_info("socket")
-        if sock is not None:
-            # Under a memory budget the kernel's send buffer is capped too: autotuned, it
-            # grows to 4 MiB toward a client that stops reading, and cgroup v2 charges it
-            # to the pod (30 such tunnels from one address: 121.5 MiB of socket memory).
-            configure_stream(sock, TUNNEL_SEND_BUFFER if self.memory is not None else None)
+        # The stream options came with the listener (streams.configure_listener).
         if self.memory is not None:
+            sock = tunnel.transport.get_extra_info("socket")
+            if sock is not None:
+                # Under a memory budget the kernel's send buffer is capped too: autotuned, it
+                # grows to 4 MiB toward a client that stops reading, and cgroup v2 charges it
+                # to the pod (30 such tunnels from one address: 121.5 MiB of socket memory).
+                set_send_buffer(sock, TUNNEL_SEND_BUFFER)
             self.apply_write_share()
         tunnel.transport.set_write_buffer_limits(high=self.write_high)
 
@@ -625,6 +626,7 @@ def listen_socket(endpoint: Endpoint, reuse_port: bool = False) -> socket.socket
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        configure_listener(sock)  # every accepted connection inherits them
         sock.bind((endpoint.host, endpoint.port))
         sock.setblocking(False)
     except OSError as exc:

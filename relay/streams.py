@@ -34,26 +34,50 @@ _LINGER_ZERO = struct.pack("ii", 1, 0)
 _TCP_CLOSE = 7
 
 
+#: What every client-facing stream gets: TCP_NODELAY (each record is a packet: don't batch
+#: behind Nagle), keepalive (notice dead clients behind NATs without waiting for the idle
+#: timeout) and TCP_USER_TIMEOUT (the kernel gives up on a client that acknowledges
+#: nothing, zero window included).
+STREAM_OPTIONS = (
+    (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1),
+    (socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15),
+    (socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4),
+    (socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS),
+)
+
+
+def set_options(sock: socket.socket, options=STREAM_OPTIONS) -> None:
+    """Sets ``options`` on a real socket object (one syscall each)."""
+    for level, option, value in options:
+        sock.setsockopt(level, option, value)
+
+
+def configure_listener(sock: socket.socket) -> None:
+    """``STREAM_OPTIONS`` on a listening socket: Linux copies them into every connection it
+    accepts, so tunnels and site visitors have them without a syscall per connection."""
+    set_options(sock)
+
+
 def configure_stream(sock, send_buffer: int | None = None) -> None:
-    """TCP_NODELAY (each record is a packet: don't batch behind Nagle), keepalive (notice
-    dead clients behind NATs without waiting for the idle timeout) and TCP_USER_TIMEOUT
-    (the kernel gives up on a client that acknowledges nothing, zero window included);
-    ``send_buffer``: SO_SNDBUF (the kernel holds twice that), else autotuned.
+    """``STREAM_OPTIONS`` on a connected socket (one not accepted from a configured
+    listener); ``send_buffer``: SO_SNDBUF (the kernel holds twice that), else autotuned.
 
     ``sock`` may be a transport's pseudo-socket, whose every call builds a socket object
-    (a getsockname syscall each): one object is built here for all six options."""
+    (a getsockname syscall each): one object is built here for all the options."""
     s = socket.socket(sock.family, sock.type, sock.proto, sock.fileno())
     try:
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
-        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TCP_USER_TIMEOUT_MS)
-        if send_buffer is not None:  # a fixed size: no autotuning up to tcp_wmem's 4 MiB
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, send_buffer)
+        set_options(s)
+        if send_buffer is not None:
+            set_send_buffer(s, send_buffer)
     finally:
         s.detach()  # the descriptor stays the transport's
+
+
+def set_send_buffer(sock, size: int) -> None:
+    """A fixed SO_SNDBUF: no autotuning up to tcp_wmem's 4 MiB (the kernel holds twice)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
 def queued(transport: asyncio.Transport) -> int:

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import time
+
+import pytest
+import uvloop
 
 from relay import fallback, streams
 
@@ -92,3 +96,39 @@ def test_a_dial_with_nothing_to_send_waits_for_writability():
         sock, sent = fallback._dial(listener.getsockname(), b"")
         sock.close()
     assert sent is None
+
+
+def test_connections_accepted_from_the_relays_listener_have_every_stream_option():
+    """Tunnels and site visitors get STREAM_OPTIONS from the listener (Linux copies them into
+    each accepted socket), not from a syscall per option per connection."""
+    from relay.config import Endpoint
+    from relay.server import listen_socket
+
+    listener = listen_socket(Endpoint("127.0.0.1", 0))
+    try:
+        listener.listen()
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                for level, option, value in streams.STREAM_OPTIONS:
+                    assert accepted.getsockopt(level, option) == value, option
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+def test_a_backend_socket_has_every_stream_option_once_its_transport_is_built(run):
+    """_dial sets all but TCP_NODELAY, which the event loop's TCP transport sets (uvloop, as
+    the relay runs, and asyncio alike): the backend gets what a client gets."""
+
+    async def dial_and_build() -> dict[int, int]:
+        loop = asyncio.get_running_loop()
+        with socket.create_server(("127.0.0.1", 0)) as listener:
+            sock, _ = fallback._dial(listener.getsockname(), b"x")
+            transport, _ = await loop.create_connection(asyncio.Protocol, sock=sock)
+            try:
+                return {option: sock.getsockopt(level, option) for level, option, _ in streams.STREAM_OPTIONS}
+            finally:
+                transport.close()
+
+    assert run(dial_and_build()) == {option: value for _, option, value in streams.STREAM_OPTIONS}
