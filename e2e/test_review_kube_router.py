@@ -6,12 +6,16 @@ network_policy_controller.go fullPolicySync, pkg/utils/iptables.go Restore, pkg/
 on every full sync (each pod or policy change, and every 5 minutes)
 - F23: at the end of a sync it runs `ipset save` of EVERY set on the machine, and at the next
   sync `ipset restore`s all of them (swapped in from a copy): an entry another program (fail2ban,
-  firewalld, a developer's script) added in between is gone;
+  firewalld, a developer's script) added in between was gone; and it destroyed any set whose name
+  merely starts with KUBE-SRC-/KUBE-DST-;
 - F24: `iptables-save -t filter`, then `iptables-restore -T filter` WITHOUT --noflush: the
-  machine's whole IPv4 filter table is replaced by the snapshot, counters zeroed (another
-  program's, and the harness's own drop counters the egress tests read), and a rule someone
-  inserts between the save and the restore (dockerd publishing a port) is lost.
-The security-table guards keep egress closed through all of it (they are not in `filter`).
+  machine's whole IPv4 filter table was replaced by the snapshot, counters zeroed (another
+  program's, and the harness's own drop counters the egress tests read), a rule someone
+  inserts between the save and the restore (dockerd publishing a port) lost, and any chain
+  merely named KUBE-POD-FW-*/KUBE-NWPLCY-* deleted.
+Fixed: kube-router runs with shims for `iptables-save`, `iptables-restore` and `ipset` first on
+its PATH (e2e/cluster/kube_router_view.py): it sees and writes only its own chains and sets.
+These tests also check each sync they trigger ran to its end without an error.
 """
 
 import subprocess
@@ -23,6 +27,7 @@ from e2e.cluster import configs, paths
 
 SYNC_START = b"Starting sync of iptables with version"
 SYNC_END = b"sync iptables took"
+SYNC_ERRORS = (b"Aborting sync", b"Failed to cleanup stale ipsets", b"kube-router shim")
 
 
 @pytest.fixture
@@ -53,6 +58,11 @@ def full_sync(kube_router_log, kubectl, namespace, wait_for):
             return start >= 0 and SYNC_END in text[start:]
 
         wait_for("a kube-router full sync that started after the trigger, to its end", ended, 60)
+        text = kube_router_log.read_bytes()[offset:]
+        one_sync = text[text.find(SYNC_START):]
+        one_sync = one_sync[:one_sync.find(SYNC_END)]
+        errors = [line for line in one_sync.splitlines() if any(e in line for e in SYNC_ERRORS)]
+        assert not errors, f"kube-router's sync failed: {errors}"
 
     return sync
 
@@ -61,7 +71,6 @@ def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
-@pytest.mark.xfail(strict=True, reason="F23: kube-router v2.1 restores every ipset of the machine from its last `ipset save`")
 @pytest.mark.timeout(180)
 def test_an_entry_another_program_adds_to_its_ipset_survives_kube_routers_syncs(full_sync):
     name = f"review-f2b-{uuid.uuid4().hex[:8]}"  # as fail2ban's sets; not kube-router's, not ours
@@ -78,7 +87,6 @@ def test_an_entry_another_program_adds_to_its_ipset_survives_kube_routers_syncs(
         subprocess.run(["ipset", "destroy", name], capture_output=True)
 
 
-@pytest.mark.xfail(strict=True, reason="F24: kube-router v2.1 replaces the whole IPv4 filter table (iptables-restore without --noflush)")
 @pytest.mark.timeout(180)
 def test_another_programs_filter_chain_keeps_its_counters_through_kube_routers_syncs(full_sync):
     chain = f"REVIEW-CNT-{uuid.uuid4().hex[:8].upper()}"
@@ -95,3 +103,62 @@ def test_another_programs_filter_chain_keeps_its_counters_through_kube_routers_s
     finally:
         subprocess.run(["iptables", "-w", "5", "-F", chain], capture_output=True)
         subprocess.run(["iptables", "-w", "5", "-X", chain], capture_output=True)
+
+
+@pytest.mark.timeout(180)
+def test_a_set_merely_named_like_kube_routers_survives_its_syncs(full_sync):
+    name = f"KUBE-SRC-review-{uuid.uuid4().hex[:8]}"  # its prefix, not its name (16 base32 characters)
+    _run("ipset", "create", name, "hash:ip")
+    try:
+        _run("ipset", "add", name, "198.18.9.3")
+        full_sync()  # v2.1 destroyed every KUBE-SRC-* set no policy of its uses
+        members = _run("ipset", "list", name).split()
+        assert "198.18.9.3" in members, f"kube-router's sync emptied ipset {name}: {members}"
+    finally:
+        subprocess.run(["ipset", "destroy", name], capture_output=True)
+
+
+@pytest.mark.timeout(180)
+def test_a_chain_merely_named_like_kube_routers_survives_its_syncs(full_sync):
+    chain = f"KUBE-POD-FW-REVIEW{uuid.uuid4().hex[:8].upper()}"  # its prefix, not its name
+    _run("iptables", "-w", "5", "-N", chain)
+    try:
+        _run("iptables", "-w", "5", "-A", chain, "-c", "4", "400", "-j", "RETURN")
+        full_sync()  # v2.1 left every KUBE-POD-FW-* chain it did not make this sync out of its restore
+        rules = _run("iptables", "-w", "5", "-S", chain, "-v")
+        assert "-c 4 400" in rules, f"kube-router's sync deleted or reset chain {chain}: {rules}"
+    finally:
+        subprocess.run(["iptables", "-w", "5", "-F", chain], capture_output=True)
+        subprocess.run(["iptables", "-w", "5", "-X", chain], capture_output=True)
+
+
+@pytest.mark.timeout(180)
+def test_another_programs_rule_in_forward_keeps_its_counters_and_kube_router_stays_first(full_sync):
+    # Matches no packet (198.18.0.0/15 is nobody's here): a neighbour's accounting rule.
+    tag = f"review-fwd-{uuid.uuid4().hex[:8]}"
+    rule = ["FORWARD", "-s", "198.18.9.9/32", "-d", "198.18.9.9/32", "-m", "comment", "--comment", tag, "-j", "RETURN"]
+    _run("iptables", "-w", "5", "-A", *rule[:1], "-c", "9", "900", *rule[1:])
+    try:
+        full_sync()
+        forward = _run("iptables", "-w", "5", "-S", "FORWARD", "-v").splitlines()
+        ours = [line for line in forward if tag in line]
+        assert len(ours) == 1 and "-c 9 900" in ours[0], f"kube-router's sync reset or lost a FORWARD rule: {ours}"
+        assert "-j KUBE-ROUTER-FORWARD" in forward[1], f"kube-router's jump is no longer first in FORWARD: {forward[:3]}"
+    finally:
+        subprocess.run(["iptables", "-w", "5", "-D", *rule], capture_output=True)
+
+
+@pytest.mark.timeout(180)
+def test_another_programs_ip6tables_chain_keeps_its_counters(full_sync):
+    """A guard, not a fix: kube-router runs with --enable-ipv6=false, so it makes no IPv6
+    handler and never calls ip6tables-save/-restore (nor `inet6:` ipsets)."""
+    chain = f"REVIEW-CNT6-{uuid.uuid4().hex[:8].upper()}"
+    _run("ip6tables", "-w", "5", "-N", chain)
+    try:
+        _run("ip6tables", "-w", "5", "-A", chain, "-c", "6", "600", "-j", "RETURN")
+        full_sync()
+        rules = _run("ip6tables", "-w", "5", "-S", chain, "-v")
+        assert "-c 6 600" in rules, f"kube-router's sync touched the IPv6 filter table: {rules}"
+    finally:
+        subprocess.run(["ip6tables", "-w", "5", "-F", chain], capture_output=True)
+        subprocess.run(["ip6tables", "-w", "5", "-X", chain], capture_output=True)
