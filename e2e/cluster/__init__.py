@@ -13,6 +13,8 @@ Modules, one job each:
   health              `status`; ok / slow / broken / absent
   locks               one up/down at a time; test runs hold the cluster shared
   cgroups, firewall   the harness's markers: own cgroups; own ZTR-E2E-* chains (no egress)
+  kube_router_view    what kube-router sees of the firewall and may write: its own chains and
+                      ipsets only (pure); kube_router_shim and kube_router_bin/ run it on its PATH
   network             sink namespace and routes, test-host namespaces
   sysctls             kernel settings recorded by `up`, restored by `down`
   processes           pid files and logs of the host processes

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from e2e.cluster import configs, paths
+from e2e.cluster import configs, kube_router_shim, paths
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.layout import Layout
 
@@ -29,6 +29,8 @@ class Component:
     """A probe that is truthy once the process serves (None: running is enough)."""
     python: bool = False
     """A Python module of this repository (needs the repository on PYTHONPATH)."""
+    path_first: Path | None = None
+    """A directory put first on the process's PATH (kube-router's shims: `kube_router_shim`)."""
 
 
 def _http_ok(url: str) -> bool:
@@ -70,7 +72,9 @@ COMPONENTS = (
     Component("containerd", _containerd_command, _containerd_ready),
     Component("kubelet", configs.kubelet_command),
     Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
-    Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced()),
+    # Its iptables-save/-restore and ipset are shims that show it, and let it write, only its
+    # own chains and ipsets (review findings F23, F24; kube_router_view).
+    Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced(), path_first=kube_router_shim.BIN_DIR),
     Component("coredns", configs.coredns_command),
     Component("metrics-server", configs.metrics_server_command),
     Component("lb-controller", _lb_command, python=True),

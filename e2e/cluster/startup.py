@@ -207,10 +207,10 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
     """Start one component inside our host cgroup and wait until it runs (and is ready)."""
     comp = components.get(name)
     argv = comp.command(layout, state, paths.bin_dir())
-    pid = processes.start(
-        name, cgroups.enter_host_argv(argv), state.run, state.logs,
-        env=python_env() if comp.python else cluster_env(), program=argv[0],
-    )
+    env = python_env() if comp.python else cluster_env()
+    if comp.path_first is not None:
+        env["PATH"] = f"{comp.path_first}{os.pathsep}{env.get('PATH', os.defpath)}"
+    pid = processes.start(name, cgroups.enter_host_argv(argv), state.run, state.logs, env=env, program=argv[0])
     log(f"started {name} (pid {pid})")
 
     def running() -> bool:
