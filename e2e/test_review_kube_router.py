@@ -18,6 +18,7 @@ its PATH (e2e/cluster/kube_router_view.py): it sees and writes only its own chai
 These tests also check each sync they trigger ran to its end without an error.
 """
 
+import socket
 import subprocess
 import uuid
 
@@ -153,12 +154,23 @@ def test_another_programs_ip6tables_chain_keeps_its_counters(full_sync):
     """A guard, not a fix: kube-router runs with --enable-ipv6=false, so it makes no IPv6
     handler and never calls ip6tables-save/-restore (nor `inet6:` ipsets)."""
     chain = f"REVIEW-CNT6-{uuid.uuid4().hex[:8].upper()}"
-    _run("ip6tables", "-w", "5", "-N", chain)
-    try:
-        _run("ip6tables", "-w", "5", "-A", chain, "-c", "6", "600", "-j", "RETURN")
-        full_sync()
-        rules = _run("ip6tables", "-w", "5", "-S", chain, "-v")
-        assert "-c 6 600" in rules, f"kube-router's sync touched the IPv6 filter table: {rules}"
-    finally:
-        subprocess.run(["ip6tables", "-w", "5", "-F", chain], capture_output=True)
-        subprocess.run(["ip6tables", "-w", "5", "-X", chain], capture_output=True)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sink:  # a loopback port nobody else uses
+        sink.bind(("::1", 0))
+        port = str(sink.getsockname()[1])
+        jump = ["OUTPUT", "-o", "lo", "-d", "::1/128", "-p", "udp", "--dport", port, "-j", chain]
+        _run("ip6tables", "-w", "5", "-N", chain)
+        try:
+            _run("ip6tables", "-w", "5", "-A", chain, "-j", "RETURN")
+            _run("ip6tables", "-w", "5", "-A", *jump)
+            # ip6tables-nft ignores `-c` (unlike iptables): count real datagrams instead.
+            with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as client:
+                for _ in range(3):
+                    client.sendto(b"x", ("::1", int(port)))
+            assert "-c 3 " in _run("ip6tables", "-w", "5", "-S", chain, "-v")
+            full_sync()
+            rules = _run("ip6tables", "-w", "5", "-S", chain, "-v")
+            assert "-c 3 " in rules, f"kube-router's sync touched the IPv6 filter table: {rules}"
+        finally:
+            subprocess.run(["ip6tables", "-w", "5", "-D", *jump], capture_output=True)
+            subprocess.run(["ip6tables", "-w", "5", "-F", chain], capture_output=True)
+            subprocess.run(["ip6tables", "-w", "5", "-X", chain], capture_output=True)
