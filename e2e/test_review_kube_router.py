@@ -107,6 +107,20 @@ def test_another_programs_filter_chain_keeps_its_counters_through_kube_routers_s
 
 
 @pytest.mark.timeout(180)
+def test_a_set_another_program_destroys_stays_destroyed_through_kube_routers_syncs(full_sync):
+    name = f"review-gone-{uuid.uuid4().hex[:8]}"
+    _run("ipset", "create", name, "hash:ip")
+    try:
+        _run("ipset", "add", name, "198.18.9.4")
+        full_sync()  # v2.1's save at the end of this sync held the set ...
+        _run("ipset", "destroy", name)
+        full_sync()  # ... and its next restore created it again (`create -exist`, swap)
+        assert name not in _run("ipset", "list", "-n").split(), f"kube-router's sync brought back ipset {name}"
+    finally:
+        subprocess.run(["ipset", "destroy", name], capture_output=True)
+
+
+@pytest.mark.timeout(180)
 def test_a_set_merely_named_like_kube_routers_survives_its_syncs(full_sync):
     name = f"KUBE-SRC-review-{uuid.uuid4().hex[:8]}"  # its prefix, not its name (16 base32 characters)
     _run("ipset", "create", name, "hash:ip")
