@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
@@ -192,6 +193,16 @@ async def test_each_tunnel_becomes_one_span_exported_over_otlp(start_relay, echo
         assert collector.metric_posts >= 1
     finally:
         server.close()
+
+
+def test_without_otel_variables_the_relay_does_not_load_opentelemetry():
+    """The SDK is imported only when telemetry is asked for (each process, each worker, paid
+    about 0.1 s of start-up for it): the runtime's modules load none of it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
+    code = ("import sys; import relay.app, relay.cli, relay.workers, relay.worker; "
+            "print(sorted(m for m in sys.modules if m.startswith('opentelemetry')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stdout
 
 
 async def test_an_unsupported_otlp_protocol_fails_at_start_naming_the_variable(start_relay):
