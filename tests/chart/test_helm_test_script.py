@@ -38,9 +38,11 @@ def _free_port() -> int:
 def relay_port():
     """A real zt-relay process on loopback (health server off)."""
     port = _free_port()
+    # No shutdown delay: the teardown's SIGTERM needn't wait the default 5 s.
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "zt-relay"), f"127.0.0.1:{port}", "--health-listen", "off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "ZT_RELAY_LOG_LEVEL": "WARNING"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        env={**os.environ, "ZT_RELAY_LOG_LEVEL": "WARNING", "ZT_RELAY_SHUTDOWN_DELAY": "0"},
     )
     deadline = time.monotonic() + 15
     while True:

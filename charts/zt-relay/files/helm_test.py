@@ -77,7 +77,7 @@ def wait_for_operator(url: str, deadline: float) -> None:
                     return
         except (OSError, urllib.error.URLError) as exc:
             last = str(exc)
-        time.sleep(2)
+        time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))  # never past the deadline
     raise SystemExit(f"FAIL: operator at {url} not healthy: {last}")
 
 
@@ -114,7 +114,7 @@ def check_relay(host: str, port: int, deadline: float, answer_timeout: float = 1
                 return
         except OSError as exc:
             last = str(exc)
-        time.sleep(2)
+        time.sleep(max(0.0, min(2.0, deadline - time.monotonic())))  # never past the deadline
     raise SystemExit(f"FAIL: relay {host}:{port}: {last}")
 
 
