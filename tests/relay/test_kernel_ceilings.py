@@ -21,8 +21,10 @@ import itertools
 import os
 import re
 import resource
+import select
 import socket
 import subprocess
+import time
 
 import asyncio_dgram
 import pytest
@@ -265,6 +267,25 @@ class Flood:
     def sources(self, count: int) -> list[tuple]:
         return [self.sock.recvfrom(100)[1] for _ in range(count)]
 
+    def source_unless_closed(self, client: socket.socket) -> list[tuple]:
+        """``sources(1)`` for that tunnel, or [] as soon as the relay has closed the client
+        (refused it): no need to wait out the timeout for a packet that will never come.
+        TimeoutError if neither happens."""
+        deadline = time.monotonic() + self.sock.gettimeout()
+        watched = [self.sock, client]
+        while (left := deadline - time.monotonic()) > 0:
+            readable, _, _ = select.select(watched, [], [], left)
+            if self.sock in readable:
+                return self.sources(1)
+            if client in readable:
+                try:
+                    if client.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b"":
+                        return []
+                except ConnectionResetError:
+                    return []
+                watched = [self.sock]  # bytes for the client, not a close: wait for the packet only
+        raise TimeoutError("neither the tunnel's packet nor its close came")
+
     async def pour(self, sources: list[tuple], rounds: int) -> None:
         for _ in range(rounds):
             for source in sources:
@@ -297,9 +318,11 @@ async def test_the_default_budget_is_the_cgroups_limit_and_refuses_before_an_oom
         for _ in range(MEMORY_LIMIT // (1 << 20)):
             stuck.append(flood.stuck_tunnel(relay.port))
             try:
-                source = flood.sources(1)
+                source = flood.source_unless_closed(stuck[-1])
             except TimeoutError:
                 break  # refused: its packet never came
+            if not source:
+                break  # refused: closed by the relay
             await flood.pour(source, 40)
             await relay.wait_metric("zt_relay_write_buffer_bytes", lambda v: v > 0)
         samples = await relay.metrics()
