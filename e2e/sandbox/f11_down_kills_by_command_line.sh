@@ -7,9 +7,7 @@
 # anything under a sibling path such as /var/lib/zt-relay-e2e-old/ (prefix match).
 # Runs in e2e/sandbox/sandbox.sh with a temporary state dir; the victims are `tail`s this script
 # starts. Exit 0 = both survived `down`; 1 = killed.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f11-state.XXXX)
   sibling=${ZT_RELAY_E2E_STATE}-old

@@ -6,9 +6,7 @@
 # teardown deletes the second run's route mid-test (its "nothing arrived" check then passes
 # vacuously). Driven here through the fixture's own code, twice, in e2e/sandbox/sandbox.sh.
 # Exit 0 = two escapes coexist; 1 = the second one fails.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
 $PY - <<PYEOF
 import sys

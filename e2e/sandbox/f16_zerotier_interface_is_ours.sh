@@ -12,11 +12,8 @@
 #    (.ci/run runs `down` first under `set -e`).
 # Reproduced in e2e/sandbox/sandbox.sh with the harness's rules; a veth named like the ZeroTier tap
 # leads to a "ZeroTier peer" namespace that counts. Exit 0 = not forwarded and down clean; 1 = bug.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim
 e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f16-state.XXXX)
   tap=$($PY -c "

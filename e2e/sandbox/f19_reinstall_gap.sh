@@ -7,11 +7,8 @@
 # off the machine. Reproduced in e2e/sandbox/sandbox.sh with the harness's rules: a pod sending
 # to an outside address every ms while ensure_first() restores the order once.
 # Exit 0 = nothing reached the outside; 1 = packets leaked during the re-install.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim
 e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f19-state.XXXX)
   ip netns add outside; ip link set eth0peer netns outside

@@ -5,9 +5,7 @@
 # because teardown.sweep() removes KUBE-* whenever `state.root.exists()` - even `up`'s
 # sweep(kube_chains=False). Runs entirely in e2e/sandbox/sandbox.sh (private netns + mounts).
 # Exit 0 = k3s's chains survived (fixed); exit 1 = they were deleted (bug).
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 exec e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f1-state.XXXX)
   trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT

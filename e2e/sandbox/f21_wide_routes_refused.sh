@@ -10,9 +10,7 @@
 # `down` deletes only routes on ztr-sink0. A route INSIDE one of our ranges (F6: a VPN's
 # 10.96.0.0/16 to a dev cluster's Services) must still be refused, and their wide routes must
 # survive up and down. Runs in e2e/sandbox/sandbox.sh. Exit 0 = behaves; 1 = finding.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f21-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   ip link add vpn0 type veth peer name vpn0peer; ip addr add 198.18.6.2/24 dev vpn0; ip link set vpn0 up; ip link set vpn0peer up

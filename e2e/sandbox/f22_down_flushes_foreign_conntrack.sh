@@ -5,9 +5,7 @@
 # defaults) or a VPN into those ranges, that cuts their live connections (a NATed Service
 # flow that loses its entry is not translated any more). Runs in e2e/sandbox/sandbox.sh
 # (conntrack is per netns). Exit 0 = their entries survive `down`; 1 = deleted.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f22-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   rmdir "$ZT_RELAY_E2E_STATE"  # no cluster of ours ever ran here

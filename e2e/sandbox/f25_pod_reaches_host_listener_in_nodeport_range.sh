@@ -8,13 +8,9 @@
 # Harness rules (firewall.install_all + network.setup_safety) in e2e/sandbox/sandbox.sh; a "pod"
 # netns behind ztr-cni0 connects to a TCP listener on 0.0.0.0:32400 at the machine's eth0
 # address and at the node IP. Exit 0 = not reached; 1 = the listener accepted the pod's connection.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim25   # a v2 cgroup only so the OUTPUT rule can be installed
-[ -d /sys/fs/cgroup/unified ] || SIMCG=/sys/fs/cgroup/zt-review-sim25
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
-e2e/sandbox/sandbox.sh env PY="$PY" CG="$(basename "$SIMCG")" bash -euo pipefail -c '
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim25
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f25-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   $PY -c "
 from e2e.cluster import firewall, health, network

@@ -7,12 +7,8 @@
 # Harness rules (firewall.install_all) in e2e/sandbox/sandbox.sh; the sender runs in the cgroup
 # the rules match (a v2 cgroup standing for zt-relay-e2e-host / -pods); a UDP "resolver" on
 # 127.0.0.53:53 and [::1]:53 counts the queries it gets. Exit 0 = none arrived; 1 = it got one.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-V2=/sys/fs/cgroup/unified; [ -d "$V2" ] || V2=/sys/fs/cgroup
-CG=zt-review-sim26
-mkdir -p "$V2/$CG"; trap 'rmdir "$V2/$CG" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim26
 e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" V2="$V2" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f26-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   $PY -c "

@@ -4,9 +4,7 @@
 # them behind, and `down` neither removes nor lists them ("nothing left"): they were named `zxo*`,
 # outside the harness's marker. Runs in e2e/sandbox/sandbox.sh: the fixture is entered and never
 # finished (the crash), then `down`. Exit 0 = down removed the escape; 1 = it survived down.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f28-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   $PY -c "

@@ -4,9 +4,7 @@
 # start - but `down` (run first by .ci/run) "restores" the previous boot's record: it switches
 # forwarding OFF under the developer's containers. Only net.* keys are used (per netns), so this
 # runs entirely inside e2e/sandbox/sandbox.sh. Exit 0 = forwarding left as found; 1 = clobbered.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 exec e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f2-state.XXXX)
   trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT

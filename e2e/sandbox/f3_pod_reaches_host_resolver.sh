@@ -6,12 +6,9 @@
 # Reproduced on a copy of the harness's own rule set (firewall.install_all + network.setup_safety)
 # inside e2e/sandbox/sandbox.sh: a "pod" netns behind ztr-cni0 queries a UDP listener bound to 0.0.0.0:53
 # in the "machine" netns. Exit 0 = the query was dropped; 1 = the host resolver got it.
-set -euo pipefail
-trap 'rm -f "${TMPDIR:-/tmp}/review-f3.log"' EXIT
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim   # a v2 cgroup only so the OUTPUT rule can be installed
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true; rm -f "${TMPDIR:-/tmp}/review-f3.log"' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim
+on_exit 'rm -f "${TMPDIR:-/tmp}/review-f3.log"'
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3-state.XXXX)
   $PY -c "
@@ -38,7 +35,9 @@ try:
 except TimeoutError:
     print(\"host resolver: nothing arrived\", flush=True)
 " > /tmp/review-f3-resolver.out &
-  sleep 0.5
+  # Until it is bound (a query sent before that would be lost and prove nothing).
+  for _ in $(seq 400); do [ -n "$(ss -Hlun "sport = :53")" ] && break; sleep 0.05; done
+  [ -n "$(ss -Hlun "sport = :53")" ] || { echo "the host listener never bound port 53"; exit 2; }
   # (not the node IP: its port 53 is our CoreDNS, which could not bind beside a 0.0.0.0:53 resolver)
   for target in 198.18.5.2 10.244.0.1; do
     ip netns exec pod1 $PY -c "

@@ -2,11 +2,8 @@
 # F3 (IPv6): ZTR-E2E-IN6 lets link-local through (needed for ND), so a pod reaches every
 # service the machine offers on [::] at the CNI bridge's link-local address - a resolver or
 # proxy on the machine, by IPv6. Same sandbox as f3. Exit 0 = dropped; 1 = the host listener got it.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim
 e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3b-state.XXXX)
   $PY -c "
@@ -27,7 +24,9 @@ try:
     d, p = s.recvfrom(512); print(\"HOST LISTENER ON [::]:53 GOT\", p[0])
 except TimeoutError:
     print(\"host listener: nothing arrived\")" & l=$!
-  sleep 0.5
+  # Until it is bound (a query sent before that would be lost and prove nothing).
+  for _ in $(seq 400); do [ -n "$(ss -Hlun "sport = :53")" ] && break; sleep 0.05; done
+  [ -n "$(ss -Hlun "sport = :53")" ] || { echo "the host listener never bound port 53"; exit 2; }
   ip netns exec pod1 $PY -c "import socket; socket.socket(socket.AF_INET6, socket.SOCK_DGRAM).sendto(b\"q\", (\"fe80::1%eth0\", 53))"
   wait $l
   echo "ZTR-E2E-IN6 drops: $(ip6tables -t raw -L ZTR-E2E-IN6 -v -x -n | awk "/DROP/ {print \$1}")"

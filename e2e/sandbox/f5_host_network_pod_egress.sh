@@ -8,13 +8,11 @@
 # Reproduced in e2e/sandbox/sandbox.sh with the harness's rule set: a process in the "host" cgroup is
 # stopped (EPERM), a process in a pod-like cgroup beside it reaches the "outside" namespace.
 # Exit 0 = the pod-like process was stopped too; 1 = it leaked.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 CG=/sys/fs/cgroup/unified
 mkdir -p $CG/zt-review-sim $CG/zt-review-sim-pods/kubepods/podX/ctr
 cleanup() { rmdir $CG/zt-review-sim-pods/kubepods/podX/ctr $CG/zt-review-sim-pods/kubepods/podX $CG/zt-review-sim-pods/kubepods $CG/zt-review-sim-pods $CG/zt-review-sim 2>/dev/null || true; }
-trap cleanup EXIT
+on_exit cleanup
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   CG=$(mktemp -d /tmp/review-f5-cg2.XXXX); mount -t cgroup2 none $CG   # the real v2 tree, inside the sandbox
   ip netns add outside; ip link set eth0peer netns outside

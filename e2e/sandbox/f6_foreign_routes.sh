@@ -7,9 +7,7 @@
 # ours ever ran - deletes whatever route has that prefix (`ip route del CIDR`, no dev/via).
 # Runs in e2e/sandbox/sandbox.sh. Exit 0 = their route untouched (`up` may refuse, naming it);
 # 1 = replaced/deleted.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f6-state.XXXX); trap "rm -rf $ZT_RELAY_E2E_STATE" EXIT
   ip link add vpn0 type veth peer name vpn0peer; ip addr add 198.18.6.2/24 dev vpn0; ip link set vpn0 up; ip link set vpn0peer up

@@ -7,11 +7,8 @@
 # Reproduced in e2e/sandbox/sandbox.sh: the harness's own rules and test host, a sender in the host
 # namespace, `python -m e2e.cluster down`, and a counter in an "outside" namespace at the far end
 # of the fake eth0. Exit 0 = nothing reached the outside; 1 = packets leaked during `down`.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
-SIMCG=/sys/fs/cgroup/unified/zt-review-sim
-mkdir -p "$SIMCG"; trap 'rmdir "$SIMCG" 2>/dev/null || true' EXIT
+source "$(dirname "$0")/prologue.bash"
+sim_cgroup zt-review-sim
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f8-state.XXXX)
   echo 2 > $ZT_RELAY_E2E_STATE/generation

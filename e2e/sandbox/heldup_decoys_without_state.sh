@@ -2,9 +2,7 @@
 # What held up: with no state dir of ours, `down` leaves other clusters' things alone - a
 # cni-* netns, KUBE-DECOY and even KUBE-SERVICES (v4+v6, every table used), a foreign bridge and
 # veth, /etc/netns entries. Runs in e2e/sandbox/sandbox.sh. Exit 0 = all survive.
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-PY=${PY:-$PWD/.venv/bin/python}
+source "$(dirname "$0")/prologue.bash"
 e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=/tmp/review-heldup-no-state-$$
   ip netns add cni-decoy; mkdir -p /etc/netns/cni-decoy
