@@ -217,21 +217,22 @@ def test_an_operator_limited_to_its_namespaces_lists_each_of_them_once_refused_a
 
 
 def test_a_list_in_every_namespace_uses_the_kinds_all_namespaces_call(monkeypatch):
+    # namespace None: the dynamic client's cluster-wide path (/apis/policy/v1/poddisruptionbudgets;
+    # the request itself is checked against a fake API server in test_list_pages.py).
     import io
 
     import urllib3
 
     seen = []
 
-    class Typed:
-        def list_pod_disruption_budget_for_all_namespaces(self, **kwargs):
-            seen.append(kwargs["label_selector"])
-            body = b'{"apiVersion": "policy/v1", "items": [{"metadata": {"name": "edge", "namespace": "a"}}]}'
-            return urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=False)
+    def child_call(kind, verb, **kwargs):
+        seen.append((kind, verb, kwargs["namespace"], kwargs["label_selector"]))
+        body = b'{"apiVersion": "policy/v1", "items": [{"metadata": {"name": "edge", "namespace": "a"}}]}'
+        return urllib3.HTTPResponse(body=io.BytesIO(body), status=200, preload_content=False)
 
-    monkeypatch.setattr(kube, "_typed", lambda api_class: Typed())
+    monkeypatch.setattr(kube, "_child_call", child_call)
     (found,) = kube.list_children("PodDisruptionBudget", None, "app.kubernetes.io/managed-by=x")
-    assert seen == ["app.kubernetes.io/managed-by=x"]
+    assert seen == [("PodDisruptionBudget", "get", None, "app.kubernetes.io/managed-by=x")]
     assert found["kind"] == "PodDisruptionBudget" and found["metadata"]["namespace"] == "a"
 
 

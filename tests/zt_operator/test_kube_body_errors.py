@@ -36,6 +36,6 @@ def cut_response(body: bytes) -> urllib3.HTTPResponse:
     urllib3.HTTPResponse(body=io.BytesIO(BODY[:20]), status=200, preload_content=False),
 ], ids=["connection-cut-mid-body", "truncated-json"])
 def test_a_body_that_breaks_off_becomes_a_kube_error(monkeypatch, response):
-    monkeypatch.setattr(kube, "_method", lambda kind, verb: lambda *args, **kwargs: response)
+    monkeypatch.setattr(kube, "_child_call", lambda kind, verb, *args, **kwargs: response)
     with pytest.raises(kube.KubeError):
         kube.get("Service", "relays", "edge")
