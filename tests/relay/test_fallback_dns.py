@@ -153,3 +153,30 @@ async def test_a_lookup_that_never_answers_times_out_counted_and_the_next_one_st
         await asyncio.sleep(0.05)
     assert relay.snapshot()["fallback_dns_failures:timeout"] >= 2
     assert await visit(relay, b"GET /after") == b"GET /after"
+
+
+@pytest.fixture
+def name_unknown(resolver):
+    resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")  # from the start
+
+
+async def test_a_name_that_never_resolved_fails_visitors_fast_without_a_lookup_each(name_unknown, named_relay):
+    """DNS down from the start: visitors are closed (backend_error), the failure is counted
+    by reason, and a burst of visitors is not a burst of lookups (retried after a pause)."""
+    relay, resolver = named_relay
+
+    async def refused() -> bytes:
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+        writer.write(b"GET / HTTP/1.1\r\n\r\n")
+        try:
+            return await asyncio.wait_for(reader.read(), 5)
+        except ConnectionResetError:
+            return b""
+        finally:
+            writer.close()
+
+    assert await asyncio.gather(*(refused() for _ in range(8))) == [b""] * 8
+    snapshot = relay.snapshot()
+    assert snapshot.get("fallback:backend_error") == 8, snapshot
+    assert snapshot.get("fallback_dns_failures:no_such_name", 0) >= 1, snapshot
+    assert resolver.calls <= 2, resolver.calls  # the start's lookup, and at most one retry
