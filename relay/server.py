@@ -524,7 +524,10 @@ class Relay:
         relay of a 96 MiB cgroup OOM-killed), and new ones are refused when it runs out."""
         tunnels = self.tunnels
         count = self._shares()
-        room = self.memory.limit * memory.HIGH_WATER - self.memory.used
+        # With --workers every process samples the same cgroup: each gets its part of the
+        # room (SO_REUSEPORT spreads connections evenly), or each would set aside all of it
+        # (2 workers admitted 64 tunnels where the room held 32: 95.2 MiB of 96).
+        room = (self.memory.limit * memory.HIGH_WATER - self.memory.used) / self.config.workers
         if room / count < self.config.write_buffer_limit + self._fixed:  # tight: what they queued is theirs again
             room += sum(t.transport.get_write_buffer_size() for t in tunnels if t.transport is not None)
             if self.fallback is not None:

@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from relay import limits, protocol
-from relay.config import RelayConfig
+from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
 from tests.relay.conftest import Client
 from tests.relay.test_hostile_packets import FakeTransport, open_tunnel
@@ -155,3 +155,12 @@ async def test_site_connections_do_not_take_the_tunnels_admission_floor():
     finally:
         relay.fallback.splices = set()
         relay.fallback.close()
+
+
+async def test_with_workers_each_process_shares_out_only_its_part_of_the_pods_memory_room():
+    """Every worker samples the same cgroup: each must set aside only its part of the room,
+    or N workers admit N times what the pod can hold."""
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 8443),), workers=4, max_memory=256 << 20, health_listen=None))
+    relay.memory.used = 100 << 20
+    relay._share_write_buffers()
+    assert relay.write_room == ((256 << 20) * 0.9 - (100 << 20)) / 4
