@@ -29,8 +29,8 @@ class Component:
     """A probe that is truthy once the process serves (None: running is enough)."""
     python: bool = False
     """A Python module of this repository (needs the repository on PYTHONPATH)."""
-    path_first: Path | None = None
-    """A directory put first on the process's PATH (kube-router's shims: `kube_router_shim`)."""
+    env: Callable[[dict[str, str]], dict[str, str]] | None = None
+    """Adjusts the process's environment (kube-router's shims first on its PATH: `kube_router_shim`)."""
 
 
 def _http_ok(url: str) -> bool:
@@ -74,7 +74,7 @@ COMPONENTS = (
     Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
     # Its iptables-save/-restore and ipset are shims that show it, and let it write, only its
     # own chains and ipsets (review findings F23, F24; kube_router_view).
-    Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced(), path_first=kube_router_shim.BIN_DIR),
+    Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced(), env=kube_router_shim.environment),
     Component("coredns", configs.coredns_command),
     Component("metrics-server", configs.metrics_server_command),
     Component("lb-controller", _lb_command, python=True),

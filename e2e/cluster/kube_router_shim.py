@@ -15,6 +15,13 @@ from e2e.cluster import kube_router_view as view
 
 BIN_DIR = Path(__file__).resolve().parent / "kube_router_bin"
 TOOLS = ("iptables-save", "iptables-restore", "ipset")
+PYTHON_ENV = "ZTR_SHIM_PYTHON"
+
+
+def environment(env: dict[str, str]) -> dict[str, str]:
+    """kube-router's environment: the shims first on PATH, and the Python they run with (this
+    one: a real interpreter, not a PATH lookup that may be a slow pyenv shim)."""
+    return {**env, "PATH": f"{BIN_DIR}{os.pathsep}{env.get('PATH', os.defpath)}", PYTHON_ENV: sys.executable}
 
 
 def real_binary(tool: str, path: str | None = None) -> str:

@@ -208,8 +208,8 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
     comp = components.get(name)
     argv = comp.command(layout, state, paths.bin_dir())
     env = python_env() if comp.python else cluster_env()
-    if comp.path_first is not None:
-        env["PATH"] = f"{comp.path_first}{os.pathsep}{env.get('PATH', os.defpath)}"
+    if comp.env is not None:
+        env = comp.env(env)
     pid = processes.start(name, cgroups.enter_host_argv(argv), state.run, state.logs, env=env, program=argv[0])
     log(f"started {name} (pid {pid})")
 

@@ -211,7 +211,7 @@ def sh(*argv: str, stdin: str | None = None, check: bool = True) -> subprocess.C
 
 def shim(tool: str, *args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
     """The shim as kube-router runs it: found first on PATH, by name."""
-    env = dict(os.environ, PATH=f"{kube_router_shim.BIN_DIR}{os.pathsep}{os.environ.get('PATH', os.defpath)}")
+    env = kube_router_shim.environment(dict(os.environ))
     proc = subprocess.run([tool, *args], input=stdin, capture_output=True, text=True, timeout=30, env=env)
     assert shutil.which(tool, path=env["PATH"]) == str(kube_router_shim.BIN_DIR / tool)
     if check:
@@ -287,7 +287,9 @@ def test_kube_routers_ipset_syncs_through_the_shims_leave_the_neighbours_sets():
 def test_kube_router_runs_with_the_shims_first_on_its_path():
     from e2e.cluster import components
 
-    assert components.get("kube-router").path_first == kube_router_shim.BIN_DIR
+    assert components.get("kube-router").env is kube_router_shim.environment
     for tool in kube_router_shim.TOOLS:
         assert os.access(kube_router_shim.BIN_DIR / tool, os.X_OK), tool
-    assert [c.name for c in components.COMPONENTS if c.path_first is not None] == ["kube-router"]
+    assert [c.name for c in components.COMPONENTS if c.env is not None] == ["kube-router"]
+    env = kube_router_shim.environment({"PATH": "/usr/sbin:/usr/bin", "HOME": "/root"})
+    assert env == {"PATH": f"{kube_router_shim.BIN_DIR}:/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_PYTHON": sys.executable}
