@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import time
 
@@ -132,3 +133,41 @@ def test_a_backend_socket_has_every_stream_option_once_its_transport_is_built(ru
                 transport.close()
 
     assert run(dial_and_build()) == {option: value for _, option, value in streams.STREAM_OPTIONS}
+
+
+def test_a_finished_splice_is_freed_by_reference_counting_not_the_garbage_collector():
+    """Each fallback connection used to leave a Splice, its two Sides, their transports and
+    pseudo-sockets in reference cycles: freed only by the cyclic GC, whose young-generation
+    passes then cost ~20 us per connection (measured in the relay: 54 gen0 passes, 21.6 ms,
+    over 1,020 TLS handshakes; 8.3 ms without the cycles)."""
+    from relay import splice as splice_mod
+
+    async def splice_both_ways_then_close() -> None:
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        s = splice_mod.Splice(done.set_result)
+        client, client_peer = socket.socketpair()
+        backend, backend_peer = socket.socketpair()
+        with client_peer, backend_peer:
+            await loop.connect_accepted_socket(lambda: s.client, client)
+            await loop.connect_accepted_socket(lambda: s.backend, backend)
+            s.backend_connected()
+            client_peer.sendall(b"request")
+            client_peer.shutdown(socket.SHUT_WR)
+            backend_peer.sendall(b"answer")
+            backend_peer.shutdown(socket.SHUT_WR)
+            assert await asyncio.wait_for(done, 5) is s
+        del s, done
+
+    gc.collect()
+    gc.disable()
+    try:
+        uvloop.run(splice_both_ways_then_close())
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        gc.collect()
+        left = [type(o).__name__ for o in gc.garbage if isinstance(o, (splice_mod.Splice, splice_mod.Side))]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
