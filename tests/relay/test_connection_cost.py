@@ -79,8 +79,10 @@ async def test_a_fallback_connection_costs_a_bounded_number_of_system_calls(star
                     assert await asyncio.wait_for(reader.readexactly(len(REPLY)), 5) == REPLY
                     writer.close()
                     await writer.wait_closed()
-                # every connection is over in the relay: its descriptors are back to before
-                assert await until(lambda: _fds(pid) == baseline, 10), f"{_fds(pid)} descriptors, {baseline} before"
+                # every connection is over in the relay: none of its descriptors is left (a leak
+                # of one per connection would be 40 more; the baseline may include the one the
+                # relay's own start-up count holds for a moment, so "at most", not "equal")
+                assert await until(lambda: _fds(pid) <= baseline, 10), f"{_fds(pid)} descriptors, {baseline} before"
             finally:
                 tracer.send_signal(signal.SIGINT)
                 tracer.wait(10)
