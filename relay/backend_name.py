@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import socket
+import threading
 from collections import Counter
 from collections.abc import Callable
 
@@ -38,6 +39,35 @@ _GAI_REASONS = {
     getattr(socket, "EAI_NODATA", socket.EAI_NONAME): NO_ADDRESS,
     getattr(socket, "EAI_ADDRFAMILY", socket.EAI_NONAME): NO_ADDRESS,
 }
+
+
+async def getaddrinfo(loop: asyncio.AbstractEventLoop, host: str, port: int) -> list:
+    """``socket.getaddrinfo`` in a daemon thread of its own. Not the loop's getaddrinfo: uvloop's
+    (libuv's thread pool), like asyncio's executor, is waited for when the process exits, so a
+    lookup DNS never answers (the resolver's timeouts x tries x search domains: a minute and
+    more) held a SIGTERM'd relay past its drain, into Kubernetes' kill. A daemon thread is
+    left behind at exit; at most one runs per lookup (``LOOKUP_TIMEOUT``, then ``RETRY``)."""
+    future = loop.create_future()
+
+    def deliver(result, error) -> None:
+        if not future.done():  # not cancelled (timed out, relay closing)
+            if error is None:
+                future.set_result(result)
+            else:
+                future.set_exception(error)
+
+    def run() -> None:
+        try:
+            result, error = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM), None
+        except Exception as exc:
+            result, error = None, exc
+        try:
+            loop.call_soon_threadsafe(deliver, result, error)
+        except RuntimeError:  # the loop is closed: nobody waits any more
+            pass
+
+    threading.Thread(target=run, name=f"lookup {host}", daemon=True).start()
+    return await future
 
 
 def failure_reason(exc: BaseException) -> str:
@@ -93,7 +123,9 @@ class CachedName:
     async def _resolve(self) -> None:
         try:
             async with asyncio.timeout(LOOKUP_TIMEOUT):
-                infos = await self.loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+                infos = await getaddrinfo(self.loop, self.host, self.port)
+            if not infos:
+                raise socket.gaierror(socket.EAI_NODATA if hasattr(socket, "EAI_NODATA") else socket.EAI_NONAME, "no address")
             self.address = infos[0][4]
             self.error = None
             self.due = self.loop.time() + self.fresh

@@ -1,18 +1,23 @@
 """A ``--fallback`` backend given by name is resolved off the connection path: one lookup
 at a time, the last good address served while it is refreshed, failures counted by reason.
 
-The relay runs in this process (real loopback sockets) with the loop's ``getaddrinfo``
+The relay runs in this process (real loopback sockets) with ``backend_name.getaddrinfo``
 replaced by a resolver that counts its calls and answers when the test lets it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
+import shutil
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
-from relay import fallback
+from relay import backend_name, fallback
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
 
@@ -21,7 +26,7 @@ FRESH = 0.2
 
 
 class Resolver:
-    """Stands in for ``loop.getaddrinfo``: counts calls; each answers once ``gate`` is set,
+    """Stands in for ``backend_name.getaddrinfo``: counts calls; each answers once ``gate`` is set,
     with ``answer`` (a port on 127.0.0.1) or by raising ``error``."""
 
     def __init__(self, port: int) -> None:
@@ -31,7 +36,7 @@ class Resolver:
         self.gate.set()
         self.error: Exception | None = None
 
-    async def __call__(self, host, port, *, family=0, type=0, proto=0, flags=0):
+    async def __call__(self, loop, host, port):
         self.calls += 1
         await self.gate.wait()
         if self.error is not None:
@@ -55,7 +60,7 @@ async def site():
 async def resolver(site, monkeypatch):
     monkeypatch.setattr(fallback, "DNS_CACHE_SECONDS", FRESH)
     resolver = Resolver(site)
-    monkeypatch.setattr(asyncio.get_running_loop(), "getaddrinfo", resolver)
+    monkeypatch.setattr(backend_name, "getaddrinfo", resolver)
     return resolver
 
 
@@ -180,3 +185,43 @@ async def test_a_name_that_never_resolved_fails_visitors_fast_without_a_lookup_e
     assert snapshot.get("fallback:backend_error") == 8, snapshot
     assert snapshot.get("fallback_dns_failures:no_such_name", 0) >= 1, snapshot
     assert resolver.calls <= 2, resolver.calls  # the start's lookup, and at most one retry
+
+
+# -- a real resolver that never answers, in a private mount and network namespace -------------
+
+_HUNG_DNS_DRIVER = r"""
+import os, signal, socket, subprocess, sys, time
+subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
+subprocess.run(["mount", "--bind", sys.argv[1], "/etc/resolv.conf"], check=True)
+dns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dns.bind(("127.0.0.1", 53))  # takes the queries, answers none
+relay = subprocess.Popen([sys.executable, "-m", "relay", "127.0.0.1:0", "--fallback", "site.example:80",
+                          "--health-listen", "off", "--shutdown-delay", "0", "--drain-timeout", "0"],
+                         stderr=subprocess.PIPE, text=True)
+for line in relay.stderr:
+    if "relay listening" in line:
+        break
+dns.settimeout(30)
+dns.recvfrom(512)  # the relay's lookup is in flight (and will never be answered)
+relay.send_signal(signal.SIGTERM)
+try:
+    print("exit", relay.wait(timeout=float(sys.argv[2])))
+except subprocess.TimeoutExpired:
+    relay.kill()
+    print("still running")
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare (private namespaces)")
+def test_a_lookup_that_never_answers_does_not_hold_the_relays_exit(tmp_path):
+    """SIGTERM while the backend's name is being looked up and DNS never answers (the
+    resolver's own timeouts: 30 s x 5 tries): the relay exits once drained, not when the
+    lookup thread gives up (uvloop's loop, like asyncio's executor, waits for it at exit:
+    past Kubernetes' grace period the pod is killed)."""
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.1\noptions timeout:30 attempts:5\n")
+    driver = tmp_path / "driver.py"
+    driver.write_text(_HUNG_DNS_DRIVER)
+    done = subprocess.run(["unshare", "--mount", "--net", sys.executable, str(driver), str(resolv), "20"],
+                          capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[2])
+    assert done.stdout.strip() == "exit 0", (done.stdout, done.stderr[-2000:])
