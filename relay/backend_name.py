@@ -1,8 +1,10 @@
 """A ``--fallback`` backend given by name, resolved off the connection path.
 
 Visitors never wait for DNS once the name has been resolved: ``current()`` returns the last
-good address at once and, when it is older than its freshness, starts a refresh in the
-background. At most one lookup is in flight, whatever the rate of connections (before,
+good address at once. The name is refreshed every ``fresh`` seconds in the background, with
+or without visitors (refreshed only on demand, the first visitors after a quiet spell went
+to an address hours old: refused, or a connect timeout if it was gone); a visitor that finds
+it due (the timer late) starts the refresh itself. At most one lookup is in flight, whatever the rate of connections (before,
 every connection after the cache expired ran a lookup of its own and waited for it: a
 burst of visitors was a burst of lookups, and a slow DNS server stalled the site).
 Connections that arrive before the very first answer wait on that one lookup (``wait()``).
@@ -94,14 +96,23 @@ class CachedName:
         self.lookup: asyncio.Task | None = None  # the one lookup in flight
         self.error: OSError | None = None  # the last failure, while there is no address
         self.failures: Counter[str] = Counter()
+        self._timer: asyncio.TimerHandle | None = None  # the next refresh, while none is in flight
+        self.closed = False
         self.current()  # the first lookup starts with the relay, before any visitor
 
     def current(self) -> tuple | None:
         """The last good address (None before the first answer); starts a refresh when
         one is due and none is in flight. Never waits."""
-        if self.lookup is None and self.loop.time() >= self.due:
+        if self.lookup is None and self.loop.time() >= self.due and not self.closed:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
             self.lookup = self.loop.create_task(self._resolve())
         return self.address
+
+    def _refresh(self) -> None:
+        self._timer = None
+        self.current()
 
     async def wait(self) -> tuple:
         """The address, waiting for the lookup in flight if there has never been one;
@@ -138,7 +149,13 @@ class CachedName:
             self.on_failure(reason, exc)
         finally:
             self.lookup = None
+        # Not reached when cancelled (the relay is closing): no timer outlives it.
+        self._timer = self.loop.call_at(self.due, self._refresh)
 
     def close(self) -> None:
+        self.closed = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self.lookup is not None:
             self.lookup.cancel()
