@@ -69,6 +69,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 
+from e2e.cluster import kube_router_view
 from e2e.cluster.layout import Layout
 
 PREFIX = "ZTR-E2E-"
@@ -81,9 +82,6 @@ KUBE_PROXY_CHAINS = (
     "KUBE-MARK-DROP", "KUBE-FORWARD", "KUBE-PROXY-FIREWALL", "KUBE-PROXY-CANARY",
 )
 KUBE_PROXY_GENERATED = ("KUBE-SVC-", "KUBE-SVL-", "KUBE-SEP-", "KUBE-EXT-", "KUBE-FW-", "KUBE-XLB-")
-# kube-router's NetworkPolicy controller (fixed names too; it removes none of them on exit).
-KUBE_ROUTER_CHAINS = ("KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT", "KUBE-NWPLCY-DEFAULT")
-KUBE_ROUTER_GENERATED = ("KUBE-NWPLCY-", "KUBE-POD-FW-")
 TABLES = ("filter", "nat", "mangle", "raw", "security")
 BINARIES = ("iptables", "ip6tables", "iptables-legacy", "ip6tables-legacy")
 """Listed and cleaned: kube-proxy and the kubelet pick the legacy backend on machines that use it."""
@@ -343,14 +341,17 @@ def ours(name: str) -> bool:
 def kube_chain(name: str) -> bool:
     """A chain our kube-proxy, kubelet or kube-router creates (exact names, or their generated ones)."""
     return (
-        name in KUBELET_CHAINS or name in KUBE_PROXY_CHAINS or name in KUBE_ROUTER_CHAINS
-        or name.startswith(KUBE_PROXY_GENERATED + KUBE_ROUTER_GENERATED)
+        name in KUBELET_CHAINS or name in KUBE_PROXY_CHAINS or name.startswith(KUBE_PROXY_GENERATED)
+        or kube_router_chain(name)
     )
 
 
 def kube_router_chain(name: str) -> bool:
-    """kube-router's own chains (a subset of `kube_chain`)."""
-    return name in KUBE_ROUTER_CHAINS or name.startswith(KUBE_ROUTER_GENERATED)
+    """kube-router's own chains (a subset of `kube_chain`): fixed names (it removes none on exit)
+    and KUBE-POD-FW-/KUBE-NWPLCY-<16 base32>, by the very pattern its shims use
+    (`kube_router_view`): `down` never deletes a look-alike (KUBE-POD-FW-DECOY) that the shims
+    kept kube-router away from, and `up` does not take one for another kube-router."""
+    return kube_router_view.kube_router_chain(name)
 
 
 def remove(is_ours=ours) -> None:

@@ -293,3 +293,20 @@ def test_kube_router_runs_with_the_shims_first_on_its_path():
     assert [c.name for c in components.COMPONENTS if c.env is not None] == ["kube-router"]
     env = kube_router_shim.environment({"PATH": "/usr/sbin:/usr/bin", "HOME": "/root"})
     assert env == {"PATH": f"{kube_router_shim.BIN_DIR}:/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_PYTHON": sys.executable}
+
+
+def test_down_and_up_take_kube_routers_chains_by_the_shims_pattern_not_a_prefix():
+    """`down` (firewall.kube_chain) must not delete a chain the shim keeps kube-router away from:
+    a neighbour's KUBE-POD-FW-DECOY survives kube-router's syncs, so it must survive `down` too
+    (and not make `up` refuse as if another kube-router ran)."""
+    from e2e.cluster import firewall
+
+    listing = [":KUBE-POD-FW-DECOY - [0:0]", f"-N {POD_A}", "-N KUBE-POD-FW-DECOY", "-N KUBE-NWPLCY-mine",
+               f"-A KUBE-ROUTER-FORWARD -d 10.244.0.5/32 -j {POD_A}", "-A FORWARD -j KUBE-POD-FW-DECOY"]
+    cmds = firewall.cleanup_commands(listing, firewall.kube_chain)
+    assert ["-X", POD_A] in cmds
+    assert not any("DECOY" in c or "mine" in c for cmd in cmds for c in cmd), cmds
+    for name in ("KUBE-POD-FW-DECOY", "KUBE-NWPLCY-mine", "KUBE-POD-FW-AAAAAAAAAAAAAAAAA"):
+        assert not firewall.kube_chain(name) and not firewall.kube_router_chain(name), name
+    for name in (POD_A, POLICY_A, *view.KUBE_ROUTER_FIXED_CHAINS):
+        assert firewall.kube_chain(name) and firewall.kube_router_chain(name), name
