@@ -9,8 +9,9 @@ at the first child call (``_children``), never again. Measured on the real clust
 group-version looked up, 7 in all; looking a core kind up as ``api_version="v1"`` alone
 would search every group (25 requests), hence ``prefix="api"``. Construction fails while
 the API server is down, so it is not done at login: a failed discovery is a ``KubeError``
-like any call, and the next call tries again. The library's discovery cache file is
-removed first (discovery answers from an older pod are not trusted).
+like any call, and the next call tries again. The library's discovery cache file is the
+process's own and is removed before and after discovery (answers from an older pod or
+another process are not trusted).
 
 Every failure of a call (an ``ApiException`` of any status, a refused or reset connection,
 a timeout) becomes ``KubeError`` with a short ``reason`` for conditions and metrics; nothing
@@ -59,12 +60,14 @@ _discovery = threading.Lock()
 
 
 def _discovery_cache() -> str:
-    """The library's discovery cache file (it always writes one; a failed write is ignored)."""
+    """The library's discovery cache file (it always writes one; a failed write is ignored).
+    One per process, removed once discovery is done: the library reads a file it finds, so
+    a shared name could hand one process another's discovery (of another API server)."""
     try:
         directory = tempfile.gettempdir()
     except OSError:  # no writable temporary directory (read-only root, no /tmp volume)
         directory = os.sep
-    return os.path.join(directory, "zt-operator-discovery.json")
+    return os.path.join(directory, f"zt-operator-discovery-{os.getpid()}.json")
 
 
 class KubeError(Exception):
@@ -122,9 +125,13 @@ def _children(kind: str) -> tuple[DynamicClient, Any]:
             cache = _discovery_cache()
             with contextlib.suppress(OSError):
                 os.unlink(cache)
-            dynamic = _DynamicClient(api_client(), cache_file=cache)
-            _dynamic = dynamic, {name: dynamic.resources.get(prefix=prefix, api_version=api_version, kind=name)
-                                 for name, (prefix, api_version) in CHILD_KINDS.items()}
+            try:
+                dynamic = _DynamicClient(api_client(), cache_file=cache)
+                _dynamic = dynamic, {name: dynamic.resources.get(prefix=prefix, api_version=api_version, kind=name)
+                                     for name, (prefix, api_version) in CHILD_KINDS.items()}
+            finally:  # nothing reads it again: the resources are kept here
+                with contextlib.suppress(OSError):
+                    os.unlink(cache)
         dynamic, resources = _dynamic
     return dynamic, resources[kind]
 

@@ -10,6 +10,10 @@ loopback (``fakeapi``) answers; every request the real client sends is recorded.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 
 from tests.zt_operator.fakeapi import RESOURCES, FakeApi
@@ -110,3 +114,22 @@ def test_every_request_discovery_included_has_the_calls_timeout(api, monkeypatch
 
     assert len(timeouts) == 8  # 7 discovery requests and the apply
     assert set(timeouts) == {kube.TIMEOUT}
+
+
+def test_no_discovery_cache_file_outlives_discovery(api):
+    """The library always writes its discovery to a cache file and reads one it finds at the
+    next construction: a file left behind could be read by another operator process (or test)
+    talking to another API server."""
+    kube.apply(DEPLOYMENT)
+
+    assert not os.path.exists(kube._discovery_cache())
+
+
+def test_two_processes_never_share_a_discovery_cache_file():
+    """Between one process's unlink and its Discoverer's read, another process writing the same
+    path would hand it that process's discovery (5 helpers run the tests on one machine)."""
+    code = "from zt_operator import kube; print(kube._discovery_cache())"
+    paths = {subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+             for _ in range(2)}
+
+    assert len(paths) == 2, paths
