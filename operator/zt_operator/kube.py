@@ -9,7 +9,8 @@ at the first child call (``_children``), never again. Measured on the real clust
 group-version looked up, 7 in all; looking a core kind up as ``api_version="v1"`` alone
 would search every group (25 requests), hence ``prefix="api"``. Construction fails while
 the API server is down, so it is not done at login: a failed discovery is a ``KubeError``
-like any call, and the next call tries again. The library's discovery cache file is the
+like any call, and the next call tries again; a kind whose discovery failed (a 503 for its
+group-version) fails alone, and is discovered again at its next call. The library's discovery cache file is the
 process's own and is removed before and after discovery (answers from an older pod or
 another process are not trusted).
 
@@ -36,6 +37,7 @@ import urllib3
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 from kubernetes.dynamic import DynamicClient
+from kubernetes.dynamic.exceptions import DynamicApiError, ResourceNotFoundError, ServiceUnavailableError
 
 from zt_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
@@ -77,7 +79,7 @@ class KubeError(Exception):
         super().__init__(message)
         self.reason = reason
         """Short CamelCase cause: Timeout, Unreachable, TooManyRequests, APIServerError,
-        Forbidden, Invalid, Conflict, NotFound, Expired or APIError."""
+        Forbidden, Invalid, Conflict, NotFound, Expired, NotServed (discovery) or APIError."""
         self.status = status
 
 
@@ -108,31 +110,47 @@ def _typed(api_class: type) -> Any:
 
 class _DynamicClient(DynamicClient):
     """Discovery's requests get the calls' timeout too (the library sends them with none, and
-    a hung API server would hold the discovery lock that every reconcile waits on)."""
+    a hung API server would hold the discovery lock that every reconcile waits on). A 503 is
+    raised as the 5xx it is: the library's discovery swallows ServiceUnavailableError into
+    "no such kind" (meant for aggregated APIs the client never asked for)."""
 
     def request(self, method: str, path: str, body: Any = None, **params: Any) -> Any:
         params.setdefault("_request_timeout", TIMEOUT)
-        return super().request(method, path, body=body, **params)
+        try:
+            return super().request(method, path, body=body, **params)
+        except ServiceUnavailableError as exc:
+            raise DynamicApiError(exc) from None
 
 
 def _children(kind: str) -> tuple[DynamicClient, Any]:
-    """The dynamic client and ``kind``'s resource; discovers all child kinds at the first
-    call of the process (reconciles run in threads: one discovery, under a lock). Call it
+    """The dynamic client and ``kind``'s resource. The first call of the process constructs
+    the client and discovers every child kind (reconciles run in threads: one discovery,
+    under a lock); a kind whose discovery failed fails alone, and its next call discovers it
+    again (``kind`` first, so a failure of another kind never fails this call). Call it
     inside ``call`` so that a failed discovery is a ``KubeError``."""
     global _dynamic
     with _discovery:
-        if _dynamic is None or _dynamic[0].client is not api_client():
-            cache = _discovery_cache()
-            with contextlib.suppress(OSError):
-                os.unlink(cache)
-            try:
-                dynamic = _DynamicClient(api_client(), cache_file=cache)
-                _dynamic = dynamic, {name: dynamic.resources.get(prefix=prefix, api_version=api_version, kind=name)
-                                     for name, (prefix, api_version) in CHILD_KINDS.items()}
-            finally:  # nothing reads it again: the resources are kept here
+        cache = _discovery_cache()
+        try:
+            if _dynamic is None or _dynamic[0].client is not api_client():
                 with contextlib.suppress(OSError):
                     os.unlink(cache)
-        dynamic, resources = _dynamic
+                _dynamic = _DynamicClient(api_client(), cache_file=cache), {}
+                wanted = [kind, *(name for name in CHILD_KINDS if name != kind)]
+            else:
+                wanted = [] if kind in _dynamic[1] else [kind]
+            dynamic, resources = _dynamic
+            for name in wanted:
+                prefix, api_version = CHILD_KINDS[name]
+                try:
+                    resources[name] = dynamic.resources.get(prefix=prefix, api_version=api_version, kind=name)
+                except Exception:
+                    if name == kind:
+                        raise
+                    break  # the others are discovered at their own calls (a hung API: one timeout)
+        finally:  # nothing reads it again: the resources are kept here
+            with contextlib.suppress(OSError):
+                os.unlink(cache)
     return dynamic, resources[kind]
 
 
@@ -166,6 +184,8 @@ def classify(exc: BaseException) -> tuple[str, str, int | None]:
             return "Unreachable", str(exc.reason or exc), None
         reason = _STATUS_REASONS.get(status) or ("APIServerError" if status >= 500 else "APIError")
         return reason, f"{status} {message}", status
+    if isinstance(exc, ResourceNotFoundError):  # discovery: the API server does not serve the kind
+        return "NotServed", f"not served by the API server: {exc}", None
     if isinstance(exc, urllib3.exceptions.MaxRetryError) and exc.reason is not None:
         exc = exc.reason
     # NewConnectionError is a ConnectTimeoutError in urllib3's hierarchy: refused, not slow.

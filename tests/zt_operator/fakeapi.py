@@ -48,6 +48,8 @@ class FakeApi(ThreadingHTTPServer):
         self.revision = 0
         self.expire: set[str] = set()
         self.fail: set[str] = set()
+        self.unavailable: set[str] = set()
+        """Paths answered 503 (an API group the server can't serve for now)."""
         self.requests: list[Request] = []
         self.objects: dict[str, dict[str, Any]] = {}
 
@@ -117,7 +119,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path, query = self._record()
         found = discovery(path)
-        if found is not None:
+        if path in self.server.unavailable:
+            self._status(503, "the server is currently unable to handle the request", "ServiceUnavailable")
+        elif found is not None:
             self._send(200, found)
         elif path == DEPLOYMENTS or (path.startswith("/apis/apps/v1/namespaces/") and path.endswith("/deployments")):
             self._list(query)

@@ -133,3 +133,28 @@ def test_two_processes_never_share_a_discovery_cache_file():
              for _ in range(2)}
 
     assert len(paths) == 2, paths
+
+
+def test_a_kind_whose_discovery_fails_fails_alone_with_the_servers_reason_and_is_discovered_again(api):
+    """A 503 for one group-version in discovery (the library swallows it into 'no such
+    kind') fails that kind's calls as the 5xx it is, not every child kind's: the other
+    children are still reconciled. Its next call discovers it again, and only it."""
+    api.unavailable.add("/apis/policy/v1")
+
+    with pytest.raises(kube.KubeError) as raised:
+        kube.get("PodDisruptionBudget", "relays", "edge")
+    assert (raised.value.reason, raised.value.status) == ("APIServerError", 503)
+    assert kube.apply(DEPLOYMENT)["spec"] == {"replicas": 2}
+    assert kube.get("Service", "relays", "edge") is None
+
+    api.unavailable.clear()
+    before = len(api.requests)
+    assert kube.get("PodDisruptionBudget", "relays", "edge") is None
+    assert [r.path for r in api.requests[before:]] == ["/apis/policy/v1",
+                                                      "/apis/policy/v1/namespaces/relays/poddisruptionbudgets/edge"]
+
+
+def test_a_kind_the_api_server_does_not_serve_is_reason_not_served():
+    from kubernetes.dynamic.exceptions import ResourceNotFoundError
+
+    assert kube.classify(ResourceNotFoundError("No matches found for {'kind': 'PodDisruptionBudget'}"))[0] == "NotServed"
