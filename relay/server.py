@@ -23,7 +23,7 @@ from relay.config import Endpoint, RelayConfig
 from relay import splice as splice_mod
 from relay.fallback import FallbackRouter
 from relay.limits import ConnectionLimiter, RateLimit, client_key
-from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_listener, configure_stream, set_send_buffer  # noqa: F401 (re-exported)
+from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_listener, configure_stream, set_receive_buffer, set_send_buffer  # noqa: F401 (re-exported)
 from relay.tunnel import UDP_BATCH, Tunnel, _fmt
 
 log = logging.getLogger("zt_relay")
@@ -52,6 +52,12 @@ _UDP_REFUSALS = {
 #: SO_SNDBUF of a tunnel under --max-memory (the kernel holds twice this, 512 KiB: 40 Mbit/s
 #: at 100 ms round trip, more than a ZeroTier node sends through a TCP fallback).
 TUNNEL_SEND_BUFFER = 256 * 1024
+#: SO_RCVBUF of every accepted connection under --max-memory, set on the listener (inherited,
+#: and before listen() so the window scale fits it): the kernel holds twice this, 256 KiB.
+#: Autotuned, a fast client's receive buffer grew past 1.5 MiB on loopback, and the queue
+#: fills to it whenever the loop falls behind; cgroup v2 charges it to the pod, and the
+#: per-tunnel worst case (``_fixed``) did not count it.
+TUNNEL_RECEIVE_BUFFER = 128 * 1024
 #: Under --max-memory, the smallest write-buffer share a tunnel is admitted with, in records
 #: of --max-record-size: a few full replies of slack toward a client that reads. Below it a
 #: new tunnel is refused (memory_pressure): idle tunnels cost ~3 KiB, so memory samples alone
@@ -111,7 +117,7 @@ class Relay:
         self._batch = max(UDP_BATCH * config.max_record_size, splice_mod.READ_SIZE if config.fallback else 0)
         #: what every tunnel may hold besides its write-buffer share, under a budget: one
         #: read's replies past it and the kernel's send buffer (twice its fixed SO_SNDBUF)
-        self._fixed = self._batch + (2 * TUNNEL_SEND_BUFFER if self.memory is not None else 0)
+        self._fixed = self._batch + (2 * (TUNNEL_SEND_BUFFER + TUNNEL_RECEIVE_BUFFER) if self.memory is not None else 0)
         #: the smallest share a new tunnel is admitted with (SHARE_FLOOR_RECORDS)
         self.share_floor = SHARE_FLOOR_RECORDS * config.max_record_size
         self.last_tick = self.loop.time()
@@ -136,6 +142,9 @@ class Relay:
     async def start(self, reuse_port: bool = False) -> None:
         """Binds every listen address (fails fast if one can't be bound) and starts serving."""
         socks = [listen_socket(ep, reuse_port) for ep in self.config.listen]
+        if self.memory is not None:  # before listen(): accepted connections inherit it
+            for sock in socks:
+                set_receive_buffer(sock, TUNNEL_RECEIVE_BUFFER)
         factory = lambda: Tunnel(self)  # noqa: E731
         if self.config.fallback is not None:
             self.fallback = FallbackRouter(self)
@@ -563,7 +572,9 @@ class Relay:
         what they use is in the sample, and their own shares shrink with the visitors'."""
         if self.memory is None or self.fallback is None:
             return True
-        kernel = 4 * self.fallback.socket_buffer  # the kernel holds twice each fixed buffer
+        # the kernel holds twice each fixed buffer: the visitor's send buffer and the
+        # backend's receive buffer (fallback.SOCKET_BUFFER), the visitor's receive buffer (the listener's)
+        kernel = 4 * self.fallback.socket_buffer + 2 * TUNNEL_RECEIVE_BUFFER
         worst = 2 * (self.site_high + splice_mod.READ_SIZE) + kernel
         return (len(self.fallback.splices) + 1) * worst <= self.write_room
 

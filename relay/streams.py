@@ -80,6 +80,11 @@ def set_send_buffer(sock, size: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, size)
 
 
+def set_receive_buffer(sock, size: int) -> None:
+    """A fixed SO_RCVBUF: no autotuning up to tcp_rmem's max (the kernel holds twice)."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
+
+
 def queued(transport: asyncio.Transport) -> int:
     """Bytes not yet acknowledged by the peer: the transport's buffer and the kernel's.
     0 once the connection is closed (the peer reset it): nothing more will be."""

@@ -111,10 +111,10 @@ async def test_under_a_budget_admission_keeps_every_tunnel_a_write_buffer_floor(
     room = 10 << 20
     relay.write_room = room  # as a memory sample would leave it
     floor = 4 * relay.config.max_record_size  # a few full records
-    per_tunnel = 2 * server.TUNNEL_SEND_BUFFER + 32 * relay.config.max_record_size + floor
+    per_tunnel = 2 * (server.TUNNEL_SEND_BUFFER + server.TUNNEL_RECEIVE_BUFFER) + 32 * relay.config.max_record_size + floor
     tunnels = [open_tunnel(relay, 4000 + i) for i in range(20)]
     admitted = [t for t in tunnels if t.admitted]
-    assert len(admitted) == room // per_tunnel, len(admitted)  # 9 of 20
+    assert len(admitted) == room // per_tunnel, len(admitted)  # 7 of 20
     assert relay.stats.refused["memory_pressure"] == 20 - len(admitted)
     for t in tunnels:
         if not t.admitted:
@@ -147,7 +147,7 @@ async def test_site_connections_do_not_take_the_tunnels_admission_floor():
     try:
         room = 10 << 20
         relay.write_room = room
-        per_tunnel = 2 * server.TUNNEL_SEND_BUFFER + relay._batch + 4 * relay.config.max_record_size
+        per_tunnel = 2 * (server.TUNNEL_SEND_BUFFER + server.TUNNEL_RECEIVE_BUFFER) + relay._batch + 4 * relay.config.max_record_size
         tunnels = [open_tunnel(relay, 5000 + i) for i in range(20)]
         assert sum(t.admitted for t in tunnels) == room // per_tunnel
         for t in tunnels:
@@ -164,3 +164,35 @@ async def test_with_workers_each_process_shares_out_only_its_part_of_the_pods_me
     relay.memory.used = 100 << 20
     relay._share_write_buffers()
     assert relay.write_room == ((256 << 20) * 0.9 - (100 << 20)) / 4
+
+
+async def test_under_a_budget_a_tunnels_kernel_receive_buffer_is_part_of_its_reserved_worst_case():
+    """cgroup v2 charges a socket's receive queue to the pod. A client that sends fast makes
+    the kernel autotune its tunnel's receive buffer (1.5 MiB measured on loopback, up to
+    tcp_rmem's max); while the relay's loop is busy (many such tunnels, one CPU) every such
+    queue fills up to it. Admission reserves per tunnel only the send buffer, one read of
+    replies and a share (``Relay._fixed``): what a receive queue may hold must be in it."""
+    import asyncio
+
+    from relay import server
+
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sink.bind(("127.0.0.1", 0))  # takes the datagrams, never read: the kernel drops the excess
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), max_memory=256 << 20, health_listen=None,
+                              allow_destination=("127.0.0.0/8",), min_destination_port=1))
+    await relay.start()
+    client = await Client.connect(relay.addresses[0][1])
+    try:
+        packet = protocol.encode_packet("127.0.0.1", sink.getsockname()[1], b"z" * 1400)
+        burst = packet * 400  # ~570 KiB
+        for _ in range(200):  # ~110 MiB: the kernel autotunes a fast reader's buffer upwards
+            client.send_raw(burst)
+            await client.writer.drain()
+        (tunnel,) = relay.tunnels
+        received = tunnel.transport.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+        reserved = relay._fixed - relay._batch - 2 * server.TUNNEL_SEND_BUFFER
+        assert received <= reserved, (received, reserved)
+    finally:
+        await client.close()
+        await relay.close()
+        sink.close()
