@@ -492,31 +492,50 @@ def _syn_sent_to(port: int) -> int:
     return count
 
 
+@contextlib.contextmanager
+def full_backlog():
+    """A backend whose accept queue is full (one connection, never accepted, holds it), so
+    its kernel drops new SYNs and a dial toward it waits in SYN_SENT, as toward a remote
+    backend. Yields (listening socket, port)."""
+    backend = socket.socket()
+    backend.bind(("127.0.0.1", 0))
+    backend.listen(0)  # holds one connection not yet accepted
+    port = backend.getsockname()[1]
+    filler = socket.create_connection(("127.0.0.1", port))
+    try:
+        yield backend, port
+    finally:
+        filler.close()
+        backend.close()
+
+
+async def reset_while_dialed(relay_port: int, backend_port: int, dials: int) -> None:
+    """A visitor sends a request, then resets once ``dials`` dials wait on the full backlog."""
+    loop = asyncio.get_running_loop()
+    quitter = socket.create_connection(("127.0.0.1", relay_port))
+    quitter.sendall(b"GET /quit HTTP/1.1\r\n\r\n")
+    deadline = loop.time() + 10
+    while _syn_sent_to(backend_port) < dials:
+        assert loop.time() < deadline, _syn_sent_to(backend_port)
+        await asyncio.sleep(0.02)
+    quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    quitter.close()  # a reset while the backend is still being dialed
+
+
 async def test_a_backend_that_does_not_answer_the_syn_at_once_still_gets_the_first_flight(start_relay):
     """The backend's accept queue is full, so its kernel drops the relay's SYN and the
     connect stays in SYN_SENT (as toward a remote backend): the first flight's send gets
     EAGAIN and must go once the connect completes. A visitor that resets meanwhile leaves
     no connection and no descriptor behind."""
     loop = asyncio.get_running_loop()
-    backend = socket.socket()
-    backend.bind(("127.0.0.1", 0))
-    backend.listen(0)  # holds one connection not yet accepted
-    port = backend.getsockname()[1]
-    filler = socket.create_connection(("127.0.0.1", port))
-    relay = await start_relay("--fallback", f"127.0.0.1:{port}")
-    fds = lambda: len(os.listdir(f"/proc/{relay.proc.pid}/fd"))  # noqa: E731
-    baseline = fds()
-    try:
+    with full_backlog() as (backend, port):
+        relay = await start_relay("--fallback", f"127.0.0.1:{port}")
+        fds = lambda: len(os.listdir(f"/proc/{relay.proc.pid}/fd"))  # noqa: E731
+        baseline = fds()
         reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
         writer.write(b"GET /first HTTP/1.1\r\n\r\n")
-        quitter = socket.create_connection(("127.0.0.1", relay.port))
-        quitter.sendall(b"GET /quit HTTP/1.1\r\n\r\n")
         deadline = loop.time() + 10
-        while _syn_sent_to(port) < 2:  # both dials wait on the full queue
-            assert loop.time() < deadline, _syn_sent_to(port)
-            await asyncio.sleep(0.02)
-        quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        quitter.close()  # a reset while the backend is still being dialed
+        await reset_while_dialed(relay.port, port, 2)  # both dials wait on the full queue
         backend.setblocking(False)
         peers = []
         for _ in range(3):  # the filler, then the relay's two dials as the queue frees up
@@ -542,9 +561,6 @@ async def test_a_backend_that_does_not_answer_the_syn_at_once_still_gets_the_fir
             assert loop.time() < deadline + 10, (fds(), baseline)
             await asyncio.sleep(0.05)
         assert not relay.logged("Traceback"), "".join(relay.log)
-    finally:
-        filler.close()
-        backend.close()
 
 
 async def test_a_visitor_that_resets_while_the_backend_is_dialed_is_counted_as_client_reset(start_relay):
@@ -552,21 +568,9 @@ async def test_a_visitor_that_resets_while_the_backend_is_dialed_is_counted_as_c
     resets meanwhile. Once the dial completes, the connection is counted by what happened
     (``client_reset``), not ``connected``, and its request never reaches the backend."""
     loop = asyncio.get_running_loop()
-    backend = socket.socket()
-    backend.bind(("127.0.0.1", 0))
-    backend.listen(0)  # holds one connection not yet accepted
-    port = backend.getsockname()[1]
-    filler = socket.create_connection(("127.0.0.1", port))
-    relay = await start_relay("--fallback", f"127.0.0.1:{port}")
-    try:
-        quitter = socket.create_connection(("127.0.0.1", relay.port))
-        quitter.sendall(b"GET /quit HTTP/1.1\r\n\r\n")
-        deadline = loop.time() + 10
-        while _syn_sent_to(port) < 1:
-            assert loop.time() < deadline, _syn_sent_to(port)
-            await asyncio.sleep(0.02)
-        quitter.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        quitter.close()  # a reset while the backend is still being dialed
+    with full_backlog() as (backend, port):
+        relay = await start_relay("--fallback", f"127.0.0.1:{port}")
+        await reset_while_dialed(relay.port, port, 1)
         backend.setblocking(False)
         first, _ = await asyncio.wait_for(loop.sock_accept(backend), 10)
         dialed, _ = await asyncio.wait_for(loop.sock_accept(backend), 10)  # once the SYN is retried
@@ -583,6 +587,3 @@ async def test_a_visitor_that_resets_while_the_backend_is_dialed_is_counted_as_c
         assert not relay.logged("Traceback"), "".join(relay.log)
         first.close()
         dialed.close()
-    finally:
-        filler.close()
-        backend.close()
