@@ -68,6 +68,12 @@ def full_sync(kube_router_log, kubectl, namespace, wait_for):
     return sync
 
 
+def _remove_chain(chain: str, binary: str = "iptables") -> None:
+    """Cleanup of a test's own chain (best effort: it may not have been made)."""
+    subprocess.run([binary, "-w", "5", "-F", chain], capture_output=True)
+    subprocess.run([binary, "-w", "5", "-X", chain], capture_output=True)
+
+
 def _run(*argv: str) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
 
@@ -102,8 +108,7 @@ def test_another_programs_filter_chain_keeps_its_counters_through_kube_routers_s
         full_sync()
         assert packets() == 7, "kube-router's sync rewrote the machine's filter table and zeroed another program's counters"
     finally:
-        subprocess.run(["iptables", "-w", "5", "-F", chain], capture_output=True)
-        subprocess.run(["iptables", "-w", "5", "-X", chain], capture_output=True)
+        _remove_chain(chain)
 
 
 @pytest.mark.timeout(180)
@@ -143,8 +148,7 @@ def test_a_chain_merely_named_like_kube_routers_survives_its_syncs(full_sync):
         rules = _run("iptables", "-w", "5", "-S", chain, "-v")
         assert "-c 4 400" in rules, f"kube-router's sync deleted or reset chain {chain}: {rules}"
     finally:
-        subprocess.run(["iptables", "-w", "5", "-F", chain], capture_output=True)
-        subprocess.run(["iptables", "-w", "5", "-X", chain], capture_output=True)
+        _remove_chain(chain)
 
 
 @pytest.mark.timeout(180)
@@ -186,5 +190,4 @@ def test_another_programs_ip6tables_chain_keeps_its_counters(full_sync):
             assert "-c 3 " in rules, f"kube-router's sync touched the IPv6 filter table: {rules}"
         finally:
             subprocess.run(["ip6tables", "-w", "5", "-D", *jump], capture_output=True)
-            subprocess.run(["ip6tables", "-w", "5", "-F", chain], capture_output=True)
-            subprocess.run(["ip6tables", "-w", "5", "-X", chain], capture_output=True)
+            _remove_chain(chain, "ip6tables")
