@@ -27,6 +27,7 @@ import datetime
 import logging
 import os
 import time
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -137,6 +138,14 @@ _cluster_lists = True
 refused it (an operator limited to its namespaces holds Roles only)."""
 
 
+def _count_restart(kind: str, where: str) -> Callable[[str], None]:
+    """What ``kube.list_children`` calls when a LIST starts over (its token expired)."""
+    def restarted(reason: str) -> None:
+        METRICS.list_restart(kind, reason)
+        log.info("relist of %ss%s: the list expired before its last page (%s); starting over", kind, where, reason)
+    return restarted
+
+
 def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str, list[dict[str, Any]]]:
     """The ``kind`` children of ``namespaces`` by namespace: one LIST in every namespace
     when they are several and that is allowed, else one per namespace. A namespace whose
@@ -144,7 +153,7 @@ def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str,
     global _cluster_lists
     if _cluster_lists and len(namespaces) > 1:
         try:
-            everywhere = kube.list_children(kind, None, selector)
+            everywhere = kube.list_children(kind, None, selector, restarted=_count_restart(kind, ""))
         except kube.KubeError as exc:
             if exc.status != 403:
                 METRICS.api_error(exc.reason)
@@ -160,7 +169,8 @@ def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str,
     found = {}
     for namespace in namespaces:
         try:
-            found[namespace] = kube.list_children(kind, namespace, selector)
+            found[namespace] = kube.list_children(kind, namespace, selector,
+                                                   restarted=_count_restart(kind, f" in {namespace}"))
         except kube.KubeError as exc:
             METRICS.api_error(exc.reason)
             log.warning("relist of %ss in %s: %s (%s)", kind, namespace, exc, exc.reason)

@@ -31,6 +31,7 @@ import os
 import socket
 import tempfile
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import urllib3
@@ -261,14 +262,16 @@ LIST_RESTARTS = 3
 faster than the pages arrive can use them all."""
 
 
-def list_children(kind: str, namespace: str | None, selector: str) -> list[dict[str, Any]]:
+def list_children(kind: str, namespace: str | None, selector: str,
+                  restarted: Callable[[str], None] = lambda reason: None) -> list[dict[str, Any]]:
     """The objects of child ``kind`` in ``namespace`` (None: in every namespace) matching
     ``selector`` (the relist), read in pages of ``PAGE_SIZE``. Every page comes from the
     first page's snapshot (the continue token carries its resourceVersion). A token that
     expired mid-list (410, a compaction) restarts the list from its first page, never
     continues from a newer snapshot: the answer is one consistent snapshot, so a child
-    missing from it really was gone at that moment."""
-    for _ in range(LIST_RESTARTS + 1):
+    missing from it really was gone at that moment. ``restarted(reason)`` is called at each
+    restart (the caller counts them: restarts that end in a good list are otherwise unseen)."""
+    for attempt in range(LIST_RESTARTS + 1):
         items: list[dict[str, Any]] = []
         token: str | None = None
         while True:
@@ -277,7 +280,9 @@ def list_children(kind: str, namespace: str | None, selector: str) -> list[dict[
                                    label_selector=selector, limit=PAGE_SIZE, _continue=token)
             except KubeError as exc:
                 if exc.status == 410 and token is not None:
-                    break  # expired mid-list: start over
+                    if attempt < LIST_RESTARTS:
+                        restarted(exc.reason)
+                    break  # expired mid-list: start over (or give up after the last one)
                 raise
             # A list's items carry no kind or apiVersion; the watch's objects do.
             items += [dict(item, kind=kind, apiVersion=listed.get("apiVersion")) for item in listed.get("items") or []]

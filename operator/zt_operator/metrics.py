@@ -24,6 +24,7 @@ class Metrics:
         self._seconds = 0.0
         self._ready: dict[str, bool] = {}
         self._api_errors: Counter[str] = Counter()
+        self._list_restarts: Counter[tuple[str, str]] = Counter()
 
     def record(self, relay: str, result: str, seconds: float, ready: bool | None) -> None:
         """Count one reconciliation of ``relay`` (namespace/name) taking ``seconds``."""
@@ -37,6 +38,12 @@ class Metrics:
         """Count one failed API call by ``reason`` (Timeout, Unreachable, TooManyRequests, ...)."""
         with self._lock:
             self._api_errors[reason] += 1
+
+    def list_restart(self, kind: str, reason: str) -> None:
+        """Count one restart of a paginated LIST of child ``kind`` (``Expired``: its continue
+        token expired mid-list, a compaction) that then started over from its first page."""
+        with self._lock:
+            self._list_restarts[kind, reason] += 1
 
     def forget(self, relay: str) -> None:
         with self._lock:
@@ -61,6 +68,10 @@ class Metrics:
                 "# HELP zt_operator_api_errors_total Failed calls to the API server, by reason.",
                 "# TYPE zt_operator_api_errors_total counter",
                 *(f'zt_operator_api_errors_total{{reason="{r}"}} {n}' for r, n in sorted(self._api_errors.items())),
+                "# HELP zt_operator_list_restarts_total Paginated LISTs started over from their first page, by kind and reason.",
+                "# TYPE zt_operator_list_restarts_total counter",
+                *(f'zt_operator_list_restarts_total{{kind="{k}",reason="{r}"}} {n}'
+                  for (k, r), n in sorted(self._list_restarts.items())),
             ]
         return "\n".join(lines) + "\n"
 

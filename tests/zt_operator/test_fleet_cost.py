@@ -41,7 +41,7 @@ def fleet(monkeypatch):
         calls.append(f"get {kind}")
         return copy.deepcopy(objects.get((kind, namespace, name)))
 
-    def list_children(kind, namespace, selector):
+    def list_children(kind, namespace, selector, restarted=None):
         calls.append(f"list {kind}")
         return [copy.deepcopy(o) for (k, ns, _), o in objects.items() if k == kind and ns == namespace]
 
@@ -113,7 +113,7 @@ def test_a_child_the_watch_changed_while_the_list_was_in_flight_keeps_the_watchs
 def test_a_failed_relist_leaves_the_cache_as_it_was_and_the_gets_take_over(fleet, monkeypatch):
     now, objects, bodies, calls = fleet
 
-    def unreachable(kind, namespace, selector):
+    def unreachable(kind, namespace, selector, restarted=None):
         raise kube.KubeError("listing: API server unreachable", "Unreachable")
 
     monkeypatch.setattr(kube, "list_children", unreachable)
@@ -171,7 +171,7 @@ def spread_fleet(monkeypatch):
     lists: list[tuple[str, str | None]] = []
     forbidden = {"cluster": False}
 
-    def list_children(kind, namespace, selector):
+    def list_children(kind, namespace, selector, restarted=None):
         lists.append((kind, namespace))
         if namespace is None and forbidden["cluster"]:
             raise kube.KubeError(f"listing {kind}s: 403 forbidden at the cluster scope", "Forbidden", 403)

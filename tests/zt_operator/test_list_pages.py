@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from tests.zt_operator.fakeapi import FakeApi
-from zt_operator import kube
+from zt_operator import handlers, kube, metrics
 
 SELECTOR = "app.kubernetes.io/managed-by=zt-relay-operator"
 
@@ -93,3 +93,51 @@ def test_a_failure_on_a_later_page_is_a_kube_error_not_a_partial_list(serve):
 
     assert raised.value.reason == "APIServerError"
     assert len(lists(server)) == 2
+
+
+# Issue 14 (fleet): a LIST restarted after a 410 was counted only when it finally failed
+# (api_errors_total{reason="Expired"}); restarts that ended in a good list left no trace,
+# so a store compacting faster than the pages arrive went unseen until it broke the relist.
+
+
+def test_the_list_reports_each_restart_after_an_expired_token_with_its_reason(serve):
+    server = serve([FLEET, FLEET, FLEET])
+    server.expire.update({"0-2", "1-4"})
+    restarts: list[str] = []
+
+    listed = kube.list_children("Deployment", None, SELECTOR, restarted=restarts.append)
+
+    assert len(listed) == 5
+    assert restarts == ["Expired", "Expired"]
+
+
+@pytest.fixture
+def counted(monkeypatch):
+    """The operator's metrics, fresh; the relist may LIST in every namespace."""
+    fresh = metrics.Metrics()
+    monkeypatch.setattr(handlers, "METRICS", fresh)
+    monkeypatch.setattr(handlers, "_cluster_lists", True)
+    return fresh
+
+
+def test_a_relist_counts_each_restart_by_kind_and_reason_even_when_the_list_then_succeeds(serve, counted):
+    server = serve([FLEET, FLEET])
+    server.expire.add("0-2")
+
+    found = handlers._list_children("Deployment", ["ns-0", "ns-1", "ns-2"], SELECTOR)
+
+    assert sum(len(objs) for objs in found.values()) == 5
+    text = counted.render()
+    assert 'zt_operator_list_restarts_total{kind="Deployment",reason="Expired"} 1' in text
+    assert "zt_operator_api_errors_total{" not in text  # the list succeeded: no failed call
+
+
+def test_a_relist_that_keeps_expiring_counts_every_restart_and_then_the_failure(serve, counted):
+    server = serve([FLEET] * 10)
+    server.expire.update(f"{revision}-2" for revision in range(10))
+
+    assert handlers._list_children("Deployment", ["ns-0", "ns-1", "ns-2"], SELECTOR) == {}
+
+    text = counted.render()
+    assert f'zt_operator_list_restarts_total{{kind="Deployment",reason="Expired"}} {kube.LIST_RESTARTS}' in text
+    assert 'zt_operator_api_errors_total{reason="Expired"} 1' in text
