@@ -1,0 +1,25 @@
+"""ZtRelayFull (issue 14): the refusals it counts are the relay's own "no room" reasons.
+
+The default HPA scales on CPU; a pod full of idle tunnels refuses new ones (for example
+``memory_pressure``) at little CPU, so nothing scales up. The alert is the signal; if a
+reason it names were renamed in the relay, it would silently never fire again.
+"""
+
+from __future__ import annotations
+
+import re
+
+from relay import stats
+from tests.chart.test_no_ready_pods_alert import _alert
+
+FULL = {stats.MEMORY_PRESSURE, stats.MAX_CONNECTIONS, stats.FILE_DESCRIPTORS, stats.EPHEMERAL_PORTS}
+NOT_FULL = {stats.MAX_CONNECTIONS_PER_IP, stats.DRAINING, stats.PROXY_UNTRUSTED}
+"""One client over its own cap, a pod shutting down, a misconfigured balancer: not a full pod."""
+
+
+def test_the_full_alert_counts_exactly_the_relays_no_room_refusal_reasons(render):
+    alert, _ = _alert(render, "ZtRelayFull")
+    selectors = re.findall(r'zt_relay_connections_refused_total\{reason=~"([^"]*)"\}', alert["expr"])
+    assert len(selectors) == 1, alert["expr"]
+    assert set(selectors[0].split("|")) == FULL
+    assert not FULL & NOT_FULL
