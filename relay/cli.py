@@ -67,7 +67,7 @@ OPTIONS = (
     Option("fallback_max_connections_per_ip", "share of --fallback-max-connections one client address keeps once it is reached: "
            "beyond it, its idlest connection is closed for an address under its share (default 0: as --max-connections-per-ip)", "int", "N"),
     Option("fallback_idle_timeout", f"seconds without traffic before a fallback connection closes (default {D.fallback_idle_timeout:g})", "float", "S"),
-    Option("max_memory", "refuse new tunnels (memory_pressure) from 90%% of this many bytes used, or when what is left can't hold one more tunnel's worst case (~1.31 MiB), e.g. 256Mi (default: the cgroup's memory limit, if any; 0: off)", "bytes", "BYTES"),
+    Option("max_memory", "refuse new tunnels (memory_pressure) from 90%% of this many bytes used, or when what is left can't hold one more tunnel's worst case (~1.56 MiB), e.g. 256Mi (default: the cgroup's memory limit, if any; 0: off)", "bytes", "BYTES"),
     Option("shutdown_delay", f"seconds listeners keep accepting after SIGTERM while /readyz fails, before the drain (default {D.shutdown_delay:g})", "float", "S"),
     Option("drain_timeout", f"seconds tunnels keep relaying after the shutdown delay (default {D.drain_timeout:g})", "float", "S"),
     Option("workers", f"processes sharing the ports via SO_REUSEPORT (default {D.workers})", "int", "N"),

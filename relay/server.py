@@ -58,6 +58,16 @@ TUNNEL_SEND_BUFFER = 256 * 1024
 #: fills to it whenever the loop falls behind; cgroup v2 charges it to the pod, and the
 #: per-tunnel worst case (``_fixed``) did not count it.
 TUNNEL_RECEIVE_BUFFER = 128 * 1024
+#: SO_RCVBUF of a tunnel's UDP sockets under --max-memory: the kernel holds twice this,
+#: 128 KiB, which is 56 datagrams of ZeroTier's 1,432-byte MTU (2.3 KiB each as the kernel
+#: counts them, measured on loopback): a full read of UDP_BATCH (32) replies plus 24 more
+#: arriving meanwhile, or 16 ms of replies at the 40 Mbit/s the TCP send buffer carries at
+#: 100 ms. What arrives past it is dropped by the kernel, as replies past the write buffer
+#: would be. Left alone, each socket holds rmem_default (208 KiB here), charged to the pod by
+#: cgroup v2 and reserved nowhere.
+UDP_RECEIVE_BUFFER = 64 * 1024
+#: UDP sockets a tunnel may have: IPv4, and IPv6 once its client sends an IPv6 record.
+UDP_SOCKETS = 2
 #: Under --max-memory, the smallest write-buffer share a tunnel is admitted with, in records
 #: of --max-record-size: a few full replies of slack toward a client that reads. Below it a
 #: new tunnel is refused (memory_pressure): idle tunnels cost ~3 KiB, so memory samples alone
@@ -116,8 +126,12 @@ class Relay:
         #: what one UDP wakeup may queue past a tunnel's limit: a read's worth of replies
         self._batch = max(UDP_BATCH * config.max_record_size, splice_mod.READ_SIZE if config.fallback else 0)
         #: what every tunnel may hold besides its write-buffer share, under a budget: one
-        #: read's replies past it and the kernel's send buffer (twice its fixed SO_SNDBUF)
-        self._fixed = self._batch + (2 * (TUNNEL_SEND_BUFFER + TUNNEL_RECEIVE_BUFFER) if self.memory is not None else 0)
+        #: read's replies past it and the kernel's socket buffers (twice each fixed size):
+        #: the TCP connection's send and receive buffers, each UDP socket's receive buffer
+        self._fixed = self._batch + (2 * (TUNNEL_SEND_BUFFER + TUNNEL_RECEIVE_BUFFER + UDP_SOCKETS * UDP_RECEIVE_BUFFER)
+                                     if self.memory is not None else 0)
+        #: SO_RCVBUF of the tunnels' UDP sockets (None: the kernel's default)
+        self.udp_receive_buffer = UDP_RECEIVE_BUFFER if self.memory is not None else None
         #: the smallest share a new tunnel is admitted with (SHARE_FLOOR_RECORDS)
         self.share_floor = SHARE_FLOOR_RECORDS * config.max_record_size
         self.last_tick = self.loop.time()

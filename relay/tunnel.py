@@ -369,6 +369,9 @@ class Tunnel(asyncio.Protocol):
             sock.setblocking(False)
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            size = self.relay.udp_receive_buffer
+            if size is not None:  # under a memory budget: part of the tunnel's reserved worst case
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
             sock.bind((host, 0))
             self.relay.loop.add_reader(sock.fileno(), callback)
         except BaseException:

@@ -360,7 +360,7 @@ async def test_the_default_budget_is_the_cgroups_limit_and_refuses_before_an_oom
 async def test_tunnels_admitted_in_one_burst_and_flooded_are_not_oom_killed(start_relay, echo, memory_cgroup):
     """Admission alone can't stop this: every tunnel is admitted before the next memory sample,
     then their peers fill the write buffers (4 MiB each, 40 tunnels: 1.7 x the limit; 41 x the
-    per-tunnel worst case of 1.31 MiB fit the room that admission keeps, 60 no longer do). Before
+    per-tunnel worst case of 1.56 MiB fit the room that admission keeps, 60 no longer do). Before
     the write buffers shared the budget, the relay was OOM-killed without one sample seeing
     90 %: one loop iteration queued tens of MB."""
     relay = await start_relay(*LOOPBACK, "--write-buffer-limit", str(4 << 20), "--max-connections-per-ip", "1000",
