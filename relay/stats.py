@@ -44,6 +44,9 @@ UDP_SOCKET_UNAVAILABLE = "udp_socket_unavailable"  # e.g. no IPv6 in the pod: th
 #: The kernel has no route to that one destination (ENETUNREACH, EHOSTUNREACH): the packet
 #: goes, the tunnel and its other destinations go on.
 UNREACHABLE = "unreachable"
+#: A local firewall refused it (EPERM, EACCES: an iptables OUTPUT rule, a NetworkPolicy's
+#: egress rules): the packet goes, the tunnel and its other destinations go on.
+EGRESS_DENIED = "egress_denied"
 
 # Refused connections (zt_relay_connections_refused_total).
 MAX_CONNECTIONS = "max_connections"

@@ -59,6 +59,9 @@ _NO_IPV6 = frozenset((errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT))
 #: sendto errors that mean no route to this one destination (none at all, or an
 #: unreachable route), in either family: a per-packet drop, the tunnel goes on.
 _UNREACHABLE = frozenset((errno.ENETUNREACH, errno.EHOSTUNREACH))
+#: sendto errors that mean a local firewall refused this destination (netfilter's OUTPUT
+#: DROP gives EPERM; EACCES from other hooks): a per-packet drop too.
+_DENIED = frozenset((errno.EPERM, errno.EACCES))
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
@@ -193,6 +196,11 @@ class Tunnel(asyncio.Protocol):
                 self.peers.pop(dest, None)
             self.warn_once(stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)", dest, _fmt(self.client), exc)
             self.relay.stats.dropped[stats.UNREACHABLE] += 1
+        elif exc.errno in _DENIED:
+            if new:  # nor does one a local firewall denies
+                self.peers.pop(dest, None)
+            self.warn_once(stats.EGRESS_DENIED, "UDP to %s denied by a local firewall for the tunnel from %s: %s (dropped as egress_denied)", dest, _fmt(self.client), exc)
+            self.relay.stats.dropped[stats.EGRESS_DENIED] += 1
         elif kind == 6 and exc.errno in _NO_IPV6:
             # IPv6 disabled or absent in the pod: the kernel still opens and binds the
             # socket, only the send fails. Counted like a socket that can't be opened.

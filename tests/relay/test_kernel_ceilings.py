@@ -174,6 +174,46 @@ async def test_unreachable_destinations_do_not_fill_the_reply_window(start_relay
             echo.close()
 
 
+
+async def test_a_destination_denied_by_a_local_firewall_is_a_per_packet_drop_and_other_destinations_work(start_relay):
+    """A local egress deny (an iptables OUTPUT DROP, which is what a NetworkPolicy's egress
+    rules become on many CNIs) makes sendto fail with EPERM. That one destination's packets
+    are dropped as ``egress_denied`` (logged once per tunnel), not counted as send errors,
+    and hold no reply-window slot: the tunnel's other destinations, and new ones after a
+    spray of more denied destinations than the window holds, go on."""
+    with kernel.private_netns():
+        echo4, echo6, late = await Echo.bind(), await Echo.bind("::1"), await Echo.bind()
+        denied4, denied6 = await Echo.bind(), await Echo.bind("::1")
+        for tool, host, ports in (("iptables", "127.0.0.1", str(denied4.port)), ("ip6tables", "::1", str(denied6.port)),
+                                  ("iptables", "127.0.0.1", "5000:6099")):
+            subprocess.run([tool, "-A", "OUTPUT", "-p", "udp", "-d", host, "--dport", ports, "-j", "DROP"], check=True, timeout=10)
+        try:
+            relay = await start_relay(*LOOPBACK, "--new-destination-rate", "0")
+            client = await connect_from_fixed_port(relay.port)
+            assert await round_trip(client, echo4, b"v4 first" * 3) == b"v4 first" * 3
+            for _ in range(4):
+                client.send("127.0.0.1", denied4.port, b"denied" * 4)
+                client.send("::1", denied6.port, b"denied" * 4)
+            assert await round_trip(client, echo6, b"v6 after" * 3, "::1") == b"v6 after" * 3
+            assert await round_trip(client, echo4, b"v4 after" * 3) == b"v4 after" * 3
+            samples = await relay.metrics()
+            assert samples.get('zt_relay_dropped_total{reason="egress_denied"}') == 8, samples
+            assert samples.get("zt_relay_udp_send_errors_total", 0) == 0, samples
+            assert samples["zt_relay_tunnels_active"] == 1
+
+            for port in range(5000, 6100):  # 1,100 denied destinations: more than the reply window holds
+                client.send("127.0.0.1", port, b"denied" * 4)
+            assert await round_trip(client, late, b"new peer" * 3) == b"new peer" * 3
+            samples = await relay.metrics()
+            assert samples.get('zt_relay_dropped_total{reason="egress_denied"}') == 8 + 1100, samples
+            assert samples.get('zt_relay_dropped_total{reason="too_many_destinations"}', 0) == 0, samples
+            assert len([line for line in relay.log if "egress_denied" in line]) == 1, "".join(relay.log)  # once per tunnel
+            assert not relay.logged("Traceback"), "".join(relay.log)
+            await client.close()
+        finally:
+            for echo in (echo4, echo6, late, denied4, denied6):
+                echo.close()
+
 def nofile(limit: int):
     def lower() -> None:  # in the relay's child before exec: soft and hard (it lifts soft to hard)
         resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
