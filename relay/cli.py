@@ -66,6 +66,7 @@ OPTIONS = (
     Option("fallback_max_connections", f"concurrent connections to the fallback backend (default {D.fallback_max_connections})", "int", "N"),
     Option("fallback_max_connections_per_ip", "share of --fallback-max-connections one client address keeps once it is reached: "
            "beyond it, its idlest connection is closed for an address under its share (default 0: as --max-connections-per-ip)", "int", "N"),
+    Option("fallback_preconnect", f"backend connections each process keeps open, unwritten and at most 2 s old, for the next site connections (0 = off; default {D.fallback_preconnect})", "int", "N"),
     Option("fallback_idle_timeout", f"seconds without traffic before a fallback connection closes (default {D.fallback_idle_timeout:g})", "float", "S"),
     Option("max_memory", "refuse new tunnels (memory_pressure) from 90%% of this many bytes used, or when what is left can't hold one more tunnel's worst case (~1.56 MiB), e.g. 256Mi (default: the cgroup's memory limit, if any; 0: off)", "bytes", "BYTES"),
     Option("shutdown_delay", f"seconds listeners keep accepting after SIGTERM while /readyz fails, before the drain (default {D.shutdown_delay:g})", "float", "S"),

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass
 
-from relay import filters, limits, protocol
+from relay import backend_pool, filters, limits, protocol
 
 #: Where PROXY headers are trusted when ``--proxy-protocol-from`` is not given.
 DEFAULT_PROXY_SOURCES = ("127.0.0.0/8", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "100.64.0.0/10", "::1/128", "fc00::/7")
@@ -152,6 +152,11 @@ class RelayConfig:
 
     fallback_idle_timeout: float = 300.0
     """Seconds without bytes either way before a connection to the backend is closed."""
+
+    fallback_preconnect: int = 2
+    """Connections to the backend each process keeps open and unwritten, so a site connection
+    takes one instead of dialing (``preconnect.py``: at most 2 s old, checked before use,
+    refilled while the site has visitors). 0: dial per connection."""
 
     max_memory: int | None = None
     """Bytes of memory the pod may use before new tunnels are refused (``memory_pressure``,
@@ -316,6 +321,8 @@ def _validate(c: RelayConfig) -> None:
             raise ConfigError(name, "must be a positive number of seconds")
     if c.fallback_max_connections < 1:
         raise ConfigError("fallback_max_connections", "must be at least 1")
+    if not 0 <= c.fallback_preconnect <= backend_pool.MAX_SIZE:
+        raise ConfigError("fallback_preconnect", f"must be 0 (off) to {backend_pool.MAX_SIZE} connections")
     if c.fallback_max_connections_per_ip < 0:
         raise ConfigError("fallback_max_connections_per_ip", "must be 0 (as --max-connections-per-ip) or more")
     if c.log_format not in ("text", "json"):

@@ -39,7 +39,7 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from relay import backend_name, protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
+from relay import backend_name, preconnect, protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
 from relay.limits import client_key
 from relay.tunnel import Tunnel, _fmt
 
@@ -108,6 +108,12 @@ class FallbackRouter:
             ipaddress.ip_address(self.backend[0])
         except ValueError:
             self.name = backend_name.CachedName(self.loop, *self.backend, DNS_CACHE_SECONDS, self._lookup_failed)
+        #: --fallback-preconnect: connected, never-written backend connections (preconnect.py)
+        self.preconnect: preconnect.Preconnector | None = None
+        if config.fallback_preconnect:
+            self.preconnect = preconnect.Preconnector(
+                self.loop, config.fallback_preconnect, self._known_address,
+                lambda address: _dial(address, b"", self.socket_buffer)[0], self._may_preconnect, self._preconnect_failed)
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -119,6 +125,7 @@ class FallbackRouter:
     def snapshot(self) -> dict[str, int]:
         snap = {
             "fallback_active": len(self.splices),
+            "fallback_preconnected": len(self.preconnect) if self.preconnect is not None else 0,
             "fallback_bytes_to_backend": self.bytes_done["to_backend"],
             "fallback_bytes_to_client": self.bytes_done["to_client"],
         }
@@ -137,12 +144,18 @@ class FallbackRouter:
     def close(self) -> None:
         """Closes every connection being sniffed or spliced (the relay is stopping)."""
         self._tick_handle.cancel()
+        self.stop_preconnecting()
         if self.name is not None:
             self.name.close()
         for sniffer in list(self.sniffers):
             sniffer.transport.abort()
         for s in list(self.splices):
             s.close(splice_mod.SHUTDOWN)
+
+    def stop_preconnecting(self) -> None:
+        """Closes the pooled backend connections (no visitor will take them: draining)."""
+        if self.preconnect is not None:
+            self.preconnect.close()
 
     # -- to the backend ------------------------------------------------------------------------
 
@@ -185,7 +198,7 @@ class FallbackRouter:
         address = self._known_address()
         if address is not None:
             try:
-                dialed = _dial(address, first, self.socket_buffer)
+                dialed = self._pooled(address, first) or _dial(address, first, self.socket_buffer)
             except OSError as exc:
                 dialed = exc
         self.loop.create_task(self._connect(s, client, first, dialed))
@@ -195,6 +208,33 @@ class FallbackRouter:
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 streams.set_send_buffer(sock, self.socket_buffer)
+
+    def _pooled(self, address: tuple, first: bytes) -> tuple[socket.socket, int] | None:
+        """A pooled connection with ``first`` sent on it, else None (dial one)."""
+        if self.preconnect is None:
+            return None
+        sock = self.preconnect.take(address)
+        if sock is None:
+            return None
+        try:
+            return sock, sock.send(first) if first else 0
+        except BlockingIOError:
+            return sock, 0
+        except OSError:  # closed between the check and the send: a fresh dial instead
+            sock.close()
+            return None
+
+    def _may_preconnect(self) -> bool:
+        """A pool dial waits while descriptors or memory are short, and stops with the relay."""
+        relay = self.relay
+        return not (relay.draining or relay.closing or relay.memory_pressure or relay.fd_reserve_short or relay.site_fds_short)
+
+    def _preconnect_failed(self, exc: OSError, delay: float) -> None:
+        now = self.loop.time()
+        if now - self._logged.get("preconnect", -LOG_INTERVAL) >= LOG_INTERVAL:
+            self._logged["preconnect"] = now
+            log.warning("fallback backend %s:%d: preconnecting failed (%s); next try in %.1f s, visitors dial it themselves "
+                        "meanwhile (logged at most every %.0f s)", *self.backend, exc, delay, LOG_INTERVAL)
 
     async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes, dialed) -> None:
         """Opens the backend connection (``dialed``: what ``_dial`` did already, or the error
@@ -241,6 +281,8 @@ class FallbackRouter:
                 s.backend_connected()
                 return
             self.results[CONNECTED] += 1
+            if self.preconnect is not None:
+                self.preconnect.backend_up()
             if sent < len(first):
                 backend.write(first[sent:])
             if s.client.eof:

@@ -240,6 +240,8 @@ class Relay:
         # No await since the accepts above: the kernel has had no chance to queue more.
         for server in self.servers:
             server.close()
+        if self.fallback is not None:  # no visitor comes for them any more
+            self.fallback.stop_preconnecting()
         log.info("listeners closed (%d queued connections taken over)", handed)
 
     def _handed_over(self, future: asyncio.Future) -> None:
@@ -391,6 +393,8 @@ class Relay:
         held = len(self.tunnels) + self.udp_sockets
         if self.fallback is not None:
             held += len(self.fallback.sniffers) + 2 * len(self.fallback.splices)
+            if self.fallback.preconnect is not None:
+                held += self.fallback.preconnect.fds
         return held
 
     def fds_left(self) -> float:

@@ -1,0 +1,111 @@
+"""The bookkeeping of ``--fallback-preconnect``'s pool, without I/O (``now`` passed in):
+which pooled backend connections to keep, which to drop, how many to dial and when.
+Why each bound is what it is: ``preconnect.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+#: Seconds a pooled connection may wait for a visitor: well under the shortest idle timeout
+#: sites commonly set for a connection that says nothing (``preconnect.py``).
+MAX_AGE = 2.0
+#: Seconds after the last site connection during which the pool is refilled.
+WARM = 60.0
+#: Seconds to wait after a failed dial, doubling per failure up to BACKOFF_MAX.
+BACKOFF_MIN = 0.5
+BACKOFF_MAX = 30.0
+#: Largest --fallback-preconnect: a burst of page loads, not the backend's connection cap.
+MAX_SIZE = 64
+
+
+@dataclass(slots=True)
+class Entry:
+    conn: object
+    address: tuple
+    born: float
+
+
+class Pool:
+    """Which connections to keep, drop and dial; ``now`` is the loop's time."""
+
+    def __init__(self, size: int, max_age: float | None = None, warm: float | None = None) -> None:
+        self.size = size
+        self.max_age = MAX_AGE if max_age is None else max_age
+        self.warm = WARM if warm is None else warm
+        self.entries: list[Entry] = []  # oldest first
+        self.dialing = 0
+        self.failures = 0  # consecutive failed dials
+        self.retry_at = float("-inf")
+        self.last_use = float("-inf")
+        self.closed = False
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def used(self, now: float) -> None:
+        """A site connection came: keep the pool warm."""
+        self.last_use = now
+
+    def pop(self, address: tuple, now: float) -> tuple[object | None, list]:
+        """The freshest connection to ``address`` (None: none) and the stale ones dropped."""
+        stale = self.expire(address, now)
+        return (self.entries.pop().conn if self.entries else None), stale
+
+    def expire(self, address: tuple | None, now: float) -> list:
+        """Drops (and returns) the connections too old or to another address."""
+        keep, stale = [], []
+        for e in self.entries:
+            if e.address == address and now - e.born < self.max_age:
+                keep.append(e)
+            else:
+                stale.append(e.conn)
+        self.entries = keep
+        return stale
+
+    def dials_due(self, address: tuple | None, now: float) -> int:
+        """How many dials to start now: none without an address, while backing off, when
+        cold or closed; one at a time after a failure."""
+        if self.closed or address is None or now < self.retry_at or now - self.last_use >= self.warm:
+            return 0
+        missing = self.size - len(self.entries) - self.dialing
+        return max(0, min(missing, 1 - self.dialing) if self.failures else missing)
+
+    def dial_started(self) -> None:
+        self.dialing += 1
+
+    def dialed(self, conn: object, address: tuple, now: float) -> bool:
+        """A dial connected: False if the pool no longer wants it (closed, full)."""
+        self.dialing -= 1
+        self.failures = 0
+        self.retry_at = float("-inf")
+        if self.closed or len(self.entries) >= self.size:
+            return False
+        self.entries.append(Entry(conn, address, now))
+        return True
+
+    def dial_failed(self, now: float) -> float:
+        """A dial failed: the seconds until the next one."""
+        self.dialing -= 1
+        self.failures += 1
+        delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 16))
+        self.retry_at = now + delay
+        return delay
+
+    def backend_up(self) -> None:
+        """A visitor's own dial connected: the backend is back, no need to wait out the backoff."""
+        self.failures = 0
+        self.retry_at = float("-inf")
+
+    def deadline(self, now: float) -> float | None:
+        """When something is next due: the oldest connection's expiry, the backoff's end."""
+        times = [self.entries[0].born + self.max_age] if self.entries else []
+        if self.failures and not self.closed and self.retry_at > now:
+            times.append(self.retry_at)
+        return min(times, default=None)
+
+    def close(self) -> list:
+        """Closes the pool for good; returns the connections to close."""
+        self.closed = True
+        conns, self.entries = [e.conn for e in self.entries], []
+        return conns

@@ -1,0 +1,169 @@
+"""``--fallback-preconnect N``: backend connections opened before a visitor needs one.
+
+Without it a site connection dials the backend once its first bytes are classified: the
+connect, and the site's accept of it, sit between the visitor's ClientHello and the site
+seeing it (on loopback ~100-200 us of wall time, the site accepting after the ClientHello).
+With it, each relay process keeps up to N connections to the backend open and never written
+(as Envoy's cluster ``preconnect_policy`` does for TCP proxying); a classified connection
+takes one and sends its first flight (the PROXY header first, if any: a pooled connection
+has sent nothing) in the same callback, and a replacement is dialed in the background.
+
+What a pooled connection may cost the site, and the guards:
+
+- **Never older than** ``backend_pool.MAX_AGE``. Sites close a connection that says nothing: nginx after
+  ``client_header_timeout``/``ssl_handshake_timeout`` (60 s), Apache's mod_reqtimeout after
+  20 s, HAProxy after ``timeout http-request`` (often 5-10 s), Go servers after a
+  ``ReadHeaderTimeout`` of a few seconds. 2 s stays well under all of them, so a visitor
+  never gets a connection the site is about to close; an older one is closed and replaced.
+- **Checked before use** with a non-blocking ``MSG_PEEK``: ``b''`` (the site closed it) or
+  an error (a reset) and it is closed and the next one tried, then a fresh dial. Bytes
+  waiting are fine (a site that speaks first: its greeting is the visitor's).
+- **Only while the site has visitors**: refilled while a site connection came within
+  ``backend_pool.WARM``; a quiet relay lets its pool age out instead of cycling connections for nobody.
+- **Backend down**: a failed dial backs off (``backend_pool.BACKOFF_MIN`` doubling up to ``BACKOFF_MAX``,
+  one dial at a time); visitors dial it themselves meanwhile, counted as without a pool.
+- **A backend name**: each connection keeps the address it was dialed to; one to an address
+  the name no longer resolves to is dropped, and new ones go to the new address.
+
+``backend_pool.Pool`` is the bookkeeping, without I/O; ``Preconnector`` drives it with
+non-blocking sockets on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from collections.abc import Callable
+
+from relay.backend_pool import Pool
+
+#: Seconds a pool dial may take before it counts as failed.
+DIAL_TIMEOUT = 10.0
+
+
+def is_open(sock: socket.socket) -> bool:
+    """Whether the backend has neither closed nor reset ``sock`` (nothing is read)."""
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+    except (BlockingIOError, InterruptedError):
+        return True
+    except OSError:
+        return False
+
+
+class Preconnector:
+    """Keeps ``Pool`` filled with connected, never-written sockets.
+
+    ``address()``: where to dial now (None: not known yet); ``dial(address)``: a non-blocking
+    socket with its connect started (raises OSError); ``may_dial()``: whether descriptors and
+    the relay's state allow one more; ``on_failure(exc, delay)``: a dial failed."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, size: int, address: Callable[[], tuple | None],
+                 dial: Callable[[tuple], socket.socket], may_dial: Callable[[], bool],
+                 on_failure: Callable[[OSError, float], None]) -> None:
+        self.loop = loop
+        self.pool = Pool(size)
+        self.address = address
+        self.dial = dial
+        self.may_dial = may_dial
+        self.on_failure = on_failure
+        self.pending: dict[socket.socket, asyncio.TimerHandle] = {}  # dials in flight, their timeouts
+        self._timer: asyncio.TimerHandle | None = None
+        self._fill_soon = False
+
+    def __len__(self) -> int:
+        return len(self.pool)
+
+    @property
+    def fds(self) -> int:
+        """Descriptors held: pooled connections and dials in flight."""
+        return len(self.pool) + len(self.pending)
+
+    def take(self, address: tuple) -> socket.socket | None:
+        """A connected socket to ``address`` that nothing was written to, else None; a
+        replacement is dialed after this callback (off the visitor's path)."""
+        pool, now = self.pool, self.loop.time()
+        pool.used(now)
+        while True:
+            sock, stale = pool.pop(address, now)
+            for old in stale:
+                old.close()
+            if sock is None or is_open(sock):
+                break
+            sock.close()  # the backend closed it while pooled
+        if not self._fill_soon and not pool.closed:
+            self._fill_soon = True
+            self.loop.call_soon(self.fill)
+        return sock
+
+    def backend_up(self) -> None:
+        if self.pool.failures:
+            self.pool.backend_up()
+            self.fill()
+
+    def fill(self) -> None:
+        """Drops what expired, starts the dials due, sets the timer for what comes next."""
+        self._fill_soon = False
+        pool, now = self.pool, self.loop.time()
+        address = self.address()
+        for old in pool.expire(address, now):
+            old.close()
+        while pool.dials_due(address, now) and self.may_dial():
+            self._start(address)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        deadline = pool.deadline(now)
+        if deadline is not None and not pool.closed:
+            self._timer = self.loop.call_at(deadline, self._tick)
+
+    def _tick(self) -> None:
+        self._timer = None
+        self.fill()
+
+    def _start(self, address: tuple) -> None:
+        self.pool.dial_started()
+        try:
+            sock = self.dial(address)
+        except OSError as exc:
+            self._failed(exc)
+            return
+        self.pending[sock] = self.loop.call_later(DIAL_TIMEOUT, self._timed_out, sock, address)
+        self.loop.add_writer(sock.fileno(), self._connected, sock, address)
+
+    def _connected(self, sock: socket.socket, address: tuple) -> None:
+        self._forget(sock)
+        error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if error:
+            sock.close()
+            self._failed(OSError(error, os.strerror(error)))
+        elif not self.pool.dialed(sock, address, self.loop.time()):
+            sock.close()
+        self.fill()
+
+    def _timed_out(self, sock: socket.socket, address: tuple) -> None:
+        self._forget(sock)
+        sock.close()
+        self._failed(TimeoutError(f"no connection within {DIAL_TIMEOUT:g} s"))
+        self.fill()
+
+    def _forget(self, sock: socket.socket) -> None:
+        timer = self.pending.pop(sock)
+        timer.cancel()
+        self.loop.remove_writer(sock.fileno())
+
+    def _failed(self, exc: OSError) -> None:
+        delay = self.pool.dial_failed(self.loop.time())
+        self.on_failure(exc, delay)
+
+    def close(self) -> None:
+        """Closes every pooled connection and dial; no more are made."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for sock in list(self.pending):
+            self._forget(sock)
+            sock.close()
+        for sock in self.pool.close():
+            sock.close()

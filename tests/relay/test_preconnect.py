@@ -1,0 +1,333 @@
+"""``--fallback-preconnect``: site connections take an already-connected backend connection.
+
+The pool's bookkeeping is tested without I/O (``backend_pool.Pool``, time passed in); the
+driver with a relay in this process and a backend on loopback that records, per accepted
+connection, what it got and in which order it was accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+
+from relay import backend_name, backend_pool, fallback, proxy_protocol
+from relay.cli import UsageError, parse_config
+from relay.config import Endpoint, RelayConfig
+from relay.server import Relay
+
+A, B = ("127.0.0.1", 1), ("127.0.0.1", 2)
+TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state
+
+
+# -- the bookkeeping -------------------------------------------------------------------------
+
+def test_a_pooled_connection_reaching_the_max_age_is_dropped_not_handed_out():
+    pool = backend_pool.Pool(2, max_age=2.0)
+    pool.used(0.0)
+    pool.dial_started()
+    assert pool.dialed("old", A, 0.0)
+    pool.dial_started()
+    assert pool.dialed("new", A, 1.5)
+    assert pool.pop(A, 1.9) == ("new", [])  # the freshest first
+    assert pool.pop(A, 2.0) == (None, ["old"])  # 2 s old: closed, never used
+
+
+def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_dials_go_to_the_new_one():
+    pool = backend_pool.Pool(2)
+    pool.used(0.0)
+    for conn in ("a1", "a2"):
+        pool.dial_started()
+        pool.dialed(conn, A, 0.0)
+    assert pool.dials_due(B, 0.1) == 0  # full, until the old ones go
+    assert pool.expire(B, 0.1) == ["a1", "a2"]
+    assert pool.dials_due(B, 0.1) == 2
+    assert pool.pop(B, 0.1) == (None, [])
+
+
+def test_failed_dials_back_off_one_at_a_time_doubling_to_a_bound():
+    pool = backend_pool.Pool(4)
+    pool.used(0.0)
+    assert pool.dials_due(A, 0.0) == 4
+    delays, now = [], 0.0
+    for i in range(12):
+        assert pool.dials_due(A, now) == (4 if i == 0 else 1)  # after a failure: one dial at a time
+        pool.dial_started()
+        if i == 0:
+            for _ in range(3):
+                pool.dial_started()
+                pool.dial_failed(now)
+        assert pool.dials_due(A, now) == 0
+        delay = pool.dial_failed(now)
+        delays.append(delay)
+        assert pool.dials_due(A, now + delay * 0.99) == 0  # nothing before the backoff ends
+        assert pool.deadline(now) == now + delay  # a timer, not a poll
+        now += delay
+        pool.used(now)
+    assert delays[:3] == [backend_pool.BACKOFF_MIN * 2 ** i for i in range(3, 6)]
+    assert max(delays) == backend_pool.BACKOFF_MAX
+    assert pool.deadline(now + 1e9) is None  # a past retry is never a timer in the past (no busy loop)
+    pool.dial_started()
+    assert pool.dialed("up", A, now)
+    assert pool.dials_due(A, now) == 3  # back up: fill at once
+
+
+def test_a_pool_without_visitors_for_the_warm_period_is_not_refilled():
+    pool = backend_pool.Pool(2, warm=60.0)
+    assert pool.dials_due(A, 0.0) == 0  # cold from the start: nothing dialed for nobody
+    pool.used(10.0)
+    assert pool.dials_due(A, 10.0) == 2
+    assert pool.dials_due(A, 70.0) == 0
+
+
+def test_a_closed_pool_hands_back_its_connections_and_takes_no_more():
+    pool = backend_pool.Pool(2)
+    pool.used(0.0)
+    pool.dial_started()
+    pool.dialed("a", A, 0.0)
+    pool.dial_started()
+    assert pool.close() == ["a"]
+    assert not pool.dialed("late", A, 0.1)
+    assert pool.dials_due(A, 0.1) == 0 and len(pool) == 0
+
+
+@pytest.mark.parametrize("value", ["-1", "65", "x"])
+def test_the_preconnect_flag_is_validated_naming_it(value):
+    with pytest.raises(UsageError) as info:
+        parse_config(["--fallback-preconnect", value], {})
+    assert str(info.value).startswith("--fallback-preconnect (ZT_RELAY_FALLBACK_PRECONNECT)"), str(info.value)
+    assert parse_config([], {"ZT_RELAY_FALLBACK_PRECONNECT": "0"}).fallback_preconnect == 0
+
+
+# -- the driver, with a relay in this process ------------------------------------------------
+
+class Site:
+    """Echoes; keeps every accepted connection in accept order with what it received."""
+
+    def __init__(self) -> None:
+        self.conns: list[dict] = []
+        self.server: asyncio.AbstractServer | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> Site:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def _serve(self, reader, writer) -> None:
+        conn = {"data": b"", "writer": writer, "eof": asyncio.Event()}
+        self.conns.append(conn)
+        try:
+            while data := await reader.read(65536):
+                conn["data"] += data
+                writer.write(data)
+        except ConnectionError:
+            pass
+        conn["eof"].set()
+        writer.close()
+
+    def idle(self) -> list[dict]:
+        """Connections open that got nothing: the relay's pool."""
+        return [c for c in self.conns if not c["data"] and not c["eof"].is_set()]
+
+    def close(self) -> None:
+        for c in self.conns:
+            c["writer"].close()
+        self.server.close()
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+async def visit(relay: Relay, text: bytes) -> tuple[bytes, int]:
+    """Sends ``text`` through the relay; its echo and the visitor's port."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(text)
+        return await asyncio.wait_for(reader.readexactly(len(text)), 5), writer.get_extra_info("sockname")[1]
+    finally:
+        writer.close()
+
+
+@pytest.fixture
+async def site():
+    s = await Site().start()
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def make_relay():
+    relays: list[Relay] = []
+
+    async def make(backend: str, **settings) -> Relay:
+        host, port = backend.rsplit(":", 1)
+        relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint(host, int(port)), health_listen=None, **settings))
+        await relay.start()
+        relays.append(relay)
+        return relay
+
+    yield make
+    for relay in relays:
+        await relay.close()
+
+
+async def warm(relay: Relay, site: Site, size: int) -> None:
+    """A first visit (dialed: the pool starts cold), then the pool fills."""
+    assert (await visit(relay, b"GET /warm"))[0] == b"GET /warm"
+    await until(lambda: relay.snapshot()["fallback_preconnected"] == size and len(site.idle()) == size, "the pool never filled")
+
+
+async def test_a_site_connection_takes_a_pooled_connection_and_the_pool_refills(make_relay, site):
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
+    await warm(relay, site, 2)
+    pooled = site.idle()
+    assert (await visit(relay, b"GET /next"))[0] == b"GET /next"
+    used = [c for c in site.conns if c["data"] == b"GET /next"]
+    assert len(used) == 1 and used[0] in pooled  # accepted before the visitor came
+    await until(lambda: relay.snapshot()["fallback_preconnected"] == 2 and len(site.idle()) == 2, "no refill")
+    snapshot = relay.snapshot()
+    assert snapshot["fallback:connected"] == 2 and snapshot["fallback_active"] <= 2, snapshot
+    assert snapshot["connections_open"] == 0 and snapshot["tunnels_active"] == 0, snapshot  # never tunnels
+    assert relay._fds_held() == 2 * len(relay.fallback.splices) + 2  # the pool's descriptors count
+
+
+def _pooled_socks(relay: Relay) -> list[socket.socket]:
+    return [e.conn for e in relay.fallback.preconnect.pool.entries]
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_pooled_connections_the_backend_closed_are_skipped_and_the_visitor_is_served(make_relay, site, how):
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
+    await warm(relay, site, 2)
+    socks = _pooled_socks(relay)
+    for conn in site.idle():  # a backend closing idle connections early, or restarted
+        sock = conn["writer"].get_extra_info("socket")
+        if how == "reset":
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn["writer"].transport.abort() if how == "reset" else conn["writer"].close()
+    if how == "close":
+        await until(lambda: all(_tcp_state(s) == TCP_CLOSE_WAIT for s in socks), "the FINs never arrived")
+    else:
+        await until(lambda: all(_tcp_state(s) == TCP_CLOSE for s in socks), "the resets never arrived")
+    assert (await visit(relay, b"GET /after"))[0] == b"GET /after"
+    assert relay.snapshot()["fallback:connected"] == 2
+
+
+async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_backs_off(make_relay, monkeypatch, caplog):
+    monkeypatch.setattr(backend_pool, "BACKOFF_MIN", 30.0)  # within the test: the first round of pool dials only
+    dials = []
+    real_dial = fallback._dial
+    monkeypatch.setattr(fallback, "_dial", lambda address, first, *rest: dials.append(first) or real_dial(address, first, *rest))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # bound, not listening: refused
+        relay = await make_relay(f"127.0.0.1:{port}", fallback_preconnect=2)
+        for i in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"GET /%d" % i)
+            try:
+                assert await asyncio.wait_for(reader.read(), 5) == b""
+            except ConnectionResetError:
+                pass
+            writer.close()
+            await until(lambda: relay.snapshot().get("fallback:backend_refused") == i + 1, "not counted")
+        pool = relay.fallback.preconnect
+        await until(lambda: pool.pool.failures and not pool.pending, "the pool never tried")
+    snapshot = relay.snapshot()
+    assert {k: v for k, v in snapshot.items() if k.startswith("fallback:")} == {"fallback:backend_refused": 5}
+    assert 1 <= dials.count(b"") <= 2  # the pool's first round (its size), then the backoff: not one per visitor
+    assert snapshot["fallback_preconnected"] == 0
+    assert sum("preconnecting failed" in r.getMessage() for r in caplog.records) == 1
+    # The backend comes back: a visitor's own dial works, and the pool refills without waiting out the backoff.
+    site = await Site().start(port)
+    try:
+        assert (await visit(relay, b"GET /back"))[0] == b"GET /back"
+        await until(lambda: relay.snapshot()["fallback_preconnected"] == 2, "no refill once the backend was back")
+    finally:
+        site.close()
+
+
+@pytest.mark.parametrize("version", ["v1", "v2"])
+async def test_a_pooled_connection_starts_with_the_proxy_header_of_its_visitor(make_relay, version):
+    got: list[bytes] = []
+    accepted: list[int] = []
+
+    async def serve(reader, writer):
+        accepted.append(len(accepted))
+        data = await reader.read(4096)
+        got.append(data)
+        writer.write(b"ok")
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1,
+                                 fallback_proxy_protocol=version)
+        for i in range(2):
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"GET /%d" % i)
+            assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
+            client_port = writer.get_extra_info("sockname")[1]
+            writer.close()
+            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(accepted) == i + 2, "the pool never filled")
+            parsed = proxy_protocol.parse_header(got[-1])
+            assert parsed is not None and parsed.source == ("127.0.0.1", client_port), got[-1]
+            assert got[-1][parsed.length:] == b"GET /%d" % i
+        assert relay.snapshot()["fallback:connected"] == 2
+    finally:
+        server.close()
+
+
+async def test_pooled_connections_close_when_the_drain_starts_and_the_drain_does_not_wait_for_them(make_relay, site, monkeypatch):
+    monkeypatch.setattr(backend_pool, "MAX_AGE", 60.0)  # closed by the drain, not by age
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, drain_timeout=30.0)
+    await warm(relay, site, 2)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    writer.write(b"GET /slow")  # a visitor the drain waits for
+    assert await asyncio.wait_for(reader.readexactly(9), 5) == b"GET /slow"
+    await until(lambda: relay.snapshot()["fallback_preconnected"] == 2 and len(site.idle()) == 2, "no refill")
+    pooled = site.idle()
+    drain = asyncio.ensure_future(relay.drain())
+    await asyncio.wait_for(asyncio.gather(*(c["eof"].wait() for c in pooled)), 5)  # at once, not at the end
+    assert not drain.done()
+    assert relay.snapshot()["fallback_preconnected"] == 0 and relay._fds_held() == 2  # the visitor's two
+    writer.close()
+    await asyncio.wait_for(drain, 10)  # ends with the last visitor, not the drain timeout
+    assert relay.snapshot().get("fallback_closed:shutdown", 0) == 0
+
+
+async def test_when_the_name_resolves_to_a_new_address_the_pool_refills_there(make_relay, site, monkeypatch):
+    new = await Site().start()
+    answer = {"port": site.port}
+
+    async def resolve(loop, host, port):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("127.0.0.1", answer["port"]))]
+
+    monkeypatch.setattr(backend_name, "getaddrinfo", resolve)
+    monkeypatch.setattr(fallback, "DNS_CACHE_SECONDS", 0.1)
+    try:
+        relay = await make_relay("site.example:8443", fallback_preconnect=2)
+        await warm(relay, site, 2)
+        old = site.idle()
+        answer["port"] = new.port
+        name = relay.fallback.name
+        await until(lambda: name.address == ("127.0.0.1", new.port), "the name was never refreshed")
+        assert (await visit(relay, b"GET /moved"))[0] == b"GET /moved"
+        assert [c["data"] for c in new.conns if c["data"]] == [b"GET /moved"]
+        await until(lambda: len(new.idle()) == 2 and relay.snapshot()["fallback_preconnected"] == 2, "no refill at the new address")
+        await asyncio.wait_for(asyncio.gather(*(c["eof"].wait() for c in old)), 5)  # the old address's are closed
+    finally:
+        new.close()
