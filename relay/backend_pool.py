@@ -19,6 +19,9 @@ BACKOFF_MAX = 30.0
 MAX_SIZE = 64
 
 
+_NONE: list = []  # never appended to
+
+
 @dataclass(slots=True)
 class Entry:
     conn: object
@@ -49,11 +52,18 @@ class Pool:
 
     def pop(self, address: tuple, now: float) -> tuple[object | None, list]:
         """The freshest connection to ``address`` (None: none) and the stale ones dropped."""
-        stale = self.expire(address, now)
-        return (self.entries.pop().conn if self.entries else None), stale
+        entries = self.entries
+        if entries:  # on a visitor's path: the freshest is the one to check
+            e = entries[-1]
+            if e.address == address and now - e.born < self.max_age:
+                return entries.pop().conn, _NONE
+        return None, self.expire(address, now)
 
     def expire(self, address: tuple | None, now: float) -> list:
         """Drops (and returns) the connections too old or to another address."""
+        entries = self.entries
+        if not entries or (entries[0].address == address and now - entries[0].born < self.max_age):
+            return _NONE  # the oldest is good, so are the others (dialed later, to the same address)
         keep, stale = [], []
         for e in self.entries:
             if e.address == address and now - e.born < self.max_age:

@@ -201,6 +201,8 @@ class FallbackRouter:
                 dialed = self._pooled(address, first) or _dial(address, first, self.socket_buffer)
             except OSError as exc:
                 dialed = exc
+        if self.preconnect is not None:  # the pool is refilled once the site has answered
+            s.on_reply = self.preconnect.refill
         self.loop.create_task(self._connect(s, client, first, dialed))
         s.key = key or client_key(client[0], relay.config.ipv6_per_ip_prefix)
         self.per_ip.setdefault(s.key, set()).add(s)

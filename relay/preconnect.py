@@ -40,6 +40,10 @@ from relay.backend_pool import Pool
 
 #: Seconds a pool dial may take before it counts as failed.
 DIAL_TIMEOUT = 10.0
+#: Seconds after a visitor took a connection before its replacement is dialed if the site
+#: has not answered that visitor by then (``refill``).
+REFILL_DELAY = 0.05
+_TCP_ESTABLISHED = 1  # tcpi_state
 
 
 def is_open(sock: socket.socket) -> bool:
@@ -50,6 +54,10 @@ def is_open(sock: socket.socket) -> bool:
         return True
     except OSError:
         return False
+
+
+def _established(sock: socket.socket) -> bool:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0] == _TCP_ESTABLISHED
 
 
 class Preconnector:
@@ -70,7 +78,8 @@ class Preconnector:
         self.on_failure = on_failure
         self.pending: dict[socket.socket, asyncio.TimerHandle] = {}  # dials in flight, their timeouts
         self._timer: asyncio.TimerHandle | None = None
-        self._fill_soon = False
+        self._timer_at: float | None = None  # when _timer fires
+        self._fill_soon: asyncio.TimerHandle | None = None  # a refill after a visitor took one
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -81,8 +90,10 @@ class Preconnector:
         return len(self.pool) + len(self.pending)
 
     def take(self, address: tuple) -> socket.socket | None:
-        """A connected socket to ``address`` that nothing was written to, else None; a
-        replacement is dialed after this callback (off the visitor's path)."""
+        """A connected socket to ``address`` that nothing was written to, else None. The
+        replacement is dialed once the site has answered this visitor (``refill``), at the
+        latest after ``REFILL_DELAY``: dialed at once, the site's accept of it came between
+        the visitor's first flight and the site's answer (measured: no faster than no pool)."""
         pool, now = self.pool, self.loop.time()
         pool.used(now)
         while True:
@@ -92,10 +103,15 @@ class Preconnector:
             if sock is None or is_open(sock):
                 break
             sock.close()  # the backend closed it while pooled
-        if not self._fill_soon and not pool.closed:
-            self._fill_soon = True
-            self.loop.call_soon(self.fill)
+        if self._fill_soon is None and not pool.closed:
+            self._fill_soon = self.loop.call_later(REFILL_DELAY, self.fill)
         return sock
+
+    def refill(self) -> None:
+        """Dials the replacements now (the site answered the visitor who took one: its
+        accept of a new connection no longer delays that answer)."""
+        if self._fill_soon is not None:
+            self.fill()
 
     def backend_up(self) -> None:
         if self.pool.failures:
@@ -104,22 +120,25 @@ class Preconnector:
 
     def fill(self) -> None:
         """Drops what expired, starts the dials due, sets the timer for what comes next."""
-        self._fill_soon = False
+        if self._fill_soon is not None:
+            self._fill_soon.cancel()
+            self._fill_soon = None
         pool, now = self.pool, self.loop.time()
         address = self.address()
         for old in pool.expire(address, now):
             old.close()
         while pool.dials_due(address, now) and self.may_dial():
             self._start(address)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
         deadline = pool.deadline(now)
-        if deadline is not None and not pool.closed:
-            self._timer = self.loop.call_at(deadline, self._tick)
+        if deadline != self._timer_at:  # mostly unchanged: a visitor takes the newest
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer, self._timer_at = None, deadline
+            if deadline is not None and not pool.closed:
+                self._timer = self.loop.call_at(deadline, self._tick)
 
     def _tick(self) -> None:
-        self._timer = None
+        self._timer = self._timer_at = None
         self.fill()
 
     def _start(self, address: tuple) -> None:
@@ -128,6 +147,10 @@ class Preconnector:
             sock = self.dial(address)
         except OSError as exc:
             self._failed(exc)
+            return
+        if _established(sock):  # loopback, a veth: the handshake is over when connect() returns
+            if not self.pool.dialed(sock, address, self.loop.time()):
+                sock.close()
             return
         self.pending[sock] = self.loop.call_later(DIAL_TIMEOUT, self._timed_out, sock, address)
         self.loop.add_writer(sock.fileno(), self._connected, sock, address)
@@ -161,7 +184,10 @@ class Preconnector:
         """Closes every pooled connection and dial; no more are made."""
         if self._timer is not None:
             self._timer.cancel()
-            self._timer = None
+            self._timer = self._timer_at = None
+        if self._fill_soon is not None:
+            self._fill_soon.cancel()
+            self._fill_soon = None
         for sock in list(self.pending):
             self._forget(sock)
             sock.close()

@@ -66,6 +66,10 @@ class Side(asyncio.Protocol):
         self.splice.active = True
         self.received += len(data)
         self.other.transport.write(data)
+        splice = self.splice
+        if splice.on_reply is not None and self is splice.backend:  # the site's first answer
+            on_reply, splice.on_reply = splice.on_reply, None
+            on_reply()
 
     def eof_received(self) -> bool:
         self.eof = True
@@ -98,7 +102,7 @@ class Side(asyncio.Protocol):
 class Splice:
     """A client connection and its backend connection; ``on_done`` runs once both are gone."""
 
-    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high")
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high", "on_reply")
 
     def __init__(self, on_done: Callable[[Splice], None], high: int = BUFFER_LIMIT) -> None:
         self.high = high  # each direction's write-buffer mark (less under a memory budget)
@@ -112,6 +116,7 @@ class Splice:
         self.connecting = True  # the backend connection is being opened
         self.on_done = on_done
         self.key: str | None = None  # the client's per-IP key, while it counts against its share
+        self.on_reply: Callable[[], None] | None = None  # runs once, after the backend's first bytes went on
 
     def set_write_limits(self, high: int) -> None:
         self.high = high

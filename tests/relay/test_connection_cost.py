@@ -66,14 +66,6 @@ async def test_a_fallback_connection_costs_a_bounded_number_of_system_calls(star
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}")
         pid = relay.proc.pid
-        # One visit first: the pool (--fallback-preconnect, default 2) fills after it and is
-        # part of the baseline (its connections are replaced, never more of them).
-        reader, writer = await asyncio.open_connection("127.0.0.1", relay.port)
-        writer.write(REQUEST)
-        assert await asyncio.wait_for(reader.readexactly(len(REPLY)), 5) == REPLY
-        writer.close()
-        await writer.wait_closed()
-        assert await relay.wait_metric("zt_relay_fallback_preconnected", lambda v: v == 2) == 2
         baseline = _fds(pid)
         with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
             tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out.name, "-p", str(pid)],

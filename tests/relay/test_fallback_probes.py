@@ -105,9 +105,14 @@ def nginx(tmp_path):
     site.stop()
 
 
-@pytest.fixture
-async def site_and_relay(nginx, start_relay):
-    relay = await start_relay("--fallback", f"127.0.0.1:{nginx.port}")
+@pytest.fixture(params=[0, 2], ids=["dialed", "preconnected"])
+async def site_and_relay(nginx, start_relay, request):
+    """The relay dialing nginx per connection, or (``--fallback-preconnect 2``) taking a
+    connection its pool opened before the probe came (warmed by one visit first)."""
+    relay = await start_relay("--fallback", f"127.0.0.1:{nginx.port}", "--fallback-preconnect", str(request.param))
+    if request.param:
+        await asyncio.to_thread(probe_raw, relay.port, HTTP11_GET)
+        assert await relay.wait_metric("zt_relay_fallback_preconnected", lambda v: v == request.param) == request.param
     return nginx, relay
 
 
