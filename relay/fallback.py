@@ -179,6 +179,20 @@ class FallbackRouter:
                 self._fail(result, client, f"{self.max_connections} fallback connections open")
                 transport.close()
                 return
+        header = b""
+        if self.proxy_version != "off":
+            header = proxy_header(self.proxy_version, client, local or transport.get_extra_info("sockname"))
+        first = header + head
+        # The connect starts now, not on the task's first step: with a known address the
+        # first flight usually leaves in this very callback (see ``_dial``), before the
+        # bookkeeping below (nothing is read before the loop's next iteration).
+        dialed = None
+        address = self._known_address()
+        if address is not None:
+            try:
+                dialed = self._pooled(address, first) or _dial(address, first, self.socket_buffer)
+            except OSError as exc:
+                dialed = exc
         s = splice_mod.Splice(self._done, relay.site_high)
         self.splices.add(s)
         if relay.memory is not None:  # a burst between two samples shares the same room
@@ -188,19 +202,6 @@ class FallbackRouter:
         s.client.connection_made(transport)
         s.client.eof = eof
         s.client.received = len(head)
-        header = b""
-        if self.proxy_version != "off":
-            header = proxy_header(self.proxy_version, client, local or transport.get_extra_info("sockname"))
-        first = header + head
-        # The connect starts now, not on the task's first step: with a known address the
-        # first flight usually leaves in this very callback (see ``_dial``).
-        dialed = None
-        address = self._known_address()
-        if address is not None:
-            try:
-                dialed = self._pooled(address, first) or _dial(address, first, self.socket_buffer)
-            except OSError as exc:
-                dialed = exc
         if self.preconnect is not None:  # the pool is refilled once the site has answered
             s.on_reply = self.preconnect.refill
         self.loop.create_task(self._connect(s, client, first, dialed))
