@@ -3,6 +3,8 @@
     python -m tests.bench.fallback                 # 400 handshakes, 5 x 100 MB each way
     python -m tests.bench.fallback --handshakes 100 --downloads 2 --size-mb 20   # smoke
     python -m tests.bench.fallback --baseline-tree /tmp/main   # and main's relay, same run
+    ZT_RELAY_FALLBACK_PRECONNECT=2 python -m tests.bench.fallback ...  # the relay with a pool
+      (a variable, not --relay-args: an older --baseline-tree ignores it instead of refusing the flag)
 
 Real nginx (Debian's package) serves HTTPS on loopback with a CA made for the run
 (``tests/relay/nginx_site.py``); ``zt-relay --fallback`` runs in front of it. Direct and
@@ -216,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             site.stop()
     d50, r50 = pct(times["direct"], 0.5), pct(times["relay"], 0.5)
     dmb, rmb = statistics.median(speeds["direct"]), statistics.median(speeds["relay"])
+    preconnect = os.environ.get("ZT_RELAY_FALLBACK_PRECONNECT")
+    print(f"relay settings: {args.relay_args or 'defaults'}; --fallback-preconnect "
+          f"{'as in the flags' if '--fallback-preconnect' in args.relay_args else 'from ZT_RELAY_FALLBACK_PRECONNECT=' + preconnect if preconnect else 'default (0: a dial per connection)'}")
     print(f"time to first TLS 1.3 handshake, {args.handshakes} each (ms):")
     print(f"  direct  p50 {d50:.3f}  p90 {pct(times['direct'], 0.9):.3f}")
     print(f"  relay   p50 {r50:.3f}  p90 {pct(times['relay'], 0.9):.3f}")
