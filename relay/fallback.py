@@ -54,8 +54,9 @@ CONNECT_TIMEOUT = 10.0
 MAX_PROXY_HEADER = 536
 #: How often one failure reason is logged (all are counted).
 LOG_INTERVAL = 10.0
-#: SO_SNDBUF toward the visitor and SO_RCVBUF from the backend under --max-memory (the
-#: kernel holds twice each: 512 KiB, 40 Mbit/s per direction at 100 ms round trip).
+#: SO_SNDBUF toward the visitor, and SO_RCVBUF and SO_SNDBUF of the backend socket, under
+#: --max-memory (the kernel holds twice each: 512 KiB, 40 Mbit/s per direction at 100 ms
+#: round trip; the backend is usually a few ms away at most).
 SOCKET_BUFFER = 256 * 1024
 #: Seconds a backend name's address is fresh; then it is refreshed in the background while
 #: visitors keep getting it (``backend_name.py``: never a lookup per connection).
@@ -92,9 +93,10 @@ class FallbackRouter:
         #: per-IP key -> its open splices (the share is enforced only once the cap is reached)
         self.per_ip: dict[str, set[splice_mod.Splice]] = {}
         self.idle_timeout = config.fallback_idle_timeout
-        #: under --max-memory: the visitor's SO_SNDBUF and the backend's SO_RCVBUF, fixed
-        #: (autotuned, a stalled download left ~4 MiB in the kernel per visitor: 60 from one
-        #: address held 236 MiB of socket memory, which cgroup v2 charges to the pod)
+        #: under --max-memory: the visitor's SO_SNDBUF and the backend socket's SO_RCVBUF and
+        #: SO_SNDBUF, fixed (autotuned, a stalled download left ~4 MiB in the kernel per
+        #: visitor: 60 from one address held 236 MiB of socket memory, which cgroup v2 charges
+        #: to the pod; an upload grew the backend's send buffer to 4 MiB the same way)
         self.socket_buffer = SOCKET_BUFFER if relay.memory is not None else None
         self.sniffers: set[Sniffer] = set()
         self.splices: set[splice_mod.Splice] = set()
@@ -518,18 +520,32 @@ class Sniffer(asyncio.Protocol):
         self._forget()
 
 
-def _dial(address: tuple, first: bytes, receive_buffer: int | None = None) -> tuple[socket.socket, int | None]:
+def backend_socket(address: tuple, socket_buffer: int | None = None) -> socket.socket:
+    """A non-blocking TCP socket for a connection to the backend at ``address``, not yet
+    connected; ``socket_buffer``: its SO_RCVBUF and SO_SNDBUF (under a memory budget; the
+    kernel holds twice each), set before the SYN (the receive buffer sets the window scale),
+    else both autotuned. Every backend socket is made here, so each gets the same bound."""
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setblocking(False)
+        if socket_buffer is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def _dial(address: tuple, first: bytes, socket_buffer: int | None = None) -> tuple[socket.socket, int | None]:
     """Starts a non-blocking connect to the backend and, if it is already established,
     sends ``first`` at once. Returns the socket and how much of ``first`` went (None: still
     connecting). To a backend on this host (loopback, a veth to a pod) the handshake is
     done by the time connect() returns, so the first flight leaves in the same callback
     that read it: no wait for writability, no loop iteration, no transport to build first.
     Raises OSError if the connect or the send failed."""
-    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock = backend_socket(address, socket_buffer)
     try:
-        sock.setblocking(False)
-        if receive_buffer is not None:  # before the SYN: it sets the window scale
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         error = sock.connect_ex(address)
         if error not in (0, errno.EINPROGRESS):
             raise OSError(error, os.strerror(error))

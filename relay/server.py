@@ -585,14 +585,15 @@ class Relay:
     def site_room(self) -> bool:
         """Whether the memory room of the last sample holds the worst case of every site
         connection and one more (always, without a budget): both write buffers at their
-        share and a read past each, and the kernel's two fixed socket buffers. The tunnels' worst case is not reserved here (an idle
+        share and a read past each, and the kernel's fixed socket buffers (both connections', both ways). The tunnels' worst case is not reserved here (an idle
         one costs ~3 KiB, and a few hundred of them would leave no room for any visitor):
         what they use is in the sample, and their own shares shrink with the visitors'."""
         if self.memory is None or self.fallback is None:
             return True
-        # the kernel holds twice each fixed buffer: the visitor's send buffer and the
-        # backend's receive buffer (fallback.SOCKET_BUFFER), the visitor's receive buffer (the listener's)
-        kernel = 4 * self.fallback.socket_buffer + 2 * TUNNEL_RECEIVE_BUFFER
+        # the kernel holds twice each fixed buffer: the visitor's send buffer and the backend
+        # socket's receive and send buffers (fallback.SOCKET_BUFFER), the visitor's receive
+        # buffer (the listener's)
+        kernel = 2 * (3 * self.fallback.socket_buffer + TUNNEL_RECEIVE_BUFFER)
         worst = 2 * (self.site_high + splice_mod.READ_SIZE) + kernel
         return (len(self.fallback.splices) + 1) * worst <= self.write_room
 

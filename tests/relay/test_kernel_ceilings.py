@@ -698,6 +698,7 @@ async def test_stalled_site_downloads_kernel_buffers_stay_within_the_budget(star
             assert asyncio.get_running_loop().time() < deadline, s
             await asyncio.sleep(0.05)
         held = s["zt_relay_memory_bytes"] + int(tcp_usage.read_text())
+        print(f"{connected:.0f} of {len(visitors)} visitors connected, {held / 2**20:.1f} MiB held")
         assert held < 0.9 * MEMORY_LIMIT, f"{held / 2**20:.1f} MiB with the socket memory v2 charges ({connected:.0f} visitors)"
         assert memory_cgroup.oom_kills() == 0
     finally:

@@ -231,3 +231,58 @@ async def test_under_a_budget_a_tunnels_udp_receive_buffers_are_bounded_and_part
         await relay.close()
         echo4.close()
         echo6.close()
+
+
+def site_reservation(relay: Relay) -> int:
+    """What ``site_room`` sets aside per site connection, from its answers: the least room
+    in which it admits one more, divided among them all."""
+    count = len(relay.fallback.splices) + 1
+    saved, low, high = relay.write_room, 0, 1 << 40
+    try:
+        while low < high:
+            relay.write_room = mid = (low + high) // 2
+            low, high = (low, mid) if relay.site_room() else (mid + 1, high)
+    finally:
+        relay.write_room = saved
+    return low // count
+
+
+async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_and_part_of_its_reservation():
+    """Under a budget the visitor's two kernel buffers and the backend socket's receive buffer
+    are fixed and reserved per site connection (``site_room``), but the backend socket's send
+    buffer was autotuned (up to tcp_wmem's 4 MiB toward a backend that reads slower than the
+    visitor uploads) and reserved nowhere, while cgroup v2 charges it to the pod."""
+    import asyncio
+
+    from relay import splice
+
+    async def sink(reader, writer):
+        while await reader.read(1 << 20):
+            pass
+        writer.close()
+
+    backend = await asyncio.start_server(sink, "127.0.0.1", 0)
+    # A budget far above what this (test) process uses: admission never refuses here.
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), max_memory=1 << 40, health_listen=None,
+                              fallback=Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1])))
+    await relay.start()
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(b"PUT /upload HTTP/1.1\r\nHost: site\r\n\r\n")
+        chunk = b"u" * (1 << 20)
+        for _ in range(64):  # 64 MiB: the kernel autotunes a fast connection's send buffer upwards
+            writer.write(chunk)
+            await writer.drain()
+        (site,) = relay.fallback.splices
+        held = {}
+        for side in (site.client, site.backend):
+            sock = side.transport.get_extra_info("socket")
+            for name, option in (("send", socket.SO_SNDBUF), ("receive", socket.SO_RCVBUF)):
+                held[f"{side.name} {name}"] = sock.getsockopt(socket.SOL_SOCKET, option)
+        # what site_room sets aside besides both directions' write buffers and a read past each
+        reserved = site_reservation(relay) - 2 * (relay.site_high + splice.READ_SIZE)
+        assert sum(held.values()) <= reserved, (held, reserved)
+    finally:
+        writer.close()
+        await relay.close()
+        backend.close()
