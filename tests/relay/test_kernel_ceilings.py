@@ -384,7 +384,13 @@ async def test_the_default_budget_is_the_cgroups_limit_and_refuses_before_an_oom
         # Back under the low-water mark (85 %): what the closed tunnels held is given back,
         # to the kernel too (freed heap kept by malloc would keep the relay refusing).
         assert await relay.wait_metric("zt_relay_memory_bytes", lambda v: v < 0.85 * MEMORY_LIMIT, timeout=10) < 0.85 * MEMORY_LIMIT
-        assert await logged_lines(relay, "memory pressure over"), "".join(relay.log)
+        # Refused at 90 % of the budget, or before it by the per-tunnel floor of admission
+        # (each tunnel's worst case, 1.56 MiB, set aside): which comes first depends on how
+        # far the loop is behind when the last tunnels fill. A pressure that began must end.
+        if relay.logged("memory pressure: "):
+            assert await logged_lines(relay, "memory pressure over"), "".join(relay.log)
+        else:
+            assert relay.logged("each may hold"), "".join(relay.log)
         again = await Client.connect(relay.port)
         assert await round_trip(again, echo, b"again" * 4) == b"again" * 4
         await again.close()
