@@ -49,8 +49,9 @@ _UDP_REFUSALS = {
     errno.ENFILE: stats.FILE_DESCRIPTORS,
 }
 
-#: SO_SNDBUF of a tunnel under --max-memory (the kernel holds twice this, 512 KiB: 40 Mbit/s
-#: at 100 ms round trip, more than a ZeroTier node sends through a TCP fallback).
+#: SO_SNDBUF of a tunnel under --max-memory (the kernel holds twice this, 512 KiB, 368 KiB of
+#: it replies, measured: at most ~30 Mbit/s at 100 ms round trip). Half of it would admit 20 %
+#: more tunnels per pod and halve that ceiling (README).
 TUNNEL_SEND_BUFFER = 256 * 1024
 #: SO_RCVBUF of every accepted connection under --max-memory, set on the listener (inherited,
 #: and before listen() so the window scale fits it): the kernel holds twice this, 256 KiB.
@@ -61,7 +62,7 @@ TUNNEL_RECEIVE_BUFFER = 128 * 1024
 #: SO_RCVBUF of a tunnel's UDP sockets under --max-memory: the kernel holds twice this,
 #: 128 KiB, which is 56 datagrams of ZeroTier's 1,432-byte MTU (2.3 KiB each as the kernel
 #: counts them, measured on loopback): a full read of UDP_BATCH (32) replies plus 24 more
-#: arriving meanwhile, or 16 ms of replies at the 40 Mbit/s the TCP send buffer carries at
+#: arriving meanwhile, or 21 ms of replies at the ~30 Mbit/s the TCP send buffer carries at
 #: 100 ms. What arrives past it is dropped by the kernel, as replies past the write buffer
 #: would be. Left alone, each socket holds rmem_default (208 KiB here), charged to the pod by
 #: cgroup v2 and reserved nowhere.
