@@ -316,6 +316,20 @@ def test_no_retries_or_tolerated_loss_on_local_paths_in_the_e2e_tests():
     assert not found, "\n".join(found)
 
 
+def test_no_sandbox_script_sleeps_a_fixed_time_before_its_next_step():
+    """Issue 12: "no sleep where a condition can be waited for". A bare `sleep N` line in a
+    sandbox script (f3b waited one second for its links) is a guess; a poll of the condition,
+    bounded (`for ...; do COND && break; sleep 0.05; done`), is not."""
+    import re
+
+    found = []
+    for path in sorted((Path(__file__).resolve().parent / "sandbox").glob("*.sh")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if re.fullmatch(r"\s*sleep\s+[0-9.]+\s*", line):
+                found.append(f"{path.name}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
 def test_our_cluster_ran_this_boot_only_by_evidence_of_this_boot(tmp_path, monkeypatch):
     """F1. A state dir left by another boot is no evidence; our boot id, our firewall jumps or
     our kube-proxy alive are."""

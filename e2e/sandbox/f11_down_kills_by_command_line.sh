@@ -14,7 +14,10 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   mkdir -p $ZT_RELAY_E2E_STATE/logs $sibling; touch $ZT_RELAY_E2E_STATE/logs/kubelet.log $sibling/notes
   tail -f $ZT_RELAY_E2E_STATE/logs/kubelet.log > /dev/null & reader=$!
   tail -f $sibling/notes > /dev/null & other=$!
-  sleep 0.3
+  # Until both have exec'"'"'d tail (before that /proc shows bash: the test would prove nothing).
+  tails() { grep -q "^tail" /proc/$reader/cmdline && grep -q "^tail" /proc/$other/cmdline; }
+  for _ in $(seq 200); do tails && break; sleep 0.05; done
+  tails || { echo "the tail processes never started"; exit 2; }
   $PY -m e2e.cluster down 2>&1 | grep -v "^ " | tail -1
   r=alive; kill -0 $reader 2>/dev/null || r=killed
   o=alive; kill -0 $other 2>/dev/null || o=killed

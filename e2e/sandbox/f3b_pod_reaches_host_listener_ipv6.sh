@@ -16,7 +16,16 @@ firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\"); network.setu
   ip link set vethpod1 master ztr-cni0 up
   ip -n pod1 addr add 10.244.0.5/24 dev eth0; ip -n pod1 addr add fe80::5/64 dev eth0 nodad
   ip -n pod1 link set eth0 up; ip -n pod1 link set lo up
-  sleep 1
+  # Until the path is up (a datagram sent before would be lost and prove nothing): the bridge
+  # and the pod end with carrier, the bridge port forwarding, fe80::1 past DAD (nodad: at once).
+  path_up() {
+    [ "$(cat /sys/class/net/ztr-cni0/operstate)" = up ] &&
+    ip -n pod1 -br link show dev eth0 | grep -qw UP &&
+    bridge link show dev vethpod1 | grep -q "state forwarding" &&
+    ip -6 addr show dev ztr-cni0 | grep "inet6 fe80::1/64 " | grep -vq tentative
+  }
+  for _ in $(seq 400); do path_up && break; sleep 0.05; done
+  path_up || { ip -br link show dev ztr-cni0; ip -n pod1 -br link show dev eth0; bridge link show dev vethpod1; ip -6 addr show dev ztr-cni0; echo "the pod'"'"'s path to the bridge never came up"; exit 2; }
   $PY -c "
 import socket
 s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM); s.bind((\"::\", 53)); s.settimeout(3)
