@@ -112,8 +112,11 @@ class Site:
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
-    async def start(self, port: int = 0) -> Site:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", port)
+    async def start(self, sock: socket.socket | None = None) -> Site:
+        if sock is None:
+            self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        else:
+            self.server = await asyncio.start_server(self._serve, sock=sock)
         self.port = self.server.sockets[0].getsockname()[1]
         return self
 
@@ -186,7 +189,14 @@ async def warm(relay: Relay, site: Site, size: int) -> None:
     await until(lambda: relay.snapshot()["fallback_preconnected"] == size and len(site.idle()) == size, "the pool never filled")
 
 
-async def test_a_site_connection_takes_a_pooled_connection_and_the_pool_refills(make_relay, site):
+@pytest.fixture
+def no_expiry(monkeypatch):
+    """Pooled connections stay for the test, however slow the machine (their age is tested
+    in the bookkeeping's tests)."""
+    monkeypatch.setattr(backend_pool, "MAX_AGE", 60.0)
+
+
+async def test_a_site_connection_takes_a_pooled_connection_and_the_pool_refills(make_relay, site, no_expiry):
     relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
     await warm(relay, site, 2)
     pooled = site.idle()
@@ -204,12 +214,19 @@ def _pooled_socks(relay: Relay) -> list[socket.socket]:
     return [e.conn for e in relay.fallback.preconnect.pool.entries]
 
 
+def _waiting(sock: socket.socket) -> bytes | None:
+    try:
+        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return None
+
+
 def _tcp_state(sock: socket.socket) -> int:
     return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)[0]
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
-async def test_pooled_connections_the_backend_closed_are_skipped_and_the_visitor_is_served(make_relay, site, how):
+async def test_pooled_connections_the_backend_closed_are_skipped_and_the_visitor_is_served(make_relay, site, how, no_expiry):
     relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
     await warm(relay, site, 2)
     socks = _pooled_socks(relay)
@@ -246,18 +263,19 @@ async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_
             await until(lambda: relay.snapshot().get("fallback:backend_refused") == i + 1, "not counted")
         pool = relay.fallback.preconnect
         await until(lambda: pool.pool.failures and not pool.pending, "the pool never tried")
-    snapshot = relay.snapshot()
-    assert {k: v for k, v in snapshot.items() if k.startswith("fallback:")} == {"fallback:backend_refused": 5}
-    assert 1 <= dials.count(b"") <= 2  # the pool's first round (its size), then the backoff: not one per visitor
-    assert snapshot["fallback_preconnected"] == 0
-    assert sum("preconnecting failed" in r.getMessage() for r in caplog.records) == 1
-    # The backend comes back: a visitor's own dial works, and the pool refills without waiting out the backoff.
-    site = await Site().start(port)
-    try:
-        assert (await visit(relay, b"GET /back"))[0] == b"GET /back"
-        await until(lambda: relay.snapshot()["fallback_preconnected"] == 2, "no refill once the backend was back")
-    finally:
-        site.close()
+        snapshot = relay.snapshot()
+        assert {k: v for k, v in snapshot.items() if k.startswith("fallback:")} == {"fallback:backend_refused": 5}
+        assert 1 <= dials.count(b"") <= 2  # the pool's first round (its size), then the backoff: not one per visitor
+        assert snapshot["fallback_preconnected"] == 0
+        assert sum("preconnecting failed" in r.getMessage() for r in caplog.records) == 1
+        # The backend comes back (on the very socket: no other process can take the port meanwhile):
+        # a visitor's own dial works, and the pool refills without waiting out the backoff.
+        site = await Site().start(sock=s)
+        try:
+            assert (await visit(relay, b"GET /back"))[0] == b"GET /back"
+            await until(lambda: relay.snapshot()["fallback_preconnected"] == 2, "no refill once the backend was back")
+        finally:
+            site.close()
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
@@ -295,8 +313,7 @@ async def test_a_pooled_connection_starts_with_the_proxy_header_of_its_visitor(m
         server.close()
 
 
-async def test_pooled_connections_close_when_the_drain_starts_and_the_drain_does_not_wait_for_them(make_relay, site, monkeypatch):
-    monkeypatch.setattr(backend_pool, "MAX_AGE", 60.0)  # closed by the drain, not by age
+async def test_pooled_connections_close_when_the_drain_starts_and_the_drain_does_not_wait_for_them(make_relay, site, no_expiry):
     relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, drain_timeout=30.0)
     await warm(relay, site, 2)
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
@@ -335,3 +352,39 @@ async def test_when_the_name_resolves_to_a_new_address_the_pool_refills_there(ma
         await asyncio.wait_for(asyncio.gather(*(c["eof"].wait() for c in old)), 5)  # the old address's are closed
     finally:
         new.close()
+
+
+async def test_a_pooled_connection_whose_site_spoke_first_is_used_and_the_greeting_reaches_the_visitor(make_relay, no_expiry):
+    """A site that speaks first (SMTP, SSH) has its greeting waiting on a pooled connection:
+    the peek sees bytes, not a close, and the visitor gets the greeting as from a fresh dial."""
+    writers: list[asyncio.StreamWriter] = []
+    got: list[bytes] = []  # per connection, in accept order
+
+    async def greet(reader, writer):
+        index = len(writers)
+        writers.append(writer)
+        got.append(b"")
+        writer.write(b"220 ready\r\n")
+        while data := await reader.read(65536):
+            got[index] += data
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
+        for i in range(2):  # dialed, then pooled
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"HELO %d\r\n" % i)
+            assert await asyncio.wait_for(reader.readexactly(19), 5) == b"220 ready\r\nHELO %d\r\n" % i
+            writer.close()
+            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(writers) == i + 2, "the pool never filled")
+            socks = _pooled_socks(relay)
+            await until(lambda: _waiting(socks[0]) == b"2", "no greeting waiting")
+        assert got[:2] == [b"HELO 0\r\n", b"HELO 1\r\n"]  # the second visitor's went on the pooled one
+        assert relay.snapshot()["fallback:connected"] == 2
+        await relay.close()
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
