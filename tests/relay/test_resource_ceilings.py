@@ -247,11 +247,13 @@ def site_reservation(relay: Relay) -> int:
     return low // count
 
 
-async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_and_part_of_its_reservation():
+@pytest.mark.parametrize("preconnect", [0, 2], ids=["dialed", "pooled"])
+async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_and_part_of_its_reservation(preconnect):
     """Under a budget the visitor's two kernel buffers and the backend socket's receive buffer
     are fixed and reserved per site connection (``site_room``), but the backend socket's send
     buffer was autotuned (up to tcp_wmem's 4 MiB toward a backend that reads slower than the
-    visitor uploads) and reserved nowhere, while cgroup v2 charges it to the pod."""
+    visitor uploads) and reserved nowhere, while cgroup v2 charges it to the pod. A backend
+    connection taken from the --fallback-preconnect pool gets the same bounds."""
     import asyncio
 
     from relay import splice
@@ -264,8 +266,21 @@ async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_
     backend = await asyncio.start_server(sink, "127.0.0.1", 0)
     # A budget far above what this (test) process uses: admission never refuses here.
     relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), max_memory=1 << 40, health_listen=None,
-                              fallback=Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1])))
+                              fallback=Endpoint("127.0.0.1", backend.sockets[0].getsockname()[1]), fallback_preconnect=preconnect))
     await relay.start()
+    pooled = set()
+    if preconnect:  # a first visitor warms the pool up: wait for a pooled connection
+        _, first = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+        first.write(b"GET / HTTP/1.1\r\nHost: site\r\n\r\n")
+        deadline = asyncio.get_running_loop().time() + 10
+        while not len(relay.fallback.preconnect):
+            assert asyncio.get_running_loop().time() < deadline, "no pooled connection within 10 s"
+            await asyncio.sleep(0.01)
+        pooled = {entry.conn.fileno() for entry in relay.fallback.preconnect.pool.entries}
+        first.close()
+        while relay.fallback.splices:  # the first visitor's splice is gone
+            assert asyncio.get_running_loop().time() < deadline, "the first visitor's connection stayed"
+            await asyncio.sleep(0.01)
     reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
     try:
         writer.write(b"PUT /upload HTTP/1.1\r\nHost: site\r\n\r\n")
@@ -274,6 +289,8 @@ async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_
             writer.write(chunk)
             await writer.drain()
         (site,) = relay.fallback.splices
+        if preconnect:
+            assert site.backend.transport.get_extra_info("socket").fileno() in pooled, "not a pooled connection"
         held = {}
         for side in (site.client, site.backend):
             sock = side.transport.get_extra_info("socket")
