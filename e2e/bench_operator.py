@@ -26,10 +26,13 @@ target is missed:
 
 ``test_thousands_of_relays_...`` (select it with ``-k thousands``) is the pagination run:
 ``ZT_BENCH_PAGED_RELAYS`` (2000) relays, so each relist LIST of a kind comes in pages of 500.
-It reports the time until every relay has a status, the steady window as above plus the
-operator's memory and the API server's LIST count and largest LIST answer per kind, then
-restarts the operator (start: time to ready, to every relay reconciled, its requests, LISTs
-and CPU), and deletes the relays (one deletecollection), timing the garbage collection.
+It reports the time until every relay has a status (and the operator's requests, CPU and
+memory meanwhile), then restarts the operator (start: time to ready, to every relay
+reconciled, its requests, the LISTs and the CPU of the new container), then a steady window
+of the restarted operator as above (``ZT_BENCH_SECONDS``: over 300 s holds its first
+periodic relist) with its memory, the API server's LIST count and largest LIST answer per
+kind, and deletes the relays (one deletecollection), timing the garbage collection
+(``ZT_BENCH_DELETE_SECONDS``, 900; the cluster's ``down`` removes what is left).
 Report-only: no target.
 
 The file is not collected by default (not ``test_*.py``); naming it runs it.
@@ -310,8 +313,6 @@ def paged(ns: str, kubectl, wait_for) -> None:
           f"({(requests1 - requests0) / took:.1f}/s), CPU {cpu1 - cpu0:.1f} s ({100 * (cpu1 - cpu0) / took:.0f} % of a core), "
           f"memory {operator_memory(kubectl, node, ns)}")
 
-    time.sleep(SETTLE)
-    window("steady", ns, node, kubectl, SECONDS)
     print(f"largest LIST answer so far per kind: {largest_list_answer(kubectl)}")
 
     # Start: a new operator pod with the fleet in place (discovery, the watches' LISTs, the
@@ -339,7 +340,10 @@ def paged(ns: str, kubectl, wait_for) -> None:
           f"memory {operator_memory(kubectl, node, ns)}")
     print("\n".join(line for line in operator_metrics(kubectl, ns, new).splitlines()
                     if line.startswith("zt_operator_") and ("_total" in line or "relays" in line)))
-    window("steady after the start", ns, node, kubectl, min(SECONDS, 120))
+    # The steady state of the restarted operator: the window holds its first periodic relist
+    # (300 s after its start) and a resync pass of every relay.
+    window("steady (after the start)", ns, node, kubectl, SECONDS)
+    print(f"largest LIST answer so far per kind: {largest_list_answer(kubectl)}")
 
 
 def delete_fleet(ns: str, kubectl, wait_for) -> None:
@@ -355,5 +359,8 @@ def delete_fleet(ns: str, kubectl, wait_for) -> None:
         print(f"  {time.monotonic() - started:6.0f} s: {len(relays)} relays, {len(left)} children left")
         return not left and not relays
 
-    wait_for("the fleet deleted", gone, 900, interval=10)
-    print(f"fleet deleted (relays and children gone) {time.monotonic() - started:.0f} s after the deletecollection")
+    try:  # bounded: the cluster's `down` removes whatever garbage collection has not
+        wait_for("the fleet deleted", gone, float(os.environ.get("ZT_BENCH_DELETE_SECONDS", "900")), interval=10)
+        print(f"fleet deleted (relays and children gone) {time.monotonic() - started:.0f} s after the deletecollection")
+    except TimeoutError:
+        print(f"fleet not yet deleted {time.monotonic() - started:.0f} s after the deletecollection")
