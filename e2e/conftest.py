@@ -3,6 +3,10 @@
 Options (e2e is opt-in, as in kopf's own suite):
   --with-e2e          also run the tests under e2e/ (CI passes this)
   --only-e2e          run only the tests under e2e/
+  --part=PART         all (default); cluster: only the tests that need a cluster;
+                      no-cluster: only the others (tests/ and the harness's pure tests).
+                      The rest is deselected, not skipped: `.ci/run` runs the two parts as
+                      two sessions side by side
   --with-restart      also run the down/up test (it restarts the cluster other sessions
                       may be using; CI=true turns it on)
   --cluster=BACKEND   local (default): the single-node cluster of `e2e.cluster`, brought up
@@ -74,6 +78,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         help="cluster backend for e2e tests: local (built here), kind, existing ($KUBECONFIG)",
     )
     group.addoption(
+        "--part", choices=("all", "cluster", "no-cluster"), default="all",
+        help="run only the tests that need a cluster, or only the others (the rest is deselected)",
+    )
+    group.addoption(
         "--with-restart", action="store_true",
         help="also run tests that stop and restart the shared local cluster (on by default when CI is set)",
     )
@@ -107,6 +115,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip_e2e)
         elif only_e2e:
             item.add_marker(skip_unit)
+    part = config.getoption("--part")
+    if part != "all":
+        keep, deselected = [], []
+        for item in items:
+            needs_cluster = item.get_closest_marker("e2e") is not None
+            (keep if needs_cluster == (part == "cluster") else deselected).append(item)
+        if deselected:
+            config.hook.pytest_deselected(items=deselected)
+            items[:] = keep
     # Tests that restart the cluster go last, so nothing else sees the restart.
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
 

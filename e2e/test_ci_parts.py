@@ -1,0 +1,41 @@
+"""`--part`: `.ci/run` runs the tests that need a cluster and the others as two sessions side by
+side; together the two parts are every test, once, and neither skips what it leaves out."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+NEEDS_CLUSTER = False
+
+REPO = Path(__file__).resolve().parent.parent
+# One module of each kind: needs the cluster, e2e without a cluster, no e2e at all.
+PATHS = ("e2e/test_cluster_images.py", "e2e/test_harness_sandbox.py", "tests/chart/test_values_schema.py")
+
+
+def collected(*options: str) -> set[str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "--with-e2e", *options, *PATHS],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return {line for line in run.stdout.splitlines() if "::" in line}
+
+
+@pytest.fixture(scope="module")
+def everything() -> set[str]:
+    return collected()
+
+
+def test_the_cluster_part_is_exactly_the_tests_that_need_a_cluster(everything):
+    cluster = collected("--part=cluster")
+    assert cluster and all(test.startswith("e2e/test_cluster_images.py::") for test in cluster)
+    assert cluster == {test for test in everything if test.startswith("e2e/test_cluster_images.py::")}
+
+
+def test_the_two_parts_are_every_test_once(everything):
+    cluster, rest = collected("--part=cluster"), collected("--part=no-cluster")
+    assert not cluster & rest
+    assert cluster | rest == everything
+    assert any(test.startswith("tests/") for test in rest) and any(test.startswith("e2e/test_harness_sandbox.py::") for test in rest)
