@@ -45,7 +45,13 @@ def run(config: RelayConfig) -> int:
 async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     """One relay process. ``publisher`` (workers only) receives periodic snapshots."""
     # Handlers first: a SIGTERM that arrives while starting must drain, not kill.
-    signals = stop_signals()
+    relay: Relay | None = None
+
+    def not_ready() -> None:
+        if relay is not None:
+            relay.draining = True
+
+    signals = stop_signals(at_once=not_ready)
     relay = Relay(config, telemetry)
     try:
         await relay.start(reuse_port=config.workers > 1)
