@@ -501,15 +501,29 @@ def test_pod_network_namespaces_live_under_our_state_dir():
     assert f'state = "{STATE.containerd / "state"}"' in toml
 
 
-def test_every_registry_is_a_dead_local_mirror():
+def _servers(body: str) -> tuple[list[str], list[str]]:
+    servers = [line.split("=", 1)[1].strip().strip('"') for line in body.splitlines() if line.startswith("server")]
+    return servers, [line for line in body.splitlines() if line.startswith("[host.")]
+
+
+def test_every_registry_is_a_dead_local_mirror_but_our_loopback_registry():
     toml = configs.containerd_config(LAYOUT, STATE)
     assert f'config_path = "{STATE.registry_hosts}"' in toml
-    hosts = configs.registry_hosts()
+    hosts = configs.registry_hosts(LAYOUT)
     assert {"_default/hosts.toml", "docker.io/hosts.toml", "registry.k8s.io/hosts.toml", "ghcr.io/hosts.toml"} <= set(hosts)
+    ours = hosts.pop(f"127.0.0.1:{LAYOUT.registry_port}/hosts.toml")
+    assert _servers(ours) == ([f"http://127.0.0.1:{LAYOUT.registry_port}"], [f'[host."http://127.0.0.1:{LAYOUT.registry_port}"]'])
     for body in hosts.values():
-        servers = [line.split("=", 1)[1].strip().strip('"') for line in body.splitlines() if line.startswith("server")]
-        hosts_named = [line for line in body.splitlines() if line.startswith("[host.")]
-        assert servers == ["http://127.0.0.1:1"] and hosts_named == ['[host."http://127.0.0.1:1"]']
+        assert _servers(body) == (["http://127.0.0.1:1"], ['[host."http://127.0.0.1:1"]'])
+
+
+def test_the_registry_listens_on_loopback_only_and_stores_under_the_state_dir():
+    config = json.loads(configs.registry_config(LAYOUT, STATE))
+    assert config["http"] == {"addr": f"127.0.0.1:{LAYOUT.registry_port}"}
+    assert config["storage"]["filesystem"] == {"rootdirectory": str(STATE.registry_data)}
+    assert STATE.root in STATE.registry_data.parents
+    assert set(config) == {"version", "log", "storage", "http"}, "no proxy (pull-through), notifications or debug listener"
+    assert configs.registry_environment({})["OTEL_TRACES_EXPORTER"] == "none"
 
 
 def test_default_dns_policy_pods_get_the_clusters_resolver_not_the_machines():
@@ -643,7 +657,7 @@ def test_the_bin_dir_key_covers_every_pinned_version_and_a_tool_dir_only_its_own
     from e2e.cluster import paths, versions
 
     assert set(versions.PINNED) == {
-        "kubernetes", "etcd", "coredns", "metrics-server", "helm", "kubeconform", "helm-unittest", "kube-router",
+        "kubernetes", "etcd", "coredns", "metrics-server", "helm", "kubeconform", "helm-unittest", "kube-router", "registry",
     }
     assert set(build.commands_by_tool()) == set(versions.PINNED)
     base = paths.bin_key()
@@ -880,3 +894,4 @@ def test_under_ci_a_skipped_e2e_test_fails_but_an_xfailed_one_stays_xfailed(monk
     xfailed.wasxfail = "F23: a known finding"
     xfailed = _ci_report(xfailed)
     assert xfailed.outcome == "skipped" and xfailed.wasxfail == "F23: a known finding"
+

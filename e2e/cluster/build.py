@@ -160,6 +160,12 @@ def other_tools() -> list[GoTool]:
             ldflags=f"-s -w -X github.com/cloudnativelabs/kube-router/v2/pkg/version.Version={versions.KUBE_ROUTER}",
         ),
         GoTool(
+            "registry",
+            {"github.com/distribution/distribution/v3": versions.REGISTRY},
+            {"registry": "github.com/distribution/distribution/v3/cmd/registry"},
+            ldflags=f"-s -w -X github.com/distribution/distribution/v3/version.version={versions.REGISTRY}",
+        ),
+        GoTool(
             "helm-unittest",
             {"github.com/helm-unittest/helm-unittest": versions.HELM_UNITTEST},
             {"untt": "github.com/helm-unittest/helm-unittest/cmd/helm-unittest"},

@@ -69,6 +69,12 @@ COMPONENTS = (
     Component("kube-apiserver", configs.apiserver_command, _apiserver_ready),
     Component("kube-controller-manager", configs.controller_manager_command),
     Component("kube-scheduler", configs.scheduler_command),
+    # The loopback registry containerd may pull from (configs.registry_hosts): the
+    # --cluster=existing backend's images go there (e2e/test_cluster_existing.py).
+    Component(
+        "registry", configs.registry_command, lambda layout, state: _http_ok(f"http://{layout.registry}/v2/"),
+        env=configs.registry_environment,
+    ),
     Component("containerd", _containerd_command, _containerd_ready),
     Component("kubelet", configs.kubelet_command),
     Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
@@ -81,7 +87,7 @@ COMPONENTS = (
 )
 NAMES = tuple(c.name for c in COMPONENTS)
 BY_NAME = {c.name: c for c in COMPONENTS}
-BUILT_BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kube-router", "coredns", "metrics-server")
+BUILT_BINARIES = ("registry", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "kube-router", "coredns", "metrics-server")
 """The components that are binaries from the cache's bin dir (the others: system containerd, Python)."""
 
 

@@ -44,6 +44,7 @@ class StatePaths:
         self.configs = root / "configs"
         self.metrics_server = root / "metrics-server"
         self.registry_hosts = root / "configs" / "certs.d"
+        self.registry_data = root / "registry"
         self.resolv_conf = root / "configs" / "resolv.conf"
         self.sysctl_record = root / "sysctl.json"
 
@@ -226,10 +227,40 @@ state = "{c / 'state'}"
 """
 
 
-def registry_hosts() -> dict[str, str]:
-    """`<registry>/hosts.toml` files for containerd's config_path: every registry -> DEAD_REGISTRY."""
-    body = f'server = "{DEAD_REGISTRY}"\n\n[host."{DEAD_REGISTRY}"]\n  capabilities = ["pull", "resolve"]\n'
-    return {f"{registry}/hosts.toml": body for registry in REGISTRIES}
+def _hosts_toml(server: str) -> str:
+    return f'server = "{server}"\n\n[host."{server}"]\n  capabilities = ["pull", "resolve"]\n'
+
+
+def registry_hosts(layout: Layout) -> dict[str, str]:
+    """`<registry>/hosts.toml` files for containerd's config_path: every registry -> DEAD_REGISTRY,
+    except our own loopback registry (`layout.registry`), pulled from over plain HTTP. An image
+    it lacks fails there (404), locally; nothing else is dialled."""
+    dead = _hosts_toml(DEAD_REGISTRY)
+    return {
+        **{f"{registry}/hosts.toml": dead for registry in REGISTRIES},
+        f"{layout.registry}/hosts.toml": _hosts_toml(f"http://{layout.registry}"),
+    }
+
+
+def registry_config(layout: Layout, state: StatePaths) -> str:
+    """The CNCF distribution registry's config: loopback only, storage under the state dir (so
+    `down` removes it), no debug listener, no pull-through proxy, no notifications."""
+    config = {
+        "version": "0.1",
+        "log": {"level": "info", "formatter": "text"},
+        "storage": {"filesystem": {"rootdirectory": str(state.registry_data)}, "delete": {"enabled": True}},
+        "http": {"addr": layout.registry},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def registry_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[str]:
+    return [str(bin_dir / "registry"), "serve", str(state.configs / "registry.json")]
+
+
+def registry_environment(env: dict[str, str]) -> dict[str, str]:
+    """Its OpenTelemetry exporter would otherwise dial an OTLP collector (localhost:4318)."""
+    return {**env, "OTEL_TRACES_EXPORTER": "none", "OTEL_METRICS_EXPORTER": "none", "OTEL_SDK_DISABLED": "true"}
 
 
 def resolv_conf(layout: Layout) -> str:

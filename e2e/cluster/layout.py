@@ -56,11 +56,19 @@ class Layout:
     etcd_client_port: int = 23790
     etcd_peer_port: int = 23800
     metrics_server_port: int = 4443
+    registry_port: int = 23795
+    """The image registry (`registry serve`) on 127.0.0.1 only: containerd pulls from it; pods
+    and test hosts cannot reach it (the machine's loopback is not theirs)."""
     pause_image: str = "zt-relay-e2e/pause:1"
 
     @property
     def apiserver_url(self) -> str:
         return f"https://{self.node_ip}:{self.apiserver_port}"
+
+    @property
+    def registry(self) -> str:
+        """host:port of the loopback registry (`--image-registry` for --cluster=existing here)."""
+        return f"127.0.0.1:{self.registry_port}"
 
     @property
     def kubernetes_service_ip(self) -> str:

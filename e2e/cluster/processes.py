@@ -112,7 +112,7 @@ def _reap(pid: int) -> None:
 
 CLUSTER_PROGRAMS = frozenset({
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy", "coredns",
-    "metrics-server", "containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2",
+    "metrics-server", "registry", "containerd", "containerd-shim", "containerd-shim-runc-v1", "containerd-shim-runc-v2",
 })
 """What a cluster of ours runs on the host (the lb-controller is `python -m e2e.cluster.lb`)."""
 

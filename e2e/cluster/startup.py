@@ -227,7 +227,8 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
 
 def write_configs(layout: Layout, state: StatePaths) -> None:
     (state.configs / "containerd.toml").write_text(configs.containerd_config(layout, state))
-    for rel, body in configs.registry_hosts().items():
+    (state.configs / "registry.json").write_text(configs.registry_config(layout, state))
+    for rel, body in configs.registry_hosts(layout).items():
         (state.registry_hosts / rel).parent.mkdir(parents=True, exist_ok=True)
         (state.registry_hosts / rel).write_text(body)
     state.resolv_conf.write_text(configs.resolv_conf(layout))

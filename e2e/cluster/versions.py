@@ -19,6 +19,9 @@ HELM_UNITTEST = "v1.1.2"
 # advisory GHSA-phqm-jgc3-qf8g is in the service proxy (--run-service-proxy), which is off.
 # SIG Network's kube-network-policies (v0.7.0, v0.8.0) cannot run here: see README.
 KUBE_ROUTER = "v2.1.0"
+# The CNCF distribution registry (`registry serve`): run on loopback by `up` so that the
+# --cluster=existing backend (images pushed to a registry, pulled by the cluster) runs here too.
+REGISTRY = "v3.1.2"
 
 PINNED = {
     "kubernetes": KUBERNETES,
@@ -29,5 +32,6 @@ PINNED = {
     "kubeconform": KUBECONFORM,
     "helm-unittest": HELM_UNITTEST,
     "kube-router": KUBE_ROUTER,
+    "registry": REGISTRY,
 }
 """Tool (the build's wrapper-module name) -> version: every pin, for the cache keys."""

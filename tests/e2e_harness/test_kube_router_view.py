@@ -306,7 +306,7 @@ def test_kube_router_runs_with_the_shims_first_on_its_path():
     assert components.get("kube-router").env is kube_router_shim.environment
     for tool in kube_router_shim.TOOLS:
         assert os.access(kube_router_shim.BIN_DIR / tool, os.X_OK), tool
-    assert [c.name for c in components.COMPONENTS if c.env is not None] == ["kube-router"]
+    assert [c.name for c in components.COMPONENTS if c.env is kube_router_shim.environment] == ["kube-router"]
     env = kube_router_shim.environment({"PATH": "/usr/sbin:/usr/bin", "HOME": "/root"})
     assert env == {"PATH": f"{kube_router_shim.BIN_DIR}:/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_PYTHON": sys.executable}
 
