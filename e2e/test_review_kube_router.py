@@ -18,12 +18,14 @@ its PATH (e2e/cluster/kube_router_view.py): it sees and writes only its own chai
 These tests also check each sync they trigger ran to its end without an error.
 """
 
+import re
 import socket
 import subprocess
 import uuid
 
 import pytest
 
+from e2e import workloads
 from e2e.cluster import configs, paths
 
 SYNC_START = b"Starting sync of iptables with version"
@@ -149,6 +151,26 @@ def test_a_chain_merely_named_like_kube_routers_survives_its_syncs(full_sync):
         assert "-c 4 400" in rules, f"kube-router's sync deleted or reset chain {chain}: {rules}"
     finally:
         _remove_chain(chain)
+
+
+@pytest.mark.timeout(300)
+def test_a_neighbours_chain_named_like_a_prefix_of_kube_routers_leaves_its_pod_chains_in_place(
+        full_sync, kubectl, namespace, busybox_image, wait_for_pods_ready):
+    """kube-router's cleanupStaleRules lists chains with go-iptables (`iptables -t filter -S`, not
+    iptables-save), takes every KUBE-POD-FW-* chain it did not make as stale, and drops every line
+    of its restore CONTAINING a stale name: a neighbour's chain `KUBE-POD-FW-` took every jump to
+    a pod's chain away, on every sync (the shim keeps the neighbour's chain): enforcement silently off."""
+    kubectl.apply(workloads.sleeper_pod("guarded", busybox_image), namespace=namespace)
+    (pod,) = wait_for_pods_ready(namespace, "app=guarded", 1, timeout=120)
+    address = pod["status"]["podIP"]
+    _run("iptables", "-w", "5", "-N", "KUBE-POD-FW-")
+    try:
+        full_sync()
+        rules = _run("iptables", "-w", "5", "-S", "KUBE-ROUTER-FORWARD").splitlines()
+        jumps = [rule for rule in rules if f"-d {address}/32" in rule]
+        assert jumps and all(re.search(r"-j KUBE-POD-FW-[A-Z2-7]{16}$", rule) for rule in jumps), rules
+    finally:
+        _remove_chain("KUBE-POD-FW-")
 
 
 @pytest.mark.timeout(180)

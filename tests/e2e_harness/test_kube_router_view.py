@@ -73,6 +73,48 @@ def test_a_chain_merely_named_like_kube_routers_is_not_its():
         assert not view.kube_router_chain(name), name
 
 
+LISTING = f"""\
+-P INPUT ACCEPT
+-P FORWARD DROP
+-P OUTPUT ACCEPT
+-N DOCKER-USER
+-N KUBE-POD-FW-
+-N KUBE-POD-FW-A
+-N KUBE-NWPLCY-
+-N {POD_A}
+-N KUBE-ROUTER-FORWARD
+-N KUBE-NWPLCY-DEFAULT
+-A FORWARD -j KUBE-ROUTER-FORWARD
+-A KUBE-POD-FW- -j RETURN
+-A KUBE-ROUTER-FORWARD -d 10.244.0.5/32 -j {POD_A}
+"""
+
+
+def stale_chains(listing: str, active: set[str]) -> list[str]:
+    """kube-router v2.1.0's cleanupStaleRules: go-iptables ListChains (the leading -P/-N lines of
+    `iptables -t filter -S`), then every KUBE-NWPLCY-*/KUBE-POD-FW-* chain it did not make this
+    sync is stale, and every line of its restore CONTAINING a stale name is dropped."""
+    chains = []
+    for line in listing.splitlines():
+        if not line.startswith(("-P", "-N")):
+            break
+        chains.append(line.split()[1])
+    return [c for c in chains if c.startswith(("KUBE-NWPLCY-", "KUBE-POD-FW-")) and c != "KUBE-NWPLCY-DEFAULT" and c not in active]
+
+
+def test_the_chain_list_kube_router_sees_holds_the_built_ins_and_its_own_chains_only():
+    """A neighbour's chain named `KUBE-POD-FW-` (or `KUBE-POD-FW-A`), listed to kube-router, is
+    "stale" to it, and its name is a substring of its own pod chains' names: every line naming
+    one of them would leave its restore, and enforcement for those pods with them."""
+    seen = view.iptables_list_view(LISTING)
+    assert seen.splitlines() == [
+        "-P INPUT ACCEPT", "-P FORWARD DROP", "-P OUTPUT ACCEPT", f"-N {POD_A}", "-N KUBE-ROUTER-FORWARD",
+        "-N KUBE-NWPLCY-DEFAULT", f"-A KUBE-ROUTER-FORWARD -d 10.244.0.5/32 -j {POD_A}",
+    ]
+    assert stale_chains(seen, {POD_A}) == []
+    assert stale_chains(LISTING, {POD_A}) == ["KUBE-POD-FW-", "KUBE-POD-FW-A", "KUBE-NWPLCY-"], "the finding itself"
+
+
 def kube_router_restore(save_view: str, new_chain: str, stale: str) -> str:
     """What kube-router v2.1.0 feeds iptables-restore after a sync (cleanupStaleRules): the
     save's chain lines with " - [0:0]" appended, the new pod chain, rules minus the stale ones."""
@@ -275,6 +317,25 @@ def test_two_kube_router_syncs_through_the_shims_leave_the_neighbours_rules_and_
         assert [t for _, t in counters(POD_B)] == ["RETURN", "ACCEPT"]
         if iptables_backend == "legacy":
             assert "legacy" in sh("iptables", "-V").stdout  # the replay really ran on it
+
+
+@needs_root_tools
+@pytest.mark.timeout(120)
+def test_kube_routers_list_of_chains_through_the_shim_leaves_out_a_neighbours_look_alike(iptables_backend):
+    """Its `iptables -t filter -S --wait` (go-iptables ListChains) goes through the shim's view;
+    every other `iptables` call goes to the real one unchanged."""
+    with kernel.private_netns():
+        for chain in ("KUBE-POD-FW-", "KUBE-POD-FW-A", "KUBE-NWPLCY-", POD_A):
+            shim("iptables", "-t", "filter", "-N", chain, "--wait")
+        shim("iptables", "-t", "filter", "-A", "KUBE-POD-FW-", "-j", "RETURN", "--wait")
+        listed = shim("iptables", "-t", "filter", "-S", "--wait").stdout
+        assert stale_chains(listed, {POD_A}) == [], listed
+        assert f"-N {POD_A}" in listed.splitlines(), listed
+        assert "-N KUBE-POD-FW-" in sh("iptables", "-w", "5", "-t", "filter", "-S").stdout.splitlines(), "the real one is there"
+        assert shim("iptables", "-t", "filter", "-S", "KUBE-POD-FW-", "--wait").stdout.splitlines() == [
+            "-N KUBE-POD-FW-", "-A KUBE-POD-FW- -j RETURN"], "a call naming a chain is passed through"
+        if iptables_backend == "legacy":
+            assert "legacy" in shim("iptables", "-V").stdout  # the shim found the same iptables
 
 
 @needs_root_tools
