@@ -1,7 +1,9 @@
-"""The thin I/O around `kube_router_view`: run as `iptables-save`, `iptables-restore` or `ipset`
-from `kube_router_bin/`, which the harness puts first on kube-router's PATH (kube-router
-v2.1.0 finds all three with exec.LookPath). It runs the real tool (the next one on PATH) and
-passes kube-router only its own state, and writes only its own state back. A refusal exits
+"""The thin I/O around `kube_router_view`: run as `iptables-save`, `iptables-restore`, `ipset` or
+`iptables` from `kube_router_bin/`, which the harness puts first on kube-router's PATH
+(kube-router v2.1.0 and its go-iptables find all four with exec.LookPath). It runs the real tool
+(the next one on PATH) and passes kube-router only its own state, and writes only its own state
+back. `iptables` comes here only for the list of filter chains (`-t filter -S`); the sh
+launcher execs the real one for every other call, without starting Python. A refusal exits
 2 with the reason on stderr, which kube-router logs with the failed sync.
 """
 
@@ -14,7 +16,7 @@ from pathlib import Path
 from e2e.cluster import kube_router_view as view
 
 BIN_DIR = Path(__file__).resolve().parent / "kube_router_bin"
-TOOLS = ("iptables-save", "iptables-restore", "ipset")
+TOOLS = ("iptables-save", "iptables-restore", "ipset", "iptables")
 PYTHON_ENV = "ZTR_SHIM_PYTHON"
 
 
@@ -109,6 +111,15 @@ def ipset(args: list[str]) -> int:
     os.execv(real, [real, *args])
 
 
+def iptables(args: list[str]) -> int:
+    """go-iptables ListChains: `iptables -t filter -S [--wait [N]]`; anything else passes through."""
+    real = real_binary("iptables")
+    if [a for a in args if a not in ("--wait", "-w") and not a.isdigit()] != ["-t", "filter", "-S"]:
+        os.execv(real, [real, *args])
+    proc = _run([real, *args])
+    return _passed(proc, view.iptables_list_view(proc.stdout) if proc.returncode == 0 else "")
+
+
 def main(tool: str, args: list[str]) -> int:
     if tool == "iptables-save":
         return iptables_save(args)
@@ -116,4 +127,6 @@ def main(tool: str, args: list[str]) -> int:
         return iptables_restore(args)
     if tool == "ipset":
         return ipset(args)
+    if tool == "iptables":
+        return iptables(args)
     raise SystemExit(f"kube-router shim: unknown tool {tool!r}; one of {', '.join(TOOLS)}")

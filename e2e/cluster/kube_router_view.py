@@ -10,10 +10,13 @@ kube-router v2.1.0 (pkg/utils/iptables.go, pkg/utils/ipset.go, pkg/controllers/n
   WITHOUT --noflush: the whole filter table is replaced (F24), and its stale chains vanish by
   being left out. It writes rules into its own chains only; its jumps from INPUT/FORWARD/OUTPUT
   (first in each) are `iptables -I` calls of their own, never in the restore.
+- `iptables -t filter -S` (go-iptables ListChains) to find its stale chains: every
+  KUBE-POD-FW-*/KUBE-NWPLCY-* chain it did not make this sync; it drops each restore line that
+  CONTAINS such a name, so a neighbour's chain `KUBE-POD-FW-` would take all its pod rules away.
 - `ipset restore -exist` of every set in its map, which is its last `ipset save` of EVERY set
   on the machine plus its own, swapped in through `TMP-<16 base32>` sets (F23); then `ipset
   save` again, and `ipset destroy` of its stale KUBE-SRC-/KUBE-DST- sets.
-So: the save it sees holds only its own chains (no built-in chain, nothing of anyone else), its
+So: the save and the chain list it sees hold only its own chains (no built-in chain, nothing of anyone else), its
 restore becomes a --noflush transaction that flushes and refills its declared chains and
 deletes its own stale ones, and its ipset save/restore name only its own sets. Nothing else on
 the machine is read back or written, and other programs' counters and rules stay as they are.
@@ -69,6 +72,22 @@ def iptables_save_view(save: str) -> str:
         elif line.startswith(":"):
             if kube_router_chain(line[1:].split()[0]):
                 out.append(line)
+        elif (chain := _rule_chain(line)) is not None and kube_router_chain(chain):
+            out.append(line)
+    return "".join(f"{line}\n" for line in out)
+
+
+def iptables_list_view(listing: str) -> str:
+    """`iptables -t filter -S` output (go-iptables ListChains, in cleanupStaleRules) reduced to
+    the built-in chains' policies and kube-router's own chains and rules. kube-router takes every
+    listed KUBE-POD-FW-*/KUBE-NWPLCY-* chain it did not make as stale and drops each line of its
+    restore that CONTAINS a stale name: a neighbour's `KUBE-POD-FW-` (a substring of all its pod
+    chains' names) would take every pod's jump with it, on every sync."""
+    out = []
+    for line in listing.splitlines():
+        parts = line.split()
+        if line.startswith("-P ") or (line.startswith("-N ") and len(parts) > 1 and kube_router_chain(parts[1])):
+            out.append(line)
         elif (chain := _rule_chain(line)) is not None and kube_router_chain(chain):
             out.append(line)
     return "".join(f"{line}\n" for line in out)
