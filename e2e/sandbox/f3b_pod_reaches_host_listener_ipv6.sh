@@ -24,7 +24,10 @@ firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\"); network.setu
     bridge link show dev vethpod1 | grep -q "state forwarding" &&
     ip -6 addr show dev ztr-cni0 | grep "inet6 fe80::1/64 " | grep -vq tentative
   }
-  for _ in $(seq 400); do path_up && break; sleep 0.05; done
+  # A 60 s deadline, not 400 tries: the tries (20 s of sleeps) ran out on the loaded machine
+  # (a CI run of 6dc1645), every condition true when printed just after.
+  deadline=$((SECONDS + 60))
+  until path_up || [ $SECONDS -ge $deadline ]; do sleep 0.05; done
   path_up || { ip -br link show dev ztr-cni0; ip -n pod1 -br link show dev eth0; bridge link show dev vethpod1; ip -6 addr show dev ztr-cni0; echo "the pod'"'"'s path to the bridge never came up"; exit 2; }
   $PY -c "
 import socket
