@@ -84,12 +84,14 @@ class Pool:
     def dial_started(self) -> None:
         self.dialing += 1
 
-    def dialed(self, conn: object, address: tuple, now: float) -> bool:
-        """A dial connected: False if the pool no longer wants it (closed, full)."""
+    def dialed(self, conn: object, address: tuple, now: float, current: tuple | None = None) -> bool:
+        """A dial to ``address`` connected: False if the pool no longer wants it (closed,
+        full, or ``current``, where dials go now, is another address: the name moved while
+        it was dialed; pooled as the freshest, it made every ``pop`` miss until the oldest aged out)."""
         self.dialing -= 1
         self.failures = 0
         self.retry_at = float("-inf")
-        if self.closed or len(self.entries) >= self.size:
+        if self.closed or len(self.entries) >= self.size or (current is not None and current != address):
             return False
         self.entries.append(Entry(conn, address, now))
         return True

@@ -161,7 +161,7 @@ class Preconnector:
         if error:
             sock.close()
             self._failed(OSError(error, os.strerror(error)))
-        elif not self.pool.dialed(sock, address, self.loop.time()):
+        elif not self.pool.dialed(sock, address, self.loop.time(), self.address()):
             sock.close()
         self.fill()
 

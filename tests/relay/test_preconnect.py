@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from relay import backend_name, backend_pool, fallback, proxy_protocol
+from relay import backend_name, backend_pool, fallback, preconnect, proxy_protocol
 from relay.cli import UsageError, parse_config
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
@@ -45,6 +45,8 @@ def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_di
     assert pool.expire(B, 0.1) == ["a1", "a2"]
     assert pool.dials_due(B, 0.1) == 2
     assert pool.pop(B, 0.1) == (None, [])
+    pool.dial_started()  # dialed to A before the name moved, connected after
+    assert not pool.dialed("a3", A, 0.2, current=B) and len(pool) == 0 and pool.dials_due(B, 0.2) == 2
 
 
 def test_failed_dials_back_off_one_at_a_time_doubling_to_a_bound():
@@ -388,3 +390,41 @@ async def test_a_pooled_connection_whose_site_spoke_first_is_used_and_the_greeti
         for w in writers:
             w.close()
         server.close()
+
+
+async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_not_block_the_pool(monkeypatch):
+    """A dial to the old address still in flight when the name moves (a remote backend: the
+    old address slow or gone) connects after the pool already holds connections to the new
+    one. Pooled as the freshest, it was never handed out (its address is not the name's)
+    yet made the pool miss, and took a slot, until the oldest connection aged out."""
+    loop = asyncio.get_running_loop()
+    old, new = await Site().start(), await Site().start()
+    current = [("127.0.0.1", old.port)]
+    # The new address's dials are over when connect() returns (loopback); the old one's
+    # connect is seen a loop iteration later, as a remote backend's would be.
+    monkeypatch.setattr(preconnect, "_established", lambda sock: sock.getpeername()[1] == new.port)
+    allow = [1]  # the old address gets one dial, then the name moves
+
+    def may_dial() -> bool:
+        allow[0] -= 1
+        return allow[0] >= 0
+
+    pre = preconnect.Preconnector(loop, 2, lambda: current[0], lambda address: fallback._dial(address, b"")[0],
+                                  may_dial, lambda exc, delay: None)
+    try:
+        pre.pool.used(loop.time())
+        pre.fill()
+        assert len(pre.pending) == 1  # to the old address, not yet connected
+        current[0] = ("127.0.0.1", new.port)
+        allow[0] = 1
+        pre.fill()
+        assert [e.address for e in pre.pool.entries] == [current[0]] and len(pre.pending) == 1
+        await until(lambda: not pre.pending, "the old address's dial never connected")
+        assert [e.address for e in pre.pool.entries] == [current[0]]  # the late one is not pooled
+        sock = pre.take(current[0])
+        assert sock is not None and sock.getpeername() == current[0]
+        sock.close()
+    finally:
+        pre.close()
+        old.close()
+        new.close()
