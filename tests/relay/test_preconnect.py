@@ -281,7 +281,7 @@ async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_
 
 
 @pytest.mark.parametrize("version", ["v1", "v2"])
-async def test_a_pooled_connection_starts_with_the_proxy_header_of_its_visitor(make_relay, version):
+async def test_a_pooled_connection_starts_with_the_proxy_header_of_its_visitor(make_relay, version, no_expiry):
     got: list[bytes] = []
     accepted: list[asyncio.StreamWriter] = []
 
@@ -392,7 +392,7 @@ async def test_a_pooled_connection_whose_site_spoke_first_is_used_and_the_greeti
         server.close()
 
 
-async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_not_block_the_pool(monkeypatch):
+async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_not_block_the_pool(monkeypatch, no_expiry):
     """A dial to the old address still in flight when the name moves (a remote backend: the
     old address slow or gone) connects after the pool already holds connections to the new
     one. Pooled as the freshest, it was never handed out (its address is not the name's)

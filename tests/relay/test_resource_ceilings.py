@@ -248,7 +248,7 @@ def site_reservation(relay: Relay) -> int:
 
 
 @pytest.mark.parametrize("preconnect", [0, 2], ids=["dialed", "pooled"])
-async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_and_part_of_its_reservation(preconnect):
+async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_and_part_of_its_reservation(preconnect, monkeypatch):
     """Under a budget the visitor's two kernel buffers and the backend socket's receive buffer
     are fixed and reserved per site connection (``site_room``), but the backend socket's send
     buffer was autotuned (up to tcp_wmem's 4 MiB toward a backend that reads slower than the
@@ -256,7 +256,11 @@ async def test_under_a_budget_a_site_connections_backend_send_buffer_is_bounded_
     connection taken from the --fallback-preconnect pool gets the same bounds."""
     import asyncio
 
-    from relay import splice
+    from relay import backend_pool, splice
+
+    # The pooled connection waits for the second visitor however slow the machine (aged out
+    # and redialed, it was not the one recorded below, or a new one on a reused descriptor).
+    monkeypatch.setattr(backend_pool, "MAX_AGE", 60.0)
 
     async def sink(reader, writer):
         while await reader.read(1 << 20):
