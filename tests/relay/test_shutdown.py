@@ -27,6 +27,13 @@ def relay_pids(relay: RelayProcess, workers: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+def sigterm_pending(pid: int) -> bool:
+    """Whether SIGTERM waits for the (stopped) process ``pid``: its shared or own pending set."""
+    with open(f"/proc/{pid}/status") as f:
+        masks = [int(line.split()[1], 16) for line in f if line.startswith(("ShdPnd:", "SigPnd:"))]
+    return any(mask >> (signal.SIGTERM - 1) & 1 for mask in masks)
+
+
 async def free_port() -> int:
     probe = await RelayProcess.start(*LOOPBACK, health=False)
     port = probe.port
@@ -53,8 +60,11 @@ async def test_connections_queued_at_sigterm_are_served_and_listeners_accept_for
     try:
         queued = [await Client.connect(port) for _ in range(QUEUED)]  # the kernel completes these
         relay.signal(signal.SIGTERM)
-        if workers > 1:
-            await asyncio.sleep(0.3)  # the supervisor forwards SIGTERM to the stopped workers
+        if workers > 1:  # the supervisor forwards SIGTERM to the stopped workers: pending in each
+            deadline = asyncio.get_running_loop().time() + 10
+            while not all(sigterm_pending(pid) for pid in pids):
+                assert asyncio.get_running_loop().time() < deadline, "SIGTERM never forwarded to the stopped workers"
+                await asyncio.sleep(0.01)
     finally:
         for pid in pids:
             os.kill(pid, signal.SIGCONT)
