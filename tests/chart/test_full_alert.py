@@ -23,3 +23,16 @@ def test_the_full_alert_counts_exactly_the_relays_no_room_refusal_reasons(render
     assert len(selectors) == 1, alert["expr"]
     assert set(selectors[0].split("|")) == FULL
     assert not FULL & NOT_FULL
+
+
+def test_the_full_alert_keeps_a_threshold_when_the_release_values_predate_it(render):
+    """`helm upgrade --reuse-values` takes the previous release's values, not this chart's
+    defaults: a release installed before ZtRelayFull has no ``fullRefusalsPerSecond``. The
+    expression ended in ``> `` then (Helm renders a missing value as nothing): invalid PromQL,
+    which the Prometheus operator refuses for the whole rule, the chart's other alerts with it.
+    (``=null`` deletes the key, as an old release's values lack it.)"""
+    docs = render("monitoring.prometheusRule.enabled=true", "monitoring.prometheusRule.fullRefusalsPerSecond=null",
+                  include_crds=False)
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "ZtRelayFull")
+    assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]
