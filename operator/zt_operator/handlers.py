@@ -271,8 +271,9 @@ async def configure(settings: kopf.OperatorSettings, logger: logging.Logger, **_
     # The watches' own LISTs (at start, and when a watch must relist) in pages like the
     # relist's: Kopf's default is one answer with every object of the kind (5,000 relays'
     # Deployments in one response of megabytes). Kopf does not restart a list whose continue
-    # token expired (410), but it fetches the pages back to back, and a token lives until a
-    # compaction passes it (5 minutes or more).
+    # token expired (410): the watcher fails and Kopf stops the operator (the pod restarts
+    # it; checked in Kopf 1.45.2's orchestrator). It fetches the pages back to back, and a
+    # token lives until a compaction passes it (5 minutes or more).
     settings.watching.chunk_size = kube.PAGE_SIZE
     # Children are selected by label on the server: the operator never lists or holds
     # anybody else's Deployments and Services.
