@@ -353,9 +353,13 @@ def delete_fleet(ns: str, kubectl, wait_for) -> None:
     labels = "app.kubernetes.io/managed-by=zt-relay-operator"
 
     def gone():
-        left = kubectl("get", f"zerotierrelays,{','.join(CHILDREN)}", "-n", ns, "-l", labels, "-o", "name",
-                       timeout=120, check=False).stdout.split()
-        relays = kubectl("get", "zerotierrelays", "-n", ns, "-o", "name", timeout=120, check=False).stdout.split()
+        children = kubectl("get", f"zerotierrelays,{','.join(CHILDREN)}", "-n", ns, "-l", labels, "-o", "name",
+                           timeout=120, check=False)
+        relays = kubectl("get", "zerotierrelays", "-n", ns, "-o", "name", timeout=120, check=False)
+        if children.returncode or relays.returncode:  # no answer is not "nothing left"
+            print(f"  {time.monotonic() - started:6.0f} s: kubectl get failed, asking again")
+            return False
+        left, relays = children.stdout.split(), relays.stdout.split()
         print(f"  {time.monotonic() - started:6.0f} s: {len(relays)} relays, {len(left)} children left")
         return not left and not relays
 
