@@ -199,7 +199,7 @@ class Tunnel(asyncio.Protocol):
         elif exc.errno in _DENIED:
             if new:  # nor does one a local firewall denies
                 self.peers.pop(dest, None)
-            self.warn_once(stats.EGRESS_DENIED, "UDP to %s denied by a local firewall for the tunnel from %s: %s (dropped as egress_denied)", dest, _fmt(self.client), exc)
+            self.warn_once(stats.EGRESS_DENIED, "UDP to %s refused by this host (a firewall or NetworkPolicy, a full conntrack table, a broadcast address) for the tunnel from %s: %s (dropped as egress_denied)", dest, _fmt(self.client), exc)
             self.relay.stats.dropped[stats.EGRESS_DENIED] += 1
         elif kind == 6 and exc.errno in _NO_IPV6:
             # IPv6 disabled or absent in the pod: the kernel still opens and binds the
