@@ -114,6 +114,8 @@ class Supervisor:
         #: totals left by workers that have exited
         self.retired: Counter[str] = Counter()
         self.draining = False
+        #: set by the signal handler itself: /readyz fails before the main loop reaches the drain
+        self.signalled = False
         self.loop = asyncio.get_running_loop()
 
     @property
@@ -126,7 +128,7 @@ class Supervisor:
 
     @property
     def ready(self) -> bool:
-        return not self.draining and len(self.workers) == self.config.workers and all(w.ready for w in self.workers.values())
+        return not (self.draining or self.signalled) and len(self.workers) == self.config.workers and all(w.ready for w in self.workers.values())
 
     def metrics_text(self) -> str:
         snaps = [w.stats for w in self.workers.values() if w.stats is not None]
@@ -217,7 +219,13 @@ def exit_status(code: int) -> int:
 
 async def _supervise(config: RelayConfig) -> int:
     events: asyncio.Queue = asyncio.Queue()  # stop signals (int) and exits (worker, code)
-    stop_signals(events)
+    supervisor: Supervisor | None = None
+
+    def not_ready() -> None:
+        if supervisor is not None:
+            supervisor.signalled = True
+
+    stop_signals(events, at_once=not_ready)
     supervisor = Supervisor(config)
     health = None
     if config.health_listen is not None:
