@@ -38,3 +38,18 @@ def test_sandboxed_reproduction_passes(script):
     run = subprocess.run(["bash", str(script)], env=dict(os.environ, PY=sys.executable),
                          capture_output=True, text=True, timeout=110)
     assert run.returncode == 0, f"{script.name} exit {run.returncode}:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, iptables)")
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("script", ["f3b_pod_reaches_host_listener_ipv6", "f16_zerotier_interface_is_ours"])
+def test_a_script_does_not_pass_when_the_pods_datagram_never_reaches_the_guard(tmp_path, script):
+    """A PASS of "nothing arrived" proves the harness's guard only if the pod's datagram got as
+    far as the guard (its drop counted): one lost on the way (a path not up yet) arrives nowhere
+    either, and would pass with the guard gone. Here the pod sends nothing at all."""
+    py = tmp_path / "python"
+    py.write_text(f'#!/bin/sh\ncase "$*" in *sendto*) exit 0;; esac\nexec {sys.executable} "$@"\n')
+    py.chmod(0o755)
+    run = subprocess.run(["bash", str(SANDBOX / f"{script}.sh")], env=dict(os.environ, PY=str(py)),
+                         capture_output=True, text=True, timeout=170)
+    assert run.returncode != 0, f"{script} passed without the datagram:\n{run.stdout[-3000:]}\n{run.stderr[-3000:]}"
