@@ -330,6 +330,19 @@ def test_no_sandbox_script_sleeps_a_fixed_time_before_its_next_step():
     assert not found, "\n".join(found)
 
 
+def test_no_sandbox_script_reads_the_hosts_sysfs_for_its_own_links():
+    """sandbox.sh makes a new netns and mount namespace but keeps the host's /sys mount: its
+    /sys/class/net lists the HOST netns's links. f3b waited for /sys/class/net/ztr-cni0 (the
+    real cluster's bridge, there or not): it passed only while the real cluster was up and
+    failed after its 60 s wait otherwise (beside the cluster part of .ci/run: by timing)."""
+    found = []
+    for path in sorted((Path(__file__).resolve().parent / "sandbox").glob("*.sh")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if "/sys/class/net" in line and not line.lstrip().startswith("#"):
+                found.append(f"{path.name}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
 def test_our_cluster_ran_this_boot_only_by_evidence_of_this_boot(tmp_path, monkeypatch):
     """F1. A state dir left by another boot is no evidence; our boot id, our firewall jumps or
     our kube-proxy alive are."""
