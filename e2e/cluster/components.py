@@ -69,8 +69,9 @@ COMPONENTS = (
     Component("kube-apiserver", configs.apiserver_command, _apiserver_ready),
     Component("kube-controller-manager", configs.controller_manager_command),
     Component("kube-scheduler", configs.scheduler_command),
-    # The loopback registry containerd may pull from (configs.registry_hosts): the
-    # --cluster=existing backend's images go there (e2e/test_cluster_existing.py).
+    # The loopback registry containerd may pull from (configs.registry_hosts): where
+    # `--cluster=existing --image-registry 127.0.0.1:23795/<path>` pushes its images when that
+    # backend is pointed at this cluster (a test that does it in CI is not landed yet).
     Component(
         "registry", configs.registry_command, lambda layout, state: _http_ok(f"http://{layout.registry}/v2/"),
         env=configs.registry_environment,
