@@ -56,12 +56,17 @@ MAX_CACHED_VERDICTS = MAX_PEERS
 #: sendto errors of an IPv6 socket that mean the pod has no IPv6 (``disable_ipv6``: no
 #: source address), not a problem of one destination.
 _NO_IPV6 = frozenset((errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT))
-#: sendto errors that mean no route to this one destination (none at all, or an
-#: unreachable route), in either family: a per-packet drop, the tunnel goes on.
-_UNREACHABLE = frozenset((errno.ENETUNREACH, errno.EHOSTUNREACH))
-#: sendto errors that mean a local firewall refused this destination (netfilter's OUTPUT
-#: DROP gives EPERM; EACCES from other hooks): a per-packet drop too.
-_DENIED = frozenset((errno.EPERM, errno.EACCES))
+#: sendto errors about this one destination, in either family: a per-packet drop by reason
+#: (the tunnel and its other destinations go on), with the log line said once per tunnel.
+_PER_PACKET_DROPS = {
+    # no route (none at all, or an unreachable route)
+    **dict.fromkeys((errno.ENETUNREACH, errno.EHOSTUNREACH), (
+        stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)")),
+    # refused by this host (netfilter's OUTPUT DROP gives EPERM; EACCES from other hooks)
+    **dict.fromkeys((errno.EPERM, errno.EACCES), (
+        stats.EGRESS_DENIED, "UDP to %s refused by this host (a firewall or NetworkPolicy, a full conntrack "
+                             "table, a broadcast address) for the tunnel from %s: %s (dropped as egress_denied)")),
+}
 
 _V4_HEADER = struct.Struct(">3sH7s").pack  # record header + 04 ip port
 _V6_HEADER = struct.Struct(">3sH19s").pack  # record header + 06 ip port
@@ -191,16 +196,13 @@ class Tunnel(asyncio.Protocol):
 
     def _send_failed(self, exc: OSError, kind: int, dest: tuple, new: bool) -> None:
         # Out of line, so that the hot method's successful path stays as it was.
-        if exc.errno in _UNREACHABLE:
-            if new:  # a destination the kernel can't reach holds no reply window
+        drop = _PER_PACKET_DROPS.get(exc.errno)
+        if drop is not None:
+            reason, message = drop
+            if new:  # a destination the kernel won't send to holds no reply window
                 self.peers.pop(dest, None)
-            self.warn_once(stats.UNREACHABLE, "no route to %s for the tunnel from %s: %s (dropped as unreachable)", dest, _fmt(self.client), exc)
-            self.relay.stats.dropped[stats.UNREACHABLE] += 1
-        elif exc.errno in _DENIED:
-            if new:  # nor does one a local firewall denies
-                self.peers.pop(dest, None)
-            self.warn_once(stats.EGRESS_DENIED, "UDP to %s refused by this host (a firewall or NetworkPolicy, a full conntrack table, a broadcast address) for the tunnel from %s: %s (dropped as egress_denied)", dest, _fmt(self.client), exc)
-            self.relay.stats.dropped[stats.EGRESS_DENIED] += 1
+            self.warn_once(reason, message, dest, _fmt(self.client), exc)
+            self.relay.stats.dropped[reason] += 1
         elif kind == 6 and exc.errno in _NO_IPV6:
             # IPv6 disabled or absent in the pod: the kernel still opens and binds the
             # socket, only the send fails. Counted like a socket that can't be opened.
