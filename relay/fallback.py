@@ -529,8 +529,8 @@ def backend_socket(address: tuple, socket_buffer: int | None = None) -> socket.s
     try:
         sock.setblocking(False)
         if socket_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, socket_buffer)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, socket_buffer)
+            streams.set_receive_buffer(sock, socket_buffer)
+            streams.set_send_buffer(sock, socket_buffer)
     except BaseException:
         sock.close()
         raise
