@@ -330,6 +330,44 @@ def test_no_sandbox_script_sleeps_a_fixed_time_before_its_next_step():
     assert not found, "\n".join(found)
 
 
+def test_no_sandbox_script_waits_a_fixed_time_inside_a_command_line():
+    """Issue 12 (harness lows): the bare-line check above misses a timed wait written after a
+    `;` or `&` on a command line (f19 `sleep 1; echo ...`, f8 `... & sleep 1.5`): a guess at how
+    long a sender needs to start, not a wait for what it does. Only a poll's own pause
+    (`...; sleep 0.05; done`, bounded by the loop) is allowed."""
+    import re
+
+    timed = re.compile(r"(?:^|[;&|]|\bthen|\bdo|\belse)\s*sleep\s+[0-9.]+(?![0-9.]|\s*;\s*done)")
+    found = []
+    for path in sorted((Path(__file__).resolve().parent / "sandbox").glob("*.sh")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if not line.lstrip().startswith("#") and timed.search(line):
+                found.append(f"{path.name}:{n}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_no_sandbox_script_writes_a_fixed_path_under_tmp():
+    """Issue 12 (harness lows): /tmp is the machine's, not the sandbox's (sandbox.sh mounts a
+    tmpfs over /run only). f16 wrote `down`'s output to /tmp/review-f16-down.out, f3 its
+    resolver's to /tmp/review-f3-resolver.out: two runs at once (two worktrees, two CI jobs)
+    read and delete each other's files. A path made by mktemp, or carrying the shell's pid ($$), is
+    unique per run."""
+    import re
+
+    fixed = re.compile(r"/tmp\}?/[A-Za-z0-9_.-]+")
+    found = []
+    for path in sorted((Path(__file__).resolve().parent / "sandbox").glob("*.sh")):
+        for n, line in enumerate(path.read_text().splitlines(), 1):
+            if line.lstrip().startswith("#"):
+                continue
+            for match in fixed.finditer(line):
+                rest = line[match.end():]
+                if "XXX" in match.group() or rest.startswith("$$"):
+                    continue
+                found.append(f"{path.name}:{n}: {match.group()}")
+    assert not found, "\n".join(found)
+
+
 def test_no_sandbox_script_reads_the_hosts_sysfs_for_its_own_links():
     """sandbox.sh makes a new netns and mount namespace but keeps the host's /sys mount: its
     /sys/class/net lists the HOST netns's links. f3b waited for /sys/class/net/ztr-cni0 (the

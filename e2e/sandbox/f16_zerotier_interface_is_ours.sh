@@ -50,10 +50,11 @@ network.setup_safety(layout); network.setup_node_address(layout)" || exit 2
   got=$(peer)
   echo "packets from a pod that reached the ZeroTier peer: $got"
   ip netns del pod1; ip link del ztr-cni0
-  $PY -m e2e.cluster down > /tmp/review-f16-down.out 2>&1; rc=$?
-  listed=no; grep -q "\"$tap\"" /tmp/review-f16-down.out && listed=yes
+  down_out=$(mktemp /tmp/review-f16-down.XXXXXX)  # unique per run (/tmp is shared with the machine)
+  $PY -m e2e.cluster down > "$down_out" 2>&1; rc=$?
+  listed=no; grep -q "\"$tap\"" "$down_out" && listed=yes
   echo "down lists the ZeroTier interface as our leftover: $listed (exit $rc; a temporary state dir also lists the real cluster, ignore that)"
-  rm -rf $ZT_RELAY_E2E_STATE /tmp/review-f16-down.out
+  rm -rf $ZT_RELAY_E2E_STATE "$down_out"
   [ "$got" = 0 ] && [ "$dropped" = 0 ] && { echo "FAIL: the pod'"'"'s datagram was neither dropped by the harness nor received: no proof either way"; exit 2; }
   [ "$got" = 0 ] && [ $listed = no ] && { echo PASS; exit 0; }
   echo "FAIL: a ZeroTier interface named ztr* is treated as the harness'"'"'s own"; exit 1

@@ -15,6 +15,15 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   ip -n outside addr add 198.18.5.1/24 dev eth0peer; ip -n outside link set eth0peer up
   ip netns exec outside iptables -t raw -A PREROUTING -d 198.18.99.1 -j DROP
   arrived() { ip netns exec outside iptables -t raw -L PREROUTING -v -x -n | awk "/DROP/ {print \$1}"; }
+  # Every drop of ours is counted in the security table. Waiting until N more datagrams of the
+  # sender are dropped there (not a fixed time) shows that it runs and that its packets got as
+  # far as the rules of the harness since the last step (a re-install restarts the counter at 0).
+  guard() { iptables -t security -L ZTR-E2E-FORWARD -v -x -n | awk "/DROP/ {n += \$1} END {print n + 0}"; }
+  dropped_more() {
+    local before now deadline=$((SECONDS + 30)); before=$(guard)
+    until now=$(guard); [ "$now" -ge $((before + $1)) ] || { [ "$now" -lt "$before" ] && [ "$now" -ge "$1" ]; }; do
+      [ $SECONDS -lt $deadline ] || { echo "the harness dropped no $1 more of the sender'"'"'s datagrams in 30 s"; return 1; }; sleep 0.05; done
+  }
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
@@ -28,16 +37,16 @@ import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 while True:
     s.sendto(b\"x\", (\"198.18.99.1\", 9)); time.sleep(0.001)" & sender=$!
-  sleep 1; echo "arrived outside, rules in place: $(arrived)"
+  dropped_more 50 || { kill $sender; exit 2; }; echo "arrived outside, rules in place: $(arrived)"
   # dockerd restarted: its DOCKER-USER jump goes on top (harmless in itself).
   iptables -N DOCKER-USER; iptables -A DOCKER-USER -j RETURN; iptables -I FORWARD 1 -j DOCKER-USER
-  sleep 0.5; echo "arrived outside, docker jump on top: $(arrived)"
+  dropped_more 50 || { kill $sender; exit 2; }; echo "arrived outside, docker jump on top: $(arrived)"
   $PY -c "
 from e2e.cluster import firewall, health
 layout = health.current_layout()
 firewall.ensure_first(layout, \"zt-review-sim\", \"zt-review-sim\")
 assert all(firewall.first_in_hook(c) for c in firewall.chains(layout, \"zt-review-sim\", \"zt-review-sim\")), \"not first again\"" || { kill $sender; echo "FAIL: ensure_first did not put our jumps first again"; exit 1; }
-  sleep 0.5; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
+  dropped_more 50 || { kill $sender; exit 2; }; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
   kill $sender; ip netns del pod1; rm -rf $ZT_RELAY_E2E_STATE
   [ "$n" = 0 ] && { echo PASS; exit 0; }
   echo "FAIL: re-installing our chain opened a gap: $n packets of a pod left the machine"; exit 1

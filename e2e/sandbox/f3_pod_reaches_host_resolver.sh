@@ -8,9 +8,12 @@
 # in the "machine" netns. Exit 0 = the query was dropped; 1 = the host resolver got it.
 source "$(dirname "$0")/prologue.bash"
 sim_cgroup zt-review-sim
-on_exit 'rm -f "${TMPDIR:-/tmp}/review-f3.log"'
+# Unique per run (/tmp is the machine's, not the sandbox's).
+log=$(mktemp -t review-f3.XXXXXX)
+on_exit 'rm -f "$log"'
 e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3-state.XXXX)
+  resolver_out=$(mktemp /tmp/review-f3-resolver.XXXXXX)
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
@@ -34,7 +37,7 @@ try:
     data, peer = s.recvfrom(512); print(\"HOST RESOLVER GOT A QUERY FROM\", peer[0], flush=True)
 except TimeoutError:
     print(\"host resolver: nothing arrived\", flush=True)
-" > /tmp/review-f3-resolver.out &
+" > "$resolver_out" &
   # Until it is bound (a query sent before that would be lost and prove nothing).
   for _ in $(seq 400); do [ -n "$(ss -Hlun "sport = :53")" ] && break; sleep 0.05; done
   [ -n "$(ss -Hlun "sport = :53")" ] || { echo "the host listener never bound port 53"; exit 2; }
@@ -47,9 +50,9 @@ socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(q, (sys.argv[1], 53))
 " $target
   done
   wait
-  cat /tmp/review-f3-resolver.out; rm -f /tmp/review-f3-resolver.out; rm -rf $ZT_RELAY_E2E_STATE
+  cat "$resolver_out"; rm -f "$resolver_out"; rm -rf $ZT_RELAY_E2E_STATE
   echo "--- the harness'"'"'s INPUT chain:"; iptables -S INPUT
   grep -q "HOST RESOLVER GOT" <<<"$(cat /dev/null)" || true
-' | tee "${TMPDIR:-/tmp}/review-f3.log"
-if grep -q "HOST RESOLVER GOT" "${TMPDIR:-/tmp}/review-f3.log"; then echo "FAIL: a pod reached a resolver on the machine (it would forward the query off the machine)"; exit 1; fi
+' | tee "$log"
+if grep -q "HOST RESOLVER GOT" "$log"; then echo "FAIL: a pod reached a resolver on the machine (it would forward the query off the machine)"; exit 1; fi
 echo PASS

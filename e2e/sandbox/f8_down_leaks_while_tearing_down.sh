@@ -17,6 +17,15 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   ip -n outside addr add 198.18.5.1/24 dev eth0peer; ip -n outside link set eth0peer up
   ip netns exec outside iptables -t raw -A PREROUTING -d 198.18.99.1 -j DROP
   arrived() { ip netns exec outside iptables -t raw -L PREROUTING -v -x -n | awk "/DROP/ {print \$1}"; }
+  # Every drop of ours is counted in the security table. Waiting until N more datagrams of the
+  # sender are dropped there (not a fixed time) shows that it runs and that its packets got as
+  # far as the rules of the harness since the last step (a re-install restarts the counter at 0).
+  guard() { iptables -t security -L ZTR-E2E-FORWARD -v -x -n | awk "/DROP/ {n += \$1} END {print n + 0}"; }
+  dropped_more() {
+    local before now deadline=$((SECONDS + 30)); before=$(guard)
+    until now=$(guard); [ "$now" -ge $((before + $1)) ] || { [ "$now" -lt "$before" ] && [ "$now" -ge "$1" ]; }; do
+      [ $SECONDS -lt $deadline ] || { echo "the harness dropped no $1 more of the sender'"'"'s datagrams in 30 s"; return 1; }; sleep 0.05; done
+  }
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
@@ -31,7 +40,8 @@ import socket, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 while True:
     s.sendto(b\"leak?\", (\"198.18.99.1\", 9)); time.sleep(0.001)
-" & sleep 1.5
+" &
+  dropped_more 50 || exit 2
   echo "arrived outside with the cluster'"'"'s rules in place: $(arrived)"
   [ "$(arrived)" = 0 ] || { echo "unexpected: leaks even before down"; exit 2; }
   $PY -m e2e.cluster down 2>&1 | tail -25 || true
