@@ -1,8 +1,9 @@
 """`up`: bring the local single-node cluster up (idempotent), and start/stop one component.
 
-Order (each step waits for the previous one to be healthy): record the sysctls -> our cgroups
--> firewall (no egress) -> sink namespace and routes -> PKI and configs -> the components of
-`components.COMPONENTS` in order -> node Ready -> cluster objects (DNS, metrics API).
+Order (each step waits for the previous one to be healthy): our fixed ports free (`ports`)
+-> record the sysctls -> our cgroups -> firewall (no egress) -> sink namespace and routes ->
+PKI and configs -> the components of `components.COMPONENTS` in order -> node Ready ->
+cluster objects (DNS, metrics API).
 
 A healthy cluster is left alone; a slow one is waited for; a broken one is torn down and
 rebuilt only if no other test run holds it (see `locks`).
@@ -15,7 +16,7 @@ from pathlib import Path
 
 from e2e.cluster import (
     boot, build, cgroups, components, configs, firewall, health, image_import, ipsets, layout as layout_mod, locks, network,
-    pause, paths, pki, processes, sysctls, teardown,
+    pause, paths, pki, ports, processes, sysctls, teardown,
 )
 from e2e.cluster.configs import StatePaths
 from e2e.cluster.kubectl import Kubectl, wait_for
@@ -64,6 +65,8 @@ def _up() -> int:
             raise SystemExit(f"e2e.cluster up: the cluster is {verdict} ({reason}), but {exc}; not tearing it down") from None
     _refuse_foreign_kubernetes()
     layout_mod.check_disjoint(layout, network.machine_networks(), network.machine_routes())
+    # After our own stale cluster is gone: whoever still listens on one of our ports is not us.
+    ports.refuse_taken(layout)
 
     for d in (state.pki, state.kubeconfigs, state.logs, state.run, state.configs, state.cni_conf, state.pod_logs):
         d.mkdir(parents=True, exist_ok=True)

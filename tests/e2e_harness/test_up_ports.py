@@ -1,0 +1,91 @@
+"""`up` checks that the fixed TCP ports its components listen on are free before it starts
+anything (e2e/cluster/ports.py). A component whose port is taken exits at once on bind, and
+`up` waits on readiness URLs only: another program answering the same URL (a developer's own
+registry on 127.0.0.1:23795, a k3s kube-proxy on 10256) looked "ready", and containerd would
+then pull from the foreign registry. Now `up` stops first, naming the port and the component."""
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster import ports, startup
+from e2e.cluster.layout import Layout
+
+LAYOUT = Layout(primary_interface="eth0")
+
+# /proc/net/tcp and tcp6 as the kernel writes them (addresses in host byte order per 32-bit word).
+TCP_HEADER = "  sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode\n"
+TCP6_HEADER = "  sl  local_address                         remote_address                        st tx_queue rx_queue\n"
+
+
+def _v4_row(address: str, port: int, state: str = "0A") -> str:
+    packed = socket.inet_aton(address)[::-1].hex().upper()
+    return f"   0: {packed}:{port:04X} 00000000:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+
+
+def _v6_row(address: str, port: int, state: str = "0A") -> str:
+    raw = socket.inet_pton(socket.AF_INET6, address)
+    packed = "".join(raw[i:i + 4][::-1].hex().upper() for i in range(0, 16, 4))
+    return f"   0: {packed}:{port:04X} {'0' * 32}:0000 {state} 00000000:00000000 00:00000000 00000000     0        0 1 1\n"
+
+
+def test_the_kernels_listening_sockets_are_read_from_proc_net_tcp_v4_and_v6():
+    tcp = TCP_HEADER + _v4_row("127.0.0.1", 23795) + _v4_row("0.0.0.0", 22) + _v4_row("127.0.0.1", 40000, state="01")
+    tcp6 = TCP6_HEADER + _v6_row("::", 6443) + _v6_row("::1", 10256)
+    assert ports.listening([tcp, tcp6]) == {("127.0.0.1", 23795), ("0.0.0.0", 22), ("::", 6443), ("::1", 10256)}
+
+
+def test_a_foreign_listener_on_the_registrys_port_is_named_with_the_port_and_the_component():
+    taken = ports.taken(LAYOUT, {("127.0.0.1", 23795)})
+    assert len(taken) == 1
+    assert "23795" in taken[0] and "registry" in taken[0]
+
+
+@pytest.mark.parametrize("listener", [("0.0.0.0", 6443), ("::", 6443), (LAYOUT.node_ip, 6443)])
+def test_a_listener_on_every_address_or_on_the_components_own_one_takes_its_port(listener):
+    taken = ports.taken(LAYOUT, {listener})
+    assert len(taken) == 1 and "6443" in taken[0] and "kube-apiserver" in taken[0]
+
+
+def test_a_listener_on_another_address_with_the_same_port_does_not_take_it():
+    # The apiserver binds the node IP only: a developer's 127.0.0.1:6443 (kind's port mapping) is fine.
+    assert ports.taken(LAYOUT, {("127.0.0.1", 6443), ("192.0.2.7", 23795)}) == []
+
+
+def test_every_fixed_port_the_components_are_configured_with_is_checked():
+    checked = {port for _name, _address, port in ports.fixed_listeners(LAYOUT)}
+    assert {LAYOUT.registry_port, LAYOUT.etcd_client_port, LAYOUT.etcd_peer_port, LAYOUT.apiserver_port,
+            LAYOUT.metrics_server_port, 10250, 10248, 10256, 10249, 10257, 10259} <= checked
+
+
+def test_a_real_socket_listening_on_the_registrys_address_is_found_in_this_network_namespace():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        port = sock.getsockname()[1]
+        layout = Layout(primary_interface="eth0", registry_port=port)
+        taken = ports.taken(layout, ports.listening())
+    assert any(str(port) in line and "registry" in line for line in taken), taken
+
+
+def test_up_refuses_before_it_starts_anything_when_the_registrys_port_is_taken(tmp_path, monkeypatch):
+    monkeypatch.setenv("ZT_RELAY_E2E_STATE", str(tmp_path / "state"))
+    monkeypatch.setattr(startup.health, "current_layout", lambda: LAYOUT)
+    monkeypatch.setattr(startup.health, "health", lambda layout, state: ("absent", "no state dir"))
+    monkeypatch.setattr(startup.teardown, "traces_present", lambda layout: False)
+    monkeypatch.setattr(startup, "_refuse_foreign_kubernetes", lambda: None)
+    monkeypatch.setattr(startup.network, "machine_networks", lambda: [])
+    monkeypatch.setattr(startup.network, "machine_routes", lambda: [])
+    monkeypatch.setattr(startup.ports, "listening", lambda tables=None: {("127.0.0.1", LAYOUT.registry_port)})
+
+    def started(*args, **kwargs):
+        raise AssertionError("up went on to set the machine up with the registry's port taken")
+
+    monkeypatch.setattr(startup.sysctls, "save", started)
+    monkeypatch.setattr(startup.cgroups, "prepare", started)
+    with pytest.raises(SystemExit) as exc:
+        startup._up()
+    message = str(exc.value)
+    assert "23795" in message and "registry" in message
+    assert not Path(tmp_path / "state").exists()
