@@ -5,7 +5,8 @@
   "slow"    every process runs but the API did not answer in time, or answered that it is
             overloaded (504 Timeout, 429, an etcd or TLS handshake timeout: `SLOW_ANSWERS`)
             on a loaded 2-core machine: wait, do not rebuild;
-  "broken"  a process is gone, or the node is not Ready / not the planned one: rebuild;
+  "broken"  a process is gone, another kube-router runs beside ours (same network namespace),
+            or the node is not the planned one: rebuild (`up` then refuses the other's chains);
   "absent"  nothing of ours is there.
 """
 
@@ -79,6 +80,14 @@ def health(layout: Layout, state: StatePaths, timeout: float = 10) -> tuple[str,
     stopped = [name for name, pid in running.items() if pid is None]
     if stopped:
         return "broken", f"not running: {', '.join(stopped)}"
+    # Another kube-router beside ours (k3s, started after `up`, which refuses one already there)
+    # shares the fixed KUBE-ROUTER-* chains and KUBE-SRC/DST-* sets and deletes ours as stale.
+    others = processes.others_named("kube-router", running["kube-router"])
+    if others:
+        return "broken", (
+            f"another kube-router runs in this network namespace (pid {', '.join(map(str, others))}): it shares "
+            "kube-router's fixed chains and ipsets with ours, so NetworkPolicy here is not ours alone; stop it"
+        )
     if not paths.kubeconfig_path().exists():
         return "broken", f"no kubeconfig at {paths.kubeconfig_path()}"
     try:

@@ -59,6 +59,46 @@ def _is_zombie(pid: int) -> bool:
         return True
 
 
+def comm(pid: int) -> str | None:
+    """The kernel's name of the process (its executable's base name, 15 characters at most)."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+
+
+def _parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+        return None
+
+
+def _netns(pid: int | str) -> str | None:
+    try:
+        return os.readlink(f"/proc/{pid}/ns/net")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return None
+
+
+def others_named(program: str, own_pid: int | None, candidates: list[int] | None = None) -> list[int]:
+    """Live processes named `program` in this network namespace that are neither `own_pid` nor
+    its children (a Go program forks a copy of itself before it execs a command)."""
+    here = _netns("self")
+    if candidates is None:
+        candidates = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+    found = []
+    for pid in candidates:
+        if pid == own_pid or comm(pid) != program or _is_zombie(pid):
+            continue
+        if own_pid is not None and _parent(pid) == own_pid:
+            continue
+        if _netns(pid) is None or _netns(pid) != here:
+            continue
+        found.append(pid)
+    return sorted(found)
+
+
 def running_pid(name: str, run_dir: Path) -> int | None:
     """The pid of process `name` if it is alive and still the program we started."""
     pidfile = run_dir / f"{name}.pid"
