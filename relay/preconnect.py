@@ -15,9 +15,9 @@ What a pooled connection may cost the site, and the guards:
   20 s, HAProxy after ``timeout http-request`` (often 5-10 s), Go servers after a
   ``ReadHeaderTimeout`` of a few seconds. 2 s stays well under all of them, so a visitor
   never gets a connection the site is about to close; an older one is closed and replaced.
-- **Checked before use** with a non-blocking ``MSG_PEEK``: ``b''`` (the site closed it) or
-  an error (a reset) and it is closed and the next one tried, then a fresh dial. Bytes
-  waiting are fine (a site that speaks first: its greeting is the visitor's).
+- **Checked before use** with a non-blocking ``MSG_PEEK``: anything to read (bytes: a stale
+  answer such as a 408 before a close, or a greeting; ``b''``: the site closed it) or an error
+  (a reset) and it is closed and the next one tried, then a fresh dial.
 - **Only while the site has visitors**: refilled while a site connection came within
   ``backend_pool.WARM``; a quiet relay lets its pool age out instead of cycling connections for nobody.
 - **Backend down**: a failed dial backs off (``backend_pool.BACKOFF_MIN`` doubling up to ``BACKOFF_MAX``,
@@ -47,13 +47,16 @@ _TCP_ESTABLISHED = 1  # tcpi_state
 
 
 def is_open(sock: socket.socket) -> bool:
-    """Whether the backend has neither closed nor reset ``sock`` (nothing is read)."""
+    """Whether ``sock`` is as it was dialed: nothing to read, no EOF, no error (nothing is
+    read). Bytes waiting are the site's answer to no one: a stale error before a close
+    (a 408, "421 too many connections"), or a greeting, which a fresh dial gets again."""
     try:
-        return sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) != b""
+        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
     except (BlockingIOError, InterruptedError):
         return True
     except OSError:
-        return False
+        pass
+    return False
 
 
 def _established(sock: socket.socket) -> bool:

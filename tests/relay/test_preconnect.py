@@ -356,9 +356,10 @@ async def test_when_the_name_resolves_to_a_new_address_the_pool_refills_there(ma
         new.close()
 
 
-async def test_a_pooled_connection_whose_site_spoke_first_is_used_and_the_greeting_reaches_the_visitor(make_relay, no_expiry):
+async def test_a_pooled_connection_whose_site_spoke_first_is_not_used_and_the_visitor_gets_a_fresh_greeting(make_relay, no_expiry):
     """A site that speaks first (SMTP, SSH) has its greeting waiting on a pooled connection:
-    the peek sees bytes, not a close, and the visitor gets the greeting as from a fresh dial."""
+    bytes waiting can as well be a stale answer (see the 408 test), so it is discarded and the
+    visitor gets a fresh dial and its own greeting (such a site gains nothing from a pool)."""
     writers: list[asyncio.StreamWriter] = []
     got: list[bytes] = []  # per connection, in accept order
 
@@ -375,15 +376,15 @@ async def test_a_pooled_connection_whose_site_spoke_first_is_used_and_the_greeti
     server = await asyncio.start_server(greet, "127.0.0.1", 0)
     try:
         relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
-        for i in range(2):  # dialed, then pooled
+        for i in range(2):  # dialed, then the pooled one (greeted) discarded and dialed again
             reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
             writer.write(b"HELO %d\r\n" % i)
             assert await asyncio.wait_for(reader.readexactly(19), 5) == b"220 ready\r\nHELO %d\r\n" % i
             writer.close()
-            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(writers) == i + 2, "the pool never filled")
+            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
             socks = _pooled_socks(relay)
             await until(lambda: _waiting(socks[0]) == b"2", "no greeting waiting")
-        assert got[:2] == [b"HELO 0\r\n", b"HELO 1\r\n"]  # the second visitor's went on the pooled one
+        assert got[:3] == [b"HELO 0\r\n", b"", b"HELO 1\r\n"]  # the pooled one got nothing
         assert relay.snapshot()["fallback:connected"] == 2
         await relay.close()
     finally:
@@ -428,3 +429,45 @@ async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_
         pre.close()
         old.close()
         new.close()
+
+
+@pytest.mark.parametrize("then", ["close", "wait"])
+async def test_a_pooled_connection_the_site_wrote_to_is_discarded_and_the_visitor_gets_a_fresh_dial(make_relay, then, no_expiry):
+    """A site that answers an idle connection (a 408, "421 too many connections") and then
+    closes it (or not yet): the bytes waiting on the pooled connection are that stale answer,
+    not this visitor's. The peek saw bytes and called it open; now any byte or EOF discards it."""
+    writers: list[asyncio.StreamWriter] = []
+    got: list[bytes] = []  # per connection, in accept order
+    stale = asyncio.Event()
+
+    async def serve(reader, writer):
+        index = len(writers)
+        writers.append(writer)
+        got.append(b"")
+        if stale.is_set():  # the site gives up on an idle connection
+            writer.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
+            if then == "close":
+                writer.close()
+                return
+        while data := await reader.read(65536):
+            got[index] += data
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
+        assert (await visit(relay, b"GET /0"))[0] == b"GET /0"  # dialed: the pool starts cold
+        stale.set()  # the pool's connection gets the stale answer
+        await until(lambda: len(writers) == 2 and relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
+        socks = _pooled_socks(relay)
+        await until(lambda: _waiting(socks[0]) is not None, "nothing waiting on the pooled connection")
+        stale.clear()  # the next dial is a healthy connection
+        assert (await visit(relay, b"GET /1"))[0] == b"GET /1"  # the echo, not the 408 or an EOF
+        assert got[2] == b"GET /1" and got[1] == b"", got  # a fresh dial, the pooled one unused
+        assert relay.snapshot()["fallback:connected"] == 2
+        await relay.close()
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
