@@ -10,7 +10,8 @@ from dataclasses import dataclass
 #: Seconds a pooled connection may wait for a visitor: well under the shortest idle timeout
 #: sites commonly set for a connection that says nothing (``preconnect.py``).
 MAX_AGE = 2.0
-#: Seconds after the last site connection during which the pool is refilled.
+#: Seconds after the last site connection during which the pool still dials (what visitors
+#: are owed, ``Pool.owed``; mostly a retry after a failed dial).
 WARM = 60.0
 #: Seconds to wait after a failed dial, doubling per failure up to BACKOFF_MAX.
 BACKOFF_MIN = 0.5
@@ -41,14 +42,21 @@ class Pool:
         self.failures = 0  # consecutive failed dials
         self.retry_at = float("-inf")
         self.last_use = float("-inf")
+        #: Dials owed to visitors, at most ``size``: one per site connection (the replacement
+        #: of the one it took, or a miss: the next visitor's). A connection that ages out
+        #: unused is not replaced, so the pool follows the visits: the backend sees at most
+        #: one connection per visit more than without a pool, never a cycle for nobody.
+        self.owed = 0
         self.closed = False
 
     def __len__(self) -> int:
         return len(self.entries)
 
     def used(self, now: float) -> None:
-        """A site connection came: keep the pool warm."""
+        """A site connection came: one more dial is owed (up to the pool's size)."""
         self.last_use = now
+        if self.owed < self.size:
+            self.owed += 1
 
     def pop(self, address: tuple, now: float) -> tuple[object | None, list]:
         """The freshest connection to ``address`` (None: none) and the stale ones dropped."""
@@ -70,19 +78,22 @@ class Pool:
                 keep.append(e)
             else:
                 stale.append(e.conn)
+                if e.address != address and address is not None:
+                    self._owe()  # the name moved: replaced at the new address (an aged one is not)
         self.entries = keep
         return stale
 
     def dials_due(self, address: tuple | None, now: float) -> int:
-        """How many dials to start now: none without an address, while backing off, when
-        cold or closed; one at a time after a failure."""
+        """How many dials to start now: what visitors are owed, none without an address,
+        while backing off, when cold or closed; one at a time after a failure."""
         if self.closed or address is None or now < self.retry_at or now - self.last_use >= self.warm:
             return 0
-        missing = self.size - len(self.entries) - self.dialing
+        missing = min(self.size - len(self.entries) - self.dialing, self.owed)
         return max(0, min(missing, 1 - self.dialing) if self.failures else missing)
 
     def dial_started(self) -> None:
         self.dialing += 1
+        self.owed = max(0, self.owed - 1)
 
     def dialed(self, conn: object, address: tuple, now: float, current: tuple | None = None) -> bool:
         """A dial to ``address`` connected: False if the pool no longer wants it (closed,
@@ -91,7 +102,10 @@ class Pool:
         self.dialing -= 1
         self.failures = 0
         self.retry_at = float("-inf")
-        if self.closed or len(self.entries) >= self.size or (current is not None and current != address):
+        if self.closed or len(self.entries) >= self.size:
+            return False
+        if current is not None and current != address:
+            self._owe()  # dialed again, to where the name is now
             return False
         self.entries.append(Entry(conn, address, now))
         return True
@@ -99,10 +113,14 @@ class Pool:
     def dial_failed(self, now: float) -> float:
         """A dial failed: the seconds until the next one."""
         self.dialing -= 1
+        self._owe()  # still owed, after the backoff
         self.failures += 1
         delay = min(BACKOFF_MAX, BACKOFF_MIN * 2 ** min(self.failures - 1, 16))
         self.retry_at = now + delay
         return delay
+
+    def _owe(self) -> None:
+        self.owed = min(self.size, self.owed + 1)
 
     def backend_up(self) -> None:
         """A visitor's own dial connected: the backend is back, no need to wait out the backoff."""

@@ -128,6 +128,7 @@ class FallbackRouter:
         snap = {
             "fallback_active": len(self.splices),
             "fallback_preconnected": len(self.preconnect) if self.preconnect is not None else 0,
+            "fallback_preconnect_taken": self.preconnect.taken if self.preconnect is not None else 0,
             "fallback_bytes_to_backend": self.bytes_done["to_backend"],
             "fallback_bytes_to_client": self.bytes_done["to_client"],
         }
@@ -222,12 +223,14 @@ class FallbackRouter:
         if sock is None:
             return None
         try:
-            return sock, sock.send(first) if first else 0
+            sent = sock.send(first) if first else 0
         except BlockingIOError:
-            return sock, 0
+            sent = 0
         except OSError:  # closed between the check and the send: a fresh dial instead
             sock.close()
             return None
+        self.preconnect.taken += 1
+        return sock, sent
 
     def _may_preconnect(self) -> bool:
         """A pool dial waits while descriptors or memory are short, and stops with the relay."""

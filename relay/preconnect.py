@@ -18,8 +18,10 @@ What a pooled connection may cost the site, and the guards:
 - **Checked before use** with a non-blocking ``MSG_PEEK``: anything to read (bytes: a stale
   answer such as a 408 before a close, or a greeting; ``b''``: the site closed it) or an error
   (a reset) and it is closed and the next one tried, then a fresh dial.
-- **Only while the site has visitors**: refilled while a site connection came within
-  ``backend_pool.WARM``; a quiet relay lets its pool age out instead of cycling connections for nobody.
+- **Only as many as the visits**: each site connection is owed one pooled connection (at most
+  N; ``backend_pool.Pool.owed``), and one that ages out unused is not replaced: a quiet relay
+  lets its pool age out instead of cycling connections for nobody (which a site that wants a
+  PROXY header may log as an error each).
 - **Backend down**: a failed dial backs off (``backend_pool.BACKOFF_MIN`` doubling up to ``BACKOFF_MAX``,
   one dial at a time); visitors dial it themselves meanwhile, counted as without a pool.
 - **A backend name**: each connection keeps the address it was dialed to; one to an address
@@ -83,6 +85,7 @@ class Preconnector:
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at: float | None = None  # when _timer fires
         self._fill_soon: asyncio.TimerHandle | None = None  # a refill after a visitor took one
+        self.taken = 0  # pooled connections a visitor's first flight went on
 
     def __len__(self) -> int:
         return len(self.pool)

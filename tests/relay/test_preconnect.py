@@ -38,6 +38,7 @@ def test_a_pooled_connection_reaching_the_max_age_is_dropped_not_handed_out():
 def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_dials_go_to_the_new_one():
     pool = backend_pool.Pool(2)
     pool.used(0.0)
+    pool.used(0.0)
     for conn in ("a1", "a2"):
         pool.dial_started()
         pool.dialed(conn, A, 0.0)
@@ -51,7 +52,8 @@ def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_di
 
 def test_failed_dials_back_off_one_at_a_time_doubling_to_a_bound():
     pool = backend_pool.Pool(4)
-    pool.used(0.0)
+    for _ in range(4):
+        pool.used(0.0)
     assert pool.dials_due(A, 0.0) == 4
     delays, now = [], 0.0
     for i in range(12):
@@ -80,7 +82,7 @@ def test_a_pool_without_visitors_for_the_warm_period_is_not_refilled():
     pool = backend_pool.Pool(2, warm=60.0)
     assert pool.dials_due(A, 0.0) == 0  # cold from the start: nothing dialed for nobody
     pool.used(10.0)
-    assert pool.dials_due(A, 10.0) == 2
+    assert pool.dials_due(A, 10.0) == 1  # one visit: one connection for the next visitor
     assert pool.dials_due(A, 70.0) == 0
 
 
@@ -186,8 +188,17 @@ async def make_relay():
 
 
 async def warm(relay: Relay, site: Site, size: int) -> None:
-    """A first visit (dialed: the pool starts cold), then the pool fills."""
-    assert (await visit(relay, b"GET /warm"))[0] == b"GET /warm"
+    """``size`` visitors at once (dialed: the pool starts cold, and each is owed one pooled
+    connection), then the pool fills."""
+    streams = [await asyncio.open_connection("127.0.0.1", relay.addresses[0][1]) for _ in range(size)]
+    try:
+        for _, writer in streams:  # all sent before the relay reads any: none finds a pooled one
+            writer.write(b"GET /warm")
+        for reader, _ in streams:
+            assert await asyncio.wait_for(reader.readexactly(9), 5) == b"GET /warm"
+    finally:
+        for _, writer in streams:
+            writer.close()
     await until(lambda: relay.snapshot()["fallback_preconnected"] == size and len(site.idle()) == size, "the pool never filled")
 
 
@@ -207,7 +218,7 @@ async def test_a_site_connection_takes_a_pooled_connection_and_the_pool_refills(
     assert len(used) == 1 and used[0] in pooled  # accepted before the visitor came
     await until(lambda: relay.snapshot()["fallback_preconnected"] == 2 and len(site.idle()) == 2, "no refill")
     snapshot = relay.snapshot()
-    assert snapshot["fallback:connected"] == 2 and snapshot["fallback_active"] <= 2, snapshot
+    assert snapshot["fallback:connected"] == 3 and snapshot["fallback_active"] <= 2, snapshot
     assert snapshot["connections_open"] == 0 and snapshot["tunnels_active"] == 0, snapshot  # never tunnels
     assert relay._fds_held() == 2 * len(relay.fallback.splices) + 2  # the pool's descriptors count
 
@@ -242,7 +253,7 @@ async def test_pooled_connections_the_backend_closed_are_skipped_and_the_visitor
     else:
         await until(lambda: all(_tcp_state(s) == TCP_CLOSE for s in socks), "the resets never arrived")
     assert (await visit(relay, b"GET /after"))[0] == b"GET /after"
-    assert relay.snapshot()["fallback:connected"] == 2
+    assert relay.snapshot()["fallback:connected"] == 3
 
 
 async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_backs_off(make_relay, monkeypatch, caplog):
@@ -414,6 +425,7 @@ async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_
                                   may_dial, lambda exc, delay: None)
     try:
         pre.pool.used(loop.time())
+        pre.pool.used(loop.time())  # two visitors: two dials owed
         pre.fill()
         assert len(pre.pending) == 1  # to the old address, not yet connected
         current[0] = ("127.0.0.1", new.port)
@@ -471,3 +483,56 @@ async def test_a_pooled_connection_the_site_wrote_to_is_discarded_and_the_visito
         for w in writers:
             w.close()
         server.close()
+
+
+def _simulate(pool: backend_pool.Pool, visits: list[float], end: float) -> tuple[int, int]:
+    """Drives ``pool`` as ``Preconnector`` does, with dials that connect at once: a visitor
+    takes a pooled connection (or dials), then the pool expires and dials what is due, at each
+    visit and at each deadline. Returns (backend connections the pool opened, visits served
+    from the pool)."""
+    dials = hits = 0
+    pending, now = sorted(visits), 0.0
+    while now < end:
+        if pending and pending[0] <= now:
+            pending.pop(0)
+            pool.used(now)
+            conn, _ = pool.pop(A, now)
+            hits += conn is not None
+        pool.expire(A, now)
+        for _ in range(pool.dials_due(A, now)):
+            pool.dial_started()
+            dials += pool.dialed(object(), A, now)
+        times = [t for t in (pending[0] if pending else None, pool.deadline(now)) if t is not None and t > now]
+        now = min(times, default=end)
+    return dials, hits
+
+
+def test_a_visit_a_minute_opens_no_more_backend_connections_than_visits():
+    """One visit a minute (a quiet site: a monitor, a crawler): each pooled connection ages
+    out unused. The pool used to refill all N every MAX_AGE for WARM after each visit (N/2
+    connects per second, 30 N a minute), each one a connection the backend accepted and saw
+    closed without a byte (logged as an error by a backend that wants a PROXY header)."""
+    visits = [60.0 * i for i in range(10)]
+    dials, hits = _simulate(backend_pool.Pool(4), visits, 600.0)
+    assert dials <= len(visits), dials  # at most one per visit: the replacement of what it used
+    assert hits == 0  # a pool that old would be a connection the site is about to close
+
+
+def test_under_steady_visits_the_pool_serves_them_opening_about_one_connection_per_visit():
+    """Visits closer together than MAX_AGE take pooled connections; each is replaced once,
+    so the backend sees at most one connection per visit plus the pool (as without a pool)."""
+    visits = [0.2 * i for i in range(500)]  # 5 a second for 100 s
+    dials, hits = _simulate(backend_pool.Pool(4), visits, 100.0)
+    assert hits >= len(visits) - 1, hits  # all but the first (the pool starts cold)
+    assert dials <= len(visits) + 4, dials
+
+
+def test_a_burst_grows_the_pool_to_the_burst_and_a_single_visitor_keeps_one():
+    pool = backend_pool.Pool(4)
+    for _ in range(3):  # three visitors at once (a page's parallel requests), all dialing
+        pool.used(0.0)
+        assert pool.pop(A, 0.0)[0] is None
+    assert pool.dials_due(A, 0.0) == 3
+    pool = backend_pool.Pool(4)
+    pool.used(0.0)
+    assert pool.dials_due(A, 0.0) == 1  # one visitor: one connection for the next one
