@@ -110,6 +110,14 @@ class Pool:
         self.entries.append(Entry(conn, address, now))
         return True
 
+    def give_up(self) -> object | None:
+        """The oldest connection, taken out to be closed (a visitor needs what it holds), else None."""
+        return self.entries.pop(0).conn if self.entries else None
+
+    def dial_abandoned(self) -> None:
+        """A dial in flight was closed for a visitor (not a failure: no backoff)."""
+        self.dialing -= 1
+
     def dial_failed(self, now: float) -> float:
         """A dial failed: the seconds until the next one."""
         self.dialing -= 1

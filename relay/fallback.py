@@ -167,6 +167,11 @@ class FallbackRouter:
         ``local``: the address it reached, from its PROXY header, else the socket's)."""
         relay = self.relay
         key = None  # the per-IP key: parsing the address costs, so not before the dial if it can wait
+        pool = self.preconnect
+        if pool is not None:  # the pool gives way: never a visitor refused for what it holds
+            while (pool.fds and (relay.site_fds_short or not relay.site_room() or len(self.splices) + pool.fds >= self.max_connections)
+                   and pool.give_way()):
+                pass
         if relay.memory_pressure or not relay.site_room():  # a splice can hold more memory than a tunnel
             self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
@@ -233,9 +238,10 @@ class FallbackRouter:
         return sock, sent
 
     def _may_preconnect(self) -> bool:
-        """A pool dial waits while descriptors or memory are short, and stops with the relay."""
+        """A pool dial waits while descriptors, memory or backend connections are short (one
+        more visitor must fit beside it: ``Relay.pool_room``), and stops with the relay."""
         relay = self.relay
-        return not (relay.draining or relay.closing or relay.memory_pressure or relay.fd_reserve_short or relay.site_fds_short)
+        return not (relay.draining or relay.closing or relay.memory_pressure or relay.fd_reserve_short) and relay.pool_room()
 
     def _preconnect_failed(self, exc: OSError, delay: float) -> None:
         now = self.loop.time()
@@ -399,6 +405,8 @@ class FallbackRouter:
                 s.idle += elapsed
                 if s.idle >= self.idle_timeout:
                     s.close(splice_mod.IDLE_TIMEOUT)
+        if self.preconnect is not None and self.preconnect.pool.owed:  # dials that waited for room (pool_room)
+            self.preconnect.fill()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
 
 

@@ -22,6 +22,11 @@ What a pooled connection may cost the site, and the guards:
   N; ``backend_pool.Pool.owed``), and one that ages out unused is not replaced: a quiet relay
   lets its pool age out instead of cycling connections for nobody (which a site that wants a
   PROXY header may log as an error each).
+- **Within the relay's bounds, never in a visitor's way**: a pooled connection (or a dial in
+  flight) counts as a backend connection under ``--fallback-max-connections``, as a descriptor
+  and, under ``--max-memory``, as its receive buffer (``Relay.site_room``); the pool dials only
+  while one more visitor would still fit beside it (``Relay.pool_room``), and gives way
+  (``give_way``) before a visitor would be refused for a descriptor, memory or the cap.
 - **Backend down**: a failed dial backs off (``backend_pool.BACKOFF_MIN`` doubling up to ``BACKOFF_MAX``,
   one dial at a time); visitors dial it themselves meanwhile, counted as without a pool.
 - **A backend name**: each connection keeps the address it was dialed to; one to an address
@@ -185,6 +190,19 @@ class Preconnector:
     def _failed(self, exc: OSError) -> None:
         delay = self.pool.dial_failed(self.loop.time())
         self.on_failure(exc, delay)
+
+    def give_way(self) -> bool:
+        """Closes one pooled connection (the oldest), else one dial in flight: a visitor
+        needs the descriptor, memory or backend connection it holds. False: none left."""
+        sock = self.pool.give_up()
+        if sock is None and self.pending:
+            sock = next(iter(self.pending))
+            self._forget(sock)
+            self.pool.dial_abandoned()
+        if sock is None:
+            return False
+        sock.close()
+        return True
 
     def close(self) -> None:
         """Closes every pooled connection and dial; no more are made."""

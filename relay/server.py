@@ -583,20 +583,41 @@ class Relay:
         room, and they do shrink the tunnels' shares)."""
         return self.write_room / (len(self.tunnels) or 1) - self._fixed >= self.share_floor
 
-    def site_room(self) -> bool:
+    def site_room(self, pooled: int | None = None) -> bool:
         """Whether the memory room of the last sample holds the worst case of every site
         connection and one more (always, without a budget): both write buffers at their
-        share and a read past each, and the kernel's fixed socket buffers (both connections', both ways). The tunnels' worst case is not reserved here (an idle
+        share and a read past each, and the kernel's fixed socket buffers (both connections', both ways),
+        beside the pool's ``pooled`` connections (default: all it holds). The tunnels' worst case is not reserved here (an idle
         one costs ~3 KiB, and a few hundred of them would leave no room for any visitor):
         what they use is in the sample, and their own shares shrink with the visitors'."""
         if self.memory is None or self.fallback is None:
             return True
+        site, pool = self.site_worst()
+        if pooled is None:
+            pooled = self.fallback.preconnect.fds if self.fallback.preconnect is not None else 0
+        return (len(self.fallback.splices) + 1) * site + pooled * pool <= self.write_room
+
+    def site_worst(self) -> tuple[int, int]:
+        """The memory a site connection and a pooled backend connection may hold at worst."""
+        fallback = self.fallback
         # the kernel holds twice each fixed buffer: the visitor's send buffer and the backend
         # socket's receive and send buffers (fallback.SOCKET_BUFFER), the visitor's receive
         # buffer (the listener's)
-        kernel = 2 * (3 * self.fallback.socket_buffer + TUNNEL_RECEIVE_BUFFER)
-        worst = 2 * (self.site_high + splice_mod.READ_SIZE) + kernel
-        return (len(self.fallback.splices) + 1) * worst <= self.write_room
+        kernel = 2 * (3 * fallback.socket_buffer + TUNNEL_RECEIVE_BUFFER)
+        # a pooled connection is never written: only its receive buffer can fill (a site
+        # that speaks, or answers an idle connection)
+        return 2 * (self.site_high + splice_mod.READ_SIZE) + kernel, 2 * fallback.socket_buffer
+
+    def pool_room(self) -> bool:
+        """Whether the pool may dial once more and still leave one more visitor room to come
+        without the pool giving way: under --fallback-max-connections (the backend sees
+        at most that many connections per process, pooled ones included), the descriptors
+        kept for tunnels and the memory room."""
+        fallback = self.fallback
+        pooled = fallback.preconnect.fds + 1
+        return (len(fallback.splices) + pooled < fallback.max_connections
+                and self.fds_left() > FD_RESERVE + 2  # the dial's and the next visitor's sniffed connection
+                and self.site_room(pooled))
 
     def apply_write_share(self) -> None:
         """The write-buffer limit from the room of the last sample and the tunnels now: also

@@ -13,7 +13,7 @@ import struct
 
 import pytest
 
-from relay import backend_name, backend_pool, fallback, preconnect, proxy_protocol
+from relay import backend_name, backend_pool, fallback, limits, preconnect, proxy_protocol, server
 from relay.cli import UsageError, parse_config
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
@@ -536,3 +536,87 @@ def test_a_burst_grows_the_pool_to_the_burst_and_a_single_visitor_keeps_one():
     pool = backend_pool.Pool(4)
     pool.used(0.0)
     assert pool.dials_due(A, 0.0) == 1  # one visitor: one connection for the next one
+
+
+# -- the pool within the relay's bounds, never in a visitor's way ----------------------------
+
+async def _refilled(pre: preconnect.Preconnector) -> None:
+    """Until the refill after the last visitor has run (its dials connected or failed)."""
+    await until(lambda: pre._fill_soon is None and not pre.pending, "the refill never ran")
+
+
+async def test_near_the_descriptor_ceiling_a_visitor_is_served_and_the_pool_gives_way(make_relay, site, no_expiry):
+    """Pooled descriptors counted in ``site_fds_short``: with the pool full, a visitor who
+    would have had its descriptors without the pool was refused (file_descriptors_exhausted)."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
+    await warm(relay, site, 2)
+    await until(lambda: not relay.fallback.splices, "the warm-up visits stayed")
+    pooled = relay.fallback.preconnect.fds
+    assert pooled == 2
+    # The ceiling where the next visitor (its sniffed connection: one descriptor) leaves the
+    # tunnels exactly their reserve while the pool holds its two: short with the pool only.
+    relay.fd_base = relay.nofile - limits.FD_HEADROOM - server.FD_RESERVE - (relay._fds_held() + 1)
+    assert relay.fd_base > 0
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(b"GET /ceiling")
+        assert await asyncio.wait_for(reader.readexactly(12), 5) == b"GET /ceiling"
+        snapshot = relay.snapshot()
+        assert snapshot.get("fallback:file_descriptors_exhausted", 0) == 0 and snapshot["fallback:connected"] == 3, snapshot
+        await _refilled(relay.fallback.preconnect)
+        assert not relay.site_fds_short  # the pool did not take the descriptors back for itself
+    finally:
+        writer.close()
+
+
+async def test_the_pool_and_the_site_connections_together_stay_under_the_connection_cap(make_relay, site, no_expiry):
+    """Pooled connections counted against no cap: the backend saw the site connections and
+    the pool (workers x (--fallback-max-connections + N)). Now they share the cap, the pool
+    leaves one connection's room for a visitor, and gives way if it has to."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, fallback_max_connections=3)
+    pre = relay.fallback.preconnect
+    open_ = lambda: [c for c in site.conns if not c["eof"].is_set()]  # noqa: E731
+    await warm(relay, site, 2)
+    held = []
+    try:
+        for i in range(3):  # the cap's worth of visitors, held open
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            held.append(writer)
+            writer.write(b"GET /%d" % i)
+            assert await asyncio.wait_for(reader.readexactly(6), 5) == b"GET /%d" % i
+            await _refilled(pre)
+            assert len(relay.fallback.splices) + pre.fds <= 3, (len(relay.fallback.splices), pre.fds)
+            await until(lambda: len(open_()) == len(relay.fallback.splices) + len(pre), "the site's count never settled")
+        snapshot = relay.snapshot()
+        assert snapshot["fallback:connected"] == 5 and snapshot.get("fallback:max_connections", 0) == 0, snapshot  # 2 warm-up + 3
+    finally:
+        for writer in held:
+            writer.close()
+
+
+async def test_under_a_budget_pooled_connections_are_reserved_and_give_way_to_a_visitor(make_relay, site, no_expiry, monkeypatch):
+    """A pooled connection's receive buffer (a site that speaks, or answers an idle connection)
+    was reserved nowhere under --max-memory: the pool refilled whatever the room."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, max_memory=1 << 40)
+    monkeypatch.setattr(relay, "_share_write_buffers", lambda: None)  # the room is the test's from here
+    # The smallest room that admits one visitor (nothing open, the pool empty).
+    low, high = 0, 1 << 40
+    while low < high:
+        relay.write_room = (low + high) // 2
+        low, high = (low, relay.write_room) if relay.site_room() else (relay.write_room + 1, high)
+    one_visitor, pooled = low, 2 * fallback.SOCKET_BUFFER
+    relay.write_room = 10 * one_visitor
+    await warm(relay, site, 2)
+    await until(lambda: not relay.fallback.splices, "the warm-up visits stayed")
+    pre = relay.fallback.preconnect
+    assert pre.fds == 2
+    relay.write_room = one_visitor  # room for one visitor, none for the pool beside it
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(b"GET /budget")
+        assert await asyncio.wait_for(reader.readexactly(11), 5) == b"GET /budget"
+        assert relay.snapshot().get("fallback:memory_pressure", 0) == 0  # served: the pool gave way
+        await _refilled(pre)
+        assert len(relay.fallback.splices) * one_visitor + pre.fds * pooled <= relay.write_room, pre.fds
+    finally:
+        writer.close()
