@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 
-from relay import stats
+from relay import fallback, metrics, stats
 from tests.chart.test_no_ready_pods_alert import _alert
 
 FULL = {stats.MEMORY_PRESSURE, stats.MAX_CONNECTIONS, stats.FILE_DESCRIPTORS, stats.EPHEMERAL_PORTS}
@@ -36,3 +36,31 @@ def test_the_full_alert_keeps_a_threshold_when_the_release_values_predate_it(ren
     rule = next(d for d in docs if d["kind"] == "PrometheusRule")
     alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "ZtRelayFull")
     assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]
+
+
+SITE_FULL = {fallback.MEMORY_PRESSURE, fallback.MAX_CONNECTIONS, fallback.FILE_DESCRIPTORS}
+"""Site connections (--fallback) refused because the pod has no room for another."""
+SITE_NOT_FULL = {fallback.MAX_CONNECTIONS_PER_IP, fallback.BACKEND_REFUSED, fallback.BACKEND_TIMEOUT, fallback.BACKEND_ERROR,
+                 fallback.CLIENT_GONE, fallback.CLIENT_RESET, fallback.CONNECTED}
+"""One visitor over its share, the site down or slow, a visitor gone: not a full pod."""
+
+
+def _series(key: str) -> tuple[str, str]:
+    """A snapshot key's metric name and label, as the relay exposes them."""
+    (name, label), = ((n, lbl) for k, n, _, _, lbl in metrics._SERIES if k == key)
+    return name, label
+
+
+def test_a_pod_full_of_site_connections_alerts_by_the_relays_own_result_names(render):
+    """ZtRelayFull counts tunnel refusals only: a relay refusing visitors of its --fallback
+    site at its cap, memory or descriptors (zt_relay_fallback_connections_total{result})
+    went unseen. ZtRelaySiteFull is its sibling, pinned to the relay's names."""
+    name, label = _series("fallback")
+    alert, _ = _alert(render, "ZtRelaySiteFull")
+    selectors = re.findall(rf'{name}\{{{label}=~"([^"]*)"\}}', alert["expr"])
+    assert len(selectors) == 1, alert["expr"]
+    assert set(selectors[0].split("|")) == SITE_FULL
+    assert not SITE_FULL & SITE_NOT_FULL
+    assert re.search(rf"by \([^)]*\b{label}\b[^)]*\)", alert["expr"]), alert["expr"]  # the summary names the result
+    assert f"$labels.{label}" in alert["annotations"]["summary"]
+    assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]  # the same threshold as ZtRelayFull (default 0)
