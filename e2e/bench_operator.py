@@ -50,6 +50,7 @@ from kubernetes import client as kube_client
 from kubernetes import config as kube_config
 
 from e2e.test_operator import OPERATOR_LABELS, image, operator_namespace  # noqa: F401 (fixtures)
+from zt_operator import kube
 
 COUNT = int(os.environ.get("ZT_BENCH_RELAYS", "200"))
 SECONDS = float(os.environ.get("ZT_BENCH_SECONDS", "330"))
@@ -332,8 +333,17 @@ def paged(ns: str, kubectl, wait_for) -> None:
     ready = time.monotonic() - started
     wait_for(f"the new operator reconciled {PAGED} relays", lambda: reconciliations(kubectl, ns, new) >= PAGED, 900, interval=2)
     passes = time.monotonic() - started
-    time.sleep(30)  # its relist comes 5 s after the watches' LISTs; then the start is over
-    requests1, lists1, (cpu, _) = operator_requests(kubectl, ns), list_counts(kubectl), operator_cpu_seconds(kubectl, node, ns)
+    # The start is over with its relist (RELIST_DELAY after the watches' LISTs): per child
+    # kind the watch's LIST and at least PAGED / PAGE_SIZE pages (more if other namespaces
+    # hold relays: then one LIST in every namespace).
+    least = 1 + math.ceil(PAGED / kube.PAGE_SIZE)
+
+    def relisted():
+        lists = list_counts(kubectl)
+        return lists if all(lists[k] - lists0[k] >= least for k in CHILDREN) else None
+
+    lists1 = wait_for(f"the new operator's relist ({least} LISTs of each of {', '.join(CHILDREN)})", relisted, 300, interval=2)
+    requests1, (cpu, _) = operator_requests(kubectl, ns), operator_cpu_seconds(kubectl, node, ns)
     print(f"start: ready {ready:.1f} s after the old pod's deletion, every relay reconciled at {passes:.1f} s; "
           f"{requests1 - requests0:.0f} operator requests until {time.monotonic() - started:.0f} s; "
           f"LISTs {({k: lists1[k] - lists0[k] for k in CHILDREN})}; CPU of the new container {cpu:.1f} s; "
