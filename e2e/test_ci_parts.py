@@ -39,3 +39,17 @@ def test_the_two_parts_are_every_test_once(everything):
     assert not cluster & rest
     assert cluster | rest == everything
     assert any(test.startswith("tests/") for test in rest) and any(test.startswith("e2e/test_harness_sandbox.py::") for test in rest)
+
+
+@pytest.mark.parametrize(("part", "expected"), [("no-cluster", 0), ("cluster", 5)])
+def test_a_part_of_only_tests_paths_knows_the_options(part, expected):
+    """`bash .ci/run tests/x.py` runs both parts on that path alone, where pytest never loads
+    e2e/conftest.py: the options must still be known (pytest exits 4 on an unknown one), the
+    no-cluster part runs the tests and the cluster part selects none of them (5)."""
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--with-e2e", f"--part={part}", PATHS[2]],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == expected, run.stdout + run.stderr
+    if part == "no-cluster":
+        assert " passed" in run.stdout and "deselected" not in run.stdout, run.stdout
