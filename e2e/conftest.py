@@ -1,6 +1,7 @@
 """pytest options and fixtures for end-to-end tests against a real Kubernetes.
 
-Options (e2e is opt-in, as in kopf's own suite):
+Options (e2e is opt-in, as in kopf's own suite; defined in e2e/pytest_parts.py, loaded by the root
+conftest.py for every path):
   --with-e2e          also run the tests under e2e/ (CI passes this)
   --only-e2e          run only the tests under e2e/
   --part=PART         all (default); cluster: only the tests that need a cluster;
@@ -63,69 +64,9 @@ import pytest
 from e2e.cluster import paths
 from e2e.cluster.kubectl import Kubectl, wait_for as _wait_for
 from e2e.cluster.layout import Layout
+from e2e.pytest_parts import E2E_DIR  # the options and --part are in e2e/pytest_parts.py
 
-E2E_DIR = Path(__file__).parent
-BACKENDS = ("local", "kind", "existing")
 KIND_CLUSTER_NAME = "zt-relay-e2e"
-
-
-def pytest_addoption(parser: pytest.Parser) -> None:
-    group = parser.getgroup("e2e", "end-to-end tests on a real Kubernetes")
-    group.addoption("--with-e2e", action="store_true", help="also run the e2e tests (needs a cluster)")
-    group.addoption("--only-e2e", action="store_true", help="run only the e2e tests")
-    group.addoption(
-        "--cluster", choices=BACKENDS, default="local",
-        help="cluster backend for e2e tests: local (built here), kind, existing ($KUBECONFIG)",
-    )
-    group.addoption(
-        "--part", choices=("all", "cluster", "no-cluster"), default="all",
-        help="run only the tests that need a cluster, or only the others (the rest is deselected)",
-    )
-    group.addoption(
-        "--with-restart", action="store_true",
-        help="also run tests that stop and restart the shared local cluster (on by default when CI is set)",
-    )
-    group.addoption(
-        "--cluster-lb-standin", action="store_true",
-        help="with --cluster=existing, run the LoadBalancer stand-in against it too",
-    )
-    group.addoption(
-        "--image-registry", metavar="REGISTRY",
-        help="with --cluster=existing: a registry the cluster pulls from (e.g. registry.example.com/me); "
-        "load_image pushes images there (docker tag + docker push; `docker login` first)",
-    )
-
-
-def _is_e2e(item: pytest.Item) -> bool:
-    path = Path(str(item.fspath))
-    if E2E_DIR not in path.parents:
-        return False
-    return getattr(item.module, "NEEDS_CLUSTER", True) if hasattr(item, "module") else True
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    with_e2e = config.getoption("--with-e2e") or config.getoption("--only-e2e")
-    only_e2e = config.getoption("--only-e2e")
-    skip_e2e = pytest.mark.skip(reason="e2e test: needs a real cluster; enable with --with-e2e (or --only-e2e)")
-    skip_unit = pytest.mark.skip(reason="not an e2e test, and --only-e2e was given")
-    for item in items:
-        if _is_e2e(item):
-            item.add_marker(pytest.mark.e2e)
-            if not with_e2e:
-                item.add_marker(skip_e2e)
-        elif only_e2e:
-            item.add_marker(skip_unit)
-    part = config.getoption("--part")
-    if part != "all":
-        keep, deselected = [], []
-        for item in items:
-            needs_cluster = item.get_closest_marker("e2e") is not None
-            (keep if needs_cluster == (part == "cluster") else deselected).append(item)
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = keep
-    # Tests that restart the cluster go last, so nothing else sees the restart.
-    items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
 
 
 def _ci() -> bool:
