@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests import ports
 from tests.chart.conftest import CHART
 
 SCRIPT = CHART / "files" / "helm_test.py"
@@ -29,9 +30,7 @@ helm_test = _load()
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 @pytest.fixture

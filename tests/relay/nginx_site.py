@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from tests import ports
 
 SERVER_NAME = "site.test"
 INDEX = b"<html><body>the site</body></html>\n"
@@ -68,9 +69,7 @@ def make_certificates(folder: Path) -> tuple[Path, Path, Path]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 class Nginx:

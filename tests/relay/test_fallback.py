@@ -15,6 +15,7 @@ import struct
 import pytest
 
 from relay import proxy_protocol
+from tests import ports
 from tests.relay.conftest import Client
 
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
@@ -475,9 +476,7 @@ async def test_with_workers_each_process_falls_back_and_the_metrics_add_up(start
 
 
 def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 def _syn_sent_to(port: int) -> int:

@@ -30,6 +30,7 @@ import asyncio_dgram
 import pytest
 
 from relay import protocol
+from tests import ports
 from tests.relay import kernel
 from tests.relay.conftest import Client, Echo
 
@@ -287,9 +288,7 @@ def memory_cgroup():
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 class Flood:

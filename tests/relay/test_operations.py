@@ -11,6 +11,7 @@ import sys
 from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import ExportMetricsServiceRequest
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 
+from tests import ports
 from tests.relay.conftest import Client, RelayProcess
 
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
@@ -101,10 +102,7 @@ async def test_closed_tunnels_leave_no_udp_socket_behind(relay, echo, connect):
 
 
 async def test_workers_share_the_port_and_metrics_add_up(start_relay, echo):
-    probe = await RelayProcess.start(*LOOPBACK, health=False)  # find a free port for both
-    port = probe.port
-    probe.signal()
-    await probe.wait()
+    port = ports.unused_port()  # for both workers; outside the ephemeral range (tests/ports.py)
     relay = await start_relay(*LOOPBACK, "--workers", "2", listen=f"127.0.0.1:{port}")
     clients = [await Client.connect(port) for _ in range(16)]
     for c in clients:
@@ -261,10 +259,7 @@ async def test_refused_connections_are_counted_in_otel_too(start_relay):
 
 async def test_each_worker_reports_to_otel_with_its_own_service_instance_id(start_relay):
     collector, server, env = await otlp_collector()
-    probe = await RelayProcess.start(*LOOPBACK, health=False)
-    port = probe.port
-    probe.signal(signal.SIGKILL)
-    await probe.wait()
+    port = ports.unused_port()  # for both workers; outside the ephemeral range (tests/ports.py)
     try:
         relay = await start_relay(*LOOPBACK, "--workers", "2", env={**env, "OTEL_RESOURCE_ATTRIBUTES": "service.instance.id=pod-a"},
                                   listen=f"127.0.0.1:{port}")

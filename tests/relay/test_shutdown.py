@@ -14,6 +14,7 @@ import subprocess
 
 import pytest
 
+from tests import ports
 from tests.relay.conftest import Client, RelayProcess
 
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
@@ -35,11 +36,7 @@ def sigterm_pending(pid: int) -> bool:
 
 
 async def free_port() -> int:
-    probe = await RelayProcess.start(*LOOPBACK, health=False)
-    port = probe.port
-    probe.signal(signal.SIGKILL)
-    await probe.wait()
-    return port
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 async def round_trip(client: Client, echo, payload: bytes) -> bytes:

@@ -8,6 +8,7 @@ import subprocess
 
 import pytest
 
+from tests import ports
 from tests.relay.conftest import Client, RelayProcess
 
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
@@ -20,11 +21,7 @@ def worker_pids(relay: RelayProcess) -> list[int]:
 
 
 async def free_port() -> int:
-    probe = await RelayProcess.start(*LOOPBACK, health=False)
-    port = probe.port
-    probe.signal(signal.SIGKILL)
-    await probe.wait()
-    return port
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 async def start_workers(start_relay, *args: str, count: int = 2) -> RelayProcess:

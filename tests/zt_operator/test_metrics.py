@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 
 import aiohttp
 
 from zt_operator import metrics
+from tests import ports
 
 
 def test_reconciliations_are_counted_by_result_and_relays_by_readiness():
@@ -27,9 +27,7 @@ def test_reconciliations_are_counted_by_result_and_relays_by_readiness():
 
 
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
 async def test_metrics_are_served_over_http():
