@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import fcntl
 import hashlib
 import os
 import shutil
@@ -200,6 +201,22 @@ def build_image(tag: str = IMAGE) -> str:
     """
     if tag in _built:
         return tag
+    with _build_lock():
+        return _build_image(tag)
+
+
+@contextlib.contextmanager
+def _build_lock():
+    """One build on the machine at a time (xdist workers, `.ci/run`'s two parts): the others
+    wait, then find the image built from their inputs; two at once clash in `docker image prune`
+    ("a prune operation is already running") and in build/wheels."""
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with open(CACHE_DIR / "build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def _build_image(tag: str) -> str:
     ensure_docker()
     base = build_base()
     digest = inputs_digest(base)
