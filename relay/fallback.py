@@ -536,9 +536,10 @@ def backend_socket(address: tuple, socket_buffer: int | None = None) -> socket.s
     connected; ``socket_buffer``: its SO_RCVBUF and SO_SNDBUF (under a memory budget; the
     kernel holds twice each), set before the SYN (the receive buffer sets the window scale),
     else both autotuned. Every backend socket is made here, so each gets the same bound."""
-    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    # Non-blocking from socket(2) on: no ioctl between the visitor's first bytes and the connect.
+    sock = socket.socket(socket.AF_INET6 if ":" in address[0] else socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK,
+                         socket.IPPROTO_TCP)
     try:
-        sock.setblocking(False)
         if socket_buffer is not None:
             streams.set_receive_buffer(sock, socket_buffer)
             streams.set_send_buffer(sock, socket_buffer)
