@@ -254,6 +254,9 @@ class FallbackRouter:
         """Opens the backend connection (``dialed``: what ``_dial`` did already, or the error
         it raised; None: nothing yet), sends what the first flight has left, joins the two."""
         sock = None
+        # The first flight left in the callback that read it (the usual case): the backend has
+        # the visitor's bytes already, and a reset meanwhile is the transport's to read.
+        at_once = isinstance(dialed, tuple) and first != b"" and dialed[1] == len(first)
         try:
             if isinstance(dialed, OSError):
                 raise dialed
@@ -286,7 +289,7 @@ class FallbackRouter:
                 backend.close()
                 s.backend_connected()
                 return
-            if streams.is_over(s.client.transport):
+            if not at_once and streams.is_over(s.client.transport):
                 # Reset while the backend was dialed (its reading is paused, so the transport
                 # has not seen it): counted as what happened, and the backend is reset before
                 # it gets the request of a visitor who is gone.

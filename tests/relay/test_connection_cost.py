@@ -99,7 +99,11 @@ async def test_a_fallback_connection_costs_a_bounded_number_of_system_calls(star
     # ~50 after; the deterministic counts are the tight bounds, the total a loose one:
     # epoll and read counts vary with timing).
     assert per.get("setsockopt", 0) <= 7, f"{per}"
-    assert per.get("getsockname", 0) <= 6, f"{per}"
+    # Between the first flight and the site's answer: no check of the visitor's socket for a
+    # reset when the first flight went in the callback that read it (it was a TCP_INFO and a
+    # socket object, a getsockname: 5 and 1 per connection before, 4 and 0 now).
+    assert per.get("getsockname", 0) <= 4, f"{per}"
+    assert per.get("getsockopt", 0) < 0.5, f"{per}"
     # The backend socket is non-blocking from socket(2) on (5 ioctls per connection before,
     # one of them between the visitor's first bytes and the connect): uvloop's two FIONBIO
     # when it takes the socket and the closes' SIOCOUTQ are left.
