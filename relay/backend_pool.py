@@ -42,10 +42,11 @@ class Pool:
         self.failures = 0  # consecutive failed dials
         self.retry_at = float("-inf")
         self.last_use = float("-inf")
-        #: Dials owed to visitors, at most ``size``: one per site connection (the replacement
-        #: of the one it took, or a miss: the next visitor's). A connection that ages out
-        #: unused is not replaced, so the pool follows the visits: the backend sees at most
-        #: one connection per visit more than without a pool, never a cycle for nobody.
+        #: Dials owed to visitors, at most ``size``: one per site connection while the pool is
+        #: in use (``used``: the replacement of the one it took, or a miss: the next visitor's).
+        #: A connection that ages out unused is not replaced, so the pool follows the visits:
+        #: the backend sees at most one connection per visit more than without a pool, none
+        #: for visits farther apart than ``max_age``, never a cycle for nobody.
         self.owed = 0
         self.closed = False
 
@@ -53,10 +54,13 @@ class Pool:
         return len(self.entries)
 
     def used(self, now: float) -> None:
-        """A site connection came: one more dial is owed (up to the pool's size)."""
-        self.last_use = now
-        if self.owed < self.size:
+        """A site connection came: one more dial is owed (up to the pool's size) if the pool
+        is in use: it holds a connection (this visitor takes it), or the previous visit came
+        within ``max_age`` (a pooled connection would have served this one). A lone visit
+        owes nothing: visits farther apart than that open no connection for nobody."""
+        if (self.entries or now - self.last_use < self.max_age) and self.owed < self.size:
             self.owed += 1
+        self.last_use = now
 
     def pop(self, address: tuple, now: float) -> tuple[object | None, list]:
         """The freshest connection to ``address`` (None: none) and the stale ones dropped."""

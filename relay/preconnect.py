@@ -18,8 +18,9 @@ What a pooled connection may cost the site, and the guards:
 - **Checked before use** with a non-blocking ``MSG_PEEK``: anything to read (bytes: a stale
   answer such as a 408 before a close, or a greeting; ``b''``: the site closed it) or an error
   (a reset) and it is closed and the next one tried, then a fresh dial.
-- **Only as many as the visits**: each site connection is owed one pooled connection (at most
-  N; ``backend_pool.Pool.owed``), and one that ages out unused is not replaced: a quiet relay
+- **Only as many as the visits**: a site connection owes the pool one connection (at most N;
+  ``backend_pool.Pool.used``) while the pool is in use (it holds one, or the previous visit came
+  within ``MAX_AGE``), a lone visit none, and one that ages out unused is not replaced: a quiet relay
   lets its pool age out instead of cycling connections for nobody (which a site that wants a
   PROXY header may log as an error each).
 - **Within the relay's bounds, never in a visitor's way**: a pooled connection (or a dial in

@@ -120,11 +120,12 @@ async def site_and_relay(nginx, start_relay, request):
 
 
 async def both(probe, site, relay, *args, pooled: bool = True):
-    """The probe against nginx and through the relay, concurrently. Preconnected: a visit
-    first (the pool starts cold and is owed one connection per visit), and the probe must go
-    on the pooled connection (``pooled``), or must not (a probe that waits past its age)."""
+    """The probe against nginx and through the relay, concurrently. Preconnected: two visits
+    at once first (the pool starts cold; a lone visit owes it nothing, the other one connection),
+    and the probe must go on the pooled connection (``pooled``), or must not (a probe that
+    waits past its age)."""
     if relay.pooled:
-        await asyncio.to_thread(probe_raw, relay.port, HTTP11_GET)
+        await asyncio.gather(*(asyncio.to_thread(probe_raw, relay.port, HTTP11_GET) for _ in range(2)))
         assert await relay.wait_metric("zt_relay_fallback_preconnected", lambda v: v == 1) == 1, "the pool never filled"
         taken, filled = (await relay.metrics())[TAKEN], time.monotonic()
     results = await asyncio.gather(asyncio.to_thread(probe, site.port, *args), asyncio.to_thread(probe, relay.port, *args))

@@ -37,8 +37,8 @@ def test_a_pooled_connection_reaching_the_max_age_is_dropped_not_handed_out():
 
 def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_dials_go_to_the_new_one():
     pool = backend_pool.Pool(2)
-    pool.used(0.0)
-    pool.used(0.0)
+    for _ in range(3):  # three visitors at once: the first owes nothing (a lone visit), the others one each
+        pool.used(0.0)
     for conn in ("a1", "a2"):
         pool.dial_started()
         pool.dialed(conn, A, 0.0)
@@ -52,7 +52,7 @@ def test_a_connection_to_an_address_the_name_no_longer_has_is_dropped_and_new_di
 
 def test_failed_dials_back_off_one_at_a_time_doubling_to_a_bound():
     pool = backend_pool.Pool(4)
-    for _ in range(4):
+    for _ in range(5):
         pool.used(0.0)
     assert pool.dials_due(A, 0.0) == 4
     delays, now = [], 0.0
@@ -82,8 +82,9 @@ def test_a_pool_without_visitors_for_the_warm_period_is_not_refilled():
     pool = backend_pool.Pool(2, warm=60.0)
     assert pool.dials_due(A, 0.0) == 0  # cold from the start: nothing dialed for nobody
     pool.used(10.0)
-    assert pool.dials_due(A, 10.0) == 1  # one visit: one connection for the next visitor
-    assert pool.dials_due(A, 70.0) == 0
+    pool.used(10.5)
+    assert pool.dials_due(A, 10.5) == 1  # a second visit soon after: one connection for the next one
+    assert pool.dials_due(A, 70.5) == 0
 
 
 def test_a_closed_pool_hands_back_its_connections_and_takes_no_more():
@@ -188,9 +189,9 @@ async def make_relay():
 
 
 async def warm(relay: Relay, site: Site, size: int) -> None:
-    """``size`` visitors at once (dialed: the pool starts cold, and each is owed one pooled
-    connection), then the pool fills."""
-    streams = [await asyncio.open_connection("127.0.0.1", relay.addresses[0][1]) for _ in range(size)]
+    """``size`` + 1 visitors at once (dialed: the pool starts cold; the first visit owes
+    nothing, each other one pooled connection), then the pool fills."""
+    streams = [await asyncio.open_connection("127.0.0.1", relay.addresses[0][1]) for _ in range(size + 1)]
     try:
         for _, writer in streams:  # all sent before the relay reads any: none finds a pooled one
             writer.write(b"GET /warm")
@@ -218,7 +219,7 @@ async def test_a_site_connection_takes_a_pooled_connection_and_the_pool_refills(
     assert len(used) == 1 and used[0] in pooled  # accepted before the visitor came
     await until(lambda: relay.snapshot()["fallback_preconnected"] == 2 and len(site.idle()) == 2, "no refill")
     snapshot = relay.snapshot()
-    assert snapshot["fallback:connected"] == 3 and snapshot["fallback_active"] <= 2, snapshot
+    assert snapshot["fallback:connected"] == 4 and snapshot["fallback_active"] <= 2, snapshot
     assert snapshot["connections_open"] == 0 and snapshot["tunnels_active"] == 0, snapshot  # never tunnels
     assert relay._fds_held() == 2 * len(relay.fallback.splices) + 2  # the pool's descriptors count
 
@@ -253,10 +254,10 @@ async def test_pooled_connections_the_backend_closed_are_skipped_and_the_visitor
     else:
         await until(lambda: all(_tcp_state(s) == TCP_CLOSE for s in socks), "the resets never arrived")
     assert (await visit(relay, b"GET /after"))[0] == b"GET /after"
-    assert relay.snapshot()["fallback:connected"] == 3
+    assert relay.snapshot()["fallback:connected"] == 4
 
 
-async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_backs_off(make_relay, monkeypatch, caplog):
+async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_backs_off(make_relay, monkeypatch, caplog, no_expiry):
     monkeypatch.setattr(backend_pool, "BACKOFF_MIN", 30.0)  # within the test: the first round of pool dials only
     dials = []
     real_dial = fallback._dial
@@ -308,17 +309,18 @@ async def test_a_pooled_connection_starts_with_the_proxy_header_of_its_visitor(m
     try:
         relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1,
                                  fallback_proxy_protocol=version)
-        for i in range(2):
+        for i in range(3):  # a lone visit (no pool for it), a second (dialed, owes one), one on the pooled
             reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
             writer.write(b"GET /%d" % i)
             assert await asyncio.wait_for(reader.readexactly(2), 5) == b"ok"
             client_port = writer.get_extra_info("sockname")[1]
             writer.close()
-            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(accepted) == i + 2, "the pool never filled")
+            if i:
+                await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(accepted) == i + 2, "the pool never filled")
             parsed = proxy_protocol.parse_header(got[-1])
             assert parsed is not None and parsed.source == ("127.0.0.1", client_port), got[-1]
             assert got[-1][parsed.length:] == b"GET /%d" % i
-        assert relay.snapshot()["fallback:connected"] == 2
+        assert relay.snapshot()["fallback:connected"] == 3 and relay.snapshot()["fallback_preconnect_taken"] == 1
         await relay.close()
     finally:
         for writer in accepted:
@@ -387,16 +389,17 @@ async def test_a_pooled_connection_whose_site_spoke_first_is_not_used_and_the_vi
     server = await asyncio.start_server(greet, "127.0.0.1", 0)
     try:
         relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
-        for i in range(2):  # dialed, then the pooled one (greeted) discarded and dialed again
+        for i in range(3):  # lone, dialed (owes one), then the pooled one (greeted) discarded and dialed again
             reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
             writer.write(b"HELO %d\r\n" % i)
             assert await asyncio.wait_for(reader.readexactly(19), 5) == b"220 ready\r\nHELO %d\r\n" % i
             writer.close()
-            await until(lambda: relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
-            socks = _pooled_socks(relay)
-            await until(lambda: _waiting(socks[0]) == b"2", "no greeting waiting")
-        assert got[:3] == [b"HELO 0\r\n", b"", b"HELO 1\r\n"]  # the pooled one got nothing
-        assert relay.snapshot()["fallback:connected"] == 2
+            if i:
+                await until(lambda: relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
+                socks = _pooled_socks(relay)
+                await until(lambda: _waiting(socks[0]) == b"2", "no greeting waiting")
+        assert got[:4] == [b"HELO 0\r\n", b"HELO 1\r\n", b"", b"HELO 2\r\n"]  # the pooled one got nothing
+        assert relay.snapshot()["fallback:connected"] == 3
         await relay.close()
     finally:
         for w in writers:
@@ -424,8 +427,8 @@ async def test_a_dial_that_connects_after_the_name_moved_is_not_pooled_and_does_
     pre = preconnect.Preconnector(loop, 2, lambda: current[0], lambda address: fallback._dial(address, b"")[0],
                                   may_dial, lambda exc, delay: None)
     try:
-        pre.pool.used(loop.time())
-        pre.pool.used(loop.time())  # two visitors: two dials owed
+        for _ in range(3):  # three visitors at once: two dials owed (the first is a lone visit)
+            pre.pool.used(loop.time())
         pre.fill()
         assert len(pre.pending) == 1  # to the old address, not yet connected
         current[0] = ("127.0.0.1", new.port)
@@ -450,13 +453,13 @@ async def test_a_pooled_connection_the_site_wrote_to_is_discarded_and_the_visito
     not this visitor's. The peek saw bytes and called it open; now any byte or EOF discards it."""
     writers: list[asyncio.StreamWriter] = []
     got: list[bytes] = []  # per connection, in accept order
-    stale = asyncio.Event()
+    stale = {2}  # the pool's connection (after a lone visit and a second one) gets the stale answer
 
     async def serve(reader, writer):
         index = len(writers)
         writers.append(writer)
         got.append(b"")
-        if stale.is_set():  # the site gives up on an idle connection
+        if index in stale:  # the site gives up on an idle connection
             writer.write(b"HTTP/1.1 408 Request Timeout\r\n\r\n")
             if then == "close":
                 writer.close()
@@ -469,15 +472,14 @@ async def test_a_pooled_connection_the_site_wrote_to_is_discarded_and_the_visito
     server = await asyncio.start_server(serve, "127.0.0.1", 0)
     try:
         relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
-        assert (await visit(relay, b"GET /0"))[0] == b"GET /0"  # dialed: the pool starts cold
-        stale.set()  # the pool's connection gets the stale answer
-        await until(lambda: len(writers) == 2 and relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
+        for i in range(2):  # dialed: the pool starts cold (and a lone visit owes nothing)
+            assert (await visit(relay, b"GET /%d" % i))[0] == b"GET /%d" % i
+        await until(lambda: len(writers) == 3 and relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
         socks = _pooled_socks(relay)
         await until(lambda: _waiting(socks[0]) is not None, "nothing waiting on the pooled connection")
-        stale.clear()  # the next dial is a healthy connection
-        assert (await visit(relay, b"GET /1"))[0] == b"GET /1"  # the echo, not the 408 or an EOF
-        assert got[2] == b"GET /1" and got[1] == b"", got  # a fresh dial, the pooled one unused
-        assert relay.snapshot()["fallback:connected"] == 2
+        assert (await visit(relay, b"GET /2"))[0] == b"GET /2"  # the echo, not the 408 or an EOF
+        assert got[3] == b"GET /2" and got[2] == b"", got  # a fresh dial, the pooled one unused
+        assert relay.snapshot()["fallback:connected"] == 3
         await relay.close()
     finally:
         for w in writers:
@@ -493,7 +495,7 @@ def _simulate(pool: backend_pool.Pool, visits: list[float], end: float) -> tuple
     dials = hits = 0
     pending, now = sorted(visits), 0.0
     while now < end:
-        if pending and pending[0] <= now:
+        while pending and pending[0] <= now:  # visits at once: one after the other
             pending.pop(0)
             pool.used(now)
             conn, _ = pool.pop(A, now)
@@ -514,8 +516,11 @@ def test_a_visit_a_minute_opens_no_more_backend_connections_than_visits():
     closed without a byte (logged as an error by a backend that wants a PROXY header)."""
     visits = [60.0 * i for i in range(10)]
     dials, hits = _simulate(backend_pool.Pool(4), visits, 600.0)
-    assert dials <= len(visits), dials  # at most one per visit: the replacement of what it used
+    assert dials == 0, dials  # visits farther apart than MAX_AGE: a pooled connection would serve none
     assert hits == 0  # a pool that old would be a connection the site is about to close
+    for gap in (10.0, backend_pool.MAX_AGE):
+        visits = [gap * i for i in range(60)]
+        assert _simulate(backend_pool.Pool(4), visits, visits[-1] + 1) == (0, 0), gap
 
 
 def test_under_steady_visits_the_pool_serves_them_opening_about_one_connection_per_visit():
@@ -523,7 +528,7 @@ def test_under_steady_visits_the_pool_serves_them_opening_about_one_connection_p
     so the backend sees at most one connection per visit plus the pool (as without a pool)."""
     visits = [0.2 * i for i in range(500)]  # 5 a second for 100 s
     dials, hits = _simulate(backend_pool.Pool(4), visits, 100.0)
-    assert hits >= len(visits) - 1, hits  # all but the first (the pool starts cold)
+    assert hits >= len(visits) - 2, hits  # all but the first two (the pool starts cold, the first visit owes nothing)
     assert dials <= len(visits) + 4, dials
 
 
@@ -532,10 +537,12 @@ def test_a_burst_grows_the_pool_to_the_burst_and_a_single_visitor_keeps_one():
     for _ in range(3):  # three visitors at once (a page's parallel requests), all dialing
         pool.used(0.0)
         assert pool.pop(A, 0.0)[0] is None
-    assert pool.dials_due(A, 0.0) == 3
+    assert pool.dials_due(A, 0.0) == 2  # the first of them owes nothing (a lone visit: nobody to serve)
     pool = backend_pool.Pool(4)
     pool.used(0.0)
-    assert pool.dials_due(A, 0.0) == 1  # one visitor: one connection for the next one
+    assert pool.dials_due(A, 0.0) == 0  # one visitor alone: no pooled connection for nobody
+    pool.used(1.0)
+    assert pool.dials_due(A, 1.0) == 1  # a second within MAX_AGE: one for the next one
 
 
 # -- the pool within the relay's bounds, never in a visitor's way ----------------------------
@@ -562,7 +569,7 @@ async def test_near_the_descriptor_ceiling_a_visitor_is_served_and_the_pool_give
         writer.write(b"GET /ceiling")
         assert await asyncio.wait_for(reader.readexactly(12), 5) == b"GET /ceiling"
         snapshot = relay.snapshot()
-        assert snapshot.get("fallback:file_descriptors_exhausted", 0) == 0 and snapshot["fallback:connected"] == 3, snapshot
+        assert snapshot.get("fallback:file_descriptors_exhausted", 0) == 0 and snapshot["fallback:connected"] == 4, snapshot
         await _refilled(relay.fallback.preconnect)
         assert not relay.site_fds_short  # the pool did not take the descriptors back for itself
     finally:
@@ -588,7 +595,7 @@ async def test_the_pool_and_the_site_connections_together_stay_under_the_connect
             assert len(relay.fallback.splices) + pre.fds <= 3, (len(relay.fallback.splices), pre.fds)
             await until(lambda: len(open_()) == len(relay.fallback.splices) + len(pre), "the site's count never settled")
         snapshot = relay.snapshot()
-        assert snapshot["fallback:connected"] == 5 and snapshot.get("fallback:max_connections", 0) == 0, snapshot  # 2 warm-up + 3
+        assert snapshot["fallback:connected"] == 6 and snapshot.get("fallback:max_connections", 0) == 0, snapshot  # 3 warm-up + 3
     finally:
         for writer in held:
             writer.close()
