@@ -67,7 +67,7 @@ def test_a_pod_cannot_reach_a_resolver_or_proxy_running_on_the_machine(layout, k
     assert not got, f"a host listener on 0.0.0.0:{port} got a pod's datagram: {got}"
 
 
-def test_pod_processes_run_in_the_cgroup_the_pods_output_rule_matches():
+def test_pod_processes_run_in_the_cgroup_the_pods_output_rule_matches(layout):  # noqa: F811 - local backend only: this machine's cgroups
     """F5, the cause: every pod process sits under cgroups.PODS in the v2 hierarchy, which
     ZTR-E2E-PODS-OUT matches (v4 and v6)."""
     root = cgroups.unified_root()
@@ -123,7 +123,7 @@ def test_a_pod_cannot_reach_a_listener_of_the_machine_in_the_node_port_range(lay
     assert not got, f"a host listener on 0.0.0.0:{port} (NodePort range) got a pod's datagram: {got}"
 
 
-def test_a_host_network_pod_cannot_reach_a_resolver_of_the_machine_on_loopback(kubectl, host_network_pod):
+def test_a_host_network_pod_cannot_reach_a_resolver_of_the_machine_on_loopback(layout, kubectl, host_network_pod):  # noqa: F811
     """F26 (review-harness2). OUTPUT let pods (hostNetwork) and the harness's processes send
     anything to loopback, where a desktop's resolver listens (systemd-resolved on 127.0.0.53)."""
     listener, port = _udp_listener("127.0.0.53", [53])
