@@ -11,8 +11,10 @@ def test_a_docker_image_loaded_into_the_cluster_runs_in_a_pod(cluster, kubectl, 
     if cluster.backend == "local":
         docker.up()  # idempotent; CI runs `python -m e2e.cluster docker-up` before the tests
     subprocess.run(["docker", "load"], input=testimages.busybox_archive(DOCKER_TAG), check=True, capture_output=True, timeout=120)
-    load_image(DOCKER_TAG)
-    kubectl("run", "from-docker", "-n", namespace, "--labels=app=from-docker", f"--image={DOCKER_TAG}",
-            "--image-pull-policy=Never", "--", "sh", "-c", "echo loaded-from-docker && sleep 3600")
+    image = load_image(DOCKER_TAG)  # on --cluster=existing: the reference pushed to --image-registry
+    # Never pulled where it was loaded into the node (local, kind); pulled from the registry otherwise.
+    policy = "IfNotPresent" if cluster.backend == "existing" else "Never"
+    kubectl("run", "from-docker", "-n", namespace, "--labels=app=from-docker", f"--image={image}",
+            f"--image-pull-policy={policy}", "--", "sh", "-c", "echo loaded-from-docker && sleep 3600")
     (pod,) = wait_for_pods_ready(namespace, "app=from-docker")
     assert kubectl("logs", "-n", namespace, pod["metadata"]["name"]).stdout.strip() == "loaded-from-docker"
