@@ -71,7 +71,7 @@ COMPONENTS = (
     Component("kube-scheduler", configs.scheduler_command),
     # The loopback registry containerd may pull from (configs.registry_hosts): where
     # `--cluster=existing --image-registry 127.0.0.1:23795/<path>` pushes its images when that
-    # backend is pointed at this cluster (a test that does it in CI is not landed yet).
+    # backend is pointed at this cluster (a recorded run, not in CI: README, "The same e2e elsewhere").
     Component(
         "registry", configs.registry_command, lambda layout, state: _http_ok(f"http://{layout.registry}/v2/"),
         env=configs.registry_environment,
