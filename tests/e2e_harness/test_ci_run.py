@@ -20,7 +20,17 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     #!{sys.executable}
     import os, sys, time
     args = " ".join(sys.argv[1:])
+    with open(os.path.join(os.environ["ZTR_FAKE_STATE"], "calls"), "a") as f:
+        f.write(args + "\\n")
     part = "rest" if "--part=no-cluster" in args else "cluster" if "--part=cluster" in args else None
+    if sys.argv[1:3] == ["-m", "venv"]:  # .ci/venv's template: this interpreter and a fake pip
+        os.makedirs(os.path.join(sys.argv[3], "bin"))
+        for name, text in (("python", open(sys.argv[0]).read()), ("pip", "#!/bin/sh\\n[ \\"$1\\" = freeze ] && echo fake==1\\nexit 0\\n")):
+            with open(os.path.join(sys.argv[3], "bin", name), "w") as f:
+                f.write(text)
+            os.chmod(os.path.join(sys.argv[3], "bin", name), 0o755)
+        with open(os.path.join(sys.argv[3], "pyvenv.cfg"), "w") as f:
+            f.write("command = python3 -m venv " + sys.argv[3] + "\\n")
     if part is None:
         sys.exit(0)
     state = os.environ["ZTR_FAKE_STATE"]
@@ -46,16 +56,14 @@ FAKE_PYTHON = textwrap.dedent(f"""\
 def ci(tmp_path):
     root = tmp_path / "repo"
     (root / ".ci").mkdir(parents=True)
-    shutil.copy2(REPO / ".ci" / "run", root / ".ci" / "run")
+    for script in ("run", "venv"):
+        shutil.copy2(REPO / ".ci" / script, root / ".ci" / script)
     (root / ".ci" / "requirements.lock").write_text("fake==1\n")
-    bin_dir, venv_bin, state = tmp_path / "bin", root / ".venv" / "bin", tmp_path / "state"
-    for d in (bin_dir, venv_bin, state):
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    for d in (bin_dir, state):
         d.mkdir(parents=True)
-    for path in (bin_dir / "python3", venv_bin / "python"):
-        path.write_text(FAKE_PYTHON)
-        path.chmod(0o755)
-    (venv_bin / "pip").write_text("#!/bin/sh\n[ \"$1\" = freeze ] && echo fake==1\nexit 0\n")
-    (venv_bin / "pip").chmod(0o755)
+    (bin_dir / "python3").write_text(FAKE_PYTHON)
+    (bin_dir / "python3").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path)}
 
     def start(**actions: str) -> subprocess.Popen:
@@ -64,7 +72,7 @@ def ci(tmp_path):
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
         )
 
-    start.state = state
+    start.state, start.root, start.env, start.cache = state, root, env, tmp_path / ".cache" / "zt-relay" / "venvs"
     return start
 
 
@@ -118,3 +126,32 @@ def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its
     assert "REST-TEARDOWN" in out, out
     assert "REST-OUTPUT" in out, out
     assert not alive(rest_pid), out
+
+
+def run_venv(ci) -> None:
+    run = subprocess.run(["bash", str(ci.root / ".ci" / "venv")], env=ci.env, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def calls(ci, part: str) -> int:
+    return sum(part in line for line in (ci.state / "calls").read_text().splitlines())
+
+
+def test_the_venv_is_a_copy_of_a_template_built_once_per_lock(ci):
+    """.ci/venv: the locked dependencies are installed once per lock into a template in the
+    per-user cache; each run's .venv is a hard-linked copy naming its own directory, with the
+    project installed into it; a changed lock gets a new template, not the old one."""
+    run_venv(ci)
+    run_venv(ci)
+    assert calls(ci, "-m venv") == 1 and calls(ci, "-r .ci/requirements.lock") == 1
+    assert calls(ci, "-e .[operator,test]") == 2
+    (template,) = [p for p in ci.cache.iterdir() if not p.name.startswith(".")]
+    venv = ci.root / ".venv"
+    assert (venv / "pyvenv.cfg").read_text() == f"command = python3 -m venv {venv}\n"
+    assert str(ci.cache) in (template / "pyvenv.cfg").read_text()  # the template keeps its own
+    assert (venv / "bin" / "python").stat().st_ino == (template / "bin" / "python").stat().st_ino
+
+    (ci.root / ".ci" / "requirements.lock").write_text("fake==2\n")
+    run_venv(ci)
+    assert calls(ci, "-m venv") == 2 and calls(ci, "-r .ci/requirements.lock") == 2
+    assert len([p for p in ci.cache.iterdir() if not p.name.startswith(".")]) == 2
