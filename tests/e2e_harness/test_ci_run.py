@@ -66,10 +66,13 @@ def ci(tmp_path):
     (bin_dir / "python3").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path)}
 
-    def start(**actions: str) -> subprocess.Popen:
+    def start(sigint=signal.SIG_DFL, **actions: str) -> subprocess.Popen:
+        """`sigint`: .ci/run's SIGINT at entry (SIG_IGN: started as a background job or by nohup;
+        whatever the test session's own was)."""
         return subprocess.Popen(
             ["bash", str(root / ".ci" / "run")], env={**env, **{f"ZTR_FAKE_{k.upper()}": v for k, v in actions.items()}},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
 
     start.state, start.root, start.env, start.cache = state, root, env, tmp_path / ".cache" / "zt-relay" / "venvs"
@@ -108,12 +111,15 @@ def alive(pid: int) -> bool:
     return True
 
 
-@pytest.mark.parametrize("how", ["SIGTERM to .ci/run", "Ctrl-C (SIGINT to its process group)"])
+@pytest.mark.parametrize("how", ["SIGTERM to .ci/run", "Ctrl-C (SIGINT to its process group)",
+                                 "SIGTERM to .ci/run started with SIGINT ignored (a background job)"])
 def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its_output(ci, how):
     """.ci/run interrupted while the no-cluster part still runs: that part gets pytest's
     KeyboardInterrupt (its fixtures' teardown: containers, relays), is waited for, its output
-    shown, and the run fails."""
-    proc = ci(cluster="exit 0", rest="hang")
+    shown, and the run fails. Also when .ci/run itself started with SIGINT ignored, which bash
+    cannot undo (`trap - INT` leaves a signal ignored at entry ignored) and pytest inherits."""
+    ignored = how.endswith("(a background job)")
+    proc = ci(cluster="exit 0", rest="hang", sigint=signal.SIG_IGN if ignored else signal.SIG_DFL)
     rest_pid = wait_for(ci.state / "rest.pid")
     # Whether .ci/run is still in the cluster part (it finishes that first) or already waits on
     # the background part, the checks below hold.
