@@ -352,7 +352,7 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
         return hpa if utilization(hpa) is not None else None
 
     # Baseline: idle, the autoscaler measures usage under the target and wants the minimum.
-    baseline = wait_for("the autoscaler's first measurement", measured, 120, interval=5)
+    baseline = wait_for("the autoscaler's first measurement", measured, 120, interval=2)
     assert utilization(baseline) < target, baseline["status"]
     assert baseline["status"]["desiredReplicas"] == 1
     address = relay_json(kubectl, ns, name)["status"]["address"]
@@ -362,7 +362,7 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
             hpa = kubectl.json("get", "hpa", name, "-n", ns)
             return hpa if hpa["status"].get("desiredReplicas", 0) >= 2 else None
 
-        hpa = wait_for("the autoscaler to want 2 relay pods", scaled_up, 240, interval=5)
+        hpa = wait_for("the autoscaler to want 2 relay pods", scaled_up, 240, interval=2)
     finally:
         packets = int(load.finish())
     assert packets > 0
