@@ -64,3 +64,16 @@ def test_a_pod_full_of_site_connections_alerts_by_the_relays_own_result_names(re
     assert re.search(rf"by \([^)]*\b{label}\b[^)]*\)", alert["expr"]), alert["expr"]  # the summary names the result
     assert f"$labels.{label}" in alert["annotations"]["summary"]
     assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]  # the same threshold as ZtRelayFull (default 0)
+
+
+def test_the_site_full_alert_names_the_relay_resources_field_and_keeps_a_threshold_on_old_values(render):
+    """The chart runs relays as ZeroTierRelay resources: who gets ZtRelaySiteFull raises the
+    cap in ``spec.fallback.maxConnections`` (the operator passes it as
+    --fallback-max-connections), not a flag they never set. And as ZtRelayFull, it keeps a
+    threshold under `helm upgrade --reuse-values` from a release whose values lack it."""
+    docs = render("monitoring.prometheusRule.enabled=true", "monitoring.prometheusRule.fullRefusalsPerSecond=null",
+                  include_crds=False)
+    rule = next(d for d in docs if d["kind"] == "PrometheusRule")
+    alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "ZtRelaySiteFull")
+    assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]
+    assert "spec.fallback.maxConnections" in alert["annotations"]["description"], alert["annotations"]["description"]
