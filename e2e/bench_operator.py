@@ -140,6 +140,22 @@ def operator_memory(kubectl, node: str, namespace: str) -> dict[str, float]:
     return found
 
 
+def start_lists(relays: int) -> int:
+    """LIST requests per child kind by the end of a restarted operator's start, at least: the
+    watch's LIST, then the relist (RELIST_DELAY after the watches' LISTs), each in pages of
+    PAGE_SIZE (handlers.configure gives Kopf that chunk_size); more if other namespaces
+    hold relays (then the watch pages through them too, or the relist LISTs every namespace)."""
+    pages = max(1, math.ceil(relays / kube.PAGE_SIZE))
+    return 2 * pages
+
+
+def restart_relisted(before: dict[str, float], now: dict[str, float], relays: int) -> bool:
+    """Whether the LIST counts ``now`` (``list_counts``) show a restarted operator's start
+    over, from the counts ``before`` it started."""
+    least = start_lists(relays)
+    return all(now[k] - before[k] >= least for k in CHILDREN)
+
+
 def list_counts(kubectl) -> dict[str, float]:
     """LIST requests the API server answered so far, by child resource (every client's: on
     this test cluster only the operator LISTs these kinds after start; controllers watch)."""
@@ -333,16 +349,12 @@ def paged(ns: str, kubectl, wait_for) -> None:
     ready = time.monotonic() - started
     wait_for(f"the new operator reconciled {PAGED} relays", lambda: reconciliations(kubectl, ns, new) >= PAGED, 900, interval=2)
     passes = time.monotonic() - started
-    # The start is over with its relist (RELIST_DELAY after the watches' LISTs): per child
-    # kind the watch's LIST and at least PAGED / PAGE_SIZE pages (more if other namespaces
-    # hold relays: then one LIST in every namespace).
-    least = 1 + math.ceil(PAGED / kube.PAGE_SIZE)
-
     def relisted():
         lists = list_counts(kubectl)
-        return lists if all(lists[k] - lists0[k] >= least for k in CHILDREN) else None
+        return lists if restart_relisted(lists0, lists, PAGED) else None
 
-    lists1 = wait_for(f"the new operator's relist ({least} LISTs of each of {', '.join(CHILDREN)})", relisted, 300, interval=2)
+    lists1 = wait_for(f"the new operator's relist ({start_lists(PAGED)} LISTs of each of {', '.join(CHILDREN)})",
+                      relisted, 300, interval=2)
     requests1, (cpu, _) = operator_requests(kubectl, ns), operator_cpu_seconds(kubectl, node, ns)
     print(f"start: ready {ready:.1f} s after the old pod's deletion, every relay reconciled at {passes:.1f} s; "
           f"{requests1 - requests0:.0f} operator requests until {time.monotonic() - started:.0f} s; "

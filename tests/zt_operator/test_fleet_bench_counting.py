@@ -5,9 +5,13 @@ read as 0 requests/s and passed the <= 2 target whatever the operator did."""
 
 from __future__ import annotations
 
+import inspect
+import math
+
 import pytest
 
 from e2e import bench_operator
+from zt_operator import handlers, kube
 
 METRICS = """\
 # TYPE apiserver_flowcontrol_dispatched_requests_total counter
@@ -62,3 +66,31 @@ def test_the_fleet_deletion_is_not_read_as_done_when_kubectl_get_fails(monkeypat
 
     assert deleted and seen == [False]
     assert "not yet deleted" in capsys.readouterr().out
+
+
+def test_a_restarted_operators_start_is_not_over_before_its_relist_has_read_every_page():
+    """The thousands bench waits for the restarted operator's relist before it measures the
+    start. The watches' own LISTs are paged too (handlers.configure: Kopf's chunk_size is
+    kube.PAGE_SIZE), so 2000 relays' children take ceil(2000 / PAGE_SIZE) LISTs per kind
+    before the relist begins, and the relist as many again: counting the watch's LIST as
+    one request ended the wait at the relist's first page."""
+    relays = 2000
+    pages = math.ceil(relays / kube.PAGE_SIZE)
+    assert pages > 1  # else this test shows nothing
+    before = {k: 7.0 for k in bench_operator.CHILDREN}
+
+    def after(lists: int) -> dict[str, float]:
+        return {k: 7.0 + lists for k in bench_operator.CHILDREN}
+
+    assert not bench_operator.restart_relisted(before, after(pages), relays)  # the watches' LISTs only
+    assert not bench_operator.restart_relisted(before, after(pages + 1), relays)  # and the relist's first page
+    assert not bench_operator.restart_relisted(before, after(2 * pages - 1), relays)
+    assert bench_operator.restart_relisted(before, after(2 * pages), relays)
+    # One kind behind is not over.
+    assert not bench_operator.restart_relisted(before, {**after(2 * pages), "services": 7.0 + pages}, relays)
+
+
+def test_the_operators_watches_list_in_the_pages_the_bench_counts():
+    """The page count above holds only while the operator sets Kopf's chunk_size to PAGE_SIZE."""
+    source = inspect.getsource(handlers.configure)
+    assert "settings.watching.chunk_size = kube.PAGE_SIZE" in source
