@@ -77,3 +77,11 @@ def test_the_site_full_alert_names_the_relay_resources_field_and_keeps_a_thresho
     alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if r.get("alert") == "ZtRelaySiteFull")
     assert re.search(r"\) > 0$", alert["expr"]), alert["expr"]
     assert "spec.fallback.maxConnections" in alert["annotations"]["description"], alert["annotations"]["description"]
+
+
+def test_every_result_the_relay_counts_for_site_connections_is_judged_full_or_not():
+    """A result added to relay/fallback.py (its str constants are the label values of
+    zt_relay_fallback_connections_total) must be sorted into SITE_FULL or SITE_NOT_FULL:
+    a new "no room" result would otherwise never reach ZtRelaySiteFull."""
+    results = {v for k, v in vars(fallback).items() if k.isupper() and isinstance(v, str)}
+    assert results == SITE_FULL | SITE_NOT_FULL, results ^ (SITE_FULL | SITE_NOT_FULL)
