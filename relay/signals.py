@@ -12,8 +12,10 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def stop_signals(queue: asyncio.Queue | None = None, at_once: Callable[[], None] | None = None) -> asyncio.Queue:
     """A queue that receives SIGTERM and SIGINT for the rest of the process's life.
 
-    ``at_once`` runs in the handler itself, before whatever waits on the queue is woken (a
-    few loop iterations later): a readiness probe answered in between already sees it.
+    ``at_once`` runs in Python's own handler, at the main thread's next bytecode after the
+    signal (before any loop callback: the loop's handler only runs once the self-pipe is
+    read, after what that loop iteration had already queued, and a signal taken by a libuv
+    worker thread may write the pipe late): a readiness probe answered after it sees it.
 
     Unblocks them afterwards: a worker starts with them blocked (see workers.py), so one
     that arrived while it was starting is delivered now, to the handler, instead of being
@@ -21,12 +23,20 @@ def stop_signals(queue: asyncio.Queue | None = None, at_once: Callable[[], None]
     loop = asyncio.get_running_loop()
     queue = asyncio.Queue() if queue is None else queue
 
-    def handle(sig: int) -> None:
-        if at_once is not None:
-            at_once()
-        queue.put_nowait(sig)
-
     for sig in STOP_SIGNALS:
-        loop.add_signal_handler(sig, handle, sig)
+        loop.add_signal_handler(sig, queue.put_nowait, sig)  # sets the wakeup fd: the loop wakes
+        if at_once is not None:
+            signal.signal(sig, _first(at_once, signal.getsignal(sig)))
     signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
     return queue
+
+
+def _first(at_once: Callable[[], None], loops: Callable) -> Callable:
+    """A Python signal handler running ``at_once``, then the loop's own (uvloop records the
+    signal in it; asyncio's does nothing: both read the wakeup fd)."""
+
+    def handler(sig: int, frame) -> None:
+        at_once()
+        loops(sig, frame)
+
+    return handler
