@@ -13,10 +13,11 @@ import struct
 
 import pytest
 
-from relay import backend_name, backend_pool, fallback, limits, preconnect, proxy_protocol, server
+from relay import backend_name, backend_pool, fallback, limits, preconnect, proxy_protocol, server, stats
 from relay.cli import UsageError, parse_config
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
+from tests.relay.conftest import Client
 
 A, B = ("127.0.0.1", 1), ("127.0.0.1", 2)
 TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state
@@ -627,3 +628,24 @@ async def test_under_a_budget_pooled_connections_are_reserved_and_give_way_to_a_
         assert len(relay.fallback.splices) * one_visitor + pre.fds * pooled <= relay.write_room, pre.fds
     finally:
         writer.close()
+
+
+async def test_near_the_descriptor_ceiling_a_tunnel_is_admitted_and_the_pool_gives_way(make_relay, site, no_expiry):
+    """The pool gave way to site visitors only: a ZeroTier tunnel coming when the pool's
+    descriptors were the last ones was refused (file_descriptors_exhausted) while the pool
+    held them (until they aged out unreplaced)."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, allow_destination=("127.0.0.0/8",), min_destination_port=1)
+    await warm(relay, site, 2)
+    await until(lambda: not relay.fallback.splices, "the warm-up visits stayed")
+    assert relay.fallback.preconnect.fds == 2
+    # The ceiling where the tunnel's connection takes the last descriptor before the headroom
+    # while the pool holds its two: short with the pool only.
+    relay.fd_base = relay.nofile - limits.FD_HEADROOM - (relay._fds_held() + 1)
+    assert relay.fd_base > 0
+    client = await Client.connect(relay.addresses[0][1])
+    try:
+        await until(lambda: relay.stats.opened or relay.stats.refused[stats.FILE_DESCRIPTORS], "the tunnel was never decided")
+        assert relay.stats.refused[stats.FILE_DESCRIPTORS] == 0 and relay.stats.opened == 1
+        assert relay.fallback.preconnect.fds < 2
+    finally:
+        await client.close()
