@@ -57,7 +57,10 @@ class Pool:
         """A site connection came: one more dial is owed (up to the pool's size) if the pool
         is in use: it holds a connection (this visitor takes it), or the previous visit came
         within ``max_age`` (a pooled connection would have served this one). A lone visit
-        owes nothing: visits farther apart than that open no connection for nobody."""
+        owes nothing: visits farther apart than that open no connection for nobody, nor do
+        the dials still owed when the pool went cold (``warm``: no room to dial them then)."""
+        if now - self.last_use >= self.warm:
+            self.owed = 0
         if (self.entries or now - self.last_use < self.max_age) and self.owed < self.size:
             self.owed += 1
         self.last_use = now

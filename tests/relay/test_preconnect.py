@@ -649,3 +649,18 @@ async def test_near_the_descriptor_ceiling_a_tunnel_is_admitted_and_the_pool_giv
         assert relay.fallback.preconnect.fds < 2
     finally:
         await client.close()
+
+
+def test_dials_owed_before_a_quiet_period_are_not_made_for_a_lone_visit_after_it():
+    """Dials owed while the pool could not dial (no room: --fallback-max-connections, the
+    descriptors, the memory; or the backend down) outlived the quiet: an hour later, a lone
+    visit made the pool dial all of them, for nobody."""
+    pool = backend_pool.Pool(4)
+    for t in (0.0, 0.1, 0.2):  # a burst while the pool has no room: nothing dialed
+        pool.used(t)
+        assert pool.pop(A, t)[0] is None
+    assert pool.dials_due(A, 0.2) == 2  # owed (and dialed once there is room)
+    later = 3600.0
+    assert pool.dials_due(A, later) == 0  # cold
+    pool.used(later)  # one visitor alone
+    assert pool.dials_due(A, later) == 0
