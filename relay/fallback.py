@@ -482,7 +482,7 @@ class Sniffer(asyncio.Protocol):
     def _acquire(self) -> bool:
         relay = self.router.relay
         reason = relay.take_slot(self, self.client[0])
-        if reason is None and relay.fds_short_past_pool():  # as a tunnel would be (server.py admit)
+        if reason is None and relay.fds_short:  # as a tunnel would be (server.py admit)
             reason = stats.FILE_DESCRIPTORS
         if reason is not None:
             self._forget()

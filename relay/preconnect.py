@@ -27,7 +27,8 @@ What a pooled connection may cost the site, and the guards:
   flight) counts as a backend connection under ``--fallback-max-connections``, as a descriptor
   and, under ``--max-memory``, as its receive buffer (``Relay.site_room``); the pool dials only
   while one more visitor would still fit beside it (``Relay.pool_room``), and gives way
-  (``give_way``) before a visitor would be refused for a descriptor, memory or the cap.
+  (``give_way``) before a visitor would be refused for a descriptor, memory or the cap, and
+  before a tunnel would be refused a descriptor (``Relay.fds_short``).
 - **Backend down**: a failed dial backs off (``backend_pool.BACKOFF_MIN`` doubling up to ``BACKOFF_MAX``,
   one dial at a time); visitors dial it themselves meanwhile, counted as without a pool.
 - **A backend name**: each connection keeps the address it was dialed to; one to an address

@@ -338,7 +338,7 @@ class Relay:
         """Counts the connection against the limits and opens its UDP socket, or refuses it."""
         reason = stats.MEMORY_PRESSURE if self.memory_pressure and not self.closing else self.take_slot(tunnel, tunnel.client[0])
         detail = None
-        if reason is None and self.fds_short_past_pool():
+        if reason is None and self.fds_short:
             reason = stats.FILE_DESCRIPTORS
             detail = f"RLIMIT_NOFILE {self.nofile}, {limits.FD_HEADROOM} kept free for accepts and scrapes"
         if reason is None and self.memory is not None and not self.tunnel_room():
@@ -411,16 +411,17 @@ class Relay:
 
     @property
     def fds_short(self) -> bool:
-        """One more tunnel descriptor would eat into the headroom (``fds_left``)."""
-        return self.fds_left() <= 0
-
-    def fds_short_past_pool(self) -> bool:
-        """``fds_short`` once the preconnect pool has given way (its descriptors are the
-        first a tunnel or a visitor gets: it only dials while there is room to spare)."""
+        """One more tunnel descriptor would eat into the headroom (``fds_left``). Asked only
+        where one is about to be taken (a tunnel's admission and its IPv6 socket, a connection
+        being sniffed): the preconnect pool gives way first (closes what it holds), its
+        descriptors are the first a tunnel or a visitor gets (it dials only with room to spare)."""
+        if self.fds_left() > 0:
+            return False
         pool = self.fallback.preconnect if self.fallback is not None else None
-        while self.fds_short and pool is not None and pool.give_way():
-            pass
-        return self.fds_short
+        while pool is not None and pool.give_way():
+            if self.fds_left() > 0:
+                return False
+        return True
 
     @property
     def site_fds_short(self) -> bool:

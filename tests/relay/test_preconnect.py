@@ -17,7 +17,7 @@ from relay import backend_name, backend_pool, fallback, limits, preconnect, prox
 from relay.cli import UsageError, parse_config
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
-from tests.relay.conftest import Client
+from tests.relay.conftest import Client, Echo
 
 A, B = ("127.0.0.1", 1), ("127.0.0.1", 2)
 TCP_CLOSE, TCP_CLOSE_WAIT = 7, 8  # tcpi_state
@@ -664,3 +664,28 @@ def test_dials_owed_before_a_quiet_period_are_not_made_for_a_lone_visit_after_it
     assert pool.dials_due(A, later) == 0  # cold
     pool.used(later)  # one visitor alone
     assert pool.dials_due(A, later) == 0
+
+
+async def test_near_the_descriptor_ceiling_a_tunnels_ipv6_socket_opens_and_the_pool_gives_way(make_relay, site, no_expiry):
+    """A tunnel's IPv6 UDP socket, opened on its first IPv6 record: with the pool holding
+    the last descriptors, the record was dropped (udp_socket_unavailable) and the next
+    ones for a second."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2, allow_destination=("127.0.0.0/8", "::1/128"),
+                             min_destination_port=1)
+    echo6 = await Echo.bind("::1")
+    client = await Client.connect(relay.addresses[0][1])
+    try:
+        await until(lambda: relay.stats.opened == 1, "the tunnel was never admitted")
+        await warm(relay, site, 2)
+        await until(lambda: not relay.fallback.splices, "the warm-up visits stayed")
+        assert relay.fallback.preconnect.fds == 2
+        # The ceiling where no descriptor is left before the headroom while the pool holds
+        # its two: short with the pool only.
+        relay.fd_base = relay.nofile - limits.FD_HEADROOM - relay._fds_held()
+        assert relay.fds_left() == 0
+        client.send("::1", echo6.port, b"v6 frame" * 3)
+        assert (await client.recv(timeout=5))[2] == b"v6 frame" * 3
+        assert relay.stats.dropped[stats.UDP_SOCKET_UNAVAILABLE] == 0
+    finally:
+        await client.close()
+        echo6.close()
