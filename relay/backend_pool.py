@@ -85,7 +85,7 @@ class Pool:
                 keep.append(e)
             else:
                 stale.append(e.conn)
-                if e.address != address and address is not None:
+                if e.address != address and address is not None and now - e.born < self.max_age:
                     self._owe()  # the name moved: replaced at the new address (an aged one is not)
         self.entries = keep
         return stale
@@ -93,7 +93,10 @@ class Pool:
     def dials_due(self, address: tuple | None, now: float) -> int:
         """How many dials to start now: what visitors are owed, none without an address,
         while backing off, when cold or closed; one at a time after a failure."""
-        if self.closed or address is None or now < self.retry_at or now - self.last_use >= self.warm:
+        if self.closed or now - self.last_use >= self.warm:
+            self.owed = 0  # forgotten: nothing would dial them (the relay's tick asks while any is owed)
+            return 0
+        if address is None or now < self.retry_at:
             return 0
         missing = min(self.size - len(self.entries) - self.dialing, self.owed)
         return max(0, min(missing, 1 - self.dialing) if self.failures else missing)

@@ -689,3 +689,34 @@ async def test_near_the_descriptor_ceiling_a_tunnels_ipv6_socket_opens_and_the_p
     finally:
         await client.close()
         echo6.close()
+
+
+def test_connections_that_aged_out_unused_are_not_replaced_when_the_name_moved_meanwhile():
+    """Aged out unused and to an address the name no longer has: counted as moved, each
+    was replaced at the new address (N connections for nobody per name change)."""
+    pool = backend_pool.Pool(2)
+    for _ in range(3):
+        pool.used(0.0)
+    for conn in ("a1", "a2"):
+        pool.dial_started()
+        pool.dialed(conn, A, 0.0)
+    later = backend_pool.MAX_AGE + 1.0  # no visitor since, the pool still warm
+    assert pool.expire(B, later) == ["a1", "a2"]
+    assert pool.dials_due(B, later) == 0
+
+
+def test_a_cold_or_closed_pool_owes_nothing():
+    """What was owed stayed owed once the pool went cold or closed (draining): the relay's
+    tick, which refills while anything is owed, then ran the pool (and the backend name's
+    refresh) every second for good."""
+    for close in (False, True):
+        pool = backend_pool.Pool(2)
+        for _ in range(3):
+            pool.used(0.0)
+        assert pool.owed == 2
+        if close:
+            pool.close()
+            pool.used(0.1)  # a visitor during the shutdown delay
+        now = 0.1 if close else backend_pool.WARM
+        assert pool.dials_due(A, now) == 0
+        assert pool.owed == 0, close
