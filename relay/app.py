@@ -46,13 +46,18 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     """One relay process. ``publisher`` (workers only) receives periodic snapshots."""
     # Handlers first: a SIGTERM that arrives while starting must drain, not kill.
     relay: Relay | None = None
+    signalled = False
 
     def not_ready() -> None:
+        nonlocal signalled
+        signalled = True
         if relay is not None:
             relay.draining = True
 
     signals = stop_signals(at_once=not_ready)
     relay = Relay(config, telemetry)
+    if signalled:  # before the relay existed: a worker's, forwarded while it started (delivered at the unblock)
+        relay.draining = True
     try:
         await relay.start(reuse_port=config.workers > 1)
     except OSError as exc:

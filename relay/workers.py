@@ -220,13 +220,18 @@ def exit_status(code: int) -> int:
 async def _supervise(config: RelayConfig) -> int:
     events: asyncio.Queue = asyncio.Queue()  # stop signals (int) and exits (worker, code)
     supervisor: Supervisor | None = None
+    signalled = False
 
     def not_ready() -> None:
+        nonlocal signalled
+        signalled = True
         if supervisor is not None:
             supervisor.signalled = True
 
     stop_signals(events, at_once=not_ready)
     supervisor = Supervisor(config)
+    if signalled:  # before the supervisor existed (delivered at the unblock)
+        supervisor.signalled = True
     health = None
     if config.health_listen is not None:
         health = HealthServer(supervisor)
