@@ -435,17 +435,24 @@ class Relay:
         return len(self.fd_reserve) < FD_RESERVE and self.fallback is not None and not self.closing
 
     def _refill_fd_reserve(self) -> None:
-        """Sets the reserve aside once there is room for it and as much again besides."""
-        fds: list[int] = []
-        try:
-            while len(fds) < 2 * FD_RESERVE:
-                fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError:
-            pass
-        if len(fds) == 2 * FD_RESERVE:
-            self.fd_reserve, fds = fds[:FD_RESERVE], fds[FD_RESERVE:]
-        for fd in fds:
-            os.close(fd)
+        """Sets the reserve aside once there is room for it and as much again besides; the
+        preconnect pool gives way for it (it does not dial while the reserve is short)."""
+        pool = self.fallback.preconnect if self.fallback is not None else None
+        while True:
+            fds: list[int] = []
+            try:
+                while len(fds) < 2 * FD_RESERVE:
+                    fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                pass
+            if len(fds) == 2 * FD_RESERVE:
+                self.fd_reserve, fds = fds[:FD_RESERVE], fds[FD_RESERVE:]
+            for fd in fds:
+                os.close(fd)
+            if self.fd_reserve or pool is None or not pool.fds:
+                return
+            while pool.give_way():
+                pass
 
     def _acquire(self, tunnel: Tunnel, host: str) -> str | None:
         key = client_key(host, self.config.ipv6_per_ip_prefix)

@@ -8,6 +8,8 @@ connection, what it got and in which order it was accepted.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import socket
 import struct
 
@@ -720,3 +722,39 @@ def test_a_cold_or_closed_pool_owes_nothing():
         now = 0.1 if close else backend_pool.WARM
         assert pool.dials_due(A, now) == 0
         assert pool.owed == 0, close
+
+
+async def test_the_pool_gives_way_for_the_tunnels_descriptor_reserve_to_be_set_aside_again(make_relay, site, no_expiry, monkeypatch):
+    """Once the tunnels' reserve was released (a tunnel met EMFILE), site connections wait
+    until it can be set aside again: the pool's descriptors were not given up for it (the
+    kernel's ceiling is simulated: these descriptors and the pool's together)."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=2)
+    await warm(relay, site, 2)
+    await until(lambda: not relay.fallback.splices, "the warm-up visits stayed")
+    pre = relay.fallback.preconnect
+    assert pre.fds == 2
+    while relay.fd_reserve:  # released, as server.py does on EMFILE
+        os.close(relay.fd_reserve.pop())
+    room = 2 * server.FD_RESERVE  # what is free with the pool empty: just enough
+    held: set[int] = set()  # opened by the refill and not closed
+    real_open, real_close = os.open, os.close
+
+    def open_(path, flags, *args):
+        if len(held) + pre.fds >= room:
+            raise OSError(errno.EMFILE, "Too many open files")
+        fd = real_open(path, flags, *args)
+        held.add(fd)
+        return fd
+
+    def close_(fd):
+        held.discard(fd)
+        real_close(fd)
+
+    monkeypatch.setattr(os, "open", open_)
+    monkeypatch.setattr(os, "close", close_)
+    try:
+        relay._refill_fd_reserve()
+    finally:
+        monkeypatch.setattr(os, "open", real_open)
+        monkeypatch.setattr(os, "close", real_close)
+    assert len(relay.fd_reserve) == server.FD_RESERVE and not relay.fd_reserve_short, len(relay.fd_reserve)
