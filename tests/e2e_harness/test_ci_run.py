@@ -66,21 +66,41 @@ def ci(tmp_path):
     (bin_dir / "python3").chmod(0o755)
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path)}
 
+    started = []
+
     def start(sigint=signal.SIG_DFL, **actions: str) -> subprocess.Popen:
         """`sigint`: .ci/run's SIGINT at entry (SIG_IGN: started as a background job or by nohup;
         whatever the test session's own was)."""
-        return subprocess.Popen(
+        proc = subprocess.Popen(
             ["bash", str(root / ".ci" / "run")], env={**env, **{f"ZTR_FAKE_{k.upper()}": v for k, v in actions.items()}},
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
+        started.append(proc)
+        return proc
 
     start.state, start.root, start.env, start.cache = state, root, env, tmp_path / ".cache" / "zt-relay" / "venvs"
-    return start
+    yield start
+    for proc in started:  # a test that failed before `finish` (a wait_for that timed out)
+        stop(proc)
 
 
-def finish(proc: subprocess.Popen) -> tuple[int, str]:
-    out, _ = proc.communicate(timeout=60)
+def stop(proc: subprocess.Popen) -> None:
+    """Kill .ci/run's process group (it and its pytest parts: start_new_session) and reap it."""
+    if proc.returncode is None:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.communicate()
+
+
+def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
+    try:
+        out, _ = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        stop(proc)
+        raise
     return proc.returncode, out
 
 
@@ -161,3 +181,27 @@ def test_the_venv_is_a_copy_of_a_template_built_once_per_lock(ci):
     run_venv(ci)
     assert calls(ci, "-m venv") == 2 and calls(ci, "-r .ci/requirements.lock") == 2
     assert len([p for p in ci.cache.iterdir() if not p.name.startswith(".")]) == 2
+
+
+def gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for its (new) parent to reap it."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
+
+
+def test_a_run_that_outlives_its_timeout_is_stopped_with_everything_it_started(ci):
+    """A `.ci/run` that hangs past `finish`'s timeout: the test fails with TimeoutExpired, and
+    neither .ci/run (a Popen never waited for: a ResourceWarning in a later test) nor its pytest
+    parts (their own sessions' children, in its process group) outlive it."""
+    proc = ci(cluster="hang", rest="hang")
+    cluster_pid, rest_pid = wait_for(ci.state / "cluster.pid"), wait_for(ci.state / "rest.pid")
+    with pytest.raises(subprocess.TimeoutExpired):
+        finish(proc, timeout=0.5)
+    assert proc.returncode is not None  # waited for
+    deadline = time.monotonic() + 30
+    while not (gone(cluster_pid) and gone(rest_pid)):
+        assert time.monotonic() < deadline, "a pytest part of .ci/run outlived it"
+        time.sleep(0.05)
