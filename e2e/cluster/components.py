@@ -5,6 +5,7 @@ them, and `stop`/`start` (for tests that take one component away for a while) lo
 here. A component's command is a pure function of the layout and the state directory.
 """
 
+import ssl
 import subprocess
 import sys
 import urllib.request
@@ -35,6 +36,19 @@ class Component:
 
 def _http_ok(url: str) -> bool:
     with urllib.request.urlopen(url, timeout=2) as resp:
+        return resp.status == 200
+
+
+def _metrics_server_ready(layout: Layout, state: StatePaths) -> bool:
+    """It serves: flags, certificate and kubeconfigs accepted (it exits on a bad one just after
+    start). /livez, not /readyz: that waits for two scrapes (--metric-resolution each), which
+    the tests that need metrics wait for themselves. Its certificate is self-signed (--cert-dir),
+    and /livez needs no credentials."""
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    url = f"https://{layout.node_ip}:{layout.metrics_server_port}/livez"
+    with urllib.request.urlopen(url, timeout=2, context=context) as resp:
         return resp.status == 200
 
 
@@ -83,7 +97,7 @@ COMPONENTS = (
     # own chains and ipsets (review findings F23, F24; kube_router_view).
     Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced(), env=kube_router_shim.environment),
     Component("coredns", configs.coredns_command),
-    Component("metrics-server", configs.metrics_server_command),
+    Component("metrics-server", configs.metrics_server_command, _metrics_server_ready),
     Component("lb-controller", _lb_command, python=True),
 )
 NAMES = tuple(c.name for c in COMPONENTS)

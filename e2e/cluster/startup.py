@@ -224,7 +224,9 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
 
     wait_for(f"{name} to start", running, 10, 0.05)
     if comp.ready is not None:
-        wait_for(f"{name} ready", lambda: comp.ready(layout, state), ready_timeout, 0.3)
+        # running() first: one that exits while we wait (a rejected flag, a panic) fails `up`
+        # now, with its log, instead of at the timeout with only "not ready".
+        wait_for(f"{name} ready", lambda: running() and comp.ready(layout, state), ready_timeout, 0.3)
     return pid
 
 
