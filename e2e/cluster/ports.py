@@ -32,6 +32,7 @@ def fixed_listeners(layout: Layout) -> tuple[tuple[str, str, int], ...]:
         ("kube-proxy (healthz)", "127.0.0.1", 10256),
         ("kube-proxy (metrics)", "127.0.0.1", 10249),
         ("metrics-server", layout.node_ip, layout.metrics_server_port),
+        ("coredns", layout.node_ip, 53),  # TCP here; its UDP bind meets the same (wildcard) DNS servers
     )
 
 

@@ -89,3 +89,12 @@ def test_up_refuses_before_it_starts_anything_when_the_registrys_port_is_taken(t
     message = str(exc.value)
     assert "23795" in message and "registry" in message
     assert not Path(tmp_path / "state").exists()
+
+
+def test_a_dns_server_listening_on_every_address_takes_corednss_port():
+    """CoreDNS binds the node IP's port 53 (configs.corefile). A developer's dnsmasq (Debian's
+    default: every address, 0.0.0.0:53) makes that bind fail, and CoreDNS has no readiness
+    probe: `up` went on with no cluster DNS. It is a fixed port like the others."""
+    taken = ports.taken(LAYOUT, {("0.0.0.0", 53)})
+    assert len(taken) == 1 and "53" in taken[0] and "coredns" in taken[0]
+    assert ports.taken(LAYOUT, {("127.0.0.53", 53)}) == []  # systemd-resolved's stub: another address
