@@ -96,6 +96,7 @@ class Nginx:
         last_error = ""
         for _ in range(5):  # the free port may be taken between probing and binding
             self.port = free_port()
+            (self.folder / "nginx.pid").unlink(missing_ok=True)
             conf = self.folder / "nginx.conf"
             conf.write_text(self._config())
             self.proc = subprocess.Popen(
@@ -140,11 +141,17 @@ http {{
 """
 
     def _wait_listening(self) -> bool:
+        """nginx writes its pid file once its listening sockets are bound: until then, a
+        connection may reach another process that holds the port (two concurrent picks of one
+        port; nginx retries a failed bind for seconds before it exits)."""
+        pid_file = self.folder / "nginx.pid"
         deadline = time.monotonic() + START_TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 return False
             try:
+                if pid_file.read_text().strip() != str(self.proc.pid):
+                    raise OSError("nginx has not bound its port yet")
                 socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
                 return True
             except OSError:
