@@ -205,3 +205,21 @@ def test_a_run_that_outlives_its_timeout_is_stopped_with_everything_it_started(c
     while not (gone(cluster_pid) and gone(rest_pid)):
         assert time.monotonic() < deadline, "a pytest part of .ci/run outlived it"
         time.sleep(0.05)
+
+
+def test_a_second_run_in_the_same_clone_refuses_and_leaves_the_first_ones_venv(ci):
+    """Two `.ci/run`s in one clone: the second would replace `.venv` (`.ci/venv`) under the first
+    one's running tests before either reaches the cluster's lock. It refuses at once instead,
+    naming the clone, and the first one runs on with its `.venv` untouched."""
+    first = ci(cluster="hang")
+    wait_for(ci.state / "cluster.pid")
+    venv = ci.root / ".venv"
+    marker = venv / "first-run"
+    marker.write_text("mine")
+    rc, out = finish(ci(), timeout=30)
+    assert rc != 0 and "another .ci/run" in out and str(ci.root) in out, out
+    assert marker.read_text() == "mine", "the second run replaced the first one's .venv"
+    assert first.poll() is None, "the first run stopped"
+    os.killpg(first.pid, signal.SIGINT)
+    rc, out = finish(first)
+    assert rc != 0 and "CLUSTER-OUTPUT" in out, out
