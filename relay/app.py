@@ -17,7 +17,7 @@ from relay import limits, logs, telemetry as telemetry_mod
 from relay.config import RelayConfig
 from relay.health import HealthServer
 from relay.server import Relay
-from relay.signals import stop_signals
+from relay.signals import NotReady, stop_signals
 
 log = logging.getLogger("zt_relay")
 
@@ -45,19 +45,14 @@ def run(config: RelayConfig) -> int:
 async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
     """One relay process. ``publisher`` (workers only) receives periodic snapshots."""
     # Handlers first: a SIGTERM that arrives while starting must drain, not kill.
-    relay: Relay | None = None
-    signalled = False
-
-    def not_ready() -> None:
-        nonlocal signalled
-        signalled = True
-        if relay is not None:
-            relay.draining = True
-
+    not_ready = NotReady()
     signals = stop_signals(at_once=not_ready)
     relay = Relay(config, telemetry)
-    if signalled:  # before the relay existed: a worker's, forwarded while it started (delivered at the unblock)
+
+    def drain() -> None:
         relay.draining = True
+
+    not_ready.attach(drain)
     try:
         await relay.start(reuse_port=config.workers > 1)
     except OSError as exc:

@@ -40,3 +40,25 @@ def _first(at_once: Callable[[], None], loops: Callable) -> Callable:
         loops(sig, frame)
 
     return handler
+
+
+class NotReady:
+    """``at_once`` for a process whose readiness lives on an object made after the handlers
+    (they come first: a signal while it starts must drain, not kill). A signal that came
+    before that object existed (a worker's, forwarded while it started, is delivered when
+    ``stop_signals`` unblocks it) is kept, and ``attach`` applies it at once."""
+
+    def __init__(self) -> None:
+        self.signalled = False
+        self._apply: Callable[[], None] | None = None
+
+    def __call__(self) -> None:
+        self.signalled = True
+        if self._apply is not None:
+            self._apply()
+
+    def attach(self, apply: Callable[[], None]) -> None:
+        """``apply`` turns readiness off: now if a signal came, else at the signal."""
+        self._apply = apply
+        if self.signalled:
+            apply()

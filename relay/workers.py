@@ -37,7 +37,7 @@ import uvloop
 from relay import metrics, stats
 from relay.config import RelayConfig
 from relay.health import HealthServer
-from relay.signals import STOP_SIGNALS, stop_signals
+from relay.signals import STOP_SIGNALS, NotReady, stop_signals
 
 log = logging.getLogger("zt_relay.workers")
 
@@ -219,19 +219,14 @@ def exit_status(code: int) -> int:
 
 async def _supervise(config: RelayConfig) -> int:
     events: asyncio.Queue = asyncio.Queue()  # stop signals (int) and exits (worker, code)
-    supervisor: Supervisor | None = None
-    signalled = False
-
-    def not_ready() -> None:
-        nonlocal signalled
-        signalled = True
-        if supervisor is not None:
-            supervisor.signalled = True
-
+    not_ready = NotReady()
     stop_signals(events, at_once=not_ready)
     supervisor = Supervisor(config)
-    if signalled:  # before the supervisor existed (delivered at the unblock)
+
+    def signalled() -> None:
         supervisor.signalled = True
+
+    not_ready.attach(signalled)
     health = None
     if config.health_listen is not None:
         health = HealthServer(supervisor)
