@@ -52,11 +52,17 @@ def alive(pid: int) -> bool:
     return bool(_cmdline(pid)) and not _is_zombie(pid)
 
 
-def _is_zombie(pid: int) -> bool:
+def _stat(pid: int) -> list[str]:
+    """/proc/<pid>/stat's fields after the command name (state, ppid, ...); [] if it is gone."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
-    except (FileNotFoundError, IndexError):
-        return True
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return []
+
+
+def _is_zombie(pid: int) -> bool:
+    fields = _stat(pid)
+    return not fields or fields[0] == "Z"
 
 
 def comm(pid: int) -> str | None:
@@ -68,10 +74,8 @@ def comm(pid: int) -> str | None:
 
 
 def _parent(pid: int) -> int | None:
-    try:
-        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-    except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-        return None
+    fields = _stat(pid)
+    return int(fields[1]) if len(fields) > 1 and fields[1].isdigit() else None
 
 
 def _netns(pid: int | str) -> str | None:
@@ -86,7 +90,7 @@ def others_named(program: str, own_pid: int | None, candidates: list[int] | None
     its children (a Go program forks a copy of itself before it execs a command)."""
     here = _netns("self")
     if candidates is None:
-        candidates = [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit()]
+        candidates = _pids()
     found = []
     for pid in candidates:
         if pid == own_pid or comm(pid) != program or _is_zombie(pid):
@@ -176,25 +180,23 @@ def is_cluster_process(argv: list[str], root: str) -> bool:
 
 def cluster_pids(root: str) -> list[int]:
     """Processes of a cluster whose state is under `root` (`is_cluster_process`)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit() and int(entry.name) != os.getpid():
-            if is_cluster_process(_cmdline(int(entry.name)), root):
-                found.append(int(entry.name))
-    return found
+    return [pid for pid in _pids() if is_cluster_process(_cmdline(pid), root)]
 
 
 def pids_rooted_under(root: str) -> list[int]:
     """Processes whose root filesystem lives under `root` (containers of a containerd whose
     state is there: their "/" mount names a snapshot directory under it)."""
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
+    for pid in _pids():
         try:
-            lines = (entry / "mountinfo").read_text().splitlines()
+            lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
         except OSError:
             continue
         if any(line.split()[4] == "/" and root in line for line in lines if len(line.split()) > 4):
-            found.append(int(entry.name))
+            found.append(pid)
     return found
+
+
+def _pids() -> list[int]:
+    """Every process's pid but this one's."""
+    return [int(entry.name) for entry in Path("/proc").iterdir() if entry.name.isdigit() and int(entry.name) != os.getpid()]
