@@ -4,15 +4,26 @@ with SO_REUSEPORT; a server started with its port as an argument).
 Picked below the kernel's ephemeral range: a port bound to 0 and released comes from that
 range, and any process's next outgoing connection (another test's, beside it under xdist or
 the cluster part) may get it as its local port before the server binds it, which then fails
-(EADDRINUSE: a relay worker dies, the test sees one worker). Below the range only another
-explicit bind can take it, and the random pick makes two such tests meet about once in 8,000.
+(EADDRINUSE: a relay worker dies, the test sees one worker).
+
+A pick is reserved, not only found unbound: a lock file per port (``flock``, under
+``LOCK_DIR``, shared by every test process on the machine) is held until the picking process
+exits, so two pytest processes (xdist workers, two clones' runs) or two tests in one process
+never get the same port between the pick and the server's bind. Processes that do not take
+these locks can still bind it: ``foreign_listeners`` lets a server started on a pick check
+that it did not silently share it (SO_REUSEPORT lets any same-user socket join).
 """
 
+import fcntl
+import os
 import random
 import socket
 from pathlib import Path
 
 LOW, HIGH = 12000, 20000  # none of the cluster's fixed ports (e2e.cluster.ports) is in here
+LOCK_DIR = Path(os.environ.get("ZT_TEST_PORT_LOCKS", "/tmp/zt-relay-test-ports"))
+
+_held: dict[int, int] = {}  # port -> the descriptor holding its lock, until this process exits
 
 
 def ephemeral_range() -> tuple[int, int]:
@@ -21,18 +32,76 @@ def ephemeral_range() -> tuple[int, int]:
 
 
 def unused_port(host: str = "127.0.0.1") -> int:
-    """A TCP port on `host` that nothing is bound to now, outside the ephemeral range."""
+    """A TCP port on `host`, outside the ephemeral range, that nothing is bound to now and
+    that no other test (in any process taking these locks) is handed until this one exits."""
     low, high = ephemeral_range()
-    candidates = [p for p in range(LOW, HIGH) if not low <= p <= high]
+    candidates = [p for p in range(LOW, HIGH) if not low <= p <= high and p not in _held]
     if not candidates:
-        raise RuntimeError(f"the ephemeral range {low}-{high} covers {LOW}-{HIGH}: set net.ipv4.ip_local_port_range")
+        raise RuntimeError(f"no unbound port in {LOW}-{HIGH} outside the ephemeral range {low}-{high} "
+                           "(set net.ipv4.ip_local_port_range, or fewer picks)")
     pick = random.SystemRandom()
-    for _ in range(200):
-        port = pick.choice(candidates)
+    for port in pick.sample(candidates, min(200, len(candidates))):
+        if not _reserve(port):
+            continue
         with socket.socket() as s:
             try:
                 s.bind((host, port))
             except OSError:
-                continue
+                continue  # bound by a process that takes no lock: keep the lock, it's no use to anyone
             return port
-    raise RuntimeError(f"no unbound port in {LOW}-{HIGH} after 200 tries")
+    raise RuntimeError(f"no unbound port in {LOW}-{HIGH} after {min(200, len(candidates))} tries")
+
+
+def _reserve(port: int) -> bool:
+    LOCK_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
+    fd = os.open(LOCK_DIR / f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return False
+    _held[port] = fd
+    return True
+
+
+def foreign_listeners(port: int, root_pid: int) -> list[str]:
+    """TCP listeners on `port` (IPv4 and IPv6, this network namespace) held by no process in
+    `root_pid`'s tree, as "pid N (command)"; a socket whose holder is gone is left out."""
+    inodes = {inode for name in ("tcp", "tcp6") for inode in _listening_inodes(Path("/proc/net") / name, port)}
+    if not inodes:
+        return []
+    holders: dict[str, set[int]] = {}
+    parents: dict[int, int] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        pid = int(proc.name)
+        try:
+            parents[pid] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            for fd in (proc / "fd").iterdir():
+                target = os.readlink(fd)
+                if target.startswith("socket:[") and target[8:-1] in inodes:
+                    holders.setdefault(target[8:-1], set()).add(pid)
+        except (FileNotFoundError, ProcessLookupError, PermissionError, NotADirectoryError):
+            continue  # gone meanwhile (or not ours to read: its sockets count as unknown)
+    tree = {root_pid}
+    while grown := {pid for pid, parent in parents.items() if parent in tree} - tree:
+        tree |= grown
+    foreign = sorted(pid for pids in holders.values() if not pids & tree for pid in pids)
+    return [f"pid {pid} ({_command(pid)})" for pid in foreign]
+
+
+def _listening_inodes(table: Path, port: int) -> set[str]:
+    found = set()
+    for line in table.read_text().splitlines()[1:]:
+        fields = line.split()
+        if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+            found.add(fields[9])
+    return found
+
+
+def _command(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
+    except OSError:
+        return "gone"

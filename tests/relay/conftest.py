@@ -17,6 +17,7 @@ import asyncio_dgram
 import pytest
 
 from relay import protocol
+from tests import ports
 
 START_TIMEOUT = 15.0
 _LISTEN = re.compile(r"relay listening on (\S+):(\d+)")
@@ -47,6 +48,7 @@ class RelayProcess:
         self = cls(proc)
         try:
             await asyncio.wait_for(self._wait_started(health), START_TIMEOUT)
+            self._check_port_is_its_own(listen)
         except BaseException:
             await self.stop()
             raise
@@ -63,6 +65,14 @@ class RelayProcess:
                 self.port = int(m.group(2))
             if m := _HEALTH.search(line):
                 self.health_port = int(m.group(1))
+
+    def _check_port_is_its_own(self, listen: str) -> None:
+        """A port the test picked (tests/ports.py) is listened on by this relay's processes
+        only: with --workers (SO_REUSEPORT) a stranger's listener there would silently take
+        a share of the test's connections instead of failing the bind."""
+        port = int(listen.rsplit(":", 1)[1])
+        if port and (strangers := ports.foreign_listeners(port, self.proc.pid)):
+            raise RuntimeError(f"port {port} is shared with another listener: {', '.join(strangers)}")
 
     async def _read_log(self) -> None:
         while line := await self.proc.stderr.readline():

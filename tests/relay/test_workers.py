@@ -4,6 +4,7 @@ workers start from a clean process; their snapshots reach the supervisor intact.
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 
 import pytest
@@ -128,3 +129,16 @@ async def test_a_worker_killed_during_the_drain_makes_the_supervisor_exit_128_pl
     for c in clients:
         await c.close()
     assert await relay.wait(timeout=15) == 128 + signal.SIGKILL
+
+
+async def test_relay_workers_on_a_picked_port_refuse_to_share_it_with_a_stranger(start_relay):
+    """With SO_REUSEPORT the kernel lets any same-user socket that set it join the port: the
+    relay's workers started beside a stranger's listener, which then took half the test's
+    connections. The harness fails the start instead, naming the other listener."""
+    port = ports.unused_port()
+    with socket.socket() as stranger:
+        stranger.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        stranger.bind(("127.0.0.1", port))
+        stranger.listen()
+        with pytest.raises(RuntimeError, match=rf"port {port} .*pid {os.getpid()}"):
+            await start_relay("--workers", "2", listen=f"127.0.0.1:{port}")
