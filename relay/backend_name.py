@@ -34,6 +34,7 @@ TEMPORARY_FAILURE = "temporary_failure"
 NO_ADDRESS = "no_address"
 TIMEOUT = "timeout"
 ERROR = "error"
+FAILURE_REASONS = (NO_SUCH_NAME, TEMPORARY_FAILURE, NO_ADDRESS, TIMEOUT, ERROR)
 
 _GAI_REASONS = {
     socket.EAI_NONAME: NO_SUCH_NAME,
@@ -95,7 +96,7 @@ class CachedName:
         self.due = float("-inf")  # loop time from which the next lookup starts
         self.lookup: asyncio.Task | None = None  # the one lookup in flight
         self.error: OSError | None = None  # the last failure, while there is no address
-        self.failures: Counter[str] = Counter()
+        self.failures: Counter[str] = Counter(dict.fromkeys(FAILURE_REASONS, 0))  # zero series from the start
         self._timer: asyncio.TimerHandle | None = None  # the next refresh, while none is in flight
         self.closed = False
         self.current()  # the first lookup starts with the relay, before any visitor

@@ -77,6 +77,10 @@ FILE_DESCRIPTORS = stats.FILE_DESCRIPTORS
 MEMORY_PRESSURE = stats.MEMORY_PRESSURE
 CLIENT_GONE = "client_gone"
 CLIENT_RESET = splice_mod.CLIENT_RESET  # reset while the backend was dialed
+#: Every result: each series exists at 0 from the start (a series born with its first
+#: increase has no earlier sample, so rate() misses that increase).
+RESULTS = (CONNECTED, BACKEND_REFUSED, BACKEND_TIMEOUT, BACKEND_ERROR, MAX_CONNECTIONS, MAX_CONNECTIONS_PER_IP,
+           FILE_DESCRIPTORS, MEMORY_PRESSURE, CLIENT_GONE, CLIENT_RESET)
 
 
 class FallbackRouter:
@@ -100,8 +104,8 @@ class FallbackRouter:
         self.socket_buffer = SOCKET_BUFFER if relay.memory is not None else None
         self.sniffers: set[Sniffer] = set()
         self.splices: set[splice_mod.Splice] = set()
-        self.results: Counter[str] = Counter()
-        self.closed: Counter[str] = Counter()
+        self.results: Counter[str] = Counter(dict.fromkeys(RESULTS, 0))  # zero series from the start
+        self.closed: Counter[str] = Counter(dict.fromkeys(splice_mod.CLOSE_REASONS, 0))
         self.bytes_done = {"to_backend": 0, "to_client": 0}
         self._logged: dict[str, float] = {}
         #: a backend given by name: its address, refreshed off the connection path

@@ -40,6 +40,7 @@ SHUTDOWN = "shutdown"
 CLIENT_RESET = "client_reset"
 BACKEND_RESET = "backend_reset"
 EVICTED = "evicted"  # its address held more than its share of a full fallback cap
+CLOSE_REASONS = (CLOSED, IDLE_TIMEOUT, SHUTDOWN, CLIENT_RESET, BACKEND_RESET, EVICTED)
 
 
 class Side(asyncio.Protocol):

@@ -586,3 +586,30 @@ async def test_a_visitor_that_resets_while_the_backend_is_dialed_is_counted_as_c
         assert not relay.logged("Traceback"), "".join(relay.log)
         first.close()
         dialed.close()
+
+
+#: Every label value the fallback's counters can take, as documented (README, Metrics).
+FALLBACK_SERIES = {
+    "zt_relay_fallback_connections_total": ("result", (
+        "connected", "backend_refused", "backend_timeout", "backend_error", "max_connections", "max_connections_per_ip",
+        "file_descriptors_exhausted", "memory_pressure", "client_gone", "client_reset")),
+    "zt_relay_fallback_closed_total": ("reason", (
+        "closed", "idle_timeout", "shutdown", "client_reset", "backend_reset", "evicted")),
+}
+FALLBACK_DNS_SERIES = ("zt_relay_fallback_dns_failures_total", "reason",
+                       ("no_such_name", "temporary_failure", "no_address", "timeout", "error"))
+
+
+@pytest.mark.parametrize("backend_kind", ["address", "name"])
+async def test_every_fallback_result_and_reason_is_exported_as_zero_before_the_first_connection(start_relay, backend_kind):
+    """A series that appears only with its first increase has no earlier sample, so
+    ``rate()``/``increase()`` miss that increase: the first backend failure of a relay's life
+    never fires an alert. Each known label value is there, at 0, from the start."""
+    relay = await start_relay("--fallback", "127.0.0.1:9" if backend_kind == "address" else "localhost:9")
+    metrics = await relay.metrics()
+    series = dict(FALLBACK_SERIES)
+    if backend_kind == "name":
+        series[FALLBACK_DNS_SERIES[0]] = FALLBACK_DNS_SERIES[1:]
+    for name, (label, values) in series.items():
+        for value in values:
+            assert metrics.get(f'{name}{{{label}="{value}"}}') == 0, (name, value)

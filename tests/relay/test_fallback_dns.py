@@ -110,7 +110,7 @@ async def test_a_failing_refresh_keeps_the_last_good_address_and_is_counted_by_r
     assert await visit(relay, b"GET /first") == b"GET /first"
     resolver.error = socket.gaierror(socket.EAI_NONAME, "Name or service not known")
     name = relay.fallback.name
-    while not name.failures:  # the next refresh (due after FRESH) fails
+    while not +name.failures:  # the next refresh (due after FRESH) fails (+: counts above 0)
         name.current()
         await asyncio.sleep(FRESH / 4)
     calls = resolver.calls

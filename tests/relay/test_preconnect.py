@@ -281,7 +281,7 @@ async def test_with_the_backend_down_visitors_dial_and_are_counted_and_the_pool_
         pool = relay.fallback.preconnect
         await until(lambda: pool.pool.failures and not pool.pending, "the pool never tried")
         snapshot = relay.snapshot()
-        assert {k: v for k, v in snapshot.items() if k.startswith("fallback:")} == {"fallback:backend_refused": 5}
+        assert {k: v for k, v in snapshot.items() if k.startswith("fallback:") and v} == {"fallback:backend_refused": 5}
         assert 1 <= dials.count(b"") <= 2  # the pool's first round (its size), then the backoff: not one per visitor
         assert snapshot["fallback_preconnected"] == 0
         assert sum("preconnecting failed" in r.getMessage() for r in caplog.records) == 1
