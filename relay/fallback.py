@@ -119,7 +119,8 @@ class FallbackRouter:
         if config.fallback_preconnect:
             self.preconnect = preconnect.Preconnector(
                 self.loop, config.fallback_preconnect, self._known_address,
-                lambda address: _dial(address, b"", self.socket_buffer)[0], self._may_preconnect, self._preconnect_failed)
+                lambda address: _dial(address, b"", self.socket_buffer)[0], self._may_preconnect, self._preconnect_failed,
+                self._preconnect_stopped)
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -139,6 +140,9 @@ class FallbackRouter:
         for s in self.splices:
             snap["fallback_bytes_to_backend"] += s.to_backend
             snap["fallback_bytes_to_client"] += s.to_client
+        if self.preconnect is not None:
+            for label, value in self.preconnect.discarded.items():
+                snap[f"fallback_preconnect_discarded:{label}"] = value
         for label, value in self.results.items():
             snap[f"fallback:{label}"] = value
         for label, value in self.closed.items():
@@ -198,14 +202,18 @@ class FallbackRouter:
         # The connect starts now, not on the task's first step: with a known address the
         # first flight usually leaves in this very callback (see ``_dial``), before the
         # bookkeeping below (nothing is read before the loop's next iteration).
-        dialed = None
+        dialed = pooled = None
         address = self._known_address()
         if address is not None:
             try:
-                dialed = self._pooled(address, first) or _dial(address, first, self.socket_buffer)
+                dialed = pooled = self._pooled(address, first)
+                if pooled is None:
+                    dialed = _dial(address, first, self.socket_buffer)
             except OSError as exc:
                 dialed = exc
         s = splice_mod.Splice(self._done, relay.site_high)
+        if pooled is not None and first:  # the site may have closed it just after the check
+            s.retry = lambda old: self._retry(s, client, first)
         self.splices.add(s)
         if relay.memory is not None:  # a burst between two samples shares the same room
             relay.apply_write_share()
@@ -237,15 +245,38 @@ class FallbackRouter:
             sent = 0
         except OSError:  # closed between the check and the send: a fresh dial instead
             sock.close()
+            self.preconnect.discarded[preconnect.SEND_FAILED] += 1
             return None
         self.preconnect.taken += 1
         return sock, sent
+
+    def _retry(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
+        """A pooled connection closed or reset with not a byte from the site, after only the
+        visitor's first flight: the site closed it before reading that (its FIN was in flight
+        at the check), so the same flight goes on a fresh dial, once (never pooled: no retry)."""
+        s.retry = None
+        self.preconnect.discarded[preconnect.CLOSED_UNANSWERED] += 1
+        s.replace_backend()
+        if not s.client.lost:
+            s.client.transport.pause_reading()  # until the new connection can take its bytes
+        dialed = None
+        address = self._known_address()
+        if address is not None:
+            try:
+                dialed = _dial(address, first, self.socket_buffer)
+            except OSError as exc:
+                dialed = exc
+        self.loop.create_task(self._connect(s, client, first, dialed, again=True))
 
     def _may_preconnect(self) -> bool:
         """A pool dial waits while descriptors, memory or backend connections are short (one
         more visitor must fit beside it: ``Relay.pool_room``), and stops with the relay."""
         relay = self.relay
         return not (relay.draining or relay.closing or relay.memory_pressure or relay.fd_reserve_short) and relay.pool_room()
+
+    def _preconnect_stopped(self, why: str) -> None:
+        log.warning("fallback backend %s:%d: preconnecting stopped: %s; every visitor dials it (--fallback-preconnect "
+                    "gains such a site nothing)", *self.backend, why)
 
     def _preconnect_failed(self, exc: OSError, delay: float) -> None:
         now = self.loop.time()
@@ -254,9 +285,10 @@ class FallbackRouter:
             log.warning("fallback backend %s:%d: preconnecting failed (%s); next try in %.1f s, visitors dial it themselves "
                         "meanwhile (logged at most every %.0f s)", *self.backend, exc, delay, LOG_INTERVAL)
 
-    async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes, dialed) -> None:
+    async def _connect(self, s: splice_mod.Splice, client: tuple, first: bytes, dialed, again: bool = False) -> None:
         """Opens the backend connection (``dialed``: what ``_dial`` did already, or the error
-        it raised; None: nothing yet), sends what the first flight has left, joins the two."""
+        it raised; None: nothing yet), sends what the first flight has left, joins the two.
+        ``again``: a second connection for a visitor already counted (``_retry``): not counted."""
         sock = None
         # The first flight left in the callback that read it (the usual case): the backend has
         # the visitor's bytes already, and a reset meanwhile is the transport's to read.
@@ -282,18 +314,18 @@ class FallbackRouter:
             owned, sock = sock, None
             backend, _ = await self.loop.create_connection(lambda: s.backend, sock=owned)
         except ConnectionRefusedError as exc:
-            self._fail(BACKEND_REFUSED, client, str(exc))
+            self._fail(BACKEND_REFUSED, client, str(exc), again)
         except asyncio.TimeoutError:
-            self._fail(BACKEND_TIMEOUT, client, f"no connection within {CONNECT_TIMEOUT:g} s")
+            self._fail(BACKEND_TIMEOUT, client, f"no connection within {CONNECT_TIMEOUT:g} s", again)
         except OSError as exc:  # unreachable, DNS, no descriptors
-            self._fail(BACKEND_ERROR, client, str(exc))
+            self._fail(BACKEND_ERROR, client, str(exc), again)
         else:
             if s.client.lost:
-                self.results[CLIENT_GONE] += 1
+                self.results[CLIENT_GONE] += not again
                 backend.close()
                 s.backend_connected()
                 return
-            if not at_once and streams.is_over(s.client.transport):
+            if not at_once and not again and streams.is_over(s.client.transport):
                 # Reset while the backend was dialed (its reading is paused, so the transport
                 # has not seen it): counted as what happened, and the backend is reset before
                 # it gets the request of a visitor who is gone.
@@ -301,7 +333,7 @@ class FallbackRouter:
                 s.abort(splice_mod.CLIENT_RESET)
                 s.backend_connected()
                 return
-            self.results[CONNECTED] += 1
+            self.results[CONNECTED] += not again
             if self.preconnect is not None:
                 self.preconnect.backend_up()
             if sent < len(first):
@@ -361,8 +393,8 @@ class FallbackRouter:
         """What the site connections' write buffers hold."""
         return sum(s.buffered() for s in self.splices)
 
-    def _fail(self, result: str, client: tuple, detail: str) -> None:
-        self.results[result] += 1
+    def _fail(self, result: str, client: tuple, detail: str, again: bool = False) -> None:
+        self.results[result] += not again  # a visitor is counted once
         now = self.loop.time()
         if now - self._logged.get(result, -LOG_INTERVAL) >= LOG_INTERVAL:
             self._logged[result] = now

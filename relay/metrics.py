@@ -20,6 +20,7 @@ _SERIES = (
     ("fallback_active", "zt_relay_fallback_connections_active", "gauge", "Connections spliced to the --fallback backend now.", None),
     ("fallback_preconnected", "zt_relay_fallback_preconnected", "gauge", "Backend connections open and unused, waiting for the next site connection (--fallback-preconnect).", None),
     ("fallback_preconnect_taken", "zt_relay_fallback_preconnect_taken_total", "counter", "Site connections sent on a pooled backend connection instead of a dial (--fallback-preconnect).", None),
+    ("fallback_preconnect_discarded", "zt_relay_fallback_preconnect_discarded_total", "counter", "Pooled backend connections closed unused, by reason (--fallback-preconnect).", "reason"),
     ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),
     ("fallback_closed", "zt_relay_fallback_closed_total", "counter", "Fallback connections closed, by reason.", "reason"),
     ("fallback_bytes", "zt_relay_fallback_bytes_total", "counter", "Bytes spliced to and from the --fallback backend, by direction.", "direction"),

@@ -17,7 +17,15 @@ What a pooled connection may cost the site, and the guards:
   never gets a connection the site is about to close; an older one is closed and replaced.
 - **Checked before use** with a non-blocking ``MSG_PEEK``: anything to read (bytes: a stale
   answer such as a 408 before a close, or a greeting; ``b''``: the site closed it) or an error
-  (a reset) and it is closed and the next one tried, then a fresh dial.
+  (a reset) and it is closed and the next one tried, then a fresh dial. A site that speaks
+  first (SMTP, SSH) has its greeting waiting on every one: after ``SPOKE_FIRST_LIMIT`` such
+  discards in a row the pool stops for good (logged once, with why), instead of costing the
+  site a connection per visit.
+- **Closed in the race**: a site that closes (or resets) a pooled connection just after the
+  check, its FIN in flight, never read the visitor's first flight: if the send fails, or the
+  site's EOF or reset comes before any byte from it and before the visitor sent anything
+  more, the same first flight goes on a fresh dial, once (``fallback.py``). Every discard is
+  counted by reason (``DISCARD_REASONS``).
 - **Only as many as the visits**: a site connection owes the pool one connection (at most N;
   ``backend_pool.Pool.used``) while the pool is in use (it holds one, or the previous visit came
   within ``MAX_AGE``), a lone visit none, and one that ages out unused is not replaced: a quiet relay
@@ -43,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+from collections import Counter
 from collections.abc import Callable
 
 from relay.backend_pool import Pool
@@ -53,19 +62,33 @@ DIAL_TIMEOUT = 10.0
 #: has not answered that visitor by then (``refill``).
 REFILL_DELAY = 0.05
 _TCP_ESTABLISHED = 1  # tcpi_state
+#: Pooled connections discarded with bytes waiting, in a row (none taken meanwhile), after
+#: which the pool stops for good: the site speaks first (SMTP, SSH: its greeting waits on
+#: every pooled connection) or answers idle connections within ``MAX_AGE``. Such a site
+#: gains nothing from a pool, which only cost it a connection per visit.
+SPOKE_FIRST_LIMIT = 3
+
+# Why a pooled connection was discarded (zt_relay_fallback_preconnect_discarded_total{reason}).
+BYTES_WAITING = "bytes_waiting"  # the site wrote to it: a greeting or a stale answer
+CLOSED = "closed"  # the site closed it (EOF waiting)
+RESET = "reset"  # the site reset it
+EXPIRED = "expired"  # unused for MAX_AGE, or the backend's name moved
+SEND_FAILED = "send_failed"  # the first flight's send failed: closed since the check
+CLOSED_UNANSWERED = "closed_unanswered"  # EOF or reset right after the first flight, not a byte back
+DISCARD_REASONS = (BYTES_WAITING, CLOSED, RESET, EXPIRED, SEND_FAILED, CLOSED_UNANSWERED)
+#: The last two: the visitor's first flight went again on a fresh dial (``fallback.py``).
 
 
-def is_open(sock: socket.socket) -> bool:
-    """Whether ``sock`` is as it was dialed: nothing to read, no EOF, no error (nothing is
-    read). Bytes waiting are the site's answer to no one: a stale error before a close
-    (a 408, "421 too many connections"), or a greeting, which a fresh dial gets again."""
+def condition(sock: socket.socket) -> str | None:
+    """None if ``sock`` is as it was dialed (nothing to read, no EOF, no error; nothing is
+    read), else why not. Bytes waiting are the site's answer to no one: a stale error before a
+    close (a 408, "421 too many connections"), or a greeting, which a fresh dial gets again."""
     try:
-        sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        return BYTES_WAITING if sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) else CLOSED
     except (BlockingIOError, InterruptedError):
-        return True
+        return None
     except OSError:
-        pass
-    return False
+        return RESET
 
 
 def _established(sock: socket.socket) -> bool:
@@ -77,11 +100,12 @@ class Preconnector:
 
     ``address()``: where to dial now (None: not known yet); ``dial(address)``: a non-blocking
     socket with its connect started (raises OSError); ``may_dial()``: whether descriptors and
-    the relay's state allow one more; ``on_failure(exc, delay)``: a dial failed."""
+    the relay's state allow one more; ``on_failure(exc, delay)``: a dial failed;
+    ``on_stop(why)``: the pool stopped for good (``SPOKE_FIRST_LIMIT``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, address: Callable[[], tuple | None],
                  dial: Callable[[tuple], socket.socket], may_dial: Callable[[], bool],
-                 on_failure: Callable[[OSError, float], None]) -> None:
+                 on_failure: Callable[[OSError, float], None], on_stop: Callable[[str], None] | None = None) -> None:
         self.loop = loop
         self.pool = Pool(size)
         self.address = address
@@ -93,6 +117,10 @@ class Preconnector:
         self._timer_at: float | None = None  # when _timer fires
         self._fill_soon: asyncio.TimerHandle | None = None  # a refill after a visitor took one
         self.taken = 0  # pooled connections a visitor's first flight went on
+        self.discarded: Counter[str] = Counter(dict.fromkeys(DISCARD_REASONS, 0))
+        self.on_stop = on_stop
+        self.running = True  # False once stopped for the backend (or closed)
+        self._spoke = 0  # discarded with bytes waiting, in a row
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -108,14 +136,29 @@ class Preconnector:
         latest after ``REFILL_DELAY``: dialed at once, the site's accept of it came between
         the visitor's first flight and the site's answer (measured: no faster than no pool)."""
         pool, now = self.pool, self.loop.time()
+        if pool.closed:
+            return None
         pool.used(now)
         while True:
             sock, stale = pool.pop(address, now)
-            for old in stale:
-                old.close()
-            if sock is None or is_open(sock):
+            if stale:
+                self.discarded[EXPIRED] += len(stale)
+                for old in stale:
+                    old.close()
+            if sock is None:
                 break
-            sock.close()  # the backend closed it while pooled
+            why = condition(sock)
+            if why is None:
+                self._spoke = 0
+                break
+            sock.close()  # the backend wrote to it, closed or reset it while pooled
+            self.discarded[why] += 1
+            if why == BYTES_WAITING:
+                self._spoke += 1
+                if self._spoke >= SPOKE_FIRST_LIMIT:
+                    self.stop(f"{self._spoke} pooled connections in a row had bytes waiting before any visitor used them: "
+                              f"the site speaks first (a greeting) or answers idle connections within {pool.max_age:g} s")
+                    return None
         if self._fill_soon is None and not pool.closed:
             self._fill_soon = self.loop.call_later(REFILL_DELAY, self.fill)
         return sock
@@ -138,8 +181,11 @@ class Preconnector:
             self._fill_soon = None
         pool, now = self.pool, self.loop.time()
         address = self.address()
-        for old in pool.expire(address, now):
-            old.close()
+        stale = pool.expire(address, now)
+        if stale:
+            self.discarded[EXPIRED] += len(stale)
+            for old in stale:
+                old.close()
         while pool.dials_due(address, now) and self.may_dial():
             self._start(address)
         deadline = pool.deadline(now)
@@ -206,8 +252,15 @@ class Preconnector:
         sock.close()
         return True
 
+    def stop(self, why: str) -> None:
+        """Stops pooling for good: the backend gains nothing from it (``why``)."""
+        self.close()
+        if self.on_stop is not None:
+            self.on_stop(why)
+
     def close(self) -> None:
         """Closes every pooled connection and dial; no more are made."""
+        self.running = False
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None

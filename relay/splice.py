@@ -64,15 +64,20 @@ class Side(asyncio.Protocol):
         transport.set_write_buffer_limits(high=self.splice.high)
 
     def data_received(self, data: bytes) -> None:
-        self.splice.active = True
+        splice = self.splice
+        splice.active = True
         self.received += len(data)
         self.other.transport.write(data)
-        splice = self.splice
+        if splice.retry is not None:  # more than the first flight went, or the site answered
+            splice.retry = None
         if splice.on_reply is not None and self is splice.backend:  # the site's first answer
             on_reply, splice.on_reply = splice.on_reply, None
             on_reply()
 
     def eof_received(self) -> bool:
+        if self.splice.retry is not None and self is self.splice.backend and not self.closed:
+            self.splice.retry(self)  # a pooled connection closed unanswered: a fresh one takes its place
+            return True
         self.eof = True
         other = self.other
         if other.eof:
@@ -97,13 +102,16 @@ class Side(asyncio.Protocol):
         if self.closer is not None:
             self.closer.cancel()
             self.closer = None
+        if self.splice.retry is not None and self is self.splice.backend and not self.closed:
+            self.splice.retry(self)  # reset unanswered, as above
+            return
         self.splice.side_lost(self, exc)
 
 
 class Splice:
     """A client connection and its backend connection; ``on_done`` runs once both are gone."""
 
-    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high", "on_reply")
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high", "on_reply", "retry")
 
     def __init__(self, on_done: Callable[[Splice], None], high: int = BUFFER_LIMIT) -> None:
         self.high = high  # each direction's write-buffer mark (less under a memory budget)
@@ -118,6 +126,20 @@ class Splice:
         self.on_done = on_done
         self.key: str | None = None  # the client's per-IP key, while it counts against its share
         self.on_reply: Callable[[], None] | None = None  # runs once, after the backend's first bytes went on
+        #: a pooled backend connection (``preconnect.py``) that had only the first flight: run,
+        #: instead of the usual end, if it closes or resets before a byte either way more
+        self.retry: Callable[[Side], None] | None = None
+
+    def replace_backend(self) -> Side:
+        """A new backend side, for a new connection (``retry``); the old one is forgotten."""
+        old, new = self.backend, Side(self, "backend")
+        if old.transport is not None and not old.lost:
+            old.transport.set_protocol(asyncio.Protocol())  # nothing of it reaches the splice any more
+            old.transport.abort()
+        old.splice = old.other = old.transport = None
+        self.backend, new.other, self.client.other = new, self.client, new
+        self.connecting = True
+        return new
 
     def set_write_limits(self, high: int) -> None:
         self.high = high

@@ -598,18 +598,23 @@ FALLBACK_SERIES = {
 }
 FALLBACK_DNS_SERIES = ("zt_relay_fallback_dns_failures_total", "reason",
                        ("no_such_name", "temporary_failure", "no_address", "timeout", "error"))
+FALLBACK_POOL_SERIES = ("zt_relay_fallback_preconnect_discarded_total", "reason",
+                        ("bytes_waiting", "closed", "reset", "expired", "send_failed", "closed_unanswered"))
 
 
-@pytest.mark.parametrize("backend_kind", ["address", "name"])
+@pytest.mark.parametrize("backend_kind", ["address", "name", "pool"])
 async def test_every_fallback_result_and_reason_is_exported_as_zero_before_the_first_connection(start_relay, backend_kind):
     """A series that appears only with its first increase has no earlier sample, so
     ``rate()``/``increase()`` miss that increase: the first backend failure of a relay's life
     never fires an alert. Each known label value is there, at 0, from the start."""
-    relay = await start_relay("--fallback", "127.0.0.1:9" if backend_kind == "address" else "localhost:9")
+    relay = await start_relay("--fallback", "localhost:9" if backend_kind == "name" else "127.0.0.1:9",
+                              *(["--fallback-preconnect", "2"] if backend_kind == "pool" else []))
     metrics = await relay.metrics()
     series = dict(FALLBACK_SERIES)
     if backend_kind == "name":
         series[FALLBACK_DNS_SERIES[0]] = FALLBACK_DNS_SERIES[1:]
+    if backend_kind == "pool":
+        series[FALLBACK_POOL_SERIES[0]] = FALLBACK_POOL_SERIES[1:]
     for name, (label, values) in series.items():
         for value in values:
             assert metrics.get(f'{name}{{{label}="{value}"}}') == 0, (name, value)

@@ -758,3 +758,163 @@ async def test_the_pool_gives_way_for_the_tunnels_descriptor_reserve_to_be_set_a
         monkeypatch.setattr(os, "open", real_open)
         monkeypatch.setattr(os, "close", real_close)
     assert len(relay.fd_reserve) == server.FD_RESERVE and not relay.fd_reserve_short, len(relay.fd_reserve)
+
+
+# -- pooled connections discarded, by reason; a site that speaks first; a close in the race ---
+
+async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_counted_and_logged_once(make_relay, caplog, no_expiry):
+    """Every pooled connection to a site that speaks first (SMTP, SSH) has its greeting
+    waiting, so each is discarded and the visitor dialed anyway: a wasted backend connection
+    per visit, forever. After ``SPOKE_FIRST_LIMIT`` such discards in a row the pool stops for
+    that backend (one warning naming why); each discard is counted by reason."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def greet(reader, writer):
+        accepted.append(writer)
+        writer.write(b"220 ready\r\n")
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=2)
+        pre = relay.fallback.preconnect
+        visits = 0
+
+        async def visit_greeted() -> None:
+            nonlocal visits
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"HELO %02d\r\n" % visits)
+            assert await asyncio.wait_for(reader.readexactly(20), 5) == b"220 ready\r\nHELO %02d\r\n" % visits
+            writer.close()
+            visits += 1
+            await _refilled(pre)
+            for sock in _pooled_socks(relay):  # each pooled one greeted before the next visit
+                await until(lambda: _waiting(sock) == b"2", "no greeting waiting")
+
+        for _ in range(20):
+            await visit_greeted()
+            if not pre.running:
+                break
+        assert not pre.running, "the pool never stopped for a site that speaks first"
+        snapshot = relay.snapshot()
+        assert snapshot["fallback_preconnect_discarded:bytes_waiting"] == preconnect.SPOKE_FIRST_LIMIT, snapshot
+        assert snapshot["fallback_preconnect_taken"] == 0 and snapshot["fallback_preconnected"] == 0
+        stopped = [r for r in caplog.records if "preconnecting stopped" in r.getMessage()]
+        assert len(stopped) == 1 and "bytes waiting" in stopped[0].getMessage(), [r.getMessage() for r in caplog.records]
+        # From now on a visit opens one backend connection, its own.
+        before = len(accepted)
+        for _ in range(5):
+            await visit_greeted()
+        assert len(accepted) == before + 5
+        assert relay.snapshot()["fallback_preconnect_discarded:bytes_waiting"] == preconnect.SPOKE_FIRST_LIMIT
+        assert len([r for r in caplog.records if "preconnecting stopped" in r.getMessage()]) == 1
+        await relay.close()
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+
+
+async def test_a_pool_that_serves_visitors_between_greeted_discards_keeps_going(make_relay, site, no_expiry):
+    """Only discards in a row stop the pool: one pooled connection with bytes waiting now
+    and then (a stale answer) among connections that serve visitors does not."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
+    pre = relay.fallback.preconnect
+    await warm(relay, site, 1)
+    for i in range(preconnect.SPOKE_FIRST_LIMIT + 2):
+        if i % 2 == 0:  # the site writes to the idle pooled connection: discarded, the visitor dialed
+            conn = site.idle()[0]
+            conn["writer"].write(b"x")
+            sock = _pooled_socks(relay)[0]
+            await until(lambda: _waiting(sock) == b"x", "nothing waiting")
+        assert (await visit(relay, b"GET /%d" % i))[0] == b"GET /%d" % i
+        await _refilled(pre)
+        await until(lambda: relay.snapshot()["fallback_preconnected"] == 1 and len(site.idle()) == 1, "no refill")
+    assert pre.running
+    snapshot = relay.snapshot()
+    assert snapshot["fallback_preconnect_discarded:bytes_waiting"] == 3 and snapshot["fallback_preconnect_taken"] == 2, snapshot
+
+
+@pytest.mark.parametrize("how", ["close", "reset"])
+async def test_a_pooled_connection_the_site_closes_after_the_check_gets_the_visitors_bytes_on_a_fresh_dial(make_relay, site, how, monkeypatch, no_expiry):
+    """The site closes (or resets) a pooled connection right after the relay checked it: the
+    FIN or RST was in flight. The visitor's first flight went into a connection the site
+    never read from, so nothing was processed: the relay sends that same flight on a fresh
+    dial once, and the visitor is served instead of seeing a close."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
+    await warm(relay, site, 1)
+    [conn] = site.idle()
+    [pooled] = _pooled_socks(relay)
+    real_condition = preconnect.condition
+
+    def closed_right_after_the_check(sock):
+        answer = real_condition(sock)
+        if sock is pooled:
+            s = conn["writer"].get_extra_info("socket")
+            if how == "reset":
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.shutdown(socket.SHUT_RDWR) if how == "close" else None
+            conn["writer"].transport.abort()
+        return answer
+
+    monkeypatch.setattr(preconnect, "condition", closed_right_after_the_check)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(b"GET /raced")
+        assert await asyncio.wait_for(reader.readexactly(10), 5) == b"GET /raced"
+    finally:
+        writer.close()
+    assert [c["data"] for c in site.conns if c["data"]][-1] == b"GET /raced"
+    snapshot = relay.snapshot()
+    assert snapshot["fallback_preconnect_discarded:closed_unanswered"] + snapshot["fallback_preconnect_discarded:send_failed"] == 1, snapshot
+    assert snapshot["fallback:connected"] == 3, snapshot  # the visitor counted once
+
+
+async def test_a_site_that_closes_without_a_byte_after_reading_the_request_is_not_sent_it_twice(make_relay, no_expiry):
+    """The retry is for the first flight only, once: a site that answers nothing and closes
+    (after the visitor sent more, or on the fresh dial too) is not replayed to again."""
+    got: list[bytes] = []
+    writers: list[asyncio.StreamWriter] = []
+
+    async def serve(reader, writer):
+        writers.append(writer)
+        index = len(got)
+        got.append(b"")
+        while data := await reader.read(65536):
+            got[index] += data
+            if got[index].endswith(b"END"):
+                break  # closes without a byte
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=1)
+        for i in range(2):  # the pool warms up (these are answered nothing too, dialed)
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"POST /%d END" % i)
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+            writer.close()
+        await until(lambda: relay.snapshot()["fallback_preconnected"] == 1, "the pool never filled")
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+        writer.write(b"POST /2 END")  # on the pooled connection: closed unanswered, sent again once on a dial
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await until(lambda: relay.snapshot()["fallback_preconnected"] == 1, "no refill")
+        reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+        writer.write(b"POST /3 ")  # on the pooled connection too
+        await until(lambda: any(g == b"POST /3 " for g in got), "the first flight never arrived")
+        writer.write(b"END")  # more than the first flight went: never replayed
+        assert await asyncio.wait_for(reader.read(), 5) == b""
+        writer.close()
+        await until(lambda: not relay.fallback.splices, "the visits stayed")
+        assert got.count(b"POST /2 END") == 2, got  # the pooled connection's and the fresh dial's
+        assert [g for g in got if g.startswith(b"POST /3")] == [b"POST /3 END"], got  # one connection, never replayed
+        snapshot = relay.snapshot()
+        assert snapshot["fallback_preconnect_taken"] == 2 and snapshot["fallback_preconnect_discarded:closed_unanswered"] == 1, snapshot
+        assert snapshot["fallback:connected"] == 4, snapshot
+    finally:
+        for w in writers:
+            w.close()
+        server.close()
