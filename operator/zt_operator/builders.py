@@ -71,6 +71,7 @@ FALLBACK_ENV: dict[str, str] = {
     "sniffTimeoutSeconds": "ZT_RELAY_SNIFF_TIMEOUT",
     "maxConnections": "ZT_RELAY_FALLBACK_MAX_CONNECTIONS",
     "idleTimeoutSeconds": "ZT_RELAY_FALLBACK_IDLE_TIMEOUT",
+    "preconnect": "ZT_RELAY_FALLBACK_PRECONNECT",
 }
 
 

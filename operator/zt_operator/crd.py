@@ -32,8 +32,9 @@ log = logging.getLogger(__name__)
 # 6: the root rule (own Service) ratchets itself, so relays stored under 4 stay writable;
 # relay destinations take a bare address again (one host, as the relay and the operator before 5 read it).
 # 7: the relay destinations' message says why an IPv4-mapped range is refused (messageExpression; rules unchanged).
+# 8: spec.fallback.preconnect (--fallback-preconnect; no default: absent keeps the pod template).
 SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc", 5: "7eef0a5bcbcb3c4c",
-                        6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9"}
+                        6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9", 8: "019d9d6de681b8ff"}
 
 
 def packaged() -> dict[str, Any]:

@@ -359,6 +359,15 @@ def test_a_fallback_service_becomes_the_relays_fallback_address_and_its_settings
     assert "ZT_RELAY_FALLBACK" not in env(build_deployment())
 
 
+def test_the_fallback_pool_size_is_passed_to_the_relay_only_when_set():
+    """``spec.fallback.preconnect`` is ``--fallback-preconnect``; absent, no variable (the
+    relay's default, off), so relays made before the field existed keep their pod template
+    and are not rolled by an operator upgrade."""
+    assert env(build_deployment({"fallback": {**FALLBACK_SERVICE, "preconnect": 4}}))["ZT_RELAY_FALLBACK_PRECONNECT"] == "4"
+    assert env(build_deployment({"fallback": {**FALLBACK_SERVICE, "preconnect": 0}}))["ZT_RELAY_FALLBACK_PRECONNECT"] == "0"
+    assert "ZT_RELAY_FALLBACK_PRECONNECT" not in env(build_deployment({"fallback": FALLBACK_SERVICE}))
+
+
 def test_every_fallback_setting_is_a_relay_variable():
     from relay import cli
 

@@ -84,3 +84,14 @@ def test_every_status_field_the_operator_writes_is_in_the_schema():
 def test_the_service_schema_has_every_field_the_builder_reads():
     service = SPEC_SCHEMA["properties"]["service"]["properties"]
     assert {"loadBalancerIP", "annotations", "loadBalancerSourceRanges", "loadBalancerClass"} <= set(service)
+
+
+def test_every_fallback_setting_in_the_schema_is_mapped_with_the_relays_bounds():
+    fallback = SPEC_SCHEMA["properties"]["fallback"]["properties"]
+    backend = {"service", "namespace", "port", "address"}  # the --fallback address itself
+    assert set(fallback) - backend == set(builders.FALLBACK_ENV)
+    from relay import backend_pool
+
+    preconnect = fallback["preconnect"]
+    assert (preconnect["type"], preconnect["minimum"], preconnect["maximum"]) == ("integer", 0, backend_pool.MAX_SIZE)
+    assert "default" not in preconnect  # absent: the relay's default (off), no variable, no pod roll
