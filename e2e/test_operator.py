@@ -531,8 +531,9 @@ def dry_run(kubectl, namespace: str, name: str, spec: dict):
     # The relay refuses IPv4-mapped ranges too (it matches IPv4 as IPv4): the message says so.
     ({"relay": {"denyDestinations": ["::ffff:10.0.0.0/104"]}}, "spec.relay.denyDestinations[0]", "IPv4-mapped"),
     ({"relay": {"allowDestinations": ["::FFFF:0:0/96"]}}, "spec.relay.allowDestinations[0]", "write the IPv4 range"),
+    ({"fallback": {"address": "10.0.0.5:443", "preconnect": 65}}, "spec.fallback.preconnect", "less than or equal to 64"),
 ], ids=["host-bits", "not-cidr", "lb-range", "no-port", "bad-port", "fallback-address", "otlp-no-scheme",
-        "otlp-ftp", "own-service", "mapped-deny", "mapped-allow"])
+        "otlp-ftp", "own-service", "mapped-deny", "mapped-allow", "pool-too-big"])
 def test_the_api_server_refuses_an_invalid_relay_with_a_message_naming_the_field(operator_namespace, kubectl,
                                                                                  spec, field, words):
     refused = dry_run(kubectl, operator_namespace, "cel-own", spec)
@@ -546,7 +547,7 @@ def test_the_api_server_accepts_valid_cidrs_endpoints_and_urls(operator_namespac
         "relay": {"allowDestinations": ["10.0.0.0/8", "2001:DB8::/32", "198.18.0.0/15", "198.18.0.5", "2001:db8::5"],
                   "denyDestinations": ["fd00::/8"], "legacyTarget": "[2001:db8::1]:9993"},
         "service": {"loadBalancerSourceRanges": ["198.18.0.0/16"]},
-        "fallback": {"address": "site.example:443"},
+        "fallback": {"address": "site.example:443", "preconnect": 4},
         "telemetry": {"otlpEndpoint": "https://otel.example:4318/v1"},
     })
     assert accepted.returncode == 0, accepted.stderr
