@@ -205,6 +205,7 @@ class Splice:
         if self.backend.transport is not None and not self.backend.lost:
             return
         on_done, self.on_done = self.on_done, None
+        self.retry = None  # its closure holds the splice
         if on_done is not None:
             on_done(self)
             # Both sides are gone: no callback comes any more. Without the cycles (splice <->
