@@ -245,7 +245,7 @@ class FallbackRouter:
             sent = 0
         except OSError:  # closed between the check and the send: a fresh dial instead
             sock.close()
-            self.preconnect.discarded[preconnect.SEND_FAILED] += 1
+            self.preconnect.discard(preconnect.SEND_FAILED)
             return None
         self.preconnect.taken += 1
         return sock, sent
@@ -255,7 +255,7 @@ class FallbackRouter:
         visitor's first flight: the site closed it before reading that (its FIN was in flight
         at the check), so the same flight goes on a fresh dial, once (never pooled: no retry)."""
         s.retry = None
-        self.preconnect.discarded[preconnect.CLOSED_UNANSWERED] += 1
+        self.preconnect.discard(preconnect.CLOSED_UNANSWERED)
         s.replace_backend()
         if not s.client.lost:
             s.client.transport.pause_reading()  # until the new connection can take its bytes

@@ -49,12 +49,15 @@ non-blocking sockets on the loop.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 from collections import Counter
 from collections.abc import Callable
 
 from relay.backend_pool import Pool
+
+log = logging.getLogger("zt_relay.fallback")
 
 #: Seconds a pool dial may take before it counts as failed.
 DIAL_TIMEOUT = 10.0
@@ -76,6 +79,12 @@ EXPIRED = "expired"  # unused for MAX_AGE, or the backend's name moved
 SEND_FAILED = "send_failed"  # the first flight's send failed: closed since the check
 CLOSED_UNANSWERED = "closed_unanswered"  # EOF or reset right after the first flight, not a byte back
 DISCARD_REASONS = (BYTES_WAITING, CLOSED, RESET, EXPIRED, SEND_FAILED, CLOSED_UNANSWERED)
+_WHY = {
+    BYTES_WAITING: "the site wrote to it before any visitor: a greeting, or an answer to an idle connection",
+    CLOSED: "the site closed it while it waited", RESET: "the site reset it while it waited",
+    SEND_FAILED: "the site closed it just after the check; the visitor went on a fresh dial",
+    CLOSED_UNANSWERED: "the site closed it without a byte right after the visitor's first flight; that flight went again on a fresh dial",
+}
 #: The last two: the visitor's first flight went again on a fresh dial (``fallback.py``).
 
 
@@ -152,7 +161,7 @@ class Preconnector:
                 self._spoke = 0
                 break
             sock.close()  # the backend wrote to it, closed or reset it while pooled
-            self.discarded[why] += 1
+            self.discard(why)
             if why == BYTES_WAITING:
                 self._spoke += 1
                 if self._spoke >= SPOKE_FIRST_LIMIT:
@@ -251,6 +260,14 @@ class Preconnector:
             return False
         sock.close()
         return True
+
+    def discard(self, why: str) -> None:
+        """Counts a pooled connection closed unused for ``why``; the first of each reason is
+        logged (a site closing idle connections early, or speaking first, shows here once)."""
+        self.discarded[why] += 1
+        if self.discarded[why] == 1:
+            log.info("fallback: a pooled backend connection was discarded (%s: %s); counted in "
+                     "zt_relay_fallback_preconnect_discarded_total, logged once per reason", why, _WHY[why])
 
     def stop(self, why: str) -> None:
         """Stops pooling for good: the backend gains nothing from it (``why``)."""

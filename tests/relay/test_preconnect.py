@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import logging
 import os
 import socket
 import struct
@@ -817,9 +818,10 @@ async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_coun
         server.close()
 
 
-async def test_a_pool_that_serves_visitors_between_greeted_discards_keeps_going(make_relay, site, no_expiry):
+async def test_a_pool_that_serves_visitors_between_greeted_discards_keeps_going(make_relay, site, no_expiry, caplog):
     """Only discards in a row stop the pool: one pooled connection with bytes waiting now
     and then (a stale answer) among connections that serve visitors does not."""
+    caplog.set_level(logging.INFO, logger="zt_relay.fallback")
     relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
     pre = relay.fallback.preconnect
     await warm(relay, site, 1)
@@ -835,6 +837,8 @@ async def test_a_pool_that_serves_visitors_between_greeted_discards_keeps_going(
     assert pre.running
     snapshot = relay.snapshot()
     assert snapshot["fallback_preconnect_discarded:bytes_waiting"] == 3 and snapshot["fallback_preconnect_taken"] == 2, snapshot
+    logged = [r.getMessage() for r in caplog.records if "discarded" in r.getMessage()]
+    assert len(logged) == 1 and "bytes_waiting" in logged[0], logged  # once per reason, not per discard
 
 
 @pytest.mark.parametrize("how", ["close", "reset"])
