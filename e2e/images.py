@@ -25,6 +25,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -205,15 +206,41 @@ def build_image(tag: str = IMAGE) -> str:
         return _build_image(tag)
 
 
+BUILD_LOCK_TIMEOUT = float(os.environ.get("ZT_RELAY_BUILD_LOCK_TIMEOUT", 1800))
+"""Seconds a build waits for another one's lock: far above a cold build (base, wheels and
+image), so that only a hung one (its docker stuck) makes the waiters fail, naming it."""
+
+BUILD_LOCK_POLL = 0.2  # flock(2) has no timeout: a waiter retries a non-blocking lock this often
+
+
 @contextlib.contextmanager
 def _build_lock():
     """One build on the machine at a time (xdist workers, `.ci/run`'s two parts): the others
     wait, then find the image built from their inputs; two at once clash in `docker image prune`
-    ("a prune operation is already running") and in build/wheels."""
+    ("a prune operation is already running") and in build/wheels. The holder writes its pid
+    and command into the lock file, for a waiter that gives up to name it."""
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with open(CACHE_DIR / "build.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    path = CACHE_DIR / "build.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)  # no truncation: the holder's note stays
+    try:
+        deadline = time.monotonic() + BUILD_LOCK_TIMEOUT
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    holder = path.read_text().strip() or "a process that left no note"
+                    raise TimeoutError(
+                        f"the image build lock {path} is still held after {BUILD_LOCK_TIMEOUT:.0f} s, by {holder}: "
+                        "a hung build? (stop it, or raise ZT_RELAY_BUILD_LOCK_TIMEOUT)"
+                    ) from None
+                time.sleep(BUILD_LOCK_POLL)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"pid {os.getpid()} ({' '.join(sys.argv)[:200]}), since {time.strftime('%H:%M:%S')}\n".encode(), 0)
         yield
+    finally:
+        os.close(fd)
 
 
 def _build_image(tag: str) -> str:

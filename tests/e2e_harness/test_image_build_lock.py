@@ -1,14 +1,25 @@
 """e2e.images.build_image from several processes at once (xdist workers, the two parts of
 `.ci/run`): one builds, the others wait and reuse its image, instead of two docker builds and
-prunes at once (seen under -n 3: 'a prune operation is already running', two tests in error)."""
+prunes at once (seen under -n 3: 'a prune operation is already running', two tests in error).
+A build that hangs does not block the others for good: they wait a bounded time and name it."""
 
+import fcntl
+import os
+import subprocess
+import sys
 import threading
-import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
 
 from e2e import images
 
+ROOT = Path(__file__).resolve().parents[2]
+BOUND = 30.0  # generous: every wait below ends on its condition long before
 
-def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeypatch, tmp_path):
+
+def fake_inputs(monkeypatch, tmp_path) -> dict[str, str]:
     monkeypatch.setattr(images, "CACHE_DIR", tmp_path)
     monkeypatch.setattr(images, "ensure_docker", lambda: None)
     monkeypatch.setattr(images, "build_base", lambda: "base")
@@ -16,27 +27,86 @@ def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeyp
     monkeypatch.setattr(images, "build_wheels", lambda: None)
     labels: dict[str, str] = {}
     monkeypatch.setattr(images, "image_label", lambda tag, label: labels.get(tag))
-    running, overlaps, builds = [0], [], []
-    lock = threading.Lock()
+    # _built is per process: each thread plays a process that has not built yet.
+    monkeypatch.setattr(images, "_built", type("PerCall", (set,), {"__contains__": lambda self, tag: False})())
+    return labels
+
+
+def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeypatch, tmp_path):
+    labels = fake_inputs(monkeypatch, tmp_path)
+    state = threading.Condition()
+    running, overlaps, builds, lockers, decided = [0], [], [], set(), [False]
+
+    def recording_flock(fd, op):
+        """The lock's own call: a thread that reached it while another builds waits there."""
+        with state:
+            lockers.add(threading.get_ident())
+            state.notify_all()
+        return fcntl.flock(fd, op)
+
+    monkeypatch.setattr(images, "fcntl", SimpleNamespace(**{n: getattr(fcntl, n) for n in dir(fcntl) if n.isupper()},
+                                                          flock=recording_flock))
 
     def fake_run(cmd, **kwargs):
-        with lock:
+        with state:
             running[0] += 1
             overlaps.append(running[0])
-        time.sleep(0.2)  # a build's span, for the other thread to arrive in
+            state.notify_all()
+            # The first build lasts until every thread has reached the lock (and waits there)
+            # or, without a lock, another one runs beside it: either way the overlap is decided.
+            assert state.wait_for(lambda: decided[0] or len(lockers) == len(threads) or running[0] > 1, BOUND), lockers
+            decided[0] = True
         if cmd[:2] == ["docker", "build"]:
             builds.append(cmd)
             labels[cmd[cmd.index("--tag") + 1]] = "digest"
-        with lock:
+        with state:
             running[0] -= 1
 
     monkeypatch.setattr(images, "_run", fake_run)
-    # _built is per process: each thread plays a process that has not built yet.
-    monkeypatch.setattr(images, "_built", type("PerCall", (set,), {"__contains__": lambda self, tag: False})())
     threads = [threading.Thread(target=images.build_image, args=("zt-relay:test",)) for _ in range(3)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(timeout=30)
+        t.join(timeout=BOUND)
+    assert not any(t.is_alive() for t in threads)
     assert max(overlaps) == 1, overlaps
     assert len(builds) == 1, builds
+
+
+HOLDER = """  # a build that hangs, holding the lock
+import sys
+from pathlib import Path
+from e2e import images
+images.CACHE_DIR = Path(sys.argv[1])
+with images._build_lock():
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_build_that_hangs_makes_the_others_fail_in_bounded_time_naming_it(monkeypatch, tmp_path):
+    fake_inputs(monkeypatch, tmp_path)
+    monkeypatch.setattr(images, "_run", lambda cmd, **kwargs: pytest.fail(f"ran {cmd} without the lock"))
+    monkeypatch.setattr(images, "BUILD_LOCK_TIMEOUT", 0.5, raising=False)
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        result: list[BaseException] = []
+        waiter = threading.Thread(target=lambda: _capture(result, images.build_image, "zt-relay:test"), daemon=True)
+        waiter.start()
+        waiter.join(timeout=BOUND)
+        assert not waiter.is_alive(), "build_image still waits for a hung build's lock"
+        assert len(result) == 1 and isinstance(result[0], TimeoutError), result
+        assert f"pid {holder.pid}" in str(result[0]) and "ZT_RELAY_BUILD_LOCK_TIMEOUT" in str(result[0])
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=BOUND) == 0
+        holder.stdout.close()
+
+
+def _capture(result: list, fn, *args) -> None:
+    try:
+        fn(*args)
+    except BaseException as e:  # noqa: BLE001 (handed to the test's thread)
+        result.append(e)
