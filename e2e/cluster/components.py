@@ -92,7 +92,7 @@ COMPONENTS = (
     ),
     Component("containerd", _containerd_command, _containerd_ready),
     Component("kubelet", configs.kubelet_command),
-    Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok("http://127.0.0.1:10256/healthz")),
+    Component("kube-proxy", configs.kube_proxy_command, lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.kube_proxy_healthz_port}/healthz")),
     # Its iptables-save/-restore and ipset are shims that show it, and let it write, only its
     # own chains and ipsets (review findings F23, F24; kube_router_view).
     Component("kube-router", configs.kube_router_command, lambda layout, state: _kube_router_synced(), env=kube_router_shim.environment),

@@ -149,6 +149,7 @@ def controller_manager_command(layout: Layout, state: StatePaths, bin_dir: Path)
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
+        f"--secure-port={layout.controller_manager_port}",
         f"--client-ca-file={pki / 'ca.crt'}",
         f"--requestheader-client-ca-file={pki / 'front-proxy-ca.crt'}",
         f"--cluster-signing-cert-file={pki / 'ca.crt'}",
@@ -178,6 +179,7 @@ def scheduler_command(layout: Layout, state: StatePaths, bin_dir: Path) -> list[
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
+        f"--secure-port={layout.scheduler_port}",
         "--leader-elect=false",
         "--v=1",
     ]
@@ -306,10 +308,10 @@ def kubelet_config(layout: Layout, state: StatePaths) -> str:
         "kind": "KubeletConfiguration",
         # The apiserver and metrics-server reach the kubelet at the node's InternalIP.
         "address": layout.node_ip,
-        "port": 10250,
+        "port": layout.kubelet_port,
         "readOnlyPort": 0,
         "healthzBindAddress": "127.0.0.1",
-        "healthzPort": 10248,
+        "healthzPort": layout.kubelet_healthz_port,
         "authentication": {
             "anonymous": {"enabled": False},
             "webhook": {"enabled": True},
@@ -365,8 +367,8 @@ def kube_proxy_config(layout: Layout, state: StatePaths) -> str:
         "mode": "iptables",
         "hostnameOverride": layout.node_name,
         "clusterCIDR": layout.cluster_cidr,
-        "healthzBindAddress": "127.0.0.1:10256",
-        "metricsBindAddress": "127.0.0.1:10249",
+        "healthzBindAddress": f"127.0.0.1:{layout.kube_proxy_healthz_port}",
+        "metricsBindAddress": f"127.0.0.1:{layout.kube_proxy_metrics_port}",
         # NodePorts on the node IP only: no route_localnet sysctl, no ports on docker0.
         "nodePortAddresses": ["primary"],
         "iptables": {"localhostNodePorts": False, "syncPeriod": "30s", "minSyncPeriod": "0s"},
@@ -470,7 +472,7 @@ def corefile(layout: Layout, state: StatePaths) -> str:
     """Cluster names only. There is deliberately no `forward` (and no `.` zone): a query for
     any other name is refused instead of being sent to an upstream resolver off the machine."""
     return f"""\
-cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+cluster.local:{layout.dns_port} in-addr.arpa:{layout.dns_port} ip6.arpa:{layout.dns_port} {{
     bind {layout.node_ip}
     errors
     kubernetes cluster.local in-addr.arpa ip6.arpa {{
@@ -499,8 +501,8 @@ def dns_objects(layout: Layout) -> list[dict]:
             "metadata": {"name": name, "namespace": "kube-system", "labels": {"k8s-app": name}},
             "spec": {
                 "clusterIP": layout.dns_service_ip,
-                "ports": [{"name": n, "port": 53, "protocol": p, "targetPort": 53} for n, p in ports],
+                "ports": [{"name": n, "port": 53, "protocol": p, "targetPort": layout.dns_port} for n, p in ports],
             },
         },
-        host_endpoint_slice(layout, name, [{"name": n, "port": 53, "protocol": p} for n, p in ports]),
+        host_endpoint_slice(layout, name, [{"name": n, "port": layout.dns_port, "protocol": p} for n, p in ports]),
     ]

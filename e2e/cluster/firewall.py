@@ -153,9 +153,9 @@ def chains(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-po
     n = layout.node_ip
     v4_input = (
         ("-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "RETURN"),
-        ("-d", n, "-p", "tcp", "-m", "multiport", "--dports", f"{layout.apiserver_port},10250,{layout.metrics_server_port}", "-j", "RETURN"),
-        ("-d", n, "-p", "udp", "--dport", "53", "-j", "RETURN"),
-        ("-d", n, "-p", "tcp", "--dport", "53", "-j", "RETURN"),
+        ("-d", n, "-p", "tcp", "-m", "multiport", "--dports", f"{layout.apiserver_port},{layout.kubelet_port},{layout.metrics_server_port}", "-j", "RETURN"),
+        ("-d", n, "-p", "udp", "--dport", str(layout.dns_port), "-j", "RETURN"),
+        ("-d", n, "-p", "tcp", "--dport", str(layout.dns_port), "-j", "RETURN"),
         # No NodePort range here: kube-proxy DNATs a NodePort in PREROUTING, to a pod (FORWARD)
         # or to a hostNetwork endpoint's own port; INPUT never needs 30000-32767, and allowing
         # it let the cluster reach any listener of the machine there (a proxy on 0.0.0.0).

@@ -59,6 +59,19 @@ class Layout:
     registry_port: int = 23795
     """The image registry (`registry serve`) on 127.0.0.1 only: containerd pulls from it; pods
     and test hosts cannot reach it (the machine's loopback is not theirs)."""
+    controller_manager_port: int = 10257
+    """kube-controller-manager's HTTPS (health, metrics) on 127.0.0.1."""
+    scheduler_port: int = 10259
+    """kube-scheduler's HTTPS (health, metrics) on 127.0.0.1."""
+    kubelet_port: int = 10250
+    """The kubelet's API on the node IP (the apiserver's exec/logs, metrics-server's scrape)."""
+    kubelet_healthz_port: int = 10248
+    kube_proxy_healthz_port: int = 10256
+    """kube-proxy's /healthz on 127.0.0.1: `up` waits on it."""
+    kube_proxy_metrics_port: int = 10249
+    dns_port: int = 53
+    """CoreDNS on the node IP, UDP and TCP; the kube-dns Service's targetPort (its own port
+    stays 53, where pods' resolv.conf sends)."""
     pause_image: str = "zt-relay-e2e/pause:1"
 
     @property
