@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
@@ -33,29 +34,48 @@ def _free_port() -> int:
     return ports.unused_port()  # outside the ephemeral range: see tests/ports.py
 
 
-@pytest.fixture
-def relay_port():
-    """A real zt-relay process on loopback (health server off)."""
-    port = _free_port()
+@contextlib.contextmanager
+def running_relay(port: int):
+    """A real zt-relay process on loopback:`port` (health server off), started once it logs
+    that it listens there (after its bind): a connection that the port takes proves only that
+    someone listens, maybe a process that got the port first while the relay failed its bind."""
     # No shutdown delay: the teardown's SIGTERM needn't wait the default 5 s.
     proc = subprocess.Popen(
         [str(Path(sys.executable).parent / "zt-relay"), f"127.0.0.1:{port}", "--health-listen", "off"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-        env={**os.environ, "ZT_RELAY_LOG_LEVEL": "WARNING", "ZT_RELAY_SHUTDOWN_DELAY": "0"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "ZT_RELAY_LOG_LEVEL": "INFO", "ZT_RELAY_SHUTDOWN_DELAY": "0"},
     )
-    deadline = time.monotonic() + 15
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, proc.stderr.read()
-            assert time.monotonic() < deadline, "relay did not listen"
-            time.sleep(0.1)
-    yield port
-    proc.terminate()
-    proc.wait(timeout=10)
-    proc.stderr.close()
+    log: list[str] = []
+    decided = threading.Event()  # it listens, or its log ended (it exited)
+
+    def read() -> None:  # drains stderr for the whole run: a full pipe would stall the relay
+        for line in proc.stderr:
+            log.append(line)
+            if f"relay listening on 127.0.0.1:{port}" in line:
+                decided.set()
+        decided.set()
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    try:
+        if not decided.wait(15):
+            raise RuntimeError("relay did not log that it listens within 15 s:\n" + "".join(log))
+        if proc.poll() is not None or not any("relay listening on" in line for line in log):
+            proc.wait(timeout=10)
+            reader.join(timeout=10)
+            raise RuntimeError(f"relay exited ({proc.returncode}) during start:\n" + "".join(log))
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+        reader.join(timeout=10)
+        proc.stderr.close()
+
+
+@pytest.fixture
+def relay_port():
+    with running_relay(_free_port()) as port:
+        yield port
 
 
 @pytest.fixture
@@ -86,6 +106,18 @@ def silent_listener_port():
 def test_a_real_relay_passes_the_check(relay_port, capsys):
     helm_test.check_relay("127.0.0.1", relay_port, time.monotonic() + 20)
     assert "accepts a hello and rejects a bad record" in capsys.readouterr().out
+
+
+def test_a_port_another_process_took_after_the_pick_is_not_mistaken_for_the_relays():
+    """The relay counted as started once its port took a connection: a listener that got the
+    port first (a process that takes no pick lock) answered, while the relay had failed its
+    bind and exited, and the check then ran against the stranger."""
+    with socket.socket() as stranger:
+        stranger.bind(("127.0.0.1", _free_port()))
+        stranger.listen()
+        with pytest.raises(RuntimeError, match="relay exited"):
+            with running_relay(stranger.getsockname()[1]):
+                pass
 
 
 def test_a_listener_that_ignores_bad_records_fails_the_check(silent_listener_port):
