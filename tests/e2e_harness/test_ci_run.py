@@ -223,3 +223,58 @@ def test_a_second_run_in_the_same_clone_refuses_and_leaves_the_first_ones_venv(c
     os.killpg(first.pid, signal.SIGINT)
     rc, out = finish(first)
     assert rc != 0 and "CLUSTER-OUTPUT" in out, out
+
+
+PAUSING_CP = """#!/bin/sh
+# cp for the clone named in ZTR_PAUSE_IN: says it copies, then waits for the test's go.
+if [ "$PWD" = "$ZTR_PAUSE_IN" ]; then
+  echo $$ > "$ZTR_FAKE_STATE/copying"
+  i=0
+  while [ ! -e "$ZTR_FAKE_STATE/go" ] && [ $i -lt 1200 ]; do sleep 0.05; i=$((i + 1)); done
+fi
+exec /bin/cp "$@"
+"""
+
+
+def test_the_old_templates_cleanup_never_removes_a_template_a_run_is_copying(ci, tmp_path):
+    """The two-week cleanup of templates (`find -mtime +14 -exec rm -rf`) in one clone's
+    .ci/venv raced another clone's .ci/venv still using that template: its `find` saw the
+    template old just before the other run's `touch`, then removed it under that run's copy.
+    Here run A copies from its template, paused; the template is made old again (as that
+    `find` saw it) and run B, of another lock, cleans up: A's template must survive."""
+    run_venv(ci)
+    (template,) = [p for p in ci.cache.iterdir() if not p.name.startswith(".")]
+    month_ago = time.time() - 30 * 86400
+    (ci.state.parent / "bin" / "cp").write_text(PAUSING_CP)
+    (ci.state.parent / "bin" / "cp").chmod(0o755)
+    a = subprocess.Popen(["bash", str(ci.root / ".ci" / "venv")], env={**ci.env, "ZTR_PAUSE_IN": str(ci.root)},
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        wait_for(ci.state / "copying")
+        os.utime(template, (month_ago, month_ago))
+        other = tmp_path / "other-clone"
+        (other / ".ci").mkdir(parents=True)
+        for script in ("run", "venv"):
+            shutil.copy2(ci.root / ".ci" / script, other / ".ci" / script)
+        (other / ".ci" / "requirements.lock").write_text("fake==2\n")
+        b = subprocess.run(["bash", str(other / ".ci" / "venv")], env=ci.env, capture_output=True, text=True, timeout=60)
+        assert b.returncode == 0, b.stdout + b.stderr
+        assert template.is_dir(), "the cleanup removed the template a run was copying from"
+        os.utime(template)  # it was old in that stale view only: A touched it before copying
+    finally:
+        (ci.state / "go").touch()
+        out, _ = a.communicate(timeout=60)
+    assert a.returncode == 0, out
+    assert (ci.root / ".venv" / "bin" / "python").stat().st_ino == (template / "bin" / "python").stat().st_ino
+
+
+def test_an_old_template_no_run_uses_is_removed(ci):
+    run_venv(ci)
+    (template,) = [p for p in ci.cache.iterdir() if not p.name.startswith(".")]
+    (ci.root / ".ci" / "requirements.lock").write_text("fake==2\n")
+    month_ago = time.time() - 30 * 86400
+    os.utime(template, (month_ago, month_ago))
+    run_venv(ci)
+    assert not template.exists()
+    assert len([p for p in ci.cache.iterdir() if not p.name.startswith(".")]) == 1
+    assert (ci.root / ".venv" / "bin" / "python").is_file()
