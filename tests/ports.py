@@ -14,6 +14,7 @@ these locks can still bind it: ``foreign_listeners`` lets a server started on a 
 that it did not silently share it (SO_REUSEPORT lets any same-user socket join).
 """
 
+import contextlib
 import fcntl
 import os
 import random
@@ -53,8 +54,11 @@ def unused_port(host: str = "127.0.0.1") -> int:
 
 
 def _reserve(port: int) -> bool:
-    LOCK_DIR.mkdir(mode=0o1777, parents=True, exist_ok=True)
-    fd = os.open(LOCK_DIR / f"{port}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    if not LOCK_DIR.is_dir():
+        LOCK_DIR.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(PermissionError):  # another user made it meanwhile
+            LOCK_DIR.chmod(0o1777)  # every user's test processes share it, as /tmp (umask aside)
+    fd = os.open(LOCK_DIR / f"{port}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)  # flock needs no write access
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
