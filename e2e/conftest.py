@@ -305,8 +305,9 @@ def busybox_image(request: pytest.FixtureRequest, cluster: Cluster) -> str:
     if cluster.backend == "local":
         from e2e.cluster import image_import
 
-        if not image_import.has_image(testimages.BUSYBOX_TAG):
-            image_import.import_archive(archive)
+        with image_import.importing():  # concurrent sessions: one imports, the others find it
+            if not image_import.has_image(testimages.BUSYBOX_TAG):
+                image_import.import_archive(archive)
     elif cluster.backend == "kind":
         subprocess.run(["docker", "load"], input=archive, check=True, capture_output=True, timeout=120)
         cluster.kind.load_docker_image(testimages.BUSYBOX_TAG)

@@ -895,3 +895,67 @@ def test_under_ci_a_skipped_e2e_test_fails_but_an_xfailed_one_stays_xfailed(monk
     xfailed = _ci_report(xfailed)
     assert xfailed.outcome == "skipped" and xfailed.wasxfail == "F23: a known finding"
 
+
+
+def test_a_test_host_picks_its_address_under_a_machine_wide_lock(tmp_path, monkeypatch):
+    """Concurrent test sessions (`.ci/run`'s shards) create test hosts at the same time: the
+    first free address must be picked and taken (its namespace made) by one of them at a time,
+    or two hosts get the same address (the second's veth, named for it, then fails)."""
+    import fcntl
+
+    from e2e.cluster import network
+
+    lock = tmp_path / "hosts.lock"
+    monkeypatch.setattr(network, "HOSTS_LOCK", lock, raising=False)
+    monkeypatch.setattr(network, "_netns_exists", lambda name: False)
+    monkeypatch.setattr(network, "_setup_hosts_bridge", lambda layout: None)
+    seen = []
+
+    class Picked(Exception):
+        pass
+
+    def used(layout):
+        probe = os.open(lock, os.O_RDWR | os.O_CREAT) if lock.exists() else None
+        try:
+            if probe is not None:
+                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            if probe is not None:
+                os.close(probe)
+        raise Picked
+
+    monkeypatch.setattr(network, "_used_host_addresses", used)
+    with pytest.raises(Picked):
+        network.create_test_host(LAYOUT, "client-1234")
+    assert seen == ["held"]
+
+
+def test_an_image_is_looked_up_and_imported_under_a_machine_wide_lock(tmp_path, monkeypatch):
+    """Concurrent test sessions load the same images into containerd: one at a time looks
+    and imports, so the second finds the first's import instead of importing it again."""
+    import fcntl
+
+    from e2e.cluster import image_import
+
+    lock = tmp_path / "images.lock"
+    monkeypatch.setattr(image_import, "IMPORT_LOCK", lock, raising=False)
+    monkeypatch.setattr(image_import, "docker_image_id", lambda tag: "sha256:1")
+    seen = []
+
+    def imported_from(tag):
+        probe = os.open(lock, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            seen.append("free")
+        except BlockingIOError:
+            seen.append("held")
+        finally:
+            os.close(probe)
+        return "sha256:1"
+
+    monkeypatch.setattr(image_import, "imported_from", imported_from)
+    assert image_import.ensure_docker_image("zt-relay:test") is False
+    assert seen == ["held"]

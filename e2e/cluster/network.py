@@ -11,6 +11,8 @@ removed by `teardown`, by exact name. The packet filter (what keeps traffic from
 machine) is `firewall`'s.
 """
 
+import contextlib
+import fcntl
 import ipaddress
 import json
 import os
@@ -25,6 +27,9 @@ from e2e.cluster.layout import ESCAPE_LINK, ESCAPE_NETNS_PREFIX, LEGACY_TEST_HOS
 
 NETNS_DIR = Path("/var/run/netns")
 NETNS_ETC = Path("/etc/netns")
+HOSTS_LOCK = Path("/run/zt-relay-e2e.hosts")
+"""Held while a test host picks the first free address and takes it: concurrent test sessions
+(`.ci/run`'s shards) would otherwise pick the same one."""
 
 
 def sh(*cmd: str, check: bool = True, netns: str | None = None, timeout: float = 30) -> subprocess.CompletedProcess:
@@ -196,6 +201,16 @@ def _used_host_addresses(layout: Layout) -> set[str]:
     return used
 
 
+@contextlib.contextmanager
+def _hosts_lock():
+    fd = os.open(HOSTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
 def create_test_host(layout: Layout, name: str) -> TestHost:
     """Create namespace `<prefix><name>` with its own address in `layout.test_host_cidr`."""
     if not name.replace("-", "").isalnum() or len(name) > 40:
@@ -203,17 +218,18 @@ def create_test_host(layout: Layout, name: str) -> TestHost:
     netns = layout.test_host_netns_prefix + name
     if _netns_exists(netns):
         raise ValueError(f"test host {name!r} already exists (netns {netns})")
-    _setup_hosts_bridge(layout)
-    used = _used_host_addresses(layout)
     net = ipaddress.ip_network(layout.test_host_cidr)
-    address = next((str(ip) for ip in net.hosts() if str(ip) not in used), None)
-    if address is None:
-        raise RuntimeError(f"test host range {layout.test_host_cidr} is full")
-    veth = host_veth_name(address)
-    sh("ip", "netns", "add", netns)
-    sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
-    sh("ip", "link", "set", veth, "master", layout.hosts_bridge, "up")
-    sh("ip", "-n", netns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0")
+    with _hosts_lock():
+        _setup_hosts_bridge(layout)
+        used = _used_host_addresses(layout)
+        address = next((str(ip) for ip in net.hosts() if str(ip) not in used), None)
+        if address is None:
+            raise RuntimeError(f"test host range {layout.test_host_cidr} is full")
+        veth = host_veth_name(address)
+        sh("ip", "netns", "add", netns)
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
+        sh("ip", "link", "set", veth, "master", layout.hosts_bridge, "up")
+        sh("ip", "-n", netns, "addr", "add", f"{address}/{net.prefixlen}", "dev", "eth0")
     sh("ip", "-n", netns, "link", "set", "eth0", "up")
     sh("ip", "-n", netns, "link", "set", "lo", "up")
     sh("ip", "-n", netns, "route", "add", "default", "via", layout.hosts_gateway)
