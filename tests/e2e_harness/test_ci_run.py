@@ -68,7 +68,8 @@ def ci(tmp_path):
         d.mkdir(parents=True)
     (bin_dir / "python3").write_text(FAKE_PYTHON)
     (bin_dir / "python3").chmod(0o755)
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path)}
+    # TMPDIR: .ci/run's session logs (mktemp) stay in the test's directory, also when it is killed.
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
 
     started = []
 
