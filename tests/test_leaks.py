@@ -1,0 +1,51 @@
+"""tests.pytest_leaks: a resource a test leaks fails that test, not whichever test the garbage
+collector happens to run in next (on another xdist worker's order, another test)."""
+
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+REPO = Path(__file__).resolve().parents[1]
+
+LEAKY = textwrap.dedent("""\
+    import asyncio, gc, socket
+
+    class Cycle:
+        def __init__(self, thing):
+            self.me, self.thing = self, thing  # freed by a collection only, whenever one runs
+
+    def test_leaks_a_socket():
+        Cycle(socket.socket())
+
+    async def test_leaks_a_transport():
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", 0)
+        _, writer = await asyncio.open_connection(*server.sockets[0].getsockname()[:2])
+        Cycle(writer)
+        server.close()
+
+    def test_next():
+        gc.collect()  # as an allocation may start one anywhere
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_leak_fails_the_test_that_leaked_it_not_the_next(pytester: pytest.Pytester):
+    pytester.makepyfile(test_leaky=LEAKY)
+    pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
+    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA")
+    out = result.stdout.str()
+    # Each leaking test errors in its teardown with the warning; the next one passes.
+    assert "ERROR test_leaky.py::test_leaks_a_socket" in out, out
+    assert "ERROR test_leaky.py::test_leaks_a_transport" in out, out
+    assert "PASSED test_leaky.py::test_next" in out, out
+    assert "unclosed" in out, out
+    result.assert_outcomes(passed=3, errors=2)
