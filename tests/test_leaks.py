@@ -2,7 +2,6 @@
 collector happens to run in next (on another xdist worker's order, another test)."""
 
 import os
-import sys
 import textwrap
 from pathlib import Path
 
@@ -34,14 +33,11 @@ LEAKY = textwrap.dedent("""\
 
 
 @pytest.mark.timeout(60)
-def test_a_leak_fails_the_test_that_leaked_it_not_the_next(pytester: pytest.Pytester):
+def test_a_leak_fails_the_test_that_leaked_it_not_the_next(pytester: pytest.Pytester, monkeypatch):
     pytester.makepyfile(test_leaky=LEAKY)
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
-    env = {"PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA")
     out = result.stdout.str()
     # Each leaking test errors in its teardown with the warning; the next one passes.
     assert "ERROR test_leaky.py::test_leaks_a_socket" in out, out
@@ -49,3 +45,32 @@ def test_a_leak_fails_the_test_that_leaked_it_not_the_next(pytester: pytest.Pyte
     assert "PASSED test_leaky.py::test_next" in out, out
     assert "unclosed" in out, out
     result.assert_outcomes(passed=3, errors=2)
+
+
+HELD = textwrap.dedent("""\
+    import socket
+
+    held = []
+
+    class Cycle:
+        def __init__(self, thing):
+            self.me, self.thing = self, thing
+
+    def test_holds():
+        held.append(Cycle(socket.socket()))  # not garbage yet at its teardown
+
+    def test_lets_go():
+        held.clear()  # garbage now, for a collection only
+""")
+
+
+@pytest.mark.timeout(60)
+def test_a_leak_that_outlives_every_test_still_fails_the_run(pytester: pytest.Pytester, monkeypatch):
+    """What survives a test's collection is frozen out of the next ones (their cost): what of it
+    becomes garbage later is still collected, and reported, at the end of the session."""
+    pytester.makepyfile(test_held=HELD)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider")
+    assert result.ret != 0, result.stdout.str()
+    assert "unclosed <socket.socket" in result.stdout.str() + result.stderr.str()
