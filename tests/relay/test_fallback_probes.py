@@ -114,9 +114,13 @@ TAKEN = "zt_relay_fallback_preconnect_taken_total"
 async def site_and_relay(nginx, start_relay, request):
     """The relay dialing nginx per connection, or (``--fallback-preconnect 2``) sending the
     probe on a connection its pool opened before the probe came (``both`` checks which)."""
-    relay = await start_relay("--fallback", f"127.0.0.1:{nginx.port}", "--fallback-preconnect", str(request.param))
-    relay.pooled = bool(request.param)
-    return nginx, relay
+    return nginx, await fallback_relay(start_relay, nginx, request.param)
+
+
+async def fallback_relay(start_relay, nginx, preconnect: int):
+    relay = await start_relay("--fallback", f"127.0.0.1:{nginx.port}", "--fallback-preconnect", str(preconnect))
+    relay.pooled = bool(preconnect)
+    return relay
 
 
 async def both(probe, site, relay, *args, pooled: bool = True):
@@ -153,10 +157,14 @@ async def test_plaintext_probes_get_the_same_bytes_and_the_same_ending(site_and_
     assert relayed == direct
 
 
-async def test_an_empty_connection_held_10_s_looks_the_same(site_and_relay):
-    site, relay = site_and_relay
-    direct, relayed = await both(probe_empty, site, relay, pooled=False)  # sent on after 10 s: the pooled one aged out
-    assert relayed == direct == (b"", "open")
+async def test_an_empty_connection_held_10_s_looks_the_same(nginx, start_relay):
+    """Both of site_and_relay's relays (dialing, preconnected) at once: one 10 s hold for the
+    test, not two back to back on one pytest-xdist worker."""
+    relays = [await fallback_relay(start_relay, nginx, preconnect) for preconnect in (0, 2)]
+    # pooled=False: sent on after 10 s, when the pooled connection has aged out.
+    results = await asyncio.gather(*(both(probe_empty, nginx, relay, pooled=False) for relay in relays))
+    for direct, relayed in results:
+        assert relayed == direct == (b"", "open")
 
 
 async def test_a_connection_half_closed_at_once_looks_the_same(site_and_relay):
