@@ -14,7 +14,7 @@
 # leads to a "ZeroTier peer" namespace that counts. Exit 0 = not forwarded and down clean; 1 = bug.
 source "$(dirname "$0")/prologue.bash"
 sim_cgroup zt-review-sim
-e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f16-state.XXXX)
   tap=$($PY -c "
 B = \"abcdefghijklmnopqrstuvwxyz234567\"
@@ -30,7 +30,7 @@ print(\"zt\" + \"\".join(B[(bits >> (35 - 5 * i)) & 31] for i in range(8)))")
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\")
+firewall.install_all(layout, \"$CG\", \"$CG\")
 network.setup_safety(layout); network.setup_node_address(layout)" || exit 2
   ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0; ip link set ztr-cni0 up
   ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1

@@ -9,7 +9,7 @@
 # Exit 0 = nothing reached the outside; 1 = packets leaked during the re-install.
 source "$(dirname "$0")/prologue.bash"
 sim_cgroup zt-review-sim
-e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f19-state.XXXX)
   ip netns add outside; ip link set eth0peer netns outside
   ip -n outside addr add 198.18.5.1/24 dev eth0peer; ip -n outside link set eth0peer up
@@ -27,7 +27,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
+firewall.install_all(layout, \"$CG\", \"$CG\"); network.setup_safety(layout); network.setup_node_address(layout)"
   ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0; ip link set ztr-cni0 up
   ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1
   ip link set vethpod1 master ztr-cni0 up
@@ -44,8 +44,8 @@ while True:
   $PY -c "
 from e2e.cluster import firewall, health
 layout = health.current_layout()
-firewall.ensure_first(layout, \"zt-review-sim\", \"zt-review-sim\")
-assert all(firewall.first_in_hook(c) for c in firewall.chains(layout, \"zt-review-sim\", \"zt-review-sim\")), \"not first again\"" || { kill $sender; echo "FAIL: ensure_first did not put our jumps first again"; exit 1; }
+firewall.ensure_first(layout, \"$CG\", \"$CG\")
+assert all(firewall.first_in_hook(c) for c in firewall.chains(layout, \"$CG\", \"$CG\")), \"not first again\"" || { kill $sender; echo "FAIL: ensure_first did not put our jumps first again"; exit 1; }
   dropped_more 50 || { kill $sender; exit 2; }; n=$(arrived); echo "arrived outside after the next up'"'"'s ensure_first: $n"
   kill $sender; ip netns del pod1; rm -rf $ZT_RELAY_E2E_STATE
   [ "$n" = 0 ] && { echo PASS; exit 0; }

@@ -11,13 +11,13 @@ sim_cgroup zt-review-sim
 # Unique per run (/tmp is the machine's, not the sandbox's).
 log=$(mktemp -t review-f3.XXXXXX)
 on_exit 'rm -f "$log"'
-e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3-state.XXXX)
   resolver_out=$(mktemp /tmp/review-f3-resolver.XXXXXX)
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\")
+firewall.install_all(layout, \"$CG\", \"$CG\")
 network.setup_safety(layout)
 network.setup_node_address(layout)
 "

@@ -6,12 +6,12 @@ source "$(dirname "$0")/prologue.bash"
 sim_cgroup zt-review-sim
 log=$(mktemp -t review-f3b.XXXXXX)  # not a fixed path: two runs on one machine
 on_exit 'rm -f "$log"'
-e2e/sandbox/sandbox.sh env PY="$PY" bash -uo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -uo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f3b-state.XXXX)
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\"); network.setup_safety(layout); network.setup_node_address(layout)"
+firewall.install_all(layout, \"$CG\", \"$CG\"); network.setup_safety(layout); network.setup_node_address(layout)"
   ip link add ztr-cni0 type bridge; ip addr add 10.244.0.1/24 dev ztr-cni0
   ip addr add fe80::1/64 dev ztr-cni0 nodad; ip link set ztr-cni0 up
   ip netns add pod1; ip link add vethpod1 type veth peer name eth0 netns pod1

@@ -10,10 +10,11 @@
 # Exit 0 = the pod-like process was stopped too; 1 = it leaked.
 source "$(dirname "$0")/prologue.bash"
 CG=/sys/fs/cgroup/unified
-mkdir -p $CG/zt-review-sim $CG/zt-review-sim-pods/kubepods/podX/ctr
-cleanup() { rmdir $CG/zt-review-sim-pods/kubepods/podX/ctr $CG/zt-review-sim-pods/kubepods/podX $CG/zt-review-sim-pods/kubepods $CG/zt-review-sim-pods $CG/zt-review-sim 2>/dev/null || true; }
+SIM=zt-review-sim-$$  # its own per run: scripts run side by side (see prologue.bash sim_cgroup)
+mkdir -p $CG/$SIM $CG/$SIM-pods/kubepods/podX/ctr
+cleanup() { rmdir $CG/$SIM-pods/kubepods/podX/ctr $CG/$SIM-pods/kubepods/podX $CG/$SIM-pods/kubepods $CG/$SIM-pods $CG/$SIM 2>/dev/null || true; }
 on_exit cleanup
-e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" SIM="$SIM" bash -euo pipefail -c '
   CG=$(mktemp -d /tmp/review-f5-cg2.XXXX); mount -t cgroup2 none $CG   # the real v2 tree, inside the sandbox
   ip netns add outside; ip link set eth0peer netns outside
   ip -n outside addr add 198.18.5.1/24 dev eth0peer; ip -n outside addr add fd99::1/64 dev eth0peer nodad
@@ -26,16 +27,16 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f5-state.XXXX)
   $PY -c "
 from e2e.cluster import firewall, health
-firewall.install_all(health.current_layout(), \"zt-review-sim\", \"zt-review-sim-pods\")"
+firewall.install_all(health.current_layout(), \"$SIM\", \"$SIM-pods\")"
   send="import socket
 for a, f in ((\"198.18.99.1\", socket.AF_INET), (\"2001:2::99\", socket.AF_INET6)):
     try: socket.socket(f, socket.SOCK_DGRAM).sendto(b\"leak?\", (a, 9)); print(a, \"sent\")
     except OSError as e: print(a, \"refused locally:\", e.strerror)"
-  echo "--- a host process of the harness (cgroup zt-review-sim):"
-  sh -c "echo \$\$ > $CG/zt-review-sim/cgroup.procs && exec $PY -c '"'"'$send'"'"'"
+  echo "--- a host process of the harness (cgroup $SIM):"
+  sh -c "echo \$\$ > $CG/$SIM/cgroup.procs && exec $PY -c '"'"'$send'"'"'"
   echo "outside got: $(arrived)"
-  echo "--- a hostNetwork pod'"'"'s process (cgroup zt-review-sim-pods/kubepods/podX/ctr):"
-  sh -c "echo \$\$ > $CG/zt-review-sim-pods/kubepods/podX/ctr/cgroup.procs && exec $PY -c '"'"'$send'"'"'"
+  echo "--- a hostNetwork pod'"'"'s process (cgroup $SIM-pods/kubepods/podX/ctr):"
+  sh -c "echo \$\$ > $CG/$SIM-pods/kubepods/podX/ctr/cgroup.procs && exec $PY -c '"'"'$send'"'"'"
   got=$(arrived); echo "outside got: $got"; rm -rf $ZT_RELAY_E2E_STATE
   echo $$ > $CG/cgroup.procs; umount $CG; rmdir $CG
   [ "$got" = "v4=0 v6=0" ] && { echo PASS; exit 0; }

@@ -9,7 +9,7 @@
 # of the fake eth0. Exit 0 = nothing reached the outside; 1 = packets leaked during `down`.
 source "$(dirname "$0")/prologue.bash"
 sim_cgroup zt-review-sim
-e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
+e2e/sandbox/sandbox.sh env PY="$PY" CG="$CG" bash -euo pipefail -c '
   export ZT_RELAY_E2E_STATE=$(mktemp -d /tmp/review-f8-state.XXXX)
   echo 2 > $ZT_RELAY_E2E_STATE/generation
   # The outside world at the far end of eth0, counting what arrives.
@@ -29,7 +29,7 @@ e2e/sandbox/sandbox.sh env PY="$PY" bash -euo pipefail -c '
   $PY -c "
 from e2e.cluster import firewall, health, network
 layout = health.current_layout()
-firewall.install_all(layout, \"zt-review-sim\", \"zt-review-sim\")
+firewall.install_all(layout, \"$CG\", \"$CG\")
 network.setup_safety(layout)
 network.setup_node_address(layout)
 host = network.create_test_host(layout, \"leftover\")
