@@ -12,6 +12,7 @@ import json
 import re
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -26,7 +27,7 @@ CRD_FILE = REPO / "charts" / "zt-relay" / "crds" / "zerotierrelays.yaml"
 RBAC_RULES_FILE = REPO / "charts" / "zt-relay" / "files" / "operator-rbac.yaml"
 RELAY = "edge"
 HOST_PREFIX = "op"  # test-host names of this module (e2e.peers.relay_hosts)
-DRAIN_SECONDS = 20
+DRAIN_SECONDS = 8
 OPERATOR_LABELS = {"app.kubernetes.io/name": "zt-relay", "app.kubernetes.io/component": "operator"}
 RELAY_SELECTOR = f"app.kubernetes.io/instance={RELAY},app.kubernetes.io/component=relay"
 CHILDREN = (("deployment", "Deployment"), ("service", "Service"),
@@ -453,27 +454,36 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
         def terminating():
             for pod in kubectl.json("get", "pods", "-n", relay, "-l", RELAY_SELECTOR)["items"]:
                 if pod["metadata"].get("deletionTimestamp"):
-                    return pod["metadata"]["name"]
+                    return pod
             return None
 
-        stopping = wait_for("a terminating relay pod", terminating, 30)
-        started = time.monotonic()
+        pod = wait_for("a terminating relay pod", terminating, 30)
+        stopping = pod["metadata"]["name"]
+        # The pod's own clock, not when this test noticed it: the API server set its
+        # deletionTimestamp (when the kubelet kills it) to the moment of deletion plus its
+        # grace period, in whole seconds rounded down: `deleted` is at most 1 s early.
+        sigkill = datetime.fromisoformat(pod["metadata"]["deletionTimestamp"].replace("Z", "+00:00")).timestamp()
+        deleted = sigkill - pod["metadata"]["deletionGracePeriodSeconds"]
+        drain_ends = deleted + builders.PRESTOP_SLEEP_SECONDS + builders.SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS
         on_stopping = per_pod[stopping] or 0
         assert on_stopping >= 1, f"no tunnel landed on {stopping}: {per_pod}"
-        # Throughout the drain window every tunnel keeps relaying, those on the stopping pod too.
+        # Until the drain's end every tunnel keeps relaying, those on the stopping pod too
+        # (the kubelet starts the pre-stop sleep only after the deletion: the drain ends no
+        # earlier than `drain_ends`; the last round starts 3 s before it).
         rounds = 0
-        while time.monotonic() - started < DRAIN_SECONDS - 4:
+        while time.time() < drain_ends - 3:
             for i, tunnel in enumerate(tunnels):
                 assert tunnel.round_trip(f"drain-{rounds}-{i}") == f"{udp_root} {ROOT_PORT} echo:drain-{rounds}-{i}", (
-                    f"tunnel {i} failed {time.monotonic() - started:.1f} s into a {DRAIN_SECONDS} s drain")
+                    f"tunnel {i} failed {time.time() - deleted:.1f} s after the deletion, its drain ends at "
+                    f"{drain_ends - deleted:.0f} s")
             rounds += 1
             time.sleep(1)
         assert rounds >= 5
-        # After the pre-stop sleep, the shutdown delay and the drain, the stopping pod's tunnels are closed.
-        time.sleep(max(0, builders.PRESTOP_SLEEP_SECONDS + builders.SHUTDOWN_DELAY_SECONDS + DRAIN_SECONDS + 3
-                       - (time.monotonic() - started)))
-        closed = sum(tunnel.round_trip("after") == "closed" for tunnel in tunnels)
-        assert closed == on_stopping
+        # After the drain the stopping pod closes its tunnels itself, before the kubelet's
+        # SIGKILL would (termination grace: GRACE_MARGIN_SECONDS after the drain's end).
+        wait_for("the stopping pod's tunnels closed before the kubelet's SIGKILL",
+                 lambda: sum(t.round_trip("after") == "closed" for t in tunnels) == on_stopping,
+                 max(1.0, sigkill - 2 - time.time()), interval=0.5)
     finally:
         for tunnel in tunnels:
             tunnel.close()
