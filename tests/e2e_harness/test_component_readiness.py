@@ -77,3 +77,15 @@ def test_a_component_that_exits_while_up_waits_for_it_to_be_ready_fails_up_with_
     state = StatePaths(tmp_path / "state")
     with pytest.raises(SystemExit, match="bad flag: boom"):
         startup.start_component(Layout(primary_interface="eth0"), state, "dying", ready_timeout=120)
+
+
+def test_kube_proxys_first_sync_is_asked_on_the_layouts_healthz_port(monkeypatch):
+    """`up` waited for kube-proxy's first sync asking its readiness with no layout
+    (`ready(None, None)`) once its healthz port became a Layout field: an AttributeError, and
+    every `up` failed."""
+    asked = []
+    monkeypatch.setattr(components, "_http_ok", lambda url: asked.append(url) or True)
+    monkeypatch.setattr(startup, "_kube_forward_jump", lambda binary: True)
+    layout = Layout(primary_interface="eth0")
+    assert startup._kube_proxy_synced(layout)
+    assert asked == [f"http://127.0.0.1:{layout.kube_proxy_healthz_port}/healthz"]
