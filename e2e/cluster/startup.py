@@ -112,7 +112,7 @@ def _node_ready_and_our_rules_first(layout: Layout, state: StatePaths) -> None:
     wait_for(f"node {layout.node_name} Ready", lambda: health.node_ready(kubectl, layout.node_name), 90, 0.5)
     # kube-proxy inserts its FORWARD jumps at the top on its first sync, IPv4 and (a little
     # later) IPv6; ours must be first after that (KUBE-FORWARD accepts marked packets).
-    wait_for("kube-proxy's first sync", _kube_proxy_synced, 60, 0.3)
+    wait_for("kube-proxy's first sync", lambda: _kube_proxy_synced(layout), 60, 0.3)
     try:
         wait_for("kube-proxy's first IPv6 sync", lambda: _kube_forward_jump("ip6tables"), 30, 0.3)
     except TimeoutError:
@@ -162,8 +162,8 @@ def _kube_forward_jump(binary: str) -> bool:
     return "-j KUBE-FORWARD" in network.sh(binary, "-w", "5", "-S", "FORWARD").stdout
 
 
-def _kube_proxy_synced() -> bool:
-    return components.BY_NAME["kube-proxy"].ready(None, None) and _kube_forward_jump("iptables")
+def _kube_proxy_synced(layout: Layout) -> bool:
+    return components.BY_NAME["kube-proxy"].ready(layout, None) and _kube_forward_jump("iptables")
 
 
 PROXY_VARIABLES = frozenset(
