@@ -922,3 +922,38 @@ async def test_a_site_that_closes_without_a_byte_after_reading_the_request_is_no
         for w in writers:
             w.close()
         server.close()
+
+
+async def test_a_fresh_dial_for_a_raced_pooled_connection_that_fails_closes_the_visitor_counted_once(make_relay, site, monkeypatch, no_expiry):
+    """The site closed the pooled connection after the check and is gone (stopped listening):
+    the fresh dial is refused, the visitor sees a close, and it is counted once (connected, on
+    the pooled connection), nothing left open."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
+    await warm(relay, site, 1)
+    [conn] = site.idle()
+    [pooled] = _pooled_socks(relay)
+    real_condition = preconnect.condition
+
+    def closed_right_after_the_check(sock):
+        answer = real_condition(sock)
+        if sock is pooled:
+            site.server.close()  # no more connections either
+            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            conn["writer"].transport.abort()
+        return answer
+
+    monkeypatch.setattr(preconnect, "condition", closed_right_after_the_check)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    try:
+        writer.write(b"GET /gone")
+        try:
+            assert await asyncio.wait_for(reader.read(), 5) == b""
+        except ConnectionResetError:
+            pass
+    finally:
+        writer.close()
+    await until(lambda: not relay.fallback.splices, "the visit stayed")
+    snapshot = relay.snapshot()
+    assert snapshot["fallback_preconnect_discarded:closed_unanswered"] + snapshot["fallback_preconnect_discarded:send_failed"] == 1, snapshot
+    assert snapshot["fallback:connected"] + snapshot["fallback:backend_refused"] == 3, snapshot  # the visitor once
+    await until(lambda: relay._fds_held() == relay.fallback.preconnect.fds, "descriptors left behind")
