@@ -18,11 +18,13 @@ REPO = Path(__file__).resolve().parents[2]
 # (e2e.cluster deps/build/docker-up/down/logs, e2e.images build, venv) succeeds at once.
 FAKE_PYTHON = textwrap.dedent(f"""\
     #!{sys.executable}
-    import os, sys, time
+    import os, subprocess, sys, time
     if sys.argv[1:2] == ["-c"]:  # a real script (.ci/run's SIGINT reset): run it as python would
         code, sys.argv = sys.argv[2], ["-c", *sys.argv[3:]]
         exec(code)
         sys.exit(0)
+    # Like a pytest-xdist worker: a child process whose fixtures need their teardown too.
+    WORKER = "import sys, time\\ntry:\\n    open(sys.argv[1], 'w').close()\\n    time.sleep(120)\\nexcept KeyboardInterrupt:\\n    print('WORKER-TEARDOWN', flush=True)\\n    sys.exit(2)\\n"
     args = " ".join(sys.argv[1:])
     with open(os.path.join(os.environ["ZTR_FAKE_STATE"], "calls"), "a") as f:
         f.write(args + "\\n")
@@ -39,9 +41,14 @@ FAKE_PYTHON = textwrap.dedent(f"""\
         sys.exit(0)
     state = os.environ["ZTR_FAKE_STATE"]
     print(f"{{part.upper()}}-OUTPUT", flush=True)
-    with open(os.path.join(state, part + ".pid"), "w") as f:
-        f.write(str(os.getpid()))
     action = os.environ.get("ZTR_FAKE_" + part.upper(), "exit 0")
+    if action == "hang":
+        ready = os.path.join(state, part + ".worker")
+        worker = subprocess.Popen([sys.executable, "-c", WORKER, ready])
+        while not os.path.exists(ready):
+            time.sleep(0.01)
+    with open(os.path.join(state, part + ".pid"), "w") as f:  # (the tests signal once it exists)
+        f.write(str(os.getpid()))
     if action.startswith("exit "):
         sys.exit(int(action.split()[1]))
     if action == "crash":
@@ -50,6 +57,10 @@ FAKE_PYTHON = textwrap.dedent(f"""\
         try:
             time.sleep(120)
         except KeyboardInterrupt:
+            try:  # like xdist's controller: the workers' own teardown first
+                worker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                worker.kill()
             print(f"{{part.upper()}}-TEARDOWN", flush=True)
             sys.exit(2)
         sys.exit(0)
@@ -147,8 +158,10 @@ exec /usr/bin/env "$@"
                                  "SIGTERM to .ci/run started with SIGINT ignored (a background job)",
                                  "SIGTERM to .ci/run started with SIGINT ignored (a background job), coreutils < 8.31"])
 def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its_output(ci, how):
-    """.ci/run interrupted while the no-cluster part still runs: that part gets pytest's
-    KeyboardInterrupt (its fixtures' teardown: containers, relays), is waited for, its output
+    """.ci/run interrupted while the no-cluster part still runs: that part, and each of its
+    pytest-xdist workers (where the fixtures are), gets pytest's KeyboardInterrupt (its fixtures'
+    teardown: containers, relays; a SIGINT to the controller alone kills the workers without
+    it), is waited for, its output
     shown, and the run fails. Also when .ci/run itself started with SIGINT ignored, which bash
     cannot undo (`trap - INT` leaves a signal ignored at entry ignored) and pytest inherits."""
     ignored = "(a background job)" in how
@@ -166,6 +179,7 @@ def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its
     rc, out = finish(proc)
     assert rc != 0, out
     assert "REST-TEARDOWN" in out, out
+    assert "WORKER-TEARDOWN" in out, out  # the part's xdist workers got the SIGINT too
     assert "REST-OUTPUT" in out, out
     assert not alive(rest_pid), out
     assert ("needs coreutils >= 8.31" in out) == how.endswith("coreutils < 8.31"), out
