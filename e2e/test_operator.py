@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 import uuid
 from datetime import datetime
@@ -19,7 +20,7 @@ import pytest
 import yaml
 
 from e2e import images, recovery
-from zt_operator import OLD_FINALIZER, builders
+from zt_operator import FIELD_MANAGER, OLD_FINALIZER, builders, plan
 from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 
 REPO = Path(__file__).resolve().parent.parent
@@ -228,34 +229,85 @@ def test_a_framed_client_round_trips_through_the_load_balancer_to_a_udp_root(rel
     assert answer == f"{udp_root} {ROOT_PORT} echo:hello-through-the-operator", f"relay logs:\n{logs}"
 
 
+class ReplicasWatch:
+    """Every value a Deployment's spec.replicas has taken, from a watch: every write is an
+    event, so a drop that lasts a moment is seen (a poll every 0.5 s could miss it)."""
+
+    def __init__(self, kubectl, namespace: str, name: str) -> None:
+        self.kubectl, self.namespace, self.name = kubectl, namespace, name
+        self.proc = subprocess.Popen(
+            kubectl.argv("get", "deployment", name, "-n", namespace, "--watch",
+                         "-o", 'jsonpath={.metadata.resourceVersion} {.spec.replicas}{"\\n"}'),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.values: list[int] = []
+        self._read()  # kubectl's first line: the Deployment as it read it; its watch starts there
+
+    def _read(self) -> str:
+        line = self.proc.stdout.readline()
+        assert line, f"the replicas watch ended: {self.proc.stderr.read()}"
+        version, replicas = line.split()
+        if not self.values or self.values[-1] != int(replicas):
+            self.values.append(int(replicas))
+        return version
+
+    def values_until_now(self) -> list[int]:
+        """The values so far, repeats folded: read until the watch has delivered the version a
+        read made now returns."""
+        now = self.kubectl.json("get", "deployment", self.name, "-n", self.namespace)["metadata"]["resourceVersion"]
+        while self._read() != now:
+            pass
+        return self.values
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.communicate(timeout=10)  # also closes the pipes
+
+
 def test_switching_autoscaling_on_and_off_never_drops_the_running_replicas(operator_namespace, make_relay, kubectl, wait_for):
+    """On: the HorizontalPodAutoscaler takes `replicas` over from the operator without the
+    Deployment ever dropping (the handover), though the autoscaler wants fewer (idle pods).
+    Off: the operator takes `replicas` back at the number the autoscaler ran, which differs
+    from the relay's first `replicas`."""
     ns = operator_namespace
     name = make_relay("handover", {**SMALL, "replicas": 3, "service": {"type": "ClusterIP"}})
 
-    def replicas() -> int:
-        return kubectl.json("get", "deployment", name, "-n", ns)["spec"]["replicas"]
+    def deployment() -> dict:
+        return kubectl.json("get", "deployment", name, "-n", ns)
 
-    wait_for("3 ready pods", lambda: kubectl.json("get", "deployment", name, "-n", ns)["status"].get("readyReplicas") == 3, 180)
-    kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps(
-        {"spec": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5}}}))
-    seen = []
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        seen.append(replicas())
-        time.sleep(0.5)
-    assert min(seen) >= 3, f"replicas dropped while the autoscaler took over: {seen}"
-    assert kubectl("get", "hpa", name, "-n", ns, check=False).returncode == 0
-    wait_for("the relay's replicas following the autoscaler",
-             lambda: relay_json(kubectl, ns, name)["spec"]["replicas"] == replicas(), 30)
-    running = replicas()
-    kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"enabled": False}}}))
-    wait_for("the HPA removed", lambda: kubectl("get", "hpa", name, "-n", ns, check=False).returncode != 0, 30)
-    seen = []
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        seen.append(replicas())
-        time.sleep(0.5)
-    assert set(seen) == {running}, f"switching autoscaling off did not start from the {running} it ran: {seen}"
+    def hpa_conditions() -> dict:
+        hpa = kubectl.json("get", "hpa", name, "-n", ns)
+        return {c["type"]: c for c in (hpa.get("status") or {}).get("conditions") or []}
+
+    wait_for("3 ready pods", lambda: deployment()["status"].get("readyReplicas") == 3, 180)
+    watch = ReplicasWatch(kubectl, ns, name)
+    try:
+        kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps(
+            {"spec": {"autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 5}}}))
+        # The autoscaler's own evidence that it has taken over and decided: it computed a
+        # replica count from the pods' CPU (ScalingActive) lower than the 3 running, and held
+        # the 3 (its scale-down stabilization window, 600 s by default).
+        wait_for("the autoscaler holding the 3 pods against a lower recommendation", lambda: (
+            (c := hpa_conditions()).get("ScalingActive", {}).get("status") == "True"
+            and c.get("AbleToScale", {}).get("reason") == "ScaleDownStabilized"), 120, interval=1)
+        assert not plan.owns_field(deployment(), FIELD_MANAGER, "spec", "replicas"), "the operator still owns replicas"
+        assert watch.values_until_now() == [3], f"replicas changed while the autoscaler took over: {watch.values}"
+        # The autoscaler now changes the number: a higher minimum scales up at once, and the
+        # relay's replicas follow it.
+        kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"minReplicas": 4}}}))
+        wait_for("the relay's replicas following the autoscaler to 4",
+                 lambda: (deployment()["spec"]["replicas"], relay_json(kubectl, ns, name)["spec"]["replicas"]) == (4, 4), 60)
+        assert watch.values_until_now() == [3, 4], f"replicas did not go straight from 3 to 4: {watch.values}"
+        kubectl("patch", "ztr", name, "-n", ns, "--type=merge", "-p", json.dumps({"spec": {"autoscaling": {"enabled": False}}}))
+        generation = relay_json(kubectl, ns, name)["metadata"]["generation"]
+        # Switched off once the operator has reconciled that generation (its status says so)
+        # and the autoscaler is gone: the Deployment it applied then (before the HPA's
+        # deletion, in the same pass) keeps the 4, not the relay's first 3.
+        wait_for("the operator done switching autoscaling off", lambda: (
+            (relay_json(kubectl, ns, name).get("status") or {}).get("observedGeneration") == generation
+            and kubectl("get", "hpa", name, "-n", ns, check=False).returncode != 0), 30)
+        assert watch.values_until_now() == [3, 4], f"switching autoscaling off did not start from the 4 it ran: {watch.values}"
+    finally:
+        watch.close()
 
 
 def test_deleting_a_relay_completes_even_with_the_operator_gone(operator_namespace, make_relay, kubectl, wait_for):
