@@ -213,7 +213,7 @@ class FallbackRouter:
                 dialed = exc
         s = splice_mod.Splice(self._done, relay.site_high)
         if pooled is not None and first:  # the site may have closed it just after the check
-            s.retry = lambda old: self._retry(s, client, first)
+            s.retry = lambda old: self._retry(s, old, client, first)
         self.splices.add(s)
         if relay.memory is not None:  # a burst between two samples shares the same room
             relay.apply_write_share()
@@ -250,11 +250,15 @@ class FallbackRouter:
         self.preconnect.taken += 1
         return sock, sent
 
-    def _retry(self, s: splice_mod.Splice, client: tuple, first: bytes) -> None:
+    def _retry(self, s: splice_mod.Splice, old: splice_mod.Side, client: tuple, first: bytes) -> bool:
         """A pooled connection closed or reset with not a byte from the site, after only the
-        visitor's first flight: the site closed it before reading that (its FIN was in flight
-        at the check), so the same flight goes on a fresh dial, once (never pooled: no retry)."""
+        visitor's first flight: if the site's kernel acknowledged none of it, the site closed
+        it before reading that (its FIN was in flight at the check), so the same flight goes
+        on a fresh dial, once (never pooled: no retry). False: the site may have read it (and
+        processed it: never twice), the close goes to the visitor as usual."""
         s.retry = None
+        if not preconnect.unread(old.transport.get_extra_info("socket")):
+            return False
         self.preconnect.discard(preconnect.CLOSED_UNANSWERED)
         s.replace_backend()
         if not s.client.lost:
@@ -267,6 +271,7 @@ class FallbackRouter:
             except OSError as exc:
                 dialed = exc
         self.loop.create_task(self._connect(s, client, first, dialed, again=True))
+        return True
 
     def _may_preconnect(self) -> bool:
         """A pool dial waits while descriptors, memory or backend connections are short (one

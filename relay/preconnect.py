@@ -24,7 +24,9 @@ What a pooled connection may cost the site, and the guards:
 - **Closed in the race**: a site that closes (or resets) a pooled connection just after the
   check, its FIN in flight, never read the visitor's first flight: if the send fails, or the
   site's EOF or reset comes before any byte from it and before the visitor sent anything
-  more, the same first flight goes on a fresh dial, once (``fallback.py``). Every discard is
+  more, and the site's kernel acknowledged none of that flight (``unread``: a site that read
+  it and closed unanswered must not get it twice), the same first flight goes on a fresh
+  dial, once (``fallback.py``). Every discard is
   counted by reason (``DISCARD_REASONS``).
 - **Only as many as the visits**: a site connection owes the pool one connection (at most N;
   ``backend_pool.Pool.used``) while the pool is in use (it holds one, or the previous visit came
@@ -52,6 +54,7 @@ import asyncio
 import logging
 import os
 import socket
+import sys
 from collections import Counter
 from collections.abc import Callable
 
@@ -65,6 +68,8 @@ DIAL_TIMEOUT = 10.0
 #: has not answered that visitor by then (``refill``).
 REFILL_DELAY = 0.05
 _TCP_ESTABLISHED = 1  # tcpi_state
+_BYTES_ACKED = 120  # offset of struct tcp_info's u64 tcpi_bytes_acked
+_TCP_INFO_LEN = _BYTES_ACKED + 8
 #: Pooled connections discarded with bytes waiting, in a row (none taken meanwhile), after
 #: which the pool stops for good: the site speaks first (SMTP, SSH: its greeting waits on
 #: every pooled connection) or answers idle connections within ``MAX_AGE``. Such a site
@@ -98,6 +103,19 @@ def condition(sock: socket.socket) -> str | None:
         return None
     except OSError:
         return RESET
+
+
+def unread(sock) -> bool:
+    """True if the site's kernel acknowledged none of what was sent on ``sock``, so the site
+    cannot have read it (``tcpi_bytes_acked`` counts the SYN: 1). A site that closes before
+    the bytes arrive acknowledges none (its kernel resets them); one that read them acknowledged
+    them before its FIN or RST (Linux acks a connection's first data at once). Unknown (no
+    ``tcpi_bytes_acked`` before Linux 4.1, the socket gone): False, never sent twice."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_LEN)
+    except (OSError, AttributeError):
+        return False
+    return len(info) >= _TCP_INFO_LEN and int.from_bytes(info[_BYTES_ACKED:_TCP_INFO_LEN], sys.byteorder) <= 1
 
 
 def _established(sock: socket.socket) -> bool:

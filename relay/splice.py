@@ -75,9 +75,8 @@ class Side(asyncio.Protocol):
             on_reply()
 
     def eof_received(self) -> bool:
-        if self.splice.retry is not None and self is self.splice.backend and not self.closed:
-            self.splice.retry(self)  # a pooled connection closed unanswered: a fresh one takes its place
-            return True
+        if self.splice.retry is not None and self is self.splice.backend and not self.closed and self.splice.retry(self):
+            return True  # a pooled connection closed unanswered, unread: a fresh one takes its place
         self.eof = True
         other = self.other
         if other.eof:
@@ -102,9 +101,8 @@ class Side(asyncio.Protocol):
         if self.closer is not None:
             self.closer.cancel()
             self.closer = None
-        if self.splice.retry is not None and self is self.splice.backend and not self.closed:
-            self.splice.retry(self)  # reset unanswered, as above
-            return
+        if self.splice.retry is not None and self is self.splice.backend and not self.closed and self.splice.retry(self):
+            return  # reset unanswered, unread, as above
         self.splice.side_lost(self, exc)
 
 
@@ -126,9 +124,10 @@ class Splice:
         self.on_done = on_done
         self.key: str | None = None  # the client's per-IP key, while it counts against its share
         self.on_reply: Callable[[], None] | None = None  # runs once, after the backend's first bytes went on
-        #: a pooled backend connection (``preconnect.py``) that had only the first flight: run,
-        #: instead of the usual end, if it closes or resets before a byte either way more
-        self.retry: Callable[[Side], None] | None = None
+        #: a pooled backend connection (``preconnect.py``) that had only the first flight: run
+        #: if it closes or resets before a byte either way more; True: a fresh connection
+        #: replaces it, instead of the usual end
+        self.retry: Callable[[Side], bool] | None = None
 
     def replace_backend(self) -> Side:
         """A new backend side, for a new connection (``retry``); the old one is forgotten."""
