@@ -13,8 +13,9 @@ run in the order they were registered.
 What survives that collection (modules, session fixtures, caches: 100k objects and more) is
 frozen out of the next ones (gc.freeze): collecting it all after every test cost ~50-70 ms of
 CPU each, for 1000 tests more than the tests themselves. So each test's collection looks at what
-that test made. What was frozen and became garbage later (a session fixture's) is unfrozen at
-the end, for pytest's own last collection, which reports it.
+that test made, and the last test of each module or class (whose teardown ends the fixtures that
+outlived it, module, class or session ones) has a full one. What was frozen and became garbage
+later still is unfrozen at the end, for pytest's own last collection, which reports it.
 
 Loaded for every path by the repository's root conftest.py.
 """
@@ -36,7 +37,12 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_runtest_teardown(item: pytest.Item) -> None:
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
+    # The last test of a module or class (or of this process: session fixtures) tore down
+    # fixtures that outlived earlier collections, frozen since: collected in full now, or what
+    # their teardown leaked would be reported at the session's end only, naming no test, and
+    # under pytest-xdist not at all (a worker's unconfigure: the run passed).
+    full = nextitem is None or nextitem.parent is not item.parent
     reports: list[str] = []
 
     def hook(unraisable) -> None:
@@ -46,7 +52,13 @@ def pytest_runtest_teardown(item: pytest.Item) -> None:
             traceback.format_exception(unraisable.exc_type, unraisable.exc_value, unraisable.exc_traceback)))
 
     previous, sys.unraisablehook = sys.unraisablehook, hook
+    # Its fixtures' values, which pytest drops only after this hook: kept, they would survive
+    # this collection and be frozen (a leaky fixture's socket reported by no test).
+    if getattr(item, "funcargs", None):
+        item.funcargs = {}
     try:
+        if full:
+            gc.unfreeze()
         gc.collect()
     finally:
         sys.unraisablehook = previous

@@ -74,3 +74,66 @@ def test_a_leak_that_outlives_every_test_still_fails_the_run(pytester: pytest.Py
     result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider")
     assert result.ret != 0, result.stdout.str()
     assert "unclosed <socket.socket" in result.stdout.str() + result.stderr.str()
+
+
+FIXTURE = textwrap.dedent("""\
+    import socket
+
+    import pytest
+
+    class Cycle:
+        def __init__(self, thing):
+            self.me, self.thing = self, thing
+
+    @pytest.fixture(scope="module")
+    def shared():
+        yield Cycle(socket.socket())  # never closed: garbage once the module is done with it
+
+    def test_one(shared):
+        pass
+
+    def test_two(shared):
+        pass
+""")
+
+
+LEAKY_FIXTURE = textwrap.dedent("""\
+    import socket
+
+    import pytest
+
+    class Cycle:
+        def __init__(self, thing):
+            self.me, self.thing = self, thing
+
+    @pytest.fixture
+    def conn():
+        yield Cycle(socket.socket())  # never closed: garbage once the test is done with it
+
+    def test_one():
+        pass
+
+    def test_two(conn):
+        pass
+
+    def test_three():
+        pass
+""")
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("workers", [[], ["-n", "1"]], ids=["serial", "xdist"])
+@pytest.mark.parametrize("source", [FIXTURE, LEAKY_FIXTURE], ids=["module-fixture-value", "function-fixture-value"])
+def test_a_fixtures_leak_fails_the_test_that_used_it_under_xdist_too(pytester: pytest.Pytester, monkeypatch, workers, source):
+    """A fixture's value is still the test's (item.funcargs) when its teardown's collection
+    runs, and a module (or class, or session) fixture's outlived earlier collections: either
+    way it survived a collection and was frozen. What it leaks must still fail the test whose
+    teardown ended it, not be reported only at the session's end, naming no test, which under
+    pytest-xdist is lost (a worker's unconfigure): the run passed."""
+    pytester.makepyfile(test_fixture=source)
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
+    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA", *workers)
+    out = result.stdout.str()
+    assert result.ret != 0, out
+    assert "test_fixture.py::test_two left garbage" in out and "unclosed <socket.socket" in out, out
