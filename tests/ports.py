@@ -58,7 +58,10 @@ def _reserve(port: int) -> bool:
         LOCK_DIR.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(PermissionError):  # another user made it meanwhile
             LOCK_DIR.chmod(0o1777)  # every user's test processes share it, as /tmp (umask aside)
-    fd = os.open(LOCK_DIR / f"{port}.lock", os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)  # flock needs no write access
+    try:
+        fd = _open_lock(LOCK_DIR / f"{port}.lock")
+    except PermissionError:
+        return False  # another user's file this process may not open: that port is not for us
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -66,6 +69,23 @@ def _reserve(port: int) -> bool:
         return False
     _held[port] = fd
     return True
+
+
+def _open_lock(path: Path) -> int:
+    """Read-only (flock needs no write access). An existing file is opened without O_CREAT:
+    with fs.protected_regular (systemd's default) O_CREAT on another user's file in a sticky
+    directory is refused even to root. A new one is made every user's whatever the umask."""
+    while True:
+        try:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            pass
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+        except FileExistsError:
+            continue  # another process made it meanwhile: open theirs
+        os.fchmod(fd, 0o644)
+        return fd
 
 
 def foreign_listeners(port: int, root_pid: int) -> list[str]:
