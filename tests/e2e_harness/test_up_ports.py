@@ -193,3 +193,26 @@ def test_a_udp_socket_on_the_dns_port_takes_corednss_udp_bind():
         layout = Layout(primary_interface="eth0", node_ip="127.0.0.1", dns_port=port)
         taken = ports.taken(layout)
     assert any(f"{port}/udp" in line and "coredns" in line for line in taken), taken
+
+
+REAL_BIND_TESTS = (
+    test_a_real_listener_on_another_address_with_the_same_port_does_not_take_it,
+    test_a_real_socket_listening_on_the_registrys_address_is_found_in_this_network_namespace,
+    test_a_socket_bound_to_a_fixed_port_without_listening_takes_it,
+    test_an_ipv6_only_listener_on_every_address_leaves_an_ipv4_port_free,
+    test_a_dual_stack_listener_on_every_address_takes_an_ipv4_port,
+    test_a_udp_socket_on_the_dns_port_takes_corednss_udp_bind,
+)
+
+
+def test_the_real_bind_tests_never_bind_the_real_clusters_ports(monkeypatch):
+    """.ci/run runs these beside the cluster part: a trial bind (bind, listen, close) of the
+    real cluster's port 10256, 6443, 53... while `up` or a restart (the API outage test,
+    restart_api_watchers) starts that component makes its bind fail (EADDRINUSE: it exits at
+    once, the cluster part fails). They trial-bind the port under test only."""
+    bound = []
+    real = ports.trial_bind
+    monkeypatch.setattr(ports, "trial_bind", lambda protocol, address, port: bound.append(port) or real(protocol, address, port))
+    for test in REAL_BIND_TESTS:
+        test()
+    assert bound and not set(bound) & {getattr(LAYOUT, name) for name in PORT_FIELDS}
