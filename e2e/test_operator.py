@@ -725,6 +725,16 @@ def operator_metric(kubectl, namespace: str, pattern: str) -> float:
     return sum(float(m.group(1)) for m in re.finditer(rf"^{pattern} ([0-9.e+]+)$", text, re.M))
 
 
+def operator_incarnations(kubectl, namespace: str) -> list[tuple]:
+    """Each operator pod and its containers' restarts and IDs: unchanged only while the same
+    operator processes ran throughout (no new pod, no container restart)."""
+    selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
+    return sorted(
+        (pod["metadata"]["uid"], tuple((c["name"], c.get("restartCount"), c.get("containerID"))
+                                       for c in pod["status"].get("containerStatuses") or ()))
+        for pod in kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"])
+
+
 @pytest.fixture
 def cluster_whole_afterwards(kubectl, busybox_image):
     """Teardown: the cluster serves a new workload again before the next test starts (its own
@@ -749,6 +759,9 @@ def test_with_the_api_server_down_for_30_seconds_relays_keep_serving_and_the_ope
              .get("status") == "True", 90)
     unreachable = r'zt_operator_api_errors_total\{reason="(?:Unreachable|Timeout)"\}'
     errors_before = operator_metric(kubectl, ns, unreachable)
+    # The recovery below is the same operator's: restart_api_watchers restarts the kubelet,
+    # which forgets a crash-looping container's backoff and would start it again at once.
+    operators = operator_incarnations(kubectl, ns)
     address = get_relay(kubectl, ns)["status"]["address"]
     tunnel = Tunnel(relay_hosts[0], address, udp_root)  # an old client, open across the outage
     probe = Background(relay_hosts[0], "probe", address, udp_root)  # new clients, every 0.2 s
@@ -799,3 +812,5 @@ def test_with_the_api_server_down_for_30_seconds_relays_keep_serving_and_the_ope
     # failed calls are counted by reason and logged.
     assert operator_metric(kubectl, ns, unreachable) > errors_before, operator_logs(kubectl, ns)
     wait_for("the relay Ready again", lambda: condition(get_relay(kubectl, ns), "Ready").get("status") == "True", 30)
+    assert operator_incarnations(kubectl, ns) == operators, (
+        f"the operator was replaced or restarted (a new process recovered, not the same one):\n{operator_logs(kubectl, ns)}")
