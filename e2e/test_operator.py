@@ -245,17 +245,17 @@ class ReplicasWatch:
     def _read(self) -> str:
         line = self.proc.stdout.readline()
         assert line, f"the replicas watch ended: {self.proc.stderr.read()}"
-        version, replicas = line.split()
+        self.version, replicas = line.split()
         if not self.values or self.values[-1] != int(replicas):
             self.values.append(int(replicas))
-        return version
+        return self.version
 
     def values_until_now(self) -> list[int]:
         """The values so far, repeats folded: read until the watch has delivered the version a
-        read made now returns."""
+        read made now returns (at once if it was the last line read: no next line may come)."""
         now = self.kubectl.json("get", "deployment", self.name, "-n", self.namespace)["metadata"]["resourceVersion"]
-        while self._read() != now:
-            pass
+        while self.version != now:
+            self._read()
         return self.values
 
     def close(self) -> None:
