@@ -73,7 +73,11 @@ def shared_lock_dir(monkeypatch):
 
 
 def _reserve_as_nobody(port: int) -> str:
-    """ports._reserve(port) in a forked child that is user nobody with umask 077 (a developer's
+    return _as_nobody(lambda: str(ports._reserve(port)))
+
+
+def _as_nobody(call) -> str:
+    """call() in a forked child that is user nobody with umask 077 (a developer's
     test process beside root's CI run), and lets go of the lock as it exits."""
     nobody = pwd.getpwnam("nobody")
     read, write = os.pipe()
@@ -86,8 +90,8 @@ def _reserve_as_nobody(port: int) -> str:
             os.setgid(nobody.pw_gid)
             os.setuid(nobody.pw_uid)
             try:
-                answer = str(ports._reserve(port))
-            except OSError as e:
+                answer = call()
+            except (OSError, RuntimeError) as e:
                 answer = f"error: {e!r}"
             os.write(write, answer.encode())
         finally:
@@ -117,3 +121,11 @@ def test_a_lock_file_another_user_cannot_open_makes_that_port_unavailable_not_an
     path.touch(mode=0o600)
     path.chmod(0o600)
     assert _reserve_as_nobody(port) == "False"
+
+
+def test_a_lock_directory_this_user_cannot_write_is_named(shared_lock_dir):
+    """Another user made the directory and was stopped before making it every user's (1777): each
+    pick then failed as 'no unbound port in 12000-20000 after 200 tries', naming no directory."""
+    shared_lock_dir.chmod(0o755)
+    answer = _as_nobody(ports.unused_port)
+    assert str(shared_lock_dir) in answer and "ZT_TEST_PORT_LOCKS" in answer, answer
