@@ -40,6 +40,7 @@ def unused_port(host: str = "127.0.0.1") -> int:
     if not candidates:
         raise RuntimeError(f"no unbound port in {LOW}-{HIGH} outside the ephemeral range {low}-{high} "
                            "(set net.ipv4.ip_local_port_range, or fewer picks)")
+    _lock_dir()
     pick = random.SystemRandom()
     for port in pick.sample(candidates, min(200, len(candidates))):
         if not _reserve(port):
@@ -53,11 +54,18 @@ def unused_port(host: str = "127.0.0.1") -> int:
     raise RuntimeError(f"no unbound port in {LOW}-{HIGH} after {min(200, len(candidates))} tries")
 
 
-def _reserve(port: int) -> bool:
+def _lock_dir() -> None:
     if not LOCK_DIR.is_dir():
         LOCK_DIR.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(PermissionError):  # another user made it meanwhile
             LOCK_DIR.chmod(0o1777)  # every user's test processes share it, as /tmp (umask aside)
+    if not os.access(LOCK_DIR, os.W_OK | os.X_OK):
+        raise RuntimeError(f"the test port lock directory {LOCK_DIR} is not this user's to write (another user made it "
+                           "and it is not mode 1777): `chmod 1777` it, or set ZT_TEST_PORT_LOCKS to another directory")
+
+
+def _reserve(port: int) -> bool:
+    _lock_dir()
     try:
         fd = _open_lock(LOCK_DIR / f"{port}.lock")
     except PermissionError:
