@@ -110,3 +110,13 @@ def _capture(result: list, fn, *args) -> None:
         fn(*args)
     except BaseException as e:  # noqa: BLE001 (handed to the test's thread)
         result.append(e)
+
+
+@pytest.mark.parametrize("value", ["30m", "-5", "nan"])
+def test_a_bad_build_lock_timeout_is_refused_naming_the_variable(value):
+    """ZT_RELAY_BUILD_LOCK_TIMEOUT was float()'d at import: '30m' was a bare ValueError traceback
+    from conftest's import, and a negative or nan one made every waiter give up at once."""
+    proc = subprocess.run([sys.executable, "-c", "import e2e.images"], capture_output=True, text=True, timeout=60,
+                          cwd=images.REPO, env={**os.environ, "ZT_RELAY_BUILD_LOCK_TIMEOUT": value})
+    assert proc.returncode != 0
+    assert "ZT_RELAY_BUILD_LOCK_TIMEOUT" in proc.stderr and value in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
