@@ -20,6 +20,7 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
+import math
 import os
 import shutil
 import subprocess
@@ -206,7 +207,17 @@ def build_image(tag: str = IMAGE) -> str:
         return _build_image(tag)
 
 
-BUILD_LOCK_TIMEOUT = float(os.environ.get("ZT_RELAY_BUILD_LOCK_TIMEOUT", 1800))
+def _build_lock_timeout(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = math.nan
+    if not 0 < seconds < math.inf:
+        raise SystemExit(f"ZT_RELAY_BUILD_LOCK_TIMEOUT={text!r}: not a number of seconds above 0 (default 1800)")
+    return seconds
+
+
+BUILD_LOCK_TIMEOUT = _build_lock_timeout(os.environ.get("ZT_RELAY_BUILD_LOCK_TIMEOUT", "1800"))
 """Seconds a build waits for another one's lock: far above a cold build (base, wheels and
 image), so that only a hung one (its docker stuck) makes the waiters fail, naming it."""
 
