@@ -4,28 +4,15 @@ There is no registry: pods must use a non-`latest` tag with `imagePullPolicy: If
 (or `Never`). The kubelet is configured never to garbage-collect images.
 """
 
-import contextlib
-import fcntl
-import os
 import subprocess
 from pathlib import Path
 
-from e2e.cluster import paths
+from e2e.cluster import locks, paths
 from e2e.cluster.configs import StatePaths
 
 IMPORT_LOCK = Path("/run/zt-relay-e2e.images")
 """Held while a session looks an image up and imports it: concurrent sessions (`.ci/run`'s
 shards) load the same images, and the second then finds the first's import."""
-
-
-@contextlib.contextmanager
-def importing():
-    fd = os.open(IMPORT_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
 
 
 def _ctr(*args: str) -> list[str]:
@@ -70,7 +57,7 @@ def ensure_docker_image(tag: str, timeout: float = 600) -> bool:
     image_id = docker_image_id(tag)
     if image_id is None:
         raise RuntimeError(f"Docker has no image {tag!r}")
-    with importing():
+    with locks.exclusive(IMPORT_LOCK):
         if imported_from(tag) == image_id:
             return False
         import_docker_image(tag, timeout)

@@ -32,6 +32,18 @@ class InUse(RuntimeError):
 
 
 @contextlib.contextmanager
+def exclusive(path: Path):
+    """One process on the machine at a time in the block: an exclusive flock on `path` (made
+    if missing), released when the block ends or the process dies."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
 def mutex():
     with open(MUTEX, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)

@@ -11,8 +11,6 @@ removed by `teardown`, by exact name. The packet filter (what keeps traffic from
 machine) is `firewall`'s.
 """
 
-import contextlib
-import fcntl
 import ipaddress
 import json
 import os
@@ -23,6 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from e2e.cluster import locks
 from e2e.cluster.layout import ESCAPE_LINK, ESCAPE_NETNS_PREFIX, LEGACY_TEST_HOST_VETH, MARKER, TEST_HOST_VETH, Layout
 
 NETNS_DIR = Path("/var/run/netns")
@@ -201,16 +200,6 @@ def _used_host_addresses(layout: Layout) -> set[str]:
     return used
 
 
-@contextlib.contextmanager
-def _hosts_lock():
-    fd = os.open(HOSTS_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
-
-
 def create_test_host(layout: Layout, name: str) -> TestHost:
     """Create namespace `<prefix><name>` with its own address in `layout.test_host_cidr`."""
     if not name.replace("-", "").isalnum() or len(name) > 40:
@@ -219,7 +208,7 @@ def create_test_host(layout: Layout, name: str) -> TestHost:
     if _netns_exists(netns):
         raise ValueError(f"test host {name!r} already exists (netns {netns})")
     net = ipaddress.ip_network(layout.test_host_cidr)
-    with _hosts_lock():
+    with locks.exclusive(HOSTS_LOCK):
         _setup_hosts_bridge(layout)
         used = _used_host_addresses(layout)
         address = next((str(ip) for ip in net.hosts() if str(ip) not in used), None)
