@@ -15,6 +15,11 @@ IMPORT_LOCK = Path("/run/zt-relay-e2e.images")
 shards) load the same images, and the second then finds the first's import."""
 
 
+def importing():
+    """Held around a look-up and import (here and e2e/conftest.py's busybox image)."""
+    return locks.exclusive(IMPORT_LOCK)
+
+
 def _ctr(*args: str) -> list[str]:
     sock = StatePaths(paths.state_dir()).containerd_socket
     return ["ctr", "--address", str(sock), "--namespace", "k8s.io", *args]
@@ -57,7 +62,7 @@ def ensure_docker_image(tag: str, timeout: float = 600) -> bool:
     image_id = docker_image_id(tag)
     if image_id is None:
         raise RuntimeError(f"Docker has no image {tag!r}")
-    with locks.exclusive(IMPORT_LOCK):
+    with importing():
         if imported_from(tag) == image_id:
             return False
         import_docker_image(tag, timeout)
