@@ -153,7 +153,12 @@ class Pool:
         return min(times, default=None)
 
     def close(self) -> list:
-        """Closes the pool for good; returns the connections to close."""
+        """Closes the pool (until ``reopen``); returns the connections to close."""
         self.closed = True
+        self.owed = 0
         conns, self.entries = [e.conn for e in self.entries], []
         return conns
+
+    def reopen(self) -> None:
+        """Open again, empty and owing nothing: the visits from now on fill it."""
+        self.closed = False

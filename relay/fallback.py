@@ -120,7 +120,7 @@ class FallbackRouter:
             self.preconnect = preconnect.Preconnector(
                 self.loop, config.fallback_preconnect, self._known_address,
                 lambda address: _dial(address, b"", self.socket_buffer)[0], self._may_preconnect, self._preconnect_failed,
-                self._preconnect_stopped)
+                self._preconnect_paused)
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -279,9 +279,10 @@ class FallbackRouter:
         relay = self.relay
         return not (relay.draining or relay.closing or relay.memory_pressure or relay.fd_reserve_short) and relay.pool_room()
 
-    def _preconnect_stopped(self, why: str) -> None:
-        log.warning("fallback backend %s:%d: preconnecting stopped: %s; every visitor dials it (--fallback-preconnect "
-                    "gains such a site nothing)", *self.backend, why)
+    def _preconnect_paused(self, why: str, seconds: float) -> None:
+        log.warning("fallback backend %s:%d: preconnecting paused for %g s: %s; every visitor dials it meanwhile "
+                    "(--fallback-preconnect gains such a site nothing; the pause doubles while that lasts)",
+                    *self.backend, seconds, why)
 
     def _preconnect_failed(self, exc: OSError, delay: float) -> None:
         now = self.loop.time()

@@ -18,9 +18,12 @@ What a pooled connection may cost the site, and the guards:
 - **Checked before use** with a non-blocking ``MSG_PEEK``: anything to read (bytes: a stale
   answer such as a 408 before a close, or a greeting; ``b''``: the site closed it) or an error
   (a reset) and it is closed and the next one tried, then a fresh dial. A site that speaks
-  first (SMTP, SSH) has its greeting waiting on every one: after ``SPOKE_FIRST_LIMIT`` such
-  discards in a row the pool stops for good (logged once, with why), instead of costing the
-  site a connection per visit.
+  first (SMTP, SSH) has its greeting waiting on every one, and one that closes idle
+  connections sooner than ``MAX_AGE`` has closed every one: after ``SPOKE_FIRST_LIMIT`` such
+  discards in a row the pool pauses (logged, with why) instead of costing the site a
+  connection per visit; for ``PAUSE_MIN``, doubling up to ``PAUSE_MAX`` while it pauses again
+  before a visitor used one (a site reloading closes its idle connections too: the pool
+  comes back).
 - **Closed in the race**: a site that closes (or resets) a pooled connection just after the
   check, its FIN in flight, never read the visitor's first flight: if the send fails, or the
   site's EOF or reset comes before any byte from it and before the visitor sent anything
@@ -70,11 +73,17 @@ REFILL_DELAY = 0.05
 _TCP_ESTABLISHED = 1  # tcpi_state
 _BYTES_ACKED = 120  # offset of struct tcp_info's u64 tcpi_bytes_acked
 _TCP_INFO_LEN = _BYTES_ACKED + 8
-#: Pooled connections discarded with bytes waiting, in a row (none taken meanwhile), after
-#: which the pool stops for good: the site speaks first (SMTP, SSH: its greeting waits on
-#: every pooled connection) or answers idle connections within ``MAX_AGE``. Such a site
-#: gains nothing from a pool, which only cost it a connection per visit.
+#: Pooled connections discarded as unusable (bytes waiting, closed, reset), in a row (none
+#: taken meanwhile), after which the pool pauses: the site speaks first (SMTP, SSH: its
+#: greeting waits on every pooled connection), answers or closes idle connections within
+#: ``MAX_AGE``, or is restarting. Such a site gains nothing from a pool, which only costs it
+#: a connection per visit.
 SPOKE_FIRST_LIMIT = 3
+#: Seconds a pool pauses after ``SPOKE_FIRST_LIMIT`` unusable connections in a row, doubling
+#: (up to ``PAUSE_MAX``) while it pauses again before a visitor took one: a site that keeps
+#: speaking first costs a few connections an hour, one that was restarting gets its pool back.
+PAUSE_MIN = 300.0
+PAUSE_MAX = 3600.0
 
 # Why a pooled connection was discarded (zt_relay_fallback_preconnect_discarded_total{reason}).
 BYTES_WAITING = "bytes_waiting"  # the site wrote to it: a greeting or a stale answer
@@ -90,6 +99,7 @@ _WHY = {
     SEND_FAILED: "the site closed it just after the check; the visitor went on a fresh dial",
     CLOSED_UNANSWERED: "the site closed it without a byte right after the visitor's first flight; that flight went again on a fresh dial",
 }
+_LAST = {BYTES_WAITING: "had bytes waiting", CLOSED: "was closed by the site", RESET: "was reset by the site"}
 #: The last two: the visitor's first flight went again on a fresh dial (``fallback.py``).
 
 
@@ -128,11 +138,11 @@ class Preconnector:
     ``address()``: where to dial now (None: not known yet); ``dial(address)``: a non-blocking
     socket with its connect started (raises OSError); ``may_dial()``: whether descriptors and
     the relay's state allow one more; ``on_failure(exc, delay)``: a dial failed;
-    ``on_stop(why)``: the pool stopped for good (``SPOKE_FIRST_LIMIT``)."""
+    ``on_pause(why, seconds)``: the pool paused (``SPOKE_FIRST_LIMIT``)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, size: int, address: Callable[[], tuple | None],
                  dial: Callable[[tuple], socket.socket], may_dial: Callable[[], bool],
-                 on_failure: Callable[[OSError, float], None], on_stop: Callable[[str], None] | None = None) -> None:
+                 on_failure: Callable[[OSError, float], None], on_pause: Callable[[str, float], None] | None = None) -> None:
         self.loop = loop
         self.pool = Pool(size)
         self.address = address
@@ -145,9 +155,11 @@ class Preconnector:
         self._fill_soon: asyncio.TimerHandle | None = None  # a refill after a visitor took one
         self.taken = 0  # pooled connections a visitor's first flight went on
         self.discarded: Counter[str] = Counter(dict.fromkeys(DISCARD_REASONS, 0))
-        self.on_stop = on_stop
-        self.running = True  # False once stopped for the backend (or closed)
-        self._spoke = 0  # discarded with bytes waiting, in a row
+        self.on_pause = on_pause
+        self.running = True  # False while paused, and once closed
+        self._unusable = 0  # discarded at take as bytes waiting, closed or reset, in a row
+        self._pause_for = PAUSE_MIN  # the next pause
+        self._resume: asyncio.TimerHandle | None = None
 
     def __len__(self) -> int:
         return len(self.pool)
@@ -176,16 +188,16 @@ class Preconnector:
                 break
             why = condition(sock)
             if why is None:
-                self._spoke = 0
+                self._unusable, self._pause_for = 0, PAUSE_MIN
                 break
             sock.close()  # the backend wrote to it, closed or reset it while pooled
             self.discard(why)
-            if why == BYTES_WAITING:
-                self._spoke += 1
-                if self._spoke >= SPOKE_FIRST_LIMIT:
-                    self.stop(f"{self._spoke} pooled connections in a row had bytes waiting before any visitor used them: "
-                              f"the site speaks first (a greeting) or answers idle connections within {pool.max_age:g} s")
-                    return None
+            self._unusable += 1
+            if self._unusable >= SPOKE_FIRST_LIMIT:
+                self._pause(f"{self._unusable} pooled connections in a row were unusable before any visitor used them "
+                            f"(the last {_LAST[why]}): the site speaks first (a greeting), answers or closes idle connections "
+                            f"within {pool.max_age:g} s, or is restarting")
+                return None
         if self._fill_soon is None and not pool.closed:
             self._fill_soon = self.loop.call_later(REFILL_DELAY, self.fill)
         return sock
@@ -287,15 +299,26 @@ class Preconnector:
             log.info("fallback: a pooled backend connection was discarded (%s: %s); counted in "
                      "zt_relay_fallback_preconnect_discarded_total, logged once per reason", why, _WHY[why])
 
-    def stop(self, why: str) -> None:
-        """Stops pooling for good: the backend gains nothing from it (``why``)."""
+    def _pause(self, why: str) -> None:
+        """Stops pooling for ``_pause_for`` seconds: the backend gains nothing from it now (``why``)."""
+        seconds = self._pause_for
         self.close()
-        if self.on_stop is not None:
-            self.on_stop(why)
+        self._pause_for = min(PAUSE_MAX, seconds * 2)  # if it pauses again before a visitor used one
+        self._resume = self.loop.call_later(seconds, self._resumed)
+        if self.on_pause is not None:
+            self.on_pause(why, seconds)
+
+    def _resumed(self) -> None:
+        self._resume = None
+        self.running, self._unusable = True, 0
+        self.pool.reopen()  # owes nothing: the next visits refill it
 
     def close(self) -> None:
         """Closes every pooled connection and dial; no more are made."""
         self.running = False
+        if self._resume is not None:
+            self._resume.cancel()
+            self._resume = None
         if self._timer is not None:
             self._timer.cancel()
             self._timer = self._timer_at = None

@@ -802,7 +802,7 @@ async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_coun
         snapshot = relay.snapshot()
         assert snapshot["fallback_preconnect_discarded:bytes_waiting"] == preconnect.SPOKE_FIRST_LIMIT, snapshot
         assert snapshot["fallback_preconnect_taken"] == 0 and snapshot["fallback_preconnected"] == 0
-        stopped = [r for r in caplog.records if "preconnecting stopped" in r.getMessage()]
+        stopped = [r for r in caplog.records if "preconnecting paused" in r.getMessage()]
         assert len(stopped) == 1 and "bytes waiting" in stopped[0].getMessage(), [r.getMessage() for r in caplog.records]
         # From now on a visit opens one backend connection, its own.
         before = len(accepted)
@@ -810,7 +810,7 @@ async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_coun
             await visit_greeted()
         assert len(accepted) == before + 5
         assert relay.snapshot()["fallback_preconnect_discarded:bytes_waiting"] == preconnect.SPOKE_FIRST_LIMIT
-        assert len([r for r in caplog.records if "preconnecting stopped" in r.getMessage()]) == 1
+        assert len([r for r in caplog.records if "preconnecting paused" in r.getMessage()]) == 1
         await relay.close()
     finally:
         for w in accepted:
@@ -1015,5 +1015,110 @@ async def test_a_site_that_read_the_first_flight_and_closed_unanswered_never_get
         assert snapshot["fallback_preconnect_taken"] == 1 and snapshot["fallback_preconnect_discarded:closed_unanswered"] == 0, snapshot
     finally:
         for w in writers:
+            w.close()
+        server.close()
+
+
+async def _visits_until_paused(relay: Relay, served, before_each, limit: int = 20) -> None:
+    """Visits (each answered by ``served``) until the pool pauses; ``before_each`` runs before
+    every visit after the first (the pooled connections made unusable by the site)."""
+    pre = relay.fallback.preconnect
+    for i in range(limit):
+        if i:
+            await before_each()
+        await served(i)
+        await _refilled(pre)
+        if not pre.running:
+            return
+    raise AssertionError("the pool never paused")
+
+
+async def test_a_site_that_closes_idle_connections_early_pauses_the_pool_counted_and_logged(make_relay, caplog, no_expiry):
+    """A site with an idle timeout under the pool's MAX_AGE (a Go server's ReadHeaderTimeout of
+    1 s) closes every pooled connection before a visitor comes: each is discarded as `closed`
+    and the visitor dialed anyway. Left on, the pool costs that site N connections per visit
+    for nothing; like a greeting, so many such discards in a row pause it (one warning)."""
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def close_when_idle(reader, writer):
+        accepted.append(writer)
+        try:
+            data = await asyncio.wait_for(reader.read(65536), 0.05)
+        except TimeoutError:
+            writer.close()  # nothing said: the site's idle timeout
+            return
+        while data:
+            writer.write(data)
+            data = await reader.read(65536)
+        writer.close()
+
+    server = await asyncio.start_server(close_when_idle, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=2)
+        pre = relay.fallback.preconnect
+
+        async def served(i: int) -> None:
+            assert (await visit(relay, b"GET /%02d" % i))[0] == b"GET /%02d" % i
+
+        async def site_closed_the_pooled_ones() -> None:
+            for sock in _pooled_socks(relay):
+                await until(lambda: _waiting(sock) == b"", "the site never closed a pooled connection")
+
+        await _visits_until_paused(relay, served, site_closed_the_pooled_ones)
+        snapshot = relay.snapshot()
+        assert snapshot["fallback_preconnect_discarded:closed"] == preconnect.SPOKE_FIRST_LIMIT, snapshot
+        assert snapshot["fallback_preconnect_taken"] == 0 and snapshot["fallback_preconnected"] == 0, snapshot
+        paused = [r.getMessage() for r in caplog.records if "preconnecting paused" in r.getMessage()]
+        assert len(paused) == 1 and "closed" in paused[0], paused
+        before = len(accepted)
+        for i in range(3):  # paused: a visit opens one backend connection, its own
+            await served(i)
+        assert len(accepted) == before + 3
+        await relay.close()
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+
+
+async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_still_spoke_first(make_relay, caplog, no_expiry, monkeypatch):
+    """The pause is not for good: a site reloading (closing its idle connections) or
+    reconfigured later gets the pool back; a site that still speaks first pauses it again, for
+    twice as long (so it costs such a site a few connections per hour at most)."""
+    monkeypatch.setattr(preconnect, "PAUSE_MIN", 0.3)
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def greet(reader, writer):
+        accepted.append(writer)
+        writer.write(b"220 ready\r\n")
+        while data := await reader.read(65536):
+            writer.write(data)
+        writer.close()
+
+    server = await asyncio.start_server(greet, "127.0.0.1", 0)
+    try:
+        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=2)
+        pre = relay.fallback.preconnect
+
+        async def served(i: int) -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+            writer.write(b"HELO %02d\r\n" % i)
+            assert await asyncio.wait_for(reader.readexactly(20), 5) == b"220 ready\r\nHELO %02d\r\n" % i
+            writer.close()
+
+        async def greeted() -> None:
+            for sock in _pooled_socks(relay):
+                await until(lambda: _waiting(sock) == b"2", "no greeting waiting")
+
+        await _visits_until_paused(relay, served, greeted)
+        await until(lambda: pre.running, "the pool never came back", timeout=10)
+        await _visits_until_paused(relay, served, greeted)
+        paused = [r.getMessage() for r in caplog.records if "preconnecting paused" in r.getMessage()]
+        assert len(paused) == 2 and "for 0.3 s" in paused[0] and "for 0.6 s" in paused[1], paused
+        assert relay.snapshot()["fallback_preconnect_discarded:bytes_waiting"] == 2 * preconnect.SPOKE_FIRST_LIMIT
+        await relay.close()  # closed while paused: it never comes back
+        assert pre._resume is None and not pre.running
+    finally:
+        for w in accepted:
             w.close()
         server.close()
