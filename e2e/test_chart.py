@@ -138,6 +138,15 @@ def relay_logs(kubectl, namespace: str, name: str) -> str:
     return result.stdout + result.stderr
 
 
+def operator_relays_handled(kubectl, pod: dict) -> int:
+    """How many relays the operator pod has reconciled (its zt_operator_relays gauge, ready
+    or not), read from its metrics port through the API server's pod proxy."""
+    meta = pod["metadata"]
+    (port,) = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if p.get("name") == "metrics"]
+    text = kubectl("get", "--raw", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{port}/proxy/metrics").stdout
+    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines() if line.startswith("zt_operator_relays{"))
+
+
 @pytest.fixture(scope="module")
 def tunnel(relay, relay_hosts, udp_root):
     client = Tunnel(relay_hosts[0], relay[1], udp_root)
@@ -192,6 +201,7 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
 
     wait_for(f"relay {name} settled", settled, 180, interval=2)
     pods_before = relay_pods(kubectl, installed, name)
+    generation_before = kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"]
     (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
     operator_logs()
     assert tunnel.round_trip("before-the-helm-upgrade") == f"{udp_root} {ROOT_PORT} echo:before-the-helm-upgrade"
@@ -207,9 +217,18 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
         fresh = [p for p in pods if p["metadata"]["uid"] != operator_before["metadata"]["uid"]]
         return fresh or None
 
-    wait_for("a new operator pod", new_operator, 180)
-    # Give the new operator time to resume the relay before judging that it left it alone.
-    time.sleep(10)
+    (operator_after,) = wait_for("a new operator pod", new_operator, 180)
+
+    def resumed():
+        # Judge "left alone" only after the new operator has had its pass over every relay
+        # in the cluster (it watches all namespaces): its metrics count each relay it handled.
+        handled = operator_relays_handled(kubectl, operator_after)
+        relays = len(kubectl.json("get", "ztr", "-A")["items"])
+        return handled >= relays or None
+
+    wait_for("the new operator's pass over every relay", resumed, 120)
+    # A pass that changed the relay's Deployment bumped its generation at once, before any pod moves.
+    assert kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"] == generation_before
     assert relay_pods(kubectl, installed, name) == pods_before
     try:
         reply = tunnel.round_trip("after-the-helm-upgrade")
