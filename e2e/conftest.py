@@ -147,6 +147,31 @@ def cluster_cli(command: str, timeout: float = 300) -> str:
     return proc.stdout
 
 
+PREFETCH_OUTCOME: list[str] = []
+"""What the session's early import of the project image did (for a reader of a failed run)."""
+
+
+def _prefetch_project_image(session: pytest.Session, up_returned: threading.Event) -> threading.Thread | None:
+    """If a test of this session loads an image, put the project image into the cluster while
+    `up` is still starting it (e2e.cluster.image_import.import_as_soon_as_containerd_answers);
+    load_image then finds it there. A failure here only costs the time: load_image imports
+    it again and reports its own error."""
+    if not any("load_image" in getattr(item, "fixturenames", ()) for item in session.items):
+        return None
+    from e2e import images
+    from e2e.cluster import image_import
+
+    def run() -> None:
+        try:
+            PREFETCH_OUTCOME.append(image_import.import_as_soon_as_containerd_answers(images.build_image(), up_returned))
+        except Exception as exc:  # noqa: BLE001 (load_image redoes it and fails with its own error)
+            PREFETCH_OUTCOME.append(f"failed: {exc!r}")
+
+    thread = threading.Thread(target=run, name="image-prefetch", daemon=True)
+    thread.start()
+    return thread
+
+
 @pytest.fixture(scope="session")
 def cluster(request: pytest.FixtureRequest):
     backend = request.config.getoption("--cluster")
@@ -165,7 +190,14 @@ def cluster(request: pytest.FixtureRequest):
         _USERS_FD = locks.open_session_hold()
         locks.remember_session_hold(_USERS_FD)
         request.addfinalizer(lambda: (locks.remember_session_hold(None), os.close(_USERS_FD)))
-        cluster_cli("up")
+        up_returned = threading.Event()
+        prefetch = _prefetch_project_image(request.session, up_returned)
+        try:
+            cluster_cli("up")
+        finally:
+            up_returned.set()
+        if prefetch is not None:
+            request.addfinalizer(lambda: prefetch.join(timeout=60))
         result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), local_layout=node.current_layout())
     elif backend == "kind":
         from pytest_kind import KindCluster

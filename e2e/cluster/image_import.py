@@ -5,6 +5,8 @@ There is no registry: pods must use a non-`latest` tag with `imagePullPolicy: If
 """
 
 import subprocess
+import tempfile
+import threading
 from pathlib import Path
 
 from e2e.cluster import locks, paths
@@ -66,8 +68,74 @@ def ensure_docker_image(tag: str, timeout: float = 600) -> bool:
         if imported_from(tag) == image_id:
             return False
         import_docker_image(tag, timeout)
-        subprocess.run(_ctr("images", "label", _ref(tag), f"{DOCKER_ID_LABEL}={image_id}"), check=True, capture_output=True)
+        label_imported(tag, image_id)
     return True
+
+
+def label_imported(tag: str, image_id: str) -> None:
+    """Mark containerd's `tag` as imported from Docker's `image_id` (see imported_from)."""
+    subprocess.run(_ctr("images", "label", _ref(tag), f"{DOCKER_ID_LABEL}={image_id}"), check=True, capture_output=True)
+
+
+PREFETCH_DIR = paths.cache_root() / "images"
+"""Where import_as_soon_as_containerd_answers keeps its `docker save` until the import (on
+disk, beside the image build's lock: an image is hundreds of MB)."""
+
+
+def containerd_answers() -> bool:
+    sock = StatePaths(paths.state_dir()).containerd_socket
+    if not sock.exists():
+        return False
+    argv = ["ctr", "--address", str(sock), "version"]
+    try:
+        return subprocess.run(argv, capture_output=True, timeout=5).returncode == 0
+    except subprocess.TimeoutExpired:
+        return False
+
+
+def save_docker_image(tag: str, path: Path, timeout: float = 600) -> None:
+    proc = subprocess.run(["docker", "save", "-o", str(path), tag], capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"docker save {tag} failed: {proc.stderr.strip()}")
+
+
+def import_archive_file(path: Path, timeout: float = 600) -> None:
+    with open(path, "rb") as archive:
+        proc = subprocess.run(_ctr("images", "import", "-"), stdin=archive, capture_output=True, timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"ctr images import of {path} failed: {proc.stderr.decode(errors='replace').strip()}")
+
+
+def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2) -> str:
+    """Put Docker's `tag` into the cluster while `up` is still starting it, and say what happened.
+
+    The import of a fresh cluster's project image (hundreds of MB: `docker save`, then
+    containerd's ingest and unpack) took 29 s after `up` on a loaded machine, and `up` itself
+    waits ~25 s for the API server and ~13 s for the components after containerd. Here the
+    `docker save` runs beside the API server's start, the import as soon as containerd
+    answers, beside the kubelet, DNS and metrics-server. Same check, lock and label as
+    ensure_docker_image: the first test's load_image then finds it and imports nothing (and
+    redoes it, with its own error, if this failed). Gives up if `up` returned (failed) with
+    no containerd answering.
+    """
+    image_id = docker_image_id(tag)
+    if image_id is None:
+        return f"Docker has no image {tag!r}"
+    if containerd_answers() and imported_from(tag) == image_id:
+        return "already imported"  # a cluster that was up already
+    PREFETCH_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=PREFETCH_DIR, prefix="prefetch-") as tmp:
+        archive = Path(tmp) / "image.tar"
+        save_docker_image(tag, archive)
+        while not containerd_answers():
+            if up_returned.wait(poll) and not containerd_answers():
+                return "gave up: `up` returned and containerd does not answer"
+        with importing():
+            if imported_from(tag) == image_id:
+                return "already imported"
+            import_archive_file(archive)
+            label_imported(tag, image_id)
+    return "imported"
 
 
 def import_docker_image(tag: str, timeout: float = 600) -> None:
