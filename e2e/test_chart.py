@@ -228,7 +228,8 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
 
     wait_for("the new operator's pass over every relay", resumed, 120)
     # A pass that changed the relay's Deployment bumped its generation at once, before any pod moves.
-    assert kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"] == generation_before
+    generation = kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"]
+    assert generation == generation_before, f"the new operator changed relay {name}'s Deployment (generation {generation_before} -> {generation})"
     assert relay_pods(kubectl, installed, name) == pods_before
     try:
         reply = tunnel.round_trip("after-the-helm-upgrade")
