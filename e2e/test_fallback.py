@@ -73,9 +73,10 @@ def certificates(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def site(operator_namespace, nginx_image, certificates, kubectl, wait_for):  # noqa: F811
+def site(operator_namespace, nginx_image, certificates, kubectl):  # noqa: F811
     """nginx behind the ClusterIP Service "site" (443 -> 8443), in the operator's
-    namespace (Pod Security "restricted": nginx runs as a numeric non-root user)."""
+    namespace (Pod Security "restricted": nginx runs as a numeric non-root user); applied,
+    not yet ready (see `address`)."""
     namespace = operator_namespace
     _, chain, key = certificates
     kubectl.apply(
@@ -108,6 +109,10 @@ def site(operator_namespace, nginx_image, certificates, kubectl, wait_for):  # n
          "spec": {"type": "ClusterIP", "selector": SITE_LABELS,
                   "ports": [{"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"}]}},
     )
+    return namespace
+
+
+def wait_for_the_site(kubectl, namespace: str, wait_for) -> None:
     selector = ",".join(f"{k}={v}" for k, v in SITE_LABELS.items())
 
     def ready():
@@ -120,12 +125,12 @@ def site(operator_namespace, nginx_image, certificates, kubectl, wait_for):  # n
     except TimeoutError as exc:
         logs = kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", check=False)
         raise AssertionError(f"{exc}\n{logs.stdout}{logs.stderr}") from None
-    return namespace
 
 
 @pytest.fixture(scope="module")
 def address(site, kubectl, cluster, wait_for) -> str:
-    """The ZeroTierRelay "web" with spec.fallback to the site; its load-balancer address."""
+    """The ZeroTierRelay "web" with spec.fallback to the site; its load-balancer address, once
+    the site's nginx is ready too (the relay is applied first: both pods start together)."""
     kubectl.apply({
         "apiVersion": "relay.zt-relay.dev/v1alpha1", "kind": "ZeroTierRelay",
         "metadata": {"name": RELAY, "namespace": site},
@@ -143,6 +148,7 @@ def address(site, kubectl, cluster, wait_for) -> str:
         conditions = {c["type"]: c["status"] for c in relay.get("status", {}).get("conditions", [])}
         return relay["status"].get("address") if conditions.get("Ready") == "True" else None
 
+    wait_for_the_site(kubectl, site, wait_for)
     return wait_for("ZeroTierRelay web Ready with an address", ready, 180)
 
 
