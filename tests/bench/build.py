@@ -1,4 +1,4 @@
-"""Compiles ``loadgen.c`` into a per-user cache, keyed by the source's hash.
+"""Compiles ``loadgen.c`` (and ``forward.c``) into a per-user cache, keyed by the source's hash.
 
 The binary is never committed; any checkout rebuilds it on first use in about a second.
 """
@@ -12,6 +12,8 @@ import subprocess
 from pathlib import Path
 
 SOURCE = Path(__file__).with_name("loadgen.c")
+#: The C reference forwarder of ``fallback.py --c-reference``.
+FORWARD_SOURCE = Path(__file__).with_name("forward.c")
 #: No -Werror: a newer compiler's new warning must not stop a benchmark run.
 CFLAGS = ["-O2", "-Wall", "-Wextra"]
 
@@ -24,16 +26,25 @@ def cache_dir() -> Path:
 
 def loadgen_binary() -> Path:
     """Returns the path of a loadgen built from the current source, building it if needed."""
-    source = SOURCE.read_bytes()
+    return _binary(SOURCE, "loadgen", ["-lpthread"])
+
+
+def forward_binary() -> Path:
+    """Returns the path of the C reference forwarder, building it if needed."""
+    return _binary(FORWARD_SOURCE, "forward", [])
+
+
+def _binary(path: Path, name: str, libs: list[str]) -> Path:
+    source = path.read_bytes()
     digest = hashlib.sha256(source + " ".join(CFLAGS).encode()).hexdigest()[:16]
-    target = cache_dir() / f"loadgen-{digest}"
+    target = cache_dir() / f"{name}-{digest}"
     if target.exists():
         return target
     cc = os.environ.get("CC") or shutil.which("gcc") or shutil.which("cc")
     if not cc:
-        raise SystemExit("the benchmark needs a C compiler (gcc or cc on PATH, or CC=...) to build loadgen.c")
+        raise SystemExit(f"the benchmark needs a C compiler (gcc or cc on PATH, or CC=...) to build {path.name}")
     target.parent.mkdir(parents=True, exist_ok=True)
     partial = target.with_suffix(".tmp")
-    subprocess.run([cc, *CFLAGS, "-o", str(partial), str(SOURCE), "-lpthread"], check=True)
+    subprocess.run([cc, *CFLAGS, "-o", str(partial), str(path), *libs], check=True)
     partial.rename(target)  # atomic: a concurrent run never sees a half-written binary
     return target

@@ -3,6 +3,7 @@
     python -m tests.bench.fallback                 # 400 handshakes, 5 x 100 MB each way
     python -m tests.bench.fallback --handshakes 100 --downloads 2 --size-mb 20   # smoke
     python -m tests.bench.fallback --baseline-tree /tmp/main   # and main's relay, same run
+    python -m tests.bench.fallback --c-reference   # and a minimal C forwarder (two variants), same run
     ZT_RELAY_FALLBACK_PRECONNECT=2 python -m tests.bench.fallback ...  # the relay with a pool
       (a variable, not --relay-args: an older --baseline-tree ignores it instead of refusing the flag)
 
@@ -34,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.bench import procfs
+from tests.bench import build, procfs
 from tests.relay.nginx_site import SERVER_NAME, Nginx
 
 _LISTEN = re.compile(r"relay listening on \S+:(\d+)")
@@ -121,6 +122,19 @@ def start_splice_forwarder(backend_port: int) -> tuple[subprocess.Popen, int]:
     return proc, int(proc.stdout.readline())
 
 
+#: --c-reference's forwarders (forward.c), by target name: when each dials the site.
+C_REFERENCES = {
+    "c-accept": ("accept", "C forwarder, dials the site at accept: the floor of a relay that could dial early"),
+    "c-first": ("first", "C forwarder, dials on the first bytes as the relay must (it sniffs them)"),
+}
+
+
+def start_c_forwarder(backend_port: int, mode: str) -> tuple[subprocess.Popen, int]:
+    proc = subprocess.Popen([str(build.forward_binary()), str(backend_port), mode],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    return proc, int(proc.stdout.readline())
+
+
 def handshake_ms(port: int, context: ssl.SSLContext) -> float:
     start = time.perf_counter()
     with socket.create_connection(("127.0.0.1", port)) as raw:
@@ -158,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size-mb", type=int, default=100, help="download size in MB (default 100)")
     parser.add_argument("--nice", type=int, default=0, help="niceness for this run, nginx and the relay (root: e.g. -10)")
     parser.add_argument("--splice-reference", action="store_true", help="also measure a bare splice(2) forwarder")
+    parser.add_argument("--c-reference", action="store_true",
+                        help="also measure a minimal single-threaded epoll forwarder in C (forward.c), dialing the site"
+                             " at accept and on the first bytes")
     parser.add_argument("--relay-args", default="", help="extra relay flags, space-separated")
     parser.add_argument("--baseline-tree", metavar="DIR",
                         help="also measure the relay of another checkout (e.g. `git worktree add /tmp/main main`), same run")
@@ -169,19 +186,23 @@ def main(argv: list[str] | None = None) -> int:
         site = Nginx(Path(tmp), big_size=size).start()
         relay, relay_port = start_relay(site.port, args.relay_args.split())
         forwarder = baseline = None
+        c_forwarders: dict[str, subprocess.Popen] = {}
         try:
             context = ssl.create_default_context(cafile=str(site.ca))
             context.minimum_version = ssl.TLSVersion.TLSv1_3
             targets = {"direct": site.port, "relay": relay_port}
             if args.splice_reference:
                 forwarder, targets["splice"] = start_splice_forwarder(site.port)
+            if args.c_reference:
+                for name, (mode, _) in C_REFERENCES.items():
+                    c_forwarders[name], targets[name] = start_c_forwarder(site.port, mode)
             if args.baseline_tree:
                 baseline, targets["baseline"] = start_relay(site.port, args.relay_args.split(), args.baseline_tree)
             for port in targets.values():  # warm up: page cache, nginx worker, relay code paths
                 handshake_ms(port, context)
                 download_mbps(port, site.ca, size)
             times: dict[str, list[float]] = {name: [] for name in targets}
-            proxies = {"relay": relay, "baseline": baseline}
+            proxies = {"relay": relay, "baseline": baseline, **c_forwarders}
             before = {name: procfs.tree_cpu_seconds(proxies[name].pid) for name in targets if proxies.get(name)}
             # A new order each round: a handshake right after another target's pays for that
             # one's teardown (its relay or nginx closing on the other core), ~0.2 ms p50 for a
@@ -198,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu: dict[str, list[float]] = {"relay": [], "baseline": [], "nginx": [], "curl": []}
             for _ in range(args.downloads):
                 for name, port in targets.items():
-                    proxy = baseline if name == "baseline" else relay
+                    proxy = baseline if name == "baseline" else c_forwarders.get(name, relay)
                     before = (procfs.tree_cpu_seconds(proxy.pid), procfs.tree_cpu_seconds(site.proc.pid), _children_cpu())
                     speeds[name].append(download_mbps(port, site.ca, size))
                     if name in ("relay", "baseline"):
@@ -207,6 +228,9 @@ def main(argv: list[str] | None = None) -> int:
                         cpu["nginx"].append(procfs.tree_cpu_seconds(site.proc.pid) - before[1])
                         cpu["curl"].append(_children_cpu() - before[2])
         finally:
+            for proc in c_forwarders.values():
+                proc.kill()
+                proc.wait()
             if forwarder is not None:
                 forwarder.kill()
                 forwarder.wait()
@@ -229,8 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  baseline p50 {b50:.3f}  p90 {pct(times['baseline'], 0.9):.3f}  ({args.baseline_tree}; baseline - direct p50 {b50 - d50:+.3f} ms)")
     if "splice" in times:
         print(f"  splice  p50 {pct(times['splice'], 0.5):.3f}  p90 {pct(times['splice'], 0.9):.3f}  (bare splice(2) forwarder, threads)")
+    for name, (_, what) in C_REFERENCES.items():
+        if name in times:
+            c50 = pct(times[name], 0.5)
+            print(f"  {name} p50 {c50:.3f}  p90 {pct(times[name], 0.9):.3f}  ({what}; {name} - direct p50 {c50 - d50:+.3f} ms)")
     print(f"  relay - direct p50: {r50 - d50:+.3f} ms (target <= +0.300)  {'MET' if r50 - d50 <= 0.3 else 'NOT MET'}")
-    print("  relay CPU per handshake: " + ", ".join(f"{name} {us:.0f} us" for name, us in hs_cpu.items()))
+    print("  CPU per handshake: " + ", ".join(f"{name} {us:.0f} us" for name, us in hs_cpu.items()))
     print(f"HTTPS download of {args.size_mb} MB, median of {args.downloads} (MB/s):")
     print(f"  direct  {dmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['direct'])})")
     print(f"  relay   {rmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['relay'])})")
@@ -242,6 +270,10 @@ def main(argv: list[str] | None = None) -> int:
     if "splice" in speeds:
         smb = statistics.median(speeds["splice"])
         print(f"  splice  {smb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['splice'])})  splice / direct: {smb / dmb:.2f}")
+    for name in C_REFERENCES:
+        if name in speeds:
+            cmb = statistics.median(speeds[name])
+            print(f"  {name} {cmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds[name])})  {name} / direct: {cmb / dmb:.2f}")
     med = {k: statistics.median(v) for k, v in cpu.items() if v}
     print(f"  CPU seconds per download: nginx {med['nginx']:.2f}, curl {med['curl']:.2f}, relay {med['relay']:.2f}"
           f" (the relay adds {med['relay'] / (med['nginx'] + med['curl']):.0%} to the CPU a download takes)")
