@@ -19,7 +19,7 @@ from e2e.cluster import locks
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(command: str, name: str, timeout: float) -> None:
+def _cli(command: str, name: str, timeout: float) -> str:
     # The test session's own hold goes to the child (`stop` refuses while ANOTHER run holds
     # the cluster, never because of the run asking).
     env, pass_fds = locks.child_env()
@@ -29,15 +29,17 @@ def _cli(command: str, name: str, timeout: float) -> None:
     )
     if proc.returncode != 0:
         raise RuntimeError(f"python -m e2e.cluster {command} {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout
 
 
-def stop(name: str, timeout: float = 60) -> None:
-    _cli("stop", name, timeout)
+def stop(name: str, timeout: float = 60) -> str:
+    """Stop it; returns what `stop` printed (whether it exited on SIGTERM or was killed)."""
+    return _cli("stop", name, timeout)
 
 
-def start(name: str, timeout: float = 120) -> None:
+def start(name: str, timeout: float = 120) -> str:
     """Start it again and wait until it is ready (the API server: /readyz)."""
-    _cli("start", name, timeout)
+    return _cli("start", name, timeout)
 
 
 @contextlib.contextmanager

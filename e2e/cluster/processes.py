@@ -117,34 +117,37 @@ def running_pid(name: str, run_dir: Path) -> int | None:
     return pid
 
 
-def stop(name: str, run_dir: Path, timeout: float = 15) -> None:
-    """SIGTERM, wait up to `timeout` seconds, then SIGKILL. Removes the pid file."""
+def stop(name: str, run_dir: Path, timeout: float = 15) -> bool:
+    """SIGTERM, wait up to `timeout` seconds, then SIGKILL. Removes the pid file. False if it
+    had to be killed (it did not exit on SIGTERM in time)."""
     pid = running_pid(name, run_dir)
-    if pid is not None:
-        kill_and_wait(pid, timeout)
+    exited = kill_and_wait(pid, timeout) if pid is not None else True
     (run_dir / f"{name}.pid").unlink(missing_ok=True)
+    return exited
 
 
-def kill_and_wait(pid: int, timeout: float) -> None:
+def kill_and_wait(pid: int, timeout: float) -> bool:
+    """SIGTERM, then SIGKILL after `timeout` seconds; False if it took the SIGKILL."""
     try:
         os.kill(pid, signal.SIGTERM)
     except ProcessLookupError:
-        return
+        return True
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not _cmdline(pid) or _is_zombie(pid):
             _reap(pid)
-            return
+            return True
         time.sleep(0.1)
     try:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
-        return
+        return True
     for _ in range(50):
         if not _cmdline(pid) or _is_zombie(pid):
             break
         time.sleep(0.1)
     _reap(pid)
+    return False
 
 
 def _reap(pid: int) -> None:

@@ -257,12 +257,14 @@ def stop(name: str) -> int:
     with locks.mutex():
         if processes.running_pid(name, state.run) is None:
             raise SystemExit(f"e2e.cluster stop: {name} is not running")
+        began = time.monotonic()
         try:
             with locks.sole_user():
-                processes.stop(name, state.run)
+                exited = processes.stop(name, state.run)
         except locks.InUse as exc:
             raise SystemExit(f"e2e.cluster stop: {exc}; not taking {name} away from it") from None
-    log(f"stopped {name}")
+    how = "exited on SIGTERM" if exited else "did not exit on SIGTERM: killed"
+    log(f"stopped {name} ({how} after {time.monotonic() - began:.1f} s)")
     return 0
 
 
