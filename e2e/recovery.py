@@ -9,7 +9,7 @@ logged "Failed to watch ... forbidden" 2 s before /readyz answered). After a 30 
 of them waits out its capped backoff, 30 to 60 s, before it lists again: kube-proxy kept
 the `kubernetes` Service without endpoints for 40 s after /readyz (the API server had removed
 its own address from it when it stopped), and a new namespace had no ServiceAccount for as
-long (one CI run failed so). `restart_api_watchers` restarts them instead (~12 s): a started
+long (one CI run failed so). `restart_api_watchers` restarts them instead: a started
 component lists at once. `wait_serves_new_workloads` proves the cluster whole again: a new
 namespace gets its ServiceAccount and a new Deployment's pod becomes ready.
 """
@@ -32,22 +32,17 @@ it retries every second (e2e.cluster.lb)."""
 
 
 def restart_api_watchers() -> float:
-    """After the API server's return (`control.stopped` exited): restart each API watcher so
-    that none waits out client-go's backoff. Seconds taken."""
+    """After the API server's return (`control.stopped` exited): restart the API watchers so that
+    none waits out client-go's backoff. Seconds taken. One `e2e.cluster restart` stops them all at
+    once and starts each again in `up`'s order (`startup.restart`: one that was not running is
+    started too, and one that fails is named after all the others were started)."""
     from e2e.cluster import control
 
     start = time.monotonic()
-    failures: list[str] = []
-    for name in API_WATCHERS:
-        # Each is started whatever its stop said (one that exited during the outage is not
-        # running: started now), and one failure leaves none of the others stopped or backing off.
-        for step in (control.stop, control.start):
-            try:
-                step(name)
-            except (RuntimeError, subprocess.TimeoutExpired) as exc:  # control._cli's failures
-                failures.append(str(exc))
-    if failures:
-        raise RuntimeError("restarting the cluster's API watchers:\n" + "\n".join(failures))
+    try:
+        control.restart(API_WATCHERS)
+    except (RuntimeError, subprocess.TimeoutExpired) as exc:  # control._cli's failures
+        raise RuntimeError(f"restarting the cluster's API watchers:\n{exc}") from None
     return time.monotonic() - start
 
 

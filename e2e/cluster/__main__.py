@@ -10,6 +10,7 @@
   logs        print the last lines of every cluster process's log (for CI failures)
   stop NAME   stop one component (e.g. kube-apiserver) of a running cluster
   start NAME  start it again and wait until it is ready
+  restart NAME...  stop these components at once, start each again in order, wait until ready
 """
 
 import argparse
@@ -20,8 +21,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m e2e.cluster", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status", "logs", "stop", "start"])
-    parser.add_argument("component", nargs="?", help="with stop/start: the component (see e2e.cluster.components)")
+    parser.add_argument("command", choices=["deps", "build", "docker-up", "up", "down", "status", "logs", "stop", "start", "restart"])
+    parser.add_argument("component", nargs="*", help="with stop/start: the component, with restart: one or more (see e2e.cluster.components)")
     parser.add_argument("--lines", type=int, default=40, help="with `logs`: lines per log (default %(default)s)")
     parser.add_argument("--force", action="store_true", help="with `down`: even if another test run holds the cluster")
     parser.add_argument(
@@ -30,8 +31,12 @@ def main(argv: list[str] | None = None) -> int:
         "ours ran (traces of a crashed older run; never use it beside another cluster)",
     )
     args = parser.parse_args(argv)
-    if args.command in ("stop", "start") and not args.component:
+    if args.command in ("stop", "start", "restart") and not args.component:
         parser.error(f"{args.command} needs a component name")
+    if args.command in ("stop", "start") and len(args.component) > 1:
+        parser.error(f"{args.command} takes one component name")
+    if args.command not in ("stop", "start", "restart") and args.component:
+        parser.error(f"{args.command} takes no component name")
     from e2e.cluster import locks
 
     locks.adopt_inherited_fd()
@@ -55,7 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "down":
         return node.down(kube_chains=True if args.kube_chains else None, force=args.force)
     if args.command in ("stop", "start"):
-        return getattr(node, args.command)(args.component)
+        return getattr(node, args.command)(args.component[0])
+    if args.command == "restart":
+        return node.restart(args.component)
     return {"up": node.up, "status": node.status}[args.command]()
 
 

@@ -19,16 +19,16 @@ from e2e.cluster import locks
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _cli(command: str, name: str, timeout: float) -> str:
+def _cli(command: str, name: str, timeout: float, *more: str) -> str:
     # The test session's own hold goes to the child (`stop` refuses while ANOTHER run holds
     # the cluster, never because of the run asking).
     env, pass_fds = locks.child_env()
     proc = subprocess.run(
-        [sys.executable, "-m", "e2e.cluster", command, name], capture_output=True, text=True, timeout=timeout, cwd=REPO,
+        [sys.executable, "-m", "e2e.cluster", command, name, *more], capture_output=True, text=True, timeout=timeout, cwd=REPO,
         env=env, pass_fds=pass_fds,
     )
     if proc.returncode != 0:
-        raise RuntimeError(f"python -m e2e.cluster {command} {name} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+        raise RuntimeError(f"python -m e2e.cluster {' '.join((command, name, *more))} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
     return proc.stdout
 
 
@@ -40,6 +40,11 @@ def stop(name: str, timeout: float = 60) -> str:
 def start(name: str, timeout: float = 120) -> str:
     """Start it again and wait until it is ready (the API server: /readyz)."""
     return _cli("start", name, timeout)
+
+
+def restart(names: tuple[str, ...], timeout: float = 300) -> str:
+    """Stop them all at once, start each again in `up`'s order and wait until it is ready."""
+    return _cli("restart", names[0], timeout, *names[1:])
 
 
 @contextlib.contextmanager
