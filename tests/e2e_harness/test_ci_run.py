@@ -47,6 +47,8 @@ FAKE_PYTHON = textwrap.dedent(f"""\
         worker = subprocess.Popen([sys.executable, "-c", WORKER, ready])
         while not os.path.exists(ready):
             time.sleep(0.01)
+    with open(os.path.join(state, part + ".env"), "w") as f:
+        f.write(repr(os.environ.get("PYTHONDONTWRITEBYTECODE")))
     with open(os.path.join(state, part + ".pid"), "w") as f:  # (the tests signal once it exists)
         f.write(str(os.getpid()))
     if action.startswith("exit "):
@@ -80,7 +82,9 @@ def ci(tmp_path):
     (bin_dir / "python3").write_text(FAKE_PYTHON)
     (bin_dir / "python3").chmod(0o755)
     # TMPDIR: .ci/run's session logs (mktemp) stay in the test's directory, also when it is killed.
-    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path), "TMPDIR": str(tmp_path)}
+    # PYTHONDONTWRITEBYTECODE: as in this machine's environment (.ci/run turns it off).
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
+           "PYTHONDONTWRITEBYTECODE": "1"}
 
     started = []
 
@@ -129,6 +133,17 @@ def test_both_parts_exit_codes_propagate_and_the_background_output_is_shown(ci, 
     rc, out = finish(ci(cluster=cluster, rest=rest))
     assert rc == expected, out
     assert "CLUSTER-OUTPUT" in out and "REST-OUTPUT" in out, out
+
+
+def test_the_parts_write_bytecode_caches_whatever_the_callers_environment_says(ci):
+    """PYTHONDONTWRITEBYTECODE in the caller's environment (this machine sets it) would make
+    every interpreter the tests start (the xdist workers, the pytest runs some tests make,
+    each relay process) compile the project's sources again, and pytest rewrite every test
+    module's asserts again: most of a collection's CPU. Both parts run without it."""
+    rc, out = finish(ci())
+    assert rc == 0, out
+    assert (ci.state / "cluster.env").read_text() == "None", out
+    assert (ci.state / "rest.env").read_text() == "None", out
 
 
 def wait_for(path: Path) -> int:
