@@ -11,6 +11,16 @@ pytest_plugins = ["pytester"]
 
 REPO = Path(__file__).resolve().parents[1]
 
+
+def plugins_of_the_claim(monkeypatch, *plugins: str) -> list[str]:
+    """The inner pytest loads the leak plugin, pytest-asyncio (its ini's options) and what the
+    test needs (xdist), not every installed plugin: hypothesis's imports all of hypothesis in
+    its terminal summary, pytest-kind a Kubernetes client (together ~2 core-seconds for each
+    interpreter, for nothing here)."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    return [arg for plugin in ("tests.pytest_leaks", "pytest_asyncio.plugin", *plugins) for arg in ("-p", plugin)]
+
+
 LEAKY = textwrap.dedent("""\
     import asyncio, gc, socket
 
@@ -37,7 +47,7 @@ def test_a_leak_fails_the_test_that_leaked_it_not_the_next(pytester: pytest.Pyte
     pytester.makepyfile(test_leaky=LEAKY)
     pytester.makeini("[pytest]\nasyncio_mode = auto\nasyncio_default_fixture_loop_scope = function\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA")
+    result = pytester.runpytest_subprocess("-W", "error", *plugins_of_the_claim(monkeypatch), "-p", "no:cacheprovider", "-rA")
     out = result.stdout.str()
     # Each leaking test errors in its teardown with the warning; the next one passes.
     assert "ERROR test_leaky.py::test_leaks_a_socket" in out, out
@@ -71,7 +81,7 @@ def test_a_leak_that_outlives_every_test_still_fails_the_run(pytester: pytest.Py
     pytester.makepyfile(test_held=HELD)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider")
+    result = pytester.runpytest_subprocess("-W", "error", *plugins_of_the_claim(monkeypatch), "-p", "no:cacheprovider")
     assert result.ret != 0, result.stdout.str()
     assert "unclosed <socket.socket" in result.stdout.str() + result.stderr.str()
 
@@ -133,7 +143,8 @@ def test_a_fixtures_leak_fails_the_test_that_used_it_under_xdist_too(pytester: p
     pytester.makepyfile(test_fixture=source)
     pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    result = pytester.runpytest_subprocess("-W", "error", "-p", "tests.pytest_leaks", "-p", "no:cacheprovider", "-rA", *workers)
+    result = pytester.runpytest_subprocess("-W", "error", *plugins_of_the_claim(monkeypatch, *(["xdist.plugin"] if workers else [])),
+                                           "-p", "no:cacheprovider", "-rA", *workers)
     out = result.stdout.str()
     assert result.ret != 0, out
     assert "test_fixture.py::test_two left garbage" in out and "unclosed <socket.socket" in out, out
