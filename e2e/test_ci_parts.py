@@ -1,6 +1,7 @@
 """`--part`: `.ci/run` runs the tests that need a cluster and the others as two sessions side by
 side; together the two parts are every test, once, and neither skips what it leaves out."""
 
+import functools
 import subprocess
 import sys
 from pathlib import Path
@@ -24,18 +25,19 @@ def collected(*options: str) -> set[str]:
 
 
 @pytest.fixture(scope="module")
-def everything() -> set[str]:
-    return collected()
+def collection():
+    """`collected`, run once per set of options for this module's tests (a whole pytest each)."""
+    return functools.cache(collected)
 
 
-def test_the_cluster_part_is_exactly_the_tests_that_need_a_cluster(everything):
-    cluster = collected("--part=cluster")
+def test_the_cluster_part_is_exactly_the_tests_that_need_a_cluster(collection):
+    everything, cluster = collection(), collection("--part=cluster")
     assert cluster and all(test.startswith("e2e/test_cluster_images.py::") for test in cluster)
     assert cluster == {test for test in everything if test.startswith("e2e/test_cluster_images.py::")}
 
 
-def test_the_two_parts_are_every_test_once(everything):
-    cluster, rest = collected("--part=cluster"), collected("--part=no-cluster")
+def test_the_two_parts_are_every_test_once(collection):
+    everything, cluster, rest = collection(), collection("--part=cluster"), collection("--part=no-cluster")
     assert not cluster & rest
     assert cluster | rest == everything
     assert any(test.startswith("tests/") for test in rest) and any(test.startswith("e2e/test_harness_sandbox.py::") for test in rest)
