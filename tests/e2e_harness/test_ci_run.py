@@ -16,8 +16,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 # The fake interpreter: pytest's two parts do what ZTR_FAKE_<PART> says; everything else
 # (e2e.cluster deps/build/docker-up/down/logs, e2e.images build, venv) succeeds at once.
+# -S (no site): it needs the standard library only, and .ci/run starts it a dozen times a test.
 FAKE_PYTHON = textwrap.dedent(f"""\
-    #!{sys.executable}
+    #!{sys.executable} -S
     import os, subprocess, sys, time
     if sys.argv[1:2] == ["-c"]:  # a real script (.ci/run's SIGINT reset): run it as python would
         code, sys.argv = sys.argv[2], ["-c", *sys.argv[3:]]
@@ -44,7 +45,7 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     action = os.environ.get("ZTR_FAKE_" + part.upper(), "exit 0")
     if action == "hang":
         ready = os.path.join(state, part + ".worker")
-        worker = subprocess.Popen([sys.executable, "-c", WORKER, ready])
+        worker = subprocess.Popen([sys.executable, "-S", "-c", WORKER, ready])
         while not os.path.exists(ready):
             time.sleep(0.01)
     with open(os.path.join(state, part + ".env"), "w") as f:
