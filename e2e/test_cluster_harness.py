@@ -449,6 +449,25 @@ def test_apiserver_runs_node_and_rbac_authorization_on_the_node_ip():
     assert "--kubelet-preferred-address-types=InternalIP" in argv
 
 
+def _duration(flag_value: str) -> float:
+    """A Go duration as this harness writes them (whole seconds or minutes), in seconds."""
+    number, unit = flag_value[:-1], flag_value[-1]
+    return float(number) * {"s": 1, "m": 60}[unit]
+
+
+def test_metrics_server_flags_pass_its_own_start_up_checks():
+    """metrics-server v0.8.0 (cmd/metrics-server/app/options/options.go) exits at start unless
+    --metric-resolution is at least 10 s and 9/10 of it covers --kubelet-request-timeout
+    (default 10 s); `up` sees that only as a readiness timeout. Seen: 10 s with the default
+    timeout."""
+    argv = configs.metrics_server_command(LAYOUT, STATE, Path("/bin"))
+    flags = dict(arg.removeprefix("--").split("=", 1) for arg in argv[1:] if "=" in arg)
+    resolution = _duration(flags["metric-resolution"])
+    timeout = _duration(flags.get("kubelet-request-timeout", "10s"))
+    assert resolution >= 10
+    assert resolution * 9 / 10 >= timeout
+
+
 def test_cni_keeps_ipam_leases_under_the_state_dir():
     conf = json.loads(configs.cni_conflist(LAYOUT, STATE))
     bridge = conf["plugins"][0]

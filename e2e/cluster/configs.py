@@ -169,10 +169,18 @@ def controller_manager_command(layout: Layout, state: StatePaths, bin_dir: Path)
         "--node-cidr-mask-size=24",
         f"--service-cluster-ip-range={layout.service_cidr}",
         "--leader-elect=false",
-        # The HorizontalPodAutoscaler looks at the metrics every 5 s, not 15 s: the autoscaler
-        # tests wait for its decisions (first measurement, scale-up) on conditions, not for a
-        # fixed number of periods, so a shorter period only shortens those waits.
-        "--horizontal-pod-autoscaler-sync-period=5s",
+        # The HorizontalPodAutoscaler looks at the metrics every second, not every 15 s: a new
+        # figure (one per --metric-resolution) is acted on at once. The autoscaler tests wait
+        # for its decisions (first measurement, scale-up) on conditions, never for a number of
+        # periods, so a shorter period only shortens those waits; a sync with nothing new costs
+        # a read of the scale and of metrics-server, and writes nothing.
+        # Left at their defaults, on purpose: --horizontal-pod-autoscaler-cpu-initialization-period
+        # (5 min: for that long after a pod's start, its CPU figure counts only once the window
+        # it was measured over began after the pod became Ready, so the start-up burst of a
+        # relay never counts; every test pod is younger than that, so an idle pod's figure is
+        # an idle one, which the tests' baselines rely on) and --horizontal-pod-autoscaler-
+        # initial-readiness-delay (30 s: read only after that period).
+        "--horizontal-pod-autoscaler-sync-period=1s",
         "--v=1",
     ]
 
@@ -424,10 +432,16 @@ def metrics_server_command(layout: Layout, state: StatePaths, bin_dir: Path) -> 
         "--kubelet-preferred-address-types=InternalIP",
         # The kubelet's serving cert is self-signed (no serving-cert bootstrap here).
         "--kubelet-insecure-tls",
-        # Shorter than its default 60 s and our former 15 s, so a new pod has metrics (two
-        # scrapes) sooner, for `kubectl top` and the autoscaler; it must exceed
-        # --kubelet-request-timeout (10 s), or metrics-server panics at start.
-        "--metric-resolution=12s",
+        # Its minimum (default 60 s), so a new pod has a CPU figure sooner: a rate needs two
+        # scrapes, and the autoscaler takes a pod's first figure only from a window that began
+        # after the pod was Ready (see the controller manager): from the second scrape after Ready.
+        # Here the kubelet's /metrics/resource figures are read when asked (seen: their
+        # timestamps are milliseconds old at every scrape), so its cAdvisor housekeeping
+        # interval (10-20 s) adds nothing and is left alone. metrics-server refuses to start
+        # unless the resolution is at least 10 s and 9/10 of it covers --kubelet-request-timeout
+        # (default 10 s): a scrape of one local kubelet takes milliseconds, 5 s is plenty.
+        "--metric-resolution=10s",
+        "--kubelet-request-timeout=5s",
     ]
 
 
