@@ -64,7 +64,7 @@ def test_kubectl_top_pod_returns_cpu_and_memory_numbers(kubectl, namespace, busy
         out = kubectl("top", "pod", "-n", namespace, "--no-headers", check=False).stdout
         return [TOP_LINE.match(line).groups() for line in out.splitlines() if TOP_LINE.match(line)]
 
-    rows = wait_for("metrics for the pod from metrics-server", top, 180, interval=2)
+    rows = wait_for("metrics for the pod from metrics-server", top, 180, interval=1)
     assert rows[0][0] == pod["metadata"]["name"]  # numbers parsed by TOP_LINE (busybox httpd may round to 0Mi)
     node = kubectl("top", "node", "--no-headers").stdout.split()
     assert int(node[1].removesuffix("m")) > 0 and int(node[3].removesuffix("Mi")) > 0  # the node is busy

@@ -13,7 +13,7 @@ import re
 import subprocess
 import time
 import uuid
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -405,21 +405,25 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
         return hpa if utilization(hpa) is not None else None
 
     # Baseline: idle, the autoscaler measures usage under the target and wants the minimum.
-    baseline = wait_for("the autoscaler's first measurement", measured, 120, interval=2)
+    baseline = wait_for("the autoscaler's first measurement", measured, 120, interval=1)
     assert utilization(baseline) < target, baseline["status"]
     assert baseline["status"]["desiredReplicas"] == 1
     address = relay_json(kubectl, ns, name)["status"]["address"]
+    load_started = datetime.now(timezone.utc).replace(microsecond=0)  # lastScaleTime has whole seconds
     load = Background(relay_hosts[0], "load", address, udp_root)
     try:
         def scaled_up():
             hpa = kubectl.json("get", "hpa", name, "-n", ns)
             return hpa if hpa["status"].get("desiredReplicas", 0) >= 2 else None
 
-        hpa = wait_for("the autoscaler to want 2 relay pods", scaled_up, 240, interval=2)
+        hpa = wait_for("the autoscaler to want 2 relay pods", scaled_up, 240, interval=1)
     finally:
         packets = int(load.finish())
     assert packets > 0
     assert utilization(hpa) > target, hpa["status"]
+    # It scaled for this load: once it had started, never before.
+    scaled_at = datetime.fromisoformat(hpa["status"]["lastScaleTime"])
+    assert scaled_at >= load_started, (scaled_at, load_started)
 
 
 def wait_ready(kubectl, namespace, name=RELAY) -> None:
