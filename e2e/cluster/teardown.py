@@ -21,6 +21,7 @@ import os
 import shutil
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from e2e.cluster import (
@@ -66,12 +67,18 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
     ran = boot.ours_ran_this_boot(state.root, state.run)
     kube_chains = ran if kube_chains is None else kube_chains
     states = health.process_states(state)
-    processes.stop("lb-controller", state.run)
-    if states["kube-apiserver"] and states["kubelet"] and states["containerd"]:
-        _delete_pods_through_kubelet(state)
-    for name in reversed(components.NAMES):
-        if name != "containerd":
-            processes.stop(name, state.run)
+    with ThreadPoolExecutor(len(components.NAMES)) as pool:
+        # The LB stand-in gives its addresses back before it exits (up to its watch timeout,
+        # 5 s): meanwhile the pods go.
+        lb = pool.submit(processes.stop, "lb-controller", state.run)
+        if states["kube-apiserver"] and states["kubelet"] and states["containerd"]:
+            _delete_pods_through_kubelet(state)
+        lb.result()
+        # The API's clients at once; then the API server (it writes to etcd as it stops), etcd.
+        last = ("kube-apiserver", "etcd", "containerd")
+        list(pool.map(lambda name: processes.stop(name, state.run), [n for n in components.NAMES if n not in last]))
+    for name in last[:2]:
+        processes.stop(name, state.run)
     if processes.running_pid("containerd", state.run):
         _remove_containers(state)
     processes.stop("containerd", state.run)
