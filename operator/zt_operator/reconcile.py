@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import datetime
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -20,6 +21,11 @@ from zt_operator.settings import OperatorSettings
 
 RECHECK_SECONDS = 10.0
 """How soon a relay short of ready pods is looked at again (why its pods are not ready)."""
+RECHECK_SOON_SECONDS = 2.0
+YOUNG_POD_SECONDS = 30.0
+"""While one of its pods is younger than this, a short relay is looked at again after
+``RECHECK_SOON_SECONDS``: a missing image or a crash at start shows within seconds of the
+pod's creation, and changes no watched child."""
 CHILD_KINDS = ("Service", "Deployment", "PodDisruptionBudget", "HorizontalPodAutoscaler", "NetworkPolicy")
 
 
@@ -175,4 +181,21 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     result = "invalid" if invalid else "error" if errors else "conflict" if conflicts else "ok"
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in wanted["conditions"])
     return Outcome(status.changes(current_status, wanted), status.events(current_status, wanted), result, ready, errors,
-                   RECHECK_SECONDS if short else None)
+                   recheck_seconds(pods, now()) if short else None)
+
+
+def _seconds(timestamp: str) -> float:
+    return datetime.datetime.strptime(timestamp, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def recheck_seconds(pods: list[dict[str, Any]], now: str) -> float:
+    """When to look again at a relay short of ready pods: soon while a pod is young, then
+    every ``RECHECK_SECONDS``."""
+    for pod in pods:
+        created = (pod.get("metadata") or {}).get("creationTimestamp")
+        try:
+            if created and _seconds(now) - _seconds(created) < YOUNG_POD_SECONDS:
+                return RECHECK_SOON_SECONDS
+        except ValueError:
+            continue  # not a timestamp the API server writes: judge by the other pods
+    return RECHECK_SECONDS

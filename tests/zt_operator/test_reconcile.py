@@ -180,3 +180,25 @@ def test_a_relay_short_of_ready_pods_is_looked_at_again_soon():
     assert run(relay_body(), access).recheck_seconds == reconcile.RECHECK_SECONDS
     access.objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
     assert run(relay_body(), access).recheck_seconds is None
+
+
+def _pod(created):
+    return {"metadata": {"name": "edge-1", "creationTimestamp": created}, "status": {}}
+
+
+def test_a_relay_short_of_ready_pods_is_looked_at_again_sooner_while_a_pod_is_young():
+    """An image that cannot be pulled or a crash at start shows within seconds of the pod's
+    creation (and changes no watched child): look again soon, then every RECHECK_SECONDS."""
+    access = FakeAccess()
+    run(relay_body(), access)
+    access.objects["Deployment"]["status"] = {"replicas": 1, "readyReplicas": 0}
+    access.list_pods = lambda namespace, selector: [_pod("2025-12-31T23:59:50Z"), _pod("2025-12-31T23:00:00Z")]
+    assert run(relay_body(), access).recheck_seconds == reconcile.RECHECK_SOON_SECONDS
+    access.list_pods = lambda namespace, selector: [_pod("2025-12-31T23:59:00Z")]
+    assert run(relay_body(), access).recheck_seconds == reconcile.RECHECK_SECONDS
+
+
+@pytest.mark.parametrize("created", [None, "", "yesterday", "2025-12-31 23:59:50"])
+def test_a_pod_without_a_readable_creation_time_is_not_young(created):
+    assert reconcile.recheck_seconds([_pod(created)], NOW) == reconcile.RECHECK_SECONDS
+    assert reconcile.recheck_seconds([_pod(created), _pod("2025-12-31T23:59:59Z")], NOW) == reconcile.RECHECK_SOON_SECONDS
