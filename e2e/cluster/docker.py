@@ -22,8 +22,11 @@ def up(timeout: float = 60) -> int:
         return 0
     log = paths.cache_root() / "dockerd.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    # Detached (setsid --fork: its own session, and not our child): started from inside pytest
+    # (the container tests, load_image), a child's Popen dropped while it runs is a
+    # ResourceWarning that fails a test, and the stopped daemon a zombie here.
     with open(log, "ab") as out:
-        subprocess.Popen(["dockerd"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        subprocess.run(["setsid", "--fork", "dockerd"], stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, check=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if running():
