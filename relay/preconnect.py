@@ -327,6 +327,7 @@ class Preconnector:
             self._fill_soon = None
         for sock in list(self.pending):
             self._forget(sock)
+            self.pool.dial_abandoned()  # else still counted as dialing when a pause ends
             sock.close()
         for sock in self.pool.close():
             sock.close()

@@ -1122,3 +1122,33 @@ async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_sti
         for w in accepted:
             w.close()
         server.close()
+
+
+async def test_a_pause_with_a_dial_in_flight_leaves_the_pool_its_full_size_when_it_resumes(monkeypatch, no_expiry):
+    """A pause closes the dials in flight too (a backend across a network: the handshake
+    outlives the connect call). They were still counted as dialing after the resume, each
+    pause taking a slot from the pool for good: one of size 1 never dialed again."""
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(preconnect, "PAUSE_MIN", 0.05)
+    site = await Site().start()
+    address = ("127.0.0.1", site.port)
+    monkeypatch.setattr(preconnect, "_established", lambda sock: False)  # seen connected a loop iteration later
+    pre = preconnect.Preconnector(loop, 1, lambda: address, lambda a: fallback._dial(a, b"")[0], lambda: True, lambda exc, delay: None)
+    try:
+        for _ in range(preconnect.SPOKE_FIRST_LIMIT):  # pooled connections the site closed
+            mine, theirs = socket.socketpair()
+            theirs.close()
+            pre.pool.entries.append(backend_pool.Entry(mine, address, loop.time()))
+        pre._start(address)  # a replacement in flight when the next visitor comes
+        assert len(pre.pending) == 1
+        assert pre.take(address) is None and not pre.running  # three closed ones: paused
+        assert not pre.pending
+        await until(lambda: pre.running, "the pool never came back")
+        for _ in range(2):  # two visits within MAX_AGE: the pool is in use again, one dial owed
+            assert pre.take(address) is None
+        pre.fill()
+        await until(lambda: len(pre.pool) == 1, "the resumed pool never dialed")
+    finally:
+        pre.close()
+        site.close()
+
