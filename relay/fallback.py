@@ -331,11 +331,11 @@ class FallbackRouter:
                 backend.close()
                 s.backend_connected()
                 return
-            if not at_once and not again and streams.is_over(s.client.transport):
+            if not at_once and streams.is_over(s.client.transport):
                 # Reset while the backend was dialed (its reading is paused, so the transport
-                # has not seen it): counted as what happened, and the backend is reset before
-                # it gets the request of a visitor who is gone.
-                self._fail(CLIENT_RESET, client, "the client reset the connection while the backend was dialed")
+                # has not seen it): counted as what happened (``again``: counted already), and
+                # the backend is reset before it gets the request of a visitor who is gone.
+                self._fail(CLIENT_RESET, client, "the client reset the connection while the backend was dialed", again)
                 s.abort(splice_mod.CLIENT_RESET)
                 s.backend_connected()
                 return

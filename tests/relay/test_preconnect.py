@@ -1152,3 +1152,46 @@ async def test_a_pause_with_a_dial_in_flight_leaves_the_pool_its_full_size_when_
         pre.close()
         site.close()
 
+
+async def test_a_visitor_that_resets_during_the_fresh_dial_of_a_raced_pooled_connection_is_not_sent_to_the_site(make_relay, site, monkeypatch, no_expiry):
+    """The site closed the pooled connection after the check, and the fresh dial for the
+    visitor's first flight takes a round trip (a backend across a network); the visitor
+    resets meanwhile (its reading is paused: the transport does not see it). Like a visitor
+    who resets while its first dial is made, its request never reaches the site, and the
+    visit is counted once."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
+    await warm(relay, site, 1)
+    [conn] = site.idle()
+    [pooled] = _pooled_socks(relay)
+    real_condition, real_dial = preconnect.condition, fallback._dial
+    visitor: list[socket.socket] = []
+
+    def closed_right_after_the_check(sock):
+        answer = real_condition(sock)
+        if sock is pooled:
+            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            conn["writer"].transport.abort()
+        return answer
+
+    def slow_dial(address, first, socket_buffer=None):
+        if not first:
+            return real_dial(address, first, socket_buffer)
+        sock, _ = real_dial(address, b"", socket_buffer)  # nothing sent: the handshake not over yet
+        _reset_now(visitor[0])  # the visitor gives up meanwhile
+        return sock, None
+
+    monkeypatch.setattr(preconnect, "condition", closed_right_after_the_check)
+    monkeypatch.setattr(fallback, "_dial", slow_dial)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    visitor.append(writer.get_extra_info("socket"))
+    try:
+        writer.write(b"GET /raced")
+        await until(lambda: relay.snapshot()["fallback_preconnect_discarded:closed_unanswered"] == 1, "no retry")
+        await until(lambda: not relay.fallback.splices, "the visit stayed")
+    finally:
+        writer.close()
+    assert [c["data"] for c in site.conns if c["data"]] == [b"GET /warm"] * 2  # never sent to the site
+    snapshot = relay.snapshot()
+    assert snapshot["fallback:connected"] == 3 and snapshot["fallback:client_reset"] == 0, snapshot  # counted once
+    assert snapshot["fallback_closed:client_reset"] == 1, snapshot
+    await until(lambda: relay._fds_held() == relay.fallback.preconnect.fds, "descriptors left behind")
