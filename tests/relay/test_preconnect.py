@@ -1116,8 +1116,9 @@ async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_sti
         paused = [r.getMessage() for r in caplog.records if "preconnecting paused" in r.getMessage()]
         assert len(paused) == 2 and "for 0.3 s" in paused[0] and "for 0.6 s" in paused[1], paused
         assert relay.snapshot()["fallback_preconnect_discarded:bytes_waiting"] == 2 * preconnect.SPOKE_FIRST_LIMIT
+        resume = pre._resume
         await relay.close()  # closed while paused: it never comes back
-        assert pre._resume is None and not pre.running
+        assert resume.cancelled() and pre._resume is None and not pre.running
     finally:
         for w in accepted:
             w.close()
