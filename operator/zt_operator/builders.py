@@ -253,6 +253,14 @@ def deployment(body: Mapping[str, Any], *, default_image: str, default_pull_poli
             {"name": "tunnel", "containerPort": TUNNEL_PORT, "protocol": "TCP"},
             {"name": "health", "containerPort": HEALTH_PORT, "protocol": "TCP"},
         ],
+        # Every second until the health server answers (up to 2 minutes); the kubelet runs
+        # the readiness probe as soon as it passes, so a new pod (a scale-up under load, a
+        # rollout) takes tunnels ~1 s after it answers, not at the readiness probe's next
+        # 5 s tick. Liveness and readiness start after it.
+        "startupProbe": {
+            "httpGet": {"path": "/healthz", "port": "health"},
+            "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 120,
+        },
         "livenessProbe": {
             "httpGet": {"path": "/healthz", "port": "health"},
             "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 3,

@@ -78,6 +78,18 @@ def test_the_deployment_runs_the_relay_on_8443_with_health_on_9090_by_default():
     assert relay["resources"] == {"requests": {"cpu": "100m", "memory": "64Mi"}, "limits": {"memory": "256Mi"}}
 
 
+def test_a_new_relay_pod_is_ready_a_second_after_it_answers_not_at_the_next_5_s_tick():
+    """A startup probe every second on /healthz; the kubelet runs the readiness probe as soon
+    as it passes (kubelet prober_manager.UpdatePodStatus), so a scaled-up or rolled pod takes
+    tunnels ~1 s after its health server answers instead of up to 5 s later."""
+    relay = container(build_deployment())
+    assert relay["startupProbe"] == {
+        "httpGet": {"path": "/healthz", "port": "health"},
+        "periodSeconds": 1, "timeoutSeconds": 3, "failureThreshold": 120,
+    }
+    assert relay["readinessProbe"]["periodSeconds"] == 5  # a draining pod still leaves within 5 s
+
+
 def test_relay_pods_meet_pod_security_restricted():
     pod = build_deployment()["spec"]["template"]["spec"]
     security = container({"spec": {"template": {"spec": pod}}})["securityContext"]
