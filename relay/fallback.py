@@ -255,14 +255,15 @@ class FallbackRouter:
         visitor's first flight: if the site's kernel acknowledged none of it, the site closed
         it before reading that (its FIN was in flight at the check), so the same flight goes
         on a fresh dial, once (never pooled: no retry). False: the site may have read it (and
-        processed it: never twice), the close goes to the visitor as usual."""
+        processed it: never twice), or the visitor is gone: the close goes to the visitor as usual."""
         s.retry = None
         if not preconnect.unread(old.transport.get_extra_info("socket")):
             return False
+        if s.client.lost or streams.is_over(s.client.transport):
+            return False  # the visitor reset too (not yet seen): its flight goes nowhere again
         self.preconnect.discard(preconnect.CLOSED_UNANSWERED)
         s.replace_backend()
-        if not s.client.lost:
-            s.client.transport.pause_reading()  # until the new connection can take its bytes
+        s.client.transport.pause_reading()  # until the new connection can take its bytes
         dialed = None
         address = self._known_address()
         if address is not None:

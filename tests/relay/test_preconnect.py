@@ -13,6 +13,7 @@ import logging
 import os
 import socket
 import struct
+import time
 
 import pytest
 
@@ -883,6 +884,17 @@ def _reset_now(sock) -> None:
     assert libc.connect(sock.fileno(), ctypes.c_char_p(bytes(16)), 16) == 0, os.strerror(ctypes.get_errno())
 
 
+def _reset_seen(relay: Relay, visitor: socket.socket) -> None:
+    """Resets the visitor's connection and waits (bounded) until the relay's socket for it
+    is closed in the kernel: loopback delivers the RST at once, unless softirqs are deferred."""
+    _reset_now(visitor)
+    [s] = relay.fallback.splices
+    deadline = time.monotonic() + 10
+    while not fallback.streams.is_over(s.client.transport):
+        assert time.monotonic() < deadline, "the relay never saw the visitor's reset"
+        time.sleep(0.001)
+
+
 async def test_a_site_that_closes_without_a_byte_after_reading_the_request_is_not_sent_it_twice(make_relay, no_expiry):
     """A site that read the first flight and closed unanswered (or after the visitor sent
     more) is never sent it again: it may have processed it."""
@@ -1178,7 +1190,7 @@ async def test_a_visitor_that_resets_during_the_fresh_dial_of_a_raced_pooled_con
         if not first:
             return real_dial(address, first, socket_buffer)
         sock, _ = real_dial(address, b"", socket_buffer)  # nothing sent: the handshake not over yet
-        _reset_now(visitor[0])  # the visitor gives up meanwhile
+        _reset_seen(relay, visitor[0])  # the visitor gives up meanwhile
         return sock, None
 
     monkeypatch.setattr(preconnect, "condition", closed_right_after_the_check)
@@ -1196,3 +1208,42 @@ async def test_a_visitor_that_resets_during_the_fresh_dial_of_a_raced_pooled_con
     assert snapshot["fallback:connected"] == 3 and snapshot["fallback:client_reset"] == 0, snapshot  # counted once
     assert snapshot["fallback_closed:client_reset"] == 1, snapshot
     await until(lambda: relay._fds_held() == relay.fallback.preconnect.fds, "descriptors left behind")
+
+
+async def test_a_visitor_already_reset_when_its_raced_pooled_connection_closes_gets_no_fresh_dial(make_relay, site, monkeypatch, no_expiry):
+    """The pooled connection's close and the visitor's reset are in the same loop iteration,
+    the close handled first: the visitor is gone (its reset waits in the kernel), so its first
+    flight is not sent again on a fresh dial (on loopback it would leave at once, the check
+    after the dial too late); the visit ends as usual, nothing left open."""
+    relay = await make_relay(f"127.0.0.1:{site.port}", fallback_preconnect=1)
+    await warm(relay, site, 1)
+    [conn] = site.idle()
+    [pooled] = _pooled_socks(relay)
+    real_condition, real_unread = preconnect.condition, preconnect.unread
+    visitor: list[socket.socket] = []
+
+    def closed_right_after_the_check(sock):
+        answer = real_condition(sock)
+        if sock is pooled:
+            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            conn["writer"].transport.abort()
+        return answer
+
+    def reset_first(sock):
+        _reset_seen(relay, visitor[0])  # the visitor's reset, not yet seen by its transport
+        return real_unread(sock)
+
+    monkeypatch.setattr(preconnect, "condition", closed_right_after_the_check)
+    monkeypatch.setattr(preconnect, "unread", reset_first)
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    visitor.append(writer.get_extra_info("socket"))
+    try:
+        writer.write(b"GET /raced")
+        await until(lambda: relay.snapshot()["fallback_closed:closed"] + relay.snapshot()["fallback_closed:client_reset"]
+                    + relay.snapshot()["fallback_closed:backend_reset"] == 3, "the visit stayed")
+    finally:
+        writer.close()
+    assert [c["data"] for c in site.conns if c["data"]] == [b"GET /warm"] * 2  # never sent to the site
+    snapshot = relay.snapshot()
+    assert snapshot["fallback:connected"] == 3 and snapshot["fallback_preconnect_discarded:closed_unanswered"] == 0, snapshot
+    await until(lambda: not relay.fallback.splices and relay._fds_held() == relay.fallback.preconnect.fds, "descriptors left behind")
