@@ -192,12 +192,14 @@ def cluster(request: pytest.FixtureRequest):
         request.addfinalizer(lambda: (locks.remember_session_hold(None), os.close(_USERS_FD)))
         up_returned = threading.Event()
         prefetch = _prefetch_project_image(request.session, up_returned)
+        if prefetch is not None:
+            # Also when `up` fails: the prefetch then stops its `docker save` and removes the
+            # archive; a session that ended first would leave the save running, an orphan.
+            request.addfinalizer(lambda: prefetch.join(timeout=60))
         try:
             cluster_cli("up")
         finally:
             up_returned.set()
-        if prefetch is not None:
-            request.addfinalizer(lambda: prefetch.join(timeout=60))
         result = Cluster("local", paths.kubeconfig_path(), _kubectl_binary(), local_layout=node.current_layout())
     elif backend == "kind":
         from pytest_kind import KindCluster

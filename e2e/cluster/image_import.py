@@ -4,9 +4,14 @@ There is no registry: pods must use a non-`latest` tag with `imagePullPolicy: If
 (or `Never`). The kubelet is configured never to garbage-collect images.
 """
 
+import contextlib
+import fcntl
+import os
+import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from pathlib import Path
 
 from e2e.cluster import locks, paths
@@ -93,10 +98,32 @@ def containerd_answers() -> bool:
         return False
 
 
-def save_docker_image(tag: str, path: Path, timeout: float = 600) -> None:
-    proc = subprocess.run(["docker", "save", "-o", str(path), tag], capture_output=True, text=True, timeout=timeout)
+class GaveUp(Exception):
+    """`docker save` stopped: what it was for no longer holds (`up` failed)."""
+
+
+def save_docker_image(tag: str, path: Path, timeout: float = 600, give_up=lambda: False, poll: float = 0.2) -> None:
+    """`docker save -o path tag`; stopped (GaveUp) as soon as give_up() says so: left running, it
+    writes hundreds of MB on after the session that wanted them has ended."""
+    errors = path.with_name(path.name + ".stderr")
+    with open(errors, "wb") as err, subprocess.Popen(
+        ["docker", "save", "-o", str(path), tag], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err,
+    ) as proc:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                proc.wait(poll)
+                break
+            except subprocess.TimeoutExpired:
+                stop = "gave up" if give_up() else "timed out" if time.monotonic() > deadline else None
+                if stop:
+                    proc.kill()
+                    proc.wait()
+                    if stop == "gave up":
+                        raise GaveUp() from None
+                    raise RuntimeError(f"docker save {tag} took over {timeout:.0f} s") from None
     if proc.returncode != 0:
-        raise RuntimeError(f"docker save {tag} failed: {proc.stderr.strip()}")
+        raise RuntimeError(f"docker save {tag} failed: {errors.read_text(errors='replace').strip()}")
 
 
 def import_archive_file(path: Path, timeout: float = 600) -> None:
@@ -104,6 +131,22 @@ def import_archive_file(path: Path, timeout: float = 600) -> None:
         proc = subprocess.run(_ctr("images", "import", "-"), stdin=archive, capture_output=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"ctr images import of {path} failed: {proc.stderr.decode(errors='replace').strip()}")
+
+
+@contextlib.contextmanager
+def _prefetch_lock():
+    """One prefetch on the machine at a time (two sessions starting at once would save the
+    same image twice); its holder removes every `prefetch-*` left in PREFETCH_DIR: none is in
+    use, so each is a killed session's (SIGKILL: no cleanup), hundreds of MB for good."""
+    fd = os.open(PREFETCH_DIR / "prefetch.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        for stale in PREFETCH_DIR.glob("prefetch-*"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+        yield
+    finally:
+        os.close(fd)
 
 
 def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2) -> str:
@@ -123,13 +166,17 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
         return f"Docker has no image {tag!r}"
     if containerd_answers() and imported_from(tag) == image_id:
         return "already imported"  # a cluster that was up already
+    gave_up = "gave up: `up` returned and containerd does not answer"
     PREFETCH_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=PREFETCH_DIR, prefix="prefetch-") as tmp:
+    with _prefetch_lock(), tempfile.TemporaryDirectory(dir=PREFETCH_DIR, prefix="prefetch-") as tmp:
         archive = Path(tmp) / "image.tar"
-        save_docker_image(tag, archive)
+        try:
+            save_docker_image(tag, archive, give_up=lambda: up_returned.is_set() and not containerd_answers(), poll=poll)
+        except GaveUp:
+            return gave_up
         while not containerd_answers():
             if up_returned.wait(poll) and not containerd_answers():
-                return "gave up: `up` returned and containerd does not answer"
+                return gave_up
         with importing():
             if imported_from(tag) == image_id:
                 return "already imported"

@@ -3,7 +3,11 @@ goes into the cluster while `up` is still starting it (`docker save` beside the 
 start, the import as soon as containerd answers), under the same check and lock as
 ensure_docker_image, which then finds it and imports nothing."""
 
+import os
+import signal
 import threading
+import time
+from pathlib import Path
 
 from e2e.cluster import image_import
 
@@ -19,7 +23,7 @@ def fake_containerd(monkeypatch, *, answers: bool, imported: str | None = None):
     monkeypatch.setattr(image_import, "containerd_answers", lambda: state["answers"])
     monkeypatch.setattr(image_import, "imported_from", lambda tag: state["imported"])
 
-    def save(tag, path):
+    def save(tag, path, **_):
         steps.append(f"save {tag} answers={state['answers']}")
         path.write_bytes(b"archive")
         state["saved"].set()
@@ -52,7 +56,7 @@ def test_the_image_is_saved_before_containerd_answers_and_imported_once_it_does(
     thread.join(BOUND)
     assert outcome == ["imported"]
     assert steps == [f"save {TAG} answers=False", "import archive answers=True", "label sha256:new"]
-    assert list(tmp_path.iterdir()) == []  # the saved archive is not kept
+    assert [p.name for p in tmp_path.iterdir()] == ["prefetch.lock"]  # the saved archive is not kept
     # The first test's load_image then imports nothing.
     monkeypatch.setattr(image_import, "import_docker_image", lambda tag, timeout: steps.append("imported again"))
     assert image_import.ensure_docker_image(TAG) is False
@@ -74,4 +78,68 @@ def test_it_gives_up_when_up_returned_and_containerd_never_answered(monkeypatch,
     outcome = image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)
     assert outcome == "gave up: `up` returned and containerd does not answer"
     assert steps == [f"save {TAG} answers=False"]
-    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir()] == ["prefetch.lock"]
+
+
+def fake_docker(tmp_path, monkeypatch):
+    """A `docker` on PATH whose `save` writes part of the archive, records its pid, then hangs
+    (a big image on a loaded machine)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    pid_file = tmp_path / "save.pid"
+    (bin_dir / "docker").write_text(
+        f'#!/bin/sh\n[ "$1" = save ] || exit 1\necho $$ > {pid_file}\necho partial > "$3"\nexec sleep 600\n')
+    (bin_dir / "docker").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    return pid_file
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_docker_save_under_way_is_stopped_when_up_failed(monkeypatch, tmp_path):
+    # `up` fails while `docker save` runs: the save is stopped and its partial archive removed
+    # at once, not left writing hundreds of MB after the session (an orphan once pytest exits).
+    prefetch = tmp_path / "prefetch"
+    monkeypatch.setattr(image_import, "PREFETCH_DIR", prefetch)
+    pid_file = fake_docker(tmp_path, monkeypatch)
+    monkeypatch.setattr(image_import, "docker_image_id", lambda tag: "sha256:new")
+    monkeypatch.setattr(image_import, "containerd_answers", lambda: False)
+    up_returned = threading.Event()
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + BOUND
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    pid = int(pid_file.read_text())
+    try:
+        up_returned.set()  # `up` failed
+        thread.join(BOUND)
+        assert not thread.is_alive(), "still saving after `up` failed"
+        assert outcome == ["gave up: `up` returned and containerd does not answer"]
+        assert not _alive(pid)
+        assert [p for p in prefetch.iterdir() if p.name.startswith("prefetch-")] == []
+    finally:
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_a_killed_sessions_archive_is_removed_by_the_next_one(monkeypatch, tmp_path):
+    # A session killed mid-save (SIGKILL: no cleanup) leaves its prefetch dir behind; the next
+    # prefetch removes it (hundreds of MB each, forever otherwise).
+    monkeypatch.setattr(image_import, "PREFETCH_DIR", tmp_path)
+    stale = tmp_path / "prefetch-dead"
+    stale.mkdir()
+    (stale / "image.tar").write_bytes(b"partial")
+    keep = tmp_path / "build.lock"  # images.CACHE_DIR's own files are not ours to touch
+    keep.write_text("")
+    fake_containerd(monkeypatch, answers=True, imported="sha256:old")
+    assert image_import.import_as_soon_as_containerd_answers(TAG, threading.Event(), poll=0.01) == "imported"
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
+    assert keep.exists()
