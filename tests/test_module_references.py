@@ -1,4 +1,5 @@
-"""Every `module.name` the project's code reads from one of its own modules exists there.
+"""Every `module.name` the project's code reads from one of its own modules exists there, and every
+`from module import name` too (one in a function body runs only when it is called).
 
 The e2e suite runs only on a real cluster, so a helper removed from `e2e/cluster` while a fixture
 still calls it fails nowhere else: c3d387a mended exactly that (`image_import.importing`, gone
@@ -8,6 +9,7 @@ parameter or assignment of the same name shadows it), and each attribute loaded 
 """
 import ast
 import importlib
+import importlib.util
 import pathlib
 import types
 
@@ -26,6 +28,7 @@ class _Scope:
 
     def __init__(self, scope: ast.AST):
         self.imports, self.other_bindings, self.reads, self.nested = {}, set(), [], []
+        self.missing_imports: list[str] = []
         if isinstance(scope, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             args = scope.args
             self.other_bindings |= {arg.arg for arg in args.posonlyargs + args.args + args.kwonlyargs}
@@ -49,6 +52,11 @@ class _Scope:
             for alias in node.names:
                 if isinstance(getattr(parent, alias.name, None), types.ModuleType):
                     self.imports[alias.asname or alias.name] = getattr(parent, alias.name).__name__
+                elif not hasattr(parent, alias.name) and alias.name != "*" and (
+                        not hasattr(parent, "__path__") or importlib.util.find_spec(f"{node.module}.{alias.name}") is None):
+                    # (a submodule not imported yet is no attribute of its package, but exists)
+                    self.missing_imports.append(f"{node.lineno}: from {node.module} import {alias.name} "
+                                                f"({node.module} has no {alias.name})")
         elif isinstance(node, ast.Name) and isinstance(node.ctx, (ast.Store, ast.Del)):
             self.other_bindings.add(node.id)
         elif isinstance(node, ast.ExceptHandler) and node.name:
@@ -65,6 +73,7 @@ def missing_references(tree: ast.AST, where: str, outer: dict[str, str] | None =
     missing = [f"{where}:{node.lineno}: {node.value.id}.{node.attr} ({bound[node.value.id]} has no {node.attr})"
                for node in scope.reads
                if node.value.id in bound and not hasattr(importlib.import_module(bound[node.value.id]), node.attr)]
+    missing += [f"{where}:{line}" for line in scope.missing_imports]
     for nested in scope.nested:
         missing += missing_references(nested, where, bound)
     return sorted(missing)
@@ -89,3 +98,18 @@ def test_a_removed_helper_is_found_and_a_shadowing_name_is_not():
     )
     assert missing_references(ast.parse(source), "example.py") == [
         "example.py:3: image_import.no_such_helper (e2e.cluster.image_import has no no_such_helper)"]
+
+
+def test_a_name_imported_from_a_project_module_inside_a_function_is_checked_too():
+    # `from module import name` in a fixture body runs only on a cluster, like an attribute read.
+    source = (
+        "def fixture():\n"
+        "    from e2e.cluster.image_import import no_such_helper\n"
+        "    from e2e.cluster import no_such_module\n"
+        "    from e2e.cluster.image_import import importing, ensure_docker_image as ensure\n"
+        "    from e2e.cluster import image_import\n"
+    )
+    assert missing_references(ast.parse(source), "example.py") == [
+        "example.py:2: from e2e.cluster.image_import import no_such_helper (e2e.cluster.image_import has no no_such_helper)",
+        "example.py:3: from e2e.cluster import no_such_module (e2e.cluster has no no_such_module)",
+    ]
