@@ -148,7 +148,13 @@ def cluster_cli(command: str, timeout: float = 300) -> str:
 
 
 PREFETCH_OUTCOME: list[str] = []
-"""What the session's early import of the project image did (for a reader of a failed run)."""
+"""What the session's early import of the project image did (for a reader of a failed run: in
+the terminal summary)."""
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    if PREFETCH_OUTCOME:
+        terminalreporter.write_line(f"early import of the project image: {'; '.join(PREFETCH_OUTCOME)}")
 
 
 def _prefetch_project_image(session: pytest.Session, up_returned: threading.Event) -> threading.Thread | None:
