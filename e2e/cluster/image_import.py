@@ -170,8 +170,15 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
     PREFETCH_DIR.mkdir(parents=True, exist_ok=True)
     with _prefetch_lock(), tempfile.TemporaryDirectory(dir=PREFETCH_DIR, prefix="prefetch-") as tmp:
         archive = Path(tmp) / "image.tar"
+        dead: list[bool] = []  # asked once `up` returned (a `ctr` each poll would cost more than the save)
+
+        def up_failed() -> bool:
+            if up_returned.is_set() and not dead:
+                dead.append(not containerd_answers())
+            return bool(dead) and dead[0]
+
         try:
-            save_docker_image(tag, archive, give_up=lambda: up_returned.is_set() and not containerd_answers(), poll=poll)
+            save_docker_image(tag, archive, give_up=up_failed, poll=poll)
         except GaveUp:
             return gave_up
         while not containerd_answers():

@@ -12,6 +12,7 @@ from pathlib import Path
 from e2e.cluster import image_import
 
 TAG = "zt-relay:0.1.0-dev"
+ORIGINAL_SAVE = image_import.save_docker_image
 BOUND = 30.0  # generous: every wait below ends on its condition long before
 
 
@@ -82,13 +83,13 @@ def test_it_gives_up_when_up_returned_and_containerd_never_answered(monkeypatch,
 
 
 def fake_docker(tmp_path, monkeypatch):
-    """A `docker` on PATH whose `save` writes part of the archive, records its pid, then hangs
-    (a big image on a loaded machine)."""
+    """A `docker` on PATH whose `save` writes part of the archive, records its pid, then goes on
+    until the file `go` exists (a big image on a loaded machine)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     pid_file = tmp_path / "save.pid"
     (bin_dir / "docker").write_text(
-        f'#!/bin/sh\n[ "$1" = save ] || exit 1\necho $$ > {pid_file}\necho partial > "$3"\nexec sleep 600\n')
+        f'#!/bin/sh\n[ "$1" = save ] || exit 1\necho $$ > {pid_file}\necho partial > "$3"\nuntil [ -e {tmp_path}/go ]; do sleep 0.05; done\n')
     (bin_dir / "docker").chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
     return pid_file
@@ -143,3 +144,28 @@ def test_a_killed_sessions_archive_is_removed_by_the_next_one(monkeypatch, tmp_p
     assert image_import.import_as_soon_as_containerd_answers(TAG, threading.Event(), poll=0.01) == "imported"
     assert sorted(p.name for p in tmp_path.iterdir() if not p.name.endswith(".lock")) == []
     assert keep.exists()
+
+
+def test_a_docker_save_under_way_goes_on_when_up_succeeded(monkeypatch, tmp_path):
+    monkeypatch.setattr(image_import, "PREFETCH_DIR", tmp_path / "prefetch")
+    pid_file = fake_docker(tmp_path, monkeypatch)
+    steps, state = fake_containerd(monkeypatch, answers=False)
+    monkeypatch.setattr(image_import, "save_docker_image", ORIGINAL_SAVE)
+    up_returned = threading.Event()
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + BOUND
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    asked = threading.Event()
+    monkeypatch.setattr(image_import, "containerd_answers", lambda: asked.set() or state["answers"])
+    state["answers"] = True
+    up_returned.set()  # `up` is done, containerd answers: the save is still wanted
+    assert asked.wait(BOUND)  # the give-up check looked (and must say no)
+    assert thread.is_alive()
+    (tmp_path / "go").touch()
+    thread.join(BOUND)
+    assert outcome == ["imported"]
+    assert steps == ["import partial\n answers=True", "label sha256:new"]
