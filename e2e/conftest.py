@@ -158,11 +158,12 @@ def pytest_terminal_summary(terminalreporter) -> None:
 
 
 def _prefetch_project_image(session: pytest.Session, up_returned: threading.Event) -> threading.Thread | None:
-    """If a test of this session loads an image, put the project image into the cluster while
+    """If a test of this session uses the project image (the `image` fixture of test_operator,
+    test_chart, test_fallback), put it into the cluster while
     `up` is still starting it (e2e.cluster.image_import.import_as_soon_as_containerd_answers);
     load_image then finds it there. A failure here only costs the time: load_image imports
     it again and reports its own error."""
-    if not any("load_image" in getattr(item, "fixturenames", ()) for item in session.items):
+    if not any("image" in getattr(item, "fixturenames", ()) for item in session.items):
         return None
     from e2e import images
     from e2e.cluster import image_import

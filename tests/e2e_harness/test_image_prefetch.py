@@ -169,3 +169,30 @@ def test_a_docker_save_under_way_goes_on_when_up_succeeded(monkeypatch, tmp_path
     thread.join(BOUND)
     assert outcome == ["imported"]
     assert steps == ["import partial\n answers=True", "label sha256:new"]
+
+
+class _Item:
+    def __init__(self, *fixturenames: str):
+        self.fixturenames = fixturenames
+
+
+class _Session:
+    def __init__(self, *items: _Item):
+        self.items = items
+
+
+def test_only_a_session_that_uses_the_project_image_puts_it_in_early(monkeypatch):
+    # A session of busybox tests (load_image, not the project's `image`) has no use for
+    # hundreds of MB of `docker save` and import on a 2-core machine.
+    from e2e import conftest, images
+
+    monkeypatch.setattr(images, "build_image", lambda: TAG)
+    monkeypatch.setattr(image_import, "import_as_soon_as_containerd_answers", lambda tag, up_returned: f"imported {tag}")
+    monkeypatch.setattr(conftest, "PREFETCH_OUTCOME", [])
+    busybox = _Session(_Item("cluster", "load_image", "busybox_image"))
+    assert conftest._prefetch_project_image(busybox, threading.Event()) is None
+    project = _Session(_Item("cluster", "busybox_image"), _Item("cluster", "image", "load_image"))
+    thread = conftest._prefetch_project_image(project, threading.Event())
+    assert thread is not None
+    thread.join(BOUND)
+    assert conftest.PREFETCH_OUTCOME == [f"imported {TAG}"]
