@@ -13,7 +13,8 @@ import pytest
 from e2e.cluster import docker
 
 FAKE_DOCKER = '#!/bin/sh\n[ -e "$ZTR_FAKE_DIR/started" ]\n'  # `docker info`: fine once dockerd runs
-FAKE_DOCKERD = '#!/bin/sh\necho $$ > "$ZTR_FAKE_DIR/started"\nexec sleep 60\n'
+# The pid goes in whole (written aside, then renamed): `docker info` passes once `started` exists.
+FAKE_DOCKERD = '#!/bin/sh\necho $$ > "$ZTR_FAKE_DIR/pid"\nmv "$ZTR_FAKE_DIR/pid" "$ZTR_FAKE_DIR/started"\nexec sleep 60\n'
 
 
 def ppid(pid: int) -> int:
