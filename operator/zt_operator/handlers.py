@@ -52,6 +52,8 @@ _relays: dict[str, dict[str, Any]] = {}
 _applied_generation: dict[str, tuple[str, int]] = {}
 """relay key -> (uid, highest generation applied without error)"""
 _tasks: list[asyncio.Task] = []
+_rechecks: dict[str, asyncio.TimerHandle] = {}
+"""relay key -> its one pending recheck (the latest pass's)"""
 _runner: runner.Runner | None = None
 log = logging.getLogger("zt_operator")
 
@@ -102,8 +104,13 @@ async def _work(key: str) -> bool:
     if body is None:
         return True
     ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
-    if recheck is not None and _runner is not None:
-        asyncio.get_running_loop().call_later(recheck, _request_if_known, key)
+    # One pending recheck per relay, the latest pass's: a timer per pass would renew itself
+    # while the relay is short, so every child event's pass added a chain of passes.
+    pending = _rechecks.pop(key, None)
+    if pending is not None:
+        pending.cancel()
+    if recheck is not None and _runner is not None and key in _relays:
+        _rechecks[key] = asyncio.get_running_loop().call_later(recheck, _recheck, key)
     stored = _relays.get(key)
     if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):
         # The status this pass wrote is the relay's status now (its watch event follows):
@@ -116,6 +123,17 @@ async def _work(key: str) -> bool:
                 status[field] = value
         stored["status"] = status
     return ok
+
+
+def _recheck(key: str) -> None:
+    _rechecks.pop(key, None)
+    _request_if_known(key)
+
+
+def _forget_recheck(key: str) -> None:
+    pending = _rechecks.pop(key, None)
+    if pending is not None:
+        pending.cancel()
 
 
 def _request_if_known(key: str) -> None:
@@ -324,6 +342,7 @@ async def relay_event(type: str | None, body: kopf.Body, logger: logging.Logger,
     if type == "DELETED" or meta.get("deletionTimestamp"):
         _relays.pop(key, None)
         _applied_generation.pop(key, None)
+        _forget_recheck(key)
         METRICS.forget(key)
         if _runner is not None:
             _runner.forget(key)

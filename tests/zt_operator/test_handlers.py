@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import logging
 
 import pytest
@@ -21,6 +22,7 @@ def wired(monkeypatch):
     monkeypatch.setattr(handlers, "ACCESS", access)
     monkeypatch.setattr(handlers, "_relays", {})
     monkeypatch.setattr(handlers, "_applied_generation", {})
+    monkeypatch.setattr(handlers, "_rechecks", {})
     monkeypatch.setattr(kube, "patch_relay_status", lambda ns, name, status: written.append(("status", name, status)))
     monkeypatch.setattr(kube, "post_event", lambda body, kind, reason, message, now: written.append(("event", reason)))
     monkeypatch.setattr(kube, "remove_finalizer", lambda ns, name, finalizers, finalizer: written.append(("unfinalize", name, finalizer)))
@@ -95,4 +97,50 @@ async def test_a_relisted_relay_reads_its_children_afresh(wired):
     handlers.CACHE.put("PodDisruptionBudget", {"metadata": {"name": "edge", "namespace": "relays", "resourceVersion": "1"}})
     await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
     assert handlers.CACHE.get("PodDisruptionBudget", "relays", "edge") is None
+    await handlers._runner.close()
+
+
+async def test_a_short_relay_has_one_recheck_pending_however_many_passes_ran(wired, monkeypatch):
+    # Every pass of a relay short of ready pods asks to look again later. A child event's
+    # pass (a rollout sends several) must not start a second chain of rechecks next to the
+    # first: each chain renews itself while the relay is short, so they added up to a pass
+    # (and a pod LIST) per event every few seconds, for as long as a pod crash-loops.
+    access, written = wired
+    loop = asyncio.get_running_loop()
+    scheduled: list[asyncio.TimerHandle] = []
+    real_call_later = loop.call_later
+
+    def call_later(delay, callback, *args, **kwargs):
+        if args != ("relays/edge",):  # not a recheck of the relay (asyncio.sleep, the relist timer)
+            return real_call_later(delay, callback, *args, **kwargs)
+        handle = real_call_later(3600, callback, *args, **kwargs)  # never due during the test
+        scheduled.append(handle)
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: any(w[0] == "status" for w in written))
+    deployment = access.objects["Deployment"]
+    replicas = deployment["spec"]["replicas"]
+    deployment["status"] = {"replicas": replicas, "readyReplicas": 0}
+    for version in range(5):
+        passes = len(scheduled)
+        deployment["metadata"] = {**deployment["metadata"], "resourceVersion": str(10 + version)}
+        await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+        assert await settle(lambda: len(scheduled) > passes)
+    pending = [h for h in scheduled if not h.cancelled()]
+    assert len(scheduled) >= 5 and len(pending) == 1, (len(scheduled), len(pending))
+    # Ready again: nothing more to look at.
+    deployment["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas}
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "20"}
+    await handlers.relay_event(type="MODIFIED", body=relay_body(), logger=LOG)
+    assert await settle(lambda: all(h.cancelled() for h in scheduled))
+    # A deleted relay leaves no recheck behind either.
+    deployment["status"] = {"replicas": replicas, "readyReplicas": 0}
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "21"}
+    passes = len(scheduled)
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: len(scheduled) > passes)
+    await handlers.relay_event(type="DELETED", body=relay_body(), logger=LOG)
+    assert all(h.cancelled() for h in scheduled)
     await handlers._runner.close()
