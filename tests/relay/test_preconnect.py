@@ -8,6 +8,7 @@ connection, what it got and in which order it was accepted.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import os
@@ -764,11 +765,10 @@ async def test_the_pool_gives_way_for_the_tunnels_descriptor_reserve_to_be_set_a
 
 # -- pooled connections discarded, by reason; a site that speaks first; a close in the race ---
 
-async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_counted_and_logged_once(make_relay, caplog, no_expiry):
-    """Every pooled connection to a site that speaks first (SMTP, SSH) has its greeting
-    waiting, so each is discarded and the visitor dialed anyway: a wasted backend connection
-    per visit, forever. After ``SPOKE_FIRST_LIMIT`` such discards in a row the pool stops for
-    that backend (one warning naming why); each discard is counted by reason."""
+@contextlib.asynccontextmanager
+async def greeting_site():
+    """A site that speaks first (an SMTP greeting), then echoes: its port, and the connections
+    it accepted."""
     accepted: list[asyncio.StreamWriter] = []
 
     async def greet(reader, writer):
@@ -780,7 +780,20 @@ async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_coun
 
     server = await asyncio.start_server(greet, "127.0.0.1", 0)
     try:
-        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=2)
+        yield server.sockets[0].getsockname()[1], accepted
+    finally:
+        for w in accepted:
+            w.close()
+        server.close()
+
+
+async def test_a_site_that_speaks_first_pauses_the_pool_after_a_few_discards_counted_and_logged_once(make_relay, caplog, no_expiry):
+    """Every pooled connection to a site that speaks first (SMTP, SSH) has its greeting
+    waiting, so each is discarded and the visitor dialed anyway: a wasted backend connection
+    per visit, forever. After ``SPOKE_FIRST_LIMIT`` such discards in a row the pool pauses for
+    that backend (one warning naming why); each discard is counted by reason."""
+    async with greeting_site() as (port, accepted):
+        relay = await make_relay(f"127.0.0.1:{port}", fallback_preconnect=2)
         pre = relay.fallback.preconnect
         visits = 0
 
@@ -813,10 +826,6 @@ async def test_a_site_that_speaks_first_stops_the_pool_after_a_few_discards_coun
         assert relay.snapshot()["fallback_preconnect_discarded:bytes_waiting"] == preconnect.SPOKE_FIRST_LIMIT
         assert len([r for r in caplog.records if "preconnecting paused" in r.getMessage()]) == 1
         await relay.close()
-    finally:
-        for w in accepted:
-            w.close()
-        server.close()
 
 
 async def test_a_pool_that_serves_visitors_between_greeted_discards_keeps_going(make_relay, site, no_expiry, caplog):
@@ -1098,18 +1107,8 @@ async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_sti
     reconfigured later gets the pool back; a site that still speaks first pauses it again, for
     twice as long (so it costs such a site a few connections per hour at most)."""
     monkeypatch.setattr(preconnect, "PAUSE_MIN", 0.3)
-    accepted: list[asyncio.StreamWriter] = []
-
-    async def greet(reader, writer):
-        accepted.append(writer)
-        writer.write(b"220 ready\r\n")
-        while data := await reader.read(65536):
-            writer.write(data)
-        writer.close()
-
-    server = await asyncio.start_server(greet, "127.0.0.1", 0)
-    try:
-        relay = await make_relay(f"127.0.0.1:{server.sockets[0].getsockname()[1]}", fallback_preconnect=2)
+    async with greeting_site() as (port, accepted):
+        relay = await make_relay(f"127.0.0.1:{port}", fallback_preconnect=2)
         pre = relay.fallback.preconnect
 
         async def served(i: int) -> None:
@@ -1131,10 +1130,6 @@ async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_sti
         resume = pre._resume
         await relay.close()  # closed while paused: it never comes back
         assert resume.cancelled() and pre._resume is None and not pre.running
-    finally:
-        for w in accepted:
-            w.close()
-        server.close()
 
 
 async def test_a_pause_with_a_dial_in_flight_leaves_the_pool_its_full_size_when_it_resumes(monkeypatch, no_expiry):
@@ -1166,6 +1161,21 @@ async def test_a_pause_with_a_dial_in_flight_leaves_the_pool_its_full_size_when_
         site.close()
 
 
+def _closed_right_after_the_check(conn: dict, pooled: socket.socket):
+    """``preconnect.condition`` with the site closing ``pooled`` (its side: ``conn``) just after
+    the check found it usable: the race a fresh dial retries."""
+    real_condition = preconnect.condition
+
+    def condition(sock):
+        answer = real_condition(sock)
+        if sock is pooled:
+            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
+            conn["writer"].transport.abort()
+        return answer
+
+    return condition
+
+
 async def test_a_visitor_that_resets_during_the_fresh_dial_of_a_raced_pooled_connection_is_not_sent_to_the_site(make_relay, site, monkeypatch, no_expiry):
     """The site closed the pooled connection after the check, and the fresh dial for the
     visitor's first flight takes a round trip (a backend across a network); the visitor
@@ -1176,15 +1186,10 @@ async def test_a_visitor_that_resets_during_the_fresh_dial_of_a_raced_pooled_con
     await warm(relay, site, 1)
     [conn] = site.idle()
     [pooled] = _pooled_socks(relay)
-    real_condition, real_dial = preconnect.condition, fallback._dial
+    real_dial = fallback._dial
     visitor: list[socket.socket] = []
 
-    def closed_right_after_the_check(sock):
-        answer = real_condition(sock)
-        if sock is pooled:
-            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
-            conn["writer"].transport.abort()
-        return answer
+    closed_right_after_the_check = _closed_right_after_the_check(conn, pooled)
 
     def slow_dial(address, first, socket_buffer=None):
         if not first:
@@ -1219,15 +1224,10 @@ async def test_a_visitor_already_reset_when_its_raced_pooled_connection_closes_g
     await warm(relay, site, 1)
     [conn] = site.idle()
     [pooled] = _pooled_socks(relay)
-    real_condition, real_unread = preconnect.condition, preconnect.unread
+    real_unread = preconnect.unread
     visitor: list[socket.socket] = []
 
-    def closed_right_after_the_check(sock):
-        answer = real_condition(sock)
-        if sock is pooled:
-            conn["writer"].get_extra_info("socket").shutdown(socket.SHUT_RDWR)
-            conn["writer"].transport.abort()
-        return answer
+    closed_right_after_the_check = _closed_right_after_the_check(conn, pooled)
 
     def reset_first(sock):
         _reset_seen(relay, visitor[0])  # the visitor's reset, not yet seen by its transport
