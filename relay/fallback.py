@@ -134,6 +134,7 @@ class FallbackRouter:
             "fallback_active": len(self.splices),
             "fallback_preconnected": len(self.preconnect) if self.preconnect is not None else 0,
             "fallback_preconnect_taken": self.preconnect.taken if self.preconnect is not None else 0,
+            "fallback_preconnect_paused": int(self.preconnect is not None and self.preconnect.paused),
             "fallback_bytes_to_backend": self.bytes_done["to_backend"],
             "fallback_bytes_to_client": self.bytes_done["to_client"],
         }

@@ -19,6 +19,7 @@ _SERIES = (
     ("udp_send_errors", "zt_relay_udp_send_errors_total", "counter", "UDP sends that failed.", None),
     ("fallback_active", "zt_relay_fallback_connections_active", "gauge", "Connections spliced to the --fallback backend now.", None),
     ("fallback_preconnected", "zt_relay_fallback_preconnected", "gauge", "Backend connections open and unused, waiting for the next site connection (--fallback-preconnect).", None),
+    ("fallback_preconnect_paused", "zt_relay_fallback_preconnect_paused", "gauge", "Relay processes whose --fallback-preconnect pool is paused: the site spoke first, or closed or reset idle connections, on several pooled connections in a row (the log says which).", None),
     ("fallback_preconnect_taken", "zt_relay_fallback_preconnect_taken_total", "counter", "Site connections sent on a pooled backend connection instead of a dial (--fallback-preconnect).", None),
     ("fallback_preconnect_discarded", "zt_relay_fallback_preconnect_discarded_total", "counter", "Pooled backend connections closed unused, by reason (--fallback-preconnect).", "reason"),
     ("fallback", "zt_relay_fallback_connections_total", "counter", "Connections sent to the --fallback backend, by result.", "result"),

@@ -165,6 +165,11 @@ class Preconnector:
         return len(self.pool)
 
     @property
+    def paused(self) -> bool:
+        """Pausing for the backend (``_pause``), until ``_resumed``."""
+        return self._resume is not None
+
+    @property
     def fds(self) -> int:
         """Descriptors held: pooled connections and dials in flight."""
         return len(self.pool) + len(self.pending)

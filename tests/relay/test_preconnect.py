@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from relay import backend_name, backend_pool, fallback, limits, preconnect, proxy_protocol, server, stats
+from relay import backend_name, backend_pool, fallback, limits, metrics, preconnect, proxy_protocol, server, stats
 from relay.cli import UsageError, parse_config
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
@@ -1087,6 +1087,8 @@ async def test_a_site_that_closes_idle_connections_early_pauses_the_pool_counted
 
         await _visits_until_paused(relay, served, site_closed_the_pooled_ones)
         snapshot = relay.snapshot()
+        assert snapshot["fallback_preconnect_paused"] == 1, snapshot  # shown, not only logged
+        assert "zt_relay_fallback_preconnect_paused 1\n" in metrics.render(snapshot)
         assert snapshot["fallback_preconnect_discarded:closed"] == preconnect.SPOKE_FIRST_LIMIT, snapshot
         assert snapshot["fallback_preconnect_taken"] == 0 and snapshot["fallback_preconnected"] == 0, snapshot
         paused = [r.getMessage() for r in caplog.records if "preconnecting paused" in r.getMessage()]
@@ -1123,6 +1125,7 @@ async def test_a_paused_pool_comes_back_and_pauses_twice_as_long_if_the_site_sti
 
         await _visits_until_paused(relay, served, greeted)
         await until(lambda: pre.running, "the pool never came back", timeout=10)
+        assert relay.snapshot()["fallback_preconnect_paused"] == 0
         await _visits_until_paused(relay, served, greeted)
         paused = [r.getMessage() for r in caplog.records if "preconnecting paused" in r.getMessage()]
         assert len(paused) == 2 and "for 0.3 s" in paused[0] and "for 0.6 s" in paused[1], paused
