@@ -66,6 +66,9 @@ async def test_a_fallback_connection_costs_a_bounded_number_of_system_calls(star
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site.sockets[0].getsockname()[1]}")
         pid = relay.proc.pid
+        # Answered only once the start-up is over (its one listing of /proc/self/fd, after the
+        # health line the test waited for): a trace attached before it saw that openat (CI, load).
+        await relay.metrics()
         baseline = _fds(pid)
         with tempfile.NamedTemporaryFile("r", suffix=".strace") as out:
             tracer = subprocess.Popen(["strace", "-f", "-c", "-o", out.name, "-p", str(pid)],
