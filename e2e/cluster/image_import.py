@@ -5,8 +5,6 @@ There is no registry: pods must use a non-`latest` tag with `imagePullPolicy: If
 """
 
 import contextlib
-import fcntl
-import os
 import shutil
 import subprocess
 import tempfile
@@ -138,15 +136,11 @@ def _prefetch_lock():
     """One prefetch on the machine at a time (two sessions starting at once would save the
     same image twice); its holder removes every `prefetch-*` left in PREFETCH_DIR: none is in
     use, so each is a killed session's (SIGKILL: no cleanup), hundreds of MB for good."""
-    fd = os.open(PREFETCH_DIR / "prefetch.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    with locks.exclusive(PREFETCH_DIR / "prefetch.lock"):
         for stale in PREFETCH_DIR.glob("prefetch-*"):
             if stale.is_dir():
                 shutil.rmtree(stale, ignore_errors=True)
         yield
-    finally:
-        os.close(fd)
 
 
 def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2) -> str:

@@ -102,6 +102,19 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _prefetch_while_saving(up_returned: threading.Event, pid_file: Path) -> tuple[threading.Thread, list[str]]:
+    """The prefetch in a thread (its outcome appended to the list), once the fake `docker
+    save` it started has written its pid."""
+    outcome: list[str] = []
+    thread = threading.Thread(target=lambda: outcome.append(
+        image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + BOUND
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return thread, outcome
+
+
 def test_a_docker_save_under_way_is_stopped_when_up_failed(monkeypatch, tmp_path):
     # `up` fails while `docker save` runs: the save is stopped and its partial archive removed
     # at once, not left writing hundreds of MB after the session (an orphan once pytest exits).
@@ -111,13 +124,7 @@ def test_a_docker_save_under_way_is_stopped_when_up_failed(monkeypatch, tmp_path
     monkeypatch.setattr(image_import, "docker_image_id", lambda tag: "sha256:new")
     monkeypatch.setattr(image_import, "containerd_answers", lambda: False)
     up_returned = threading.Event()
-    outcome: list[str] = []
-    thread = threading.Thread(target=lambda: outcome.append(
-        image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + BOUND
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    thread, outcome = _prefetch_while_saving(up_returned, pid_file)
     pid = int(pid_file.read_text())
     try:
         up_returned.set()  # `up` failed
@@ -152,13 +159,7 @@ def test_a_docker_save_under_way_goes_on_when_up_succeeded(monkeypatch, tmp_path
     steps, state = fake_containerd(monkeypatch, answers=False)
     monkeypatch.setattr(image_import, "save_docker_image", ORIGINAL_SAVE)
     up_returned = threading.Event()
-    outcome: list[str] = []
-    thread = threading.Thread(target=lambda: outcome.append(
-        image_import.import_as_soon_as_containerd_answers(TAG, up_returned, poll=0.01)), daemon=True)
-    thread.start()
-    deadline = time.monotonic() + BOUND
-    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
-        time.sleep(0.01)
+    thread, outcome = _prefetch_while_saving(up_returned, pid_file)
     asked = threading.Event()
     monkeypatch.setattr(image_import, "containerd_answers", lambda: asked.set() or state["answers"])
     state["answers"] = True
