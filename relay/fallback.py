@@ -212,7 +212,7 @@ class FallbackRouter:
                     dialed = _dial(address, first, self.socket_buffer)
             except OSError as exc:
                 dialed = exc
-        s = splice_mod.Splice(self._done, relay.site_high)
+        s = splice_mod.Splice(self._done, relay.site_high, self.loop)
         if pooled is not None and first:  # the site may have closed it just after the check
             s.retry = lambda old: self._retry(s, old, client, first)
         self.splices.add(s)
@@ -321,6 +321,7 @@ class FallbackRouter:
             # it waits on nothing outside (the socket is connected): no timeout needed.
             owned, sock = sock, None
             backend, _ = await self.loop.create_connection(lambda: s.backend, sock=owned)
+            s.backend.sock = owned  # uvloop keeps it (detached when the transport closes)
         except ConnectionRefusedError as exc:
             self._fail(BACKEND_REFUSED, client, str(exc), again)
         except asyncio.TimeoutError:

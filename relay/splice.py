@@ -23,6 +23,7 @@ connection.
 from __future__ import annotations
 
 import asyncio
+import socket
 from collections.abc import Callable
 
 from relay import streams
@@ -46,12 +47,15 @@ CLOSE_REASONS = (CLOSED, IDLE_TIMEOUT, SHUTDOWN, CLIENT_RESET, BACKEND_RESET, EV
 class Side(asyncio.Protocol):
     """One end of a splice: what it reads is written to ``other``'s transport."""
 
-    __slots__ = ("splice", "name", "transport", "other", "received", "eof", "lost", "closed", "closer")
+    __slots__ = ("splice", "name", "transport", "sock", "other", "received", "eof", "lost", "closed", "closer")
 
     def __init__(self, splice: Splice, name: str) -> None:
         self.splice = splice
         self.name = name
         self.transport: asyncio.Transport | None = None
+        #: the connection's socket object when the relay made it (the backend's): checks and
+        #: options at the close go through it, not through the transport's pseudo-socket
+        self.sock: socket.socket | None = None
         self.other: Side | None = None
         self.received = 0  # bytes read from this side (= written to the other)
         self.eof = False
@@ -109,9 +113,13 @@ class Side(asyncio.Protocol):
 class Splice:
     """A client connection and its backend connection; ``on_done`` runs once both are gone."""
 
-    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high", "on_reply", "retry")
+    __slots__ = ("client", "backend", "active", "idle", "reason", "connecting", "on_done", "key", "high", "on_reply", "retry",
+                 "loop")
 
-    def __init__(self, on_done: Callable[[Splice], None], high: int = BUFFER_LIMIT) -> None:
+    def __init__(self, on_done: Callable[[Splice], None], high: int = BUFFER_LIMIT,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        # the router's loop: asyncio.get_running_loop() checks the pid (a getpid) per call
+        self.loop = loop or asyncio.get_running_loop()
         self.high = high  # each direction's write-buffer mark (less under a memory budget)
         self.client = Side(self, "client")
         self.backend = Side(self, "backend")
@@ -135,7 +143,7 @@ class Splice:
         if old.transport is not None and not old.lost:
             old.transport.set_protocol(asyncio.Protocol())  # nothing of it reaches the splice any more
             old.transport.abort()
-        old.splice = old.other = old.transport = None
+        old.splice = old.other = old.transport = old.sock = None
         self.backend, new.other, self.client.other = new, self.client, new
         self.connecting = True
         return new
@@ -163,12 +171,10 @@ class Splice:
         reason sticks. A natural end (``CLOSED``) waits while the peer makes progress."""
         if self.reason is None:
             self.reason = reason
-        loop = None
         for side in (self.client, self.backend):
             if side.transport is not None and not side.lost and not side.closed:
                 side.closed = True
-                loop = loop or asyncio.get_running_loop()
-                side.closer = streams.close(side.transport, loop, patient=reason == CLOSED)
+                side.closer = streams.close(side.transport, self.loop, reason == CLOSED, side.sock)
 
     def abort(self, reason: str) -> None:
         if self.reason is None:
@@ -179,7 +185,7 @@ class Splice:
                 if side.closer is not None:
                     side.closer.cancel()
                     side.closer = None
-                streams.reset(side.transport)
+                streams.reset(side.transport, side.sock)
 
     def side_lost(self, side: Side, exc: Exception | None) -> None:
         if exc is not None:
@@ -211,4 +217,4 @@ class Splice:
             # side, side <-> side, side <-> transport) reference counting frees the lot now,
             # instead of the garbage collector's younger generations scanning it per connection.
             for side in (self.client, self.backend):
-                side.splice = side.other = side.transport = None
+                side.splice = side.other = side.transport = side.sock = None

@@ -85,11 +85,19 @@ def set_receive_buffer(sock, size: int) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, size)
 
 
-def queued(transport: asyncio.Transport) -> int:
+def _socket(transport: asyncio.Transport, sock: socket.socket | None):
+    """``sock`` if given (the connection's own socket object: a call on it is one syscall),
+    else the transport's, a pseudo-socket with uvloop: one getsockname to build it, and one
+    more per option set or read through it (it makes a socket object per call)."""
+    return sock if sock is not None else transport.get_extra_info("socket")
+
+
+def queued(transport: asyncio.Transport, sock: socket.socket | None = None) -> int:
     """Bytes not yet acknowledged by the peer: the transport's buffer and the kernel's.
-    0 once the connection is closed (the peer reset it): nothing more will be."""
+    0 once the connection is closed (the peer reset it): nothing more will be. ``sock``:
+    the connection's socket object, if the caller has it (see ``_socket``)."""
     left = transport.get_write_buffer_size()
-    sock = transport.get_extra_info("socket")
+    sock = _socket(transport, sock)
     if sock is not None:
         try:
             unacked = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
@@ -104,11 +112,11 @@ def queued(transport: asyncio.Transport) -> int:
     return left
 
 
-def is_over(transport: asyncio.Transport) -> bool:
+def is_over(transport: asyncio.Transport, sock: socket.socket | None = None) -> bool:
     """True if the peer has reset the connection (or the kernel gave up on it) although
     the transport has not noticed yet: a transport whose reading is paused sees a reset
     only at its next read or write. One getsockopt; for per-connection checks."""
-    sock = transport.get_extra_info("socket")
+    sock = _socket(transport, sock)
     if sock is None:
         return False
     try:
@@ -117,10 +125,10 @@ def is_over(transport: asyncio.Transport) -> bool:
         return True  # closed under us
 
 
-def reset(transport: asyncio.Transport) -> None:
+def reset(transport: asyncio.Transport, sock: socket.socket | None = None) -> None:
     """Aborts with a zero linger: a reset, and the kernel's send queue is dropped too
     (instead of an orphan probing a zero window)."""
-    sock = transport.get_extra_info("socket")
+    sock = _socket(transport, sock)
     if sock is not None:
         try:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_ZERO)
@@ -132,10 +140,12 @@ def reset(transport: asyncio.Transport) -> None:
 class Closing:
     """A close in progress (see ``close``); ``cancel`` it once the connection is lost."""
 
-    __slots__ = ("transport", "loop", "deadline", "patient", "left", "wait", "handle")
+    __slots__ = ("transport", "sock", "loop", "deadline", "patient", "left", "wait", "handle")
 
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, left: int, patient: bool) -> None:
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, left: int, patient: bool,
+                 sock: socket.socket | None = None) -> None:
         self.transport = transport
+        self.sock = sock
         self.loop = loop
         self.deadline = loop.time() + CLOSE_GRACE
         self.patient = patient
@@ -145,7 +155,7 @@ class Closing:
 
     def _check(self) -> None:
         transport = self.transport
-        left = queued(transport)
+        left = queued(transport, self.sock)
         if not left:
             transport.close()
             return
@@ -154,7 +164,7 @@ class Closing:
             self.deadline = now + CLOSE_GRACE  # the peer is still reading: let it finish
         self.left = left
         if now >= self.deadline:
-            reset(transport)
+            reset(transport, self.sock)
             return
         self.wait = min(self.wait * 2, _MAX_CHECK, self.deadline - now)
         self.handle = self.loop.call_later(self.wait, self._check)
@@ -163,15 +173,16 @@ class Closing:
         self.handle.cancel()
 
 
-def close(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, patient: bool = False) -> Closing | None:
+def close(transport: asyncio.Transport, loop: asyncio.AbstractEventLoop, patient: bool = False,
+          sock: socket.socket | None = None) -> Closing | None:
     """Closes ``transport`` once what is queued toward the peer is acknowledged, or resets
     it after ``CLOSE_GRACE`` seconds (``patient``: seconds without progress) if it is not.
-    Stops reading meanwhile. Works on a transport that is already closing, too. Returns the
-    close in progress (None: closed at once)."""
-    left = queued(transport)
+    Stops reading meanwhile. Works on a transport that is already closing, too. ``sock``:
+    its socket object, if the caller has it. Returns the close in progress (None: closed at once)."""
+    left = queued(transport, sock)
     if not left:
         transport.close()
         return None
     if not transport.is_closing():
         transport.pause_reading()
-    return Closing(transport, loop, left, patient)
+    return Closing(transport, loop, left, patient, sock)
