@@ -41,10 +41,11 @@ def node_ready(kubectl: Kubectl, node_name: str, node_ip: str | None = None) -> 
     return any(c["type"] == "Ready" and c["status"] == "True" for c in node["status"].get("conditions", []))
 
 
-HARNESS_GENERATION = "4"
+HARNESS_GENERATION = "5"
 """Written to `<state>/generation` by `up`. A cluster without it (or with another value) was
 brought up by an older harness (no cgroups, no firewall of this one; 3: kube-router behind its
-shims, `kube_router_shim`; 4: a loopback registry containerd pulls from): `up` replaces it."""
+shims, `kube_router_shim`; 4: a loopback registry containerd pulls from; 5: the shims take the
+real tools from kube-router's environment, which an older kube-router lacks): `up` replaces it."""
 
 
 def generation_file(state: StatePaths):

@@ -22,15 +22,16 @@ deletes its own stale ones, and its ipset save/restore name only its own sets. N
 the machine is read back or written, and other programs' counters and rules stay as they are.
 """
 
-import re
-
 KUBE_ROUTER_FIXED_CHAINS = frozenset({"KUBE-ROUTER-INPUT", "KUBE-ROUTER-FORWARD", "KUBE-ROUTER-OUTPUT", "KUBE-NWPLCY-DEFAULT"})
-KUBE_ROUTER_GENERATED_CHAIN = re.compile(r"^KUBE-(POD-FW|NWPLCY)-[A-Z2-7]{16}$")
-"""A prefix and 16 characters of base32 of a sha256 (podFirewallChainName, networkPolicyChainName):
-a chain merely starting like kube-router's (KUBE-POD-FW-DECOY) is not its."""
-KUBE_ROUTER_SET = re.compile(r"^KUBE-(SRC|DST)-[A-Z2-7]{16}$")
-KUBE_ROUTER_TMP_SET = re.compile(r"^TMP-[A-Z2-7]{16}$")
+KUBE_ROUTER_GENERATED_CHAIN_PREFIXES = ("KUBE-POD-FW-", "KUBE-NWPLCY-")
+"""Then 16 characters of base32 of a sha256 (podFirewallChainName, networkPolicyChainName): a
+chain merely starting like kube-router's (KUBE-POD-FW-DECOY) is not its."""
+KUBE_ROUTER_SET_PREFIXES = ("KUBE-SRC-", "KUBE-DST-")
+KUBE_ROUTER_TMP_SET_PREFIX = "TMP-"
 """Its swap sets: base32 of 10 bytes of sha1 (buildIPSetRestore); they live within one restore."""
+BASE32 = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZ234567")
+"""No `re` here: the shim imports this module on each of kube-router's calls, and `re` (with
+enum and functools) is most of a bare interpreter's start-up again."""
 
 IPSET_NAMELESS_IS_ALL = frozenset({"flush", "destroy", "list", "save"})
 """ipset commands that act on EVERY set when given no name."""
@@ -40,12 +41,27 @@ class Refused(ValueError):
     """kube-router asked for something outside its own state; the message says what."""
 
 
+def _hashed(name: str, prefixes: tuple[str, ...]) -> bool:
+    """`name` is one of `prefixes` (none a prefix of another) and 16 characters of base32."""
+    prefix = next((p for p in prefixes if name.startswith(p)), None)
+    return prefix is not None and len(name) == len(prefix) + 16 and BASE32.issuperset(name[len(prefix):])
+
+
+def kube_router_generated_chain(name: str) -> bool:
+    return _hashed(name, KUBE_ROUTER_GENERATED_CHAIN_PREFIXES)
+
+
 def kube_router_chain(name: str) -> bool:
-    return name in KUBE_ROUTER_FIXED_CHAINS or bool(KUBE_ROUTER_GENERATED_CHAIN.match(name))
+    return name in KUBE_ROUTER_FIXED_CHAINS or kube_router_generated_chain(name)
+
+
+def kube_router_named_set(name: str) -> bool:
+    """A KUBE-SRC-/KUBE-DST- set (not a TMP- one)."""
+    return _hashed(name, KUBE_ROUTER_SET_PREFIXES)
 
 
 def kube_router_set(name: str) -> bool:
-    return bool(KUBE_ROUTER_SET.match(name) or KUBE_ROUTER_TMP_SET.match(name))
+    return kube_router_named_set(name) or _hashed(name, (KUBE_ROUTER_TMP_SET_PREFIX,))
 
 
 # --- iptables -------------------------------------------------------------------------------
@@ -139,7 +155,7 @@ def iptables_restore_transaction(restore: str, existing_chains: list[str]) -> st
         if chain not in declared:
             raise Refused(f"line {number}: writes to chain {chain}, which the input does not declare")
         rules.append(text)
-    stale = [c for c in existing_chains if KUBE_ROUTER_GENERATED_CHAIN.match(c) and c not in declared]
+    stale = [c for c in existing_chains if kube_router_generated_chain(c) and c not in declared]
     out = ["*filter"]
     out += [f":{c} - [0:0]" for c in declared + stale]
     out += rules
@@ -157,7 +173,7 @@ def ipset_save_view(save: str) -> str:
     out = []
     for line in save.splitlines():
         parts = line.split()
-        if len(parts) >= 2 and parts[0] in ("create", "add") and KUBE_ROUTER_SET.match(parts[1]):
+        if len(parts) >= 2 and parts[0] in ("create", "add") and kube_router_named_set(parts[1]):
             out.append(line)
     return "".join(f"{line}\n" for line in out)
 

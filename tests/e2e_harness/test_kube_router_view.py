@@ -255,7 +255,7 @@ def shim(tool: str, *args: str, stdin: str | None = None, check: bool = True) ->
     """The shim as kube-router runs it: found first on PATH, by name."""
     env = kube_router_shim.environment(dict(os.environ))
     proc = subprocess.run([tool, *args], input=stdin, capture_output=True, text=True, timeout=30, env=env)
-    assert shutil.which(tool, path=env["PATH"]) == str(kube_router_shim.BIN_DIR / tool)
+    assert shutil.which(tool, path=env["PATH"]) == os.path.join(kube_router_shim.BIN_DIR, tool)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc
@@ -366,10 +366,13 @@ def test_kube_router_runs_with_the_shims_first_on_its_path():
 
     assert components.get("kube-router").env is kube_router_shim.environment
     for tool in kube_router_shim.TOOLS:
-        assert os.access(kube_router_shim.BIN_DIR / tool, os.X_OK), tool
+        assert os.access(os.path.join(kube_router_shim.BIN_DIR, tool), os.X_OK), tool
     assert [c.name for c in components.COMPONENTS if c.env is kube_router_shim.environment] == ["kube-router"]
-    env = kube_router_shim.environment({"PATH": "/usr/sbin:/usr/bin", "HOME": "/root"})
-    assert env == {"PATH": f"{kube_router_shim.BIN_DIR}:/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_PYTHON": sys.executable}
+    env = kube_router_shim.environment({"PATH": "/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_REAL_IPSET": "/x"})
+    real = {kube_router_shim.REAL_TOOL_ENV[t]: shutil.which(t, path="/usr/sbin:/usr/bin") for t in kube_router_shim.TOOLS}
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert env == {"PATH": f"{kube_router_shim.BIN_DIR}:/usr/sbin:/usr/bin", "HOME": "/root", "ZTR_SHIM_PYTHON": sys.executable,
+                   "ZTR_SHIM_ROOT": repo, **{var: path for var, path in real.items() if path is not None}}
 
 
 def test_down_and_up_take_kube_routers_chains_by_the_shims_pattern_not_a_prefix():
