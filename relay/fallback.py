@@ -39,7 +39,7 @@ import socket
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from relay import backend_name, preconnect, protocol, proxy_protocol, sniff, splice as splice_mod, stats, streams
+from relay import backend_name, preconnect, protocol, proxy_protocol, sniff, socket_transport, splice as splice_mod, stats, streams
 from relay.limits import client_key
 from relay.tunnel import Tunnel, _fmt
 
@@ -62,9 +62,10 @@ SOCKET_BUFFER = 256 * 1024
 #: visitors keep getting it (``backend_name.py``: never a lookup per connection).
 DNS_CACHE_SECONDS = 10.0
 
-#: The backend socket's options: a client's (streams.STREAM_OPTIONS) but TCP_NODELAY, which
-#: the transport sets (uvloop on every TCP socket, asyncio on an IPPROTO_TCP one).
-BACKEND_OPTIONS = tuple(o for o in streams.STREAM_OPTIONS if o[1] != socket.TCP_NODELAY)
+#: The backend socket's options: a client's (streams.STREAM_OPTIONS). A transport built by
+#: ``loop.create_connection`` sets TCP_NODELAY once more (uvloop on every TCP socket, asyncio
+#: on an IPPROTO_TCP one); ``socket_transport`` sets none.
+BACKEND_OPTIONS = streams.STREAM_OPTIONS
 
 # Results (label values of zt_relay_fallback_connections_total).
 CONNECTED = "connected"
@@ -225,13 +226,32 @@ class FallbackRouter:
         s.client.received = len(head)
         if self.preconnect is not None:  # the pool is refilled once the site has answered
             s.on_reply = self.preconnect.refill
-        self.loop.create_task(self._connect(s, client, first, dialed))
+        if pooled is None and isinstance(dialed, tuple) and first and dialed[1] == len(first):
+            self._join(s, dialed[0])
+        else:
+            self.loop.create_task(self._connect(s, client, first, dialed))
         s.key = key or client_key(client[0], relay.config.ipv6_per_ip_prefix)
         self.per_ip.setdefault(s.key, set()).add(s)
         if self.socket_buffer is not None:  # the other options came with the listener
             sock = transport.get_extra_info("socket")
             if sock is not None:
                 streams.set_send_buffer(sock, self.socket_buffer)
+
+    def _join(self, s: splice_mod.Splice, sock: socket.socket) -> None:
+        """The first flight went whole on a connection dialed in this callback (the usual case
+        to a site on this host): the backend side is joined now, on a transport run by the
+        loop's readiness callbacks (``socket_transport.py``), so the site's answer is read as
+        soon as it comes, with no task, loop turn or uvloop transport set-up in between."""
+        s.backend.sock = sock
+        backend = socket_transport.SocketTransport(self.loop, sock, s.backend, s.high)
+        self.results[CONNECTED] += 1
+        if self.preconnect is not None:
+            self.preconnect.backend_up()
+        if s.client.eof:
+            backend.write_eof()
+        else:
+            s.client.transport.resume_reading()
+        s.backend_connected()
 
     def _pooled(self, address: tuple, first: bytes) -> tuple[socket.socket, int] | None:
         """A pooled connection with ``first`` sent on it, else None (dial one)."""
@@ -616,8 +636,8 @@ def _dial(address: tuple, first: bytes, socket_buffer: int | None = None) -> tup
             except BlockingIOError:  # still connecting (a remote backend)
                 pass
         # After the first flight (Nagle never holds a connection's first segment): a
-        # backend that stops reading is given up on like a client. TCP_NODELAY comes with
-        # the transport (uvloop and asyncio set it on every TCP transport they build).
+        # backend that stops reading is given up on like a client; TCP_NODELAY for what
+        # follows (``socket_transport`` sets no option of its own).
         streams.set_options(sock, BACKEND_OPTIONS)
         return sock, sent
     except BaseException:
