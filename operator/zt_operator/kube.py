@@ -294,9 +294,15 @@ def list_children(kind: str, namespace: str | None, selector: str,
 
 
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
-    """The pods matching ``selector`` (only read when a relay is short of ready pods)."""
+    """The pods matching ``selector`` (only read when a relay is short of ready pods).
+
+    Answered from the API server's watch cache (``resourceVersion=0``), not a consistent
+    read: a short relay lists its pods every 2 s while one is young, so a fleet rolling at
+    once would send etcd about N/2 LISTs a second. The answer only explains the status; a
+    slightly old one is corrected by the next recheck."""
     listed = call_json("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
-                       label_selector=selector, _preload_content=False, _request_timeout=TIMEOUT)
+                       label_selector=selector, resource_version="0", _preload_content=False,
+                       _request_timeout=TIMEOUT)
     return listed.get("items") or []
 
 
