@@ -106,10 +106,12 @@ async def _work(key: str) -> bool:
     ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
     # One pending recheck per relay, the latest pass's: a timer per pass would renew itself
     # while the relay is short, so every child event's pass added a chain of passes.
+    # A failed pass sets none: the runner retries it with backoff, which a recheck would
+    # cut to 10 s for as long as the API is down.
     pending = _rechecks.pop(key, None)
     if pending is not None:
         pending.cancel()
-    if recheck is not None and _runner is not None and key in _relays:
+    if ok and recheck is not None and _runner is not None and key in _relays:
         _rechecks[key] = asyncio.get_running_loop().call_later(recheck, _recheck, key)
     stored = _relays.get(key)
     if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):

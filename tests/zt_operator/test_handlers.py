@@ -144,3 +144,42 @@ async def test_a_short_relay_has_one_recheck_pending_however_many_passes_ran(wir
     await handlers.relay_event(type="DELETED", body=relay_body(), logger=LOG)
     assert all(h.cancelled() for h in scheduled)
     await handlers._runner.close()
+
+
+async def test_an_api_outage_keeps_the_runners_backoff_the_recheck_does_not_cut_it(wired, monkeypatch):
+    # A relay short of ready pods is looked at again after 2 or 10 s. During an API outage
+    # its passes fail, and the runner retries them after a backoff that grows to 60 s: a
+    # recheck set by the failed pass would end that wait (it requests a pass) every 10 s.
+    access, written = wired
+    done: list[bool] = []
+
+    async def counted(key):
+        ok = await handlers._work(key)
+        done.append(ok)
+        return ok
+
+    backoffs: list[int] = []
+
+    def backoff(failures):
+        backoffs.append(failures)
+        return 3600  # never due during the test: only a request ends the wait
+
+    monkeypatch.setattr(handlers, "_runner", runner.Runner(counted, backoff=backoff))
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: done == [True])
+    deployment = access.objects["Deployment"]
+    deployment["status"] = {"replicas": deployment["spec"]["replicas"], "readyReplicas": 0}
+    access.fail[("list", "Pod")] = kube.KubeError(
+        "listing relay pods: API server unreachable: [Errno 111] Connection refused", "Unreachable")
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "30"}
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: done == [True, False] and backoffs == [1])
+    # The failed pass left no recheck: the runner's backoff alone says when to try again.
+    assert "relays/edge" not in handlers._rechecks, handlers._rechecks
+    # The API is back: the next pass (an event) succeeds and the short relay is rechecked again.
+    del access.fail[("list", "Pod")]
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "31"}
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: done == [True, False, True] and "relays/edge" in handlers._rechecks)
+    await handlers._runner.close()
+    handlers._forget_recheck("relays/edge")

@@ -52,6 +52,7 @@ class FakeAccess:
 
     def list_pods(self, namespace, selector):
         self.calls.append(("list", "Pod"))
+        self._maybe_fail("list", "Pod")
         return []
 
     def scale_relay(self, namespace, name, replicas):
