@@ -5,8 +5,8 @@ The fallback's backend connection is one: the relay dials it and, to a site on t
 host, sends the visitor's first flight in the very callback that read it (``fallback.py``).
 Handing that socket to ``loop.create_connection(sock=)`` cost a task, two loop turns and
 uvloop's transport set-up (two ``FIONBIO``, ``TCP_NODELAY``, ``getsockname`` and
-``getpeername``) between the send and the first read of the site's answer, and ~50 us of CPU
-per connection. Here the socket is read as soon as the callback that sent the first flight
+``getpeername``) between the send and the first read of the site's answer, and 20-50 us of
+CPU per connection. Here the socket is read as soon as the callback that sent the first flight
 returns.
 
 It keeps what the splice relies on from a transport (``splice.py``): writes that go at once
