@@ -251,8 +251,10 @@ def kubeconfig(cluster: Cluster) -> Path:
 
 
 @pytest.fixture(scope="session")
-def kubectl(cluster: Cluster) -> Kubectl:
-    return Kubectl(cluster.kubeconfig, binary=cluster.kubectl_binary)
+def kubectl(cluster: Cluster):
+    kubectl = Kubectl(cluster.kubeconfig, binary=cluster.kubectl_binary)
+    yield kubectl
+    kubectl.close()  # its API reader's kept-alive connection
 
 
 def _namespace_name(test_name: str) -> str:
@@ -364,7 +366,7 @@ def wait_for():
 def wait_for_pods_ready(kubectl: Kubectl):
     def wait(namespace: str, selector: str, count: int = 1, timeout: float = 120) -> list[dict]:
         def ready_pods():
-            pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            pods = kubectl.api.list("pods", namespace, selector=selector)["items"]
             ready = [
                 p for p in pods
                 if p["status"].get("phase") == "Running"

@@ -1,11 +1,15 @@
 """A small kubectl wrapper and deadline polling, shared by the harness and the fixtures."""
 
 import json
+import os
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
+
+from e2e.cluster.api_reader import ApiReader
 
 T = TypeVar("T")
 
@@ -14,13 +18,36 @@ class Kubectl:
     """Run kubectl against one kubeconfig, always with a timeout.
 
     `kubectl("get", "pods")` returns the CompletedProcess (text, captured, check=True);
-    `kubectl.json("get", "pods")` adds `-o json` and returns the parsed object.
+    `kubectl.json("get", "pods")` adds `-o json` and returns the parsed object;
+    `kubectl.api` makes reads and polls without a process (api_reader.ApiReader): use it for GETs.
     """
 
     def __init__(self, kubeconfig: Path | str, binary: str = "kubectl", timeout: float = 30) -> None:
         self.kubeconfig = str(kubeconfig)
         self.binary = binary
         self.timeout = timeout
+        self._api: tuple[tuple[int, int, int], ApiReader] | None = None
+        self._api_lock = threading.Lock()
+
+    @property
+    def api(self) -> ApiReader:
+        """A reader on this kubeconfig, made again when the file changes (a cluster brought up
+        again has new certificates: a reader on the old ones would fail every request)."""
+        info = os.stat(self.kubeconfig)
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        with self._api_lock:
+            if self._api is None or self._api[0] != key:
+                if self._api is not None:
+                    self._api[1].close()
+                self._api = (key, ApiReader.from_kubeconfig(self.kubeconfig, self.argv(), self.timeout))
+            return self._api[1]
+
+    def close(self) -> None:
+        """Close the API reader's connection (a later `api` opens a new one)."""
+        with self._api_lock:
+            if self._api is not None:
+                self._api[1].close()
+                self._api = None
 
     def argv(self, *args: str) -> list[str]:
         return [self.binary, f"--kubeconfig={self.kubeconfig}", *args]
@@ -48,8 +75,7 @@ class Kubectl:
         """Create it and wait for its default ServiceAccount: until the controller manager has
         made that, a Pod created there is refused ("serviceaccount default not found")."""
         self("create", "namespace", name)
-        wait_for(f"ServiceAccount default in {name}", lambda: self(
-            "get", "serviceaccount", "default", "-n", name, check=False).returncode == 0, timeout)
+        wait_for(f"ServiceAccount default in {name}", lambda: self.api.exists("serviceaccount", "default", name), timeout)
 
 
 class KubectlError(RuntimeError):
