@@ -58,7 +58,7 @@ def image(load_image) -> str:
 
 
 def _has_crd(kubectl) -> bool:
-    return kubectl("get", "crd", CRD_NAME, check=False).returncode == 0
+    return kubectl.api.exists("crd", CRD_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -93,7 +93,7 @@ def operator_logs(kubectl, installed):
     collected: dict[str, str] = {}
 
     def collect() -> dict[str, str]:
-        for pod in kubectl.json("get", "pods", "-n", installed, "-l", OPERATOR_SELECTOR)["items"]:
+        for pod in kubectl.api.list("pods", installed, selector=OPERATOR_SELECTOR)["items"]:
             name = pod["metadata"]["name"]
             result = kubectl("logs", "-n", installed, name, check=False)
             if result.returncode == 0:
@@ -120,16 +120,16 @@ def relay(installed, kubectl, cluster, wait_for):
 
     def address():
         # What the README tells users to read: the relay's status.address.
-        return kubectl.json("get", "ztr", name, "-n", installed).get("status", {}).get("address")
+        return kubectl.api.get("ztr", name, installed).get("status", {}).get("address")
 
     return name, wait_for(f"status.address of ZeroTierRelay {name}", address, 180)
 
 
 def relay_pods(kubectl, namespace: str, name: str) -> dict[str, str]:
     """Running relay pods of the named relay: pod name -> uid."""
-    deployment = kubectl.json("get", "deployment", name, "-n", namespace)
+    deployment = kubectl.api.get("deployment", name, namespace)
     selector = ",".join(f"{k}={v}" for k, v in deployment["spec"]["selector"]["matchLabels"].items())
-    pods = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+    pods = kubectl.api.list("pods", namespace, selector=selector)["items"]
     return {p["metadata"]["name"]: p["metadata"]["uid"] for p in pods if p["status"].get("phase") == "Running"}
 
 
@@ -143,7 +143,7 @@ def operator_relays_handled(kubectl, pod: dict) -> int:
     or not), read from its metrics port through the API server's pod proxy."""
     meta = pod["metadata"]
     (port,) = [p["containerPort"] for c in pod["spec"]["containers"] for p in c.get("ports", []) if p.get("name") == "metrics"]
-    text = kubectl("get", "--raw", f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{port}/proxy/metrics").stdout
+    text = kubectl.api.raw(f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}:{port}/proxy/metrics")
     return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines() if line.startswith("zt_operator_relays{"))
 
 
@@ -166,7 +166,7 @@ def test_the_readme_example_relay_becomes_running_pods_behind_a_load_balancer(in
     name, address = relay
     pods = wait_for(f"running pods of relay {name}", lambda: relay_pods(kubectl, installed, name), 180)
     assert pods
-    status = kubectl.json("get", "ztr", name, "-n", installed)["status"]
+    status = kubectl.api.get("ztr", name, installed)["status"]
     # The local.conf snippet the README tells users to paste (a string or an object).
     assert f"{address}/443" in json.dumps(status["clientConfig"])
 
@@ -180,7 +180,7 @@ def test_helm_test_runs_its_pod_and_passes(installed, relay, kubectl, helm):
     assert "Phase:          Succeeded" in result.stdout
     assert "ok: operator healthy" in result.stdout
     assert f"ok: relay {relay[0]}.{installed}.svc:443" in result.stdout
-    pod = kubectl.json("get", "pod", f"{RELEASE}-test", "-n", installed)
+    pod = kubectl.api.get("pod", f"{RELEASE}-test", installed)
     assert pod["status"]["phase"] == "Succeeded"
 
 
@@ -192,16 +192,16 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
     def settled():
         # The relay's own rollouts done (the first address it gets is passed to its pods)
         # and no pod on its way out: the pods compared below are the steady ones.
-        deployment = kubectl.json("get", "deployment", name, "-n", installed)
+        deployment = kubectl.api.get("deployment", name, installed)
         status, want = deployment["status"], deployment["spec"]["replicas"]
-        pods = kubectl.json("get", "pods", "-n", installed, "-l", f"app.kubernetes.io/instance={name}")["items"]
+        pods = kubectl.api.list("pods", installed, selector=f"app.kubernetes.io/instance={name}")["items"]
         return (status.get("observedGeneration") == deployment["metadata"]["generation"]
                 and status.get("updatedReplicas") == want == status.get("readyReplicas") == len(pods)
                 and not any(p["metadata"].get("deletionTimestamp") for p in pods))
 
     wait_for(f"relay {name} settled", settled, 180, interval=2)
     pods_before = relay_pods(kubectl, installed, name)
-    generation_before = kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"]
+    generation_before = kubectl.api.get("deployment", name, installed)["metadata"]["generation"]
     (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
     operator_logs()
     assert tunnel.round_trip("before-the-helm-upgrade") == f"{udp_root} {ROOT_PORT} echo:before-the-helm-upgrade"
@@ -223,12 +223,12 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
         # Judge "left alone" only after the new operator has had its pass over every relay
         # in the cluster (it watches all namespaces): its metrics count each relay it handled.
         handled = operator_relays_handled(kubectl, operator_after)
-        relays = len(kubectl.json("get", "ztr", "-A")["items"])
+        relays = len(kubectl.api.list("ztr")["items"])
         return handled >= relays or None
 
     wait_for("the new operator's pass over every relay", resumed, 120)
     # A pass that changed the relay's Deployment bumped its generation at once, before any pod moves.
-    generation = kubectl.json("get", "deployment", name, "-n", installed)["metadata"]["generation"]
+    generation = kubectl.api.get("deployment", name, installed)["metadata"]["generation"]
     assert generation == generation_before, f"the new operator changed relay {name}'s Deployment (generation {generation_before} -> {generation})"
     assert relay_pods(kubectl, installed, name) == pods_before
     try:
@@ -266,20 +266,12 @@ def test_helm_uninstall_removes_the_charts_objects_but_keeps_the_crd_and_relays(
     name = relay[0]
     helm("uninstall", RELEASE, "--namespace", installed, "--wait", "--timeout", HELM_TIMEOUT)
 
-    def gone(*args: str) -> bool:
-        result = kubectl("get", *args, "--ignore-not-found", "-o", "name", check=False)
-        return result.returncode == 0 and result.stdout.strip() == ""
-
-    for kind_name in (
-        ("deployment", f"{RELEASE}-operator", "-n", installed),
-        ("serviceaccount", f"{RELEASE}-operator", "-n", installed),
-        ("service", f"{RELEASE}-operator", "-n", installed),
-        ("clusterrole", f"{RELEASE}-operator"),
-        ("clusterrolebinding", f"{RELEASE}-operator"),
-    ):
-        wait_for(f"{kind_name[0]} {kind_name[1]} deleted", lambda: gone(*kind_name), 120)
+    for kind, namespace in (("deployment", installed), ("serviceaccount", installed), ("service", installed),
+                            ("clusterrole", None), ("clusterrolebinding", None)):
+        wait_for(f"{kind} {RELEASE}-operator deleted",
+                 lambda: not kubectl.api.exists(kind, f"{RELEASE}-operator", namespace), 120)
     assert _has_crd(kubectl)
-    assert kubectl("get", "zerotierrelay", name, "-n", installed, check=False).returncode == 0
+    assert kubectl.api.exists("zerotierrelay", name, installed)
     assert relay_pods(kubectl, installed, name), "the relay's pods should outlive the chart"
 
 
@@ -298,16 +290,14 @@ def test_helm_uninstall_of_a_release_with_its_default_relay_completes(image, kub
         helm("upgrade", release, "charts/zt-relay", *common, "--set", "defaultRelay.enabled=true",
              "--set", "defaultRelay.spec.replicas=0", "--set", "defaultRelay.spec.service.type=ClusterIP")
         relay = "zt-relay"
-        wait_for("the default relay's Deployment", lambda: kubectl(
-            "get", "deployment", relay, "-n", namespace, check=False).returncode == 0, 90)
+        wait_for("the default relay's Deployment", lambda: kubectl.api.exists("deployment", relay, namespace), 90)
         started = time.monotonic()
         uninstall = helm("uninstall", release, "--namespace", namespace, "--wait", "--timeout", HELM_TIMEOUT, check=False)
         left = kubectl("get", "ztr,deployment,pods", "-n", namespace, "-o", "wide", check=False).stdout
         assert uninstall.returncode == 0, f"{uninstall.stderr}\nleft after {time.monotonic() - started:.0f} s:\n{left}"
         # The relay was deleted with the release (no finalizer held it), and its children went with it.
-        assert kubectl("get", "ztr", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == ""
-        wait_for("its Deployment garbage-collected", lambda: kubectl(
-            "get", "deployment", relay, "-n", namespace, "--ignore-not-found", "-o", "name").stdout.strip() == "", 60)
+        assert not kubectl.api.exists("ztr", relay, namespace)
+        wait_for("its Deployment garbage-collected", lambda: not kubectl.api.exists("deployment", relay, namespace), 60)
         print(f"helm uninstall with the default relay took {time.monotonic() - started:.0f} s")
     finally:
         helm("uninstall", release, "--namespace", namespace, check=False)

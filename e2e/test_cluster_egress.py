@@ -305,7 +305,7 @@ def test_a_pod_whose_image_was_never_imported_fails_locally_and_nothing_is_diall
     kubectl.apply(workloads.sleeper_pod("missing", "zt-relay-e2e/never-imported:1"), namespace=namespace)
 
     def pull_error():
-        pod = kubectl.json("get", "pod", "missing", "-n", namespace)
+        pod = kubectl.api.get("pod", "missing", namespace)
         for status in pod["status"].get("containerStatuses") or []:
             waiting = (status.get("state") or {}).get("waiting") or {}
             if waiting.get("reason") in ("ErrImagePull", "ImagePullBackOff") and waiting.get("message"):

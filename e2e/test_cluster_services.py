@@ -29,7 +29,7 @@ def web(kubectl, namespace, busybox_image, wait_for_pods_ready):
 
 def test_a_cluster_ip_reaches_the_pods_from_a_test_host(kubectl, namespace, web, test_hosts, wait_for):
     kubectl.apply(workloads.service("web"), namespace=namespace)
-    ip = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["clusterIP"]
+    ip = kubectl.api.get("service", "web", namespace)["spec"]["clusterIP"]
     client = test_hosts("client")
     served = wait_for(f"http://{ip}/ from the test host", lambda: _fetch_from(client, f"http://{ip}/"), 30)
     assert served in web
@@ -37,7 +37,7 @@ def test_a_cluster_ip_reaches_the_pods_from_a_test_host(kubectl, namespace, web,
 
 def test_a_node_port_reaches_the_pods_from_a_test_host(kubectl, namespace, web, cluster, test_hosts, wait_for):
     kubectl.apply(workloads.service("web", "NodePort"), namespace=namespace)
-    port = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["ports"][0]["nodePort"]
+    port = kubectl.api.get("service", "web", namespace)["spec"]["ports"][0]["nodePort"]
     url = f"http://{cluster.layout.node_ip}:{port}/"
     client = test_hosts("client")
     assert wait_for(f"{url} from the test host", lambda: _fetch_from(client, url), 30) in web
@@ -48,7 +48,7 @@ def test_a_load_balancer_address_is_assigned_and_reaches_the_pods(kubectl, names
     kubectl.apply(workloads.service("web", "LoadBalancer", external_traffic_policy=policy), namespace=namespace)
 
     def ingress_ip():
-        svc = kubectl.json("get", "service", "web", "-n", namespace)
+        svc = kubectl.api.get("service", "web", namespace)
         return (svc["status"].get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip")
 
     ip = wait_for("the LB stand-in to assign an address", ingress_ip, 30)
@@ -99,7 +99,7 @@ def test_deleting_a_load_balancer_service_releases_its_address(kubectl, namespac
     kubectl.apply(workloads.service("first", "LoadBalancer"), namespace=namespace)
 
     def ip_of(name):
-        svc = kubectl.json("get", "service", name, "-n", namespace)
+        svc = kubectl.api.get("service", name, namespace)
         return (svc["status"].get("loadBalancer", {}).get("ingress") or [{}])[0].get("ip")
 
     first = wait_for("an address for the first Service", lambda: ip_of("first"), 30)
@@ -143,7 +143,7 @@ def test_a_pod_reaches_a_test_host_by_udp_with_its_own_address(kubectl, namespac
 def test_pods_resolve_service_names_and_nothing_else(kubectl, namespace, web, busybox_image, wait_for_pods_ready, wait_for):
     kubectl.apply(workloads.service("web"), workloads.sleeper_pod("client", busybox_image), namespace=namespace)
     wait_for_pods_ready(namespace, "app=client")
-    ip = kubectl.json("get", "service", "web", "-n", namespace)["spec"]["clusterIP"]
+    ip = kubectl.api.get("service", "web", namespace)["spec"]["clusterIP"]
     fqdn = f"web.{namespace}.svc.cluster.local"
 
     # nslookup has busybox's own resolver; static glibc can't load NSS, so wget can't resolve.

@@ -81,7 +81,7 @@ def pods(operator_namespace, busybox_image, kubectl, wait_for, cluster):  # noqa
     found = {}
     for role, selector in (("backend", "app=backend"), ("other", "app=other"), ("relay", RELAY_SELECTOR)):
         def one_ready_pod():
-            items = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
+            items = kubectl.api.list("pods", namespace, selector=selector)["items"]
             ready = [p for p in items if p["status"].get("podIP") and not p["metadata"].get("deletionTimestamp")
                      and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))]
             return ready[0] if len(ready) == 1 == len(items) else None
@@ -90,14 +90,13 @@ def pods(operator_namespace, busybox_image, kubectl, wait_for, cluster):  # noqa
         found[role] = {"name": pod["metadata"]["name"], "ip": pod["status"]["podIP"]}
 
     def policy_opens_the_backend():
-        result = kubectl("get", "networkpolicy", RELAY, "-n", namespace, "-o", "json", check=False)
-        policy = json.loads(result.stdout) if result.returncode == 0 else {}
+        policy = kubectl.api.find("networkpolicy", RELAY, namespace) or {}
         return any(rule.get("to") for rule in (policy.get("spec") or {}).get("egress", []))
 
     wait_for("the relay's policy to open egress to the backend's pods", policy_opens_the_backend, 60)
     found["namespace"] = namespace
     found["services"] = {
-        name: kubectl.json("get", "service", name, "-n", namespace)["spec"]["clusterIP"] for name in ("backend", "other")
+        name: kubectl.api.get("service", name, namespace)["spec"]["clusterIP"] for name in ("backend", "other")
     }
     return found
 
@@ -105,7 +104,7 @@ def pods(operator_namespace, busybox_image, kubectl, wait_for, cluster):  # noqa
 @pytest.fixture(scope="module")
 def address(pods, kubectl, wait_for) -> str:
     def ready():
-        relay = kubectl.json("get", "ztr", RELAY, "-n", pods["namespace"])
+        relay = kubectl.api.get("ztr", RELAY, pods["namespace"])
         conditions = {c["type"]: c["status"] for c in relay.get("status", {}).get("conditions", [])}
         return relay["status"].get("address") if conditions.get("Ready") == "True" else None
 
@@ -172,7 +171,7 @@ def test_the_tunnel_port_is_open_to_other_pods_and_the_health_port_is_not(enforc
     health = fetch_from(kubectl, pods, "other", relay_ip, HEALTH_PORT, "/healthz")
     assert not health.stdout.startswith("HTTP/1."), f"the health port answered a pod the policy does not allow: {health.stdout}"
     # Control: the kubelet's probes (from the node) still reach it: the pod is Ready.
-    pod = kubectl.json("get", "pod", pods["relay"]["name"], "-n", pods["namespace"])
+    pod = kubectl.api.get("pod", pods["relay"]["name"], pods["namespace"])
     assert any(c["type"] == "Ready" and c["status"] == "True" for c in pod["status"]["conditions"])
 
 
@@ -236,7 +235,7 @@ def chart_release(image, kubectl, helm, wait_for):  # noqa: F811
                        "metadata": {"name": "charted", "namespace": namespace},
                        "spec": {"replicas": 1, "resources": {"requests": {"cpu": "20m", "memory": "32Mi"},
                                                              "limits": {"memory": "256Mi"}}}})
-        operator = kubectl.json("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/component=operator")["items"][0]
+        operator = kubectl.api.list("pods", namespace, selector="app.kubernetes.io/component=operator")["items"][0]
         yield namespace, operator["metadata"]["name"]
     finally:
         helm("uninstall", "np", "--namespace", namespace, "--wait", "--timeout", "120s", check=False)
@@ -247,7 +246,7 @@ def test_the_charts_operator_policy_lets_it_reach_the_api_and_nothing_else(enfor
     namespace, operator = chart_release
 
     def relay_ready():
-        relay = kubectl.json("get", "ztr", "charted", "-n", namespace)
+        relay = kubectl.api.get("ztr", "charted", namespace)
         return any(c["type"] == "Ready" and c["status"] == "True" for c in relay.get("status", {}).get("conditions", []))
 
     # The operator reconciled a relay into running pods: its egress to the API server works.

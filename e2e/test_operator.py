@@ -20,6 +20,7 @@ import pytest
 import yaml
 
 from e2e import images, recovery
+from e2e.cluster.api_reader import ApiError
 from zt_operator import FIELD_MANAGER, OLD_FINALIZER, builders, plan
 from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 
@@ -52,7 +53,7 @@ def operator_namespace(kubectl, image, wait_for):
 
     def established():
         # Not `kubectl wait`: it fails at once on a CRD created a moment ago with no status yet.
-        conditions = kubectl.json("get", "crd", "zerotierrelays.relay.zt-relay.dev").get("status", {}).get("conditions")
+        conditions = kubectl.api.get("crd", "zerotierrelays.relay.zt-relay.dev").get("status", {}).get("conditions")
         return any(c["type"] == "Established" and c["status"] == "True" for c in conditions or [])
 
     wait_for("the ZeroTierRelay CRD established", established, 60)
@@ -138,11 +139,11 @@ SMALL = {"resources": {"requests": {"cpu": "20m", "memory": "32Mi"}, "limits": {
 
 
 def relay_json(kubectl, namespace, name) -> dict:
-    return kubectl.json("get", "ztr", name, "-n", namespace)
+    return kubectl.api.get("ztr", name, namespace)
 
 
 def get_relay(kubectl, namespace) -> dict:
-    return kubectl.json("get", "ztr", RELAY, "-n", namespace)
+    return kubectl.api.get("ztr", RELAY, namespace)
 
 
 def condition(relay: dict, kind: str) -> dict:
@@ -154,19 +155,22 @@ def merge_spec(kubectl, namespace, spec: dict) -> None:
 
 
 def running_pods(kubectl, namespace) -> list[dict]:
-    pods = kubectl.json("get", "pods", "-n", namespace, "-l", RELAY_SELECTOR)["items"]
+    pods = kubectl.api.list("pods", namespace, selector=RELAY_SELECTOR)["items"]
     return [p for p in pods if p["status"].get("phase") == "Running"]
 
 
 def pod_metric(kubectl, namespace, pod: str, name: str) -> float | None:
     """A relay pod's metric, read through the API server's pod proxy."""
-    result = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod}:9090/proxy/metrics", check=False)
-    match = re.search(rf"^{name} ([0-9.e+]+)$", result.stdout, re.M) if result.returncode == 0 else None
+    try:
+        text = kubectl.api.raw(f"/api/v1/namespaces/{namespace}/pods/{pod}:9090/proxy/metrics")
+    except ApiError:  # the pod's proxy answering an error status: no value yet
+        return None
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
     return float(match.group(1)) if match else None
 
 
 def rollout_done(kubectl, namespace) -> bool:
-    deployment = kubectl.json("get", "deployment", RELAY, "-n", namespace)
+    deployment = kubectl.api.get("deployment", RELAY, namespace)
     status, want = deployment["status"], deployment["spec"]["replicas"]
     return (status.get("observedGeneration") == deployment["metadata"]["generation"]
             and status.get("updatedReplicas") == want == status.get("readyReplicas")
@@ -200,7 +204,7 @@ def test_a_relay_gets_children_it_owns_and_kubectl_wait_sees_it_ready(relay, kub
     for resource, kind in CHILDREN:
         if kind == "HorizontalPodAutoscaler":
             continue
-        child = kubectl.json("get", resource, RELAY, "-n", relay)
+        child = kubectl.api.get(resource, RELAY, relay)
         (owner,) = child["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == ("ZeroTierRelay", RELAY, uid, True), kind
         assert child["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "zt-relay-operator"
@@ -213,7 +217,7 @@ def test_a_relay_gets_children_it_owns_and_kubectl_wait_sees_it_ready(relay, kub
     table = kubectl("get", "ztr", RELAY, "-n", relay).stdout.split("\n")
     assert table[0].split() == ["NAME", "READY", "REPLICAS", "ADDRESS", "AGE"]
     assert table[1].split()[:2] == [RELAY, "True"]
-    events = kubectl.json("get", "events", "-n", relay, "--field-selector", f"involvedObject.name={RELAY}")["items"]
+    events = kubectl.api.list("events", relay, field_selector=f"involvedObject.name={RELAY}")["items"]
     assert {"Available", "AddressAssigned"} <= {e["reason"] for e in events}
 
 
@@ -253,7 +257,7 @@ class ReplicasWatch:
     def values_until_now(self) -> list[int]:
         """The values so far, repeats folded: read until the watch has delivered the version a
         read made now returns (at once if it was the last line read: no next line may come)."""
-        now = self.kubectl.json("get", "deployment", self.name, "-n", self.namespace)["metadata"]["resourceVersion"]
+        now = self.kubectl.api.get("deployment", self.name, self.namespace)["metadata"]["resourceVersion"]
         while self.version != now:
             self._read()
         return self.values
@@ -272,10 +276,10 @@ def test_switching_autoscaling_on_and_off_never_drops_the_running_replicas(opera
     name = make_relay("handover", {**SMALL, "replicas": 3, "service": {"type": "ClusterIP"}})
 
     def deployment() -> dict:
-        return kubectl.json("get", "deployment", name, "-n", ns)
+        return kubectl.api.get("deployment", name, ns)
 
     def hpa_conditions() -> dict:
-        hpa = kubectl.json("get", "hpa", name, "-n", ns)
+        hpa = kubectl.api.get("hpa", name, ns)
         return {c["type"]: c for c in (hpa.get("status") or {}).get("conditions") or []}
 
     wait_for("3 ready pods", lambda: deployment()["status"].get("readyReplicas") == 3, 180)
@@ -304,7 +308,7 @@ def test_switching_autoscaling_on_and_off_never_drops_the_running_replicas(opera
         # deletion, in the same pass) keeps the 4, not the relay's first 3.
         wait_for("the operator done switching autoscaling off", lambda: (
             (relay_json(kubectl, ns, name).get("status") or {}).get("observedGeneration") == generation
-            and kubectl("get", "hpa", name, "-n", ns, check=False).returncode != 0), 30)
+            and not kubectl.api.exists("hpa", name, ns)), 30)
         assert watch.values_until_now() == [3, 4], f"switching autoscaling off did not start from the 4 it ran: {watch.values}"
     finally:
         watch.close()
@@ -313,16 +317,16 @@ def test_switching_autoscaling_on_and_off_never_drops_the_running_replicas(opera
 def test_deleting_a_relay_completes_even_with_the_operator_gone(operator_namespace, make_relay, kubectl, wait_for):
     ns = operator_namespace
     name = make_relay("orphan", {**SMALL, "replicas": 0, "service": {"type": "ClusterIP"}})
-    wait_for("the relay's Deployment", lambda: kubectl("get", "deployment", name, "-n", ns, check=False).returncode == 0, 60)
+    wait_for("the relay's Deployment", lambda: kubectl.api.exists("deployment", name, ns), 60)
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
     kubectl("scale", "deployment", "zt-relay-operator", "-n", ns, "--replicas=0")
     try:
-        wait_for("the operator pod gone", lambda: not kubectl.json("get", "pods", "-n", ns, "-l", selector)["items"], 90)
+        wait_for("the operator pod gone", lambda: not kubectl.api.list("pods", ns, selector=selector)["items"], 90)
         deleted = kubectl("delete", "ztr", name, "-n", ns, "--timeout=30s", check=False, timeout=40)
         assert deleted.returncode == 0, deleted.stderr
-        wait_for("the relay's children garbage-collected",
-                 lambda: kubectl("get", "deployment,service,pdb", "-n", ns, "-l", f"app.kubernetes.io/instance={name}",
-                                 "-o", "name").stdout.split() == [], 60)
+        wait_for("the relay's children garbage-collected", lambda: not any(
+            kubectl.api.list(kind, ns, selector=f"app.kubernetes.io/instance={name}")["items"]
+            for kind in ("deployment", "service", "pdb")), 60)
     finally:
         kubectl("scale", "deployment", "zt-relay-operator", "-n", ns, "--replicas=1")
 
@@ -341,7 +345,7 @@ def test_an_object_of_a_childs_name_that_the_relay_does_not_own_is_left_untouche
     kubectl.apply({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "clash", "namespace": ns},
                    "spec": {"type": "ClusterIP", "selector": {"app": "users-own"}, "ports": [{"port": 80, "targetPort": 8080}]}})
     try:
-        before = kubectl.json("get", "service", "clash", "-n", ns)
+        before = kubectl.api.get("service", "clash", ns)
         name = make_relay("clash", {**SMALL, "replicas": 0, "service": {"type": "ClusterIP"}})
 
         def conflict():
@@ -350,12 +354,12 @@ def test_an_object_of_a_childs_name_that_the_relay_does_not_own_is_left_untouche
 
         reported = wait_for("a Conflict condition", conflict, 60)
         assert "Service clash" in reported["message"]
-        after = kubectl.json("get", "service", "clash", "-n", ns)
+        after = kubectl.api.get("service", "clash", ns)
         assert "ownerReferences" not in after["metadata"]
         assert after["spec"]["ports"] == before["spec"]["ports"] and after["spec"]["selector"] == {"app": "users-own"}
         assert condition(relay_json(kubectl, ns, name), "Degraded")["reason"] == "Conflict"
         # The rest of the relay is still reconciled.
-        assert kubectl("get", "deployment", name, "-n", ns, check=False).returncode == 0
+        assert kubectl.api.exists("deployment", name, ns)
     finally:
         kubectl("delete", "service", "clash", "-n", ns, "--ignore-not-found")
 
@@ -401,7 +405,7 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
         return None
 
     def measured():
-        hpa = kubectl.json("get", "hpa", name, "-n", ns)
+        hpa = kubectl.api.get("hpa", name, ns)
         return hpa if utilization(hpa) is not None else None
 
     # Baseline: idle, the autoscaler measures usage under the target and wants the minimum.
@@ -413,7 +417,7 @@ def test_sustained_load_makes_the_autoscaler_add_a_pod(operator_namespace, make_
     load = Background(relay_hosts[0], "load", address, udp_root)
     try:
         def scaled_up():
-            hpa = kubectl.json("get", "hpa", name, "-n", ns)
+            hpa = kubectl.api.get("hpa", name, ns)
             return hpa if hpa["status"].get("desiredReplicas", 0) >= 2 else None
 
         hpa = wait_for("the autoscaler to want 2 relay pods", scaled_up, 240, interval=1)
@@ -447,7 +451,7 @@ def test_a_spec_update_rolls_out_with_no_failed_round_trip(relay, relay_hosts, u
     current = get_relay(kubectl, relay)
     wait_for("status to catch up", lambda: get_relay(kubectl, relay)["status"]["observedGeneration"]
              == current["metadata"]["generation"], 30)
-    env = kubectl.json("get", "deployment", RELAY, "-n", relay)["spec"]["template"]["spec"]["containers"][0]["env"]
+    env = kubectl.api.get("deployment", RELAY, relay)["spec"]["template"]["spec"]["containers"][0]["env"]
     assert {"name": "ZT_RELAY_DRAIN_TIMEOUT", "value": str(DRAIN_SECONDS)} in env
 
 
@@ -455,17 +459,17 @@ def test_a_deleted_or_edited_child_is_repaired_within_5_seconds(operator_namespa
     ns = operator_namespace
     name = make_relay("drift", {**SMALL, "replicas": 0, "service": {"type": "ClusterIP"},
                                 "autoscaling": {"enabled": False}})
-    wait_for("the relay's PDB", lambda: kubectl("get", "pdb", name, "-n", ns, check=False).returncode == 0, 60)
-    pdb_uid = kubectl.json("get", "pdb", name, "-n", ns)["metadata"]["uid"]
+    wait_for("the relay's PDB", lambda: kubectl.api.exists("pdb", name, ns), 60)
+    pdb_uid = kubectl.api.get("pdb", name, ns)["metadata"]["uid"]
     kubectl("delete", "pdb", name, "-n", ns)
     kubectl("patch", "service", name, "-n", ns, "--type=json",
             "-p", '[{"op": "replace", "path": "/spec/ports/0/port", "value": 444}]')
     started = time.monotonic()
 
     def repaired():
-        pdb = kubectl("get", "pdb", name, "-n", ns, "-o", "json", check=False)
-        ports = [p["port"] for p in kubectl.json("get", "service", name, "-n", ns)["spec"]["ports"]]
-        return pdb.returncode == 0 and json.loads(pdb.stdout)["metadata"]["uid"] != pdb_uid and ports == [443]
+        pdb = kubectl.api.find("pdb", name, ns)
+        ports = [p["port"] for p in kubectl.api.get("service", name, ns)["spec"]["ports"]]
+        return pdb is not None and pdb["metadata"]["uid"] != pdb_uid and ports == [443]
 
     wait_for("the PDB and the Service port repaired", repaired, 30, interval=0.5)
     # Repairs follow the children's watch events, not the (minutes-long) resync.
@@ -478,7 +482,7 @@ def test_kubectl_scale_sets_the_relays_replicas(operator_namespace, make_relay, 
     wait_for("1 ready pod", lambda: relay_json(kubectl, ns, name).get("status", {}).get("readyReplicas") == 1, 120)
     kubectl("scale", "ztr", name, "-n", ns, "--replicas=2")
     wait_for("status.readyReplicas 2", lambda: relay_json(kubectl, ns, name)["status"].get("readyReplicas") == 2, 120)
-    scale = json.loads(kubectl("get", "--raw", f"/apis/relay.zt-relay.dev/v1alpha1/namespaces/{ns}/zerotierrelays/{name}/scale").stdout)
+    scale = json.loads(kubectl.api.raw(f"/apis/relay.zt-relay.dev/v1alpha1/namespaces/{ns}/zerotierrelays/{name}/scale"))
     assert (scale["spec"]["replicas"], scale["status"]["replicas"]) == (2, 2)
     assert f"app.kubernetes.io/instance={name}" in scale["status"]["selector"]
 
@@ -493,7 +497,7 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
     def settled():
         # Exactly two pods, both running and none on its way out: the pod the scale-down
         # removes must be one that holds tunnels.
-        pods = kubectl.json("get", "pods", "-n", relay, "-l", RELAY_SELECTOR)["items"]
+        pods = kubectl.api.list("pods", relay, selector=RELAY_SELECTOR)["items"]
         ok = rollout_done(kubectl, relay) and len(pods) == 2 and all(
             p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp") for p in pods)
         return [p["metadata"]["name"] for p in pods] if ok else None
@@ -508,7 +512,7 @@ def test_scaling_down_lets_a_live_tunnel_on_the_terminating_pod_relay_until_its_
         kubectl("scale", "ztr", RELAY, "-n", relay, "--replicas=1")
 
         def terminating():
-            for pod in kubectl.json("get", "pods", "-n", relay, "-l", RELAY_SELECTOR)["items"]:
+            for pod in kubectl.api.list("pods", relay, selector=RELAY_SELECTOR)["items"]:
                 if pod["metadata"].get("deletionTimestamp"):
                     return pod
             return None
@@ -565,13 +569,13 @@ def test_an_invalid_relay_is_refused_by_the_schema_or_reported_in_its_status(ope
     assert apply("bad-loop", own).returncode == 0
     try:
         def degraded():
-            found = kubectl.json("get", "ztr", "bad-loop", "-n", ns)
+            found = kubectl.api.get("ztr", "bad-loop", ns)
             return condition(found, "Degraded") if condition(found, "Degraded").get("reason") == "InvalidSpec" else None
 
         reported = wait_for("an InvalidSpec condition", degraded, 60)
         assert "spec.fallback.service" in reported["message"]
-        assert kubectl("get", "deployment", "bad-loop", "-n", ns, check=False).returncode != 0
-        events = kubectl.json("get", "events", "-n", ns, "--field-selector", "involvedObject.name=bad-loop")["items"]
+        assert not kubectl.api.exists("deployment", "bad-loop", ns)
+        events = kubectl.api.list("events", ns, field_selector="involvedObject.name=bad-loop")["items"]
         assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
     finally:
         kubectl("delete", "ztr", "bad-loop", "-n", ns, "--timeout=60s", check=False)
@@ -675,9 +679,9 @@ def test_a_relay_stored_before_a_cel_rule_existed_can_still_be_labelled_and_give
 def test_the_operator_serves_its_metrics_and_was_never_denied_by_rbac(relay, kubectl, wait_for):
     kubectl("wait", "--for=condition=Ready", f"ztr/{RELAY}", "-n", relay, "--timeout=180s", timeout=200)
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
-    (pod,) = kubectl.json("get", "pods", "-n", relay, "-l", selector)["items"]
+    (pod,) = kubectl.api.list("pods", relay, selector=selector)["items"]
     name = pod["metadata"]["name"]
-    text = kubectl("get", "--raw", f"/api/v1/namespaces/{relay}/pods/{name}:8081/proxy/metrics").stdout
+    text = kubectl.api.raw(f"/api/v1/namespaces/{relay}/pods/{name}:8081/proxy/metrics")
     ok = re.search(r'^zt_operator_reconciliations_total\{result="ok"\} (\d+)$', text, re.M)
     assert ok and int(ok.group(1)) >= 1
     # The readiness gauge counts the ready relay (also right after an operator restart).
@@ -692,13 +696,13 @@ def test_a_change_made_while_the_operator_is_down_is_applied_when_it_resumes(ope
     name = make_relay("resume", {**SMALL, "replicas": 0, "service": {"type": "ClusterIP"}})
 
     def deployment_replicas():
-        result = kubectl("get", "deployment", name, "-n", ns, "-o", "json", check=False)
-        return json.loads(result.stdout)["spec"]["replicas"] if result.returncode == 0 else None
+        deployment = kubectl.api.find("deployment", name, ns)
+        return deployment["spec"]["replicas"] if deployment is not None else None
 
     wait_for("the Deployment", lambda: deployment_replicas() == 0, 60)
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
     kubectl("scale", "deployment", "zt-relay-operator", "-n", ns, "--replicas=0")
-    wait_for("the operator pod gone", lambda: not kubectl.json("get", "pods", "-n", ns, "-l", selector)["items"], 90)
+    wait_for("the operator pod gone", lambda: not kubectl.api.list("pods", ns, selector=selector)["items"], 90)
     try:
         kubectl("scale", "ztr", name, "-n", ns, "--replicas=1")
         assert deployment_replicas() == 0
@@ -710,13 +714,12 @@ def test_a_change_made_while_the_operator_is_down_is_applied_when_it_resumes(ope
 def test_deleting_a_relay_garbage_collects_its_children(operator_namespace, make_relay, kubectl, wait_for):
     ns = operator_namespace
     name = make_relay("doomed", {**SMALL, "replicas": 0, "service": {"type": "ClusterIP"}})
-    wait_for("the relay's Deployment", lambda: kubectl("get", "deployment", name, "-n", ns, check=False).returncode == 0, 60)
+    wait_for("the relay's Deployment", lambda: kubectl.api.exists("deployment", name, ns), 60)
     kubectl("delete", "ztr", name, "-n", ns, "--timeout=60s")
 
     def gone():
-        names = kubectl("get", "deployment,service,hpa,pdb,replicaset", "-n", ns, "-l",
-                        f"app.kubernetes.io/instance={name}", "-o", "name").stdout.split()
-        return names == []
+        return not any(kubectl.api.list(kind, ns, selector=f"app.kubernetes.io/instance={name}")["items"]
+                       for kind in ("deployment", "service", "hpa", "pdb", "replicaset"))
 
     wait_for("the relay's children deleted", gone, 90, interval=2)
 
@@ -724,8 +727,8 @@ def test_deleting_a_relay_garbage_collects_its_children(operator_namespace, make
 def operator_metric(kubectl, namespace: str, pattern: str) -> float:
     """The sum of the operator's samples whose line matches ``pattern`` (0 when none)."""
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
-    (pod,) = kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"]
-    text = kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}:8081/proxy/metrics").stdout
+    (pod,) = kubectl.api.list("pods", namespace, selector=selector)["items"]
+    text = kubectl.api.raw(f"/api/v1/namespaces/{namespace}/pods/{pod['metadata']['name']}:8081/proxy/metrics")
     return sum(float(m.group(1)) for m in re.finditer(rf"^{pattern} ([0-9.e+]+)$", text, re.M))
 
 
@@ -736,7 +739,7 @@ def operator_incarnations(kubectl, namespace: str) -> list[tuple]:
     return sorted(
         (pod["metadata"]["uid"], tuple((c["name"], c.get("restartCount"), c.get("containerID"))
                                        for c in pod["status"].get("containerStatuses") or ()))
-        for pod in kubectl.json("get", "pods", "-n", namespace, "-l", selector)["items"])
+        for pod in kubectl.api.list("pods", namespace, selector=selector)["items"])
 
 
 @pytest.fixture
@@ -799,12 +802,12 @@ def test_with_the_api_server_down_for_30_seconds_relays_keep_serving_and_the_ope
     print(f"API back for the host after the outage; for pods (its Service address) {returned - back:.1f} s later")
     # The operator recovers by itself: a child deleted now is re-created within 30 s of the
     # API's return, once its watches are back; nothing here nudges it.
-    pdb_uid = kubectl.json("get", "pdb", RELAY, "-n", ns)["metadata"]["uid"]
+    pdb_uid = kubectl.api.get("pdb", RELAY, ns)["metadata"]["uid"]
     kubectl("delete", "pdb", RELAY, "-n", ns, "--wait=false")
 
     def repaired():
-        pdb = kubectl("get", "pdb", RELAY, "-n", ns, "-o", "jsonpath={.metadata.uid}", check=False)
-        return pdb.returncode == 0 and pdb.stdout not in ("", pdb_uid)
+        pdb = kubectl.api.find("pdb", RELAY, ns)
+        return pdb is not None and pdb["metadata"]["uid"] != pdb_uid
 
     try:
         wait_for("the PDB deleted after the outage repaired", repaired, max(1.0, returned + 30 - time.monotonic()),

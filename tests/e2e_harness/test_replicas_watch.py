@@ -16,7 +16,11 @@ class FakeKubectl:
         script = "".join(f"echo '{line}'; " for line in self.lines)
         return ["sh", "-c", script + "exec sleep 60"]
 
-    def json(self, *args: str) -> dict:
+    @property
+    def api(self) -> "FakeKubectl":  # its reads: kubectl.api.get(...)
+        return self
+
+    def get(self, *args: str) -> dict:
         return {"metadata": {"resourceVersion": self.now}}
 
 
