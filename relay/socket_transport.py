@@ -164,9 +164,13 @@ class SocketTransport(asyncio.Transport):
         return self._low, self._high
 
     def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        """As transports do: a mark lowered below what is queued pauses the protocol now."""
         if high is not None:
             self._high = high
         self._low = low if low is not None else self._high // 4
+        if not self._paused and len(self._queue) > self._high:
+            self._paused = True
+            self._protocol.pause_writing()
 
     # -- ending ----------------------------------------------------------------------------------
 

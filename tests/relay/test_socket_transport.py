@@ -1,0 +1,142 @@
+"""``relay.socket_transport`` on real loopback TCP sockets, under asyncio's loop and uvloop's."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+
+import pytest
+import uvloop
+
+from relay.socket_transport import SocketTransport
+
+RUNS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
+BIG = 4 * 1024 * 1024  # far more than the kernel's buffers hold
+
+
+class Recorder(asyncio.Protocol):
+    def __init__(self) -> None:
+        self.paused = self.resumed = 0
+        self.data = bytearray()
+        self.eof: asyncio.Future | None = None
+        self.lost: asyncio.Future | None = None
+
+    def connection_made(self, transport) -> None:
+        loop = asyncio.get_running_loop()
+        self.eof, self.lost = loop.create_future(), loop.create_future()
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def resume_writing(self) -> None:
+        self.resumed += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+
+    def eof_received(self) -> bool:
+        self.eof.set_result(None)
+        return True
+
+    def connection_lost(self, exc) -> None:
+        self.lost.set_result(exc)
+
+
+def _pair() -> tuple[socket.socket, socket.socket]:
+    """(ours, peer): a connected non-blocking TCP socket and its peer, small buffers."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16 * 1024)
+        ours.connect_ex(listener.getsockname())
+        peer, _ = listener.accept()
+    peer.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16 * 1024)
+    peer.setblocking(False)
+    return ours, peer
+
+
+async def _read_all(peer: socket.socket, size: int | None = None) -> bytes:
+    """What the peer reads until ``size`` bytes, else until EOF."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while size is None or len(got) < size:
+        chunk = await asyncio.wait_for(loop.sock_recv(peer, 65536), 10)
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+@RUNS
+def test_what_the_kernel_does_not_take_is_queued_and_the_protocol_paused_until_the_peer_reads(run):
+    async def main() -> None:
+        ours, peer = _pair()
+        proto = Recorder()
+        tr = SocketTransport(asyncio.get_running_loop(), ours, proto, high=64 * 1024)
+        payload = bytes(range(256)) * (BIG // 256)
+        tr.write(payload)
+        assert tr.get_write_buffer_size() > 64 * 1024 and proto.paused == 1
+        assert await _read_all(peer, size=len(payload)) == payload  # in order, whole
+        assert tr.get_write_buffer_size() == 0 and proto.resumed == 1
+        tr.close()
+        assert await asyncio.wait_for(proto.lost, 10) is None
+        peer.close()
+
+    run(main())
+
+
+@RUNS
+def test_an_eof_follows_what_is_queued(run):
+    async def main() -> None:
+        ours, peer = _pair()
+        proto = Recorder()
+        tr = SocketTransport(asyncio.get_running_loop(), ours, proto, high=BIG)
+        tr.write(b"x" * BIG)
+        tr.write_eof()
+        assert tr.get_write_buffer_size() > 0  # the EOF waits for these
+        assert await _read_all(peer) == b"x" * BIG  # then the EOF: the read ends
+        peer.sendall(b"answer")  # the other way stays open
+        peer.shutdown(socket.SHUT_WR)
+        await asyncio.wait_for(proto.eof, 10)
+        assert proto.data == b"answer"
+        tr.close()
+        await asyncio.wait_for(proto.lost, 10)
+        peer.close()
+
+    run(main())
+
+
+@RUNS
+def test_lowering_the_mark_below_what_is_queued_pauses_the_protocol_at_once(run):
+    """A memory budget lowers every splice's mark (``Splice.set_write_limits``): a transport
+    already holding more must stop the other side's reading then, not at its next write."""
+    async def main() -> None:
+        ours, peer = _pair()
+        proto = Recorder()
+        tr = SocketTransport(asyncio.get_running_loop(), ours, proto, high=BIG)
+        try:
+            tr.write(b"y" * (BIG // 4))
+            assert proto.paused == 0 and tr.get_write_buffer_size() > 16 * 1024
+            tr.set_write_buffer_limits(high=16 * 1024)
+            assert proto.paused == 1
+        finally:
+            tr.abort()
+            peer.close()
+        await asyncio.wait_for(proto.lost, 10)
+
+    run(main())
+
+
+@RUNS
+def test_a_peer_that_resets_ends_it_with_the_error_and_the_socket_closed(run):
+    async def main() -> None:
+        ours, peer = _pair()
+        proto = Recorder()
+        tr = SocketTransport(asyncio.get_running_loop(), ours, proto)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+        exc = await asyncio.wait_for(proto.lost, 10)
+        assert isinstance(exc, ConnectionResetError)
+        assert tr.is_closing() and ours.fileno() == -1
+
+    run(main())
