@@ -9,6 +9,9 @@ from pathlib import Path
 import pytest
 
 NEEDS_CLUSTER = False
+# One xdist worker runs this module, so the two tests that compare whole collections share them
+# (`collection`, module-scoped): on two workers each made its own, two more pytest processes.
+pytestmark = pytest.mark.xdist_group("test_ci_parts")
 
 REPO = Path(__file__).resolve().parent.parent
 # One module of each kind: needs the cluster, e2e without a cluster, no e2e at all.

@@ -19,6 +19,10 @@ PROMETHEUS_OPERATOR = ("github.com/prometheus-operator/prometheus-operator", "v0
 MONITORING_CRDS = ("podmonitors", "servicemonitors", "prometheusrules")
 EXAMPLE_FILE = CHART / "examples" / "zerotierrelay.yaml"
 
+# One xdist worker runs this module: `schema_dir` (parsing Kubernetes' whole OpenAPI document)
+# is made once, not once on every worker that runs one of these tests.
+pytestmark = pytest.mark.xdist_group("test_rendered_manifests")
+
 
 @pytest.fixture(scope="session")
 def schema_dir(tmp_path_factory, render) -> Path:
