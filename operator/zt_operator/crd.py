@@ -37,9 +37,14 @@ SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df
                         6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9", 8: "019d9d6de681b8ff"}
 
 
+# libyaml's safe loader where PyYAML has it (its wheels do): the same documents, ~10x less CPU
+# (the CRD took 49 ms with the pure-Python one; it is read at every import of builders).
+_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def packaged() -> dict[str, Any]:
     """The CRD this operator was built with."""
-    return yaml.safe_load(resources.files("zt_operator").joinpath("crd.yaml").read_text())
+    return yaml.load(resources.files("zt_operator").joinpath("crd.yaml").read_text(), Loader=_SafeLoader)
 
 
 def _schema_defaults(schema: Mapping[str, Any]) -> Any:

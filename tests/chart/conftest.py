@@ -77,6 +77,11 @@ def kubeconform() -> str:
     return tool("kubeconform")
 
 
+# libyaml's safe loader where PyYAML has it: the same documents for ~10x less CPU (a render with
+# the CRD took ~60 ms to parse in pure Python).
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
 def set_args(values: tuple[str, ...]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
@@ -90,7 +95,7 @@ def render(helm) -> Callable[..., list[dict]]:
                 "--kube-version", versions.KUBERNETES.removeprefix("v"), *set_args(values)]
         if include_crds:
             args.append("--include-crds")
-        return [doc for doc in yaml.safe_load_all(helm(*args).stdout) if doc]
+        return [doc for doc in yaml.load_all(helm(*args).stdout, Loader=SAFE_LOADER) if doc]
 
     return run
 
