@@ -87,7 +87,10 @@ def _up() -> int:
         start_component(layout, state, comp.name)
         AFTER.get(comp.name, lambda layout, state: None)(layout, state)
     kubectl = health.admin()
-    wait_for("default ServiceAccount", lambda: kubectl("get", "serviceaccount", "default", check=False).returncode == 0, 30)
+    try:
+        wait_for("default ServiceAccount", lambda: kubectl.api.exists("serviceaccount", "default", "default"), 30)
+    finally:
+        kubectl.close()
     sysctls.mark_ours(state.sysctl_record)
     locks.share_inherited()
     log(f"cluster up in {time.monotonic() - started:.1f} s")

@@ -8,6 +8,8 @@ import json
 import ssl
 import threading
 
+import subprocess
+
 import pytest
 import yaml
 from cryptography import x509
@@ -16,9 +18,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import zt_operator
-from e2e.cluster import api_reader
+from e2e.cluster import api_reader, components, configs
 from e2e.cluster.api_reader import ApiReader, NotFound, resource_path
 from e2e.cluster.kubectl import Kubectl
+from e2e.cluster.layout import Layout
+
+LAYOUT = Layout(primary_interface="eth0")
 
 
 def test_paths_of_objects_lists_and_selectors():
@@ -106,7 +111,7 @@ def server(tls, tmp_path):
         def do_GET(self):
             self.mine.append(self.path)
             state["authorization"].append(self.headers.get("Authorization"))
-            status, body = (200, b"ok") if self.path == "/ok" else (404, json.dumps({"message": "no such thing"}).encode())
+            status, body = (200, b"ok") if self.path in ("/ok", "/readyz") else (404, json.dumps({"message": "no such thing"}).encode())
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -201,3 +206,20 @@ def test_kubectl_api_is_made_again_when_the_kubeconfig_changes(tmp_path, server,
     assert kubectl.api is not reader
     assert kubectl.api.raw("/ok") == "ok"
     assert server["authorization"][-1] == "Bearer rotated"
+
+
+def test_the_api_servers_readiness_poll_starts_no_process(tmp_path, server, tls, monkeypatch):
+    """`up` and every API server restart poll /readyz every 0.3 s: a kubectl process each was."""
+    _reader(tmp_path, server, tls)
+    state = configs.StatePaths(tmp_path / "state")
+    state.kubeconfigs.mkdir(parents=True)
+    (tmp_path / "kubeconfig").rename(state.kubeconfig("super-admin"))
+
+    def no_process(*args, **kwargs):
+        raise AssertionError(f"a process was started: {args}")
+
+    monkeypatch.setattr(subprocess, "run", no_process)
+    monkeypatch.setattr(subprocess, "Popen", no_process)
+    kube_apiserver = components.get("kube-apiserver")
+    assert kube_apiserver.ready(LAYOUT, state) is True
+    assert server["connections"] == [["/readyz"]]
