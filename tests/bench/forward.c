@@ -9,13 +9,16 @@
  *   accept  right after accept4, before any byte (the lower bound of a relay that could dial
  *           early: the site's accept and TCP handshake overlap the client's ClientHello);
  *   first   when the client's first bytes arrive (what zt-relay must do: it sniffs them
- *           first), from the next epoll round, as the relay does.
+ *           first), and sends them at once, as the relay does (a loopback connect() is
+ *           established when it returns; one still under way answers EAGAIN, and EPOLLOUT
+ *           brings the bytes).
  *
  * Single thread, level-triggered epoll, non-blocking sockets with TCP_NODELAY, recv/send
  * through one 16 KB buffer per direction (no pipes, no splice). A direction that can't send
  * all it read stops reading until the peer drains (EPOLLOUT): bounded memory, as the relay.
- * EOF is passed on as a half-close; the pair is closed once both directions ended (or on an
- * error). Prints the listening port on stdout, then serves until killed.
+ * EOF is passed on as a half-close; the pair is closed once both directions ended. A side
+ * that was reset still passes on what it sent before the reset (readable after it), then
+ * the pair closes. Prints the listening port on stdout, then serves until killed.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -43,6 +46,7 @@ struct side {
     int eof;                /* this side sent FIN (passed on once len == 0) */
     int shut;               /* the peer got our shutdown(SHUT_WR) for it */
     int connecting;         /* backend only: connect() in progress */
+    int reset;              /* a recv, send or connect on it failed (see on_reset) */
 };
 
 struct conn {
@@ -70,7 +74,7 @@ static void nodelay(int fd) {
 /* The events a side waits for: readable unless its buffer is full of unsent bytes (or it
  * ended), writable while the peer's bytes wait for it (or its connect is in progress). */
 static void update(struct side *s) {
-    if (s->fd < 0)
+    if (s->fd < 0 || s->reset)
         return;
     struct epoll_event ev = {.events = 0, .data.ptr = s};
     if (!s->eof && s->len == 0 && !s->connecting)
@@ -118,11 +122,12 @@ static void dial(struct conn *c) {
     add(&c->site, c->site.connecting ? EPOLLOUT : (c->client.len ? EPOLLIN | EPOLLOUT : EPOLLIN));
 }
 
-/* Writes what `from` holds to its peer; returns -1 when the pair must close. */
+/* Writes what `from` holds to its peer, also while the peer's connect is under way (EAGAIN
+ * until it is done); returns -1 when a send failed (the peer was reset). */
 static int flush(struct side *from) {
     struct side *to = from->peer;
     while (from->len > 0) {
-        if (to->fd < 0 || to->connecting)
+        if (to->fd < 0 || to->reset)
             return 0;
         ssize_t n = send(to->fd, from->buf + from->off, from->len, MSG_NOSIGNAL);
         if (n < 0) {
@@ -130,6 +135,7 @@ static int flush(struct side *from) {
                 return 0;
             return -1;
         }
+        to->connecting = 0;  /* a send went through: connected */
         from->off += n;
         from->len -= n;
     }
@@ -141,11 +147,51 @@ static int flush(struct side *from) {
     return 0;
 }
 
-/* Returns -1 when the pair must close. */
+/* `r` was reset (a recv or send on it failed, or EPOLLERR): nothing more can reach it, so
+ * its peer is not read any more. What `r` sent before the reset is still readable: it is
+ * passed on as the peer takes it (from the peer's EPOLLOUT), then the pair closes. */
+static void on_reset(struct side *r) {
+    struct side *o = r->peer;
+    if (o->fd < 0) {            /* a client reset before its first bytes were read: no site yet */
+        close_conn(r->c);
+        return;
+    }
+    if (!r->reset) {
+        r->reset = 1;
+        epoll_ctl(epfd, EPOLL_CTL_DEL, r->fd, NULL);  /* its HUP and ERR would fire every round */
+        o->len = 0;             /* bytes for r: undeliverable */
+        o->eof = o->shut = 1;   /* o is read no more; nothing to shut towards r */
+    }
+    for (;;) {
+        if (flush(r) < 0) {     /* o failed too */
+            close_conn(r->c);
+            return;
+        }
+        if (r->len > 0) {       /* o is full (or still connecting): its EPOLLOUT resumes this */
+            update(o);
+            return;
+        }
+        if (r->eof) {           /* everything r sent went on */
+            close_conn(r->c);
+            return;
+        }
+        ssize_t n = recv(r->fd, r->buf, BUF, 0);
+        if (n <= 0)
+            r->eof = 1;         /* the reset itself (or EOF): r's bytes are all in hand */
+        else
+            r->len = n;
+    }
+}
+
+/* Returns 1 when the pair was handled (closed, or reset: see on_reset). */
 static int on_readable(struct side *s) {
     ssize_t n = recv(s->fd, s->buf, BUF, 0);
-    if (n < 0)
-        return errno == EAGAIN ? 0 : -1;
+    if (n < 0) {
+        if (errno == EAGAIN)
+            return 0;
+        on_reset(s);
+        return 1;
+    }
     if (n == 0)
         s->eof = 1;
     else
@@ -155,7 +201,11 @@ static int on_readable(struct side *s) {
         if (s->c->dead)
             return 1;   /* closed by dial */
     }
-    return flush(s);
+    if (flush(s) < 0) {
+        on_reset(s->peer);
+        return 1;
+    }
+    return 0;
 }
 
 static int done(struct conn *c) {
@@ -164,13 +214,9 @@ static int done(struct conn *c) {
 
 static void on_event(struct side *s, uint32_t events) {
     struct conn *c = s->c;
-    if (c->dead)
+    if (c->dead || s->reset)
         return;
-    if (events & (EPOLLERR)) {
-        close_conn(c);
-        return;
-    }
-    if (s->connecting && (events & (EPOLLOUT | EPOLLHUP))) {
+    if (s->connecting && (events & (EPOLLOUT | EPOLLHUP | EPOLLERR))) {
         int err = 0;
         socklen_t len = sizeof err;
         getsockopt(s->fd, SOL_SOCKET, SO_ERROR, &err, &len);
@@ -180,22 +226,23 @@ static void on_event(struct side *s, uint32_t events) {
         }
         s->connecting = 0;
     }
+    if (events & EPOLLERR) {    /* a reset: what it sent before is still readable */
+        on_reset(s);
+        return;
+    }
     if (events & (EPOLLOUT | EPOLLHUP)) {
         if (flush(s->peer) < 0) {
-            close_conn(c);
+            on_reset(s);
+            return;
+        }
+        if (s->peer->reset) {   /* s took more of a reset peer's bytes */
+            on_reset(s->peer);
             return;
         }
     }
     if (events & (EPOLLIN | EPOLLHUP | EPOLLRDHUP)) {
-        if (!s->eof && s->len == 0) {
-            int r = on_readable(s);
-            if (r == 1)
-                return;
-            if (r < 0) {
-                close_conn(c);
-                return;
-            }
-        }
+        if (!s->eof && s->len == 0 && on_readable(s))
+            return;
     }
     if (done(c)) {
         close_conn(c);
