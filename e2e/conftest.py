@@ -170,7 +170,9 @@ def _prefetch_project_image(session: pytest.Session, up_returned: threading.Even
 
     def run() -> None:
         try:
-            PREFETCH_OUTCOME.append(image_import.import_as_soon_as_containerd_answers(images.build_image(), up_returned))
+            tag = images.build_image()
+            PREFETCH_OUTCOME.append(image_import.import_as_soon_as_containerd_answers(
+                tag, up_returned, pin=images.pinned(tag)))
         except Exception as exc:  # noqa: BLE001 (load_image redoes it and fails with its own error)
             PREFETCH_OUTCOME.append(f"failed: {exc!r}")
 
@@ -293,8 +295,11 @@ def test_hosts(cluster: Cluster):
 
 def _push(tag: str, registry: str) -> str:
     """`docker tag` + `docker push` to `registry`; returns the pushed reference."""
+    from e2e import images
+
     remote = f"{registry.rstrip('/')}/{tag}"
-    for argv in (["docker", "tag", tag, remote], ["docker", "push", remote]):
+    pin = images.pinned(tag)  # this session's build: another checkout may have rebuilt the tag
+    for argv in (["docker", "tag", pin.source if pin else tag, remote], ["docker", "push", remote]):
         proc = subprocess.run(argv, capture_output=True, text=True, timeout=600)
         if proc.returncode != 0:
             pytest.fail(f"{' '.join(argv)} failed: {proc.stderr.strip()}")
@@ -312,12 +317,15 @@ def load_image(request: pytest.FixtureRequest, cluster: Cluster):
                 pytest.skip(f"--cluster=existing: cannot load {tag}; give --image-registry REGISTRY the cluster pulls from")
             return _push(tag, registry)
         if cluster.backend == "local":
+            from e2e import images
             from e2e.cluster import image_import
 
             # Imported only if containerd lacks this very Docker image (a rebuild under the
             # same tag is imported again; an unchanged one, also from an earlier session, not).
+            # The project image is this session's own build (pinned): the tag is shared by
+            # every checkout on the machine, and another may have rebuilt it since.
             try:
-                image_import.ensure_docker_image(tag)
+                image_import.ensure_docker_image(tag, pin=images.pinned(tag))
             except RuntimeError as exc:
                 pytest.fail(f"load_image: {exc}")
         else:

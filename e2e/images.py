@@ -17,7 +17,9 @@ the base tag), ``tag`` (prints the tag without building).
 from __future__ import annotations
 
 import argparse
+import atexit
 import contextlib
+import dataclasses
 import fcntl
 import hashlib
 import math
@@ -154,6 +156,75 @@ def ensure_docker() -> None:
 
 _built: set[str] = set()
 
+
+@dataclasses.dataclass(frozen=True)
+class Pin:
+    """This process's build of a tag, under a Docker tag of its own: the tag itself is shared
+    by every checkout on the machine, and another one may rebuild it before this session's
+    import (which then imports ``source`` under the shared tag: e2e.cluster.image_import)."""
+
+    source: str
+    image_id: str
+
+
+_pins: dict[str, Pin] = {}
+PIN_MARK = "-pin-"
+"""``<tag>-pin-<pid>``: a pin's tag; removed when its process exits (or, killed, by the next
+build on the machine)."""
+
+
+def pinned(tag: str) -> Pin | None:
+    """The pin of this process's ``build_image(tag)`` (None: not built by this process)."""
+    return _pins.get(tag)
+
+
+def _image_id(tag: str) -> str:
+    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                          capture_output=True, text=True, env=DOCKER_ENV)
+    if proc.returncode != 0 or not proc.stdout.strip():
+        raise RuntimeError(f"docker image inspect {tag}: {proc.stderr.strip()}")
+    return proc.stdout.strip()
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _drop_stale_pins(tag: str) -> None:
+    """Remove the pins of processes gone without their exit (killed): the images they hold
+    are hundreds of MB each."""
+    listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", tag.rpartition(":")[0]],
+                            capture_output=True, text=True, env=DOCKER_ENV)
+    for name in listed.stdout.split():
+        pid = name.removeprefix(tag + PIN_MARK)
+        if name.startswith(tag + PIN_MARK) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            subprocess.run(["docker", "rmi", name], capture_output=True, env=DOCKER_ENV)
+
+
+def _pin(tag: str) -> None:
+    """Pin the image now under ``tag``: called under the build lock, right after this tree's
+    build (or its check that the image is built from this tree's inputs), so it is this tree's."""
+    image_id = _image_id(tag)
+    source = f"{tag}{PIN_MARK}{os.getpid()}"
+    _run(["docker", "tag", image_id, source], stdout=subprocess.DEVNULL, env=DOCKER_ENV)
+    _pins[tag] = Pin(source, image_id)
+
+
+def unpin_all() -> None:
+    """Remove this process's pins (at exit): an image no tag names any more goes with it."""
+    while _pins:
+        _, pin = _pins.popitem()
+        subprocess.run(["docker", "rmi", pin.source], capture_output=True, env=DOCKER_ENV)
+
+
+atexit.register(unpin_all)
+
 INPUTS_LABEL = "org.zt-relay.inputs"
 """Image label holding `inputs_digest()`: an image whose label matches is not rebuilt."""
 INPUT_PATHS = ("relay", "operator", "pyproject.toml", "Dockerfile", ".dockerignore", ".ci/requirements.lock")
@@ -199,7 +270,8 @@ def build_image(tag: str = IMAGE) -> str:
 
     Skipped when the image under `tag` was built from the same inputs (its INPUTS_LABEL
     equals `inputs_digest`), so every session tests the current source and an unchanged
-    source costs no build; checked at most once per tag and process.
+    source costs no build; checked at most once per tag and process. The image is also
+    pinned for this process (``pinned``): the tag is shared by every checkout on the machine.
     """
     if tag in _built:
         return tag
@@ -258,8 +330,10 @@ def _build_image(tag: str) -> str:
     ensure_docker()
     base = build_base()
     digest = inputs_digest(base)
+    _drop_stale_pins(tag)
     if image_label(tag, INPUTS_LABEL) == digest:
         _log(f"{tag} was built from these inputs ({digest}): reusing it")
+        _pin(tag)
         _built.add(tag)
         return tag
     build_wheels()
@@ -276,6 +350,7 @@ def _build_image(tag: str) -> str:
             stdout=subprocess.DEVNULL,
             env=DOCKER_ENV,
         )
+    _pin(tag)
     _built.add(tag)
     return tag
 

@@ -62,17 +62,33 @@ def imported_from(tag: str) -> str | None:
     return None
 
 
-def ensure_docker_image(tag: str, timeout: float = 600) -> bool:
-    """Import `tag` unless containerd already holds this very Docker image; True if imported."""
-    image_id = docker_image_id(tag)
+def _source(tag: str, pin) -> tuple[str, str | None]:
+    """(the Docker name to save, the image id it names): ``pin`` (e2e.images.pinned) is this
+    session's own build of `tag`, which another checkout may have rebuilt since (one tag for
+    every checkout on the machine)."""
+    return (pin.source, pin.image_id) if pin is not None else (tag, docker_image_id(tag))
+
+
+def ensure_docker_image(tag: str, timeout: float = 600, pin=None) -> bool:
+    """Import `tag` (or `pin`'s image under the name `tag`) unless containerd already holds
+    this very Docker image; True if imported."""
+    source, image_id = _source(tag, pin)
     if image_id is None:
         raise RuntimeError(f"Docker has no image {tag!r}")
     with importing():
         if imported_from(tag) == image_id:
             return False
-        import_docker_image(tag, timeout)
+        import_docker_image(tag, timeout, source=source)
         label_imported(tag, image_id)
     return True
+
+
+def _rename(source: str, tag: str) -> None:
+    """containerd's image imported as `source` is `tag` (which pods name); `source` goes."""
+    if source == tag:
+        return
+    subprocess.run(_ctr("images", "tag", "--force", _ref(source), _ref(tag)), check=True, capture_output=True)
+    subprocess.run(_ctr("images", "rm", _ref(source)), check=True, capture_output=True)
 
 
 def label_imported(tag: str, image_id: str) -> None:
@@ -143,7 +159,7 @@ def _prefetch_lock():
         yield
 
 
-def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2) -> str:
+def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2, pin=None) -> str:
     """Put Docker's `tag` into the cluster while `up` is still starting it, and say what happened.
 
     The import of a fresh cluster's project image (hundreds of MB: `docker save`, then
@@ -153,9 +169,9 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
     answers, beside the kubelet, DNS and metrics-server. Same check, lock and label as
     ensure_docker_image: the first test's load_image then finds it and imports nothing (and
     redoes it, with its own error, if this failed). Gives up if `up` returned (failed) with
-    no containerd answering.
+    no containerd answering. `pin`: as for ensure_docker_image.
     """
-    image_id = docker_image_id(tag)
+    source, image_id = _source(tag, pin)
     if image_id is None:
         return f"Docker has no image {tag!r}"
     if containerd_answers() and imported_from(tag) == image_id:
@@ -172,7 +188,7 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
             return bool(dead) and dead[0]
 
         try:
-            save_docker_image(tag, archive, give_up=up_failed, poll=poll)
+            save_docker_image(source, archive, give_up=up_failed, poll=poll)
         except GaveUp:
             return gave_up
         while not containerd_answers():
@@ -182,27 +198,31 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
             if imported_from(tag) == image_id:
                 return "already imported"
             import_archive_file(archive)
+            _rename(source, tag)
             label_imported(tag, image_id)
     return "imported"
 
 
-def import_docker_image(tag: str, timeout: float = 600) -> None:
-    """`docker save TAG | ctr images import -`: a Docker image built here, into the cluster.
+def import_docker_image(tag: str, timeout: float = 600, source: str | None = None) -> None:
+    """`docker save TAG | ctr images import -`: a Docker image built here, into the cluster
+    (Docker's `source` instead, named `tag` in containerd).
 
     Raises ValueError for a `latest` or untagged reference (it would be pulled, and fail).
     """
+    source = source or tag
     name, _, version = tag.rpartition(":")
     if not name or "/" in version or version in ("", "latest"):
         raise ValueError(f"image {tag!r}: give an explicit, non-latest tag (pods cannot pull it back)")
     # The context manager closes both pipes and waits for `docker save`.
-    with subprocess.Popen(["docker", "save", tag], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as save:
+    with subprocess.Popen(["docker", "save", source], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as save:
         imp = subprocess.run(_ctr("images", "import", "-"), stdin=save.stdout, capture_output=True, timeout=timeout)
         save.stdout.close()
         save_err = save.stderr.read().decode(errors="replace")
     if save.returncode != 0:
-        raise RuntimeError(f"docker save {tag} failed: {save_err.strip()}")
+        raise RuntimeError(f"docker save {source} failed: {save_err.strip()}")
     if imp.returncode != 0:
-        raise RuntimeError(f"ctr images import of {tag} failed: {imp.stderr.decode(errors='replace').strip()}")
+        raise RuntimeError(f"ctr images import of {source} failed: {imp.stderr.decode(errors='replace').strip()}")
+    _rename(source, tag)
 
 
 def has_image(tag: str) -> bool:

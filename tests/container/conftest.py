@@ -51,8 +51,9 @@ def image() -> str:
             if os.environ.get("CI"):
                 pytest.fail(reason)
             pytest.skip(reason)
-    # Always (once per session): an image left from an older run would test old code.
-    return images.build_image()
+    # Always (once per session): an image left from an older run would test old code. Its
+    # pin, not the tag: another checkout on the machine may rebuild the tag meanwhile.
+    return images.pinned(images.build_image()).source
 
 
 @pytest.fixture(scope="session")

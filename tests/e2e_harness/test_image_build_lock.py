@@ -25,6 +25,8 @@ def fake_inputs(monkeypatch, tmp_path) -> dict[str, str]:
     monkeypatch.setattr(images, "build_base", lambda: "base")
     monkeypatch.setattr(images, "inputs_digest", lambda base: "digest")
     monkeypatch.setattr(images, "build_wheels", lambda: None)
+    monkeypatch.setattr(images, "_drop_stale_pins", lambda tag: None)  # Docker calls (tests/e2e_harness/test_image_pin.py)
+    monkeypatch.setattr(images, "_pin", lambda tag: None)
     labels: dict[str, str] = {}
     monkeypatch.setattr(images, "image_label", lambda tag, label: labels.get(tag))
     # _built is per process: each thread plays a process that has not built yet.

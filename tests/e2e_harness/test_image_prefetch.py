@@ -188,7 +188,7 @@ def test_only_a_session_that_uses_the_project_image_puts_it_in_early(monkeypatch
     from e2e import conftest, images
 
     monkeypatch.setattr(images, "build_image", lambda: TAG)
-    monkeypatch.setattr(image_import, "import_as_soon_as_containerd_answers", lambda tag, up_returned: f"imported {tag}")
+    monkeypatch.setattr(image_import, "import_as_soon_as_containerd_answers", lambda tag, up_returned, pin: f"imported {tag}")
     monkeypatch.setattr(conftest, "PREFETCH_OUTCOME", [])
     busybox = _Session(_Item("cluster", "load_image", "busybox_image"))
     assert conftest._prefetch_project_image(busybox, threading.Event()) is None
