@@ -157,22 +157,31 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"early import of the project image: {'; '.join(PREFETCH_OUTCOME)}")
 
 
-def _prefetch_project_image(session: pytest.Session, up_returned: threading.Event) -> threading.Thread | None:
+def _prefetch_project_image(session: pytest.Session, up_returned: threading.Event,
+                            session_over: threading.Event | None = None) -> threading.Thread | None:
     """If a test of this session uses the project image (the `image` fixture of test_operator,
     test_chart, test_fallback), put it into the cluster while
     `up` is still starting it (e2e.cluster.image_import.import_as_soon_as_containerd_answers);
     load_image then finds it there. A failure here only costs the time: load_image imports
-    it again and reports its own error."""
+    it again and reports its own error. Behind another build's lock, it stops waiting once
+    `up` failed or `session_over` is set (the session's end joins it)."""
     if not any("image" in getattr(item, "fixturenames", ()) for item in session.items):
         return None
     from e2e import images
     from e2e.cluster import image_import
 
+    up_failed = image_import.up_failed(up_returned)
+
+    def ended() -> bool:
+        return session_over is not None and session_over.is_set()
+
     def run() -> None:
         try:
-            tag = images.build_image()
+            tag = images.build_image(give_up=lambda: ended() or up_failed())
             PREFETCH_OUTCOME.append(image_import.import_as_soon_as_containerd_answers(
                 tag, up_returned, pin=images.pinned(tag)))
+        except images.GaveUp:
+            PREFETCH_OUTCOME.append("gave up: the session ended" if ended() else image_import.UP_FAILED)
         except Exception as exc:  # noqa: BLE001 (load_image redoes it and fails with its own error)
             PREFETCH_OUTCOME.append(f"failed: {exc!r}")
 
@@ -199,12 +208,13 @@ def cluster(request: pytest.FixtureRequest):
         _USERS_FD = locks.open_session_hold()
         locks.remember_session_hold(_USERS_FD)
         request.addfinalizer(lambda: (locks.remember_session_hold(None), os.close(_USERS_FD)))
-        up_returned = threading.Event()
-        prefetch = _prefetch_project_image(request.session, up_returned)
+        up_returned, session_over = threading.Event(), threading.Event()
+        prefetch = _prefetch_project_image(request.session, up_returned, session_over)
         if prefetch is not None:
             # Also when `up` fails: the prefetch then stops its `docker save` and removes the
             # archive; a session that ended first would leave the save running, an orphan.
-            request.addfinalizer(lambda: prefetch.join(timeout=60))
+            # A prefetch still waiting for another build's lock stops at once.
+            request.addfinalizer(lambda: (session_over.set(), prefetch.join(timeout=60)))
         try:
             cluster_cli("up")
         finally:

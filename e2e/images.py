@@ -265,17 +265,22 @@ def image_label(tag: str, label: str) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
-def build_image(tag: str = IMAGE) -> str:
+class GaveUp(Exception):
+    """A build's wait for the lock stopped: its ``give_up()`` said so."""
+
+
+def build_image(tag: str = IMAGE, give_up=None) -> str:
     """Build base (cached), wheels and the image; return the image tag.
 
     Skipped when the image under `tag` was built from the same inputs (its INPUTS_LABEL
     equals `inputs_digest`), so every session tests the current source and an unchanged
     source costs no build; checked at most once per tag and process. The image is also
     pinned for this process (``pinned``): the tag is shared by every checkout on the machine.
+    ``give_up()``, asked while another build holds the lock, ends the wait (``GaveUp``).
     """
     if tag in _built:
         return tag
-    with _build_lock():
+    with _build_lock(give_up):
         return _build_image(tag)
 
 
@@ -297,7 +302,7 @@ BUILD_LOCK_POLL = 0.2  # flock(2) has no timeout: a waiter retries a non-blockin
 
 
 @contextlib.contextmanager
-def _build_lock():
+def _build_lock(give_up=None):
     """One build on the machine at a time (xdist workers, `.ci/run`'s two parts): the others
     wait, then find the image built from their inputs; two at once clash in `docker image prune`
     ("a prune operation is already running") and in build/wheels. The holder writes its pid
@@ -312,6 +317,8 @@ def _build_lock():
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                if give_up is not None and give_up():
+                    raise GaveUp() from None
                 if time.monotonic() >= deadline:
                     holder = path.read_text().strip() or "a process that left no note"
                     raise TimeoutError(

@@ -159,6 +159,22 @@ def _prefetch_lock():
         yield
 
 
+UP_FAILED = "gave up: `up` returned and containerd does not answer"
+
+
+def up_failed(up_returned: threading.Event):
+    """A check of whether `up` returned with no containerd answering (asked once it returned:
+    a `ctr` each poll would cost more than what it guards)."""
+    dead: list[bool] = []
+
+    def check() -> bool:
+        if up_returned.is_set() and not dead:
+            dead.append(not containerd_answers())
+        return bool(dead) and dead[0]
+
+    return check
+
+
 def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event, poll: float = 0.2, pin=None) -> str:
     """Put Docker's `tag` into the cluster while `up` is still starting it, and say what happened.
 
@@ -176,19 +192,12 @@ def import_as_soon_as_containerd_answers(tag: str, up_returned: threading.Event,
         return f"Docker has no image {tag!r}"
     if containerd_answers() and imported_from(tag) == image_id:
         return "already imported"  # a cluster that was up already
-    gave_up = "gave up: `up` returned and containerd does not answer"
+    gave_up = UP_FAILED
     PREFETCH_DIR.mkdir(parents=True, exist_ok=True)
     with _prefetch_lock(), tempfile.TemporaryDirectory(dir=PREFETCH_DIR, prefix="prefetch-") as tmp:
         archive = Path(tmp) / "image.tar"
-        dead: list[bool] = []  # asked once `up` returned (a `ctr` each poll would cost more than the save)
-
-        def up_failed() -> bool:
-            if up_returned.is_set() and not dead:
-                dead.append(not containerd_answers())
-            return bool(dead) and dead[0]
-
         try:
-            save_docker_image(source, archive, give_up=up_failed, poll=poll)
+            save_docker_image(source, archive, give_up=up_failed(up_returned), poll=poll)
         except GaveUp:
             return gave_up
         while not containerd_answers():

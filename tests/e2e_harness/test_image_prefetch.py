@@ -187,7 +187,7 @@ def test_only_a_session_that_uses_the_project_image_puts_it_in_early(monkeypatch
     # hundreds of MB of `docker save` and import on a 2-core machine.
     from e2e import conftest, images
 
-    monkeypatch.setattr(images, "build_image", lambda: TAG)
+    monkeypatch.setattr(images, "build_image", lambda give_up: TAG)
     monkeypatch.setattr(image_import, "import_as_soon_as_containerd_answers", lambda tag, up_returned, pin: f"imported {tag}")
     monkeypatch.setattr(conftest, "PREFETCH_OUTCOME", [])
     busybox = _Session(_Item("cluster", "load_image", "busybox_image"))
@@ -197,3 +197,80 @@ def test_only_a_session_that_uses_the_project_image_puts_it_in_early(monkeypatch
     assert thread is not None
     thread.join(BOUND)
     assert conftest.PREFETCH_OUTCOME == [f"imported {TAG}"]
+
+
+def _prefetch_behind_a_held_build_lock(monkeypatch, tmp_path, session_over=None):
+    """The session's prefetch, waiting for the image build's lock (another checkout's build
+    holds it: a subprocess): (thread, up_returned, the holder)."""
+    import fcntl
+    import subprocess
+    import sys
+    from types import SimpleNamespace
+
+    from e2e import conftest, images
+    from tests.e2e_harness.test_image_build_lock import HOLDER, ROOT, fake_inputs
+
+    fake_inputs(monkeypatch, tmp_path)
+    monkeypatch.setattr(images, "_run", lambda cmd, **kwargs: None)
+    # A thread that never gives up ends anyway (and fails the test) before the holder lets go.
+    monkeypatch.setattr(images, "BUILD_LOCK_TIMEOUT", BOUND + 5)
+    waited = threading.Event()
+
+    def flock(fd, op):
+        try:
+            return fcntl.flock(fd, op)
+        except BlockingIOError:
+            waited.set()
+            raise
+
+    monkeypatch.setattr(images, "fcntl", SimpleNamespace(**{n: getattr(fcntl, n) for n in dir(fcntl) if n.isupper()},
+                                                          flock=flock))
+    monkeypatch.setattr(image_import, "containerd_answers", lambda: False)
+    monkeypatch.setattr(conftest, "PREFETCH_OUTCOME", [])
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline() == "held\n"
+    up_returned = threading.Event()
+    project = _Session(_Item("cluster", "image", "load_image"))
+    args = (project, up_returned) if session_over is None else (project, up_returned, session_over)
+    thread = conftest._prefetch_project_image(*args)
+    assert waited.wait(BOUND)  # behind the lock
+    return thread, up_returned, holder
+
+
+def _release(thread, holder):
+    thread.join(BOUND + 10)
+    holder.stdin.close()
+    assert holder.wait(timeout=BOUND) == 0
+    holder.stdout.close()
+
+
+def test_the_prefetch_behind_another_build_gives_up_when_up_failed(monkeypatch, tmp_path):
+    # The session's finalizer joins the prefetch for up to 60 s: a prefetch waiting behind the
+    # build lock (up to its 1800 s) held a failed session that long, then ran on unwatched.
+    from e2e import conftest
+
+    thread, up_returned, holder = _prefetch_behind_a_held_build_lock(monkeypatch, tmp_path)
+    try:
+        up_returned.set()  # `up` failed: containerd does not answer
+        thread.join(BOUND)
+        assert not thread.is_alive(), "still waiting for the build lock after `up` failed"
+        assert conftest.PREFETCH_OUTCOME == ["gave up: `up` returned and containerd does not answer"]
+    finally:
+        _release(thread, holder)
+
+
+def test_the_prefetch_behind_another_build_gives_up_when_the_session_ends(monkeypatch, tmp_path):
+    from e2e import conftest
+
+    session_over = threading.Event()
+    thread, up_returned, holder = _prefetch_behind_a_held_build_lock(monkeypatch, tmp_path, session_over)
+    try:
+        monkeypatch.setattr(image_import, "containerd_answers", lambda: True)
+        up_returned.set()  # `up` succeeded: the session wants the image; then it ends
+        session_over.set()
+        thread.join(BOUND)
+        assert not thread.is_alive(), "still waiting for the build lock after the session ended"
+        assert conftest.PREFETCH_OUTCOME == ["gave up: the session ended"]
+    finally:
+        _release(thread, holder)
