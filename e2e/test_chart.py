@@ -34,6 +34,9 @@ OPERATOR_SELECTOR = "app.kubernetes.io/instance=zt-relay,app.kubernetes.io/compo
 HOST_PREFIX = "chart"  # test-host names of this module (e2e.peers.relay_hosts)
 HELM_TIMEOUT = "180s"
 CRD_NAME = "zerotierrelays.relay.zt-relay.dev"
+SCHEMA_VERSION = "relay.zt-relay.dev/schema-version"
+PRECONNECT_DESCRIPTION = ("/spec/versions/0/schema/openAPIV3Schema/properties/spec/properties/fallback/properties/"
+                          "preconnect/description")
 
 
 @pytest.fixture(scope="module")
@@ -205,6 +208,14 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
     (operator_before,) = wait_for_pods_ready(installed, OPERATOR_SELECTOR, 1)
     operator_logs()
     assert tunnel.round_trip("before-the-helm-upgrade") == f"{udp_root} {ROOT_PORT} echo:before-the-helm-upgrade"
+    # The cluster's CRD one schema version older, with another text (what an operator upgrade
+    # meets after a CRD change, e.g. schema-version 9's new description): the new operator
+    # brings it up to date at start, and that must roll no relay either.
+    crd_before = kubectl.json("get", "crd", CRD_NAME)
+    version = int(crd_before["metadata"]["annotations"][SCHEMA_VERSION])
+    kubectl("annotate", "crd", CRD_NAME, f"{SCHEMA_VERSION}={version - 1}", "--overwrite")
+    kubectl("patch", "crd", CRD_NAME, "--type=json",
+            "-p", json.dumps([{"op": "replace", "path": PRECONNECT_DESCRIPTION, "value": "an older text"}]))
 
     helm(
         "upgrade", RELEASE, "charts/zt-relay", "--namespace", installed, "--reuse-values",
@@ -227,6 +238,14 @@ def test_helm_upgrade_rolls_the_operator_but_keeps_relays_and_live_tunnels(
         return handled >= relays or None
 
     wait_for("the new operator's pass over every relay", resumed, 120)
+
+    def crd_upgraded():
+        live = kubectl.json("get", "crd", CRD_NAME)
+        preconnect = live["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"][
+            "fallback"]["properties"]["preconnect"]
+        return live["metadata"]["annotations"][SCHEMA_VERSION] == str(version) and preconnect["description"] != "an older text"
+
+    wait_for("the new operator's CRD upgrade", crd_upgraded, 60)
     # A pass that changed the relay's Deployment bumped its generation at once, before any pod moves.
     generation = kubectl.api.get("deployment", name, installed)["metadata"]["generation"]
     assert generation == generation_before, f"the new operator changed relay {name}'s Deployment (generation {generation_before} -> {generation})"

@@ -33,8 +33,9 @@ log = logging.getLogger(__name__)
 # relay destinations take a bare address again (one host, as the relay and the operator before 5 read it).
 # 7: the relay destinations' message says why an IPv4-mapped range is refused (messageExpression; rules unchanged).
 # 8: spec.fallback.preconnect (--fallback-preconnect; no default: absent keeps the pod template).
+# 9: preconnect's description: a backend that speaks first pauses the pool (it stopped it for good before).
 SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df204a4592dc", 5: "7eef0a5bcbcb3c4c",
-                        6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9", 8: "019d9d6de681b8ff"}
+                        6: "0ed98c7ad85b2dc8", 7: "91f49c4049b054d9", 8: "019d9d6de681b8ff", 9: "53352b06a2b749df"}
 
 
 # libyaml's safe loader where PyYAML has it (its wheels do): the same documents, ~10x less CPU

@@ -95,3 +95,14 @@ def test_every_fallback_setting_in_the_schema_is_mapped_with_the_relays_bounds()
     preconnect = fallback["preconnect"]
     assert (preconnect["type"], preconnect["minimum"], preconnect["maximum"]) == ("integer", 0, backend_pool.MAX_SIZE)
     assert "default" not in preconnect  # absent: the relay's default (off), no variable, no pod roll
+
+
+def test_the_preconnect_description_says_the_pool_pauses_as_the_relay_does():
+    # The pool pauses (for 5 minutes, doubling up to an hour: relay/preconnect.py), it no
+    # longer stops for good; kubectl explain and the operator README say what the relay does.
+    from relay import preconnect
+
+    text = " ".join(SPEC_SCHEMA["properties"]["fallback"]["properties"]["preconnect"]["description"].split())
+    assert preconnect.PAUSE_MIN < preconnect.PAUSE_MAX  # a pause that comes back
+    assert "pauses the pool" in text and "stops" not in text, text
+    assert "closes idle connections" in text, text  # the other trigger of a pause
