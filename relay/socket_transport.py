@@ -51,6 +51,7 @@ class SocketTransport(asyncio.Transport):
         self._low = high // 4
         self._paused = False  # pause_writing() was called
         self._reading = False
+        self._read_eof = False  # the peer's EOF was read: nothing more to read, ever
         self._writing = False  # add_writer is on
         self._eof = False  # write_eof() asked for
         self._closing = False
@@ -79,7 +80,8 @@ class SocketTransport(asyncio.Transport):
                 return
         else:
             return
-        self.pause_reading()  # EOF: nothing more to read
+        self._read_eof = True
+        self.pause_reading()  # EOF: nothing more to read (a resume must not report it again)
         if not self._protocol.eof_received():
             self.close()
 
@@ -89,7 +91,7 @@ class SocketTransport(asyncio.Transport):
             self._loop.remove_reader(self._fd)
 
     def resume_reading(self) -> None:
-        if not self._reading and not self._closing:
+        if not self._reading and not self._closing and not self._read_eof:
             self._reading = True
             self._loop.add_reader(self._fd, self._read_ready)
 

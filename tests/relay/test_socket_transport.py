@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import socket
 import struct
+import termios
 
 import pytest
 import uvloop
 
-from relay.socket_transport import SocketTransport
+from relay.socket_transport import READ_SIZE, SocketTransport
 
 RUNS = pytest.mark.parametrize("run", [asyncio.run, uvloop.run], ids=["asyncio", "uvloop"])
 BIG = 4 * 1024 * 1024  # far more than the kernel's buffers hold
@@ -138,5 +140,85 @@ def test_a_peer_that_resets_ends_it_with_the_error_and_the_socket_closed(run):
         exc = await asyncio.wait_for(proto.lost, 10)
         assert isinstance(exc, ConnectionResetError)
         assert tr.is_closing() and ours.fileno() == -1
+
+    run(main())
+
+
+def _loaded_pair(at_least: int) -> tuple[socket.socket, socket.socket]:
+    """(ours, peer) with at least ``at_least`` bytes from the peer already in our receive queue."""
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        ours = socket.socket(socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_NONBLOCK)
+        ours.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * at_least)
+        ours.connect_ex(listener.getsockname())
+        peer, _ = listener.accept()
+    peer.setblocking(False)
+    chunk = b"z" * 65536
+    for _ in range(10_000):  # bounded: the kernel moves loopback bytes at once
+        try:
+            peer.send(chunk)
+        except BlockingIOError:
+            pass
+        queued = struct.unpack("i", fcntl.ioctl(ours.fileno(), termios.FIONREAD, b"\0\0\0\0"))[0]
+        if queued >= at_least:
+            return ours, peer
+    raise AssertionError(f"only {queued} bytes queued")
+
+
+@RUNS
+def test_a_protocol_that_pauses_reading_in_data_received_gets_no_second_read(run):
+    """The splice pauses the site's reading once the visitor's buffer is over its mark: the
+    memory budget counts one read past the mark (``Relay.site_worst``), not a readiness
+    callback's worth of reads (32 of them)."""
+    async def main() -> None:
+        ours, peer = _loaded_pair(2 * READ_SIZE)  # a second full read, were the pause ignored
+        loop = asyncio.get_running_loop()
+        first = loop.create_future()
+
+        class Pauser(Recorder):
+            def data_received(self, data: bytes) -> None:
+                super().data_received(data)
+                self.transport.pause_reading()
+                if not first.done():
+                    first.set_result(None)
+
+            def connection_made(self, transport) -> None:
+                super().connection_made(transport)
+                self.transport = transport
+
+        proto = Pauser()
+        tr = SocketTransport(loop, ours, proto)
+        try:
+            await asyncio.wait_for(first, 10)  # the readiness callback that read it is over
+            assert len(proto.data) == READ_SIZE and not tr.is_reading()
+        finally:
+            tr.abort()
+            peer.close()
+        await asyncio.wait_for(proto.lost, 10)
+
+    run(main())
+
+
+@RUNS
+def test_reading_resumed_after_the_eof_reports_no_second_eof(run):
+    """As asyncio's and uvloop's transports: after ``eof_received`` nothing more is read, even
+    if the protocol resumes reading (a resume from the other side's drained buffer)."""
+    async def main() -> None:
+        ours, peer = _pair()
+        proto = Recorder()
+        eofs = []
+        proto.eof_received = lambda: eofs.append(1) or proto.eof.set_result(None) or True
+        tr = SocketTransport(asyncio.get_running_loop(), ours, proto)
+        try:
+            peer.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(proto.eof, 10)
+            tr.resume_reading()
+            assert not tr.is_reading()
+            tr.write(b"after")  # the other way stays open
+            assert await _read_all(peer, 5) == b"after"
+            assert eofs == [1]
+        finally:
+            tr.abort()
+            peer.close()
+        await asyncio.wait_for(proto.lost, 10)
 
     run(main())
