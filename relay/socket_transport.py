@@ -134,6 +134,8 @@ class SocketTransport(asyncio.Transport):
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
             self._protocol.resume_writing()
+            if self._closed:  # it aborted: the descriptor is closed, its number maybe reused
+                return
         if self._queue:
             return
         self._writing = False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import os
 import socket
 import struct
 import termios
@@ -220,5 +221,46 @@ def test_reading_resumed_after_the_eof_reports_no_second_eof(run):
             tr.abort()
             peer.close()
         await asyncio.wait_for(proto.lost, 10)
+
+    run(main())
+
+
+@RUNS
+def test_an_abort_inside_resume_writing_leaves_a_reused_descriptor_alone(run):
+    """The descriptor is closed by the abort; the socket that gets its number next (here,
+    made in the same callback) keeps its watch: no remove_writer after the close."""
+    async def main() -> None:
+        ours, peer = _pair()
+        loop = asyncio.get_running_loop()
+        fd = ours.fileno()
+        reused = loop.create_future()
+        pair = socket.socketpair()
+        dup = None
+
+        class Aborter(Recorder):
+            def resume_writing(self) -> None:
+                nonlocal dup
+                super().resume_writing()
+                tr.abort()
+                dup = os.dup2(pair[0].fileno(), fd)  # the number is reused at once, as by an accept
+                loop.add_writer(fd, lambda: reused.done() or reused.set_result(None))  # writable at once
+
+        proto = Aborter()
+        tr = SocketTransport(loop, ours, proto, high=64 * 1024)
+        reader = loop.create_task(_read_all(peer))
+        try:
+            tr.write(b"w" * BIG)
+            assert proto.paused == 1
+            await asyncio.wait_for(proto.lost, 10)
+            await asyncio.wait_for(reused, 10)  # its watch was not removed by the transport
+        finally:
+            reader.cancel()
+            await asyncio.gather(reader, return_exceptions=True)
+            if dup is not None:
+                loop.remove_writer(dup)
+                os.close(dup)
+            for s in pair:
+                s.close()
+            peer.close()
 
     run(main())
