@@ -75,14 +75,23 @@ class SocketTransport(asyncio.Transport):
                 return
             if not n:
                 break
-            self._protocol.data_received(_VIEW[:n].tobytes())
+            try:
+                self._protocol.data_received(_VIEW[:n].tobytes())
+            except Exception as exc:  # noqa: BLE001 - the protocol's bug: reported, never a connection left open
+                self._protocol_failed(exc)
+                return
             if n < READ_SIZE or not self._reading:
                 return
         else:
             return
         self._read_eof = True
         self.pause_reading()  # EOF: nothing more to read (a resume must not report it again)
-        if not self._protocol.eof_received():
+        try:
+            keep_open = self._protocol.eof_received()
+        except Exception as exc:  # noqa: BLE001
+            self._protocol_failed(exc)
+            return
+        if not keep_open:
             self.close()
 
     def pause_reading(self) -> None:
@@ -133,7 +142,10 @@ class SocketTransport(asyncio.Transport):
         del self._queue[:sent]
         if self._paused and len(self._queue) <= self._low:
             self._paused = False
-            self._protocol.resume_writing()
+            try:
+                self._protocol.resume_writing()
+            except Exception as exc:  # noqa: BLE001
+                self._protocol_failed(exc)
             if self._closed:  # it aborted: the descriptor is closed, its number maybe reused
                 return
         if self._queue:
@@ -194,7 +206,15 @@ class SocketTransport(asyncio.Transport):
         self._closing = True
         self._finish(None)
 
-    def _fail(self, exc: OSError) -> None:
+    def _protocol_failed(self, exc: Exception) -> None:
+        """A protocol callback raised: as asyncio's and uvloop's transports, the loop's
+        exception handler gets it and the connection is aborted (``connection_lost(exc)``)."""
+        self._loop.call_exception_handler({
+            "message": "protocol callback failed on a fallback backend connection",
+            "exception": exc, "transport": self, "protocol": self._protocol})
+        self._fail(exc)
+
+    def _fail(self, exc: Exception) -> None:
         self._closing = True
         self._finish(exc)
 

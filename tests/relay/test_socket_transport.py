@@ -264,3 +264,31 @@ def test_an_abort_inside_resume_writing_leaves_a_reused_descriptor_alone(run):
             peer.close()
 
     run(main())
+
+
+class Raising(Recorder):
+    def data_received(self, data: bytes) -> None:
+        raise ValueError("a bug in the protocol")
+
+
+@RUNS
+def test_a_protocol_callback_that_raises_aborts_the_connection_and_reports_to_the_loop(run):
+    """As asyncio's and uvloop's transports do: the error reaches the loop's exception handler,
+    the connection is aborted (its descriptor closed, the peer sees the end) and the protocol's
+    connection_lost gets the error, instead of a connection left open with nobody reading it."""
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        reported = []
+        loop.set_exception_handler(lambda _, context: reported.append(context))
+        ours, peer = _pair()
+        proto = Raising()
+        tr = SocketTransport(loop, ours, proto)
+        peer.send(b"x")
+        exc = await asyncio.wait_for(proto.lost, 10)
+        assert isinstance(exc, ValueError), exc
+        assert [type(c.get("exception")) for c in reported] == [ValueError], reported
+        assert reported[0]["transport"] is tr and tr.is_closing() and ours.fileno() == -1
+        assert await _read_all(peer) == b""  # the peer sees the end (EOF or reset)
+        peer.close()
+
+    run(main())
