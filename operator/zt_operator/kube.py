@@ -296,10 +296,14 @@ def list_children(kind: str, namespace: str | None, selector: str,
 def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     """The pods matching ``selector`` (only read when a relay is short of ready pods).
 
-    Answered from the API server's watch cache (``resourceVersion=0``), not a consistent
-    read: a short relay lists its pods every 2 s while one is young, so a fleet rolling at
-    once would send etcd about N/2 LISTs a second. The answer only explains the status; a
-    slightly old one is corrected by the next recheck."""
+    Answered from the API server's watch cache as it is (``resourceVersion=0``), not a
+    consistent read: a short relay lists its pods every 2 s while one is young, so a fleet
+    rolling at once makes about N/2 LISTs a second. A consistent one costs etcd a read each:
+    the whole LIST before Kubernetes 1.31 (or with ConsistentListFromCache off), since then
+    the current revision, which the cache must catch up to before it answers. The answer only
+    explains the status; a slightly old one is corrected by the next recheck. Whether a relay
+    is short, and so rechecked at all, is read from its Deployment, never from this list: an
+    old answer can't end the rechecks."""
     listed = call_json("listing relay pods", _typed(client.CoreV1Api).list_namespaced_pod, namespace,
                        label_selector=selector, resource_version="0", _preload_content=False,
                        _request_timeout=TIMEOUT)
