@@ -18,6 +18,7 @@ import subprocess
 import pytest
 
 from e2e import images
+from e2e.cluster import network
 from e2e.peers import ROOT_PORT, Background, Tunnel, relay_hosts, udp_root  # noqa: F401 (fixtures)
 from e2e.test_operator import image, operator_namespace  # noqa: F401 (fixtures)
 from tests.relay.nginx_site import INDEX, SERVER_NAME, make_certificates
@@ -112,7 +113,7 @@ def site(operator_namespace, nginx_image, certificates, kubectl):  # noqa: F811
     return namespace
 
 
-def wait_for_the_site(kubectl, namespace: str, wait_for) -> None:
+def wait_for_the_site(kubectl, namespace: str, wait_for) -> list[dict]:
     selector = ",".join(f"{k}={v}" for k, v in SITE_LABELS.items())
 
     def ready():
@@ -121,7 +122,7 @@ def wait_for_the_site(kubectl, namespace: str, wait_for) -> None:
                                        for c in p["status"].get("conditions", []))]
 
     try:
-        wait_for("the site's nginx pod ready", ready, 180)
+        return wait_for("the site's nginx pod ready", ready, 180)
     except TimeoutError as exc:
         logs = kubectl("logs", "-n", namespace, "-l", selector, "--tail=30", check=False)
         raise AssertionError(f"{exc}\n{logs.stdout}{logs.stderr}") from None
@@ -148,8 +149,28 @@ def address(site, kubectl, cluster, wait_for) -> str:
         conditions = {c["type"]: c["status"] for c in relay.get("status", {}).get("conditions", [])}
         return relay["status"].get("address") if conditions.get("Ready") == "True" else None
 
-    wait_for_the_site(kubectl, site, wait_for)
-    return wait_for("ZeroTierRelay web Ready with an address", ready, 180)
+    pods = wait_for_the_site(kubectl, site, wait_for)
+    found = wait_for("ZeroTierRelay web Ready with an address", ready, 180)
+    for ip in (p["status"]["podIP"] for p in pods):
+        wait_for_the_route_to(ip, wait_for)
+    return found
+
+
+def wait_for_the_route_to(ip: str, wait_for) -> None:
+    """Ready pods are not yet a route: kube-proxy programs the site Service's endpoint, and
+    kube-router lets the relay's egress policy reach the new pod, a moment after the pod is
+    Ready; until then the relay's fallback to site.<ns>.svc:443 is refused (both REJECT)."""
+    wait_for(f"kube-proxy to route the site Service to {ip}", lambda: f"--to-destination {ip}:8443" in network.sh(
+        "iptables", "-w", "5", "-t", "nat", "-S").stdout, 60, interval=0.2)
+
+    def in_a_policys_destinations():
+        for line in network.sh("ipset", "save").stdout.splitlines():
+            parts = line.split()
+            if parts[:1] == ["add"] and parts[1].startswith("KUBE-DST-") and parts[2] == ip:
+                return True
+        return False
+
+    wait_for(f"kube-router to let the relay's policy reach {ip}", in_a_policys_destinations, 60, interval=0.2)
 
 
 def curl(host, address: str, ca, path: str = "/", output: str = "-") -> subprocess.CompletedProcess:
