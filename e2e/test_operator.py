@@ -217,8 +217,10 @@ def test_a_relay_gets_children_it_owns_and_kubectl_wait_sees_it_ready(relay, kub
     table = kubectl("get", "ztr", RELAY, "-n", relay).stdout.split("\n")
     assert table[0].split() == ["NAME", "READY", "REPLICAS", "ADDRESS", "AGE"]
     assert table[1].split()[:2] == [RELAY, "True"]
-    events = kubectl.api.list("events", relay, field_selector=f"involvedObject.name={RELAY}")["items"]
-    assert {"Available", "AddressAssigned"} <= {e["reason"] for e in events}
+    # The operator writes a pass's status before it posts the pass's Events: Ready can be
+    # seen a moment before its Event exists, so the Events are waited for, not read once.
+    wait_for("the Available and AddressAssigned Events", lambda: {"Available", "AddressAssigned"} <= {
+        e["reason"] for e in kubectl.api.list("events", relay, field_selector=f"involvedObject.name={RELAY}")["items"]}, 30)
 
 
 def test_a_framed_client_round_trips_through_the_load_balancer_to_a_udp_root(relay, relay_hosts, udp_root, kubectl):
@@ -575,8 +577,10 @@ def test_an_invalid_relay_is_refused_by_the_schema_or_reported_in_its_status(ope
         reported = wait_for("an InvalidSpec condition", degraded, 60)
         assert "spec.fallback.service" in reported["message"]
         assert not kubectl.api.exists("deployment", "bad-loop", ns)
-        events = kubectl.api.list("events", ns, field_selector="involvedObject.name=bad-loop")["items"]
-        assert any(e["reason"] == "InvalidSpec" and e["type"] == "Warning" for e in events)
+        # Posted after the status that showed the condition (a CI run read the Events in between).
+        wait_for("an InvalidSpec Warning Event", lambda: any(
+            e["reason"] == "InvalidSpec" and e["type"] == "Warning"
+            for e in kubectl.api.list("events", ns, field_selector="involvedObject.name=bad-loop")["items"]), 30)
     finally:
         kubectl("delete", "ztr", "bad-loop", "-n", ns, "--timeout=60s", check=False)
 
