@@ -75,6 +75,10 @@ def test_a_kubeconfig_only_kubectl_can_use_is_read_through_kubectl(tmp_path, use
 @pytest.fixture(scope="module")
 def tls(tmp_path_factory):
     """A CA-less self-signed certificate for 127.0.0.1: (cert PEM, key PEM)."""
+    return _self_signed()
+
+
+def _self_signed():
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test")])
     now = datetime.datetime.now(datetime.timezone.utc)
@@ -186,6 +190,28 @@ def test_a_server_that_is_not_there_fails_the_get_at_once(tmp_path, server, tls)
     reader.transport.close()
     with pytest.raises(ConnectionRefusedError):
         reader.raw("/ok")
+
+
+def test_a_server_certificate_the_kubeconfigs_ca_did_not_sign_is_refused(tmp_path, server, tls):
+    other_ca = base64.b64encode(_self_signed()[0].encode()).decode()
+    path = tmp_path / "kubeconfig"
+    path.write_text(yaml.safe_dump(_kubeconfig(server["url"], {"token": "secret"},
+                                               {"certificate-authority-data": other_ca})))
+    reader = ApiReader.from_kubeconfig(path, ["kubectl-must-not-run"])
+    with pytest.raises(ssl.SSLCertVerificationError):
+        reader.raw("/ok")
+    assert server["authorization"] == []  # the token was never sent
+
+
+def test_a_server_certificate_for_another_name_is_refused(tmp_path, server, tls):
+    ca = base64.b64encode(tls[0].encode()).decode()
+    path = tmp_path / "kubeconfig"
+    url = server["url"].replace("127.0.0.1", "localhost")  # the certificate names 127.0.0.1 only
+    path.write_text(yaml.safe_dump(_kubeconfig(url, {"token": "secret"}, {"certificate-authority-data": ca})))
+    reader = ApiReader.from_kubeconfig(path, ["kubectl-must-not-run"])
+    with pytest.raises(ssl.SSLCertVerificationError, match="127.0.0.1|mismatch"):
+        reader.raw("/ok")
+    assert server["authorization"] == []
 
 
 def test_a_client_certificate_from_the_kubeconfig_is_presented(tmp_path, server, tls):
