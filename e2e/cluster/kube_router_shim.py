@@ -46,12 +46,13 @@ def environment(env: dict[str, str]) -> dict[str, str]:
 
 
 def real_binary(tool: str, path: str) -> str | None:
-    """The first executable `tool` on `path` that is not one of the shims (by any link), or None."""
+    """The first executable `tool` on `path` that is not a shim, this checkout's or another's (by
+    any link: the launcher's file name), or None. Absolute: kube-router runs in another directory."""
     for directory in path.split(os.pathsep):
         candidate = os.path.join(directory, tool)
         if directory and os.path.isfile(candidate) and os.access(candidate, os.X_OK) \
-                and os.path.realpath(candidate) != os.path.realpath(LAUNCHER):
-            return candidate
+                and os.path.basename(os.path.realpath(candidate)) != os.path.basename(LAUNCHER):
+            return os.path.abspath(candidate)
     return None
 
 

@@ -166,3 +166,25 @@ def test_a_real_tool_that_fails_before_reading_its_input_fails_the_call_with_its
     proc = subprocess.run([shim_path("ipset"), "restore", "-exist"], input=restore, env=env, capture_output=True,
                           text=True, timeout=60, cwd=tmp_path)
     assert (proc.returncode, proc.stderr, proc.stdout) == (1, "ipset v7.17: Kernel error\n", "")
+
+
+def test_another_checkouts_shims_on_path_are_never_taken_for_the_real_tools(tmp_path):
+    """A second checkout's kube_router_bin ahead on PATH (a workstation with two worktrees):
+    its launcher is a shim too, whatever its directory, so the real tool is the next one."""
+    other = tmp_path / "other-checkout" / "kube_router_bin"
+    other.mkdir(parents=True)
+    shutil.copy(LAUNCHER, other / "kube-router-shim")
+    for tool in kube_router_shim.TOOLS:
+        (other / tool).symlink_to("kube-router-shim")
+    fakes = fake_tools(tmp_path / "real", **{t.replace("-", "_"): echo(t) for t in kube_router_shim.TOOLS})
+    env = kube_router_shim.environment({"PATH": f"{other}{os.pathsep}{fakes}"})
+    assert {t: env.get(kube_router_shim.REAL_TOOL_ENV[t]) for t in kube_router_shim.TOOLS} == {
+        t: os.path.join(fakes, t) for t in kube_router_shim.TOOLS}
+
+
+def test_a_real_tool_found_through_a_relative_path_entry_is_named_absolutely(tmp_path, monkeypatch):
+    """kube-router runs in a directory of its own: a relative name would be looked up there."""
+    fake_tools(tmp_path / "real", iptables=echo("iptables"))
+    monkeypatch.chdir(tmp_path)
+    env = kube_router_shim.environment({"PATH": "real"})
+    assert env[kube_router_shim.REAL_TOOL_ENV["iptables"]] == str(tmp_path / "real" / "iptables")
