@@ -40,12 +40,12 @@ SHIPPED_FINGERPRINTS = {2: "0774fc37b45f1939", 3: "ce3b9069adf7fc10", 4: "3b97df
 
 # libyaml's safe loader where PyYAML has it (its wheels do): the same documents, ~10x less CPU
 # (the CRD took 49 ms with the pure-Python one; it is read at every import of builders).
-_SafeLoader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def packaged() -> dict[str, Any]:
     """The CRD this operator was built with."""
-    return yaml.load(resources.files("zt_operator").joinpath("crd.yaml").read_text(), Loader=_SafeLoader)
+    return yaml.load(resources.files("zt_operator").joinpath("crd.yaml").read_text(), Loader=SAFE_LOADER)
 
 
 def _schema_defaults(schema: Mapping[str, Any]) -> Any:
