@@ -178,14 +178,6 @@ def pinned(tag: str) -> Pin | None:
     return _pins.get(tag)
 
 
-def _image_id(tag: str) -> str:
-    proc = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
-                          capture_output=True, text=True, env=DOCKER_ENV)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        raise RuntimeError(f"docker image inspect {tag}: {proc.stderr.strip()}")
-    return proc.stdout.strip()
-
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -210,7 +202,11 @@ def _drop_stale_pins(tag: str) -> None:
 def _pin(tag: str) -> None:
     """Pin the image now under ``tag``: called under the build lock, right after this tree's
     build (or its check that the image is built from this tree's inputs), so it is this tree's."""
-    image_id = _image_id(tag)
+    from e2e.cluster import image_import
+
+    image_id = image_import.docker_image_id(tag)
+    if image_id is None:
+        raise RuntimeError(f"Docker has no image {tag!r} right after its build or check")
     source = f"{tag}{PIN_MARK}{os.getpid()}"
     _run(["docker", "tag", image_id, source], stdout=subprocess.DEVNULL, env=DOCKER_ENV)
     _pins[tag] = Pin(source, image_id)
