@@ -478,6 +478,9 @@ class FallbackRouter:
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
 
 
+_RECORD_FIRST = sniff.RECORD_FIRST
+
+
 class Sniffer(asyncio.Protocol):
     """A connection until its first bytes say what it is (see the module docstring)."""
 
@@ -558,14 +561,19 @@ class Sniffer(asyncio.Protocol):
     def _decide(self, final: bool = False, eof: bool = False) -> None:
         """``final``: no more bytes will come in time to decide; ``eof``: the client's EOF."""
         head = self.buf[self.start:]
-        verdict = sniff.classify(head, self.router.relay.legacy_target is not None, final)
+        if head and head[0] != _RECORD_FIRST:  # the usual verdict, without the call (sniff.RECORD_FIRST)
+            verdict = sniff.FALLBACK
+        else:
+            verdict = sniff.classify(head, self.router.relay.legacy_target is not None, final)
         if verdict == sniff.NEED_DATA:
             return
-        self._release()
         transport = self.transport
         if verdict == sniff.FALLBACK:
+            # The timer and the limiter slot are given up after the dial (``_forget``): nothing
+            # reads them in between, and the first flight leaves without waiting for that.
             self.router.splice(transport, self.client, head, eof, self.local)
         else:
+            self._release()  # before the tunnel's admission takes a slot of its own
             # A tunnel: replay the connection to it as the listener would have.
             tunnel = Tunnel(self.router.relay)
             transport.set_protocol(tunnel)

@@ -30,6 +30,9 @@ FALLBACK = "fallback"
 HELLO_HEADER = protocol.RECORD_TYPE + protocol.HELLO_SIZE.to_bytes(2, "big")
 #: Bytes that can matter; anything after them is never looked at.
 SNIFF_SIZE = len(HELLO_HEADER)
+#: The first byte of every record of ours: any other first byte goes to the backend, whatever
+#: follows (``classify``'s first test; the sniffer makes it inline, before a visitor's dial).
+RECORD_FIRST = protocol.RECORD_TYPE[0]
 
 
 def classify(head: bytes, legacy: bool = False, eof: bool = False) -> str:

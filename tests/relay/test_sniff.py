@@ -71,3 +71,10 @@ def test_zerotier_is_exactly_the_hello_header(data, legacy):
     verdict = sniff.classify(data, legacy)
     assert (verdict == sniff.ZEROTIER) == (data[:5] == sniff.HELLO_HEADER)
     assert (verdict == sniff.LEGACY) == (legacy and data[:3] == protocol.RECORD_TYPE and data[:5] != sniff.HELLO_HEADER)
+
+
+@given(st.integers(0, 255).filter(lambda b: b != sniff.RECORD_FIRST), st.binary(max_size=8), st.booleans(), st.booleans())
+def test_any_other_first_byte_goes_to_the_backend_whatever_follows(first, rest, legacy, eof):
+    """The sniffer decides on ``RECORD_FIRST`` alone before calling ``classify`` (fallback.py)."""
+    assert sniff.classify(bytes([first]) + rest, legacy, eof) == sniff.FALLBACK
+    assert sniff.classify(bytes([sniff.RECORD_FIRST]), legacy) == sniff.NEED_DATA
