@@ -213,20 +213,24 @@ class FallbackRouter:
                     dialed = _dial(address, first, self.socket_buffer)
             except OSError as exc:
                 dialed = exc
+        # The first flight went whole on a connection dialed just now: the backend side is joined
+        # in this callback (``_join``), so the visitor's reading need not pause for it.
+        join = pooled is None and isinstance(dialed, tuple) and first and dialed[1] == len(first)
         s = splice_mod.Splice(self._done, relay.site_high, self.loop)
         if pooled is not None and first:  # the site may have closed it just after the check
             s.retry = lambda old: self._retry(s, old, client, first)
         self.splices.add(s)
         if relay.memory is not None:  # a burst between two samples shares the same room
             relay.apply_write_share()
-        transport.pause_reading()  # until the backend can take the bytes
+        if not join:
+            transport.pause_reading()  # until the backend can take the bytes
         transport.set_protocol(s.client)
         s.client.connection_made(transport)
         s.client.eof = eof
         s.client.received = len(head)
         if self.preconnect is not None:  # the pool is refilled once the site has answered
             s.on_reply = self.preconnect.refill
-        if pooled is None and isinstance(dialed, tuple) and first and dialed[1] == len(first):
+        if join:
             self._join(s, dialed[0])
         else:
             self.loop.create_task(self._connect(s, client, first, dialed))
@@ -249,8 +253,6 @@ class FallbackRouter:
             self.preconnect.backend_up()
         if s.client.eof:
             backend.write_eof()
-        else:
-            s.client.transport.resume_reading()
         s.backend_connected()
 
     def _pooled(self, address: tuple, first: bytes) -> tuple[socket.socket, int] | None:
