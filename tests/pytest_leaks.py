@@ -13,9 +13,12 @@ run in the order they were registered.
 What survives that collection (modules, session fixtures, caches: 100k objects and more) is
 frozen out of the next ones (gc.freeze): collecting it all after every test cost ~50-70 ms of
 CPU each, for 1000 tests more than the tests themselves. So each test's collection looks at what
-that test made, and the last test of each module or class (whose teardown ends the fixtures that
-outlived it, module, class or session ones) has a full one. What was frozen and became garbage
-later still is unfrozen at the end, for pytest's own last collection, which reports it.
+that test made, and a teardown that ends fixtures which outlived it (module, class, package or
+session ones), and a worker's last test, have a full one. At every module's end that was ~200
+full collections in `.ci/run`'s no-cluster part (50-130 ms each), where few modules have such
+fixtures. What was frozen and became garbage otherwise (a global a later test cleared) waits for
+the next full collection, which fails its test saying so; pytest's own last collection, after
+everything is unfrozen at the end, reports what is left.
 
 Loaded for every path by the repository's root conftest.py.
 """
@@ -36,13 +39,34 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     gc.unfreeze()
 
 
+_ENDS_BROADER_FIXTURES = pytest.StashKey[bool]()
+_last_full: list[str] = []  # the test after whose teardown the last full collection ran
+
+
+def ends_broader_fixtures(item: pytest.Item, nextitem: pytest.Item | None) -> bool:
+    """Whether this test's teardown ends fixtures of a broader scope than the test's: those
+    pytest's setup state keeps on the nodes (module, class, package, session) that `nextitem`
+    does not share, besides each node's own `teardown`. Read before the teardown runs."""
+    stack = getattr(getattr(item.session, "_setupstate", None), "stack", None)
+    if not isinstance(stack, dict):
+        return True  # pytest's internals changed: in full, as if every node had some
+    needed = set(nextitem.listchain()) if nextitem is not None else set()
+    return any(len(finalizers) > 1 for node, (finalizers, _) in stack.items() if node is not item and node not in needed)
+
+
+@pytest.hookimpl(specname="pytest_runtest_teardown", wrapper=True, tryfirst=True)  # pytest takes pytest_* names only
+def pytest_runtest_teardown_notes_broader_fixtures(item: pytest.Item, nextitem: pytest.Item | None):
+    item.stash[_ENDS_BROADER_FIXTURES] = ends_broader_fixtures(item, nextitem)
+    return (yield)
+
+
 @pytest.hookimpl(trylast=True)
 def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> None:
-    # The last test of a module or class (or of this process: session fixtures) tore down
-    # fixtures that outlived earlier collections, frozen since: collected in full now, or what
-    # their teardown leaked would be reported at the session's end only, naming no test, and
+    # A teardown that ended fixtures of a broader scope (or this process's last: session
+    # fixtures) freed values that outlived earlier collections, frozen since: collected in full
+    # now, or what they leaked would be reported at the session's end only, naming no test, and
     # under pytest-xdist not at all (a worker's unconfigure: the run passed).
-    full = nextitem is None or nextitem.parent is not item.parent
+    full = nextitem is None or item.stash.get(_ENDS_BROADER_FIXTURES, True)
     reports: list[str] = []
 
     def hook(unraisable) -> None:
@@ -63,6 +87,11 @@ def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None) -> 
     finally:
         sys.unraisablehook = previous
         gc.freeze()
+    since = f"after {_last_full[0]}" if _last_full else "since this process's first test"
+    if full:
+        _last_full[:] = [item.nodeid]
     if reports:
-        pytest.fail(f"{item.nodeid} left garbage that reported, when collected after its teardown:\n"
+        how = (f" (a full collection: the fixtures its teardown ended left it, or a test of this process {since}"
+               " left what lived until now)") if full else ""
+        pytest.fail(f"{item.nodeid} left garbage that reported, when collected after its teardown{how}:\n"
                     + "\n".join(reports), pytrace=False)
