@@ -1,17 +1,29 @@
-"""The e2e options (--with-e2e, --only-e2e, --cluster, --part, ...) and the split of the tests into
-the cluster part and the rest, described in e2e/conftest.py's docstring.
+"""The e2e options (--with-e2e, --only-e2e, --cluster, --part, --phase, --shard, ...) and the split of
+the tests into the cluster part and the rest, described in e2e/conftest.py's docstring.
+
+The cluster part runs in two phases (`.ci/run`): first, in one session with no other on the
+cluster, the tests marked `alone_on_cluster` (or `restarts_cluster`): they take a component
+away (which `stop` refuses while another run holds the cluster), or read a counter or pool of
+the whole machine that a concurrent test could move; then the others, as concurrent sessions
+(`--phase=shared --shard=K/N`).
 
 A plugin, not part of e2e/conftest.py: the repository's root conftest.py loads it for every path,
 so `pytest --with-e2e --part=no-cluster tests/x.py` (what `bash .ci/run tests/x.py` runs), where
 pytest never loads e2e/conftest.py, knows the options instead of exiting 4.
 """
 
+import json
 from pathlib import Path
 
 import pytest
 
 E2E_DIR = Path(__file__).parent
 BACKENDS = ("local", "kind", "existing")
+DURATIONS = E2E_DIR / "cluster_durations.json"
+"""Measured seconds per test (setup + call + teardown, from `--durations=0` of the cluster part):
+the weights the shards are balanced by. A test missing from it weighs UNKNOWN_SECONDS."""
+UNKNOWN_SECONDS = 3.0
+ALONE = "alone_on_cluster"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -25,6 +37,16 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption(
         "--part", choices=("all", "cluster", "no-cluster"), default="all",
         help="run only the tests that need a cluster, or only the others (the rest is deselected)",
+    )
+    group.addoption(
+        "--phase", choices=("all", "shared", "alone"), default="all",
+        help="with the cluster part: only the tests that may share the cluster with concurrent sessions, "
+        "or only those that need it alone (marked alone_on_cluster or restarts_cluster)",
+    )
+    group.addoption(
+        "--shard", metavar="K/N", default=None,
+        help="run only shard K (1..N) of the selected tests, balanced by e2e/cluster_durations.json; "
+        "a module stays in one shard unless it sets SHARDABLE = True (its tests are independent)",
     )
     group.addoption(
         "--with-restart", action="store_true",
@@ -69,5 +91,75 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         if deselected:
             config.hook.pytest_deselected(items=deselected)
             items[:] = keep
+    phase = config.getoption("--phase")
+    if phase != "all":
+        _select(config, items, lambda item: needs_alone(item) == (phase == "alone"))
+    shard = config.getoption("--shard")
+    if shard is not None:
+        k, n = _parse_shard(shard)
+        chosen = {id(item) for item in shards(items, n)[k - 1]}
+        _select(config, items, lambda item: id(item) in chosen)
     # Tests that restart the cluster go last, so nothing else sees the restart.
     items.sort(key=lambda item: item.get_closest_marker("restarts_cluster") is not None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{ALONE}(reason): needs the cluster to itself (a component taken away, a machine-wide "
+        "counter or pool read): runs in the cluster part's alone phase, with no concurrent session")
+
+
+def needs_alone(item: pytest.Item) -> bool:
+    marker = item.get_closest_marker(ALONE)
+    if marker is not None and not (marker.kwargs.get("reason") or marker.args):
+        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.{ALONE} needs a reason (why a concurrent test would break it)")
+    return marker is not None or item.get_closest_marker("restarts_cluster") is not None
+
+
+def _select(config: pytest.Config, items: list[pytest.Item], keep) -> None:
+    kept = [item for item in items if keep(item)]
+    dropped = [item for item in items if not keep(item)]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    try:
+        k, n = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise pytest.UsageError(f"--shard={text}: expected K/N, e.g. 1/2") from None
+    if not 1 <= k <= n:
+        raise pytest.UsageError(f"--shard={text}: K must be 1..N")
+    return k, n
+
+
+def _durations() -> dict[str, float]:
+    try:
+        return json.loads(DURATIONS.read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def shards(items: list[pytest.Item], n: int) -> list[list[pytest.Item]]:
+    """`items` in `n` shards of about equal measured time, deterministically: units (a module,
+    or one test of a SHARDABLE module) heaviest first, each to the lightest shard so far (ties:
+    the lower shard); within a shard the collection order is kept."""
+    weights = _durations()
+    units: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        module = item.nodeid.split("::")[0]
+        shardable = getattr(getattr(item, "module", None), "SHARDABLE", False)
+        units.setdefault(item.nodeid if shardable else module, []).append(item)
+
+    def weight(unit: list[pytest.Item]) -> float:
+        return sum(weights.get(item.nodeid, UNKNOWN_SECONDS) for item in unit)
+
+    loads = [0.0] * n
+    shard_of: dict[int, int] = {}
+    for key, unit in sorted(units.items(), key=lambda kv: (-weight(kv[1]), kv[0])):
+        lightest = min(range(n), key=lambda i: (loads[i], i))
+        loads[lightest] += weight(unit)
+        for item in unit:
+            shard_of[id(item)] = lightest
+    return [[item for item in items if shard_of[id(item)] == i] for i in range(n)]

@@ -29,6 +29,12 @@ from e2e.peers import ROOT_PORT, Tunnel, relay_hosts, udp_root  # noqa: F401 (fi
 REPO = Path(__file__).resolve().parent.parent
 CHART = REPO / "charts" / "zt-relay"
 EXAMPLE = CHART / "examples" / "zerotierrelay.yaml"
+# The cluster part's alone phase (e2e/pytest_parts.py), the whole module (its steps share one
+# release): the release's operator watches every namespace, as the README installs it, so it
+# would reconcile concurrent tests' relays too; and `helm upgrade`'s test puts an older
+# schema version on the cluster-wide CRD, which a concurrent operator's start would undo.
+pytestmark = pytest.mark.alone_on_cluster(
+    reason="its operator watches every namespace; the upgrade step makes the cluster-wide CRD one schema version older")
 RELEASE = "zt-relay"
 OPERATOR_SELECTOR = "app.kubernetes.io/instance=zt-relay,app.kubernetes.io/component=operator"
 HOST_PREFIX = "chart"  # test-host names of this module (e2e.peers.relay_hosts)

@@ -1,7 +1,11 @@
-"""`--part`: `.ci/run` runs the tests that need a cluster and the others as two sessions side by
-side; together the two parts are every test, once, and neither skips what it leaves out."""
+"""`--part`: `.ci/run` runs the tests that need a cluster and the others side by side; together the
+two parts are every test, once, and neither skips what it leaves out. `--phase` and `--shard`:
+the cluster part runs the tests that need the cluster alone, then the others as concurrent
+shards; together they are every cluster test, once."""
 
 import functools
+import importlib
+import inspect
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +62,113 @@ def test_a_part_of_only_tests_paths_knows_the_options(part, expected):
     assert run.returncode == expected, run.stdout + run.stderr
     if part == "no-cluster":
         assert " passed" in run.stdout and "deselected" not in run.stdout, run.stdout
+
+
+# --- The cluster part's phases: the tests that need the cluster alone, then concurrent shards.
+
+def collected_cluster(*options: str) -> list[str]:
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "--with-e2e",
+         "--part=cluster", *options, "e2e"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    return [line for line in run.stdout.splitlines() if "::" in line]
+
+
+@pytest.fixture(scope="module")
+def phases() -> dict[str, list[str]]:
+    return {"all": collected_cluster(), "shared": collected_cluster("--phase=shared"),
+            "alone": collected_cluster("--phase=alone")}
+
+
+# What a concurrent test breaks (or makes pass wrongly), found in a test's source or in the
+# source of the module functions it calls: a component taken away (`stop` also refuses while
+# another run holds the cluster), the cluster stopped, a counter of the whole machine read,
+# the cluster-wide CRD's schema replaced.
+MACHINE_WIDE = ('cluster_cli("stop ', 'control.stop', 'control.restart(', 'cluster_cli("down', 'drop_counter(',
+                'rule_counter(', 'sink_dropped_packets(', '["openAPIV3Schema"]')
+
+
+def _reach(function, seen: set) -> str:
+    """The source of `function` and of the e2e functions it calls (transitively)."""
+    text = inspect.getsource(function)
+    codes = [function.__code__]
+    while codes:
+        code = codes.pop()
+        codes.extend(c for c in code.co_consts if inspect.iscode(c))
+        for name in code.co_names:
+            found = function.__globals__.get(name)
+            if inspect.isfunction(found) and found.__module__.startswith("e2e.") and found not in seen:
+                seen.add(found)
+                text += _reach(found, seen)
+    return text
+
+
+def _unwrapped(found):
+    """A fixture's own function (pytest wraps it), or `found` itself."""
+    get = getattr(found, "_get_wrapped_function", None)
+    return get() if get is not None else getattr(found, "__wrapped__", found)
+
+
+def _sources(module, name: str, seen: set) -> str:
+    """A test's source with what it reaches, and its module's fixtures it asks for (transitively)."""
+    function = _unwrapped(getattr(module, name))
+    text = _reach(function, seen)
+    for argument in inspect.signature(function).parameters:
+        fixture = getattr(module, argument, None)
+        if fixture is not None and argument not in seen and inspect.isfunction(_unwrapped(fixture)):
+            seen.add(argument)
+            text += _sources(module, argument, seen)
+    return text
+
+
+def machine_wide_tests(nodeids: list[str]) -> set[str]:
+    found = set()
+    for nodeid in nodeids:
+        path, name = nodeid.split("::")[0], nodeid.split("::")[-1].split("[")[0]
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        if any(sign in _sources(module, name, set()) for sign in MACHINE_WIDE):
+            found.add(nodeid)
+    return found
+
+
+def test_every_test_that_takes_the_cluster_or_reads_a_machine_wide_counter_runs_alone(phases):
+    assert set(phases["shared"]) | set(phases["alone"]) == set(phases["all"])
+    assert not set(phases["shared"]) & set(phases["alone"])
+    disruptive = machine_wide_tests(phases["all"])
+    # The finder finds what it should: the outage, the enforcer's stop, down/up, the counters.
+    assert any("api_server_down" in t for t in disruptive) and any("enforcer_stopped" in t for t in disruptive)
+    assert any("test_cluster_lifecycle.py" in t for t in disruptive) and any("stray_packets" in t for t in disruptive)
+    assert sorted(disruptive - set(phases["alone"])) == []
+
+
+def test_the_alone_phase_also_has_the_cluster_wide_pool_and_the_default_chart_operator(phases):
+    """What the source scan cannot see: the LoadBalancer pool's lowest free address, and the
+    chart's default operator, which watches (and would reconcile) every namespace's relays
+    (the whole module: its steps share one release)."""
+    alone = set(phases["alone"])
+    assert "e2e/test_cluster_services.py::test_deleting_a_load_balancer_service_releases_its_address" in alone
+    chart = [t for t in phases["all"] if t.startswith("e2e/test_chart.py::")]
+    assert chart and all(t in alone for t in chart)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_the_shards_of_the_shared_phase_are_every_shared_test_once_and_deterministic(phases, n):
+    shards = [collected_cluster("--phase=shared", f"--shard={k}/{n}") for k in range(1, n + 1)]
+    assert all(shards)
+    assert sorted(t for shard in shards for t in shard) == sorted(phases["shared"])
+    assert collected_cluster("--phase=shared", f"--shard=1/{n}") == shards[0]
+    # A module that is not SHARDABLE (its tests share a site and a relay) stays in one shard;
+    # a SHARDABLE one (test_operator: each test makes what it needs) is spread over them.
+    assert sum(any(t.startswith("e2e/test_fallback.py::") for t in shard) for shard in shards) == 1
+    assert all(any(t.startswith("e2e/test_operator.py::") for t in shard) for shard in shards)
+
+
+def test_a_bad_shard_is_refused_with_its_flag_named():
+    run = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "--with-e2e",
+         "--part=cluster", "--shard=3/2", PATHS[0]],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )
+    assert run.returncode == 4 and "--shard=3/2" in run.stderr, run.stdout + run.stderr

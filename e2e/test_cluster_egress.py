@@ -85,6 +85,10 @@ class Escape:
         return counts[0], counts[1]
 
 
+# Every test reads a counter of the whole machine (the drops of ZTR-E2E-FORWARD, -IN6, -OUTPUT,
+# the mirror rule's dials) that a concurrent test's packet to the outside or image pull moves.
+pytestmark = pytest.mark.alone_on_cluster(reason="reads the machine-wide drop and mirror counters")
+
 ESCAPE_LINK_PREFIX = "ztr-x"  # layout.ESCAPE_LINK: ours, so `down` removes what a killed run left
 
 

@@ -100,6 +100,7 @@ def test_every_drop_is_in_the_security_guard_first_in_its_hook_and_filter_drops_
             assert not drops and not any(" -j TEE " in r for r in live), f"{chain.binary} filter {chain.name}: {live}"
 
 
+@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
 def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):
     before = network.sink_dropped_packets(layout)
     answers = {kind: _probe_from_host(address) for kind, address in stray_addresses.items()}
@@ -108,6 +109,7 @@ def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout
     assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
 
 
+@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
 def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, stray_addresses, kubectl, namespace, busybox_image, wait_for_pods_ready):
     kubectl.apply(workloads.sleeper_pod("stray", busybox_image), namespace=namespace)
     wait_for_pods_ready(namespace, "app=stray")
@@ -129,6 +131,7 @@ def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, s
     assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
 
 
+@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
 def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses, test_hosts):
     client = test_hosts("client")
     before = network.sink_dropped_packets(layout)

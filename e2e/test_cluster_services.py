@@ -65,6 +65,7 @@ with socket.create_connection((sys.argv[1], 80), timeout=float(sys.argv[2])) as 
 """
 
 
+@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
 def test_a_connection_begun_before_its_load_balancer_address_is_programmed_gets_through_once_it_is(
     kubectl, namespace, web, cluster, test_hosts, wait_for
 ):
@@ -95,6 +96,7 @@ def test_a_connection_begun_before_its_load_balancer_address_is_programmed_gets_
     assert out.strip() in web
 
 
+@pytest.mark.alone_on_cluster(reason="the LoadBalancer pool is the machine's: a concurrent Service may take the released address")
 def test_deleting_a_load_balancer_service_releases_its_address(kubectl, namespace, cluster, wait_for):
     kubectl.apply(workloads.service("first", "LoadBalancer"), namespace=namespace)
 

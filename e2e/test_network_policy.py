@@ -187,6 +187,7 @@ def test_through_the_load_balancer_the_site_and_a_tunnel_both_work(enforcer, pod
     assert answer == f"{udp_root} {ROOT_PORT} echo:through-the-policy"
 
 
+@pytest.mark.alone_on_cluster(reason="reads ZTR-E2E-FORWARD's drop counter, which concurrent tests' packets move")
 def test_udp_the_policy_allows_still_never_leaves_the_machine(enforcer, pods, kubectl):
     """The relay's policy allows UDP anywhere, so kube-router ACCEPTs it in filter FORWARD,
     where its jump may sit above the harness's: the security-table guard drops (and counts) it
@@ -201,6 +202,7 @@ def test_udp_the_policy_allows_still_never_leaves_the_machine(enforcer, pods, ku
     assert firewall.drop_counter("iptables", "security", "ZTR-E2E-FORWARD") - before >= 5
 
 
+@pytest.mark.alone_on_cluster(reason="stops kube-router (refused while another run holds the cluster) and lifts every policy meanwhile")
 def test_with_the_enforcer_stopped_and_its_rules_gone_the_denied_flow_goes_through(enforcer, pods, kubectl, cluster_cli, wait_for):
     """The denials above are the enforcer's doing (not a missing route or a closed port):
     without kube-router and its rules the relay reaches "other"; started again, it is denied."""

@@ -29,6 +29,9 @@ CRD_FILE = REPO / "charts" / "zt-relay" / "crds" / "zerotierrelays.yaml"
 RBAC_RULES_FILE = REPO / "charts" / "zt-relay" / "files" / "operator-rbac.yaml"
 RELAY = "edge"
 HOST_PREFIX = "op"  # test-host names of this module (e2e.peers.relay_hosts)
+# Its tests are independent (each makes what it needs): `.ci/run` may spread them over its
+# concurrent cluster sessions, each with its own operator (scoped to its own namespace).
+SHARDABLE = True
 DRAIN_SECONDS = 8
 OPERATOR_LABELS = {"app.kubernetes.io/name": "zt-relay", "app.kubernetes.io/component": "operator"}
 RELAY_SELECTOR = f"app.kubernetes.io/instance={RELAY},app.kubernetes.io/component=relay"
@@ -630,6 +633,7 @@ def test_the_api_server_accepts_valid_cidrs_endpoints_and_urls(operator_namespac
     assert other_namespace.returncode == 0, other_namespace.stderr
 
 
+@pytest.mark.alone_on_cluster(reason="puts an older schema on the cluster-wide CRD for a while: a concurrent test would see it, or undo it")
 def test_a_relay_stored_before_a_cel_rule_existed_can_still_be_labelled_and_given_a_status(operator_namespace, kubectl,
                                                                                           wait_for):
     """An upgrade: a relay whose fallback names its own Service (no namespace) was stored
@@ -755,6 +759,7 @@ def cluster_whole_afterwards(kubectl, busybox_image):
     print(f"after the test: a new namespace's ServiceAccount in {account:.1f} s, a new pod available in {workload:.1f} s")
 
 
+@pytest.mark.alone_on_cluster(reason="stops the API server (refused while another run holds the cluster; every concurrent test would fail)")
 def test_with_the_api_server_down_for_30_seconds_relays_keep_serving_and_the_operator_recovers(
     cluster_whole_afterwards, relay, make_relay, relay_hosts, udp_root, kubectl, wait_for, cluster
 ):

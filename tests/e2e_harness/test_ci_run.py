@@ -1,5 +1,6 @@
-"""`.ci/run` run for real with every command it calls faked (python, pip): its two pytest
-sessions' exit codes, the background session's output and its clean stop on an early exit."""
+"""`.ci/run` run for real with every command it calls faked (python, pip): its pytest sessions
+(the no-cluster part beside the cluster part's alone phase, then its concurrent shards), each
+one's exit code and output, and their clean stop on an early exit."""
 
 import os
 import shutil
@@ -14,8 +15,10 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 
-# The fake interpreter: pytest's two parts do what ZTR_FAKE_<PART> says; everything else
-# (e2e.cluster deps/build/docker-up/down/logs, e2e.images build, venv) succeeds at once.
+# The fake interpreter: a pytest session does what ZTR_FAKE_<TAG> says (TAG: REST, CLUSTER_ALONE,
+# CLUSTER_1OF3, ...), else ZTR_FAKE_<PART> (REST, CLUSTER); it writes <tag>.pid, <tag>.env and
+# "start TAG" / "end TAG" lines to `events`; everything else (e2e.cluster
+# deps/build/docker-up/down/logs, e2e.images build, venv) succeeds at once.
 # -S (no site): it needs the standard library only, and .ci/run starts it a dozen times a test
 # (~270 times in this module); subprocess is imported only where it is used ("hang"): the import
 # took 19 ms of each start's 31 ms of CPU.
@@ -43,20 +46,40 @@ FAKE_PYTHON = textwrap.dedent(f"""\
     if part is None:
         sys.exit(0)
     state = os.environ["ZTR_FAKE_STATE"]
-    print(f"{{part.upper()}}-OUTPUT", flush=True)
-    action = os.environ.get("ZTR_FAKE_" + part.upper(), "exit 0")
+    tag = part
+    for arg in sys.argv:
+        if arg.startswith("--shard="):
+            tag += "-" + arg.split("=", 1)[1].replace("/", "of")
+    if "--phase=alone" in sys.argv:
+        tag += "-alone"
+    def event(what):
+        with open(os.path.join(state, "events"), "a") as f:
+            f.write(what + " " + tag + "\\n")
+    event("start")
+    print(f"{{tag.upper()}}-OUTPUT", flush=True)
+    action = os.environ.get("ZTR_FAKE_" + tag.upper().replace("-", "_"), os.environ.get("ZTR_FAKE_" + part.upper(), "exit 0"))
     if action == "hang":
         import subprocess
-        ready = os.path.join(state, part + ".worker")
+        ready = os.path.join(state, tag + ".worker")
         worker = subprocess.Popen([sys.executable, "-S", "-c", WORKER, ready])
         while not os.path.exists(ready):
             time.sleep(0.01)
-    with open(os.path.join(state, part + ".env"), "w") as f:
+    with open(os.path.join(state, tag + ".env"), "w") as f:
         f.write(repr(os.environ.get("PYTHONDONTWRITEBYTECODE")))
-    with open(os.path.join(state, part + ".pid"), "w") as f:  # (the tests signal once it exists)
+    with open(os.path.join(state, tag + ".pid"), "w") as f:  # (the tests signal once it exists)
         f.write(str(os.getpid()))
     if action.startswith("exit "):
+        event("end")
         sys.exit(int(action.split()[1]))
+    if action.startswith("await "):  # exit 0 once every session named has started (3 after 30 s)
+        deadline = time.monotonic() + 30
+        while not all("start " + other in open(os.path.join(state, "events")).read().splitlines()
+                      for other in action.split()[1:]):
+            if time.monotonic() > deadline:
+                sys.exit(3)
+            time.sleep(0.02)
+        event("end")
+        sys.exit(0)
     if action == "crash":
         os.kill(os.getpid(), 9)
     if action == "hang":  # like pytest: a KeyboardInterrupt runs the teardown
@@ -67,7 +90,7 @@ FAKE_PYTHON = textwrap.dedent(f"""\
                 worker.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 worker.kill()
-            print(f"{{part.upper()}}-TEARDOWN", flush=True)
+            print(f"{{tag.upper()}}-TEARDOWN", flush=True)
             sys.exit(2)
         sys.exit(0)
     """)
@@ -92,11 +115,14 @@ def ci(tmp_path):
 
     started = []
 
-    def start(sigint=signal.SIG_DFL, **actions: str) -> subprocess.Popen:
+    def start(sigint=signal.SIG_DFL, args=(), shards="2", **actions: str) -> subprocess.Popen:
         """`sigint`: .ci/run's SIGINT at entry (SIG_IGN: started as a background job or by nohup;
-        whatever the test session's own was)."""
+        whatever the test session's own was); `shards`: ZT_CI_CLUSTER_SHARDS (None: unset)."""
+        run_env = {**env, **{f"ZTR_FAKE_{k.upper()}": v for k, v in actions.items()}}
+        if shards is not None:
+            run_env["ZT_CI_CLUSTER_SHARDS"] = shards
         proc = subprocess.Popen(
-            ["bash", str(root / ".ci" / "run")], env={**env, **{f"ZTR_FAKE_{k.upper()}": v for k, v in actions.items()}},
+            ["bash", str(root / ".ci" / "run"), *args], env=run_env,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
             preexec_fn=lambda: signal.signal(signal.SIGINT, sigint),
         )
@@ -136,7 +162,56 @@ def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
 def test_both_parts_exit_codes_propagate_and_the_background_output_is_shown(ci, cluster, rest, expected):
     rc, out = finish(ci(cluster=cluster, rest=rest))
     assert rc == expected, out
-    assert "CLUSTER-OUTPUT" in out and "REST-OUTPUT" in out, out
+    for tag in SESSIONS:
+        assert f"{tag.upper()}-OUTPUT" in out, out
+
+
+SESSIONS = ("rest", "cluster-alone", "cluster-1of2", "cluster-2of2")
+"""Every pytest session of a .ci/run with ZT_CI_CLUSTER_SHARDS=2 (the fake's tags)."""
+
+
+def events(ci) -> list[str]:
+    return (ci.state / "events").read_text().splitlines()
+
+
+def test_the_alone_phase_runs_beside_the_no_cluster_part_and_ends_before_any_shard_starts(ci):
+    # Each `await` ends (rc 0) only once the sessions it names have started, 3 after 30 s:
+    # the no-cluster part runs beside the alone phase and the shards, the shards side by side.
+    rc, out = finish(ci(rest="await cluster-alone cluster-1of2 cluster-2of2", cluster_1of2="await cluster-2of2",
+                        cluster_2of2="await cluster-1of2"))
+    assert rc == 0, out
+    seen = events(ci)
+    alone_end = seen.index("end cluster-alone")
+    assert seen.index("start cluster-1of2") > alone_end and seen.index("start cluster-2of2") > alone_end, seen
+
+
+@pytest.mark.parametrize("failing", SESSIONS)
+def test_each_sessions_exit_code_counts_and_every_sessions_output_is_shown(ci, failing):
+    rc, out = finish(ci(**{failing.replace("-", "_"): "exit 1"}))
+    assert rc == 1, out
+    for tag in SESSIONS:
+        assert f"{tag.upper()}-OUTPUT" in out, out
+    # A failed alone phase does not stop the shards: every test still runs and reports.
+    assert {f"start {tag}" for tag in SESSIONS} <= set(events(ci)), events(ci)
+
+
+def test_the_shards_are_the_number_asked_for_each_with_the_extra_arguments(ci):
+    rc, out = finish(ci(shards="3", args=("-k", "relay")))
+    assert rc == 0, out
+    sessions = [line for line in (ci.state / "calls").read_text().splitlines() if "--part=" in line]
+    assert sorted(sessions) == sorted([
+        "-m pytest --with-e2e -p no:cacheprovider -rs --part=no-cluster -n 3 --dist loadgroup -k relay",
+        "-m pytest --with-e2e -p no:cacheprovider -rs --part=cluster --phase=alone -k relay",
+        *(f"-m pytest --with-e2e -p no:cacheprovider -rs --part=cluster --phase=shared --shard={k}/3 -k relay"
+          for k in (1, 2, 3)),
+    ]), sessions
+
+
+@pytest.mark.parametrize("shards", ["0", "two", "1/2"])
+def test_a_bad_shard_count_is_refused_naming_the_variable_before_anything_runs(ci, shards):
+    rc, out = finish(ci(shards=shards))
+    assert rc == 2 and f"ZT_CI_CLUSTER_SHARDS={shards}:" in out, out
+    assert not (ci.state / "calls").exists(), (ci.state / "calls").read_text()
 
 
 def test_the_parts_write_bytecode_caches_whatever_the_callers_environment_says(ci):
@@ -146,8 +221,8 @@ def test_the_parts_write_bytecode_caches_whatever_the_callers_environment_says(c
     module's asserts again: most of a collection's CPU. Both parts run without it."""
     rc, out = finish(ci())
     assert rc == 0, out
-    assert (ci.state / "cluster.env").read_text() == "None", out
-    assert (ci.state / "rest.env").read_text() == "None", out
+    for tag in SESSIONS:
+        assert (ci.state / f"{tag}.env").read_text() == "None", out
 
 
 def wait_for(path: Path) -> int:
@@ -204,6 +279,32 @@ def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its
     assert ("needs coreutils >= 8.31" in out) == how.endswith("coreutils < 8.31"), out
 
 
+@pytest.mark.parametrize("how", ["SIGTERM to .ci/run", "Ctrl-C (SIGINT to its process group)"])
+def test_an_early_exit_stops_every_cluster_shard_with_its_teardown_and_shows_each_ones_output(ci, how):
+    proc = ci(cluster="hang", cluster_alone="exit 0", rest="hang")
+    pids = [wait_for(ci.state / f"{tag}.pid") for tag in ("cluster-1of2", "cluster-2of2", "rest")]
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+    rc, out = finish(proc)
+    assert rc != 0, out
+    for tag in ("CLUSTER-1OF2", "CLUSTER-2OF2", "REST"):
+        assert f"{tag}-TEARDOWN" in out and f"{tag}-OUTPUT" in out, out
+    assert not any(alive(pid) for pid in pids), out
+
+
+def test_an_early_exit_in_the_alone_phase_stops_it_and_starts_no_shard(ci):
+    proc = ci(cluster="hang", rest="hang")
+    alone = wait_for(ci.state / "cluster-alone.pid")
+    proc.send_signal(signal.SIGTERM)
+    rc, out = finish(proc)
+    assert rc != 0, out
+    assert "CLUSTER-ALONE-TEARDOWN" in out and "REST-TEARDOWN" in out, out
+    assert not alive(alone), out
+    assert not any(line.startswith("start cluster-") and "alone" not in line for line in events(ci)), events(ci)
+
+
 def run_venv(ci) -> None:
     run = subprocess.run(["bash", str(ci.root / ".ci" / "venv")], env=ci.env, capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
@@ -247,7 +348,7 @@ def test_a_run_that_outlives_its_timeout_is_stopped_with_everything_it_started(c
     neither .ci/run (a Popen never waited for: a ResourceWarning in a later test) nor its pytest
     parts (their own sessions' children, in its process group) outlive it."""
     proc = ci(cluster="hang", rest="hang")
-    cluster_pid, rest_pid = wait_for(ci.state / "cluster.pid"), wait_for(ci.state / "rest.pid")
+    cluster_pid, rest_pid = wait_for(ci.state / "cluster-alone.pid"), wait_for(ci.state / "rest.pid")
     with pytest.raises(subprocess.TimeoutExpired):
         finish(proc, timeout=0.5)
     assert proc.returncode is not None  # waited for
@@ -262,7 +363,7 @@ def test_a_second_run_in_the_same_clone_refuses_and_leaves_the_first_ones_venv(c
     one's running tests before either reaches the cluster's lock. It refuses at once instead,
     naming the clone, and the first one runs on with its `.venv` untouched."""
     first = ci(cluster="hang")
-    wait_for(ci.state / "cluster.pid")
+    wait_for(ci.state / "cluster-alone.pid")
     venv = ci.root / ".venv"
     marker = venv / "first-run"
     marker.write_text("mine")
@@ -272,7 +373,7 @@ def test_a_second_run_in_the_same_clone_refuses_and_leaves_the_first_ones_venv(c
     assert first.poll() is None, "the first run stopped"
     os.killpg(first.pid, signal.SIGINT)
     rc, out = finish(first)
-    assert rc != 0 and "CLUSTER-OUTPUT" in out, out
+    assert rc != 0 and "CLUSTER-ALONE-OUTPUT" in out, out
 
 
 PAUSING_CP = """#!/bin/sh
