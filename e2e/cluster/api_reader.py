@@ -26,6 +26,7 @@ import ssl
 import subprocess
 import tempfile
 import threading
+import time
 import urllib.parse
 from collections.abc import Sequence
 from pathlib import Path
@@ -107,7 +108,9 @@ class ApiReader:
     """GETs on one kept-alive HTTPS connection (or through `kubectl get --raw`, see the module doc).
 
     Thread-safe (one request at a time). A request that fails for any reason closes the
-    connection; the next one opens a new one.
+    connection; the next one opens a new one. A kept connection is reused only while young
+    (IDLE_REUSE), and a GET on it that fails before a byte of the answer is sent once more
+    on a fresh connection.
     """
 
     def __init__(self, transport: "_Https | _KubectlRaw") -> None:
@@ -149,12 +152,41 @@ class ApiReader:
         self.transport.close()
 
 
+IDLE_REUSE = 30.0
+"""Seconds a kept connection may have been idle and still be reused. kube-apiserver closes one
+idle for 90 s (its http.Server IdleTimeout), and a connection that died silently (no reset)
+would block a GET for the whole timeout: a third of that closing time is kept, no more."""
+
+
+class _Unanswered(Exception):
+    """A GET that failed before a byte of its answer came (`cause`): safe to send again."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(repr(cause))
+        self.cause = cause
+
+
+class _Response(http.client.HTTPResponse):
+    def begin(self) -> None:
+        # Wait for the first byte on its own: a failure or an EOF before it is _Unanswered
+        # (a reset, a TLS error, a timeout), one after it is the answer's.
+        try:
+            first = self.fp.peek(1)
+        except OSError as error:
+            raise _Unanswered(error) from error
+        if not first:
+            raise _Unanswered(http.client.RemoteDisconnected("Remote end closed connection without response"))
+        super().begin()
+
+
 class _Https:
     def __init__(self, host: str, port: int, context: ssl.SSLContext, headers: dict[str, str], timeout: float) -> None:
         self.host, self.port, self.context, self.headers, self.timeout = host, port, context, headers, timeout
         self.lock = threading.Lock()
         self.conn: http.client.HTTPSConnection | None = None
         self.connections = 0  # opened so far (the tests check the connection is kept)
+        self.clock = time.monotonic
+        self.idle_since = 0.0  # when the kept connection's last answer ended
 
     @classmethod
     def from_config(cls, config: dict, base: Path, timeout: float) -> "_Https | None":
@@ -195,15 +227,21 @@ class _Https:
 
     def get(self, path: str, timeout: float | None = None) -> str:
         with self.lock:
+            if self.conn is not None and self.clock() - self.idle_since > IDLE_REUSE:
+                self._close()
             reused = self.conn is not None
             try:
                 return self._request(path, timeout)
-            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
-                # The server may close an idle kept-alive connection just as we reuse it: that
-                # GET is sent once more on a new connection. A fresh connection's failure is the answer.
+            except _Unanswered as failure:
                 if not reused:
-                    raise
-            return self._request(path, timeout)
+                    raise failure.cause from None  # a fresh connection's failure is the answer
+                # The server may have closed or lost the kept connection as we reused it (a
+                # reset, a TLS error, no answer in time): the GET goes once more on a new one.
+                stale = failure.cause
+            try:
+                return self._request(path, timeout)
+            except _Unanswered as failure:
+                raise failure.cause from stale
 
     def _request(self, path: str, timeout: float | None) -> str:
         """One GET; any failure but an error status closes the connection (the next GET opens one)."""
@@ -218,13 +256,18 @@ class _Https:
     def _get(self, path: str, timeout: float | None) -> str:
         if self.conn is None:
             self.conn = http.client.HTTPSConnection(self.host, self.port, context=self.context, timeout=self.timeout)
+            self.conn.response_class = _Response
             self.connections += 1
         self.conn.timeout = timeout or self.timeout
         if self.conn.sock is not None:
             self.conn.sock.settimeout(self.conn.timeout)
-        self.conn.request("GET", path, headers=self.headers)
+        try:
+            self.conn.request("GET", path, headers=self.headers)
+        except OSError as error:  # connecting, the TLS handshake, sending
+            raise _Unanswered(error) from error
         response = self.conn.getresponse()
         body = response.read().decode()
+        self.idle_since = self.clock()
         if response.will_close:
             self._close()
         if response.status == 200:

@@ -3,8 +3,10 @@
 import base64
 import datetime
 import http.server
+import http.client
 import ipaddress
 import json
+import os
 import ssl
 import threading
 
@@ -101,7 +103,8 @@ def server(tls, tmp_path):
     cert, key = tls
     (tmp_path / "cert.pem").write_text(cert)
     (tmp_path / "key.pem").write_text(key)
-    state = {"connections": [], "drop_after_each": False, "authorization": [], "client_certs": []}
+    state = {"connections": [], "drop_after_each": False, "authorization": [], "client_certs": [],
+             "misbehave": None, "misbehave_fresh": False, "release": threading.Event()}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -115,6 +118,9 @@ def server(tls, tmp_path):
         def do_GET(self):
             self.mine.append(self.path)
             state["authorization"].append(self.headers.get("Authorization"))
+            if state["misbehave"] and (len(self.mine) > 1 or state["misbehave_fresh"]):
+                self.close_connection = True
+                return MISBEHAVIOURS[state["misbehave"]](self, state)
             status, body = (200, b"ok") if self.path in ("/ok", "/readyz") else (404, json.dumps({"message": "no such thing"}).encode())
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
@@ -136,8 +142,21 @@ def server(tls, tmp_path):
     thread.start()
     state["url"] = f"https://127.0.0.1:{httpd.server_address[1]}"
     yield state
+    state["release"].set()
     httpd.shutdown()
     httpd.server_close()
+
+
+# How the server fails a request instead of answering it (state["misbehave"]; on a kept
+# connection's later requests only, unless state["misbehave_fresh"]).
+MISBEHAVIOURS = {
+    # A TLS record the client can't decrypt: an ssl.SSLError before a byte of the answer.
+    "tls_garbage": lambda handler, state: os.write(handler.connection.fileno(), b"\x17\x03\x03\x00\x05hello"),
+    # No answer at all while the connection stays up: a silently dead connection.
+    "stall": lambda handler, state: state["release"].wait(60),
+    # The status line and 2 of 10 body bytes, then the connection closes: the answer had begun.
+    "cut_answer": lambda handler, state: handler.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nok"),
+}
 
 
 @pytest.fixture(autouse=True)
@@ -181,6 +200,59 @@ def test_a_kept_connection_the_server_closed_is_replaced_once(tmp_path, server, 
     server["drop_after_each"] = True
     assert [reader.raw("/ok") for _ in range(3)] == ["ok", "ok", "ok"]
     assert server["connections"] == [["/ok"], ["/ok"], ["/ok"]]
+
+
+def test_a_kept_connection_that_fails_with_a_tls_error_before_the_answer_is_replaced_once(tmp_path, server, tls):
+    """An API server closing an idle connection as we reuse it can show as an ssl.SSLError
+    (an EOF in violation of the protocol), not only as a reset."""
+    reader = _reader(tmp_path, server, tls)
+    server["misbehave"] = "tls_garbage"
+    assert [reader.raw("/ok") for _ in range(2)] == ["ok", "ok"]
+    assert server["connections"] == [["/ok", "/ok"], ["/ok"]]
+
+
+def test_a_kept_connection_that_never_answers_is_replaced_once_after_the_timeout(tmp_path, server, tls):
+    reader = _reader(tmp_path, server, tls)
+    reader.transport.timeout = 3  # the stall's cost; the fresh connection answers at once
+    server["misbehave"] = "stall"
+    assert [reader.raw("/ok") for _ in range(2)] == ["ok", "ok"]
+    assert server["connections"] == [["/ok", "/ok"], ["/ok"]]
+
+
+def test_a_kept_connection_idle_longer_than_the_bound_is_not_reused(tmp_path, server, tls):
+    """The API server closes a connection idle for 90 s: one idle for IDLE_REUSE is never
+    tried, so a silently dead one costs no timeout (this server would stall on it)."""
+    reader = _reader(tmp_path, server, tls)
+    reader.transport.timeout = 3  # were it tried, the GET would fail (or retry) after 3 s
+    now = [1000.0]
+    reader.transport.clock = lambda: now[0]
+    assert reader.raw("/ok") == "ok"
+    now[0] += api_reader.IDLE_REUSE - 1
+    assert reader.raw("/ok") == "ok"  # kept: still young enough
+    server["misbehave"] = "stall"
+    now[0] += api_reader.IDLE_REUSE + 1
+    assert reader.raw("/ok") == "ok"
+    assert server["connections"] == [["/ok", "/ok"], ["/ok"]]
+
+
+def test_an_answer_cut_after_its_first_byte_is_not_sent_again(tmp_path, server, tls):
+    reader = _reader(tmp_path, server, tls)
+    assert reader.raw("/ok") == "ok"
+    server["misbehave"] = "cut_answer"
+    with pytest.raises(http.client.IncompleteRead):
+        reader.raw("/ok")
+    assert server["connections"] == [["/ok", "/ok"]]
+    server["misbehave"] = None
+    assert reader.raw("/ok") == "ok"  # on a new connection
+    assert server["connections"] == [["/ok", "/ok"], ["/ok"]]
+
+
+def test_a_fresh_connections_tls_failure_is_reported_at_once(tmp_path, server, tls):
+    reader = _reader(tmp_path, server, tls)
+    server["misbehave"], server["misbehave_fresh"] = "tls_garbage", True
+    with pytest.raises(ssl.SSLError, match="DECRYPTION_FAILED_OR_BAD_RECORD_MAC|bad record mac"):
+        reader.raw("/ok")
+    assert server["connections"] == [["/ok"]]
 
 
 def test_a_server_that_is_not_there_fails_the_get_at_once(tmp_path, server, tls):
@@ -249,3 +321,4 @@ def test_the_api_servers_readiness_poll_starts_no_process(tmp_path, server, tls,
     kube_apiserver = components.get("kube-apiserver")
     assert kube_apiserver.ready(LAYOUT, state) is True
     assert server["connections"] == [["/readyz"]]
+
