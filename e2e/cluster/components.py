@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from e2e.cluster import configs, kube_router_shim, paths
-from e2e.cluster.api_reader import ApiReader
 from e2e.cluster.configs import StatePaths
+from e2e.cluster.kubectl import Kubectl
 from e2e.cluster.layout import Layout
 
 Command = Callable[[Layout, StatePaths, Path], list[str]]
@@ -53,16 +53,33 @@ def _metrics_server_ready(layout: Layout, state: StatePaths) -> bool:
         return resp.status == 200
 
 
-def _apiserver_ready(layout: Layout, state: StatePaths) -> bool:
+class _ApiserverReady:
     """/readyz answers 200 (an error status or no answer raises: not yet). A GET of our own,
-    not a kubectl process per poll (~70 ms of CPU each, every 0.3 s of each API server start)."""
-    kubeconfig = state.kubeconfig("super-admin")
-    reader = ApiReader.from_kubeconfig(kubeconfig, [paths.binary("kubectl"), f"--kubeconfig={kubeconfig}"], timeout=10)
-    try:
-        reader.raw("/readyz")
-    finally:
-        reader.close()
-    return True
+    not a kubectl process per poll (~70 ms of CPU each, every 0.3 s of each API server start),
+    and on one reader for all the polls of a wait, not a TLS handshake each: `close_probe`
+    after the wait closes it. (Kubectl.api makes it again for another or a rewritten kubeconfig.)"""
+
+    def __init__(self) -> None:
+        self.kubectl: Kubectl | None = None
+
+    def __call__(self, layout: Layout, state: StatePaths) -> bool:
+        kubeconfig = str(state.kubeconfig("super-admin"))
+        if self.kubectl is None or self.kubectl.kubeconfig != kubeconfig:
+            self.close()
+            self.kubectl = Kubectl(kubeconfig, binary=paths.binary("kubectl"), timeout=10)
+        self.kubectl.api.raw("/readyz")
+        return True
+
+    def close(self) -> None:
+        if self.kubectl is not None:
+            self.kubectl.close()
+            self.kubectl = None
+
+
+def close_probe(comp: Component) -> None:
+    """Close what a component's ready probe kept across one wait's polls (the API server's reader)."""
+    if isinstance(comp.ready, _ApiserverReady):
+        comp.ready.close()
 
 
 def _containerd_ready(layout: Layout, state: StatePaths) -> bool:
@@ -88,7 +105,7 @@ def _kube_router_synced() -> bool:
 
 COMPONENTS = (
     Component("etcd", configs.etcd_command, lambda layout, state: _http_ok(f"http://127.0.0.1:{layout.etcd_client_port}/health")),
-    Component("kube-apiserver", configs.apiserver_command, _apiserver_ready),
+    Component("kube-apiserver", configs.apiserver_command, _ApiserverReady()),
     Component("kube-controller-manager", configs.controller_manager_command),
     Component("kube-scheduler", configs.scheduler_command),
     # The loopback registry containerd may pull from (configs.registry_hosts): where

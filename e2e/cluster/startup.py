@@ -230,7 +230,10 @@ def start_component(layout: Layout, state: StatePaths, name: str, ready_timeout:
     if comp.ready is not None:
         # running() first: one that exits while we wait (a rejected flag, a panic) fails `up`
         # now, with its log, instead of at the timeout with only "not ready".
-        wait_for(f"{name} ready", lambda: running() and comp.ready(layout, state), ready_timeout, 0.3)
+        try:
+            wait_for(f"{name} ready", lambda: running() and comp.ready(layout, state), ready_timeout, 0.3)
+        finally:
+            components.close_probe(comp)
     return pid
 
 

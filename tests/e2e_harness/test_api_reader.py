@@ -1,6 +1,7 @@
 """The tests' API reader without a cluster: paths, kubeconfigs, and its one kept-alive connection."""
 
 import base64
+import dataclasses
 import datetime
 import http.server
 import http.client
@@ -20,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 import zt_operator
-from e2e.cluster import api_reader, components, configs
+from e2e.cluster import api_reader, cgroups, components, configs, paths, processes, startup
 from e2e.cluster.api_reader import ApiReader, NotFound, resource_path
 from e2e.cluster.kubectl import Kubectl
 from e2e.cluster.layout import Layout
@@ -104,7 +105,7 @@ def server(tls, tmp_path):
     (tmp_path / "cert.pem").write_text(cert)
     (tmp_path / "key.pem").write_text(key)
     state = {"connections": [], "drop_after_each": False, "authorization": [], "client_certs": [],
-             "misbehave": None, "misbehave_fresh": False, "release": threading.Event()}
+             "misbehave": None, "misbehave_fresh": False, "release": threading.Event(), "readyz_failures": 0}
 
     class Handler(http.server.BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -122,6 +123,9 @@ def server(tls, tmp_path):
                 self.close_connection = True
                 return MISBEHAVIOURS[state["misbehave"]](self, state)
             status, body = (200, b"ok") if self.path in ("/ok", "/readyz") else (404, json.dumps({"message": "no such thing"}).encode())
+            if self.path == "/readyz" and state["readyz_failures"] > 0:
+                state["readyz_failures"] -= 1
+                status, body = 500, json.dumps({"message": "not ready"}).encode()
             self.send_response(status)
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -309,9 +313,7 @@ def test_kubectl_api_is_made_again_when_the_kubeconfig_changes(tmp_path, server,
 def test_the_api_servers_readiness_poll_starts_no_process(tmp_path, server, tls, monkeypatch):
     """`up` and every API server restart poll /readyz every 0.3 s: a kubectl process each was."""
     _reader(tmp_path, server, tls)
-    state = configs.StatePaths(tmp_path / "state")
-    state.kubeconfigs.mkdir(parents=True)
-    (tmp_path / "kubeconfig").rename(state.kubeconfig("super-admin"))
+    state = _apiserver_state(tmp_path)
 
     def no_process(*args, **kwargs):
         raise AssertionError(f"a process was started: {args}")
@@ -319,6 +321,38 @@ def test_the_api_servers_readiness_poll_starts_no_process(tmp_path, server, tls,
     monkeypatch.setattr(subprocess, "run", no_process)
     monkeypatch.setattr(subprocess, "Popen", no_process)
     kube_apiserver = components.get("kube-apiserver")
-    assert kube_apiserver.ready(LAYOUT, state) is True
+    try:
+        assert kube_apiserver.ready(LAYOUT, state) is True
+    finally:
+        components.close_probe(kube_apiserver)
     assert server["connections"] == [["/readyz"]]
 
+
+def _apiserver_state(tmp_path) -> configs.StatePaths:
+    """A state directory whose super-admin kubeconfig is the one _reader wrote (for `server`)."""
+    state = configs.StatePaths(tmp_path / "state")
+    state.kubeconfigs.mkdir(parents=True)
+    (tmp_path / "kubeconfig").rename(state.kubeconfig("super-admin"))
+    return state
+
+
+def test_the_api_servers_readiness_wait_polls_on_one_connection_closed_after_it(tmp_path, server, tls, monkeypatch):
+    """`up` and every API server restart poll /readyz every 0.3 s until it answers 200: a reader
+    per poll was a TLS handshake each. One reader serves the whole wait and is closed after it."""
+    _reader(tmp_path, server, tls)
+    state = _apiserver_state(tmp_path)
+    server["readyz_failures"] = 2  # not ready for two polls
+    real = components.get("kube-apiserver")
+    standin = dataclasses.replace(real, command=lambda layout, state, bin_dir: ["sleep", "60"])
+    monkeypatch.setitem(components.BY_NAME, "kube-apiserver", standin)
+    monkeypatch.setattr(cgroups, "enter_host_argv", lambda argv: argv)
+    monkeypatch.setattr(paths, "bin_dir", lambda: tmp_path)
+    closed, close = [], ApiReader.close
+    monkeypatch.setattr(ApiReader, "close", lambda self: (closed.append(self), close(self)))
+    pid = startup.start_component(LAYOUT, state, "kube-apiserver")
+    try:
+        assert server["connections"] == [["/readyz", "/readyz", "/readyz"]]
+        assert len(closed) == 1 and closed[0].transport.conn is None
+    finally:
+        assert processes.stop("kube-apiserver", state.run)
+    assert not processes.alive(pid)
