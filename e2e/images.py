@@ -277,6 +277,11 @@ def build_image(tag: str = IMAGE, give_up=None) -> str:
     if tag in _built:
         return tag
     with _build_lock(give_up):
+        # Again under the lock: another thread of this process (the session's prefetch, its
+        # first test) may have built it while this one waited; that build and its pin stand,
+        # even if another checkout has rebuilt the shared tag since.
+        if tag in _built:
+            return tag
         return _build_image(tag)
 
 

@@ -75,6 +75,43 @@ def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeyp
     assert len(builds) == 1, builds
 
 
+def test_a_build_behind_this_processs_own_build_reuses_it_even_if_another_checkout_rebuilt_since(monkeypatch, tmp_path):
+    """The session's image prefetch and its first test's image fixture both build: the one that
+    waited at the lock takes the image built by the other (and its pin), even when another
+    checkout's build got the lock in between and changed the shared tag: building once more
+    would import once more too."""
+    labels = fake_inputs(monkeypatch, tmp_path)
+    monkeypatch.setattr(images, "_built", set())  # one process, two threads
+    state = threading.Condition()
+    lockers: set[int] = set()
+
+    def recording_flock(fd, op):
+        with state:
+            lockers.add(threading.get_ident())
+            state.notify_all()
+        return fcntl.flock(fd, op)
+
+    monkeypatch.setattr(images, "fcntl", SimpleNamespace(**{n: getattr(fcntl, n) for n in dir(fcntl) if n.isupper()},
+                                                          flock=recording_flock))
+    builds, result = [], []
+    behind = threading.Thread(target=lambda: _capture(result, images.build_image, "zt-relay:test"), daemon=True)
+
+    def fake_run(cmd, **kwargs):
+        if cmd[:2] == ["docker", "build"]:
+            builds.append(cmd)
+            if len(builds) == 1:  # the first build: the other thread comes and waits at the lock
+                behind.start()
+                with state:
+                    assert state.wait_for(lambda: behind.ident in lockers, BOUND)
+            labels["zt-relay:test"] = "another checkout's"  # its build got the lock just after ours
+
+    monkeypatch.setattr(images, "_run", fake_run)
+    assert images.build_image("zt-relay:test") == "zt-relay:test"
+    behind.join(timeout=BOUND)
+    assert not behind.is_alive() and result == []
+    assert len(builds) == 1, builds
+
+
 HOLDER = """  # a build that hangs, holding the lock
 import sys
 from pathlib import Path
