@@ -180,7 +180,7 @@ def _prefetch_project_image(session: pytest.Session, up_returned: threading.Even
             tag = images.build_image(give_up=lambda: ended() or up_failed())
             PREFETCH_OUTCOME.append(image_import.import_as_soon_as_containerd_answers(
                 tag, up_returned, pin=images.pinned(tag)))
-        except images.GaveUp:
+        except image_import.GaveUp:
             PREFETCH_OUTCOME.append("gave up: the session ended" if ended() else image_import.UP_FAILED)
         except Exception as exc:  # noqa: BLE001 (load_image redoes it and fails with its own error)
             PREFETCH_OUTCOME.append(f"failed: {exc!r}")

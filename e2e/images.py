@@ -261,10 +261,6 @@ def image_label(tag: str, label: str) -> str | None:
     return proc.stdout.strip() or None if proc.returncode == 0 else None
 
 
-class GaveUp(Exception):
-    """A build's wait for the lock stopped: its ``give_up()`` said so."""
-
-
 def build_image(tag: str = IMAGE, give_up=None) -> str:
     """Build base (cached), wheels and the image; return the image tag.
 
@@ -272,7 +268,7 @@ def build_image(tag: str = IMAGE, give_up=None) -> str:
     equals `inputs_digest`), so every session tests the current source and an unchanged
     source costs no build; checked at most once per tag and process. The image is also
     pinned for this process (``pinned``): the tag is shared by every checkout on the machine.
-    ``give_up()``, asked while another build holds the lock, ends the wait (``GaveUp``).
+    ``give_up()``, asked while another build holds the lock, ends the wait (image_import.GaveUp).
     """
     if tag in _built:
         return tag
@@ -319,7 +315,9 @@ def _build_lock(give_up=None):
                 break
             except BlockingIOError:
                 if give_up is not None and give_up():
-                    raise GaveUp() from None
+                    from e2e.cluster import image_import
+
+                    raise image_import.GaveUp() from None
                 if time.monotonic() >= deadline:
                     holder = path.read_text().strip() or "a process that left no note"
                     raise TimeoutError(

@@ -113,7 +113,8 @@ def containerd_answers() -> bool:
 
 
 class GaveUp(Exception):
-    """`docker save` stopped: what it was for no longer holds (`up` failed)."""
+    """A `give_up()` stopped a `docker save` here or a wait for the image build's lock
+    (e2e.images): what it was for no longer holds (`up` failed, the session ended)."""
 
 
 def save_docker_image(tag: str, path: Path, timeout: float = 600, give_up=lambda: False, poll: float = 0.2) -> None:

@@ -14,6 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from e2e import images
+from e2e.cluster import image_import
 
 ROOT = Path(__file__).resolve().parents[2]
 BOUND = 30.0  # generous: every wait below ends on its condition long before
@@ -116,6 +117,7 @@ HOLDER = """  # a build that hangs, holding the lock
 import sys
 from pathlib import Path
 from e2e import images
+from e2e.cluster import image_import
 images.CACHE_DIR = Path(sys.argv[1])
 with images._build_lock():
     print("held", flush=True)
@@ -138,6 +140,23 @@ def test_a_build_that_hangs_makes_the_others_fail_in_bounded_time_naming_it(monk
         assert not waiter.is_alive(), "build_image still waits for a hung build's lock"
         assert len(result) == 1 and isinstance(result[0], TimeoutError), result
         assert f"pid {holder.pid}" in str(result[0]) and "ZT_RELAY_BUILD_LOCK_TIMEOUT" in str(result[0])
+    finally:
+        holder.stdin.close()
+        assert holder.wait(timeout=BOUND) == 0
+        holder.stdout.close()
+
+
+def test_a_build_given_up_at_the_lock_raises_the_one_gave_up_a_docker_save_raises_too(monkeypatch, tmp_path):
+    """One exception for whatever a give_up() stopped (this wait, the prefetch's `docker save`):
+    the prefetch catches that one."""
+    fake_inputs(monkeypatch, tmp_path)
+    monkeypatch.setattr(images, "_run", lambda cmd, **kwargs: pytest.fail(f"ran {cmd} without the lock"))
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path)], cwd=ROOT, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with pytest.raises(image_import.GaveUp):
+            images.build_image("zt-relay:test", give_up=lambda: True)
     finally:
         holder.stdin.close()
         assert holder.wait(timeout=BOUND) == 0
