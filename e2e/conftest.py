@@ -318,7 +318,7 @@ def _push(tag: str, registry: str) -> str:
 
 @pytest.fixture(scope="session")
 def load_image(request: pytest.FixtureRequest, cluster: Cluster):
-    imported: dict[str, str] = {}  # tag -> Docker image id imported in this session
+    imported: dict[str, str] = {}  # kind: tag -> Docker image id loaded in this session
     registry = request.config.getoption("--image-registry")
 
     def load(tag: str) -> str:
@@ -326,27 +326,21 @@ def load_image(request: pytest.FixtureRequest, cluster: Cluster):
             if not registry:
                 pytest.skip(f"--cluster=existing: cannot load {tag}; give --image-registry REGISTRY the cluster pulls from")
             return _push(tag, registry)
-        if cluster.backend == "local":
-            from e2e import images
-            from e2e.cluster import image_import
+        from e2e import images
+        from e2e.cluster import image_import
 
-            # Imported only if containerd lacks this very Docker image (a rebuild under the
-            # same tag is imported again; an unchanged one, also from an earlier session, not).
-            # The project image is this session's own build (pinned): the tag is shared by
-            # every checkout on the machine, and another may have rebuilt it since.
-            try:
-                image_import.ensure_docker_image(tag, pin=images.pinned(tag))
-            except RuntimeError as exc:
-                pytest.fail(f"load_image: {exc}")
-        else:
-            from e2e.cluster import image_import
-
-            image_id = image_import.docker_image_id(tag)
-            if image_id is None:
-                pytest.fail(f"load_image: Docker has no image {tag!r}")
-            if imported.get(tag) != image_id:
-                cluster.kind.load_docker_image(tag)
-                imported[tag] = image_id
+        # Imported only if the cluster lacks this very Docker image (a rebuild under the same
+        # tag is imported again; an unchanged one, on the local backend also from an earlier
+        # session, not). The project image is this session's own build (pinned): the tag is
+        # shared by every checkout on the machine, and another may have rebuilt it since.
+        pin = images.pinned(tag)
+        try:
+            if cluster.backend == "local":
+                image_import.ensure_docker_image(tag, pin=pin)
+            else:
+                image_import.load_into_kind(cluster.kind, tag, imported, pin=pin)
+        except RuntimeError as exc:
+            pytest.fail(f"load_image: {exc}")
         return tag
 
     return load

@@ -83,12 +83,28 @@ def ensure_docker_image(tag: str, timeout: float = 600, pin=None) -> bool:
     return True
 
 
-def _rename(source: str, tag: str) -> None:
-    """containerd's image imported as `source` is `tag` (which pods name); `source` goes."""
+def _rename(source: str, tag: str, ctr=_ctr) -> None:
+    """containerd's image imported as `source` is `tag` (which pods name); `source` goes.
+    `ctr`: the argv of a `ctr` command in namespace k8s.io (default: the local cluster's)."""
     if source == tag:
         return
-    subprocess.run(_ctr("images", "tag", "--force", _ref(source), _ref(tag)), check=True, capture_output=True)
-    subprocess.run(_ctr("images", "rm", _ref(source)), check=True, capture_output=True)
+    subprocess.run(ctr("images", "tag", "--force", _ref(source), _ref(tag)), check=True, capture_output=True)
+    subprocess.run(ctr("images", "rm", _ref(source)), check=True, capture_output=True)
+
+
+def load_into_kind(kind, tag: str, loaded: dict[str, str], pin=None) -> None:
+    """`kind load docker-image` of `tag` (or `pin`'s image, named `tag` on the node, as for
+    ensure_docker_image) unless `loaded` (tag -> Docker image id, the session's) says this
+    very image is there. `kind`: pytest_kind's KindCluster (one node, its default)."""
+    source, image_id = _source(tag, pin)
+    if image_id is None:
+        raise RuntimeError(f"Docker has no image {tag!r}")
+    if loaded.get(tag) == image_id:
+        return
+    kind.load_docker_image(source)
+    node = f"{kind.name}-control-plane"
+    _rename(source, tag, ctr=lambda *args: ["docker", "exec", node, "ctr", "--namespace", "k8s.io", *args])
+    loaded[tag] = image_id
 
 
 def label_imported(tag: str, image_id: str) -> None:

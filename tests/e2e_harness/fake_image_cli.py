@@ -56,7 +56,7 @@ def _option(args: list[str], name: str) -> str | None:
     return args[args.index(name) + 1] if name in args else None
 
 
-def docker(state: dict, args: list[str]) -> int:
+def docker(state: dict, args: list[str], stdin: str = "") -> int:
     if args[:2] == ["image", "inspect"]:
         ref = args[-1]
         image_id = tagged(state, ref)
@@ -136,6 +136,8 @@ def docker(state: dict, args: list[str]) -> int:
         return 0
     if args[0] == "info":
         return 0
+    if args[0] == "exec" and args[2] == "ctr":  # a kind node's containerd: the one "ctr" store here
+        return ctr(state, args[3:], stdin)
     print(f"fake docker: unknown command {args}", file=sys.stderr)
     return 2
 
@@ -186,12 +188,12 @@ def ctr(state: dict, args: list[str], stdin: str = "") -> int:
 def main() -> int:
     store = Path(os.environ["ZTR_FAKE_STORE"])
     # The archive is read before the store's lock: the `docker save` writing it needs the lock too.
-    stdin = sys.stdin.read() if sys.argv[1] == "ctr" and "import" in sys.argv else ""
+    stdin = sys.stdin.read() if (sys.argv[1] == "ctr" or sys.argv[2] == "exec") and "import" in sys.argv else ""
     with open(store.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         state = load(store)
         if sys.argv[1] == "docker":
-            status = docker(state, sys.argv[2:])
+            status = docker(state, sys.argv[2:], stdin)
         else:
             status = ctr(state, sys.argv[2:], stdin)
         store.write_text(json.dumps(state))

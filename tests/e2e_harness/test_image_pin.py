@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+from types import SimpleNamespace
 
 import pytest
 
@@ -106,3 +107,35 @@ def test_the_pin_of_a_killed_session_is_removed_by_the_next_build_and_a_live_one
     images.build_image()
     assert tags(fake_cli())["inputs-b"] == [TAG.replace("0.1.0-dev", "0.1.0-dev-pin-1")]
     assert tags(fake_cli())["inputs-a"] == sorted([TAG, f"{TAG}-pin-{os.getpid()}"])
+
+
+class FakeKind:
+    """pytest_kind's KindCluster as load_image uses it: `kind load docker-image` is a `docker save`
+    imported into the node's containerd (the fake ctr's store), named as Docker names it."""
+
+    name = "zt-relay-e2e"
+
+    def __init__(self) -> None:
+        self.loads: list[str] = []
+
+    def load_docker_image(self, image: str) -> None:
+        self.loads.append(image)
+        archive = subprocess.run(["docker", "save", image], capture_output=True, check=True).stdout
+        subprocess.run(["docker", "exec", f"{self.name}-control-plane", "ctr", "--namespace", "k8s.io", "images", "import", "-"],
+                       input=archive, check=True)
+
+
+def test_the_kind_backend_loads_this_trees_build_under_the_tag_even_if_another_checkout_rebuilt_it(fake_cli):
+    from e2e import conftest
+
+    kind = FakeKind()
+    load = conftest.load_image.__wrapped__(  # the fixture's function, with a kind cluster
+        SimpleNamespace(config=SimpleNamespace(getoption=lambda name: None)), SimpleNamespace(backend="kind", kind=kind))
+    tag = images.build_image()
+    mine = image_import.docker_image_id(tag)
+    another_checkout_rebuilds_the_tag()
+    assert load(tag) == tag
+    store = fake_cli()
+    assert store["ctr"][REF]["id"] == mine, "the cluster got the other checkout's build"
+    assert list(store["ctr"]) == [REF]  # the pin's own name is not left on the node
+    assert load(tag) == tag and kind.loads == [images.pinned(tag).source]  # loaded once
