@@ -689,12 +689,16 @@ def test_the_operator_serves_its_metrics_and_was_never_denied_by_rbac(relay, kub
     selector = ",".join(f"{k}={v}" for k, v in OPERATOR_LABELS.items())
     (pod,) = kubectl.api.list("pods", relay, selector=selector)["items"]
     name = pod["metadata"]["name"]
-    text = kubectl.api.raw(f"/api/v1/namespaces/{relay}/pods/{name}:8081/proxy/metrics")
-    ok = re.search(r'^zt_operator_reconciliations_total\{result="ok"\} (\d+)$', text, re.M)
-    assert ok and int(ok.group(1)) >= 1
-    # The readiness gauge counts the ready relay (also right after an operator restart).
-    ready = re.search(r'^zt_operator_relays\{ready="true"\} (\d+)$', text, re.M)
-    assert ready and int(ready.group(1)) >= 1, text
+
+    def counted() -> str | None:
+        text = kubectl.api.raw(f"/api/v1/namespaces/{relay}/pods/{name}:8081/proxy/metrics")
+        ok = re.search(r'^zt_operator_reconciliations_total\{result="ok"\} (\d+)$', text, re.M)
+        ready = re.search(r'^zt_operator_relays\{ready="true"\} (\d+)$', text, re.M)
+        return text if ok and int(ok.group(1)) >= 1 and ready and int(ready.group(1)) >= 1 else None
+
+    # The readiness gauge counts the ready relay (also right after an operator restart) once
+    # the operator has recorded the pass that found it Ready: a moment after its status says so.
+    wait_for("the operator's metrics to count an ok reconciliation and the ready relay", counted, 60)
     logs = kubectl("logs", "-n", relay, name).stdout
     assert [line for line in logs.splitlines() if "forbidden" in line.lower()] == []
 
