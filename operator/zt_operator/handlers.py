@@ -68,7 +68,8 @@ def _key(namespace: str, name: str) -> str:
 
 def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any], float | None]:
     """One pass of ``body`` in a worker thread: children, status, events. Returns whether
-    no call failed, the status patch written, and when to look again (or None)."""
+    no call failed, the status patch written, and when to look again (or None: never while
+    the API server is out)."""
     started = time.monotonic()
     meta = body["metadata"]
     uid, applied = _applied_generation.get(key, (None, None))
@@ -96,7 +97,12 @@ def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str,
         _applied_generation[key] = (meta["uid"], max(meta["generation"], applied if uid == meta["uid"] and applied else 0))
     METRICS.record(key, "error" if errors and outcome.result == "ok" else outcome.result,
                    time.monotonic() - started, outcome.ready)
-    return not errors, written, outcome.recheck_seconds
+    # A failed pass sets no recheck while the API server is out (the runner's backoff
+    # retries it; a recheck would cut that to 10 s for as long as the outage lasts). One
+    # whose calls were answered (a denying webhook, a conflict) keeps it: such a failure
+    # may last for good, and a short relay's pod reasons would refresh every 60 s at best.
+    outage = any(exc.reason in kube.UNANSWERED for exc in errors)
+    return not errors, written, None if outage else outcome.recheck_seconds
 
 
 async def _work(key: str) -> bool:
@@ -106,12 +112,10 @@ async def _work(key: str) -> bool:
     ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
     # One pending recheck per relay, the latest pass's: a timer per pass would renew itself
     # while the relay is short, so every child event's pass added a chain of passes.
-    # A failed pass sets none: the runner retries it with backoff, which a recheck would
-    # cut to 10 s for as long as the API is down.
     pending = _rechecks.pop(key, None)
     if pending is not None:
         pending.cancel()
-    if ok and recheck is not None and _runner is not None and key in _relays:
+    if recheck is not None and _runner is not None and key in _relays:
         _rechecks[key] = asyncio.get_running_loop().call_later(recheck, _recheck, key)
     stored = _relays.get(key)
     if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):

@@ -84,6 +84,11 @@ class KubeError(Exception):
         self.status = status
 
 
+UNANSWERED = frozenset({"Unreachable", "Timeout", "TooManyRequests", "APIServerError"})
+"""Reasons that mean the API server did not answer the call itself (down, slow, shedding
+load, failing): a pass retried soon would fail the same, so only the backoff retries it."""
+
+
 def login() -> None:
     """Use the pod's ServiceAccount in a cluster, else the local kubeconfig; one shared client."""
     global _api, _dynamic

@@ -10,7 +10,7 @@ import pytest
 
 from tests.zt_operator.conftest import relay_body
 from tests.zt_operator.test_reconcile import FakeAccess
-from zt_operator import OLD_FINALIZER, handlers, kube, runner
+from zt_operator import OLD_FINALIZER, handlers, kube, reconcile, runner
 
 LOG = logging.getLogger("test")
 
@@ -181,5 +181,45 @@ async def test_an_api_outage_keeps_the_runners_backoff_the_recheck_does_not_cut_
     deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "31"}
     await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
     assert await settle(lambda: done == [True, False, True] and "relays/edge" in handlers._rechecks)
+    await handlers._runner.close()
+    handlers._forget_recheck("relays/edge")
+
+
+async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monkeypatch):
+    # A denying admission webhook refuses the PDB on every pass: the API answers, so the
+    # runner's backoff (up to 60 s) is no reason to look less often at why the pods are not
+    # ready; the recheck (2 or 10 s) stays, as when no call fails.
+    access, written = wired
+    done: list[bool] = []
+
+    async def counted(key):
+        ok = await handlers._work(key)
+        done.append(ok)
+        return ok
+
+    monkeypatch.setattr(handlers, "_runner", runner.Runner(counted, backoff=lambda failures: 3600))
+    loop = asyncio.get_running_loop()
+    delays: list[float] = []
+    real_call_later = loop.call_later
+
+    def call_later(delay, callback, *args, **kwargs):
+        if args != ("relays/edge",):
+            return real_call_later(delay, callback, *args, **kwargs)
+        delays.append(delay)
+        return real_call_later(3600, callback, *args, **kwargs)  # never due during the test
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: done == [True])
+    deployment = access.objects["Deployment"]
+    deployment["status"] = {"replicas": deployment["spec"]["replicas"], "readyReplicas": 0}
+    access.fail[("apply", "PodDisruptionBudget")] = kube.KubeError(
+        'applying PodDisruptionBudget edge: 400 admission webhook "deny.example.com" denied the request', "APIError", 400)
+    access.objects.pop("PodDisruptionBudget", None)  # refused from the start: it was never made
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "40"}
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: done == [True, False])
+    assert "relays/edge" in handlers._rechecks, "a failed pass whose calls were answered left no recheck"
+    assert delays[-1] in (reconcile.RECHECK_SOON_SECONDS, reconcile.RECHECK_SECONDS)
     await handlers._runner.close()
     handlers._forget_recheck("relays/edge")
