@@ -35,13 +35,11 @@ def fake_inputs(monkeypatch, tmp_path) -> dict[str, str]:
     return labels
 
 
-def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeypatch, tmp_path):
-    labels = fake_inputs(monkeypatch, tmp_path)
-    state = threading.Condition()
-    running, overlaps, builds, lockers, decided = [0], [], [], set(), [False]
+def record_lockers(monkeypatch, state: threading.Condition, lockers: set[int]) -> None:
+    """Each thread that reaches the build lock's own call goes into `lockers` (notifying
+    `state`): one that reached it while another builds waits there."""
 
     def recording_flock(fd, op):
-        """The lock's own call: a thread that reached it while another builds waits there."""
         with state:
             lockers.add(threading.get_ident())
             state.notify_all()
@@ -49,6 +47,13 @@ def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeyp
 
     monkeypatch.setattr(images, "fcntl", SimpleNamespace(**{n: getattr(fcntl, n) for n in dir(fcntl) if n.isupper()},
                                                           flock=recording_flock))
+
+
+def test_concurrent_builds_of_one_image_run_one_at_a_time_and_build_once(monkeypatch, tmp_path):
+    labels = fake_inputs(monkeypatch, tmp_path)
+    state = threading.Condition()
+    running, overlaps, builds, lockers, decided = [0], [], [], set(), [False]
+    record_lockers(monkeypatch, state, lockers)
 
     def fake_run(cmd, **kwargs):
         with state:
@@ -85,15 +90,7 @@ def test_a_build_behind_this_processs_own_build_reuses_it_even_if_another_checko
     monkeypatch.setattr(images, "_built", set())  # one process, two threads
     state = threading.Condition()
     lockers: set[int] = set()
-
-    def recording_flock(fd, op):
-        with state:
-            lockers.add(threading.get_ident())
-            state.notify_all()
-        return fcntl.flock(fd, op)
-
-    monkeypatch.setattr(images, "fcntl", SimpleNamespace(**{n: getattr(fcntl, n) for n in dir(fcntl) if n.isupper()},
-                                                          flock=recording_flock))
+    record_lockers(monkeypatch, state, lockers)
     builds, result = [], []
     behind = threading.Thread(target=lambda: _capture(result, images.build_image, "zt-relay:test"), daemon=True)
 

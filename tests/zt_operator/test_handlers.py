@@ -39,6 +39,37 @@ async def settle(condition, rounds=200):
     return False
 
 
+def counting_runner(monkeypatch, backoff) -> list[bool]:
+    """A runner of handlers._work retrying after `backoff(failures)`: its passes' results."""
+    done: list[bool] = []
+
+    async def counted(key):
+        ok = await handlers._work(key)
+        done.append(ok)
+        return ok
+
+    monkeypatch.setattr(handlers, "_runner", runner.Runner(counted, backoff=backoff))
+    return done
+
+
+def held_rechecks(monkeypatch) -> list[tuple[float, asyncio.TimerHandle]]:
+    """(delay asked, handle) of each recheck of relays/edge from now on, held an hour (never
+    due during a test); other timers (asyncio.sleep, the relist timer) run as asked."""
+    loop = asyncio.get_running_loop()
+    held: list[tuple[float, asyncio.TimerHandle]] = []
+    real_call_later = loop.call_later
+
+    def call_later(delay, callback, *args, **kwargs):
+        if args != ("relays/edge",):
+            return real_call_later(delay, callback, *args, **kwargs)
+        handle = real_call_later(3600, callback, *args, **kwargs)
+        held.append((delay, handle))
+        return handle
+
+    monkeypatch.setattr(loop, "call_later", call_later)
+    return held
+
+
 async def test_a_relay_event_reconciles_it_and_writes_its_status(wired):
     access, written = wired
     await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
@@ -106,18 +137,7 @@ async def test_a_short_relay_has_one_recheck_pending_however_many_passes_ran(wir
     # first: each chain renews itself while the relay is short, so they added up to a pass
     # (and a pod LIST) per event every few seconds, for as long as a pod crash-loops.
     access, written = wired
-    loop = asyncio.get_running_loop()
-    scheduled: list[asyncio.TimerHandle] = []
-    real_call_later = loop.call_later
-
-    def call_later(delay, callback, *args, **kwargs):
-        if args != ("relays/edge",):  # not a recheck of the relay (asyncio.sleep, the relist timer)
-            return real_call_later(delay, callback, *args, **kwargs)
-        handle = real_call_later(3600, callback, *args, **kwargs)  # never due during the test
-        scheduled.append(handle)
-        return handle
-
-    monkeypatch.setattr(loop, "call_later", call_later)
+    scheduled = held_rechecks(monkeypatch)
     await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
     assert await settle(lambda: any(w[0] == "status" for w in written))
     deployment = access.objects["Deployment"]
@@ -128,13 +148,13 @@ async def test_a_short_relay_has_one_recheck_pending_however_many_passes_ran(wir
         deployment["metadata"] = {**deployment["metadata"], "resourceVersion": str(10 + version)}
         await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
         assert await settle(lambda: len(scheduled) > passes)
-    pending = [h for h in scheduled if not h.cancelled()]
+    pending = [h for _, h in scheduled if not h.cancelled()]
     assert len(scheduled) >= 5 and len(pending) == 1, (len(scheduled), len(pending))
     # Ready again: nothing more to look at.
     deployment["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas}
     deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "20"}
     await handlers.relay_event(type="MODIFIED", body=relay_body(), logger=LOG)
-    assert await settle(lambda: all(h.cancelled() for h in scheduled))
+    assert await settle(lambda: all(h.cancelled() for _, h in scheduled))
     # A deleted relay leaves no recheck behind either.
     deployment["status"] = {"replicas": replicas, "readyReplicas": 0}
     deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "21"}
@@ -142,7 +162,7 @@ async def test_a_short_relay_has_one_recheck_pending_however_many_passes_ran(wir
     await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
     assert await settle(lambda: len(scheduled) > passes)
     await handlers.relay_event(type="DELETED", body=relay_body(), logger=LOG)
-    assert all(h.cancelled() for h in scheduled)
+    assert all(h.cancelled() for _, h in scheduled)
     await handlers._runner.close()
 
 
@@ -151,20 +171,13 @@ async def test_an_api_outage_keeps_the_runners_backoff_the_recheck_does_not_cut_
     # its passes fail, and the runner retries them after a backoff that grows to 60 s: a
     # recheck set by the failed pass would end that wait (it requests a pass) every 10 s.
     access, written = wired
-    done: list[bool] = []
-
-    async def counted(key):
-        ok = await handlers._work(key)
-        done.append(ok)
-        return ok
-
     backoffs: list[int] = []
 
     def backoff(failures):
         backoffs.append(failures)
         return 3600  # never due during the test: only a request ends the wait
 
-    monkeypatch.setattr(handlers, "_runner", runner.Runner(counted, backoff=backoff))
+    done = counting_runner(monkeypatch, backoff)
     await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
     assert await settle(lambda: done == [True])
     deployment = access.objects["Deployment"]
@@ -190,25 +203,8 @@ async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monk
     # runner's backoff (up to 60 s) is no reason to look less often at why the pods are not
     # ready; the recheck (2 or 10 s) stays, as when no call fails.
     access, written = wired
-    done: list[bool] = []
-
-    async def counted(key):
-        ok = await handlers._work(key)
-        done.append(ok)
-        return ok
-
-    monkeypatch.setattr(handlers, "_runner", runner.Runner(counted, backoff=lambda failures: 3600))
-    loop = asyncio.get_running_loop()
-    delays: list[float] = []
-    real_call_later = loop.call_later
-
-    def call_later(delay, callback, *args, **kwargs):
-        if args != ("relays/edge",):
-            return real_call_later(delay, callback, *args, **kwargs)
-        delays.append(delay)
-        return real_call_later(3600, callback, *args, **kwargs)  # never due during the test
-
-    monkeypatch.setattr(loop, "call_later", call_later)
+    done = counting_runner(monkeypatch, lambda failures: 3600)  # only a request ends the wait
+    rechecks = held_rechecks(monkeypatch)
     await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
     assert await settle(lambda: done == [True])
     deployment = access.objects["Deployment"]
@@ -220,6 +216,6 @@ async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monk
     await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
     assert await settle(lambda: done == [True, False])
     assert "relays/edge" in handlers._rechecks, "a failed pass whose calls were answered left no recheck"
-    assert delays[-1] in (reconcile.RECHECK_SOON_SECONDS, reconcile.RECHECK_SECONDS)
+    assert rechecks[-1][0] in (reconcile.RECHECK_SOON_SECONDS, reconcile.RECHECK_SECONDS)
     await handlers._runner.close()
     handlers._forget_recheck("relays/edge")
