@@ -207,6 +207,29 @@ def test_the_shards_are_the_number_asked_for_each_with_the_extra_arguments(ci):
     ]), sessions
 
 
+@pytest.mark.parametrize("backend", [("--cluster=kind",), ("--cluster", "existing"), ("--durations=5", "--cluster=kind"),
+                                     ("--cluster=kind", "--cluster=local")])
+def test_another_backend_runs_the_cluster_part_as_one_session(ci, backend):
+    """The phases and shards are the local cluster's: on kind every session creates the one kind
+    cluster if it is missing and deletes it at its end (e2e/conftest.py's `cluster`), so a shard
+    that ended first deleted it under the others (and the alone phase under all of them); on a
+    user's cluster (existing) nothing holds it for the sessions. Another backend's cluster part
+    is one session, as before the phases."""
+    rc, out = finish(ci(shards="3", args=backend))
+    assert rc == 0, out
+    sessions = [line for line in (ci.state / "calls").read_text().splitlines() if "--part=" in line]
+    extra = " ".join(backend)
+    if backend[-1] == "--cluster=local":  # the last one wins, as in pytest
+        cluster = [f"--part=cluster --phase=alone {extra}", *(f"--part=cluster --phase=shared --shard={k}/3 {extra}" for k in (1, 2, 3))]
+    else:
+        cluster = [f"--part=cluster {extra}"]
+    assert sorted(sessions) == sorted([
+        f"-m pytest --with-e2e -p no:cacheprovider -rs --part=no-cluster -n 3 --dist loadgroup {extra}",
+        *(f"-m pytest --with-e2e -p no:cacheprovider -rs {c}" for c in cluster),
+    ]), sessions
+    assert "REST-OUTPUT" in out and ("CLUSTER-OUTPUT" in out or "CLUSTER-ALONE-OUTPUT" in out), out
+
+
 @pytest.mark.parametrize("shards", ["0", "two", "1/2"])
 def test_a_bad_shard_count_is_refused_naming_the_variable_before_anything_runs(ci, shards):
     rc, out = finish(ci(shards=shards))
