@@ -3,6 +3,7 @@ two parts are every test, once, and neither skips what it leaves out. `--phase` 
 the cluster part runs the tests that need the cluster alone, then the others as concurrent
 shards; together they are every cluster test, once."""
 
+import dis
 import functools
 import importlib
 import inspect
@@ -11,6 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from e2e import recovery
 
 NEEDS_CLUSTER = False
 # One xdist worker runs this module, so the two tests that compare whole collections share them
@@ -90,15 +93,29 @@ MACHINE_WIDE = ('cluster_cli("stop ', 'control.stop', 'control.restart(', 'clust
                 'rule_counter(', 'sink_dropped_packets(', '["openAPIV3Schema"]')
 
 
+def _called(code, globals_: dict):
+    """The functions `code` names: globals, and attributes of modules it names (`recovery.f`)."""
+    loaded = None
+    for instruction in dis.get_instructions(code):
+        if instruction.opname in ("LOAD_GLOBAL", "LOAD_NAME"):
+            loaded = globals_.get(instruction.argval)
+            yield loaded
+        elif instruction.opname in ("LOAD_ATTR", "LOAD_METHOD") and inspect.ismodule(loaded):
+            yield getattr(loaded, instruction.argval, None)
+            loaded = None
+        else:
+            loaded = None
+
+
 def _reach(function, seen: set) -> str:
-    """The source of `function` and of the e2e functions it calls (transitively)."""
+    """The source of `function` and of the e2e functions it calls (transitively), also those
+    called through their module."""
     text = inspect.getsource(function)
     codes = [function.__code__]
     while codes:
         code = codes.pop()
         codes.extend(c for c in code.co_consts if inspect.iscode(c))
-        for name in code.co_names:
-            found = function.__globals__.get(name)
+        for found in _called(code, function.__globals__):
             if inspect.isfunction(found) and found.__module__.startswith("e2e.") and found not in seen:
                 seen.add(found)
                 text += _reach(found, seen)
@@ -141,6 +158,17 @@ def test_every_test_that_takes_the_cluster_or_reads_a_machine_wide_counter_runs_
     assert any("api_server_down" in t for t in disruptive) and any("enforcer_stopped" in t for t in disruptive)
     assert any("test_cluster_lifecycle.py" in t for t in disruptive) and any("stray_packets" in t for t in disruptive)
     assert sorted(disruptive - set(phases["alone"])) == []
+
+
+def _restarts_through_a_helper() -> None:
+    """What an unmarked test could do: stop components through a helper of another e2e module,
+    called through that module (the component restart is in the helper's source only)."""
+    recovery.restart_api_watchers()
+
+
+def test_the_finder_follows_a_helper_called_through_its_module():
+    text = _reach(_restarts_through_a_helper, set())
+    assert any(sign in text for sign in MACHINE_WIDE), text
 
 
 def test_the_alone_phase_also_has_the_cluster_wide_pool_and_the_default_chart_operator(phases):
