@@ -110,6 +110,11 @@ async def _work(key: str) -> bool:
     if body is None:
         return True
     ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
+    if key not in _relays:
+        # Deleted while the pass ran: its DELETED event forgot the relay before the pass
+        # recorded it, so the gauge would count a relay that is gone until the operator restarts.
+        METRICS.forget(key)
+        _applied_generation.pop(key, None)
     # One pending recheck per relay, the latest pass's: a timer per pass would renew itself
     # while the relay is short, so every child event's pass added a chain of passes.
     pending = _rechecks.pop(key, None)

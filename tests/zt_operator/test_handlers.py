@@ -219,3 +219,36 @@ async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monk
     assert rechecks[-1][0] in (reconcile.RECHECK_SOON_SECONDS, reconcile.RECHECK_SECONDS)
     await handlers._runner.close()
     handlers._forget_recheck("relays/edge")
+
+
+async def test_a_relay_deleted_during_its_pass_leaves_no_readiness_sample_or_applied_generation(wired, monkeypatch):
+    # `kubectl delete ztr` while a pass of the relay runs in its thread (a short relay passes
+    # every 2-10 s): the DELETED event forgets the relay at once, and the pass ending after it
+    # must not put it back: the readiness gauge would count a relay that no longer exists
+    # (zt_operator_relays{ready="false"} 1 until the operator restarts) and its applied
+    # generation would stay in memory for good.
+    import threading
+
+    access, written = wired
+    fresh = handlers.metrics.Metrics()
+    monkeypatch.setattr(handlers, "METRICS", fresh)
+    entered, release = threading.Event(), threading.Event()
+    live = access.live
+
+    def held_live(kind, namespace, name, cached_only=False):
+        if kind == "Deployment":
+            entered.set()
+            release.wait(10)
+        return live(kind, namespace, name, cached_only=cached_only)
+
+    access.live = held_live
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await asyncio.to_thread(entered.wait, 10), "the pass never started"
+    await handlers.relay_event(type="DELETED", body=relay_body(), logger=LOG)
+    release.set()
+    # The forgotten relay's worker ends once its pass is back on the loop.
+    assert await settle(lambda: not handlers._runner._retiring), "the pass never ended"
+    assert any(w[0] == "status" for w in written)  # it did run to its end
+    assert 'zt_operator_relays{ready="true"} 0' in fresh.render() and 'zt_operator_relays{ready="false"} 0' in fresh.render(), fresh.render()
+    assert handlers._applied_generation == {}
+    await handlers._runner.close()
