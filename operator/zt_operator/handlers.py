@@ -78,12 +78,14 @@ def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str,
     outcome = reconcile.run(body, SETTINGS, _now, ACCESS)
     errors = list(outcome.errors)
     written: dict[str, Any] = {}
+    status_refused = False
     if outcome.status_patch:
         try:
             kube.patch_relay_status(meta["namespace"], meta["name"], outcome.status_patch)
             written = outcome.status_patch
         except kube.KubeError as exc:
             errors.append(exc)
+            status_refused = True
     for kind, reason, message in outcome.events:
         (log.info if kind == "Normal" else log.warning)("%s %s: %s", key, reason, message)
         try:
@@ -101,8 +103,10 @@ def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str,
     # retries it; a recheck would cut that to 10 s for as long as the outage lasts). One
     # whose calls were answered (a denying webhook, a conflict) keeps it: such a failure
     # may last for good, and a short relay's pod reasons would refresh every 60 s at best.
+    # Not one whose status write failed: the refresh can't be written, and as the stored
+    # status never changes, each pass would post the same transitions' Events again.
     outage = any(exc.reason in kube.UNANSWERED for exc in errors)
-    return not errors, written, None if outage else outcome.recheck_seconds
+    return not errors, written, None if outage or status_refused else outcome.recheck_seconds
 
 
 async def _work(key: str) -> bool:

@@ -252,3 +252,36 @@ async def test_a_relay_deleted_during_its_pass_leaves_no_readiness_sample_or_app
     assert 'zt_operator_relays{ready="true"} 0' in fresh.render() and 'zt_operator_relays{ready="false"} 0' in fresh.render(), fresh.render()
     assert handlers._applied_generation == {}
     await handlers._runner.close()
+
+
+async def test_a_short_relay_whose_status_write_is_refused_gets_no_recheck_reposting_its_events(wired, monkeypatch):
+    # The status subresource refused by an answer (a Role without zerotierrelays/status, a
+    # policy denying it): the relay's stored status never changes, so every pass finds the
+    # same transitions and posts their Warning Events again. A recheck (every 2 s while a pod
+    # is young, then 10 s) would post them that often for as long as it lasts; the runner's
+    # backoff (up to 60 s) is the pace of a pass whose refresh can't be written anyway.
+    access, written = wired
+    done = counting_runner(monkeypatch, lambda failures: 3600)  # only a request ends the wait
+    held_rechecks(monkeypatch)
+    await handlers.relay_event(type=None, body=relay_body(), logger=LOG)
+    assert await settle(lambda: done == [True])
+    deployment = access.objects["Deployment"]
+    replicas = deployment["spec"]["replicas"]
+    deployment["status"] = {"replicas": replicas, "readyReplicas": replicas, "updatedReplicas": replicas}
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "30"}
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: done == [True, True])  # Ready, written
+
+    def refused(namespace, name, status):
+        raise kube.KubeError(f"writing the status of ZeroTierRelay {name}: 403 forbidden", "Forbidden", 403)
+
+    monkeypatch.setattr(kube, "patch_relay_status", refused)
+    deployment["status"] = {"replicas": replicas, "readyReplicas": 0}
+    deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "40"}
+    posted = len([w for w in written if w[0] == "event"])
+    await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
+    assert await settle(lambda: done == [True, True, False])
+    assert len([w for w in written if w[0] == "event"]) > posted  # the transition's Events, once
+    assert "relays/edge" not in handlers._rechecks, "a pass whose status write was refused set a recheck"
+    await handlers._runner.close()
+    handlers._forget_recheck("relays/edge")
