@@ -371,7 +371,9 @@ class FallbackRouter:
                 backend.write(first[sent:])
             if s.client.eof:
                 backend.write_eof()
-            else:
+            elif backend.get_write_buffer_size() <= s.high:
+                # Else that rest paused the backend side (over the mark, as transports pause):
+                # its ``resume_writing`` resumes the visitor once it drains.
                 s.client.transport.resume_reading()
             s.backend_connected()
             return
