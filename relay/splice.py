@@ -97,7 +97,9 @@ class Side(asyncio.Protocol):
 
     def resume_writing(self) -> None:
         other = self.other.transport
-        if other is not None and not self.other.eof and not other.is_closing():
+        # Not while a close is under way: its transport is not closing yet in the grace
+        # (``streams.close`` paused its reading): the grace is for what is queued, not for more.
+        if other is not None and not self.other.eof and not self.other.closed and not other.is_closing():
             other.resume_reading()
 
     def connection_lost(self, exc: Exception | None) -> None:
