@@ -165,6 +165,7 @@ class Relay:
             self.fallback = FallbackRouter(self)
             factory = self.fallback.protocol
             self._refill_fd_reserve()
+            self.fallback.refill_spare()
         for sock in socks:
             server = await self.loop.create_server(factory, sock=sock, backlog=4096)
             self._factory = factory
@@ -393,7 +394,7 @@ class Relay:
         the connections being sniffed (one each) and site connections (two each)."""
         held = len(self.tunnels) + self.udp_sockets
         if self.fallback is not None:
-            held += len(self.fallback.sniffers) + 2 * len(self.fallback.splices)
+            held += len(self.fallback.sniffers) + 2 * len(self.fallback.splices) + (self.fallback.spare is not None)
             if self.fallback.preconnect is not None:
                 held += self.fallback.preconnect.fds
         return held
@@ -417,6 +418,8 @@ class Relay:
         descriptors are the first a tunnel or a visitor gets (it dials only with room to spare)."""
         if self.fds_left() > 0:
             return False
+        if self.fallback is not None and self.fallback.give_way_spare() and self.fds_left() > 0:
+            return False
         pool = self.fallback.preconnect if self.fallback is not None else None
         while pool is not None and pool.give_way():
             if self.fds_left() > 0:
@@ -436,7 +439,8 @@ class Relay:
 
     def _refill_fd_reserve(self) -> None:
         """Sets the reserve aside once there is room for it and as much again besides; the
-        preconnect pool gives way for it (it does not dial while the reserve is short)."""
+        preconnect pool and the spare backend socket give way for it (neither is made while
+        the reserve is short)."""
         pool = self.fallback.preconnect if self.fallback is not None else None
         while True:
             fds: list[int] = []
@@ -449,7 +453,11 @@ class Relay:
                 self.fd_reserve, fds = fds[:FD_RESERVE], fds[FD_RESERVE:]
             for fd in fds:
                 os.close(fd)
-            if self.fd_reserve or pool is None or not pool.fds:
+            if self.fd_reserve:
+                return
+            if self.fallback is not None and self.fallback.give_way_spare():
+                continue
+            if pool is None or not pool.fds:
                 return
             while pool.give_way():
                 pass
@@ -634,6 +642,14 @@ class Relay:
         return (len(fallback.splices) + pooled < fallback.max_connections
                 and self.fds_left() > FD_RESERVE + 2  # the dial's and the next visitor's sniffed connection
                 and self.site_room(pooled))
+
+    def spare_room(self) -> bool:
+        """Whether the spare backend socket (``FallbackRouter.spare``) may be made: as a pool
+        dial, it leaves the tunnels' reserve and the next visitor's sniffed connection their
+        descriptors (made at the edge, it would only give way again). Off any visitor's path:
+        the limit is read again (prlimit may have lowered it since the last tick)."""
+        self.nofile = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        return self.fds_left() > FD_RESERVE + 2
 
     def apply_write_share(self) -> None:
         """The write-buffer limit from the room of the last sample and the tunnels now: also

@@ -425,7 +425,9 @@ async def test_fallback_connections_cannot_starve_tunnels_of_descriptors(start_r
         relay = await start_relay(*LOOPBACK, "--fallback", site_address,
                                   "--max-connections", "10", "--max-connections-per-ip", "100")
         await relay.metrics()
-        base = len(os.listdir(f"/proc/{relay.proc.pid}/fd"))
+        # less the spare backend socket (fallback.py), which the first visitor's dial takes: the
+        # silent site ends no connection, and none is remade this close to the ceiling
+        base = len(os.listdir(f"/proc/{relay.proc.pid}/fd")) - 1
         visitors = 40
         nofile = base + 2 * visitors + 1  # one descriptor left for a tunnel's TCP (or a scrape)
         assert limits.ceiling_warnings(10, 1, nofile, (32768, 60999)) == []  # the relay's rule: it fits

@@ -1,0 +1,180 @@
+"""The spare backend socket: made ahead (socket(2) and the backend's options), off any
+visitor's path, so that a visitor's dial is a connect and a send (``FallbackRouter.spare``).
+
+It is a descriptor like any other: counted, given way when descriptors are short, never made
+at the edge, closed when the relay stops; and it is only used for a backend of its family.
+A relay in this process, a site on loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from relay import fallback, limits, server, streams
+from relay.config import Endpoint, RelayConfig
+from relay.server import Relay
+
+
+async def until(condition, what: str, timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not condition():
+        assert loop.time() < deadline, what
+        await asyncio.sleep(0.01)
+
+
+class Site:
+    """Echoes; counts the connections it accepted."""
+
+    def __init__(self) -> None:
+        self.accepted = 0
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self, host: str) -> Site:
+        self.server = await asyncio.start_server(self._serve, host, 0)
+        return self
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.server.sockets[0].getsockname()[:2]
+
+    async def _serve(self, reader, writer) -> None:
+        self.accepted += 1
+        try:
+            while data := await reader.read(65536):
+                writer.write(data)
+        except ConnectionError:
+            pass
+        writer.close()
+
+    def close(self) -> None:
+        self.server.close()
+
+
+@pytest.fixture
+async def site():
+    s = await Site().start("127.0.0.1")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+async def relay(site):
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint(*site.address), health_listen=None))
+    await relay.start()
+    yield relay
+    await relay.close()
+
+
+async def _open(relay: Relay, text: bytes) -> asyncio.StreamWriter:
+    """A visitor whose ``text`` came back through the relay, held open."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    writer.write(text)
+    assert await asyncio.wait_for(reader.readexactly(len(text)), 5) == text
+    return writer
+
+
+def _options(sock: socket.socket) -> list[int]:
+    return [sock.getsockopt(level, option) for level, option, _ in fallback.BACKEND_OPTIONS]
+
+
+async def test_a_visitors_dial_connects_the_spare_socket_made_ahead_with_the_backends_options(relay):
+    spare = relay.fallback.spare
+    assert spare is not None  # made at the start
+    assert _options(spare) == [value for _, _, value in streams.STREAM_OPTIONS]  # set before any connect
+    writer = await _open(relay, b"GET /spare")
+    try:
+        [s] = relay.fallback.splices
+        assert s.backend.sock is spare and spare.getpeername()[1] == relay.config.fallback.port
+        assert relay.fallback.spare is None  # not remade before the site's answer went on
+    finally:
+        writer.close()
+    # the next one is made once the site connection is over (off any visitor's path)
+    await until(lambda: not relay.fallback.splices, "the visit stayed")
+    assert relay.fallback.spare is not None and relay.fallback.spare is not spare
+    assert _options(relay.fallback.spare) == [value for _, _, value in streams.STREAM_OPTIONS]
+
+
+async def test_the_spare_socket_counts_as_a_descriptor_and_gives_way_first_to_a_tunnel(relay):
+    assert relay.fallback.spare is not None
+    assert relay._fds_held() == 1  # no connection: the spare alone
+    # No descriptor left before the headroom but the spare's: a tunnel's admission is not short.
+    relay.fd_base = relay.nofile - limits.FD_HEADROOM - relay._fds_held()
+    assert relay.fds_left() == 0
+    spare = relay.fallback.spare
+    assert not relay.fds_short
+    assert relay.fallback.spare is None and spare.fileno() == -1
+    assert relay.fds_left() == 1
+    relay.fallback.refill_spare()  # no room to spare: none is made at the edge
+    assert relay.fallback.spare is None
+
+
+async def test_near_the_descriptor_ceiling_a_visitor_is_served_and_the_spare_gives_way(relay, site):
+    """The spare counted in ``site_fds_short``: with it held, a visitor who would have had
+    its descriptors without it would be refused (file_descriptors_exhausted)."""
+    spare = relay.fallback.spare
+    assert spare is not None
+    # The ceiling where the next visitor (its sniffed connection: one descriptor) leaves the
+    # tunnels exactly their reserve while the spare is held: short with the spare only.
+    relay.fd_base = relay.nofile - limits.FD_HEADROOM - server.FD_RESERVE - (relay._fds_held() + 1)
+    assert relay.fd_base > 0
+    writer = await _open(relay, b"GET /ceiling")
+    try:
+        snapshot = relay.snapshot()
+        assert snapshot["fallback:file_descriptors_exhausted"] == 0 and snapshot["fallback:connected"] == 1, snapshot
+        assert spare.fileno() == -1 and relay.fallback.spare is None
+    finally:
+        writer.close()
+    await until(lambda: not relay.fallback.splices, "the visit stayed")
+    assert relay.fallback.spare is None  # at the edge: made only to give way again
+
+
+async def test_the_spare_socket_is_closed_when_the_relay_drains_and_none_is_made_after(relay):
+    spare = relay.fallback.spare
+    assert spare is not None
+    writer = await _open(relay, b"GET /before")
+    try:
+        new = relay.fallback.spare
+        relay.stop_listening()  # the drain's first step: no visitor comes any more
+        assert relay.fallback.spare is None and (new is None or new.fileno() == -1)
+    finally:
+        writer.close()
+    await until(lambda: not relay.fallback.splices, "the visit stayed")  # a site connection's end remakes none
+    relay.fallback.refill_spare()
+    assert relay.fallback.spare is None
+
+
+async def test_the_spare_socket_is_closed_when_the_relay_closes(site):
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint(*site.address), health_listen=None))
+    await relay.start()
+    spare = relay.fallback.spare
+    assert spare is not None
+    await relay.close()
+    assert spare.fileno() == -1 and relay.fallback.spare is None
+
+
+async def test_a_spare_socket_of_the_other_family_is_closed_and_the_dial_uses_one_of_the_backends(relay, site):
+    """A backend name that moves from IPv4 to IPv6: the IPv4 spare would fail its connect."""
+    site6 = await Site().start("::1")
+    try:
+        v4 = relay.fallback.spare
+        assert v4 is not None and v4.family == socket.AF_INET
+        relay.fallback._known_address = lambda: site6.address  # the name's new address
+        writer = await _open(relay, b"GET /v6")
+        try:
+            assert site6.accepted == 1 and site.accepted == 0
+            assert v4.fileno() == -1
+            [s] = relay.fallback.splices
+            assert s.backend.sock.family == socket.AF_INET6
+        finally:
+            writer.close()
+        await until(lambda: not relay.fallback.splices, "the visit stayed")
+        assert relay.fallback.spare is not None and relay.fallback.spare.family == socket.AF_INET6
+        writer = await _open(relay, b"GET /v6 again")
+        writer.close()
+        assert site6.accepted == 2
+    finally:
+        site6.close()
