@@ -168,7 +168,7 @@ def pct(values: list[float], q: float) -> float:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.bench.fallback", description=__doc__.split("\n\n")[0])
     parser.add_argument("--handshakes", type=int, default=400, help="handshakes per target (default 400)")
-    parser.add_argument("--downloads", type=int, default=5, help="downloads per target (default 5)")
+    parser.add_argument("--downloads", type=int, default=5, help="downloads per target (default 5; 0: handshakes only)")
     parser.add_argument("--size-mb", type=int, default=100, help="download size in MB (default 100)")
     parser.add_argument("--nice", type=int, default=0, help="niceness for this run, nginx and the relay (root: e.g. -10)")
     parser.add_argument("--splice-reference", action="store_true", help="also measure a bare splice(2) forwarder")
@@ -239,9 +239,12 @@ def main(argv: list[str] | None = None) -> int:
                 baseline.wait(10)
             relay.terminate()
             relay.wait(10)
+            for proc in (relay, baseline, forwarder, *c_forwarders.values()):  # their pipes too
+                for pipe in (proc.stdout, proc.stderr) if proc is not None else ():
+                    if pipe is not None:
+                        pipe.close()
             site.stop()
     d50, r50 = pct(times["direct"], 0.5), pct(times["relay"], 0.5)
-    dmb, rmb = statistics.median(speeds["direct"]), statistics.median(speeds["relay"])
     preconnect = os.environ.get("ZT_RELAY_FALLBACK_PRECONNECT")
     print(f"relay settings: {args.relay_args or 'defaults'}; --fallback-preconnect "
           f"{'as in the flags' if '--fallback-preconnect' in args.relay_args else 'from ZT_RELAY_FALLBACK_PRECONNECT=' + preconnect if preconnect else 'default (0: a dial per connection)'}")
@@ -259,6 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name} p50 {c50:.3f}  p90 {pct(times[name], 0.9):.3f}  ({what}; {name} - direct p50 {c50 - d50:+.3f} ms)")
     print(f"  relay - direct p50: {r50 - d50:+.3f} ms (target <= +0.300)  {'MET' if r50 - d50 <= 0.3 else 'NOT MET'}")
     print("  CPU per handshake: " + ", ".join(f"{name} {us:.0f} us" for name, us in hs_cpu.items()))
+    if args.downloads:
+        _print_downloads(args, speeds, cpu)
+    print(f"machine load average: {os.getloadavg()[0]:.1f}")
+    return 0
+
+
+def _print_downloads(args: argparse.Namespace, speeds: dict[str, list[float]], cpu: dict[str, list[float]]) -> None:
+    dmb, rmb = statistics.median(speeds["direct"]), statistics.median(speeds["relay"])
     print(f"HTTPS download of {args.size_mb} MB, median of {args.downloads} (MB/s):")
     print(f"  direct  {dmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['direct'])})")
     print(f"  relay   {rmb:.0f}   ({', '.join(f'{v:.0f}' for v in speeds['relay'])})")
@@ -277,8 +288,6 @@ def main(argv: list[str] | None = None) -> int:
     med = {k: statistics.median(v) for k, v in cpu.items() if v}
     print(f"  CPU seconds per download: nginx {med['nginx']:.2f}, curl {med['curl']:.2f}, relay {med['relay']:.2f}"
           f" (the relay adds {med['relay'] / (med['nginx'] + med['curl']):.0%} to the CPU a download takes)")
-    print(f"machine load average: {os.getloadavg()[0]:.1f}")
-    return 0
 
 
 if __name__ == "__main__":
