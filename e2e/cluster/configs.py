@@ -14,6 +14,31 @@ from e2e.cluster.layout import Layout
 CNI_PLUGIN_DIR = "/usr/lib/cni"  # Debian's containernetworking-plugins
 CNI_NETWORK = "ztr-e2e"
 APISERVER_ADMISSION_PLUGINS = ("NodeRestriction", "OwnerReferencesPermissionEnforcement")
+CONTROLLERS = (
+    # What the workloads under test run on: Deployments and their ReplicaSets, owner-reference
+    # cleanup (a relay's children, foreground deletion), namespace deletion.
+    "deployment-controller", "replicaset-controller", "garbage-collector-controller", "namespace-controller",
+    # Services' endpoints (kube-proxy, kube-router and the tests read EndpointSlices).
+    "endpoints-controller", "endpointslice-controller",
+    # The relays' autoscaling and disruption budgets.
+    "horizontal-pod-autoscaler-controller", "disruption-controller",
+    # A namespace's default ServiceAccount, the tokens of the controllers' own accounts
+    # (--use-service-account-credentials), and kube-root-ca.crt in every namespace (projected
+    # into each pod's token volume: a pod without it never starts).
+    "serviceaccount-controller", "serviceaccount-token-controller", "root-ca-certificate-publisher-controller",
+    # The node: its pod CIDR, its not-ready taint taken off once it is Ready (the kubelet
+    # registers it tainted), taint-based eviction, pods of a gone node cleaned up.
+    "node-ipam-controller", "node-lifecycle-controller", "taint-eviction-controller", "pod-garbage-collector-controller",
+    # The default ServiceCIDR's status (ClusterIP allocation) and the aggregated admin/edit/view roles.
+    "service-cidr-controller", "clusterrole-aggregation-controller",
+)
+"""The controllers kube-controller-manager runs: what a test or the chart relies on. Left out
+(each a set of watches and periodic passes, ~half of the 45 on by default): Jobs, CronJobs,
+StatefulSets, DaemonSets, ReplicationControllers, volumes (PV/PVC binding, attach/detach,
+expansion, protection), ResourceQuota (it watches every quotable kind), CSR signing and
+approval (the kubelet's certificates come from the PKI made at `up`), DRA, the TTL
+annotations, EndpointSlice mirroring, storage-version GC and migration, the legacy token
+cleaner and the ValidatingAdmissionPolicy status; nothing here creates those objects."""
 DEAD_REGISTRY = "http://127.0.0.1:1"
 """Where containerd is told every registry lives: nothing listens, so a pull of an image
 that was never imported fails at once, locally ("connection refused")."""
@@ -184,6 +209,7 @@ def controller_manager_command(layout: Layout, state: StatePaths, bin_dir: Path)
         # an idle one, which the tests' baselines rely on) and --horizontal-pod-autoscaler-
         # initial-readiness-delay (30 s: read only after that period).
         "--horizontal-pod-autoscaler-sync-period=1s",
+        "--controllers=" + ",".join(CONTROLLERS),
         "--v=1",
     ]
 
