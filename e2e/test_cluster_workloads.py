@@ -60,12 +60,16 @@ def test_kubectl_top_pod_returns_cpu_and_memory_numbers(kubectl, namespace, busy
     kubectl.apply(workloads.web_deployment("top", busybox_image), namespace=namespace)
     (pod,) = wait_for_pods_ready(namespace, "app=top")
 
-    def top():
-        out = kubectl("top", "pod", "-n", namespace, "--no-headers", check=False).stdout
-        return [TOP_LINE.match(line).groups() for line in out.splitlines() if TOP_LINE.match(line)]
+    # Polled through the API reader (a `kubectl top` process per poll cost ~0.1 s of CPU each,
+    # 15-20 of them while metrics-server takes its first two scrapes); then `kubectl top` once.
+    def pod_metrics():
+        path = f"/apis/metrics.k8s.io/v1beta1/namespaces/{namespace}/pods"
+        return [m for m in json.loads(kubectl.api.raw(path))["items"] if m["metadata"]["name"] == pod["metadata"]["name"]]
 
-    rows = wait_for("metrics for the pod from metrics-server", top, 180, interval=1)
-    assert rows[0][0] == pod["metadata"]["name"]  # numbers parsed by TOP_LINE (busybox httpd may round to 0Mi)
+    wait_for("metrics for the pod from metrics-server", pod_metrics, 180, interval=1)
+    out = kubectl("top", "pod", "-n", namespace, "--no-headers").stdout
+    rows = [TOP_LINE.match(line).groups() for line in out.splitlines() if TOP_LINE.match(line)]
+    assert [row[0] for row in rows] == [pod["metadata"]["name"]], out  # numbers parsed by TOP_LINE (busybox httpd may round to 0Mi)
     node = kubectl("top", "node", "--no-headers").stdout.split()
     assert int(node[1].removesuffix("m")) > 0 and int(node[3].removesuffix("Mi")) > 0  # the node is busy
 
