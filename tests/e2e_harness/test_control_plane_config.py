@@ -1,6 +1,7 @@
 """The control plane's command lines (e2e/cluster/configs.py): what they leave out to save CPU
 must be nothing a test or the chart relies on."""
 
+import json
 from pathlib import Path
 
 from e2e.cluster import configs
@@ -43,3 +44,11 @@ def test_the_controller_manager_runs_no_controller_for_kinds_nothing_creates():
         "ttl-controller", "endpointslice-mirroring-controller",
     ):
         assert unused not in controllers, unused
+
+
+def test_the_kubelet_posts_an_unchanged_node_status_only_every_5_minutes():
+    """Left unset, nodeStatusReportFrequency follows nodeStatusUpdateFrequency (the kubelet's
+    defaulting, for backward compatibility): the whole Node was PATCHed every 4 s."""
+    config = json.loads(configs.kubelet_config(LAYOUT, STATE))
+    assert config["nodeStatusUpdateFrequency"] == "4s"  # a change (Ready, images) is still posted at once
+    assert config.get("nodeStatusReportFrequency") == "5m", config.get("nodeStatusReportFrequency")
