@@ -764,12 +764,16 @@ def cluster_whole_afterwards(kubectl, busybox_image):
 
 
 OUTAGE_SECONDS = reconcile.RECHECK_SECONDS + 5
-"""Long enough that every period the operator and the node keep while the API is away has run
-out inside it, so each has failed and backed off at least once: the pending relay's recheck
-(RECHECK_SECONDS: its failures are the ones counted), the kubelet's lease renewal (10 s) and
-Kopf's request retries (1, 2, 3 s, then every 5 s). It was 30 s (15 s more of every run): no
-timer of the operator, the relays or the node lies between 15 and 30 s (the node controller's
-grace period, 40-50 s, is past both), so 30 s proved nothing 15 s does not."""
+"""Long enough that the periods this test's assertions rest on have run out inside it: the
+pending relay's recheck (RECHECK_SECONDS: its failed passes are the ones counted, with 5 s to
+spare after its latest), the kubelet's lease renewal (10 s) and Kopf's request retries (1, 2,
+3 s, then every 5 s: a watch reconnects after its last one instead of failing). Longer timers
+exist and are not what the test is about: the operator's backoff reaches 16 s only at a pass's
+fifth failure in a row and its API timeout is 20 s; client-go's reflector backoff (0.8 s
+doubling to 30 s) would decide when the node's API watchers come back, but the test restarts
+them after the outage (recovery.restart_api_watchers) so none waits it out; the node
+controller's grace period (40-50 s) is past both 15 and 30 s. It was 30 s: 15 s more of every
+run for no assertion that needs it."""
 
 
 @pytest.mark.alone_on_cluster(reason="stops the API server (refused while another run holds the cluster; every concurrent test would fail)")
