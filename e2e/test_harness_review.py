@@ -32,7 +32,7 @@ def private_locks(tmp_path, monkeypatch):
 
 def test_stop_refuses_to_take_a_component_away_while_another_run_holds_the_cluster(private_locks):
     """F4. `python -m e2e.cluster stop kube-apiserver` (control.stopped, used by
-    test_operator's 30 s API outage, which is neither `restarts_cluster` nor gated on
+    test_operator's 15 s API outage, which is neither `restarts_cluster` nor gated on
     --with-restart) takes the shared API server away from every other test run: stop/start
     take only the up/down mutex, never the USERS lock that `down` respects."""
     run = private_locks / "state" / "run"
