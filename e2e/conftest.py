@@ -6,8 +6,14 @@ conftest.py for every path):
   --only-e2e          run only the tests under e2e/
   --part=PART         all (default); cluster: only the tests that need a cluster;
                       no-cluster: only the others (tests/ and the harness's pure tests).
-                      The rest is deselected, not skipped: `.ci/run` runs the two parts as
-                      two sessions side by side
+                      The rest is deselected, not skipped: `.ci/run` runs the no-cluster
+                      part beside the cluster part's phases
+  --phase=PHASE       (with --part=cluster) alone: only the tests marked alone_on_cluster
+                      (they stop a component, restart the cluster, read a machine-wide
+                      counter); shared: only the others. `.ci/run` runs alone first, then
+                      shared as concurrent shards
+  --shard=K/N         (with --phase=shared) the K-th of N sessions, balanced by the
+                      durations in e2e/cluster_durations.json (a test not there weighs 3 s)
   --with-restart      also run the down/up test (it restarts the cluster other sessions
                       may be using; CI=true turns it on)
   --cluster=BACKEND   local (default): the single-node cluster of `e2e.cluster`, brought up
