@@ -2,19 +2,22 @@
 
 import contextlib
 import sys
+import threading
 
 import pytest
 
 from e2e import workloads
 from e2e.cluster.api_reader import ApiError, NotFound
 
-_spawns: list[list] = []  # the open recordings (see spawned)
+_spawns: list[tuple[int, list]] = []  # the open recordings (see spawned): (thread, events)
 
 
 def _audit(event: str, args: tuple) -> None:
     if _spawns and event in ("subprocess.Popen", "os.posix_spawn", "os.fork", "os.exec", "os.system"):
-        for recording in _spawns:
-            recording.append((event, args[:2]))
+        thread = threading.get_ident()
+        for owner, recording in _spawns:
+            if owner == thread:
+                recording.append((event, args[:2]))
 
 
 sys.addaudithook(_audit)  # can't be removed: it records only while a `spawned()` block is open
@@ -22,13 +25,15 @@ sys.addaudithook(_audit)  # can't be removed: it records only while a `spawned()
 
 @contextlib.contextmanager
 def spawned():
-    """The processes started (by any thread of this one) inside the block."""
-    recording: list = []
-    _spawns.append(recording)
+    """The processes started by this thread inside the block: the session's own background
+    threads (the project image's early import, which checks containerd with `ctr`) may run
+    beside the first test of a session."""
+    entry: tuple[int, list] = (threading.get_ident(), [])
+    _spawns.append(entry)
     try:
-        yield recording
+        yield entry[1]
     finally:
-        _spawns.remove(recording)
+        _spawns.remove(entry)
 
 
 def test_the_reader_answers_what_kubectl_answers(kubectl, namespace, cluster):
