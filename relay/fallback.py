@@ -226,18 +226,22 @@ class FallbackRouter:
         ``local``: the address it reached, from its PROXY header, else the socket's)."""
         relay = self.relay
         key = None  # the per-IP key: parsing the address costs, so not before the dial if it can wait
+        # Short of descriptors: the spare gives way first (an unconnected socket, remade off
+        # any visitor's path), then the pool (a handshake the site made, which this visitor
+        # would take), as for a tunnel (``Relay.fds_short``). Asked once when not short.
+        short = relay.site_fds_short
+        if short and self.give_way_spare():
+            short = relay.site_fds_short
         pool = self.preconnect
         if pool is not None:  # the pool gives way: never a visitor refused for what it holds
-            while (pool.fds and (relay.site_fds_short or not relay.site_room() or len(self.splices) + pool.fds >= self.max_connections)
+            while (pool.fds and (short or not relay.site_room() or len(self.splices) + pool.fds >= self.max_connections)
                    and pool.give_way()):
-                pass
-        if self.spare is not None and relay.site_fds_short:  # this visitor's dial may take it back
-            self.give_way_spare()
+                short = relay.site_fds_short
         if relay.memory_pressure or not relay.site_room():  # a splice can hold more memory than a tunnel
             self._fail(MEMORY_PRESSURE, client, "--max-memory budget nearly used")
             transport.close()
             return
-        if relay.fd_reserve_short or relay.site_fds_short:  # the descriptors left are the tunnels' and accept()'s
+        if relay.fd_reserve_short or short:  # the descriptors left are the tunnels' and accept()'s
             self._fail(FILE_DESCRIPTORS, client, "descriptors nearly exhausted (kept for tunnels)")
             transport.close()
             return

@@ -178,3 +178,55 @@ async def test_a_spare_socket_of_the_other_family_is_closed_and_the_dial_uses_on
         assert site6.accepted == 2
     finally:
         site6.close()
+
+
+# -- review (rv10b): the order things give way in; a failed dial on the spare --------------------
+
+async def test_near_the_ceiling_the_spare_gives_way_before_a_pooled_connection(site):
+    """A visitor short of descriptors by one: the spare (an unconnected socket, remade in
+    microseconds) gives way, not a pooled connection (a handshake the site already made,
+    which the visitor would have taken): the order ``Relay.fds_short`` gives way in."""
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint(*site.address), health_listen=None,
+                              fallback_preconnect=2))
+    await relay.start()
+    try:
+        pre = relay.fallback.preconnect
+        # warm the pool: three visitors at once (each but the first owes one pooled connection)
+        streams_ = [await asyncio.open_connection("127.0.0.1", relay.addresses[0][1]) for _ in range(3)]
+        for _, writer in streams_:
+            writer.write(b"GET /warm")
+        for reader, _ in streams_:
+            assert await asyncio.wait_for(reader.readexactly(9), 5) == b"GET /warm"
+        for _, writer in streams_:
+            writer.close()
+        await until(lambda: not relay.fallback.splices and len(pre.pool) == 2 and not pre.pending, "the pool never filled")
+        await until(lambda: relay.fallback.spare is not None, "no spare after the warm-up")
+        spare = relay.fallback.spare
+        # short by exactly the spare once the visitor's sniffed connection counts
+        relay.fd_base = relay.nofile - limits.FD_HEADROOM - server.FD_RESERVE - (relay._fds_held() + 1)
+        writer = await _open(relay, b"GET /edge")
+        try:
+            snapshot = relay.snapshot()
+            assert snapshot["fallback:file_descriptors_exhausted"] == 0, snapshot
+            assert spare.fileno() == -1 and relay.fallback.spare is None  # the spare gave way
+            assert len(pre.pool) == 1  # one taken by the visitor, none closed unused
+        finally:
+            writer.close()
+    finally:
+        await relay.close()
+
+
+async def test_a_refused_dial_on_the_spare_closes_it_and_a_new_one_is_made(relay, site):
+    spare = relay.fallback.spare
+    assert spare is not None
+    site.close()
+    await site.server.wait_closed()
+    reader, writer = await asyncio.open_connection("127.0.0.1", relay.addresses[0][1])
+    writer.write(b"GET /down")
+    assert await asyncio.wait_for(reader.read(), 5) == b""  # the visitor sees a close
+    writer.close()
+    await until(lambda: not relay.fallback.splices, "the failed visit stayed")
+    assert relay.snapshot()["fallback:backend_refused"] == 1
+    assert spare.fileno() == -1
+    assert relay.fallback.spare is not None and relay.fallback.spare is not spare
+    assert relay._fds_held() == 1
