@@ -369,15 +369,27 @@ class Relay:
     def _open_udp(self, tunnel: Tunnel) -> None:
         try:
             tunnel.open_udp()
+            return
         except OSError as exc:
-            if exc.errno != errno.EMFILE or not self.fd_reserve:
+            spare = self.fallback is not None and self.fallback.spare is not None
+            if exc.errno != errno.EMFILE or not (self.fd_reserve or spare):
                 raise
-            # Site connections took the rest: the whole reserve goes to tunnels (and scrapes)
-            # and no new site connection is made until it can be set aside again.
-            while self.fd_reserve:
-                os.close(self.fd_reserve.pop())
-            log.warning("descriptors exhausted: the tunnels' reserve of %d is released; site connections are refused until it is back", FD_RESERVE)
-            tunnel.open_udp()
+        # The kernel's ceiling where the count saw room (prlimit lowered it since the tick
+        # read it): the spare backend socket gives way first, as in ``fds_short`` (its
+        # descriptor may be above a lowered ceiling: then the reserve, as before).
+        if self.fallback is not None and self.fallback.give_way_spare():
+            try:
+                tunnel.open_udp()
+                return
+            except OSError as exc:
+                if exc.errno != errno.EMFILE or not self.fd_reserve:
+                    raise
+        # Site connections took the rest: the whole reserve goes to tunnels (and scrapes)
+        # and no new site connection is made until it can be set aside again.
+        while self.fd_reserve:
+            os.close(self.fd_reserve.pop())
+        log.warning("descriptors exhausted: the tunnels' reserve of %d is released; site connections are refused until it is back", FD_RESERVE)
+        tunnel.open_udp()
 
     def count_fds(self) -> int:
         """Counts the descriptors this process holds besides its tunnels' (listeners, health,

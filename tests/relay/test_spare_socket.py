@@ -9,6 +9,7 @@ A relay in this process, a site on loopback.
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
 
 import pytest
@@ -230,3 +231,41 @@ async def test_a_refused_dial_on_the_spare_closes_it_and_a_new_one_is_made(relay
     assert spare.fileno() == -1
     assert relay.fallback.spare is not None and relay.fallback.spare is not spare
     assert relay._fds_held() == 1
+
+
+async def test_a_tunnel_that_meets_emfile_takes_the_spares_descriptor_not_the_tunnels_reserve(relay):
+    """The kernel's ceiling met where the count said there was room (prlimit lowered it
+    since the last tick read it): the spare gives way first, as in ``fds_short``; the
+    reserve, whose release refuses every site connection until it can be set aside again
+    (2 x FD_RESERVE free), is kept."""
+    spare = relay.fallback.spare
+    assert spare is not None
+    calls = []
+
+    class Tunnel:
+        def open_udp(self):
+            calls.append(spare.fileno())
+            if len(calls) == 1:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+    relay._open_udp(Tunnel())
+    assert len(calls) == 2 and calls[1] == -1  # the retry came after the spare was closed
+    assert relay.fallback.spare is None
+    assert len(relay.fd_reserve) == server.FD_RESERVE and not relay.fd_reserve_short
+
+
+async def test_a_tunnel_that_meets_emfile_again_without_the_spare_gets_the_reserve(relay):
+    """The spare's descriptor may be above a lowered ceiling (closing it frees nothing
+    below it): the reserve is released then, as before."""
+    assert relay.fallback.spare is not None
+    calls = []
+
+    class Tunnel:
+        def open_udp(self):
+            calls.append(len(relay.fd_reserve))
+            if len(calls) < 3:
+                raise OSError(errno.EMFILE, "Too many open files")
+
+    relay._open_udp(Tunnel())
+    assert calls == [server.FD_RESERVE, server.FD_RESERVE, 0]
+    assert relay.fallback.spare is None and relay.fd_reserve_short
