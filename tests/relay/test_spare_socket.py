@@ -269,3 +269,18 @@ async def test_a_tunnel_that_meets_emfile_again_without_the_spare_gets_the_reser
     relay._open_udp(Tunnel())
     assert calls == [server.FD_RESERVE, server.FD_RESERVE, 0]
     assert relay.fallback.spare is None and relay.fd_reserve_short
+
+
+async def test_a_backend_name_gets_its_spare_once_resolved_of_the_family_of_its_address(site):
+    """Before the name's first answer there is no address (no spare: its family is not
+    known); the fallback's tick makes it once the lookup answered."""
+    relay = Relay(RelayConfig(listen=(Endpoint("127.0.0.1", 0),), fallback=Endpoint("localhost", site.address[1]), health_listen=None))
+    await relay.start()
+    try:
+        await until(lambda: relay.fallback.name.address is not None and relay.fallback.spare is not None, "no spare after the lookup")
+        v6 = ":" in relay.fallback.name.address[0]
+        assert relay.fallback.spare.family == (socket.AF_INET6 if v6 else socket.AF_INET)
+        assert relay._fds_held() == 1
+    finally:
+        await relay.close()
+    assert relay.fallback.spare is None
