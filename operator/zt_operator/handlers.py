@@ -166,9 +166,11 @@ async def _resync(interval: float) -> None:
                 _runner.request(key)
 
 
-_cluster_lists = True
-"""Whether a relist may LIST a kind in every namespace at once; False once the API server
-refused it (an operator limited to its namespaces holds Roles only)."""
+CLUSTER_LIST_RETRY_SECONDS = 600.0
+"""How long a relist lists each namespace alone after the API server refused a LIST in every
+namespace (403: an operator limited to its namespaces holds Roles only), before asking again
+(a cluster-wide operator's denial may pass: its ClusterRole replaced by an upgrade)."""
+_cluster_lists_refused_at: float | None = None
 
 
 def _count_restart(kind: str, where: str) -> Callable[[str], None]:
@@ -183,8 +185,9 @@ def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str,
     """The ``kind`` children of ``namespaces`` by namespace: one LIST in every namespace
     when they are several and that is allowed, else one per namespace. A namespace whose
     LIST failed is missing from the answer (counted and logged)."""
-    global _cluster_lists
-    if _cluster_lists and len(namespaces) > 1:
+    global _cluster_lists_refused_at
+    refused = _cluster_lists_refused_at
+    if len(namespaces) > 1 and (refused is None or time.monotonic() - refused >= CLUSTER_LIST_RETRY_SECONDS):
         try:
             everywhere = kube.list_children(kind, None, selector, restarted=_count_restart(kind, ""))
         except kube.KubeError as exc:
@@ -192,9 +195,11 @@ def _list_children(kind: str, namespaces: list[str], selector: str) -> dict[str,
                 METRICS.api_error(exc.reason)
                 log.warning("relist of %ss: %s (%s)", kind, exc, exc.reason)
                 return {}
-            _cluster_lists = False  # expected with --namespace and Roles: not an error
-            log.info("listing %ss in every namespace is not allowed; listing each namespace instead", kind)
+            _cluster_lists_refused_at = time.monotonic()  # expected with --namespace and Roles: not an error
+            log.info("listing %ss in every namespace is not allowed; listing each namespace instead (asking again in %.0f s)",
+                     kind, CLUSTER_LIST_RETRY_SECONDS)
         else:
+            _cluster_lists_refused_at = None
             found: dict[str, list[dict[str, Any]]] = {namespace: [] for namespace in namespaces}
             for obj in everywhere:
                 found.get(obj["metadata"].get("namespace"), []).append(obj)

@@ -184,7 +184,7 @@ def spread_fleet(monkeypatch):
     monkeypatch.setattr(handlers, "CACHE", cache)
     monkeypatch.setattr(handlers, "_relays", bodies)
     monkeypatch.setattr(handlers, "METRICS", handlers.metrics.Metrics())
-    monkeypatch.setattr(handlers, "_cluster_lists", True, raising=False)
+    monkeypatch.setattr(handlers, "_cluster_lists_refused_at", None)
     return objects, lists, forbidden
 
 

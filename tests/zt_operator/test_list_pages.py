@@ -116,7 +116,7 @@ def counted(monkeypatch):
     """The operator's metrics, fresh; the relist may LIST in every namespace."""
     fresh = metrics.Metrics()
     monkeypatch.setattr(handlers, "METRICS", fresh)
-    monkeypatch.setattr(handlers, "_cluster_lists", True)
+    monkeypatch.setattr(handlers, "_cluster_lists_refused_at", None)
     return fresh
 
 
@@ -141,3 +141,36 @@ def test_a_relist_that_keeps_expiring_counts_every_restart_and_then_the_failure(
     text = counted.render()
     assert f'zt_operator_list_restarts_total{{kind="Deployment",reason="Expired"}} {kube.LIST_RESTARTS}' in text
     assert 'zt_operator_api_errors_total{reason="Expired"} 1' in text
+
+
+# Operator review (session 10): one 403 on a LIST in every namespace turned those LISTs off for
+# the process's life, so a cluster-wide operator that met a passing denial (its ClusterRole
+# replaced by an upgrade) listed each namespace one by one from then on.
+
+
+def test_a_refused_list_in_every_namespace_is_tried_again_after_a_while(monkeypatch, counted):
+    now = [1000.0]
+    monkeypatch.setattr(handlers.time, "monotonic", lambda: now[0])
+    calls: list[str | None] = []
+    refuse = [True]
+
+    def list_children(kind, namespace, selector, restarted=None):
+        calls.append(namespace)
+        if namespace is None and refuse[0]:
+            raise kube.KubeError("forbidden", "Forbidden", 403)
+        return []
+
+    monkeypatch.setattr(kube, "list_children", list_children)
+    namespaces = ["ns-0", "ns-1"]
+
+    handlers._list_children("Deployment", namespaces, SELECTOR)
+    assert calls == [None, "ns-0", "ns-1"]  # refused: each namespace instead
+    calls.clear()
+    handlers._list_children("Deployment", namespaces, SELECTOR)
+    assert calls == ["ns-0", "ns-1"]  # not asked again at once (an operator with Roles only)
+    calls.clear()
+    refuse[0] = False  # the ClusterRole is back
+    now[0] += handlers.CLUSTER_LIST_RETRY_SECONDS
+    handlers._list_children("Deployment", namespaces, SELECTOR)
+    assert calls == [None]  # asked again after a while, and one LIST does
+    assert "zt_operator_api_errors_total{" not in counted.render()  # a 403 here is expected, not an error
