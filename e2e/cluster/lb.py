@@ -111,18 +111,36 @@ def pool_addresses(cidr: str) -> list[str]:
     return [str(ip) for ip in ipaddress.ip_network(cidr).hosts()]
 
 
+class Stopped(Exception):
+    """Raised by `main`'s signal handler: the first SIGTERM or SIGINT ends a blocking read of the
+    watch at once instead of at its timeout (5 s, which `down` waited out)."""
+
+
 def run(
     kubeconfig: str, pool_cidr: str, stop: threading.Event | None = None, claim_unclassed: bool = True,
     owner: str = LOCAL_OWNER,
 ) -> None:
-    """Reconcile on every Service event until `stop` is set (or forever); then give back
-    every address it assigned."""
-    from kubernetes import client, config, watch  # the [operator] extra; only needed here
+    """Reconcile on every Service event until `stop` is set (or forever, or until `Stopped` is
+    raised in it); then give back every address it assigned."""
+    from kubernetes import client, config
 
     api_client = config.new_client_from_config(config_file=kubeconfig)
     v1 = client.CoreV1Api(api_client)
-    pool = pool_addresses(pool_cidr)
     stop = stop or threading.Event()
+    try:
+        _serve(api_client, v1, pool_addresses(pool_cidr), stop, claim_unclassed, owner)
+    except Stopped:
+        pass
+    try:
+        listing = v1.list_service_for_all_namespaces()
+        _apply(v1, release_all((api_client.sanitize_for_serialization(s) for s in listing.items), owner), owner)
+    except Exception:  # noqa: BLE001 - the cluster may be going away with us
+        logger.exception("LB stand-in: could not give the addresses back")
+
+
+def _serve(api_client, v1, pool: list[str], stop: threading.Event, claim_unclassed: bool, owner: str) -> None:
+    from kubernetes import watch  # the [operator] extra; only needed here
+
     services: dict[Key, dict] = {}
     while not stop.is_set():
         try:
@@ -142,14 +160,11 @@ def run(
                 _apply(v1, plan(services.values(), pool, claim_unclassed, owner), owner)
                 if stop.is_set():
                     break
+        except Stopped:
+            raise
         except Exception:  # noqa: BLE001 - keep serving; the next list resyncs
             logger.exception("LB stand-in: reconcile failed; retrying")
             stop.wait(1)
-    try:
-        listing = v1.list_service_for_all_namespaces()
-        _apply(v1, release_all((api_client.sanitize_for_serialization(s) for s in listing.items), owner), owner)
-    except Exception:  # noqa: BLE001 - the cluster may be going away with us
-        logger.exception("LB stand-in: could not give the addresses back")
 
 
 def _apply(v1, changes: dict[Key, str | None], owner: str) -> None:
@@ -185,9 +200,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    signal.signal(signal.SIGINT, lambda *_: stop.set())
-    run(args.kubeconfig, args.pool, stop, claim_unclassed=not args.only_own_class)
+
+    def on_signal(*_) -> None:
+        if not stop.is_set():  # the first one only: a second must not cut the release short
+            stop.set()
+            raise Stopped
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        run(args.kubeconfig, args.pool, stop, claim_unclassed=not args.only_own_class)
+    except Stopped:  # before it served: nothing assigned to give back
+        pass
     return 0
 
 
