@@ -17,14 +17,7 @@ import pytest
 from relay import fallback, limits, server, streams
 from relay.config import Endpoint, RelayConfig
 from relay.server import Relay
-
-
-async def until(condition, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, what
-        await asyncio.sleep(0.01)
+from tests.relay.test_preconnect import until
 
 
 class Site:
