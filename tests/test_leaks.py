@@ -168,25 +168,7 @@ HOLDS_THEN_LETS_GO = textwrap.dedent("""\
         holder.held.clear()  # garbage now, for a full collection only
 """)
 
-MODULE_FIXTURE_THEN_MORE = textwrap.dedent("""\
-    import socket
-
-    import pytest
-
-    class Cycle:
-        def __init__(self, thing):
-            self.me, self.thing = self, thing
-
-    @pytest.fixture(scope="module")
-    def shared():
-        yield Cycle(socket.socket())  # never closed: garbage once the module is done with it
-
-    def test_one(shared):
-        pass
-
-    def test_two(shared):
-        pass
-""")
+MODULE_FIXTURE_THEN_MORE = FIXTURE  # a module fixture's garbage, then more modules after it
 
 PLAIN = textwrap.dedent("""\
     def test_plain_one():

@@ -145,6 +145,14 @@ def stop(proc: subprocess.Popen) -> None:
     proc.communicate()
 
 
+
+def interrupt(proc: subprocess.Popen, how: str) -> None:
+    """Stops .ci/run as `how` says: SIGTERM to it, or a Ctrl-C (SIGINT to its process group)."""
+    if how.startswith("SIGTERM"):
+        proc.send_signal(signal.SIGTERM)
+    else:
+        os.killpg(proc.pid, signal.SIGINT)
+
 def finish(proc: subprocess.Popen, timeout: float = 60) -> tuple[int, str]:
     try:
         out, _ = proc.communicate(timeout=timeout)
@@ -289,10 +297,7 @@ def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its
     rest_pid = wait_for(ci.state / "rest.pid")
     # Whether .ci/run is still in the cluster part (it finishes that first) or already waits on
     # the background part, the checks below hold.
-    if how.startswith("SIGTERM"):
-        proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
+    interrupt(proc, how)
     rc, out = finish(proc)
     assert rc != 0, out
     assert "REST-TEARDOWN" in out, out
@@ -306,10 +311,7 @@ def test_an_early_exit_stops_the_background_part_with_its_teardown_and_shows_its
 def test_an_early_exit_stops_every_cluster_shard_with_its_teardown_and_shows_each_ones_output(ci, how):
     proc = ci(cluster="hang", cluster_alone="exit 0", rest="hang")
     pids = [wait_for(ci.state / f"{tag}.pid") for tag in ("cluster-1of2", "cluster-2of2", "rest")]
-    if how.startswith("SIGTERM"):
-        proc.send_signal(signal.SIGTERM)
-    else:
-        os.killpg(proc.pid, signal.SIGINT)
+    interrupt(proc, how)
     rc, out = finish(proc)
     assert rc != 0, out
     for tag in ("CLUSTER-1OF2", "CLUSTER-2OF2", "REST"):
