@@ -80,7 +80,8 @@ class KubeError(Exception):
         super().__init__(message)
         self.reason = reason
         """Short CamelCase cause: Timeout, Unreachable, TooManyRequests, APIServerError,
-        Forbidden, Invalid, Conflict, NotFound, Expired, NotServed (discovery) or APIError."""
+        WebhookFailed (a 500 for an admission webhook it could not call), Forbidden, Invalid,
+        Conflict, NotFound, Expired, NotServed (discovery) or APIError."""
         self.status = status
 
 
@@ -174,6 +175,7 @@ def _decode(response: Any) -> dict[str, Any]:
     return json.loads(data)
 
 
+WEBHOOK_FAILED = "failed calling webhook"  # kube-apiserver's 500 when it could not call one
 _STATUS_REASONS = {401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
                    410: "Expired", 422: "Invalid", 429: "TooManyRequests"}
 
@@ -189,6 +191,10 @@ def classify(exc: BaseException) -> tuple[str, str, int | None]:
         if status is None or status == 0:
             return "Unreachable", str(exc.reason or exc), None
         reason = _STATUS_REASONS.get(status) or ("APIServerError" if status >= 500 else "APIError")
+        if status == 500 and WEBHOOK_FAILED in message:
+            # An admission webhook (failurePolicy: Fail) that is down or too slow: the API server
+            # answered, and the failure lasts as long as the webhook's, as a denial does.
+            reason = "WebhookFailed"
         return reason, f"{status} {message}", status
     if isinstance(exc, ResourceNotFoundError):  # discovery: the API server does not serve the kind
         return "NotServed", f"not served by the API server: {exc}", None

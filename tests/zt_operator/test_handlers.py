@@ -198,7 +198,12 @@ async def test_an_api_outage_keeps_the_runners_backoff_the_recheck_does_not_cut_
     handlers._forget_recheck("relays/edge")
 
 
-async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monkeypatch):
+@pytest.mark.parametrize("refusal", [
+    kube.KubeError('applying PodDisruptionBudget edge: 400 admission webhook "deny.example.com" denied the request', "APIError", 400),
+    kube.KubeError('applying PodDisruptionBudget edge: 500 Internal error occurred: failed calling webhook "deny.example.com"',
+                   "WebhookFailed", 500),
+], ids=["denied", "webhook-down"])
+async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monkeypatch, refusal):
     # A denying admission webhook refuses the PDB on every pass: the API answers, so the
     # runner's backoff (up to 60 s) is no reason to look less often at why the pods are not
     # ready; the recheck (2 or 10 s) stays, as when no call fails.
@@ -209,8 +214,7 @@ async def test_a_child_refused_for_good_keeps_a_short_relays_recheck(wired, monk
     assert await settle(lambda: done == [True])
     deployment = access.objects["Deployment"]
     deployment["status"] = {"replicas": deployment["spec"]["replicas"], "readyReplicas": 0}
-    access.fail[("apply", "PodDisruptionBudget")] = kube.KubeError(
-        'applying PodDisruptionBudget edge: 400 admission webhook "deny.example.com" denied the request', "APIError", 400)
+    access.fail[("apply", "PodDisruptionBudget")] = refusal
     access.objects.pop("PodDisruptionBudget", None)  # refused from the start: it was never made
     deployment["metadata"] = {**deployment["metadata"], "resourceVersion": "40"}
     await handlers._child_event("Deployment")(type="MODIFIED", body=copy.deepcopy(deployment))
