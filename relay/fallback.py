@@ -127,9 +127,8 @@ class FallbackRouter:
         #: connect and first flight are then the only calls between the ClientHello and the
         #: site. One per process, of the backend's family; it counts as a descriptor
         #: (``Relay._fds_held``) and gives way like the pool (``give_way_spare``).
-        self.spare: socket.socket | None = None  # made once the relay has its reserve (Relay.start)
+        self.spare: socket.socket | None = None  # made once the relay listens (Relay.start)
         self._spare_v6 = False
-        self.stopped = False  # no more visitors come (draining, stopping): no spare is made
         self._interval = min(1.0, self.idle_timeout / 4)
         self._last_tick = self.loop.time()
         self._tick_handle = self.loop.call_later(self._interval, self._tick)
@@ -176,19 +175,18 @@ class FallbackRouter:
     def stop_preconnecting(self) -> None:
         """Closes the pooled backend connections and the spare socket (no visitor will take
         them: draining)."""
-        self.stopped = True
         if self.preconnect is not None:
             self.preconnect.close()
         self.give_way_spare()
 
     def refill_spare(self) -> None:
         """Makes the spare backend socket if there is none, with room to spare
-        (``Relay.spare_room``); none once the relay stops taking visitors, nor before a backend
-        name's first address. Called when a site connection ends and on the idle tick, never
+        (``Relay.spare_room``); none unless the relay listens (else no visitor comes), nor
+        before a backend name's first address. Called when a site connection ends and on the idle tick, never
         between a visitor's first bytes and the site's answer (made when the site's first
         answer went on, the next read of that answer waited on it: +0.01 to +0.02 ms p50)."""
         relay = self.relay
-        if self.spare is not None or self.stopped or relay.fd_reserve_short or not relay.spare_room():
+        if self.spare is not None or not relay.listening or relay.fd_reserve_short or not relay.spare_room():
             return
         address = self._known_address()
         if address is None:

@@ -165,7 +165,6 @@ class Relay:
             self.fallback = FallbackRouter(self)
             factory = self.fallback.protocol
             self._refill_fd_reserve()
-            self.fallback.refill_spare()
         for sock in socks:
             server = await self.loop.create_server(factory, sock=sock, backlog=4096)
             self._factory = factory
@@ -173,6 +172,8 @@ class Relay:
             self.listen_socks.append(sock)
             self.addresses.append(sock.getsockname())
         self.listening = True
+        if self.fallback is not None:
+            self.fallback.refill_spare()
         if self.memory is not None:
             log.info("memory budget: %s", self.memory.describe())
             self._sample_memory()
