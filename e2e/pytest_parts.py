@@ -84,13 +84,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip_unit)
     part = config.getoption("--part")
     if part != "all":
-        keep, deselected = [], []
-        for item in items:
-            needs_cluster = item.get_closest_marker("e2e") is not None
-            (keep if needs_cluster == (part == "cluster") else deselected).append(item)
-        if deselected:
-            config.hook.pytest_deselected(items=deselected)
-            items[:] = keep
+        _select(config, items, lambda item: (item.get_closest_marker("e2e") is not None) == (part == "cluster"))
     phase = config.getoption("--phase")
     if phase != "all":
         _select(config, items, lambda item: needs_alone(item) == (phase == "alone"))
@@ -117,8 +111,10 @@ def needs_alone(item: pytest.Item) -> bool:
 
 
 def _select(config: pytest.Config, items: list[pytest.Item], keep) -> None:
-    kept = [item for item in items if keep(item)]
-    dropped = [item for item in items if not keep(item)]
+    """Deselects (not skips) the items `keep` refuses."""
+    kept, dropped = [], []
+    for item in items:
+        (kept if keep(item) else dropped).append(item)
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
