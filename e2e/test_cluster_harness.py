@@ -946,7 +946,7 @@ def test_a_test_host_picks_its_address_under_a_machine_wide_lock(tmp_path, monke
                 os.close(probe)
         raise Picked
 
-    monkeypatch.setattr(network, "_used_host_addresses", used)
+    monkeypatch.setattr(network, "used_host_addresses", used)
     with pytest.raises(Picked):
         network.create_test_host(LAYOUT, "client-1234")
     assert seen == ["held"]

@@ -191,7 +191,7 @@ def _setup_hosts_bridge(layout: Layout) -> None:
     sh("ip", "link", "set", bridge, "up")
 
 
-def _used_host_addresses(layout: Layout) -> set[str]:
+def used_host_addresses(layout: Layout) -> set[str]:
     used = {layout.hosts_gateway}
     for ns in list_netns(layout.test_host_netns_prefix):
         out = subprocess.run(["ip", "-n", ns, "-j", "-4", "addr"], capture_output=True, text=True).stdout
@@ -210,10 +210,14 @@ def create_test_host(layout: Layout, name: str) -> TestHost:
     net = ipaddress.ip_network(layout.test_host_cidr)
     with locks.exclusive(HOSTS_LOCK):
         _setup_hosts_bridge(layout)
-        used = _used_host_addresses(layout)
+        used = used_host_addresses(layout)
         address = next((str(ip) for ip in net.hosts() if str(ip) not in used), None)
         if address is None:
             raise RuntimeError(f"test host range {layout.test_host_cidr} is full")
+        # The machine may still hold the MAC of the host that had this address last (removing
+        # its link does not always take the entry): the first packet to the new host would go
+        # there and be lost.
+        sh("ip", "neigh", "del", address, "dev", layout.hosts_bridge, check=False)
         veth = host_veth_name(address)
         sh("ip", "netns", "add", netns)
         sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", netns)
