@@ -108,7 +108,7 @@ def ci(tmp_path):
         d.mkdir(parents=True)
     (bin_dir / "python3").write_text(FAKE_PYTHON)
     (bin_dir / "python3").chmod(0o755)
-    # TMPDIR: .ci/run's session logs (mktemp) stay in the test's directory, also when it is killed.
+    # TMPDIR: nothing of .ci/run's may land there (its session logs are in the clone).
     # PYTHONDONTWRITEBYTECODE: as in this machine's environment (.ci/run turns it off).
     env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "ZTR_FAKE_STATE": str(state), "HOME": str(tmp_path), "TMPDIR": str(tmp_path),
            "PYTHONDONTWRITEBYTECODE": "1"}
@@ -456,3 +456,23 @@ def test_an_old_template_no_run_uses_is_removed(ci):
     assert not template.exists()
     assert len([p for p in ci.cache.iterdir() if not p.name.startswith(".")]) == 1
     assert (ci.root / ".venv" / "bin" / "python").is_file()
+
+
+def _session_logs(ci) -> list[Path]:
+    return sorted(p for p in Path(ci.env["TMPDIR"]).rglob("zt-relay-ci-*") if p.is_file())  # the clone is inside it
+
+
+def test_a_killed_runs_session_logs_are_removed_by_the_next_run(ci):
+    """SIGKILL leaves .ci/run no chance to remove its sessions' output files; they live in the
+    clone (one run at a time there), and the next run there removes them."""
+    proc = ci(cluster_alone="hang", rest="hang")
+    wait_for(ci.state / "cluster-alone.pid")
+    wait_for(ci.state / "rest.pid")
+    left = _session_logs(ci)
+    assert len(left) == 2 and all(ci.root in p.parents for p in left), left
+    os.killpg(proc.pid, signal.SIGKILL)  # .ci/run and its sessions: no trap runs
+    proc.wait()
+    assert _session_logs(ci) == left
+    rc, out = finish(ci())
+    assert rc == 0, out
+    assert _session_logs(ci) == [], out
