@@ -169,8 +169,23 @@ class Pin:
 
 _pins: dict[str, Pin] = {}
 PIN_MARK = "-pin-"
-"""``<tag>-pin-<pid>``: a pin's tag; removed when its process exits (or, killed, by the next
-build on the machine)."""
+"""``<tag>-pin-<process_identity>``: a pin's tag; removed when its process exits (or, killed, by
+the next build on the machine that can tell: one in the same pid namespace)."""
+
+
+def process_identity(pid: int) -> str | None:
+    """``<pid namespace inode>-<pid>-<start time>`` of a live process (None: gone). A pid alone
+    names another process once reused, and means nothing to a process of another pid namespace
+    (a container using the same dockerd), which would take a live session's pin for a dead one."""
+    try:  # /proc/PID is this namespace's process PID
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except FileNotFoundError:
+        return None
+    return f"{_own_namespace()}-{pid}-{fields[19]}"  # stat's field 22: start time, clock ticks since boot
+
+
+def _own_namespace() -> int:
+    return os.stat("/proc/self/ns/pid").st_ino
 
 
 def pinned(tag: str) -> Pin | None:
@@ -188,14 +203,25 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _stale(owner: str) -> bool:
+    """Whether a pin's owner (its tag after PIN_MARK) is a process of this pid namespace that is
+    gone; another namespace's pins are left alone. An old-style owner (a bare pid) is judged
+    by the pid."""
+    if owner.isdigit():
+        return int(owner) != os.getpid() and not _alive(int(owner))
+    parts = owner.split("-")
+    if len(parts) != 3 or not all(p.isdigit() for p in parts) or int(parts[0]) != _own_namespace():
+        return False
+    return process_identity(int(parts[1])) != owner
+
+
 def _drop_stale_pins(tag: str) -> None:
     """Remove the pins of processes gone without their exit (killed): the images they hold
     are hundreds of MB each."""
     listed = subprocess.run(["docker", "image", "ls", "--format", "{{.Repository}}:{{.Tag}}", tag.rpartition(":")[0]],
                             capture_output=True, text=True, env=DOCKER_ENV)
     for name in listed.stdout.split():
-        pid = name.removeprefix(tag + PIN_MARK)
-        if name.startswith(tag + PIN_MARK) and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if name.startswith(tag + PIN_MARK) and _stale(name.removeprefix(tag + PIN_MARK)):
             subprocess.run(["docker", "rmi", name], capture_output=True, env=DOCKER_ENV)
 
 
@@ -207,7 +233,7 @@ def _pin(tag: str) -> None:
     image_id = image_import.docker_image_id(tag)
     if image_id is None:
         raise RuntimeError(f"Docker has no image {tag!r} right after its build or check")
-    source = f"{tag}{PIN_MARK}{os.getpid()}"
+    source = f"{tag}{PIN_MARK}{process_identity(os.getpid())}"
     _run(["docker", "tag", image_id, source], stdout=subprocess.DEVNULL, env=DOCKER_ENV)
     _pins[tag] = Pin(source, image_id)
 

@@ -89,7 +89,7 @@ def tags(store: dict) -> dict[str, list[str]]:
 def test_the_pin_goes_at_the_sessions_end_and_a_superseded_build_with_it(fake_cli):
     tag = images.build_image()
     pin = images.pinned(tag)
-    assert pin.source == f"{TAG}-pin-{os.getpid()}" and pin.image_id == built_here(fake_cli())
+    assert pin.source == f"{TAG}-pin-{images.process_identity(os.getpid())}" and pin.image_id == built_here(fake_cli())
     assert tags(fake_cli()) == {"inputs-a": sorted([TAG, pin.source])}
     another_checkout_rebuilds_the_tag()
     assert tags(fake_cli()) == {"inputs-a": [pin.source], "inputs-b": [TAG]}  # not pruned: pinned
@@ -101,12 +101,17 @@ def test_the_pin_goes_at_the_sessions_end_and_a_superseded_build_with_it(fake_cl
 def test_the_pin_of_a_killed_session_is_removed_by_the_next_build_and_a_live_ones_kept(fake_cli):
     gone = subprocess.Popen(["true"])
     gone.wait()  # its pid names no process now
+    ns, _, _ = images.process_identity(1).split("-")
+    live = images.process_identity(1)
+    reused = f"{ns}-1-{int(live.split('-')[2]) + 1}"  # pid 1, but not the process that made the pin
+    elsewhere = f"{int(ns) + 1}-{gone.pid}-1"  # another pid namespace's process (a container on the same dockerd)
     another_checkout_rebuilds_the_tag()
-    for pid in (gone.pid, 1):
-        subprocess.run(["docker", "tag", TAG, f"{TAG}-pin-{pid}"], check=True, env=images.DOCKER_ENV)
+    for name in (f"{ns}-{gone.pid}-1", live, reused, elsewhere, str(gone.pid), "1"):
+        subprocess.run(["docker", "tag", TAG, f"{TAG}-pin-{name}"], check=True, env=images.DOCKER_ENV)
     images.build_image()
-    assert tags(fake_cli())["inputs-b"] == [TAG.replace("0.1.0-dev", "0.1.0-dev-pin-1")]
-    assert tags(fake_cli())["inputs-a"] == sorted([TAG, f"{TAG}-pin-{os.getpid()}"])
+    # Kept: the live process's, another namespace's (not ours to judge), and an old-style pin of a live pid.
+    assert tags(fake_cli())["inputs-b"] == sorted(f"{TAG}-pin-{name}" for name in (live, elsewhere, "1"))
+    assert tags(fake_cli())["inputs-a"] == sorted([TAG, f"{TAG}-pin-{images.process_identity(os.getpid())}"])
 
 
 class FakeKind:
