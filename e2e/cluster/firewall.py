@@ -64,9 +64,11 @@ the machine) - or when asked explicitly
 KUBE-DECOY) are never touched.
 """
 
+import functools
 import shlex
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass
 
 from e2e.cluster import kube_router_view
@@ -309,29 +311,84 @@ def in_place(layout: Layout, host_cgroup: str, pods_cgroup: str = "zt-relay-e2e-
     )
 
 
+def _listed(binary: str) -> bool:
+    """`binary` is here and, if a `-legacy` one, not the very backend plain `iptables` is."""
+    if shutil.which(binary) is None:
+        return False
+    plain = binary.removesuffix("-legacy")
+    return not (binary != plain and shutil.which(plain) and _same_backend(shutil.which(plain)))
+
+
 def listing(binary: str, table: str) -> list[str]:
-    if shutil.which(binary) is None or (binary.endswith("-legacy") and shutil.which(binary.removesuffix("-legacy")) and _same_backend(binary)):
+    if not _listed(binary):
         return []
     proc = _ipt(binary, table, "-S", check=False)
     return proc.stdout.splitlines() if proc.returncode == 0 else []
 
 
-def _same_backend(legacy: str) -> bool:
-    """True if plain `iptables` already is the legacy backend (listing both would double up)."""
-    version = subprocess.run([legacy.removesuffix("-legacy"), "-V"], capture_output=True, text=True).stdout
-    return "legacy" in version
+@functools.lru_cache(maxsize=None)
+def _same_backend(plain: str) -> bool:
+    """True if plain `iptables` (this path) already is the legacy backend (listing both would
+    double up). Asked once per process: `down` lists every binary several times."""
+    return "legacy" in subprocess.run([plain, "-V"], capture_output=True, text=True).stdout
 
 
-def cleanup_commands(rules: list[str], is_ours) -> list[list[str]]:
-    """From `iptables -S` output, the commands removing every chain `is_ours(name)` accepts:
-    jumps to it from other chains first, then flush, then delete. Other chains are untouched."""
+def parse_save(text: str) -> dict[str, list[str]]:
+    """`iptables-save` output as each table's `iptables -S` listing (pure): `:CHAIN - [..]`
+    becomes `-N CHAIN`, a built-in's `:CHAIN POLICY [..]` becomes `-P CHAIN POLICY`; rules are
+    printed alike by both."""
+    tables: dict[str, list[str]] = {}
+    current: list[str] | None = None
+    for line in text.splitlines():
+        if line.startswith("*"):
+            current = tables.setdefault(line[1:].strip(), [])
+        elif current is not None and line.startswith(":"):
+            name, policy = line[1:].split()[:2]
+            current.append(f"-N {name}" if policy == "-" else f"-P {name} {policy}")
+        elif current is not None and line.startswith("-A "):
+            current.append(line)
+    return tables
+
+
+def snapshot(binary: str) -> dict[str, list[str]]:
+    """Every table of `binary` as `-S` listings, from ONE `<binary>-save` (not one `-S` per
+    table: `down` lists all four binaries several times)."""
+    if not _listed(binary):
+        return {}
+    proc = subprocess.run([f"{binary}-save"], capture_output=True, text=True, timeout=30)
+    return parse_save(proc.stdout) if proc.returncode == 0 else {}
+
+
+def _to_remove(rules: list[str], is_ours) -> tuple[list[str], list[str]]:
+    """The chains `is_ours(name)` accepts, and the rules of other chains jumping to them."""
     names = [line.split()[1] for line in rules if line.startswith("-N ") and is_ours(line.split()[1])]
     jumps = []
     for line in rules:
         parts = shlex.split(line)  # comments are quoted and may contain spaces
         if parts[:1] == ["-A"] and parts[1] not in names and "-j" in parts and parts[parts.index("-j") + 1] in names:
-            jumps.append(["-D", *parts[1:]])
-    return jumps + [["-F", c] for c in names] + [["-X", c] for c in names]
+            jumps.append(line)
+    return names, jumps
+
+
+def cleanup_commands(rules: list[str], is_ours) -> list[list[str]]:
+    """From `iptables -S` output, the commands removing every chain `is_ours(name)` accepts:
+    jumps to it from other chains first, then flush, then delete. Other chains are untouched."""
+    names, jumps = _to_remove(rules, is_ours)
+    return [["-D", *shlex.split(line)[1:]] for line in jumps] + [["-F", c] for c in names] + [["-X", c] for c in names]
+
+
+def removal_script(tables: dict[str, list[str]], is_ours) -> str:
+    """`cleanup_commands` for every table as ONE `iptables-restore --noflush` input (pure; ""
+    if nothing is to go). A jump is deleted by its listed line itself (`-A` -> `-D`): the save
+    format is restore's own, quoting included. Tables in `TABLES` order: the security guards
+    go after the filter chains that pass packets to them."""
+    lines = []
+    for table in TABLES:
+        names, jumps = _to_remove(tables.get(table, []), is_ours)
+        if names:
+            lines += [f"*{table}", *("-D" + line[2:] for line in jumps)]
+            lines += [f"-F {c}" for c in names] + [f"-X {c}" for c in names] + ["COMMIT"]
+    return "\n".join([*lines, ""]) if lines else ""
 
 
 def ours(name: str) -> bool:
@@ -355,9 +412,20 @@ def kube_router_chain(name: str) -> bool:
 
 
 def remove(is_ours=ours) -> None:
+    """One restore per binary (a process per rule made `down` take seconds). A restore that
+    fails on one line (a rule gone since the listing, a new jump to a chain) fails its table
+    as a whole: then that binary is listed again and cleaned rule by rule, as before."""
     for binary in BINARIES:
-        for table in TABLES:
-            for cmd in cleanup_commands(listing(binary, table), is_ours):
+        script = removal_script(snapshot(binary), is_ours)
+        if not script:
+            continue
+        proc = subprocess.run([f"{binary}-restore", "-w", "5", "--noflush"], input=script, capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0:
+            continue
+        print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}: batched removal failed "
+              f"({proc.stderr.strip()}); removing rule by rule", flush=True)
+        for table, rules in snapshot(binary).items():
+            for cmd in cleanup_commands(rules, is_ours) if table in TABLES else ():
                 _ipt(binary, table, *cmd, check=False)
 
 
@@ -365,8 +433,9 @@ def present(is_ours=ours) -> list[str]:
     """Chains and rules matching `is_ours`, as `binary -t table: rule` lines."""
     found = []
     for binary in BINARIES:
+        tables = snapshot(binary)
         for table in TABLES:
-            for line in listing(binary, table):
+            for line in tables.get(table, []):
                 parts = line.split()
                 target = parts[parts.index("-j") + 1] if "-j" in parts else ""
                 if (parts[:1] == ["-N"] and is_ours(parts[1])) or (parts[:1] == ["-A"] and (is_ours(parts[1]) or is_ours(target))):
