@@ -33,6 +33,13 @@ def present(is_ours=kube_router_set) -> list[str]:
 
 def remove(is_ours=kube_router_set) -> None:
     """Destroy the matching sets; call after the chains that use them are gone (a set in use
-    by a rule cannot be destroyed)."""
+    by a rule cannot be destroyed). One `ipset restore` for all; it stops at its first failing
+    line (a set gone meanwhile, one still in use), so then what is left is destroyed one by one."""
+    doomed = present(is_ours)
+    if not doomed:
+        return
+    script = "".join(f"destroy {name}\n" for name in doomed)
+    if subprocess.run(["ipset", "restore"], input=script, capture_output=True, text=True, timeout=30).returncode == 0:
+        return
     for name in present(is_ours):
         subprocess.run(["ipset", "destroy", name], capture_output=True, timeout=30)

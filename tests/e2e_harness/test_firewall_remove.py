@@ -173,3 +173,40 @@ def test_a_rule_gone_before_the_batch_only_sends_that_binary_to_the_per_rule_pat
         assert firewall.present(firewall.kube_chain) == []
         _decoys_intact("iptables")
     assert "iptables: batched removal failed" in capsys.readouterr().out
+
+
+SETS = [f"KUBE-SRC-{c * 16}" for c in "ABCDE"] + ["KUBE-DST-FFFFFFFFFFFFFFFF"]
+
+
+@pytest.mark.skipif(not kernel.is_root() or not shutil.which("ipset"), reason="needs root and ipset")
+@pytest.mark.timeout(60)
+def test_kube_routers_sets_go_in_one_restore_and_a_neighbours_stay(monkeypatch):
+    from e2e.cluster import ipsets
+
+    with kernel.private_netns():
+        for name in [*SETS, "f2b-sshd", "KUBE-SRC-decoy"]:
+            sh("ipset", "create", name, "hash:ip")
+        started = []
+        real = subprocess.run
+        monkeypatch.setattr(subprocess, "run", lambda argv, *a, **k: started.append(argv) or real(argv, *a, **k))
+        ipsets.remove()
+        monkeypatch.undo()
+        assert sh("ipset", "list", "-n").split() == ["f2b-sshd", "KUBE-SRC-decoy"]
+    assert [argv[:2] for argv in started] == [["ipset", "list"], ["ipset", "restore"]]
+
+
+@pytest.mark.skipif(not kernel.is_root() or not shutil.which("ipset"), reason="needs root and ipset")
+@pytest.mark.timeout(60)
+def test_a_set_gone_before_the_restore_does_not_keep_the_others(monkeypatch):
+    """`ipset restore` stops at its first failing line: the sets are listed again and destroyed one by one."""
+    from e2e.cluster import ipsets
+
+    with kernel.private_netns():
+        for name in [*SETS, "f2b-sshd"]:
+            sh("ipset", "create", name, "hash:ip")
+        real = ipsets.names
+        calls = []
+        monkeypatch.setattr(ipsets, "names", lambda: calls.append(1) or (["KUBE-DST-GGGGGGGGGGGGGGGG"] if len(calls) == 1 else []) + real())
+        ipsets.remove()
+        monkeypatch.undo()
+        assert sh("ipset", "list", "-n").split() == ["f2b-sshd"]
