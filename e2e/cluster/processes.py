@@ -5,6 +5,7 @@ stale pid file can never hit an unrelated process that reused the number.
 """
 
 import os
+import select
 import signal
 import time
 from pathlib import Path
@@ -128,26 +129,51 @@ def stop(name: str, run_dir: Path, timeout: float = 15) -> bool:
 
 def kill_and_wait(pid: int, timeout: float) -> bool:
     """SIGTERM, then SIGKILL after `timeout` seconds; False if it took the SIGKILL."""
+    return pid not in kill_all_and_wait([pid], timeout)
+
+
+def kill_all_and_wait(pids, timeout: float) -> set[int]:
+    """SIGTERM every one at once, wait for their exits together (pidfds: woken by the exit
+    itself, no polling), SIGKILL what is left after `timeout` seconds and wait up to 5 s more.
+    Returns the pids that took the SIGKILL. A pidfd also pins the process: a signal can never
+    reach another that reused the number."""
+    fds: dict[int, int] = {}
     try:
-        os.kill(pid, signal.SIGTERM)
-    except ProcessLookupError:
-        return True
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if not _cmdline(pid) or _is_zombie(pid):
+        for pid in pids:
+            try:
+                fds[pid] = os.pidfd_open(pid)
+                signal.pidfd_send_signal(fds[pid], signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+        left = _wait_exits(fds, timeout)
+        for pid in left:
+            try:
+                signal.pidfd_send_signal(fds[pid], signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        _wait_exits({pid: fds[pid] for pid in left}, 5)
+        return left
+    finally:
+        for pid, fd in fds.items():
+            os.close(fd)
             _reap(pid)
-            return True
-        time.sleep(0.1)
-    try:
-        os.kill(pid, signal.SIGKILL)
-    except ProcessLookupError:
-        return True
-    for _ in range(50):
-        if not _cmdline(pid) or _is_zombie(pid):
+
+
+def _wait_exits(fds: dict[int, int], timeout: float) -> set[int]:
+    """Wait until every process (pid -> pidfd) has exited or `timeout` passes; the pids left."""
+    left = {fd: pid for pid, fd in fds.items()}
+    poller = select.poll()
+    for fd in left:
+        poller.register(fd, select.POLLIN)
+    deadline = time.monotonic() + timeout
+    while left:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
             break
-        time.sleep(0.1)
-    _reap(pid)
-    return False
+        for fd, _ in poller.poll(remaining * 1000):
+            poller.unregister(fd)
+            left.pop(fd)
+    return set(left.values())
 
 
 def _reap(pid: int) -> None:

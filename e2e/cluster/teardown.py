@@ -155,8 +155,7 @@ def _kill_ours(state: StatePaths) -> None:
     `tail -f` of a log there) or whose root filesystem is a snapshot under it (a container)."""
     victims = cgroups.pids() | set(processes.cluster_pids(str(state.root))) | set(processes.pids_rooted_under(str(state.root) + "/"))
     victims.discard(os.getpid())
-    for pid in victims:
-        processes.kill_and_wait(pid, timeout=5)
+    processes.kill_all_and_wait(victims, timeout=5)
 
 
 def mounts_under(root: Path) -> list[str]:
