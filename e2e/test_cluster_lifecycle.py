@@ -7,6 +7,7 @@ holds this session's lock on the cluster, so another run's hold makes it fail, n
 """
 
 import os
+import time
 import uuid
 
 import pytest
@@ -38,7 +39,13 @@ def test_down_removes_only_ours_and_up_works_again(request, cluster, cluster_cli
     kubectl("run", "sleeper", "-n", ns, f"--image={busybox_image}", "--image-pull-policy=IfNotPresent", "--", "sleep", "3600")
     kubectl("wait", "pod/sleeper", "-n", ns, "--for=condition=Ready", "--timeout=90s", timeout=100)
 
+    # Already terminating with its 30 s grace period (as a test's namespace deletion leaves a
+    # pod; `sleep` ignores the SIGTERM): `down` must not wait that out, and still tears its
+    # sandbox down through the kubelet.
+    kubectl("delete", "pod", "sleeper", "-n", ns, "--wait=false")
+    began = time.monotonic()
     assert "down: nothing left" in cluster_cli("down")
+    assert time.monotonic() - began < 20, "down waited for a terminating pod's grace period"
     assert leftovers(cluster.layout) == {}
     assert decoys.survivors() == intact, "down touched another cluster's traces"
 

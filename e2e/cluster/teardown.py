@@ -120,6 +120,13 @@ def _delete_pods_through_kubelet(state: StatePaths) -> None:
     processes.stop("kube-controller-manager", state.run)
     kubectl = health.admin()
     try:
+        kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=false", timeout=60)
+        # A pod already terminating keeps the grace period it began with (a test's namespace
+        # deletion: 30 s, and `sleep` ignores SIGTERM), a stop the kubelet has already asked
+        # containerd for: `down` waited it out. Its containers die now; the kubelet still tears
+        # the sandboxes down. It restarts none: it knew of the deletion (its watch) long before
+        # its next look at the containers (once a second).
+        _kill_app_containers(state)
         kubectl("delete", "pods", "--all", "--all-namespaces", "--grace-period=1", "--wait=true", timeout=90)
         wait_for("pod sandboxes stopped", lambda: not _running_tasks(state), 30)
     except Exception as exc:  # noqa: BLE001 - the sweep below still removes what is left
@@ -132,6 +139,14 @@ def _ctr(state: StatePaths) -> list[str]:
 
 def _running_tasks(state: StatePaths) -> list[str]:
     return subprocess.run([*_ctr(state), "tasks", "ls", "-q"], capture_output=True, text=True, timeout=10).stdout.split()
+
+
+def _kill_app_containers(state: StatePaths) -> None:
+    """SIGKILL every pod's containers, not their sandboxes (pause: the kubelet stops those)."""
+    listed = subprocess.run([*_ctr(state), "containers", "ls", "-q", 'labels."io.cri-containerd.kind"==container'],
+                            capture_output=True, text=True, timeout=10).stdout.split()
+    for container in listed:
+        subprocess.run([*_ctr(state), "tasks", "kill", "-s", "SIGKILL", container], capture_output=True, timeout=10)
 
 
 def _remove_containers(state: StatePaths) -> None:
