@@ -67,12 +67,14 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
     ran = boot.ours_ran_this_boot(state.root, state.run)
     kube_chains = ran if kube_chains is None else kube_chains
     states = health.process_states(state)
+    took = _Steps()
     with ThreadPoolExecutor(len(components.NAMES)) as pool:
         # The LB stand-in gives its addresses back before it exits (up to its watch timeout,
         # 5 s): meanwhile the pods go.
         lb = pool.submit(processes.stop, "lb-controller", state.run)
         if states["kube-apiserver"] and states["kubelet"] and states["containerd"]:
             _delete_pods_through_kubelet(state)
+        took("pods")
         lb.result()
         # The API's clients at once; then the API server (it writes to etcd as it stops), etcd.
         last = ("kube-apiserver", "etcd", "containerd")
@@ -83,6 +85,7 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
         _remove_containers(state)
     processes.stop("containerd", state.run)
     _kill_ours(state)
+    took("processes")
     _unmount_under(state.root)
     for ns in legacy_pod_netns():
         network.delete_netns(ns)
@@ -97,10 +100,12 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
     for cidr in layout.sink_routes + (layout.test_host_cidr,) if ran else ():
         subprocess.run(["conntrack", "-D", "-d", cidr], capture_output=True)
         subprocess.run(["conntrack", "-D", "-s", cidr], capture_output=True)
+    took("network")
     # Last: until every sender (test hosts, pods) and forwarding are gone, nothing may leave.
     firewall.remove(firewall.ours)
     stuck = cgroups.remove()  # after the rules matching them
     shutil.rmtree(state.root, ignore_errors=True)
+    took("firewall")
     left = inventory.leftovers(layout, kube_chains=kube_chains)
     if failed:
         left["sysctls not restored"] = failed
@@ -109,8 +114,23 @@ def sweep(layout: Layout, kube_chains: bool | None = None) -> int:
     if left:
         log(f"down: left behind: {json.dumps(left, indent=2)}")
         return 1
-    log("down: nothing left")
+    log(f"down: nothing left ({took})")
     return 0
+
+
+class _Steps:
+    """Seconds each step of `sweep` took, for the log (where a slow `down` spent its time)."""
+
+    def __init__(self) -> None:
+        self.last, self.steps = time.monotonic(), []
+
+    def __call__(self, name: str) -> None:
+        now = time.monotonic()
+        self.steps.append(f"{name} {now - self.last:.1f} s")
+        self.last = now
+
+    def __str__(self) -> str:
+        return ", ".join(self.steps)
 
 
 def _delete_pods_through_kubelet(state: StatePaths) -> None:
