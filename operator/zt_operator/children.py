@@ -192,3 +192,9 @@ class Access:
 
     def scale_relay(self, namespace: str, name: str, replicas: int) -> None:
         kube.scale_relay(namespace, name, replicas)
+
+    def relay_exists(self, namespace: str, name: str, uid: str) -> bool:
+        """Whether the relay ``uid`` still exists and is not being deleted (one GET)."""
+        relay = kube.get_relay(namespace, name)
+        meta = (relay or {}).get("metadata") or {}
+        return meta.get("uid") == uid and not meta.get("deletionTimestamp")

@@ -66,16 +66,24 @@ def _key(namespace: str, name: str) -> str:
     return f"{namespace}/{name}"
 
 
-def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any], float | None]:
+GONE = "gone"
+"""What ``_reconcile_blocking`` returns as its recheck for a relay that no longer exists."""
+
+
+def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str, Any], float | str | None]:
     """One pass of ``body`` in a worker thread: children, status, events. Returns whether
     no call failed, the status patch written, and when to look again (or None: never while
-    the API server is out)."""
+    the API server is out; ``GONE``: never, the relay no longer exists)."""
     started = time.monotonic()
     meta = body["metadata"]
     uid, applied = _applied_generation.get(key, (None, None))
     if uid == meta.get("uid") and plan.is_stale(body, applied):
         return True, {}, None  # a newer generation was applied already; its watch event follows
     outcome = reconcile.run(body, SETTINGS, _now, ACCESS)
+    if outcome.gone:
+        log.info("%s: the relay %s no longer exists (deleted while its watch was away); forgetting it",
+                 key, meta.get("uid"))
+        return True, {}, GONE
     errors = list(outcome.errors)
     written: dict[str, Any] = {}
     status_refused = False
@@ -114,6 +122,11 @@ async def _work(key: str) -> bool:
     if body is None:
         return True
     ok, written, recheck = await asyncio.to_thread(_reconcile_blocking, key, copy.deepcopy(body))
+    stored = _relays.get(key)
+    if recheck == GONE:
+        if stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):
+            _forget(key)  # as its DELETED event would have (another uid: its own event came)
+        return True
     if key not in _relays:
         # Deleted while the pass ran: its DELETED event forgot the relay before the pass
         # recorded it, so the gauge would count a relay that is gone until the operator restarts.
@@ -126,7 +139,6 @@ async def _work(key: str) -> bool:
         pending.cancel()
     if recheck is not None and _runner is not None and key in _relays:
         _rechecks[key] = asyncio.get_running_loop().call_later(recheck, _recheck, key)
-    stored = _relays.get(key)
     if written and stored is not None and stored["metadata"].get("uid") == body["metadata"].get("uid"):
         # The status this pass wrote is the relay's status now (its watch event follows):
         # the next pass compares with it and does not write it again.
@@ -149,6 +161,16 @@ def _forget_recheck(key: str) -> None:
     pending = _rechecks.pop(key, None)
     if pending is not None:
         pending.cancel()
+
+
+def _forget(key: str) -> None:
+    """The relay is gone: nothing of it is kept, and its worker ends after its pass."""
+    _relays.pop(key, None)
+    _applied_generation.pop(key, None)
+    _forget_recheck(key)
+    METRICS.forget(key)
+    if _runner is not None:
+        _runner.forget(key)
 
 
 def _request_if_known(key: str) -> None:
@@ -360,12 +382,7 @@ async def relay_event(type: str | None, body: kopf.Body, logger: logging.Logger,
             METRICS.api_error(exc.reason)
             logger.warning("could not remove the finalizer %s: %s", OLD_FINALIZER, exc)
     if type == "DELETED" or meta.get("deletionTimestamp"):
-        _relays.pop(key, None)
-        _applied_generation.pop(key, None)
-        _forget_recheck(key)
-        METRICS.forget(key)
-        if _runner is not None:
-            _runner.forget(key)
+        _forget(key)
         return
     if type is None:
         # A (re)list of the relays: after an outage, a child deleted meanwhile sent no

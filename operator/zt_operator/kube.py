@@ -328,6 +328,17 @@ def scale_relay(namespace: str, name: str, replicas: int) -> None:
          field_manager=FIELD_MANAGER, _content_type=MERGE, _request_timeout=TIMEOUT)
 
 
+def get_relay(namespace: str, name: str) -> dict[str, Any] | None:
+    """The live relay, or None if it does not exist."""
+    try:
+        return call(f"reading ZeroTierRelay {name}", _typed(client.CustomObjectsApi).get_namespaced_custom_object,
+                    GROUP, VERSION, namespace, PLURAL, name, _request_timeout=TIMEOUT)
+    except KubeError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
 def patch_relay_status(namespace: str, name: str, status: dict[str, Any]) -> None:
     """Merge-patch the relay's status (``None`` values remove fields)."""
     call(f"writing the status of ZeroTierRelay {name}",

@@ -44,6 +44,8 @@ class Outcome:
     recheck_seconds: float | None = None
     """Look again after this long: pods are not all ready, and pod changes (an image pull
     failing, a crash loop) come with no event of a watched child."""
+    gone: bool = False
+    """The relay no longer exists (or is another object of its name): nothing was written."""
 
 
 def _tunnel_ports(service: Mapping[str, Any] | None) -> list[tuple]:
@@ -93,6 +95,18 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
             errors.append(exc)
             return False, None
 
+    alive: list[bool | None] = []  # whether the relay exists (None: the GET failed), once asked
+
+    def relay_alive() -> bool | None:
+        """Asked once, before the first child is created: a relay deleted while the relays'
+        watch was away (a relist sends no DELETED event) is still known here, and a child
+        created for it would name a gone owner: garbage collection deletes it, its DELETED
+        event brings the next pass, which created it again (a new load balancer each time)."""
+        if not alive:
+            ok, exists = attempt(lambda: access.relay_exists(namespace, name, uid))
+            alive.append(exists if ok else None)  # not known: create nothing this pass (retried)
+        return alive[0]
+
     manifests: dict[str, dict[str, Any] | None] = {}
     if not invalid:
         ok, fallback_service = attempt(lambda: _fallback_service(body, access))
@@ -137,6 +151,10 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
                     live[kind] = None
             continue
         if plan.up_to_date(manifest, current):
+            continue
+        if current is None and not relay_alive():
+            if relay_alive() is False:
+                return Outcome({}, [], "ok", False, [], None, gone=True)
             continue
         if kind == "Deployment":
             handover = plan.replicas_handover(body, current)

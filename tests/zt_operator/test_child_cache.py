@@ -72,6 +72,7 @@ def test_the_resync_repairs_a_child_deleted_while_the_watch_was_away(cluster, mo
     monkeypatch.setattr(kube, "patch_relay_status", lambda *a: None)
     monkeypatch.setattr(kube, "post_event", lambda *a: None)
     monkeypatch.setattr(kube, "scale_relay", lambda *a: None)
+    monkeypatch.setattr(kube, "get_relay", lambda namespace, name: copy.deepcopy(body))  # the relay is still there
     handlers._reconcile_blocking("relays/edge", body)  # what the periodic resync runs
     assert "Deployment" in applied
 

@@ -22,6 +22,8 @@ class FakeAccess:
         self.objects = {k: copy.deepcopy(v) for k, v in (objects or {}).items()}
         self.fail = fail or {}
         self.calls: list[tuple] = []
+        self.relay_gone = False
+        self.relay_uid: str | None = None  # None: the uid of the body passed
 
     def _maybe_fail(self, verb, kind):
         error = self.fail.get((verb, kind))
@@ -60,6 +62,11 @@ class FakeAccess:
 
     def resolve(self, hostname):
         return []
+
+    def relay_exists(self, namespace, name, uid):
+        self.calls.append(("relay",))
+        self._maybe_fail("get", "ZeroTierRelay")
+        return not self.relay_gone and self.relay_uid in (None, uid)
 
 
 def run(body, access):
