@@ -20,7 +20,8 @@ from zt_operator import builders, kube, plan, status, validation
 from zt_operator.settings import OperatorSettings
 
 RECHECK_SECONDS = 10.0
-"""How soon a relay short of ready pods is looked at again (why its pods are not ready)."""
+"""How soon a relay short of ready pods is looked at again (why its pods are not ready), and
+one whose load balancer's hostname resolves to no IP yet."""
 RECHECK_SOON_SECONDS = 2.0
 YOUNG_POD_SECONDS = 30.0
 """While one of its pods is younger than this, a short relay is looked at again after
@@ -189,6 +190,9 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
         # Only a relay short of ready or updated pods costs a pod listing (why they are not).
         pods = attempt(lambda: access.list_pods(namespace, builders.selector_string(name)))[1] or []
     resolved = {h: access.resolve(h) for h in status.load_balancer_hostnames(live.get("Service"))}
+    # A load balancer's hostname often resolves a minute or more after the Service gets it,
+    # and that changes no watched object: look again soon, not at the resync (300 s).
+    unresolved = bool(resolved) and not any(resolved.values())
 
     current_status = body.get("status") or {}
     apply_error = "; ".join(str(e) for e in errors) or None
@@ -199,7 +203,7 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     result = "invalid" if invalid else "error" if errors else "conflict" if conflicts else "ok"
     ready = any(c["type"] == "Ready" and c["status"] == "True" for c in wanted["conditions"])
     return Outcome(status.changes(current_status, wanted), status.events(current_status, wanted), result, ready, errors,
-                   recheck_seconds(pods, now()) if short else None)
+                   recheck_seconds(pods, now()) if short else RECHECK_SECONDS if unresolved else None)
 
 
 def _seconds(timestamp: str) -> float:

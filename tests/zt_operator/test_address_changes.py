@@ -66,3 +66,29 @@ def test_a_rotating_hostname_does_not_make_every_pass_write_status_and_warn():
         current = {k: v for k, v in {**current, **outcome.status_patch}.items() if v is not None}
         warnings += sum(1 for kind, reason, _ in outcome.events if reason == "AddressChanged")
     assert warnings == 0
+
+
+def test_a_load_balancer_hostname_that_does_not_resolve_yet_is_looked_up_again_soon():
+    # A cloud load balancer's DNS name often resolves a minute or more after the Service gets
+    # it. The pass that sees the hostname finds no IP (Ready=False AwaitingAddress, no
+    # clientConfig), and a ready relay is otherwise looked at again only at its resync, up to
+    # 300 s later: users waited minutes for a local.conf line that was already there.
+    from tests.zt_operator.test_reconcile import FakeAccess, conditions, run
+
+    class LateDNS(FakeAccess):
+        answer: list[str] = []
+
+        def resolve(self, hostname):
+            return list(self.answer)
+
+    access = LateDNS()
+    run(relay_body(), access)
+    access.objects["Deployment"]["status"] = {"replicas": 2, "readyReplicas": 2, "updatedReplicas": 2}
+    access.objects["Service"]["status"] = {"loadBalancer": {"ingress": [{"hostname": "lb-1.example.net"}]}}
+    waiting = run(relay_body(), access)
+    assert conditions(waiting)["Ready"] == ("False", "AwaitingAddress")
+    assert waiting.recheck_seconds is not None and waiting.recheck_seconds <= 10, waiting.recheck_seconds
+    LateDNS.answer = ["198.51.100.9"]
+    resolved = run(relay_body(), access)
+    assert conditions(resolved)["Ready"] == ("True", "Available")
+    assert resolved.recheck_seconds is None  # resolved and ready: nothing to look at before the resync
