@@ -190,8 +190,8 @@ class Access:
     def list_pods(self, namespace: str, selector: str) -> list[dict[str, Any]]:
         return kube.list_pods(namespace, selector)
 
-    def scale_relay(self, namespace: str, name: str, replicas: int) -> None:
-        kube.scale_relay(namespace, name, replicas)
+    def scale_relay(self, namespace: str, name: str, replicas: int, resource_version: str | None = None) -> None:
+        kube.scale_relay(namespace, name, replicas, resource_version)
 
     def relay_exists(self, namespace: str, name: str, uid: str) -> bool:
         """Whether the relay ``uid`` still exists and is not being deleted (one GET)."""

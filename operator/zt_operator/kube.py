@@ -321,10 +321,14 @@ def list_pods(namespace: str, selector: str) -> list[dict[str, Any]]:
     return listed.get("items") or []
 
 
-def scale_relay(namespace: str, name: str, replicas: int) -> None:
-    """Set the relay's ``spec.replicas`` through its scale subresource."""
+def scale_relay(namespace: str, name: str, replicas: int, resource_version: str | None = None) -> None:
+    """Set the relay's ``spec.replicas`` through its scale subresource; with
+    ``resource_version``, only if the relay is still that version (else 409 Conflict)."""
+    patch: dict[str, Any] = {"spec": {"replicas": replicas}}
+    if resource_version:
+        patch["metadata"] = {"resourceVersion": resource_version}
     call(f"scaling ZeroTierRelay {name}", _typed(client.CustomObjectsApi).patch_namespaced_custom_object_scale,
-         GROUP, VERSION, namespace, PLURAL, name, {"spec": {"replicas": replicas}},
+         GROUP, VERSION, namespace, PLURAL, name, patch,
          field_manager=FIELD_MANAGER, _content_type=MERGE, _request_timeout=TIMEOUT)
 
 

@@ -175,7 +175,13 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
     if not invalid:
         mirrored = plan.mirrored_replicas(body, deployment)
         if mirrored is not None:
-            attempt(lambda: access.scale_relay(namespace, name, mirrored))
+            # Only onto the relay this pass read: an edit since (autoscaling off with its own
+            # replicas) must not be overwritten by the count of an autoscaler it switched off.
+            try:
+                access.scale_relay(namespace, name, mirrored, meta.get("resourceVersion"))
+            except kube.KubeError as exc:
+                if exc.status != 409:  # 409: the relay moved on; its watch event brings the next pass
+                    errors.append(exc)
 
     pods: list[dict[str, Any]] = []
     dep_status = (deployment or {}).get("status") or {}

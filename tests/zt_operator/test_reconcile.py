@@ -57,7 +57,7 @@ class FakeAccess:
         self._maybe_fail("list", "Pod")
         return []
 
-    def scale_relay(self, namespace, name, replicas):
+    def scale_relay(self, namespace, name, replicas, resource_version=None):
         self.calls.append(("scale", "ZeroTierRelay", replicas))
 
     def resolve(self, hostname):
