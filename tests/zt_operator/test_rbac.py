@@ -49,3 +49,11 @@ def test_every_child_kind_can_be_watched():
 
 def test_owner_references_with_block_owner_deletion_are_allowed_under_permission_enforcement():
     assert (GROUP, "zerotierrelays/finalizers", "update") in GRANTED
+
+
+def test_the_relays_subresources_are_only_patched():
+    # The operator writes status and the mirrored replicas with PATCH (kube.patch_relay_status,
+    # kube.scale_relay) and never reads either subresource: the relay itself comes by watch
+    # (or one GET of the relay before a child is created).
+    for subresource in ("zerotierrelays/status", "zerotierrelays/scale"):
+        assert {v for g, r, v in GRANTED if (g, r) == (GROUP, subresource)} == {"patch"}, subresource
