@@ -27,6 +27,10 @@ CONDITION_TYPES = ("Ready", "Progressing", "Degraded", "Conflict", "AddressStabl
 STUCK_POD_REASONS = ("ImagePullBackOff", "ErrImagePull", "ErrImageNeverPull", "InvalidImageName", "CrashLoopBackOff",
                      "CreateContainerConfigError", "CreateContainerError", "RunContainerError")
 """Container waiting reasons that do not fix themselves: the relay is Degraded with the reason."""
+PULL_REASONS = ("ErrImagePull", "ImagePullBackOff")
+"""One trouble the kubelet shows in turn (a failed pull until its next sync, then the
+back-off, again at every retry): the relay keeps the reason it showed first, so each flip
+is not a new Degraded reason (and Warning Event)."""
 
 
 def _condition(kind: str, ok: bool, reason: str, message: str, generation: int | None) -> dict[str, Any]:
@@ -233,12 +237,22 @@ def observe(
         progressing = _condition("Progressing", False, "Complete", f"{replicas} pods up to date", generation)
 
     stuck = stuck_pods(pods)
+    before = {c.get("type"): c for c in previous.get("conditions") or []}.get("Degraded") or {}
+    was_stuck = before.get("status") == "True" and before.get("reason") in STUCK_POD_REASONS
+    short = deployment is not None and (ready < desired or updated < desired)
     if conflicts:
         degraded = _condition("Degraded", True, "Conflict", "; ".join(conflicts), generation)
     elif apply_error:
         degraded = _condition("Degraded", True, error_reason, apply_error, generation)
     elif stuck:
-        degraded = _condition("Degraded", True, stuck[0][0], "; ".join(m for _, m in stuck), generation)
+        reason = stuck[0][0]
+        if was_stuck and reason in PULL_REASONS and before["reason"] in PULL_REASONS:
+            reason = before["reason"]
+        degraded = _condition("Degraded", True, reason, "; ".join(m for _, m in stuck), generation)
+    elif was_stuck and short:
+        # A crash-looping container runs (not ready) between its back-offs: the same trouble,
+        # not a recovery, while the relay is still short of pods.
+        degraded = _condition("Degraded", True, before["reason"], before.get("message", ""), generation)
     elif deadline:
         degraded = _condition("Degraded", True, "ProgressDeadlineExceeded", progress.get("message", ""), generation)
     elif deployment is not None and not rolling and ready < desired:
