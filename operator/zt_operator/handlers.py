@@ -92,6 +92,9 @@ def _reconcile_blocking(key: str, body: dict[str, Any]) -> tuple[bool, dict[str,
             kube.patch_relay_status(meta["namespace"], meta["name"], outcome.status_patch)
             written = outcome.status_patch
         except kube.KubeError as exc:
+            if exc.status == 404:  # gone, with nothing to create that would have found out
+                log.info("%s: the relay no longer exists (its status write: %s); forgetting it", key, exc)
+                return True, {}, GONE
             errors.append(exc)
             status_refused = True
     for kind, reason, message in outcome.events:

@@ -82,3 +82,26 @@ def test_a_failed_look_at_the_relay_creates_nothing_and_is_an_error_retried():
     assert [c for c in access.calls if c[0] == "apply"] == []
     assert [c for c in access.calls if c[0] == "relay"] == [("relay",)]  # asked once, not per child
     assert not outcome.gone and outcome.result == "error" and [e.reason for e in outcome.errors] == ["Timeout"]
+
+
+async def test_a_gone_relay_with_nothing_to_create_is_forgotten_at_its_status_write(wired, monkeypatch):
+    # An invalid spec creates nothing, so no GET of the relay: its status write finds it gone
+    # (404), and that pass posts no Events (the stored status never changes: each retry
+    # would post the same ones again to a relay that no longer exists).
+    from zt_operator import kube
+
+    access, written = wired
+    body = relay_body({"fallback": {"service": "edge", "port": 443}})  # its own Service: InvalidSpec
+    await handlers.relay_event(type=None, body=body, logger=LOG)
+    assert await settle(lambda: any(w[0] == "status" for w in written))
+    written.clear()
+
+    def not_found(namespace, name, status):
+        raise kube.KubeError(f"writing the status of ZeroTierRelay {name}: 404 not found", "NotFound", 404)
+
+    monkeypatch.setattr(kube, "patch_relay_status", not_found)
+    stale = copy.deepcopy(body)  # as the relist left it: without the status the pass wrote
+    await handlers.relay_event(type=None, body=stale, logger=LOG)
+    assert await settle(lambda: "relays/edge" not in handlers._relays), "the gone relay is still handled"
+    assert [w for w in written if w[0] == "event"] == []
+    await handlers._runner.close()
