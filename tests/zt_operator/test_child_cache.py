@@ -125,18 +125,28 @@ async def test_after_a_relist_a_steady_relay_again_costs_no_api_request(cluster,
     monkeypatch.setattr(kube, "patch_relay_status", lambda *a: None)
     monkeypatch.setattr(kube, "post_event", lambda *a: None)
     monkeypatch.setattr(kube, "scale_relay", lambda *a: None)
-    work_runner = runner.Runner(handlers._work)
+    passes: list[bool] = []
+
+    async def counted(key):
+        passes.append(await handlers._work(key))
+        return passes[-1]
+
+    async def passes_done(count):
+        for _ in range(500):  # the pass itself, not a guess at how long it takes
+            if len(passes) >= count:
+                return True
+            await asyncio.sleep(0.01)
+        return False
+
+    work_runner = runner.Runner(counted)
     monkeypatch.setattr(handlers, "_runner", work_runner)
     import logging
     await handlers.relay_event(type=None, body=body, logger=logging.getLogger("test"))  # the relay's (re)list
-    for _ in range(200):
-        if gets:
-            break
-        await asyncio.sleep(0.01)
-    await asyncio.sleep(0.2)
+    assert await passes_done(1), "the relist's pass never ended"
+    assert gets  # the dropped children were read again, once
     gets.clear()
     work_runner.request("relays/edge")  # the periodic resync
-    await asyncio.sleep(0.3)
+    assert await passes_done(2), "the resync's pass never ended"
     await work_runner.close()
     assert gets == []
 
