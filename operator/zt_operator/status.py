@@ -249,9 +249,10 @@ def observe(
         if was_stuck and reason in PULL_REASONS and before["reason"] in PULL_REASONS:
             reason = before["reason"]
         degraded = _condition("Degraded", True, reason, "; ".join(m for _, m in stuck), generation)
-    elif was_stuck and short:
+    elif was_stuck and short and any(f"pod {(p.get('metadata') or {}).get('name')}:" in before.get("message", "")
+                                     for p in pods):
         # A crash-looping container runs (not ready) between its back-offs: the same trouble,
-        # not a recovery, while the relay is still short of pods.
+        # not a recovery, while the relay is short and a pod it named is still there.
         degraded = _condition("Degraded", True, before["reason"], before.get("message", ""), generation)
     elif deadline:
         degraded = _condition("Degraded", True, "ProgressDeadlineExceeded", progress.get("message", ""), generation)

@@ -54,3 +54,16 @@ def test_pods_that_recover_clear_it_and_a_new_failure_warns_again():
         posted += [reason for kind, reason, _ in status.events(current, wanted) if kind == "Warning" and reason != "NoReadyReplicas"]
         current = {k: v for k, v in {**current, **status.changes(current, wanted)}.items() if v is not None}
     assert posted == ["CrashLoopBackOff", "CrashLoopBackOff"], posted
+
+
+def test_a_crash_loop_reason_is_not_kept_for_pods_it_did_not_name():
+    # The crash-looping pods were replaced (a fixed image rolled out; the old pods deleted):
+    # the new ones, not ready yet (starting, or Pending with no room), are not crash-looping.
+    crashing = pod("CrashLoopBackOff")
+    before = status.observe(relay_body(), deployment(desired=1, ready=0, updated=1, replicas=1), None, pods=[crashing])
+    before["conditions"] = status.merge_conditions(None, before["conditions"], NOW)
+    replacement = {"metadata": {"name": "edge-2"}, "status": {"phase": "Pending"}}
+    after = status.observe(relay_body(**before), deployment(desired=1, ready=0, updated=1, replicas=1), None,
+                           pods=[replacement], previous=before)
+    degraded = {c["type"]: c for c in after["conditions"]}["Degraded"]
+    assert degraded["reason"] != "CrashLoopBackOff", degraded
