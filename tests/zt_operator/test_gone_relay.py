@@ -105,3 +105,19 @@ async def test_a_gone_relay_with_nothing_to_create_is_forgotten_at_its_status_wr
     assert await settle(lambda: "relays/edge" not in handlers._relays), "the gone relay is still handled"
     assert [w for w in written if w[0] == "event"] == []
     await handlers._runner.close()
+
+
+def test_the_relay_is_read_with_one_get_of_its_own_path_and_a_missing_one_is_none(monkeypatch):
+    from tests.zt_operator.fakeapi import FakeApi
+    from zt_operator import kube
+
+    server = FakeApi().start()
+    try:
+        monkeypatch.setattr(kube, "_api", server.api_client())
+        path = "/apis/relay.zt-relay.dev/v1alpha1/namespaces/relays/zerotierrelays/edge"
+        assert kube.get_relay("relays", "edge") is None
+        server.objects[path] = relay_body()
+        assert kube.get_relay("relays", "edge")["metadata"]["uid"] == relay_body()["metadata"]["uid"]
+        assert server.paths("GET") == [path, path]
+    finally:
+        server.stop()
