@@ -9,6 +9,8 @@
   what runs; then the operator's apply leaves it out, and the autoscaler takes it over.
 - ``mirrored_replicas``: under an autoscaler the relay's own ``spec.replicas`` follows what
   runs, so switching autoscaling off starts from there, not from a default.
+- ``replicas_handback``: switching off over a mirror that stopped (the operator was down
+  while the autoscaler scaled) first brings ``spec.replicas`` up to what runs.
 - ``is_stale``: a reconcile holding an older generation than one already applied must not
   apply (it would undo a fresh edit and roll the pods twice).
 - ``up_to_date``: every field the operator builds is already live: no apply request.
@@ -55,6 +57,28 @@ def owns_field(live: Mapping[str, Any], manager: str, *path: str) -> bool:
         else:
             return True
     return False
+
+
+def owners(live: Mapping[str, Any], *path: str) -> set[str]:
+    """The field managers owning the field at ``path``."""
+    return {entry.get("manager") for entry in (live.get("metadata") or {}).get("managedFields") or []
+            if owns_field({"metadata": {"managedFields": [entry]}}, entry.get("manager"), *path)}
+
+
+def replicas_handback(body: Mapping[str, Any], live_deployment: Mapping[str, Any] | None) -> int | None:
+    """With autoscaling switched off, what runs, when the relay's ``spec.replicas`` is only
+    the operator's mirror of an earlier count (no edit set it) and the Deployment's replicas
+    are not the operator's (an autoscaler held them): the mirror stopped while the operator
+    was down, and applying it would cut the pods the autoscaler added. None otherwise."""
+    spec = builders.with_defaults(body.get("spec"))
+    if spec["autoscaling"]["enabled"] or live_deployment is None:
+        return None
+    if owners(body, "spec", "replicas") != {FIELD_MANAGER} or owns_field(live_deployment, FIELD_MANAGER, "spec", "replicas"):
+        return None
+    running = (live_deployment.get("spec") or {}).get("replicas")
+    if not running or running == spec["replicas"]:
+        return None
+    return running
 
 
 def replicas_handover(body: Mapping[str, Any], live_deployment: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -126,6 +126,14 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
         manifests = _manifests(body, settings, [], fallback_service)
         if not ok and not forbidden:  # a passing failure: keep the policy as it is rather than close the backend
             manifests.pop("NetworkPolicy")
+    handback = None
+    if not invalid:
+        try:
+            running = plan.replicas_handback(body, access.live("Deployment", namespace, name))
+            if running is not None and plan.child_state(access.live("HorizontalPodAutoscaler", namespace, name), uid) == "ours":
+                handback = running
+        except kube.KubeError:
+            pass  # the loop's own reads of these children report it
     for kind in CHILD_KINDS:
         # A child that is not to be written needs no read from the API server: only our own
         # (labelled, so watched and cached) object matters then.
@@ -143,6 +151,8 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
         live[kind] = current
         if invalid:
             continue
+        if handback is not None and kind in ("Deployment", "HorizontalPodAutoscaler"):
+            continue  # left as they are until spec.replicas says what runs (below; its event brings the next pass)
         if kind not in manifests:
             continue  # not built this pass (invalid spec, or see above): left as it is
         manifest = manifests[kind]
@@ -173,7 +183,7 @@ def run(body: Mapping[str, Any], settings: OperatorSettings, now: Callable[[], s
 
     deployment = live.get("Deployment")
     if not invalid:
-        mirrored = plan.mirrored_replicas(body, deployment)
+        mirrored = handback if handback is not None else plan.mirrored_replicas(body, deployment)
         if mirrored is not None:
             # Only onto the relay this pass read: an edit since (autoscaling off with its own
             # replicas) must not be overwritten by the count of an autoscaler it switched off.
