@@ -46,6 +46,9 @@ Fixtures for test authors:
                    with a unique suffix, with its own address, routed through the node:
                    .address, .run(*cmd), .popen(*cmd));
                    removed after the test. Local backend only, skipped elsewhere.
+  probes           (function) `probes.gate(probes_mod.FORWARD, "-s", ip)`: counters of the test's own
+                   packets at a guard (`.dropped(at_least=N)`), `probes.count(...)` one rule;
+                   removed after the test (e2e/probes.py). Local backend only.
   cluster_cli      (session) `cluster_cli("status")` runs `python -m e2e.cluster CMD`, returns stdout
   wait_for         `wait_for("what", probe, timeout)` polls until probe() is truthy
   wait_for_pods_ready  `wait_for_pods_ready(namespace, selector, count, timeout=120)` -> pods
@@ -307,6 +310,17 @@ def test_hosts(cluster: Cluster):
     yield make
     for host in created:
         network.delete_test_host(host)
+
+
+@pytest.fixture
+def probes(cluster: Cluster):
+    """`Probes` (e2e/probes.py): counters of this test's own packets, removed after it."""
+    if cluster.backend != "local":
+        pytest.skip(f"the guards the probes count at are the local cluster's host, not --cluster={cluster.backend}'s")
+    from e2e import probes as probes_mod
+
+    with probes_mod.Probes() as made:
+        yield made
 
 
 def _push(tag: str, registry: str) -> str:

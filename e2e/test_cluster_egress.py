@@ -4,8 +4,9 @@ The "outside" is 198.18.0.0/15 and 2001:2::/48 (the benchmarking ranges, RFC 254
 after checking that nothing on this machine uses them. To prove that the drop holds on EVERY
 interface and not only the default route's, each test routes the outside through a second
 way out: a veth (named unlike the harness's `ztr-*` links) into a namespace that counts what
-arrives. Every path must fail, a counter of ours must show the drop happened here, and the
-second way out must have seen nothing.
+arrives. Every path must fail, the test's own packets must be counted reaching our guard and
+none getting past it (`probes`: counters of this test's packets only, so the tests share the
+cluster with concurrent sessions), and the second way out must have seen nothing.
 """
 
 import ipaddress
@@ -21,11 +22,10 @@ import pytest
 from e2e import workloads
 from e2e.cluster import cgroups, configs, firewall, network
 from e2e.cluster.layout import ESCAPE_NETNS_PREFIX
+from e2e.probes import FORWARD, IN6, output
 
 OUTSIDE4_NET, OUTSIDE4 = "198.18.0.0/15", "198.18.0.77"
 OUTSIDE6_NET, OUTSIDE6 = "2001:2::/48", "2001:2::77"
-LEAVES = "nothing from the cluster leaves"
-NEVER_DIALS = "the harness's processes never dial out"
 MIRROR = "dials to the dead registry mirror"
 
 
@@ -85,10 +85,6 @@ class Escape:
         return counts[0], counts[1]
 
 
-# Every test reads a counter of the whole machine (the drops of ZTR-E2E-FORWARD, -IN6, -OUTPUT,
-# the mirror rule's dials) that a concurrent test's packet to the outside or image pull moves.
-pytestmark = pytest.mark.alone_on_cluster(reason="reads the machine-wide drop and mirror counters")
-
 ESCAPE_LINK_PREFIX = "ztr-x"  # layout.ESCAPE_LINK: ours, so `down` removes what a killed run left
 
 
@@ -137,16 +133,6 @@ def escape(outside):
     finally:
         network.sh("ip", "link", "del", link, check=False)  # takes this run's routes, and only them
         network.delete_netns(netns)
-
-
-def _forward_drops() -> int:
-    # One DROP per link the cluster enters by (pods: ztr-cni0, test hosts: ztr-hosts0): their sum.
-    # Every drop is in the security table (kube-router rewrites filter, zeroing its counters).
-    return firewall.drop_counter("iptables", "security", "ZTR-E2E-FORWARD", LEAVES)
-
-
-def _in6_drops() -> int:
-    return firewall.drop_counter("ip6tables", "raw", "ZTR-E2E-IN6")
 
 
 def _link_local(ifname: str, wait_for, netns: str | None = None) -> str:
@@ -198,28 +184,29 @@ except OSError as exc:
 """
 
 
-def test_a_test_host_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, test_hosts):
+def test_a_test_host_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, test_hosts, probes):
     client = test_hosts("client")
-    before, arrived = _forward_drops(), escape.arrived()
+    gate, arrived = probes.gate(FORWARD, "-s", client.address, "-d", escape.v4), escape.arrived()
     out = client.run(sys.executable, "-c", SEND, escape.v4).stdout
     assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
-    assert _forward_drops() - before >= 4  # three datagrams and at least one SYN
+    gate.dropped(at_least=4)  # three datagrams and at least one SYN
     assert escape.arrived() == arrived
 
 
-def test_a_test_host_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, test_hosts, wait_for):
+def test_a_test_host_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, test_hosts, wait_for, probes):
     client = test_hosts("client")
     gateway = _link_local(layout.hosts_bridge, wait_for)
     _link_local("eth0", wait_for, netns=client.netns)
     client.run("ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0")
-    before, arrived = _in6_drops(), escape.arrived()
+    # From its link-local address: the test's own packets are those to its escape's /64.
+    gate, arrived = probes.gate(IN6, "-i", layout.hosts_bridge, "-d", escape.v6), escape.arrived()
     out = client.run(sys.executable, "-c", SEND, escape.v6).stdout
     assert out.rstrip() == "failed TimeoutError []", out  # sent (no local error), never answered
-    assert _in6_drops() - before >= 4
+    gate.dropped(at_least=4)
     assert escape.arrived() == arrived
 
 
-def test_a_test_host_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, test_hosts):
+def test_a_test_host_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, test_hosts, probes):
     client = test_hosts("client")
     lookup = client.run(sys.executable, "-c", "import socket; socket.getaddrinfo('example.com', 80)", check=False)
     assert lookup.returncode != 0 and "gaierror" in lookup.stderr
@@ -227,9 +214,9 @@ def test_a_test_host_resolves_no_public_name_and_cannot_reach_the_machines_resol
     assert client.run("cat", "/etc/resolv.conf").stdout.split() == ["nameserver", layout.node_ip]
     # ... and a query sent straight to the machine's resolvers is dropped here.
     for resolver in [r for r in _machine_resolvers() if not r.startswith("127.") and ":" not in r]:
-        before = _forward_drops()
+        gate = probes.gate(FORWARD, "-s", client.address, "-d", resolver)
         assert client.run(sys.executable, "-c", DNS_QUERY, resolver).stdout.startswith("failed")
-        assert _forward_drops() - before >= 1
+        gate.dropped(at_least=1)
 
 
 @pytest.fixture
@@ -245,14 +232,14 @@ def _exec(kubectl, pod, *cmd, check=False):
     return kubectl("exec", "-n", pod["metadata"]["namespace"], pod["metadata"]["name"], "--", *cmd, check=check, timeout=30)
 
 
-def test_a_pod_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, kubectl, pod):
-    before, arrived = _forward_drops(), escape.arrived()
+def test_a_pod_reaches_nothing_outside_by_ipv4_and_the_drop_is_counted_here(layout, outside, escape, kubectl, pod, probes):
+    gate, arrived = probes.gate(FORWARD, "-s", pod["status"]["podIP"], "-d", escape.v4), escape.arrived()
     # busybox's nc has no UDP; its tftp client sends one read request by UDP and waits.
     udp = _exec(kubectl, pod, "sh", "-c", f"timeout 2 tftp -g -r leak -l /dev/null {escape.v4} 9; echo $?")
     assert udp.stdout.strip().splitlines()[-1] != "0"
     tcp = _exec(kubectl, pod, "nc", "-w", "2", escape.v4, "80")
     assert tcp.returncode != 0
-    assert _forward_drops() - before >= 2
+    gate.dropped(at_least=2)
     assert escape.arrived() == arrived
 
 
@@ -267,42 +254,45 @@ def _pod_pid(pod) -> int:
     raise AssertionError(f"no process of pod {uid} under our cgroup root {cgroups.PODS}")
 
 
-def test_a_pod_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, kubectl, pod, wait_for):
+def test_a_pod_reaches_nothing_outside_by_ipv6_even_with_a_route(layout, outside, escape, kubectl, pod, wait_for, probes):
     gateway = _link_local(layout.cni_bridge, wait_for)
     netns = f"--net=/proc/{_pod_pid(pod)}/ns/net"
     subprocess.run(["nsenter", netns, "ip", "-6", "route", "add", OUTSIDE6_NET, "via", gateway, "dev", "eth0"], check=True)
-    before, arrived = _in6_drops(), escape.arrived()
+    gate, arrived = probes.gate(IN6, "-i", layout.cni_bridge, "-d", escape.v6), escape.arrived()
     tcp = _exec(kubectl, pod, "nc", "-w", "2", escape.v6, "80")
     assert tcp.returncode != 0
-    assert _in6_drops() - before >= 1
+    gate.dropped(at_least=1)
     assert escape.arrived() == arrived
 
 
-def test_a_pod_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, kubectl, pod):
+def test_a_pod_resolves_no_public_name_and_cannot_reach_the_machines_resolvers(layout, outside, kubectl, pod, probes):
     resolv = _exec(kubectl, pod, "cat", "/etc/resolv.conf", check=True).stdout
     assert f"nameserver {layout.node_ip}" in resolv and not any(r in resolv for r in _machine_resolvers())
     lookup = _exec(kubectl, pod, "nslookup", "example.com")
     assert lookup.returncode != 0
     for resolver in [r for r in _machine_resolvers() if not r.startswith("127.") and ":" not in r]:
-        before = _forward_drops()
+        gate = probes.gate(FORWARD, "-s", pod["status"]["podIP"], "-d", resolver)
         direct = _exec(kubectl, pod, "nslookup", "example.com", resolver)
         assert direct.returncode != 0
-        assert _forward_drops() - before >= 1
+        gate.dropped(at_least=1)
 
 
-def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside, escape):
-    drops = {b: firewall.drop_counter(b, "security", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
+def test_the_clusters_own_processes_cannot_send_off_the_machine(layout, outside, escape, probes):
+    targets = {"iptables": escape.v4, "ip6tables": escape.v6}
+    gates = {binary: probes.gate(output(binary), "-d", address) for binary, address in targets.items()}
     arrived = escape.arrived()
-    for address in (escape.v4, escape.v6):
+    for address in targets.values():
         # Run inside the harness's host cgroup, like containerd or the kubelet.
         proc = subprocess.run(cgroups.enter_host_argv([sys.executable, "-c", SEND, address]), capture_output=True, text=True, timeout=30)
         # UDP: EPERM at once from the OUTPUT drop; TCP: the SYN is dropped the same way.
         assert proc.stdout.startswith("failed") and proc.stdout.rstrip().endswith("[1, 1, 1]"), proc.stdout + proc.stderr
-    for binary, before in drops.items():
-        assert firewall.drop_counter(binary, "security", "ZTR-E2E-OUTPUT") - before >= 4
+    for gate in gates.values():
+        gate.dropped(at_least=4)
     assert escape.arrived() == arrived
 
 
+@pytest.mark.alone_on_cluster(reason="containerd and the OUTPUT guard are every session's: 'nothing tried to leave' "
+                              "and the mirror's dials are the machine-wide counters, which concurrent pulls and drops move")
 def test_a_pod_whose_image_was_never_imported_fails_locally_and_nothing_is_dialled(layout, outside, escape, kubectl, namespace, wait_for):
     drops = {b: firewall.drop_counter(b, "security", "ZTR-E2E-OUTPUT") for b in ("iptables", "ip6tables")}
     mirror, arrived = firewall.rule_counter("iptables", "security", "ZTR-E2E-OUTPUT", MIRROR), escape.arrived()

@@ -1,5 +1,7 @@
 """Nothing leaves the machine: stray packets to unclaimed pod, Service or LB addresses end in
-the sink namespace, and nothing answers them. Local backend only (it owns the host's routes)."""
+the sink namespace, and nothing answers them. Local backend only (it owns the host's routes).
+What reached the sink is counted per sender and address (`probes`), not by the sink's DROP
+counter, which every concurrent session's strays move."""
 
 import json
 import socket
@@ -32,6 +34,16 @@ def stray_addresses(kubectl):
         claimed.add(pod["status"].get("podIP"))
     assert not claimed & set(STRAY.values()), "a stray test address is in use; pick another"
     return STRAY
+
+
+def _sink_counters(probes, layout, source: str, addresses: dict[str, str]) -> dict:
+    """Per stray address, a counter in the sink of what `source` sent there (before its DROP)."""
+    return {kind: probes.count("iptables", "raw", "PREROUTING", "-s", source, "-d", address, first=True, netns=layout.sink_netns)
+            for kind, address in addresses.items()}
+
+
+def _in_sink(probes, counters: dict, at_least: int) -> dict[str, int]:
+    return {kind: probes.wait_for_packets(counter, at_least) for kind, counter in counters.items()}
 
 
 def _probe_from_host(address: str) -> str:
@@ -67,23 +79,29 @@ def test_routes_send_cluster_ranges_to_the_sink(layout, stray_addresses):
         assert route["dev"] == layout.sink_host_veth, f"{kind} address {address} routes via {route['dev']}"
 
 
+def _probe(rule: str) -> bool:
+    return firewall.probe_chain(rule.split()[-1])
+
+
 def test_our_jumps_come_before_kube_proxys_in_forward_output_and_input_v4_and_v6(layout):
     # kube-proxy's chains ACCEPT marked traffic; ours must come first. (dockerd, restarted,
     # puts its jumps on top: they accept docker0 traffic only, so that order is harmless.)
     # kube-router (NetworkPolicy) takes the top again on every sync and ACCEPTs what a policy
     # allows: for that the drops are repeated in the security table, checked below.
     # INPUT: one jump per link the cluster's traffic enters by (exact names, no wildcard).
+    # A concurrent test's probe (e2e/probes.py: an empty chain counting that test's packets,
+    # first in a guard's hook) is not a jump of the policy's.
     expected = {"FORWARD": ["ZTR-E2E-FORWARD"], "OUTPUT": ["ZTR-E2E-OUTPUT", "ZTR-E2E-PODS-OUT"],
                 "INPUT": ["ZTR-E2E-INPUT"] * len(layout.cluster_links)}
     for binary in ("iptables", "ip6tables"):
         for hook, names in expected.items():
             rules = network.sh(binary, "-S", hook).stdout.splitlines()
-            ours = [i for i, rule in enumerate(rules) if "-j ZTR-E2E-" in rule]
+            ours = [i for i, rule in enumerate(rules) if "-j ZTR-E2E-" in rule and not _probe(rule)]
             kube = [i for i, rule in enumerate(rules) if "-j KUBE-" in rule and "-j KUBE-ROUTER-" not in rule]
             assert sorted(rules[i].split()[-1] for i in ours) == sorted(names), f"{binary} {hook}: our jumps: {rules}"
             assert not kube or max(ours) < min(kube), f"{binary} {hook}: {rules}"
             guard = network.sh(binary, "-t", "security", "-S", hook).stdout.splitlines()
-            assert sorted(r.split()[-1] for r in guard if "-j ZTR-E2E-" in r) == sorted(names), f"{binary} security {hook}: {guard}"
+            assert sorted(r.split()[-1] for r in guard if "-j ZTR-E2E-" in r and not _probe(r)) == sorted(names), f"{binary} security {hook}: {guard}"
 
 
 def test_every_drop_is_in_the_security_guard_first_in_its_hook_and_filter_drops_nothing(layout):
@@ -100,20 +118,20 @@ def test_every_drop_is_in_the_security_guard_first_in_its_hook_and_filter_drops_
             assert not drops and not any(" -j TEE " in r for r in live), f"{chain.binary} filter {chain.name}: {live}"
 
 
-@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
-def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses):
-    before = network.sink_dropped_packets(layout)
+def test_stray_packets_from_the_host_land_in_the_sink_and_nothing_answers(layout, stray_addresses, probes):
+    # From the host, a packet to the sink's routes leaves by the sink link, from its address.
+    counters = _sink_counters(probes, layout, layout.sink_host_address, stray_addresses)
     answers = {kind: _probe_from_host(address) for kind, address in stray_addresses.items()}
     assert answers == {kind: "silence" for kind in stray_addresses}
     # Per address: one datagram and at least one SYN.
-    assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
+    seen = _in_sink(probes, counters, 2)
+    assert all(n >= 2 for n in seen.values()), f"packets per stray address in the sink: {seen}"
 
 
-@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
-def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, stray_addresses, kubectl, namespace, busybox_image, wait_for_pods_ready):
+def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, stray_addresses, kubectl, namespace, busybox_image, wait_for_pods_ready, probes):
     kubectl.apply(workloads.sleeper_pod("stray", busybox_image), namespace=namespace)
-    wait_for_pods_ready(namespace, "app=stray")
-    before = network.sink_dropped_packets(layout)
+    (pod,) = wait_for_pods_ready(namespace, "app=stray")
+    counters = _sink_counters(probes, layout, pod["status"]["podIP"], stray_addresses)
     # Every probe at once, in one exec (each waits 2 s for an answer that must not come):
     # busybox's nc has no UDP; its tftp client sends one read request by UDP and waits.
     # Each prints one line: `udp|tcp <address> <exit status> <its output>`.
@@ -128,18 +146,18 @@ def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, s
         status, *said = results["tcp", address]
         assert status != "0", f"TCP to the stray {kind} address {address} connected"
         assert "refused" not in " ".join(said).lower(), f"something refused TCP to {address}: {said}"
-    assert network.sink_dropped_packets(layout) - before >= 2 * len(stray_addresses)
+    seen = _in_sink(probes, counters, 2)
+    assert all(n >= 2 for n in seen.values()), f"packets per stray address in the sink: {seen}"
 
 
-@pytest.mark.alone_on_cluster(reason="reads the sink's drop counter, which any concurrent stray packet moves")
-def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses, test_hosts):
+def test_stray_packets_from_a_test_host_land_in_the_sink(layout, stray_addresses, test_hosts, probes):
     client = test_hosts("client")
-    before = network.sink_dropped_packets(layout)
     address = stray_addresses["load balancer"]
+    (counter,) = _sink_counters(probes, layout, client.address, {"load balancer": address}).values()
     probe = "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.sendto(b'x', (%r, 9))" % address
     for _ in range(3):
         client.run(sys.executable, "-c", probe)
-    assert network.sink_dropped_packets(layout) - before >= 3
+    assert probes.wait_for_packets(counter, 3) >= 3
 
 
 # As `ss` shows them: the kernel's 15-character command names of every non-Python component.

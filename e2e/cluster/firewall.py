@@ -75,6 +75,9 @@ from e2e.cluster import kube_router_view
 from e2e.cluster.layout import Layout
 
 PREFIX = "ZTR-E2E-"
+PROBE_PREFIX = PREFIX + "PROBE-"
+"""A test's own packet counter (e2e/probes.py): an empty chain, jumped to by one rule matching
+only that test's packets. Ours like every ZTR-E2E- chain (`down` removes a killed run's)."""
 
 # What the kubelet creates by itself (kube-proxy --cleanup leaves these).
 KUBELET_CHAINS = ("KUBE-FIREWALL", "KUBE-KUBELET-CANARY", "KUBE-IPTABLES-HINT")
@@ -393,6 +396,10 @@ def removal_script(tables: dict[str, list[str]], is_ours) -> str:
 
 def ours(name: str) -> bool:
     return name.startswith(PREFIX)
+
+
+def probe_chain(name: str) -> bool:
+    return name.startswith(PROBE_PREFIX)
 
 
 def kube_chain(name: str) -> bool:
