@@ -21,7 +21,9 @@ and `firewall.first_in_hook` passes over it, so no concurrent `up` moves a guard
 takes it for damage. None goes into the filter table, which kube-router rewrites.
 """
 
+import shlex
 import subprocess
+import time
 import uuid
 from dataclasses import dataclass, field
 
@@ -44,12 +46,18 @@ class Probe:
     """Inserted first in its hook (before a guard's jump), else appended."""
     netns: str | None = None
 
-    def install_commands(self) -> list[list[str]]:
-        place = ["-I", self.hook, "1"] if self.first else ["-A", self.hook]
-        return [["-N", self.chain], [*place, *self.match, "-j", self.chain]]
+    def install_script(self) -> str:
+        """One iptables-restore transaction: the chain and its jump appear together (a lone
+        `iptables -N` then `-I` may fail to find a user chain it just made while other rules
+        change: iptables-nft then calls the chain "incompatible")."""
+        place = f"-I {self.hook} 1" if self.first else f"-A {self.hook}"
+        return "\n".join([f"*{self.table}", f":{self.chain} - [0:0]", f"{place} {self._jump()}", "COMMIT", ""])
 
-    def remove_commands(self) -> list[list[str]]:
-        return [["-D", self.hook, *self.match, "-j", self.chain], ["-X", self.chain]]
+    def remove_script(self) -> str:
+        return "\n".join([f"*{self.table}", f"-D {self.hook} {self._jump()}", f"-X {self.chain}", "COMMIT", ""])
+
+    def _jump(self) -> str:
+        return " ".join([*map(shlex.quote, self.match), "-j", self.chain])
 
 
 @dataclass(frozen=True)
@@ -73,13 +81,30 @@ def output(binary: str) -> Guard:
     return Guard(binary, "security", "OUTPUT", firewall.PREFIX + "OUTPUT", "mangle", "POSTROUTING")
 
 
-def _run(probe_or_guard, table: str, *args: str, netns: str | None = None, check: bool = True) -> str:
+LISTING_RACE = "is incompatible, use 'nft' tool"
+"""What iptables-nft 1.8.9 sometimes says of a chain of ours it lists while other sessions'
+and kube-proxy's rules change (seen on this machine for seconds at a time, under load; the
+same chain lists fine a moment later, and iptables-save shows it): read again, a few times."""
+
+
+def _run(probe_or_guard, table: str, *args: str, netns: str | None = None) -> str:
+    """A listing (read only: asked again after `LISTING_RACE`)."""
     argv = [probe_or_guard.binary, "-w", "5", "-t", table, *args]
-    proc = subprocess.run(["ip", "netns", "exec", netns, *argv] if netns else argv,
-                          capture_output=True, text=True, timeout=30)
-    if check and proc.returncode != 0:
+    for attempt in range(5):
+        proc = subprocess.run(["ip", "netns", "exec", netns, *argv] if netns else argv,
+                              capture_output=True, text=True, timeout=30)
+        if proc.returncode == 0 or LISTING_RACE not in proc.stderr:
+            break
+        time.sleep(0.2 * (attempt + 1))
+    if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv)}: {proc.stderr.strip()}")
     return proc.stdout
+
+
+def _restore(probe: Probe, script: str) -> subprocess.CompletedProcess:
+    argv = [f"{probe.binary}-restore", "-w", "5", "--noflush"]
+    return subprocess.run(["ip", "netns", "exec", probe.netns, *argv] if probe.netns else argv,
+                          input=script, capture_output=True, text=True, timeout=30)
 
 
 def packets(listing: str, chain: str) -> int:
@@ -138,10 +163,10 @@ class Probes:
 
     def count(self, binary: str, table: str, hook: str, *match: str, first: bool = False, netns: str | None = None) -> Probe:
         probe = Probe(binary, table, hook, tuple(match), new_chain(), first, netns)
-        for command in probe.install_commands():
-            _run(probe, table, *command, netns=netns)
-            if command[0] == "-N":
-                self.added.append(probe)  # the chain exists: close() removes it
+        proc = _restore(probe, probe.install_script())
+        if proc.returncode != 0:
+            raise RuntimeError(f"{binary}-restore --noflush: {proc.stderr.strip()}\n{probe.install_script()}")
+        self.added.append(probe)
         return probe
 
     def gate(self, guard: Guard, *match: str) -> Gate:
@@ -167,10 +192,10 @@ class Probes:
         return n if n >= max(at_least, 1) else None
 
     def close(self) -> None:
-        for probe in reversed(self.added):
-            for command in probe.remove_commands():
-                _run(probe, probe.table, *command, netns=probe.netns, check=False)
+        failed = [probe for probe in reversed(self.added) if _restore(probe, probe.remove_script()).returncode != 0]
         self.added.clear()
+        if failed:
+            raise RuntimeError(f"probes not removed (`down` removes them): {[p.chain for p in failed]}")
 
     def __enter__(self) -> "Probes":
         return self

@@ -132,13 +132,13 @@ def test_stray_packets_from_a_pod_land_in_the_sink_and_nothing_answers(layout, s
     kubectl.apply(workloads.sleeper_pod("stray", busybox_image), namespace=namespace)
     (pod,) = wait_for_pods_ready(namespace, "app=stray")
     counters = _sink_counters(probes, layout, pod["status"]["podIP"], stray_addresses)
-    # Every probe at once, in one exec (each waits 2 s for an answer that must not come):
+    # Every send at once, in one exec (each waits 2 s for an answer that must not come):
     # busybox's nc has no UDP; its tftp client sends one read request by UDP and waits.
     # Each prints one line: `udp|tcp <address> <exit status> <its output>`.
-    probes = " ".join(
+    sends = " ".join(
         f"(timeout 2 tftp -g -r stray -l /dev/null {a} 9 >/dev/null 2>&1; echo udp {a} $?) & "
         f"(out=$(nc -w 2 {a} 80 </dev/null 2>&1); echo tcp {a} $? $out) & " for a in stray_addresses.values())
-    out = kubectl("exec", "-n", namespace, "stray", "--", "sh", "-c", f"{probes} wait", timeout=30).stdout
+    out = kubectl("exec", "-n", namespace, "stray", "--", "sh", "-c", f"{sends} wait", timeout=30).stdout
     results = {(line.split()[0], line.split()[1]): line.split(maxsplit=3)[2:] for line in out.splitlines() if line.strip()}
     assert set(results) == {(proto, a) for a in stray_addresses.values() for proto in ("udp", "tcp")}, out
     for kind, address in stray_addresses.items():

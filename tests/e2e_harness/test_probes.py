@@ -18,11 +18,11 @@ CHAIN = "ZTR-E2E-PROBE-0a1b2c3d"
 
 def test_a_probe_is_a_jump_to_an_empty_chain_of_its_own_first_or_appended():
     first = probes.Probe("iptables", "security", "FORWARD", ("-s", "10.244.0.5", "-d", "198.18.3.77"), CHAIN, first=True)
-    assert first.install_commands() == [
-        ["-N", CHAIN], ["-I", "FORWARD", "1", "-s", "10.244.0.5", "-d", "198.18.3.77", "-j", CHAIN]]
+    assert first.install_script().splitlines() == [
+        "*security", f":{CHAIN} - [0:0]", f"-I FORWARD 1 -s 10.244.0.5 -d 198.18.3.77 -j {CHAIN}", "COMMIT"]
     last = probes.Probe("iptables", "mangle", "POSTROUTING", ("-d", "198.18.3.77"), CHAIN)
-    assert last.install_commands() == [["-N", CHAIN], ["-A", "POSTROUTING", "-d", "198.18.3.77", "-j", CHAIN]]
-    assert last.remove_commands() == [["-D", "POSTROUTING", "-d", "198.18.3.77", "-j", CHAIN], ["-X", CHAIN]]
+    assert last.install_script().splitlines() == ["*mangle", f":{CHAIN} - [0:0]", f"-A POSTROUTING -d 198.18.3.77 -j {CHAIN}", "COMMIT"]
+    assert last.remove_script().splitlines() == ["*mangle", f"-D POSTROUTING -d 198.18.3.77 -j {CHAIN}", f"-X {CHAIN}", "COMMIT"]
     assert probes.new_chain() != probes.new_chain() and len(probes.new_chain()) <= 28  # iptables' limit
     assert probes.new_chain().startswith("ZTR-E2E-PROBE-")
 
