@@ -494,6 +494,23 @@ def test_a_started_process_is_tracked_by_its_pid_file_and_stopped(tmp_path):
     assert not (tmp_path / "run" / "sleeper.pid").exists()
 
 
+def test_a_started_process_keeps_no_descriptor_it_inherited_beyond_its_stdio(tmp_path):
+    """`flock /tmp/zt-e2e.lock python -m e2e.cluster up` hands the lock's descriptor (3, inheritable)
+    to `up`: a daemon that kept it held the lock until `down` (every other `flock` waited)."""
+    lock = tmp_path / "held.lock"
+    fd = os.open(lock, os.O_RDONLY | os.O_CREAT)
+    os.set_inheritable(fd, True)
+    try:
+        pid = processes.start("sleeper", ["sleep", "30"], tmp_path / "run", tmp_path / "logs")
+        wait_for("the sleeper exec'd", lambda: processes.running_pid("sleeper", tmp_path / "run") == pid, timeout=5, interval=0.05)
+        held = {os.readlink(f"/proc/{pid}/fd/{n}") for n in os.listdir(f"/proc/{pid}/fd") if int(n) > 2}
+        assert str(lock) not in held, held
+        assert [os.readlink(f"/proc/{pid}/fd/{n}") for n in (1, 2)] == [str(tmp_path / "logs" / "sleeper.log")] * 2
+    finally:
+        processes.stop("sleeper", tmp_path / "run", timeout=5)
+        os.close(fd)
+
+
 def test_a_stale_pid_file_never_points_at_an_unrelated_process(tmp_path):
     (tmp_path / "other.pid").write_text(f"{os.getpid()}\n/nonexistent/etcd\n")
     assert processes.running_pid("other", tmp_path) is None

@@ -20,18 +20,20 @@ def start(
     execs it (default: argv[0]).
 
     posix_spawn rather than Popen: the processes outlive this call (and the Python process
-    that may call `up` from a pytest fixture), so there is no Popen object to wait on.
+    that may call `up` from a pytest fixture), so there is no Popen object to wait on. It
+    keeps no inherited descriptor but its stdio (`_inherited_descriptors`).
     """
     run_dir.mkdir(parents=True, exist_ok=True)
     log_dir.mkdir(parents=True, exist_ok=True)
     log = os.open(log_dir / f"{name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     devnull = os.open(os.devnull, os.O_RDONLY)
     try:
+        stdio = [(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)]
         pid = os.posix_spawnp(
             argv[0],
             argv,
             dict(os.environ if env is None else env),
-            file_actions=[(os.POSIX_SPAWN_DUP2, devnull, 0), (os.POSIX_SPAWN_DUP2, log, 1), (os.POSIX_SPAWN_DUP2, log, 2)],
+            file_actions=stdio + [(os.POSIX_SPAWN_CLOSE, fd) for fd in _inherited_descriptors()],
             setsid=True,
         )
     finally:
@@ -40,6 +42,21 @@ def start(
     # argv[0] as given is what /proc/PID/cmdline shows once the program has exec'd.
     (run_dir / f"{name}.pid").write_text(f"{pid}\n{program or argv[0]}\n")
     return pid
+
+
+def _inherited_descriptors() -> list[int]:
+    """This process's inheritable descriptors above stdio: what it got from its parent (Python
+    opens its own non-inheritable), e.g. `flock LOCK python -m e2e.cluster up`'s lock, which a
+    daemon keeping it would hold until `down`."""
+    fds = []
+    for entry in os.listdir("/proc/self/fd"):
+        fd = int(entry)
+        try:
+            if fd > 2 and os.get_inheritable(fd):
+                fds.append(fd)
+        except OSError:
+            pass  # the descriptor listdir itself used, closed since
+    return fds
 
 
 def _cmdline(pid: int) -> list[str]:
