@@ -431,8 +431,9 @@ def remove(is_ours=ours) -> None:
             continue
         print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}: batched removal failed "
               f"({proc.stderr.strip()}); removing rule by rule", flush=True)
-        for table, rules in snapshot(binary).items():
-            for cmd in cleanup_commands(rules, is_ours) if table in TABLES else ():
+        tables = snapshot(binary)
+        for table in TABLES:  # not the save's order (security first): the guards go last
+            for cmd in cleanup_commands(tables.get(table, []), is_ours):
                 _ipt(binary, table, *cmd, check=False)
 
 
