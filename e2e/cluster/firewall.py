@@ -358,8 +358,24 @@ def snapshot(binary: str) -> dict[str, list[str]]:
     table: `down` lists all four binaries several times)."""
     if not _listed(binary):
         return {}
-    proc = subprocess.run([f"{binary}-save"], capture_output=True, text=True, timeout=30)
-    return parse_save(proc.stdout) if proc.returncode == 0 else {}
+    for attempt in range(5):
+        proc = subprocess.run([f"{binary}-save"], capture_output=True, text=True, timeout=30)
+        if proc.returncode != 0:
+            return {}
+        unreadable = [t for t in TABLES if INCOMPATIBLE.format(table=t) in proc.stdout]
+        if not unreadable:
+            break
+        # iptables-nft skips such a table (exit 0): read as empty, our chains there would stay
+        # and look gone. Seen for seconds while other rules change: read again.
+        time.sleep(0.2 * (attempt + 1))
+    else:
+        print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}-save: tables {unreadable} "
+              "incompatible (use 'nft'); not listed", flush=True)
+    return parse_save(proc.stdout)
+
+
+INCOMPATIBLE = "# Table `{table}' is incompatible, use 'nft' tool."
+"""What iptables-nft-save prints instead of a table it cannot show (and exits 0)."""
 
 
 def _to_remove(rules: list[str], is_ours) -> tuple[list[str], list[str]]:
