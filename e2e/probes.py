@@ -9,7 +9,7 @@ is two probes around a guard:
 
   reached  first in the guard's table and hook, before the guard's jump: every such packet
            the guard is about to judge
-  passed   appended in the table the packet meets next (mangle POSTROUTING after security
+  passed   first in the table the packet meets next (mangle POSTROUTING after security
            FORWARD or OUTPUT, mangle PREROUTING after raw PREROUTING): every one it let through
 
 N reached, 0 passed, and the guard's jump behind nothing but rules of ours in its hook: the
@@ -173,7 +173,9 @@ class Probes:
         """`match` must select only the test's own packets and hold at both places (no `-i`
         where the next hook is POSTROUTING, no `-o` in PREROUTING)."""
         reached = self.count(guard.binary, guard.table, guard.hook, *match, first=True)
-        passed = self.count(guard.binary, guard.next_table, guard.next_hook, *match)
+        # First there too: a rule earlier in mangle that ends the table (a neighbour's ACCEPT)
+        # would hide a packet the guard let through. Nobody checks the order in mangle.
+        passed = self.count(guard.binary, guard.next_table, guard.next_hook, *match, first=True)
         return Gate(guard, reached, passed, self)
 
     def packets(self, probe: Probe) -> int:
