@@ -113,6 +113,7 @@ def _send_udp(address: str, n: int) -> list[int]:
 
 @needs_root_tools
 @pytest.mark.timeout(60)
+@pytest.mark.xfail(strict=True, reason="H3, not fixed here: install's -I 1 puts the guard above a running test's probe")
 def test_h3_a_gate_still_counts_its_packets_after_another_session_reinstalls_the_guard():
     """H3. `install` (another session's `up`: install_all when a jump is missing, ensure_first when
     a rule not ours is above a guard) deletes the guard's jump and inserts it at 1 again: above
