@@ -145,3 +145,16 @@ def test_h4_a_leak_past_the_guard_is_seen_even_if_a_rule_earlier_in_mangle_ends_
             assert _send_udp("198.18.5.7", 2) == []
             with pytest.raises(AssertionError, match="got past"):
                 gate.dropped(at_least=2, timeout=1)
+
+
+def test_h5_a_probe_must_name_an_address_of_the_tests_own(monkeypatch):
+    """H5. The alone finder lets a test that counts with probes share the cluster because a probe
+    counts the test's own packets; nothing made it so: a probe with no address (or only an
+    interface) counts every session's packets at the guard, a machine-wide counter unmarked."""
+    made = []
+    monkeypatch.setattr(probes, "_restore", lambda probe, script: made.append(probe) or subprocess.CompletedProcess([], 0, "", ""))
+    for match in ((), ("-i", "ztr-cni0"), ("-p", "udp", "--dport", "9")):
+        with pytest.raises(ValueError, match="address"):
+            probes.Probes().count("iptables", "security", "FORWARD", *match)
+    probes.Probes().count("iptables", "security", "FORWARD", "-s", "10.244.0.5", "-d", "198.18.3.77")
+    assert [p.match for p in made] == [("-s", "10.244.0.5", "-d", "198.18.3.77")]
