@@ -156,12 +156,19 @@ class Gate:
         return reached
 
 
+ADDRESSES = {"-s", "--source", "-d", "--destination"}
+
+
 @dataclass
 class Probes:
     """The probes of one test, removed on `close` (a `with` block, the `probes` fixture)."""
     added: list[Probe] = field(default_factory=list)
 
     def count(self, binary: str, table: str, hook: str, *match: str, first: bool = False, netns: str | None = None) -> Probe:
+        if not set(match) & ADDRESSES:
+            # Without one it counts every session's packets: a machine-wide counter, which the
+            # alone finder (e2e/test_ci_parts.py) lets a probing test share the cluster with.
+            raise ValueError(f"a probe names an address of the test's own (-s/-d): {match}")
         probe = Probe(binary, table, hook, tuple(match), new_chain(), first, netns)
         proc = _restore(probe, probe.install_script())
         if proc.returncode != 0:
