@@ -158,3 +158,59 @@ def test_h5_a_probe_must_name_an_address_of_the_tests_own(monkeypatch):
             probes.Probes().count("iptables", "security", "FORWARD", *match)
     probes.Probes().count("iptables", "security", "FORWARD", "-s", "10.244.0.5", "-d", "198.18.3.77")
     assert [p.match for p in made] == [("-s", "10.244.0.5", "-d", "198.18.3.77")]
+
+
+@needs_root_tools
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("binary", ["iptables", "iptables-legacy"])
+def test_a_batch_failing_in_its_second_table_leaves_the_decoys_counters_and_nothing_of_ours(monkeypatch, capsys, binary):
+    """The question asked of `down`: its restore commits table by table (filter here), then
+    fails at nat (a jump gone since the listing); the per-rule path finishes; the neighbour's
+    chains keep their counters, on both backends."""
+    from tests.e2e_harness.test_firewall_remove import _decoys_intact, _kube_and_decoys
+
+    if shutil.which(binary) is None:
+        pytest.skip(f"no {binary}")
+    with kernel.private_netns():
+        if binary.endswith("-legacy") and "legacy" in subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout:
+            pytest.skip("plain iptables is the legacy backend here")
+        _kube_and_decoys(binary)
+        real = firewall.snapshot
+        calls = []
+
+        def stale(b: str) -> dict[str, list[str]]:
+            tables = real(b)
+            if b == binary and not calls:
+                calls.append(b)
+                tables["nat"].append("-A PREROUTING -d 198.18.0.1/32 -j KUBE-POSTROUTING")  # gone meanwhile
+            return tables
+
+        monkeypatch.setattr(firewall, "snapshot", stale)
+        firewall.remove(firewall.kube_chain)
+        monkeypatch.undo()
+        assert firewall.present(firewall.kube_chain) == []
+        _decoys_intact(binary)
+    assert f"{binary}: batched removal failed" in capsys.readouterr().out
+
+
+def test_down_sigkills_only_app_containers_and_only_through_our_containerd(monkeypatch, tmp_path):
+    """The question asked of `down`: every ctr call names our containerd's socket (never the
+    default one, a developer's k3s/docker containerd), lists by the CRI's container label (no
+    sandbox), and kills exactly what that listing returned."""
+    from e2e.cluster import teardown
+    from e2e.cluster.configs import StatePaths
+
+    state = StatePaths(tmp_path)
+    calls = []
+
+    def run(argv, *args, **kwargs):
+        calls.append(list(argv))
+        out = "app-1\napp-2\n" if argv[-2:] == ["-q", 'labels."io.cri-containerd.kind"==container'] else ""
+        return subprocess.CompletedProcess(argv, 0, out, "")
+
+    monkeypatch.setattr(subprocess, "run", run)
+    teardown._kill_app_containers(state)
+    assert all(argv[:5] == ["ctr", "--address", str(state.containerd_socket), "-n", "k8s.io"] for argv in calls), calls
+    assert [argv[5:] for argv in calls] == [
+        ["containers", "ls", "-q", 'labels."io.cri-containerd.kind"==container'],
+        ["tasks", "kill", "-s", "SIGKILL", "app-1"], ["tasks", "kill", "-s", "SIGKILL", "app-2"]]
