@@ -363,15 +363,19 @@ def snapshot(binary: str) -> dict[str, list[str]]:
         if proc.returncode != 0:
             return {}
         unreadable = [t for t in TABLES if INCOMPATIBLE.format(table=t) in proc.stdout]
-        if not unreadable:
+        if not unreadable or binary in _always_incompatible:
             break
         # iptables-nft skips such a table (exit 0): read as empty, our chains there would stay
         # and look gone. Seen for seconds while other rules change: read again.
         time.sleep(0.2 * (attempt + 1))
     else:
+        _always_incompatible.add(binary)  # a native nft rule there, say: asked once, not each time
         print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}-save: tables {unreadable} "
               "incompatible (use 'nft'); not listed", flush=True)
     return parse_save(proc.stdout)
+
+
+_always_incompatible: set[str] = set()
 
 
 INCOMPATIBLE = "# Table `{table}' is incompatible, use 'nft' tool."
