@@ -214,3 +214,14 @@ def test_down_sigkills_only_app_containers_and_only_through_our_containerd(monke
     assert [argv[5:] for argv in calls] == [
         ["containers", "ls", "-q", 'labels."io.cri-containerd.kind"==container'],
         ["tasks", "kill", "-s", "SIGKILL", "app-1"], ["tasks", "kill", "-s", "SIGKILL", "app-2"]]
+
+
+@needs_root_tools
+@pytest.mark.timeout(60)
+def test_h6_a_probe_whose_match_has_a_space_is_installed_and_removed():
+    """H6. A probe's jump is quoted for a shell (shlex.quote: 'a b'), but iptables-restore knows
+    only double quotes: a match with a space (a comment, say) fails to install."""
+    with kernel.private_netns():
+        with probes.Probes() as made:
+            made.count("iptables", "mangle", "POSTROUTING", "-d", "198.18.5.7", "-m", "comment", "--comment", "this test's own")
+        assert [p for p in firewall.present(firewall.ours) if "PROBE" in p] == []
