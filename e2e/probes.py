@@ -57,7 +57,8 @@ class Probe:
         return "\n".join([f"*{self.table}", f"-D {self.hook} {self._jump()}", f"-X {self.chain}", "COMMIT", ""])
 
     def _jump(self) -> str:
-        return " ".join([*map(shlex.quote, self.match), "-j", self.chain])
+        # iptables-restore reads double quotes only (shlex.quote's 'a b' is two bad arguments).
+        return " ".join([*map(firewall._restore_arg, self.match), "-j", self.chain])
 
 
 @dataclass(frozen=True)
