@@ -21,7 +21,6 @@ and `firewall.first_in_hook` passes over it, so no concurrent `up` moves a guard
 takes it for damage. None goes into the filter table, which kube-router rewrites.
 """
 
-import shlex
 import subprocess
 import time
 import uuid
