@@ -1,5 +1,7 @@
-"""Review rv11-harness (session 11): failing tests for the unlanded `down` and `probes` branches
-(this branch merges both onto main). Each test names its finding in /work/notes/rv11-harness.md."""
+"""Edges of `down`'s batched firewall removal and of the tests' probes (e2e/probes.py), in
+private network namespaces with the real iptables: a batch failing halfway, a table iptables-nft
+calls incompatible for a moment, a verdict earlier in mangle, probe matches that must name the
+test's own address, and a concurrent install over a running probe (a known gap)."""
 
 import shutil
 import socket
@@ -21,9 +23,9 @@ SAVE_ORDER = {
 }
 
 
-def test_h1_the_per_rule_fallback_removes_the_guards_after_the_filter_chains(monkeypatch):
-    """H1. The batch goes in TABLES order (security last: the filter chains ACCEPT what the guard
-    is to drop); its per-rule fallback walks the save's own order, where security comes first."""
+def test_the_per_rule_fallback_removes_the_guards_after_the_filter_chains(monkeypatch):
+    """The batch goes in TABLES order (security last: the filter chains ACCEPT what the guard
+    is to drop), and so does its per-rule fallback, not the save's own order (security first)."""
     real_run = subprocess.run
 
     def run(argv, *args, **kwargs):
@@ -61,11 +63,11 @@ COMMIT
 """
 
 
-def test_h2_a_table_the_save_calls_incompatible_for_a_moment_is_read_again(monkeypatch):
-    """H2. iptables-nft-save skips a table it cannot show (exit 0, a comment line; the probes
+def test_a_table_the_save_calls_incompatible_for_a_moment_is_read_again(monkeypatch):
+    """iptables-nft-save skips a table it cannot show (exit 0, a comment line; the probes
     branch saw iptables-nft 1.8.9 say so of our chains for seconds under load, LISTING_RACE):
-    `snapshot` read it as empty, so `remove` left our guards there and `present` (down's
-    leftovers) said nothing was left."""
+    read as empty, `remove` would leave our guards there and `present` (down's
+    leftovers) would say nothing was left."""
     real_run = subprocess.run
     saves = [INCOMPATIBLE_SAVE, GOOD_SAVE]
 
@@ -113,9 +115,9 @@ def _send_udp(address: str, n: int) -> list[int]:
 
 @needs_root_tools
 @pytest.mark.timeout(60)
-@pytest.mark.xfail(strict=True, reason="H3, not fixed here: install's -I 1 puts the guard above a running test's probe")
-def test_h3_a_gate_still_counts_its_packets_after_another_session_reinstalls_the_guard():
-    """H3. `install` (another session's `up`: install_all when a jump is missing, ensure_first when
+@pytest.mark.xfail(strict=True, reason="not fixed: install's -I 1 puts the guard above a running test's probe")
+def test_a_gate_still_counts_its_packets_after_another_session_reinstalls_the_guard():
+    """`install` (another session's `up`: install_all when a jump is missing, ensure_first when
     a rule not ours is above a guard) deletes the guard's jump and inserts it at 1 again: above
     a running test's `reached` probe, which then counts nothing the guard drops."""
     with kernel.private_netns():
@@ -130,10 +132,10 @@ def test_h3_a_gate_still_counts_its_packets_after_another_session_reinstalls_the
 
 @needs_root_tools
 @pytest.mark.timeout(60)
-def test_h4_a_leak_past_the_guard_is_seen_even_if_a_rule_earlier_in_mangle_ends_the_table():
-    """H4. `passed` is appended in mangle POSTROUTING: a neighbour's ACCEPT earlier there (mangle
-    is nobody's order to check) ends the table before it, and a packet the guard let through
-    is counted nowhere: the gate says the guard dropped it."""
+def test_a_leak_past_the_guard_is_seen_even_if_a_rule_earlier_in_mangle_ends_the_table():
+    """`passed` goes first in mangle POSTROUTING: appended, a neighbour's ACCEPT earlier there
+    (mangle is nobody's order to check) ended the table before it, and a packet the guard let
+    through was counted nowhere: the gate said the guard dropped it."""
     with kernel.private_netns():
         _way_out()
         subprocess.run(["iptables", "-w", "5", "-t", "mangle", "-A", "POSTROUTING", "-o", "p0", "-j", "ACCEPT"], check=True)
@@ -147,10 +149,10 @@ def test_h4_a_leak_past_the_guard_is_seen_even_if_a_rule_earlier_in_mangle_ends_
                 gate.dropped(at_least=2, timeout=1)
 
 
-def test_h5_a_probe_must_name_an_address_of_the_tests_own(monkeypatch):
-    """H5. The alone finder lets a test that counts with probes share the cluster because a probe
-    counts the test's own packets; nothing made it so: a probe with no address (or only an
-    interface) counts every session's packets at the guard, a machine-wide counter unmarked."""
+def test_a_probe_must_name_an_address_of_the_tests_own(monkeypatch):
+    """The alone finder lets a test that counts with probes share the cluster because a probe
+    counts the test's own packets: a probe with no address (or only an interface) would count
+    every session's packets at the guard, a machine-wide counter unmarked."""
     made = []
     monkeypatch.setattr(probes, "_restore", lambda probe, script: made.append(probe) or subprocess.CompletedProcess([], 0, "", ""))
     for match in ((), ("-i", "ztr-cni0"), ("-p", "udp", "--dport", "9")):
@@ -218,9 +220,9 @@ def test_down_sigkills_only_app_containers_and_only_through_our_containerd(monke
 
 @needs_root_tools
 @pytest.mark.timeout(60)
-def test_h6_a_probe_whose_match_has_a_space_is_installed_and_removed():
-    """H6. A probe's jump is quoted for a shell (shlex.quote: 'a b'), but iptables-restore knows
-    only double quotes: a match with a space (a comment, say) fails to install."""
+def test_a_probe_whose_match_has_a_space_is_installed_and_removed():
+    """iptables-restore knows only double quotes: a probe's match quoted for a shell ('a b')
+    with a space in it (a comment, say) failed to install."""
     with kernel.private_netns():
         with probes.Probes() as made:
             made.count("iptables", "mangle", "POSTROUTING", "-d", "198.18.5.7", "-m", "comment", "--comment", "this test's own")
