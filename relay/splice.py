@@ -170,13 +170,20 @@ class Splice:
 
     def close(self, reason: str) -> None:
         """Closes both sides once (queued bytes get ``streams.close``'s grace); the first
-        reason sticks. A natural end (``CLOSED``) waits while the peer makes progress."""
+        reason sticks. A natural end (``CLOSED``) waits while the peer makes progress; any
+        other close (the idle timeout, an eviction, the shutdown) ends that wait too, or a
+        peer reading a few bytes a second would hold a finished connection past all of them."""
         if self.reason is None:
             self.reason = reason
+        patient = reason == CLOSED
         for side in (self.client, self.backend):
-            if side.transport is not None and not side.lost and not side.closed:
+            if side.transport is None or side.lost:
+                continue
+            if not side.closed:
                 side.closed = True
-                side.closer = streams.close(side.transport, self.loop, reason == CLOSED, side.sock)
+                side.closer = streams.close(side.transport, self.loop, patient, side.sock)
+            elif not patient and side.closer is not None:
+                side.closer.hurry()
 
     def abort(self, reason: str) -> None:
         if self.reason is None:

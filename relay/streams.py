@@ -169,6 +169,10 @@ class Closing:
         self.wait = min(self.wait * 2, _MAX_CHECK, self.deadline - now)
         self.handle = self.loop.call_later(self.wait, self._check)
 
+    def hurry(self) -> None:
+        """No more waiting for progress: reset at the deadline (at most ``CLOSE_GRACE`` from now)."""
+        self.patient = False
+
     def cancel(self) -> None:
         self.handle.cancel()
 
