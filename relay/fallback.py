@@ -5,9 +5,8 @@ optional PROXY header and then at most the first 5 bytes (``sniff.classify``), o
 hands the connection on:
 
 - **ZeroTier** (or a legacy client with ``--legacy-target``): the transport gets a fresh
-  ``Tunnel`` as its protocol, which then sees the connection exactly as if it had been the
-  listener's protocol from the start: ``connection_made`` and every byte read so far, PROXY
-  header included. The tunnel's hot path is the one without fallback.
+  ``Tunnel`` as its protocol (``Tunnel.take_over``): admitted as the client the PROXY header
+  named, it gets every byte read after the header. The tunnel's hot path is the one without fallback.
 - **Anything else**, or silence for ``--sniff-timeout``: a connection is opened to the
   backend and the two are spliced (``splice.py``), starting with a PROXY header if asked
   and the bytes already read.
@@ -633,12 +632,12 @@ class Sniffer(asyncio.Protocol):
             self.router.splice(transport, self.client, head, eof, self.local)
         else:
             self._release()  # before the tunnel's admission takes a slot of its own
-            # A tunnel: replay the connection to it as the listener would have.
+            # A tunnel: admitted as the client the PROXY header named (if any), never as the
+            # balancer's again (its cap would refuse a client it no longer counts), then given
+            # every byte read after the header.
             tunnel = Tunnel(self.router.relay)
             transport.set_protocol(tunnel)
-            tunnel.connection_made(transport)
-            if not transport.is_closing():  # refused at admission
-                tunnel.data_received(self.buf)
+            tunnel.take_over(transport, self.client, self.buf[self.start:])
         self._forget()  # after the handoff: a drain never sees the connection gone
 
     def _refuse(self, reason: str, detail: str) -> None:

@@ -326,6 +326,17 @@ class Tunnel(asyncio.Protocol):
             return
         self.relay.admit(self)
 
+    def take_over(self, transport: asyncio.BaseTransport, client: tuple[str, int], data: bytes) -> None:
+        """A connection the fallback's sniffer read first (``fallback.Sniffer``): it was
+        admitted as a connection (its PROXY header, if any, believed from a trusted balancer
+        and parsed): ``client`` is whom it named, ``data`` the bytes after the header. Counted
+        as the client's from here, never as the balancer's again."""
+        self.transport = transport  # type: ignore[assignment]
+        self.client = client
+        self.relay.connection_made(self)
+        if self.relay.admit(self) and data:
+            self.data_received(data)
+
     def _feed_proxy_header(self, data: bytes) -> None:
         buf = self._proxy_buf + data
         try:
