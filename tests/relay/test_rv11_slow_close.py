@@ -103,3 +103,44 @@ async def test_the_drain_resets_a_slow_reader_of_a_finished_download_and_the_ker
             sock.close()
     finally:
         site.close()
+
+
+async def test_a_natural_end_waits_for_a_visitor_still_reading(start_relay):
+    """The other half of the promise: the visitor sent its EOF and the site its 1 MiB and
+    its EOF, so the splice is closing (``CLOSED``); the visitor reads 16 KiB every 0.1 s, so
+    what the relay still holds for it takes longer than CLOSE_GRACE to go: it gets every
+    byte and the EOF, not a reset (streams.Closing's patience; no test failed without it)."""
+    size = 1 << 20
+    site, site_port = await download_site(size)
+    try:
+        relay = await start_relay("--fallback", f"127.0.0.1:{site_port}")
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+        sock.connect(("127.0.0.1", relay.port))
+        try:
+            sock.sendall(b"GET /big HTTP/1.0\r\nHost: site\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            sock.setblocking(False)
+            loop = asyncio.get_running_loop()
+            got, how, started = 0, "still open", loop.time()
+            while loop.time() - started < 20:
+                await asyncio.sleep(0.1)
+                try:
+                    data = sock.recv(16384)
+                except BlockingIOError:
+                    continue
+                except ConnectionResetError:
+                    how = "reset"
+                    break
+                if not data:
+                    how = "eof"
+                    break
+                got += len(data)
+            assert (got, how) == (size, "eof")
+            assert loop.time() - started > CLOSE_GRACE + 1  # the close really had to wait
+            samples = await relay.metrics()
+            assert samples['zt_relay_fallback_closed_total{reason="closed"}'] == 1
+        finally:
+            sock.close()
+    finally:
+        site.close()
