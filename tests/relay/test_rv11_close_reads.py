@@ -1,0 +1,24 @@
+"""Review 11 (relay): a connection the relay is closing is not read any more
+(streams.close: "Stops reading meanwhile"): with the pause removed every relay test passed."""
+
+from __future__ import annotations
+
+import socket
+
+from tests.relay.test_close_paths import LOOPBACK, queued, stuck  # noqa: F401 (the fixture)
+from tests.relay.test_fallback import _push_until_blocked
+
+
+async def test_a_tunnel_closing_with_a_stuck_buffer_reads_nothing_more_in_its_grace(start_relay, stuck):  # noqa: F811
+    relay = await start_relay(*LOOPBACK)
+    client = stuck(relay.port)
+    await client.flood()
+    assert await queued(relay, client) > 64 * 1024  # what is queued holds the close for its grace
+    client.sock.sendall(b"\x00" * 5)  # bad input: the tunnel closes, its queue gets the grace
+    client.sock.setblocking(False)
+    try:
+        pushed = await _push_until_blocked(client.sock, 64 << 20)
+    except ConnectionResetError:  # the grace ended meanwhile: the relay read on until then
+        pushed = -1
+    # only what the kernel buffers take (the relay's receive buffer and the client's send buffer)
+    assert 0 <= pushed < 32 << 20, f"the client pushed {pushed} bytes into a closing tunnel"
