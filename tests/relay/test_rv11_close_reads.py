@@ -22,3 +22,16 @@ async def test_a_tunnel_closing_with_a_stuck_buffer_reads_nothing_more_in_its_gr
         pushed = -1
     # only what the kernel buffers take (the relay's receive buffer and the client's send buffer)
     assert 0 <= pushed < 32 << 20, f"the client pushed {pushed} bytes into a closing tunnel"
+
+
+async def test_a_tunnel_closing_with_a_stuck_buffer_gives_up_its_udp_socket_at_once(start_relay, stuck):  # noqa: F811
+    """README: every close "stops the tunnel's UDP socket at once" (its port and descriptor),
+    not at the end of the grace (with the early close removed every relay test passed)."""
+    relay = await start_relay(*LOOPBACK)
+    client = stuck(relay.port)
+    await client.flood()
+    assert await queued(relay, client) > 64 * 1024  # the close will wait out its grace
+    assert (await relay.metrics())["zt_relay_udp_sockets_open"] == 1
+    client.sock.sendall(b"\x00" * 5)  # bad input: the tunnel closes
+    assert await relay.wait_metric("zt_relay_udp_sockets_open", lambda v: v == 0, timeout=1) == 0
+    assert (await relay.metrics())["zt_relay_connections_open"] == 1  # still in its grace
