@@ -1,4 +1,4 @@
-"""Review 11 (relay): ``Relay.stop_listening`` serves what the kernel queued on the
+"""``Relay.stop_listening`` serves what the kernel queued on the
 listeners. tests/relay/test_shutdown.py queues its connections while the relay is stopped,
 but with a shutdown delay the loop accepts them long before the listeners close (and
 without one, libuv's accept pass runs before the drain): with the accept loop removed, every

@@ -1,4 +1,4 @@
-"""Review 11 (relay): guards of the sniffer (and one of the tunnel) that no test could fail.
+"""Guards of the sniffer (and one of the tunnel) that no test could fail.
 
 With --proxy-protocol and --fallback, a connection whose PROXY header
 never comes is refused at --sniff-timeout (fallback.Sniffer._timed_out): with that refusal

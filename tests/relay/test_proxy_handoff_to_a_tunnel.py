@@ -1,4 +1,4 @@
-"""Review 11 (relay): with --proxy-protocol, a connection counts as its balancer's only
+"""With --proxy-protocol, a connection counts as its balancer's only
 until its header names the client (README), with --fallback as without it."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review 11 (relay): a connection the relay is closing is not read any more
+"""A connection the relay is closing is not read any more
 (streams.close: "Stops reading meanwhile"): with the pause removed every relay test passed."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Review 11 (relay): once the tunnels' descriptor reserve was released (a tunnel's UDP
+"""Once the tunnels' descriptor reserve was released (a tunnel's UDP
 socket met EMFILE: Relay._open_udp), no site connection is made until it is set aside again
 (FallbackRouter.splice's ``fd_reserve_short``): with that check removed every relay test
 passed, and a visitor took one of the descriptors given to the tunnels."""

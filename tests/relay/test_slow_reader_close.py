@@ -1,4 +1,4 @@
-"""Review 11 (relay): a site connection whose natural end (both EOFs) is under way waits
+"""A site connection whose natural end (both EOFs) is under way waits
 while its visitor makes progress; the idle timeout, an eviction and the shutdown must not
 wait for it (splice.py: "the idle timeout and shutdown don't wait for progress")."""
 
