@@ -4,13 +4,13 @@ calls incompatible for a moment, a verdict earlier in mangle, probe matches that
 test's own address, and a concurrent install over a running probe (a known gap)."""
 
 import shutil
-import socket
 import subprocess
 
 import pytest
 
 from e2e import probes
 from e2e.cluster import firewall
+from tests.e2e_harness.test_probes import send_udp
 from tests.relay import kernel
 
 # As `iptables-legacy-save` lists its tables (/proc/net/ip_tables_names order: security first;
@@ -102,17 +102,6 @@ def _way_out() -> None:
         subprocess.run(argv, check=True, capture_output=True)
 
 
-def _send_udp(address: str, n: int) -> list[int]:
-    errors = []
-    for _ in range(n):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            try:
-                s.sendto(b"probe", (address, 9))
-            except OSError as exc:
-                errors.append(exc.errno)
-    return errors
-
-
 @needs_root_tools
 @pytest.mark.timeout(60)
 @pytest.mark.xfail(strict=True, reason="not fixed: install's -I 1 puts the guard above a running test's probe")
@@ -126,7 +115,7 @@ def test_a_gate_still_counts_its_packets_after_another_session_reinstalls_the_gu
         with probes.Probes() as made:
             gate = made.gate(GUARD, "-d", "198.18.5.7")
             firewall.install([POLICY])  # a concurrent session's up restoring its jumps
-            assert _send_udp("198.18.5.7", 3) == [1, 1, 1]  # EPERM: the guard dropped them
+            assert send_udp("198.18.5.7", 3) == [1, 1, 1]  # EPERM: the guard dropped them
             assert gate.dropped(at_least=3, timeout=1) == 3
 
 
@@ -144,7 +133,7 @@ def test_a_leak_past_the_guard_is_seen_even_if_a_rule_earlier_in_mangle_ends_the
         firewall.install([BROKEN])
         with probes.Probes() as made:
             gate = made.gate(GUARD, "-d", "198.18.5.7")
-            assert _send_udp("198.18.5.7", 2) == []
+            assert send_udp("198.18.5.7", 2) == []
             with pytest.raises(AssertionError, match="got past"):
                 gate.dropped(at_least=2, timeout=1)
 
@@ -169,7 +158,7 @@ def test_a_batch_failing_in_its_second_table_leaves_the_decoys_counters_and_noth
     """The question asked of `down`: its restore commits table by table (filter here), then
     fails at nat (a jump gone since the listing); the per-rule path finishes; the neighbour's
     chains keep their counters, on both backends."""
-    from tests.e2e_harness.test_firewall_remove import _decoys_intact, _kube_and_decoys
+    from tests.e2e_harness.test_firewall_remove import _decoys_intact, _kube_and_decoys, _remove_with_a_stale_listing
 
     if shutil.which(binary) is None:
         pytest.skip(f"no {binary}")
@@ -177,19 +166,7 @@ def test_a_batch_failing_in_its_second_table_leaves_the_decoys_counters_and_noth
         if binary.endswith("-legacy") and "legacy" in subprocess.run(["iptables", "-V"], capture_output=True, text=True).stdout:
             pytest.skip("plain iptables is the legacy backend here")
         _kube_and_decoys(binary)
-        real = firewall.snapshot
-        calls = []
-
-        def stale(b: str) -> dict[str, list[str]]:
-            tables = real(b)
-            if b == binary and not calls:
-                calls.append(b)
-                tables["nat"].append("-A PREROUTING -d 198.18.0.1/32 -j KUBE-POSTROUTING")  # gone meanwhile
-            return tables
-
-        monkeypatch.setattr(firewall, "snapshot", stale)
-        firewall.remove(firewall.kube_chain)
-        monkeypatch.undo()
+        _remove_with_a_stale_listing(monkeypatch, binary, "nat", "-A PREROUTING -d 198.18.0.1/32 -j KUBE-POSTROUTING", once=True)
         assert firewall.present(firewall.kube_chain) == []
         _decoys_intact(binary)
     assert f"{binary}: batched removal failed" in capsys.readouterr().out

@@ -115,6 +115,24 @@ def _decoys_intact(binary: str) -> None:
     assert counters(binary, "filter", "INPUT") == [(5, "KUBE-DECOY")]
 
 
+def _remove_with_a_stale_listing(monkeypatch, binary: str, table: str, rule: str, once: bool = False) -> None:
+    """`remove` (the kube chains) while ``binary``'s listing of ``table`` names ``rule``, which is
+    not there (gone since the listing): in every listing, or in its first one only if ``once``."""
+    real = firewall.snapshot
+    stale_listings = []
+
+    def stale(b: str) -> dict[str, list[str]]:
+        tables = real(b)
+        if b == binary and not (once and stale_listings):
+            stale_listings.append(b)
+            tables[table].append(rule)
+        return tables
+
+    with monkeypatch.context() as patched:
+        patched.setattr(firewall, "snapshot", stale)
+        firewall.remove(firewall.kube_chain)
+
+
 def _iptables_processes(monkeypatch) -> list[list[str]]:
     started: list[list[str]] = []
     real = subprocess.run
@@ -159,17 +177,7 @@ def test_a_rule_gone_before_the_batch_only_sends_that_binary_to_the_per_rule_pat
     whole table: that binary is listed again and cleaned rule by rule, and `remove` does not fail."""
     with kernel.private_netns():
         _kube_and_decoys("iptables")
-        real = firewall.snapshot
-
-        def stale(binary: str) -> dict[str, list[str]]:
-            tables = real(binary)
-            if binary == "iptables":
-                tables["filter"].append("-A OUTPUT -d 198.18.0.1/32 -j KUBE-FIREWALL")  # not there
-            return tables
-
-        monkeypatch.setattr(firewall, "snapshot", stale)
-        firewall.remove(firewall.kube_chain)
-        monkeypatch.undo()
+        _remove_with_a_stale_listing(monkeypatch, "iptables", "filter", "-A OUTPUT -d 198.18.0.1/32 -j KUBE-FIREWALL")
         assert firewall.present(firewall.kube_chain) == []
         _decoys_intact("iptables")
     assert "iptables: batched removal failed" in capsys.readouterr().out

@@ -26,6 +26,15 @@ REPLIES, REPLY_SIZE = 3000, 1400
 TICK = 0.5
 
 
+def small_window_client(port: int, rcvbuf: int = 4096) -> socket.socket:
+    """A client of 127.0.0.1:``port`` whose receive buffer is set before it connects, so the
+    window it announces is small from the handshake on."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    sock.connect(("127.0.0.1", port))
+    return sock
+
+
 def fd_count(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
@@ -84,9 +93,7 @@ class StuckClient:
     and a UDP peer that answers with 3,000 x 1,400-byte datagrams (the issue's recipe)."""
 
     def __init__(self, relay_port: int) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        self.sock.connect(("127.0.0.1", relay_port))
+        self.sock = small_window_client(relay_port)
         self.port = self.sock.getsockname()[1]
         self.peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.peer.bind(("127.0.0.1", 0))

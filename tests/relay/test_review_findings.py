@@ -13,7 +13,7 @@ import socket
 
 from relay import protocol
 from relay.tunnel import CLOSE_GRACE
-from tests.relay.test_close_paths import HELD_STATES, TICK, kernel_sockets, until
+from tests.relay.test_close_paths import HELD_STATES, TICK, kernel_sockets, small_window_client, until
 
 LOOPBACK = ("--allow-destination", "127.0.0.0/8", "--min-destination-port", "1")
 
@@ -85,9 +85,7 @@ async def test_fallback_idle_timeout_releases_a_client_that_stopped_reading(star
     site = await FloodBackend().start()
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site.port}", "--fallback-idle-timeout", "1")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", relay.port))
+        sock = small_window_client(relay.port)
         try:
             sock.sendall(b"GET /big HTTP/1.1\r\nHost: site\r\n\r\n")
             assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 1)
@@ -148,9 +146,7 @@ async def _stuck_tunnel_then_half_close(relay, replies: int = 1000) -> tuple[soc
     """A tunnel client with a 4 KiB receive buffer that gets ``replies`` x 1,400 bytes it never
     reads (the kernel's send queue absorbs them: the relay's own buffer is empty), then
     shuts down its sending half."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.connect(("127.0.0.1", relay.port))
+    sock = small_window_client(relay.port)
     peer = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     peer.bind(("127.0.0.1", 0))
     peer.setblocking(False)

@@ -5,11 +5,12 @@ wait for it (splice.py: "the idle timeout and shutdown don't wait for progress")
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 
 from relay.tunnel import CLOSE_GRACE
-from tests.relay.test_close_paths import TICK, held_sockets, until
+from tests.relay.test_close_paths import TICK, held_sockets, small_window_client, until
 
 
 async def download_site(size: int) -> tuple[asyncio.Server, int]:
@@ -25,17 +26,29 @@ async def download_site(size: int) -> tuple[asyncio.Server, int]:
     return site, site.sockets[0].getsockname()[1]
 
 
-async def _slow_reader(sock: socket.socket, seconds: float) -> tuple[int, str]:
-    """Reads 1 KiB every 0.2 s (steady progress, far slower than the queue) for up to
-    ``seconds``; returns the bytes read and how it ended."""
+@contextlib.contextmanager
+def _visitor(relay_port: int, rcvbuf: int = 4096):
+    """A visitor with a ``rcvbuf`` receive buffer that has sent its request and its EOF."""
+    sock = small_window_client(relay_port, rcvbuf)
+    try:
+        sock.sendall(b"GET /big HTTP/1.0\r\nHost: site\r\n\r\n")
+        sock.shutdown(socket.SHUT_WR)
+        yield sock
+    finally:
+        sock.close()
+
+
+async def _slow_reader(sock: socket.socket, seconds: float, chunk: int = 1024, every: float = 0.2) -> tuple[int, str]:
+    """Reads ``chunk`` bytes ``every`` s (by default 1 KiB every 0.2 s: steady progress, far
+    slower than the queue) for up to ``seconds``; returns the bytes read and how it ended."""
     loop = asyncio.get_running_loop()
     got = 0
     end = loop.time() + seconds
     sock.setblocking(False)
     while loop.time() < end:
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(every)
         try:
-            data = sock.recv(1024)
+            data = sock.recv(chunk)
         except BlockingIOError:
             continue
         except ConnectionResetError:
@@ -55,12 +68,7 @@ async def test_a_slow_reader_of_a_finished_download_is_still_released_by_the_idl
     site, site_port = await download_site(384 << 10)
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site_port}", "--fallback-idle-timeout", "1")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", relay.port))
-        try:
-            sock.sendall(b"GET /big HTTP/1.0\r\nHost: site\r\n\r\n")
-            sock.shutdown(socket.SHUT_WR)
+        with _visitor(relay.port) as sock:
             assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 1)
             budget = 1 + 2 * TICK + CLOSE_GRACE + 3
             got, how = await _slow_reader(sock, budget + 2)
@@ -69,8 +77,6 @@ async def test_a_slow_reader_of_a_finished_download_is_still_released_by_the_idl
                 f"a slow reader held the finished splice past the idle timeout for {budget + 2:g} s ({got} bytes read; "
                 f"fallback_connections_active={samples['zt_relay_fallback_connections_active']})")
             assert await until(lambda: _released(relay), 2)
-        finally:
-            sock.close()
     finally:
         site.close()
 
@@ -85,12 +91,7 @@ async def test_the_drain_resets_a_slow_reader_of_a_finished_download_and_the_ker
     site, site_port = await download_site(384 << 10)
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site_port}", "--shutdown-delay", "0", "--drain-timeout", "1")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.connect(("127.0.0.1", relay.port))
-        try:
-            sock.sendall(b"GET /big HTTP/1.0\r\nHost: site\r\n\r\n")
-            sock.shutdown(socket.SHUT_WR)
+        with _visitor(relay.port) as sock:
             assert await relay.wait_metric("zt_relay_fallback_connections_active", lambda v: v == 1)
             await asyncio.sleep(0.5)  # the backend's answer and EOF are read: the patient close runs
             relay.signal(signal.SIGTERM)
@@ -99,8 +100,6 @@ async def test_the_drain_resets_a_slow_reader_of_a_finished_download_and_the_ker
             got, how = await reading
             assert how == "reset", f"the visitor was {how} after the relay stopped ({got} bytes read)"
             assert held_sockets(relay.port, sock.getsockname()[1]) == []
-        finally:
-            sock.close()
     finally:
         site.close()
 
@@ -114,33 +113,13 @@ async def test_a_natural_end_waits_for_a_visitor_still_reading(start_relay):
     site, site_port = await download_site(size)
     try:
         relay = await start_relay("--fallback", f"127.0.0.1:{site_port}")
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-        sock.connect(("127.0.0.1", relay.port))
-        try:
-            sock.sendall(b"GET /big HTTP/1.0\r\nHost: site\r\n\r\n")
-            sock.shutdown(socket.SHUT_WR)
-            sock.setblocking(False)
+        with _visitor(relay.port, 16384) as sock:
             loop = asyncio.get_running_loop()
-            got, how, started = 0, "still open", loop.time()
-            while loop.time() - started < 20:
-                await asyncio.sleep(0.1)
-                try:
-                    data = sock.recv(16384)
-                except BlockingIOError:
-                    continue
-                except ConnectionResetError:
-                    how = "reset"
-                    break
-                if not data:
-                    how = "eof"
-                    break
-                got += len(data)
+            started = loop.time()
+            got, how = await _slow_reader(sock, 20, chunk=16384, every=0.1)
             assert (got, how) == (size, "eof")
             assert loop.time() - started > CLOSE_GRACE + 1  # the close really had to wait
             samples = await relay.metrics()
             assert samples['zt_relay_fallback_closed_total{reason="closed"}'] == 1
-        finally:
-            sock.close()
     finally:
         site.close()
