@@ -179,7 +179,7 @@ def process_identity(pid: int) -> str | None:
     (a container using the same dockerd), which would take a live session's pin for a dead one."""
     try:  # /proc/PID is this namespace's process PID
         fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting as it is read (ESRCH)
         return None
     return f"{_own_namespace()}-{pid}-{fields[19]}"  # stat's field 22: start time, clock ticks since boot
 

@@ -144,3 +144,12 @@ def test_the_kind_backend_loads_this_trees_build_under_the_tag_even_if_another_c
     assert store["ctr"][REF]["id"] == mine, "the cluster got the other checkout's build"
     assert list(store["ctr"]) == [REF]  # the pin's own name is not left on the node
     assert load(tag) == tag and kind.loads == [images.pinned(tag).source]  # loaded once
+
+
+def test_a_process_exiting_while_its_identity_is_read_counts_as_gone(monkeypatch):
+    """/proc/PID/stat of a process exiting at that moment answers ESRCH, not ENOENT."""
+    def exiting(self, *args, **kwargs):
+        raise ProcessLookupError(3, "No such process")
+
+    monkeypatch.setattr(images.Path, "read_text", exiting)
+    assert images.process_identity(os.getpid()) is None
