@@ -62,7 +62,7 @@ async def serve(config: RelayConfig, telemetry=None, publisher=None) -> int:
         telemetry.observe(relay.snapshot)
     health = None
     if config.health_listen is not None:
-        health = HealthServer(relay)
+        health = relay.health = HealthServer(relay)
         try:
             await health.start(config.health_listen.host, config.health_listen.port)
         except OSError as exc:

@@ -1,23 +1,27 @@
 """A small HTTP server for probes and scraping: ``/healthz``, ``/readyz``, ``/metrics``.
 
 Plain asyncio rather than a web framework: three GET routes don't justify a dependency in
-the relay image. Requests are bounded (size and time) because the port may be reachable
-from the pod network.
+the relay image. Requests are bounded (size and time), and so are answers (a client that
+stops reading is let go after ``REQUEST_TIMEOUT``) and connections (``MAX_CONNECTIONS`` at a
+time, counted in the relay's descriptors), because the port may be reachable from the pod
+network.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from typing import Protocol
 
-from relay import metrics
+from relay import metrics, streams
 
 log = logging.getLogger("zt_relay.health")
 
 MAX_REQUEST = 8192
 REQUEST_TIMEOUT = 5.0
+"""For the request to come, and again for the answer to be taken."""
+MAX_CONNECTIONS = 16
+"""Connections at a time; more are closed at once (probes and a scraper need a few)."""
 
 
 class HealthSource(Protocol):
@@ -34,6 +38,9 @@ class HealthServer:
     def __init__(self, source: HealthSource) -> None:
         self.source = source
         self.server: asyncio.AbstractServer | None = None
+        self.connections = 0
+        """Open now (each a descriptor: the relay counts them, ``Relay.health``)."""
+        self._full = False
 
     async def start(self, host: str, port: int) -> tuple:
         """Starts serving; returns the bound address (port 0 picks a free port)."""
@@ -49,6 +56,20 @@ class HealthServer:
             await asyncio.shield(self.server.wait_closed())
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.connections >= MAX_CONNECTIONS:
+            if not self._full:
+                log.warning("health port: %d connections open, closing new ones until one ends", MAX_CONNECTIONS)
+                self._full = True
+            writer.close()
+            return
+        self.connections += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.connections -= 1
+            self._full = False
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
             status, ctype, body = self.respond(head)
@@ -59,8 +80,14 @@ class HealthServer:
             f"HTTP/1.1 {status} {_REASONS[status]}\r\nContent-Type: {ctype}\r\n"
             f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data
         )
-        with contextlib.suppress(ConnectionError):
-            await writer.drain()
+        try:
+            await asyncio.wait_for(writer.drain(), REQUEST_TIMEOUT)
+        except asyncio.TimeoutError:
+            # Reads nothing: reset, and drop what the kernel still queues for it.
+            streams.reset(writer.transport)
+            return
+        except ConnectionError:
+            pass
         writer.close()
 
     def respond(self, head: bytes) -> tuple[int, str, str]:

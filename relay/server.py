@@ -22,6 +22,7 @@ from relay import interfaces, limits, memory, metrics, stats
 from relay.config import Endpoint, RelayConfig
 from relay import splice as splice_mod
 from relay.fallback import FallbackRouter
+from relay.health import HealthServer
 from relay.limits import ConnectionLimiter, RateLimit, client_key
 from relay.streams import CLOSE_GRACE, TCP_USER_TIMEOUT_MS, configure_listener, configure_stream, set_receive_buffer, set_send_buffer  # noqa: F401 (re-exported)
 from relay.tunnel import UDP_BATCH, Tunnel, _fmt
@@ -151,6 +152,8 @@ class Relay:
         self.fd_base: int | None = None
         #: the tunnels' UDP sockets (each an ephemeral port and a descriptor)
         self.udp_sockets = 0
+        #: the health port's server (app.py), whose open connections are descriptors too
+        self.health: HealthServer | None = None
 
     # -- start and stop ------------------------------------------------------------------------
 
@@ -403,9 +406,10 @@ class Relay:
         return self.fd_base
 
     def _fds_held(self) -> int:
-        """Descriptors of the connections: tunnels and their UDP sockets, and with --fallback
-        the connections being sniffed (one each) and site connections (two each)."""
-        held = len(self.tunnels) + self.udp_sockets
+        """Descriptors of the connections: tunnels and their UDP sockets, the health port's,
+        and with --fallback the connections being sniffed (one each) and site connections
+        (two each)."""
+        held = len(self.tunnels) + self.udp_sockets + (self.health.connections if self.health is not None else 0)
         if self.fallback is not None:
             held += len(self.fallback.sniffers) + 2 * len(self.fallback.splices) + (self.fallback.spare is not None)
             if self.fallback.preconnect is not None:
