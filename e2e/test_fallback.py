@@ -205,7 +205,9 @@ def udp_counters(host) -> dict[str, int]:
 
 
 def relay_drops(kubectl, namespace: str) -> dict[str, float]:
-    """zt_relay_dropped_total and UDP send errors of the relay's pods, by pod and reason."""
+    """zt_relay_dropped_total and UDP send errors of the relay's pods, by pod and reason, and
+    the kernel's UDP counters of each pod's namespace (a datagram the root echoed that never
+    reached the relay shows there, as RcvbufErrors or InErrors, if the pod's kernel dropped it)."""
     drops = {}
     for pod in kubectl.json("get", "pods", "-n", namespace, "-l", f"app.kubernetes.io/instance={RELAY}")["items"]:
         name = pod["metadata"]["name"]
@@ -214,6 +216,11 @@ def relay_drops(kubectl, namespace: str) -> dict[str, float]:
             if line.startswith(("zt_relay_dropped_total{", "zt_relay_udp_send_errors_total")):
                 key, value = line.rsplit(" ", 1)
                 drops[f"{name} {key}"] = float(value)
+        snmp = kubectl("exec", "-n", namespace, name, "--", "python3", "-c", "print(open('/proc/net/snmp').read())").stdout
+        lines = [line.split() for line in snmp.splitlines() if line.startswith("Udp:")]
+        for counter, value in zip(lines[0][1:], lines[1][1:]):
+            if counter in ("InErrors", "RcvbufErrors", "NoPorts"):
+                drops[f"{name} kernel Udp {counter}"] = float(value)
     return drops
 
 
@@ -240,7 +247,7 @@ def test_16_tunnels_and_16_https_downloads_work_together(address, relay_hosts, u
         assert hashlib.sha256((tmp_path / f"big-{i}").read_bytes()).hexdigest() == zero
     # Every datagram of every tunnel round-trips: the path is local (veth, the node, the
     # pod), so a loss is a bug. Where one would be lost is said: the root's socket
-    # (its kernel counters) or the relay (its drop counters).
+    # (its kernel counters) or the relay (its drop counters, its pod's kernel UDP counters).
     root_delta = {k: v - before[0].get(k, 0) for k, v in after[0].items() if v != before[0].get(k, 0)}
     relay_delta = {k: v - before[1].get(k, 0) for k, v in after[1].items() if v != before[1].get(k, 0)}
     where = f"root UDP counters changed by {root_delta}; relay drops {relay_delta}"
