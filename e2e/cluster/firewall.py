@@ -71,7 +71,7 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from e2e.cluster import kube_router_view
+from e2e.cluster import console, kube_router_view
 from e2e.cluster.layout import Layout
 
 PREFIX = "ZTR-E2E-"
@@ -370,8 +370,7 @@ def snapshot(binary: str) -> dict[str, list[str]]:
         time.sleep(0.2 * (attempt + 1))
     else:
         _always_incompatible.add(binary)  # a native nft rule there, say: asked once, not each time
-        print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}-save: tables {unreadable} "
-              "incompatible (use 'nft'); not listed", flush=True)
+        console.log(f"{binary}-save: tables {unreadable} incompatible (use 'nft'); not listed")
     return parse_save(proc.stdout)
 
 
@@ -449,8 +448,7 @@ def remove(is_ours=ours) -> None:
         proc = subprocess.run([f"{binary}-restore", "-w", "5", "--noflush"], input=script, capture_output=True, text=True, timeout=30)
         if proc.returncode == 0:
             continue
-        print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {binary}: batched removal failed "
-              f"({proc.stderr.strip()}); removing rule by rule", flush=True)
+        console.log(f"{binary}: batched removal failed ({proc.stderr.strip()}); removing rule by rule")
         tables = snapshot(binary)
         for table in TABLES:  # not the save's order (security first): the guards go last
             for cmd in cleanup_commands(tables.get(table, []), is_ours):

@@ -20,16 +20,13 @@ from e2e.cluster import (
     pause, paths, pki, ports, processes, sysctls, teardown,
 )
 from e2e.cluster.configs import StatePaths
+from e2e.cluster.console import log
 from e2e.cluster.kubectl import Kubectl, wait_for
 from e2e.cluster.layout import Layout
 
 REQUIRED_BINARIES = (*components.BUILT_BINARIES, *build.KUBE_COMMANDS)
 SLOW_GRACE = 120
 """Seconds `up` waits for a slow (not broken) cluster before treating it as broken."""
-
-
-def log(msg: str) -> None:
-    print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def up() -> int:

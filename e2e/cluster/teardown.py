@@ -28,14 +28,11 @@ from e2e.cluster import (
     boot, cgroups, components, configs, firewall, health, inventory, ipsets, locks, network, paths, processes, sysctls,
 )
 from e2e.cluster.configs import StatePaths
+from e2e.cluster.console import log
 from e2e.cluster.kubectl import wait_for
 from e2e.cluster.layout import Layout
 
 CNI_CACHE = Path("/var/lib/cni")
-
-
-def log(msg: str) -> None:
-    print(f"[e2e.cluster {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
 def down(kube_chains: bool | None = None, force: bool = False) -> int:
