@@ -177,11 +177,10 @@ def process_identity(pid: int) -> str | None:
     """``<pid namespace inode>-<pid>-<start time>`` of a live process (None: gone). A pid alone
     names another process once reused, and means nothing to a process of another pid namespace
     (a container using the same dockerd), which would take a live session's pin for a dead one."""
-    try:  # /proc/PID is this namespace's process PID
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
-    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting as it is read (ESRCH)
-        return None
-    return f"{_own_namespace()}-{pid}-{fields[19]}"  # stat's field 22: start time, clock ticks since boot
+    from e2e.cluster import processes
+
+    started = processes.start_time(pid)  # /proc/PID: this namespace's process PID
+    return None if started is None else f"{_own_namespace()}-{pid}-{started}"
 
 
 def _own_namespace() -> int:

@@ -78,6 +78,13 @@ def _stat(pid: int) -> list[str]:
         return []
 
 
+def start_time(pid: int) -> str | None:
+    """When the process started (stat's field 22, clock ticks since boot): with the pid, it
+    names one process, not whichever reuses the number; None if it is gone."""
+    fields = _stat(pid)
+    return fields[19] if len(fields) > 19 else None
+
+
 def _is_zombie(pid: int) -> bool:
     fields = _stat(pid)
     return not fields or fields[0] == "Z"
