@@ -26,7 +26,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from e2e.cluster import firewall
+from e2e.cluster import firewall, network
 from e2e.cluster.kubectl import wait_for
 
 
@@ -91,8 +91,7 @@ def _run(probe_or_guard, table: str, *args: str, netns: str | None = None) -> st
     """A listing (read only: asked again after `LISTING_RACE`)."""
     argv = [probe_or_guard.binary, "-w", "5", "-t", table, *args]
     for attempt in range(5):
-        proc = subprocess.run(["ip", "netns", "exec", netns, *argv] if netns else argv,
-                              capture_output=True, text=True, timeout=30)
+        proc = network.sh(*argv, check=False, netns=netns)
         if proc.returncode == 0 or LISTING_RACE not in proc.stderr:
             break
         time.sleep(0.2 * (attempt + 1))
